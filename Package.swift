@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies point one way: segtrain (CLI) -> SegModel -> SegEngine -> {CBLAS, CSupport}.
+let package = Package(
+    name: "segtrain",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "segtrain", targets: ["segtrain"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .target(name: "CSupport"),
+        .target(
+            name: "SegEngine",
+            dependencies: ["CBLAS", "CSupport"],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
+        ),
+        .target(
+            name: "SegModel",
+            dependencies: ["SegEngine"],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
+        ),
+        .executableTarget(
+            name: "segtrain",
+            dependencies: [
+                "SegModel", "SegEngine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "SegEngineTests", dependencies: ["SegEngine"]),
+        .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine"]),
+    ],
+    swiftLanguageModes: [.v5]
+)
