@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Dependencies point one way: segtrain (CLI) -> SegModel -> SegEngine -> {CBLAS, CSupport}.
+// Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport}.
 let package = Package(
     name: "segtrain",
     platforms: [.macOS(.v13)],
@@ -28,15 +28,21 @@ let package = Package(
             dependencies: ["SegEngine"],
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         ),
+        .target(
+            name: "SegTraining",
+            dependencies: ["SegModel", "SegEngine"]
+        ),
         .executableTarget(
             name: "segtrain",
             dependencies: [
-                "SegModel", "SegEngine",
+                "SegTraining", "SegModel", "SegEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "SegEngineTests", dependencies: ["SegEngine"]),
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine"]),
+        .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine"]),
+        .testTarget(name: "SegtrainCLITests", dependencies: []),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,1 +1,447 @@
+// The UNet: encoder levels of two 3x3 conv (+ BN) + ReLU and a 2x2 max-pool; decoder levels that
+// upsample x2 (bilinear or transposed conv), zero-pad to the skip's size when the sizes are odd,
+// concatenate [skip, upsampled], then two 3x3 conv (+ BN) + ReLU; a head conv to the classes.
+//
+// Tensor names (the checkpoint format; conv weights OIHW, transposed-conv weights IOHW, as PyTorch):
+//   down.{i}.conv{1,2}.{weight,bias}                 encoder level i, 0 = full resolution
+//   down.{i}.bn{1,2}.{weight,bias,running_mean,running_var}   with --batchnorm (the convs then have no bias)
+//   up.{j}.conv{1,2}.*, up.{j}.bn{1,2}.*             decoder level j, 0 = deepest
+//   up.{j}.upconv.{weight,bias}                      with --upsample transpose
+//   head.{weight,bias}
+// The flat parameter buffer holds them in this order (network order).
+
 import SegEngine
+
+/// A convolution's parameters, as indices into the parameter store.
+struct ConvParameters {
+    let weight: Int
+    let bias: Int?
+    let inChannels: Int
+    let outChannels: Int
+    let kernel: Int
+}
+
+struct BatchNormParameters {
+    let gamma: Int, beta: Int, runningMean: Int, runningVar: Int
+}
+
+/// conv -> (batch norm) -> ReLU, with the activations it keeps for backward.
+struct ConvUnit {
+    let conv: ConvParameters
+    let bn: BatchNormParameters?
+    /// Arena slots: conv output before BN (BN only), output after ReLU, BN's saved statistics.
+    var preNorm = -1, output = -1, saveMean = -1, saveInvStd = -1
+}
+
+struct EncoderLevel {
+    var conv1: ConvUnit, conv2: ConvUnit
+    var pooled = -1
+}
+
+struct DecoderLevel {
+    var upconv: ConvParameters?
+    var conv1: ConvUnit, conv2: ConvUnit
+    /// Arena slots: upsampled, padded to the skip's size (only when sizes differ), concatenation.
+    var upsampled = -1, padded: Int? = nil, concatenated = -1
+}
+
+/// One row of `segtrain info`.
+public struct LayerInfo: Sendable {
+    public let name: String
+    public let kind: String
+    public let outputShape: Shape
+    public let parameters: Int
+    /// Forward multiply-adds x 2 for one image (convolutions only, as the usual GFLOP figures).
+    public let forwardFLOPs: Double
+    /// Forward + input-gradient + weight-gradient FLOPs for one image in a training step.
+    public let trainingFLOPs: Double
+}
+
+public final class UNet {
+    public let config: UNetConfig
+    public let store: ParameterStore
+    public let pool: WorkerPool
+    public let profile = Profile()
+
+    private var encoder: [EncoderLevel] = []
+    private var decoder: [DecoderLevel] = []
+    private var head: ConvParameters
+
+    // Planned for one batch shape.
+    public private(set) var batchShape: Shape? = nil
+    private var arena = ActivationArena()
+    private var scratch: Scratch
+    private var logitsSlot = -1
+    /// Gradient temporaries reused by every conv unit (ReLU and BN backward outputs).
+    private var temporaries = FloatBuffer(count: 0)
+    private var temporaryCount = 0
+    private var input: Tensor? = nil
+    public private(set) var layers: [LayerInfo] = []
+
+    public init(_ config: UNetConfig, pool: WorkerPool) {
+        precondition(config.validate() == nil, config.validate() ?? "")
+        self.config = config
+        self.pool = pool
+        scratch = Scratch(threads: pool.threadCount)
+
+        var layout = ParameterLayout()
+        func conv(_ name: String, _ cin: Int, _ cout: Int, kernel: Int, bias: Bool) -> ConvParameters {
+            let w = layout.add("\(name).weight", Shape(cout, cin, kernel, kernel))
+            let b = bias ? layout.add("\(name).bias", .vector(cout)) : nil
+            return ConvParameters(weight: w, bias: b, inChannels: cin, outChannels: cout, kernel: kernel)
+        }
+        func unit(_ prefix: String, _ index: Int, _ cin: Int, _ cout: Int) -> ConvUnit {
+            let c = conv("\(prefix).conv\(index)", cin, cout, kernel: 3, bias: !config.batchNorm)
+            var bn: BatchNormParameters? = nil
+            if config.batchNorm {
+                let name = "\(prefix).bn\(index)"
+                bn = BatchNormParameters(
+                    gamma: layout.add("\(name).weight", .vector(cout)),
+                    beta: layout.add("\(name).bias", .vector(cout)),
+                    runningMean: layout.add("\(name).running_mean", .vector(cout), kind: .buffer),
+                    runningVar: layout.add("\(name).running_var", .vector(cout), kind: .buffer))
+            }
+            return ConvUnit(conv: c, bn: bn)
+        }
+
+        var cin = config.inChannels
+        for i in 0..<config.depth {
+            let c = config.channels(level: i)
+            encoder.append(EncoderLevel(conv1: unit("down.\(i)", 1, cin, c), conv2: unit("down.\(i)", 2, c, c)))
+            cin = c
+        }
+        var below = config.channels(level: config.depth - 1)
+        for j in 0..<config.depth {
+            let level = config.depth - 1 - j
+            let c = config.channels(level: level)
+            let prefix = "up.\(j)"
+            var up: ConvParameters? = nil
+            if config.upsampling == .transpose {
+                // IOHW: (Cin, Cout, 2, 2); channels kept, so the concatenation is as with bilinear.
+                let w = layout.add("\(prefix).upconv.weight", Shape(below, below, 2, 2))
+                let b = layout.add("\(prefix).upconv.bias", .vector(below))
+                up = ConvParameters(weight: w, bias: b, inChannels: below, outChannels: below, kernel: 2)
+            }
+            decoder.append(DecoderLevel(upconv: up, conv1: unit(prefix, 1, c + below, c), conv2: unit(prefix, 2, c, c)))
+            below = c
+        }
+        head = conv("head", config.channels(level: 0), config.classes, kernel: config.headKernel, bias: true)
+
+        store = ParameterStore(layout)
+        initializeParameters()
+    }
+
+    public var parameterCount: Int { store.parameterCount }
+
+    // MARK: - Initialisation
+
+    /// He normal (std sqrt(2 / fan_in)) or Glorot uniform (limit sqrt(6 / (fan_in + fan_out)))
+    /// weights, zero biases, BN weight 1 / bias 0 / running mean 0 / running var 1. Each tensor draws
+    /// from its own stream of (seed, tensor index), so the result does not depend on anything else.
+    /// fan_in = Cin*k*k for convolutions; for the 2x2 stride-2 transposed conv every output pixel
+    /// sees exactly Cin inputs, so fan_in = Cin and fan_out = Cout.
+    public func initializeParameters() {
+        for (index, entry) in store.entries.enumerated() {
+            let t = store.value(index)
+            let name = entry.name
+            if name.hasSuffix("running_var") || (name.contains(".bn") && name.hasSuffix(".weight")) {
+                t.fill(1); continue
+            }
+            if entry.shape.h == 1 && entry.shape.w == 1 && entry.shape.c == 1 { t.zero(); continue }  // biases
+            var rng = SplitMix64(seed: config.seed, stream: UInt64(index) + 1)
+            let isTranspose = name.hasSuffix("upconv.weight")
+            let k = entry.shape.h * entry.shape.w
+            let fanIn = isTranspose ? entry.shape.n : entry.shape.c * k
+            let fanOut = isTranspose ? entry.shape.c : entry.shape.n * k
+            switch config.initialization {
+            case .heNormal:
+                let std = (2.0 / Double(fanIn)).squareRoot()
+                for i in 0..<t.count { t[i] = Float(rng.nextGaussian() * std) }
+            case .glorotUniform:
+                let limit = Float((6.0 / Double(fanIn + fanOut)).squareRoot())
+                for i in 0..<t.count { t[i] = rng.nextFloat(in: -limit...limit) }
+            }
+        }
+    }
+
+    // MARK: - Planning
+
+    /// Allocates activations, their gradients and kernel scratch for batches of this shape.
+    /// Nothing is allocated by forward or backward afterwards.
+    public func plan(batch: Int, height: Int, width: Int) {
+        let shape = Shape(batch, config.inChannels, height, width)
+        if batchShape == shape { return }
+        precondition(height >= config.minimumImageSize && width >= config.minimumImageSize,
+                     "image \(height)x\(width) is smaller than \(config.minimumImageSize) px")
+        var plan = ActivationArena()
+        var rows: [LayerInfo] = []
+        var scratchFloats = 0
+        var largest = 0
+        let threads = pool.threadCount
+
+        func addUnit(_ unit: inout ConvUnit, _ name: String, h: Int, w: Int, firstLayer: Bool = false) {
+            let c = unit.conv
+            let out = Shape(batch, c.outChannels, h, w)
+            if unit.bn != nil {
+                unit.preNorm = plan.add(out, gradient: false)
+                unit.saveMean = plan.add(.vector(c.outChannels), gradient: false)
+                unit.saveInvStd = plan.add(.vector(c.outChannels), gradient: false)
+            }
+            unit.output = plan.add(out)
+            largest = max(largest, out.count)
+            scratchFloats = max(scratchFloats, conv2dScratchFloats(
+                batch: batch, inChannels: c.inChannels, outChannels: c.outChannels,
+                height: h, width: w, kernel: c.kernel, threads: threads))
+            rows.append(convRow(name, c, h: h, w: w, firstLayer: firstLayer,
+                                kind: unit.bn == nil ? "conv3x3+relu" : "conv3x3+bn+relu",
+                                extraParameters: unit.bn == nil ? 0 : 2 * c.outChannels))
+        }
+
+        var h = height, w = width
+        for i in encoder.indices {
+            addUnit(&encoder[i].conv1, "down.\(i).conv1", h: h, w: w, firstLayer: i == 0)
+            addUnit(&encoder[i].conv2, "down.\(i).conv2", h: h, w: w)
+            let pooled = Shape(batch, encoder[i].conv2.conv.outChannels, h / 2, w / 2)
+            encoder[i].pooled = plan.add(pooled)
+            rows.append(LayerInfo(name: "down.\(i).pool", kind: "maxpool2x2", outputShape: pooled.single,
+                                  parameters: 0, forwardFLOPs: 0, trainingFLOPs: 0))
+            h /= 2; w /= 2
+        }
+        var below = encoder[encoder.count - 1].pooled
+        for j in decoder.indices {
+            let skip = encoder[encoder.count - 1 - j].conv2.output
+            let skipShape = plan.shapes[skip]
+            let belowShape = plan.shapes[below]
+            let upShape = Shape(batch, belowShape.c, belowShape.h * 2, belowShape.w * 2)
+            decoder[j].upsampled = plan.add(upShape)
+            if let up = decoder[j].upconv {
+                scratchFloats = max(scratchFloats, convTranspose2x2ScratchFloats(
+                    batch: batch, inChannels: up.inChannels, outChannels: up.outChannels,
+                    height: belowShape.h, width: belowShape.w, threads: threads))
+                let flops = 2.0 * Double(up.inChannels * up.outChannels * 4 * belowShape.h * belowShape.w)
+                rows.append(LayerInfo(name: "up.\(j).upconv", kind: "convT2x2", outputShape: upShape.single,
+                                      parameters: up.inChannels * up.outChannels * 4 + up.outChannels,
+                                      forwardFLOPs: flops, trainingFLOPs: 3 * flops))
+            } else {
+                rows.append(LayerInfo(name: "up.\(j).upsample", kind: "bilinear x2", outputShape: upShape.single,
+                                      parameters: 0, forwardFLOPs: 0, trainingFLOPs: 0))
+            }
+            let paddedShape = Shape(batch, belowShape.c, skipShape.h, skipShape.w)
+            decoder[j].padded = upShape == paddedShape ? nil : plan.add(paddedShape)
+            let catShape = Shape(batch, skipShape.c + belowShape.c, skipShape.h, skipShape.w)
+            decoder[j].concatenated = plan.add(catShape)
+            rows.append(LayerInfo(name: "up.\(j).concat", kind: decoder[j].padded == nil ? "concat" : "pad+concat",
+                                  outputShape: catShape.single, parameters: 0, forwardFLOPs: 0, trainingFLOPs: 0))
+            addUnit(&decoder[j].conv1, "up.\(j).conv1", h: skipShape.h, w: skipShape.w)
+            addUnit(&decoder[j].conv2, "up.\(j).conv2", h: skipShape.h, w: skipShape.w)
+            below = decoder[j].conv2.output
+        }
+        let logitsShape = Shape(batch, config.classes, height, width)
+        logitsSlot = plan.add(logitsShape)
+        scratchFloats = max(scratchFloats, conv2dScratchFloats(
+            batch: batch, inChannels: head.inChannels, outChannels: head.outChannels,
+            height: height, width: width, kernel: head.kernel, threads: threads))
+        rows.append(convRow("head", head, h: height, w: width, firstLayer: false,
+                            kind: "conv\(head.kernel)x\(head.kernel)", extraParameters: 0))
+
+        plan.allocate()
+        arena = plan
+        scratch.reserve(floatsPerThread: scratchFloats)
+        temporaryCount = largest
+        temporaries = FloatBuffer(count: 2 * largest)
+        layers = rows
+        batchShape = shape
+    }
+
+    private func convRow(_ name: String, _ c: ConvParameters, h: Int, w: Int, firstLayer: Bool,
+                         kind: String, extraParameters: Int) -> LayerInfo {
+        let flops = 2.0 * Double(c.inChannels * c.outChannels * c.kernel * c.kernel * h * w)
+        let params = c.inChannels * c.outChannels * c.kernel * c.kernel + (c.bias == nil ? 0 : c.outChannels)
+        return LayerInfo(name: name, kind: kind, outputShape: Shape(1, c.outChannels, h, w),
+                         parameters: params + extraParameters, forwardFLOPs: flops,
+                         trainingFLOPs: firstLayer ? 2 * flops : 3 * flops)
+    }
+
+    /// Bytes of activations, activation gradients, temporaries and scratch planned for the batch.
+    public var plannedActivationBytes: Int {
+        (arena.valueCount + arena.gradientCount + 2 * temporaryCount
+         + scratch.floatsPerThread * scratch.threadCount) * MemoryLayout<Float>.stride
+    }
+
+    // MARK: - Forward and backward
+
+    /// The logits of the last forward pass: (N, classes, H, W).
+    public var logits: Tensor { arena.value(logitsSlot) }
+    /// Where the loss writes dL/dlogits before `backward()`; zeroed by `zeroActivationGradients`.
+    public var logitsGradient: Tensor { arena.gradient(logitsSlot) }
+
+    /// Zeroes every activation gradient (backward adds into them). Call before the loss adds into
+    /// `logitsGradient`.
+    public func zeroActivationGradients() {
+        profile.measure(.other) { arena.zeroGradients(pool: pool) }
+    }
+
+    /// Runs the network on `images` (N, inChannels, H, W), planned with `plan`. Training mode uses
+    /// batch statistics in BatchNorm and updates the running ones.
+    @discardableResult
+    public func forward(_ images: Tensor, training: Bool) -> Tensor {
+        precondition(images.shape == batchShape, "forward on \(images.shape) but planned for \(batchShape.map(\.description) ?? "nothing")")
+        input = images
+        var x = images
+        for i in encoder.indices {
+            x = unitForward(encoder[i].conv1, x, training: training)
+            x = unitForward(encoder[i].conv2, x, training: training)
+            let pooled = arena.value(encoder[i].pooled)
+            profile.measure(.pool) { maxPool2x2Forward(pooled, x, pool: pool) }
+            x = pooled
+        }
+        for j in decoder.indices {
+            let level = decoder[j]
+            let skip = arena.value(encoder[encoder.count - 1 - j].conv2.output)
+            let up = arena.value(level.upsampled)
+            if let upconv = level.upconv {
+                profile.measure(.convForward) {
+                    convTranspose2x2Forward(up, x, weight: store.value(upconv.weight),
+                                            bias: upconv.bias.map { store.value($0) }, pool: pool, scratch: scratch)
+                }
+            } else {
+                profile.measure(.upsample) { upsampleBilinear2xForward(up, x, pool: pool) }
+            }
+            let cat = arena.value(level.concatenated)
+            profile.measure(.elementwise) {
+                var upper = up
+                if let padded = level.padded {
+                    upper = arena.value(padded)
+                    padToForward(upper, up, pool: pool)
+                }
+                concatChannelsForward(cat, skip, upper, pool: pool)
+            }
+            x = unitForward(level.conv1, cat, training: training)
+            x = unitForward(level.conv2, x, training: training)
+        }
+        let out = logits
+        profile.measure(.convForward) {
+            conv2dForward(out, x, weight: store.value(head.weight), bias: head.bias.map { store.value($0) },
+                          pool: pool, scratch: scratch)
+        }
+        return out
+    }
+
+    /// Backward from `logitsGradient` (filled by the loss after `zeroActivationGradients`) through
+    /// the whole network, adding into the parameter gradients `store.gradients`.
+    public func backward() {
+        guard let images = input else { preconditionFailure("backward before forward") }
+        var last = decoder[decoder.count - 1].conv2.output
+        convBackward(head, dy: logitsGradient, x: arena.value(last), dx: arena.gradient(last))
+        for j in decoder.indices.reversed() {
+            let level = decoder[j]
+            unitBackward(level.conv2, x: arena.value(level.conv1.output), dx: arena.gradient(level.conv1.output))
+            unitBackward(level.conv1, x: arena.value(level.concatenated), dx: arena.gradient(level.concatenated))
+            let skip = encoder[encoder.count - 1 - j].conv2.output
+            let upGrad = arena.gradient(level.upsampled)
+            profile.measure(.elementwise) {
+                let upperGrad = level.padded.map { arena.gradient($0) } ?? upGrad
+                concatChannelsBackward(da: arena.gradient(skip), db: upperGrad,
+                                       dy: arena.gradient(level.concatenated), pool: pool)
+                if level.padded != nil { padToBackward(dx: upGrad, dy: upperGrad, pool: pool) }
+            }
+            let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
+            if let upconv = level.upconv {
+                let x = arena.value(below)
+                profile.measure(.convWeightGradient) {
+                    convTranspose2x2Backward(dx: nil, dweight: store.gradient(upconv.weight),
+                                             dbias: upconv.bias.map { store.gradient($0) }, dy: upGrad, x: x,
+                                             weight: store.value(upconv.weight), pool: pool, scratch: scratch)
+                }
+                profile.measure(.convInputGradient) {
+                    convTranspose2x2Backward(dx: arena.gradient(below), dweight: nil, dbias: nil, dy: upGrad, x: x,
+                                             weight: store.value(upconv.weight), pool: pool, scratch: scratch)
+                }
+            } else {
+                profile.measure(.upsample) {
+                    upsampleBilinear2xBackward(dx: arena.gradient(below), dy: upGrad, pool: pool)
+                }
+            }
+            last = below
+        }
+        for i in encoder.indices.reversed() {
+            let level = encoder[i]
+            let skip = level.conv2.output
+            profile.measure(.pool) {
+                maxPool2x2Backward(dx: arena.gradient(skip), dy: arena.gradient(level.pooled),
+                                   x: arena.value(skip), pool: pool)
+            }
+            unitBackward(level.conv2, x: arena.value(level.conv1.output), dx: arena.gradient(level.conv1.output))
+            if i == 0 {
+                unitBackward(level.conv1, x: images, dx: nil)
+            } else {
+                let previous = encoder[i - 1].pooled
+                unitBackward(level.conv1, x: arena.value(previous), dx: arena.gradient(previous))
+            }
+        }
+    }
+
+    private func unitForward(_ unit: ConvUnit, _ x: Tensor, training: Bool) -> Tensor {
+        let out = arena.value(unit.output)
+        let c = unit.conv
+        if let bn = unit.bn {
+            let z = arena.value(unit.preNorm)
+            profile.measure(.convForward) {
+                conv2dForward(z, x, weight: store.value(c.weight), bias: nil, pool: pool, scratch: scratch)
+            }
+            profile.measure(.batchNorm) {
+                batchNormForward(out, z, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
+                                 runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
+                                 saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
+                                 training: training, pool: pool)
+            }
+        } else {
+            profile.measure(.convForward) {
+                conv2dForward(out, x, weight: store.value(c.weight), bias: c.bias.map { store.value($0) },
+                              pool: pool, scratch: scratch)
+            }
+        }
+        profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
+        return out
+    }
+
+    private func unitBackward(_ unit: ConvUnit, x: Tensor, dx: Tensor?) {
+        let out = arena.value(unit.output)
+        let dReLU = Tensor(temporaries.pointer, out.shape)
+        profile.measure(.elementwise) {
+            dReLU.zero()
+            reluBackward(dx: dReLU, dy: arena.gradient(unit.output), y: out, pool: pool)
+        }
+        var dConv = dReLU
+        if let bn = unit.bn {
+            dConv = Tensor(temporaries.pointer + temporaryCount, out.shape)
+            profile.measure(.batchNorm) {
+                dConv.zero()
+                batchNormBackward(dx: dConv, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
+                                  dy: dReLU, x: arena.value(unit.preNorm), gamma: store.value(bn.gamma),
+                                  saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
+                                  pool: pool)
+            }
+        }
+        convBackward(unit.conv, dy: dConv, x: x, dx: dx)
+    }
+
+    private func convBackward(_ c: ConvParameters, dy: Tensor, x: Tensor, dx: Tensor?) {
+        let weight = store.value(c.weight)
+        profile.measure(.convWeightGradient) {
+            conv2dBackward(dx: nil, dweight: store.gradient(c.weight), dbias: c.bias.map { store.gradient($0) },
+                           dy: dy, x: x, weight: weight, pool: pool, scratch: scratch)
+        }
+        if let dx = dx {
+            profile.measure(.convInputGradient) {
+                conv2dBackward(dx: dx, dweight: nil, dbias: nil, dy: dy, x: x, weight: weight,
+                               pool: pool, scratch: scratch)
+            }
+        }
+    }
+}
+
+extension Shape {
+    /// The same shape for one sample.
+    var single: Shape { Shape(1, c, h, w) }
+}

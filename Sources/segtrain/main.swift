@@ -1,10 +1,32 @@
 import ArgumentParser
-import SegEngine
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct Segtrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segtrain",
-        abstract: "Data-parallel UNet segmentation training on CPU clusters.")
+        abstract: "Data-parallel UNet segmentation training on CPU clusters.",
+        subcommands: [InfoCommand.self, BenchCommand.self])
 }
 
-Segtrain.main()
+/// A failure the user can act on: printed as one line, exit code 1.
+struct UserError: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
+
+// Bad input gets one line naming the flag or file and the reason, never a usage dump or a trace.
+do {
+    var command = try Segtrain.parseAsRoot()
+    try command.run()
+} catch let error as UserError {
+    fputs("segtrain: error: \(error.description)\n", stderr)
+    exit(1)
+} catch {
+    let code = Segtrain.exitCode(for: error)
+    if code == .success { Segtrain.exit(withError: error) }  // --help, --version
+    let message = Segtrain.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+    fputs("segtrain: error: \(message)\n", stderr)
+    exit(code.rawValue == 0 ? 2 : code.rawValue)
+}

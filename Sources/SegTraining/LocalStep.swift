@@ -1,0 +1,51 @@
+// One training step on one rank's share of a batch: forward, loss, backward, optimizer.
+// The distributed trainer adds the gradient allreduce between backward and the optimizer.
+
+import SegEngine
+import SegModel
+
+public final class LocalStep {
+    public let model: UNet
+    public let loss: LossFunction
+    public let optimizer: Optimizer
+
+    public init(model: UNet, loss: LossFunction, optimizer: Optimizer) {
+        self.model = model
+        self.loss = loss
+        self.optimizer = optimizer
+    }
+
+    /// Forward and backward on `images` (N, Cin, H, W) with `target` (N, 1, H, W); adds the
+    /// gradient of loss / `normalizers` into `model.store.gradients` (zero them first for a new
+    /// step) and returns that loss.
+    public func accumulateGradients(images: Tensor, target: Tensor, weights: Tensor?,
+                                    normalizers: LossTerms?) -> Double {
+        let profile = model.profile
+        model.forward(images, training: true)
+        model.zeroActivationGradients()
+        let value = profile.measure(.loss) {
+            loss.evaluate(logits: model.logits, target: target, weights: weights,
+                          dlogits: model.logitsGradient, normalizers: normalizers, pool: model.pool)
+        }
+        model.backward()
+        return value
+    }
+
+    /// Applies the optimizer to the accumulated gradients and returns their global norm.
+    @discardableResult
+    public func update(learningRate: Float) -> Double {
+        model.profile.measure(.optimizer) {
+            optimizer.apply(values: model.store.values.tensor, gradients: model.store.gradients.tensor,
+                            learningRate: learningRate, pool: model.pool)
+        }
+    }
+
+    /// A whole single-process step: zero gradients, forward, backward, update. Returns the loss.
+    @discardableResult
+    public func step(images: Tensor, target: Tensor, weights: Tensor? = nil, learningRate: Float) -> Double {
+        model.profile.measure(.other) { model.store.zeroGradients() }
+        let value = accumulateGradients(images: images, target: target, weights: weights, normalizers: nil)
+        update(learningRate: learningRate)
+        return value
+    }
+}

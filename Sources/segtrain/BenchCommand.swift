@@ -1,0 +1,107 @@
+import ArgumentParser
+import SegEngine
+import SegModel
+import SegTraining
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Train on random data and report img/s, GFLOP/s and where the time goes.")
+
+    @OptionGroup var model: ModelOptions
+    @OptionGroup var training: TrainingOptions
+    @Option(help: "Timed steps.")
+    var steps = 5
+    @Option(help: "Untimed warm-up steps before them.")
+    var warmup = 1
+    @Flag(help: "Print one JSON object instead of the table.")
+    var json = false
+
+    func validate() throws {
+        try training.validate(classes: model.classes)
+        if steps < 1 { throw ValidationError("--steps must be at least 1 (got \(steps))") }
+        if warmup < 0 { throw ValidationError("--warmup must be >= 0 (got \(warmup))") }
+    }
+
+    func run() throws {
+        let threads = model.threadCount
+        let pool = WorkerPool(threads: threads)
+        let config = model.unetConfig
+        let unet = UNet(config, pool: pool)
+        let batch = training.batchSize, size = model.imageSize
+        unet.plan(batch: batch, height: size, width: size)
+
+        // Random images and a random blob mask (classes = 1) or random labels (classes >= 2).
+        let images = OwnedTensor(Shape(batch, config.inChannels, size, size))
+        let target = OwnedTensor(Shape(batch, 1, size, size))
+        var rng = SplitMix64(seed: config.seed, stream: 99)
+        for i in 0..<images.tensor.count { images.tensor[i] = rng.nextUnitFloat() }
+        for i in 0..<target.tensor.count {
+            target.tensor[i] = config.classes == 1 ? Float(rng.next() & 1) : Float(rng.next() % UInt64(config.classes))
+        }
+        let lossKind = training.lossKind(classes: config.classes)
+        var weights: OwnedTensor? = nil
+        if lossKind == .weightedCE {
+            let w = OwnedTensor(target.shape)
+            unetWeightMap(w.tensor, mask: target.tensor, classes: config.classes, w0: 10, sigma: 5)
+            weights = w
+        }
+        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
+                             optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
+
+        for _ in 0..<warmup {
+            step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor, learningRate: training.lr)
+        }
+        unet.profile.reset()
+        let start = monotonicSeconds()
+        var lastLoss = 0.0
+        for _ in 0..<steps {
+            lastLoss = step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor,
+                                 learningRate: training.lr)
+        }
+        let elapsed = monotonicSeconds() - start
+        let imagesPerSecond = Double(batch * steps) / elapsed
+        let flopsPerImage = unet.layers.reduce(0) { $0 + $1.trainingFLOPs }
+        let gflops = flopsPerImage * imagesPerSecond / 1e9
+        let rssMiB = peakResidentMiB()
+        let kinds = WorkKind.allCases.filter { unet.profile[$0] > 0 }
+
+        if json {
+            var fields = [
+                "\"image_size\": \(size)", "\"batch_size\": \(batch)", "\"threads\": \(threads)",
+                "\"steps\": \(steps)", "\"parameters\": \(unet.parameterCount)",
+                "\"images_per_second\": \(imagesPerSecond)", "\"gflops_per_second\": \(gflops)",
+                "\"seconds_per_step\": \(elapsed / Double(steps))", "\"peak_rss_mib\": \(rssMiB)",
+                "\"last_loss\": \(lastLoss)",
+            ]
+            let split = kinds.map { "\"\($0.key)\": \(unet.profile[$0] / Double(steps))" }.joined(separator: ", ")
+            fields.append("\"seconds_per_step_by_kind\": {\(split)}")
+            print("{" + fields.joined(separator: ", ") + "}")
+            return
+        }
+        print("segtrain bench: \(size)x\(size), batch \(batch), \(threads) thread(s), \(steps) steps after \(warmup) warm-up")
+        print("  \(grouped(unet.parameterCount)) parameters, \(fixed(flopsPerImage / 1e9, 2)) GFLOP per image per step")
+        print("  images/s      \(fixed(imagesPerSecond, 2))")
+        print("  GFLOP/s       \(fixed(gflops, 1))")
+        print("  s/step        \(fixed(elapsed / Double(steps), 3))")
+        print("  peak RSS      \(fixed(rssMiB, 0)) MiB")
+        print("  last loss     \(fixed(lastLoss, 5))")
+        print("  time per step by kind:")
+        let total = unet.profile.total
+        for kind in kinds {
+            let s = unet.profile[kind]
+            print("    " + pad(kind.label, 24) + lpad(fixed(1000 * s / Double(steps), 1) + " ms", 12)
+                  + lpad(fixed(100 * s / total, 1) + " %", 9))
+        }
+    }
+}
+
+/// Peak resident set size of this process in MiB (getrusage; Linux reports KiB).
+func peakResidentMiB() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF, &usage)
+    return Double(usage.ru_maxrss) / 1024
+}

@@ -1,0 +1,99 @@
+import ArgumentParser
+import SegEngine
+import SegModel
+
+extension Upsampling: ExpressibleByArgument {}
+extension Initialization: ExpressibleByArgument {}
+extension LossKind: ExpressibleByArgument {}
+extension OptimizerKind: ExpressibleByArgument {}
+
+/// The flags every subcommand that builds a model shares.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "Input image side in pixels (square images).")
+    var imageSize = 128
+    @Option(help: "Input channels (3 for RGB).")
+    var inChannels = 3
+    @Option(help: "Output classes: 1 = binary (sigmoid), >= 2 = softmax.")
+    var classes = 1
+    @Option(help: "Channels of the first level; doubled at each level.")
+    var baseChannels = 32
+    @Option(help: "Encoder levels (each ends in a 2x2 max-pool).")
+    var depth = 4
+    @Flag(help: "Batch normalisation after every 3x3 convolution.")
+    var batchnorm = false
+    @Option(help: "Decoder upsampling: bilinear or transpose.")
+    var upsample = Upsampling.bilinear
+    @Option(help: "Head convolution kernel: 3 or 1.")
+    var headKernel = 3
+    @Option(name: .customLong("init"), help: "Weight initialisation: he-normal or glorot-uniform.")
+    var initialization = Initialization.heNormal
+    @Option(help: "Seed for initialisation and everything random.")
+    var seed: UInt64 = 0
+    @Option(help: "Worker threads (default: CPUs available / ranks on this node).")
+    var threads: Int?
+
+    var unetConfig: UNetConfig {
+        var c = UNetConfig()
+        c.inChannels = inChannels
+        c.classes = classes
+        c.baseChannels = baseChannels
+        c.depth = depth
+        c.batchNorm = batchnorm
+        c.upsampling = upsample
+        c.headKernel = headKernel
+        c.initialization = initialization
+        c.seed = seed
+        return c
+    }
+
+    func validate() throws {
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1 (got \(t))") }
+        if let t = threads, t > 1024 { throw ValidationError("--threads must be at most 1024 (got \(t))") }
+        if imageSize < 1 { throw ValidationError("--image-size must be positive (got \(imageSize))") }
+        if let message = unetConfig.validate(imageSize: imageSize) { throw ValidationError(message) }
+    }
+
+    var threadCount: Int { threads ?? ThreadDefaults.threadsPerRank() }
+}
+
+/// Loss and optimizer flags.
+struct TrainingOptions: ParsableArguments {
+    @Option(help: "Loss: bce, dice, bce+dice, ce, weighted-ce (default: bce for 1 class, ce otherwise).")
+    var loss: LossKind?
+    @Option(help: "Optimizer: sgd, adam, adamw, radam.")
+    var optimizer = OptimizerKind.adam
+    @Option(help: "Learning rate.")
+    var lr: Float = 1e-3
+    @Option(help: "Weight decay (L2 for sgd/adam/radam, decoupled for adamw).")
+    var weightDecay: Float = 0
+    @Option(help: "SGD momentum.")
+    var momentum: Float = 0.9
+    @Flag(help: "Nesterov momentum for SGD.")
+    var nesterov = false
+    @Option(help: "Clip gradients to this global L2 norm.")
+    var clipNorm: Float?
+    @Option(help: "Images per step.")
+    var batchSize = 8
+
+    func lossKind(classes: Int) -> LossKind { loss ?? (classes == 1 ? .bce : .ce) }
+
+    var optimizerConfig: OptimizerConfig {
+        var c = OptimizerConfig(kind: optimizer)
+        c.momentum = momentum
+        c.nesterov = nesterov
+        c.weightDecay = weightDecay
+        c.clipNorm = clipNorm
+        return c
+    }
+
+    func validate(classes: Int) throws {
+        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1 (got \(batchSize))") }
+        if !(lr > 0) || !lr.isFinite { throw ValidationError("--lr must be a positive number (got \(lr))") }
+        if weightDecay < 0 || !weightDecay.isFinite { throw ValidationError("--weight-decay must be >= 0 (got \(weightDecay))") }
+        if let c = clipNorm, !(c > 0) { throw ValidationError("--clip-norm must be positive (got \(c))") }
+        if let message = OptimizerConfig.validate(optimizerConfig) { throw ValidationError(message) }
+        if let message = LossFunction.validate(LossConfig(kind: lossKind(classes: classes)), classes: classes) {
+            throw ValidationError(message)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+import XCTest
+@testable import SegEngine
+
+/// Winograd F(2x2, 3x3) against the naive convolution, in all three passes, on odd shapes.
+final class WinogradTests: XCTestCase {
+    private func random(_ shape: Shape, _ seed: UInt64) -> OwnedTensor {
+        let t = OwnedTensor(shape)
+        var rng = SplitMix64(seed: seed)
+        for i in 0..<t.tensor.count { t.tensor[i] = rng.nextFloat(in: -1...1) }
+        return t
+    }
+
+    private func assertClose(_ a: Tensor, _ b: Tensor, _ what: String, tolerance: Float = 1e-4,
+                             file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.shape, b.shape, what, file: file, line: line)
+        var worst: Float = 0
+        for i in 0..<a.count {
+            let scale = max(1, abs(b[i]))
+            worst = max(worst, abs(a[i] - b[i]) / scale)
+        }
+        XCTAssertLessThanOrEqual(worst, tolerance, "\(what): max scaled difference \(worst)", file: file, line: line)
+    }
+
+    private let shapes: [(n: Int, cin: Int, cout: Int, h: Int, w: Int)] = [
+        (1, 1, 1, 1, 1), (2, 3, 4, 5, 7), (1, 5, 2, 4, 4), (3, 2, 3, 9, 4), (2, 7, 5, 6, 11), (1, 16, 8, 13, 10),
+    ]
+
+    func testForwardMatchesNaive() {
+        for threads in [1, 2, 3] {
+            let pool = WorkerPool(threads: threads)
+            for (k, s) in shapes.enumerated() {
+                let x = random(Shape(s.n, s.cin, s.h, s.w), UInt64(k))
+                let w = random(Shape(s.cout, s.cin, 3, 3), UInt64(100 + k))
+                let b = random(.vector(s.cout), UInt64(200 + k))
+                let plan = WinogradPlan(inChannels: s.cin, outChannels: s.cout, height: s.h, width: s.w)
+                let scratch = Scratch(threads: threads)
+                scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
+                scratch.reserve(sharedFloats: plan.sharedFloats)
+                let fast = OwnedTensor(Shape(s.n, s.cout, s.h, s.w)), slow = OwnedTensor(fast.shape)
+                fast.tensor.fill(.nan)  // forward must overwrite
+                winogradConv3x3Forward(fast.tensor, x.tensor, weight: w.tensor, bias: b.tensor, pool: pool, scratch: scratch)
+                conv2dForwardNaive(slow.tensor, x.tensor, weight: w.tensor, bias: b.tensor)
+                assertClose(fast.tensor, slow.tensor, "forward \(s) threads \(threads)")
+            }
+        }
+    }
+
+    func testGradientsMatchNaiveAndAccumulate() {
+        for threads in [1, 2, 3] {
+            let pool = WorkerPool(threads: threads)
+            for (k, s) in shapes.enumerated() {
+                let x = random(Shape(s.n, s.cin, s.h, s.w), UInt64(k))
+                let w = random(Shape(s.cout, s.cin, 3, 3), UInt64(100 + k))
+                let dy = random(Shape(s.n, s.cout, s.h, s.w), UInt64(300 + k))
+                let scratch = Scratch(threads: threads)
+                for plan in [WinogradPlan(inChannels: s.cin, outChannels: s.cout, height: s.h, width: s.w),
+                             WinogradPlan(inChannels: s.cout, outChannels: s.cin, height: s.h, width: s.w)] {
+                    scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
+                    scratch.reserve(sharedFloats: plan.sharedFloats)
+                }
+                // Start from non-zero gradients: backward adds.
+                let dx = random(x.shape, 7), dw = random(w.shape, 8), db = random(.vector(s.cout), 9)
+                let rdx = OwnedTensor(x.shape), rdw = OwnedTensor(w.shape), rdb = OwnedTensor(db.shape)
+                rdx.tensor.copy(from: dx.tensor); rdw.tensor.copy(from: dw.tensor); rdb.tensor.copy(from: db.tensor)
+                winogradConv3x3InputGradient(dx: dx.tensor, dy: dy.tensor, weight: w.tensor, pool: pool, scratch: scratch)
+                winogradConv3x3WeightGradient(dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor,
+                                              pool: pool, scratch: scratch)
+                conv2dBackwardNaive(dx: rdx.tensor, dweight: rdw.tensor, dbias: rdb.tensor, dy: dy.tensor,
+                                    x: x.tensor, weight: w.tensor)
+                assertClose(dx.tensor, rdx.tensor, "dx \(s) threads \(threads)")
+                assertClose(dw.tensor, rdw.tensor, "dw \(s) threads \(threads)")
+                assertClose(db.tensor, rdb.tensor, "db \(s) threads \(threads)")
+            }
+        }
+    }
+
+    /// Large planes split into several chunks per image.
+    func testManyChunksPerImage() {
+        let plan = WinogradPlan(inChannels: 64, outChannels: 64, height: 66, width: 67)
+        XCTAssertGreaterThan(plan.chunksPerImage, 1)
+        let pool = WorkerPool(threads: 2)
+        let x = random(Shape(1, 64, 66, 67), 1), w = random(Shape(64, 64, 3, 3), 2), dy = random(Shape(1, 64, 66, 67), 3)
+        let scratch = Scratch(threads: 2)
+        scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
+        scratch.reserve(sharedFloats: plan.sharedFloats)
+        let fast = OwnedTensor(dy.shape), slow = OwnedTensor(dy.shape)
+        winogradConv3x3Forward(fast.tensor, x.tensor, weight: w.tensor, bias: nil, pool: pool, scratch: scratch)
+        conv2dForwardNaive(slow.tensor, x.tensor, weight: w.tensor, bias: nil)
+        assertClose(fast.tensor, slow.tensor, "forward, many chunks", tolerance: 2e-4)
+        let dw = OwnedTensor(w.shape), rdw = OwnedTensor(w.shape)
+        winogradConv3x3WeightGradient(dweight: dw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor, pool: pool, scratch: scratch)
+        conv2dBackwardNaive(dx: nil, dweight: rdw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor, weight: w.tensor)
+        // Sums of 66*67 products: compare relative to the gradient's scale.
+        assertClose(dw.tensor, rdw.tensor, "dw, many chunks", tolerance: 1e-3)
+    }
+}

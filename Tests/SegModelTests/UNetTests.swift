@@ -1,0 +1,84 @@
+import XCTest
+import SegEngine
+@testable import SegModel
+
+final class UNetTests: XCTestCase {
+    /// The Keras car-segmentation UNet: the parameter and FLOP figures.
+    func testDefaultModelMatchesReferenceFigures() {
+        let unet = UNet(UNetConfig(), pool: WorkerPool(threads: 1))
+        XCTAssertEqual(unet.parameterCount, 3_717_121)
+        unet.plan(batch: 1, height: 128, width: 128)
+        let forward = unet.layers.reduce(0) { $0 + $1.forwardFLOPs } / 1e9
+        let training = unet.layers.reduce(0) { $0 + $1.trainingFLOPs } / 1e9
+        XCTAssertEqual(forward, 6.23, accuracy: 0.005)
+        XCTAssertEqual(training, 18.66, accuracy: 0.005)
+        XCTAssertEqual(unet.layers.reduce(0) { $0 + $1.parameters }, 3_717_121)
+    }
+
+    func testTensorNamesAndLayouts() {
+        let store = UNet(UNetConfig(), pool: WorkerPool(threads: 1)).store
+        func shape(_ name: String) -> Shape? { store.value(named: name)?.shape }
+        XCTAssertEqual(shape("down.0.conv1.weight"), Shape(32, 3, 3, 3))      // OIHW
+        XCTAssertEqual(shape("down.0.conv1.bias"), .vector(32))
+        XCTAssertEqual(shape("down.3.conv2.weight"), Shape(256, 256, 3, 3))
+        XCTAssertEqual(shape("up.0.conv1.weight"), Shape(256, 512, 3, 3))     // [skip 256, up 256]
+        XCTAssertEqual(shape("up.1.conv1.weight"), Shape(128, 384, 3, 3))
+        XCTAssertEqual(shape("up.2.conv1.weight"), Shape(64, 192, 3, 3))
+        XCTAssertEqual(shape("up.3.conv1.weight"), Shape(32, 96, 3, 3))
+        XCTAssertEqual(shape("head.weight"), Shape(1, 32, 3, 3))
+        XCTAssertEqual(shape("head.bias"), .vector(1))
+        XCTAssertNil(shape("up.0.upconv.weight"))
+        XCTAssertNil(shape("down.0.bn1.weight"))
+
+        var config = UNetConfig()
+        config.batchNorm = true
+        config.upsampling = .transpose
+        config.classes = 3
+        config.headKernel = 1
+        let bnStore = UNet(config, pool: WorkerPool(threads: 1)).store
+        XCTAssertEqual(bnStore.value(named: "up.0.upconv.weight")?.shape, Shape(256, 256, 2, 2))  // IOHW
+        XCTAssertEqual(bnStore.value(named: "down.1.bn2.running_var")?.shape, .vector(64))
+        XCTAssertNil(bnStore.value(named: "down.0.conv1.bias"), "a conv followed by BN has no bias")
+        XCTAssertEqual(bnStore.value(named: "head.weight")?.shape, Shape(3, 32, 1, 1))
+        let bufferNames = bnStore.entries.filter { $0.kind == .buffer }.map(\.name)
+        XCTAssertTrue(bufferNames.allSatisfy { $0.hasSuffix("running_mean") || $0.hasSuffix("running_var") })
+        XCTAssertEqual(bufferNames.count, 4 * 4 * 2)  // 4 levels x 2 sides x 2 BN x 2 statistics
+    }
+
+    func testInitializationIsSeededAndScaled() {
+        var config = UNetConfig()
+        config.seed = 7
+        let a = UNet(config, pool: WorkerPool(threads: 1)).store
+        let b = UNet(config, pool: WorkerPool(threads: 2)).store
+        XCTAssertEqual(a.values.tensor.toArray(), b.values.tensor.toArray())
+        config.seed = 8
+        let c = UNet(config, pool: WorkerPool(threads: 1)).store
+        XCTAssertNotEqual(a.values.tensor.toArray(), c.values.tensor.toArray())
+
+        // He normal: std sqrt(2 / (Cin * 9)) for a 256x256 conv; biases zero.
+        let w = a.value(named: "down.3.conv2.weight")!.toArray()
+        let mean = w.reduce(0, +) / Float(w.count)
+        let std = (w.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(w.count)).squareRoot()
+        XCTAssertEqual(std, (2.0 / Float(256 * 9)).squareRoot(), accuracy: 0.01 * (2.0 / Float(256 * 9)).squareRoot() * 3)
+        XCTAssertEqual(abs(mean), 0, accuracy: 1e-3)
+        XCTAssertTrue(a.value(named: "down.3.conv2.bias")!.toArray().allSatisfy { $0 == 0 })
+
+        config.initialization = .glorotUniform
+        let g = UNet(config, pool: WorkerPool(threads: 1)).store.value(named: "up.0.conv1.weight")!.toArray()
+        let limit = (6.0 / Float(512 * 9 + 256 * 9)).squareRoot()
+        XCTAssertTrue(g.allSatisfy { abs($0) <= limit })
+        XCTAssertGreaterThan(g.map(abs).max()!, 0.95 * limit)
+    }
+
+    func testSizesTheModelCannotTakeAreReported() {
+        var config = UNetConfig()
+        XCTAssertNil(config.validate(imageSize: 16))
+        XCTAssertNotNil(config.validate(imageSize: 15))
+        config.depth = 0
+        XCTAssertEqual(config.validate(), "--depth must be at least 1 (got 0)")
+        config = UNetConfig(); config.classes = 0
+        XCTAssertTrue(config.validate()!.hasPrefix("--classes"))
+        config = UNetConfig(); config.headKernel = 5
+        XCTAssertTrue(config.validate()!.hasPrefix("--head-kernel"))
+    }
+}

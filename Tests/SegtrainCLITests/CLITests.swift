@@ -1,0 +1,83 @@
+import XCTest
+import Foundation
+
+/// Runs the built `segtrain` binary as a user would.
+final class CLITests: XCTestCase {
+    struct Result { let status: Int32; let stdout: String; let stderr: String }
+
+    static var binary: String {
+        if let path = ProcessInfo.processInfo.environment["SEGTRAIN_BIN"] { return path }
+        // .build/<config>/segtrainPackageTests.xctest -> .build/<config>/segtrain
+        let bundle = Bundle(for: CLITests.self).bundleURL
+        return bundle.deletingLastPathComponent().appendingPathComponent("segtrain").path
+    }
+
+    func run(_ arguments: [String]) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLITests.binary)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus,
+                      stdout: String(decoding: stdout, as: UTF8.self),
+                      stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    override func setUpWithError() throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: CLITests.binary),
+                          "segtrain not built at \(CLITests.binary); run scripts/test.sh")
+    }
+
+    func testInfoPrintsTheDefaultModel() throws {
+        let r = try run(["info"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("3,717,121"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("forward GFLOP/image:   6.23"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("training GFLOP/image:  18.66"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("up.0.conv1"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("(512, 16, 16)"), "the deepest concatenation: \(r.stdout)")
+    }
+
+    func testBadFlagsGiveOneLineNamingTheFlag() throws {
+        let cases: [([String], String)] = [
+            (["info", "--depth", "0"], "--depth"),
+            (["info", "--classes", "0"], "--classes"),
+            (["info", "--image-size", "8"], "--image-size"),
+            (["info", "--head-kernel", "5"], "--head-kernel"),
+            (["info", "--upsample", "cubic"], "--upsample"),
+            (["bench", "--loss", "focal"], "--loss"),
+            (["bench", "--optimizer", "lion"], "--optimizer"),
+            (["bench", "--threads", "0"], "--threads"),
+            (["bench", "--batch-size", "0"], "--batch-size"),
+            (["bench", "--lr", "-1"], "--lr"),
+            (["bench", "--loss", "ce", "--classes", "1"], "--classes"),
+        ]
+        for (arguments, flag) in cases {
+            let r = try run(arguments)
+            XCTAssertNotEqual(r.status, 0, "\(arguments)")
+            let lines = r.stderr.split(separator: "\n")
+            XCTAssertEqual(lines.count, 1, "\(arguments): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(flag), "\(arguments): \(r.stderr)")
+        }
+    }
+
+    func testBenchJSONReportsThroughputAndSplit() throws {
+        let r = try run(["bench", "--image-size", "16", "--batch-size", "2", "--base-channels", "4", "--depth", "2",
+                         "--steps", "2", "--threads", "2", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+        let ips = object?["images_per_second"] as? Double
+        XCTAssertNotNil(ips)
+        XCTAssertGreaterThan(ips ?? 0, 0)
+        let split = object?["seconds_per_step_by_kind"] as? [String: Double]
+        for key in ["conv_forward", "conv_input_gradient", "conv_weight_gradient", "pool", "upsample", "loss", "optimizer"] {
+            XCTAssertNotNil(split?[key], "missing \(key) in \(r.stdout)")
+        }
+        XCTAssertEqual(object?["threads"] as? Int, 2)
+    }
+}
