@@ -168,7 +168,9 @@ final class BatchNormTests: XCTestCase {
                          (reference.runningMean, f.runningMean), (reference.runningVar, f.runningVar),
                          (reference.y, f.y), (reference.dx, f.dx),
                          (reference.dgamma, f.dgamma), (reference.dbeta, f.dbeta)]
-            for (k, (a, b)) in pairs.enumerated() { S.assertBitwiseEqual(a.tensor, b.tensor, "tensor \(k), threads \(threads)") }
+            for (k, (a, b)) in pairs.enumerated() {
+                S.assertBitwiseEqual(a.tensor, b.tensor, "tensor \(k), threads \(threads)")
+            }
         }
     }
 }

@@ -139,7 +139,9 @@ final class ElementwiseTests: XCTestCase {
         }
         let reference = run(1)
         for threads in [2, 3] {
-            for (a, b) in zip(reference, run(threads)) { S.assertBitwiseEqual(a.tensor, b.tensor, "threads \(threads)") }
+            for (a, b) in zip(reference, run(threads)) {
+                S.assertBitwiseEqual(a.tensor, b.tensor, "threads \(threads)")
+            }
         }
     }
 }

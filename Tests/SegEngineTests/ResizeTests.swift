@@ -46,8 +46,9 @@ final class ResizeTests: XCTestCase {
                 y.tensor.fill(.nan)
                 upsampleBilinear2xForward(y.tensor, x.tensor, pool: pool)
                 upsampleBilinear2xBackward(dx: dx.tensor, dy: dy.tensor, pool: pool)
-                XCTAssertLessThanOrEqual(S.maxAbsDifference(y.tensor, naiveY.tensor), 1e-6, "\(shape) threads \(threads)")
-                XCTAssertLessThanOrEqual(S.maxAbsDifference(dx.tensor, naiveDx.tensor), 1e-5, "\(shape) threads \(threads)")
+                let label = "\(shape) threads \(threads)"
+                XCTAssertLessThanOrEqual(S.maxAbsDifference(y.tensor, naiveY.tensor), 1e-6, label)
+                XCTAssertLessThanOrEqual(S.maxAbsDifference(dx.tensor, naiveDx.tensor), 1e-5, label)
                 // Planes are split statically: every thread count gives the same bits.
                 if let firstY, let firstDx {
                     XCTAssertEqual(y.tensor.toArray().map(\.bitPattern), firstY.map(\.bitPattern), "\(shape)")
