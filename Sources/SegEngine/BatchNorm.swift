@@ -1,0 +1,126 @@
+// BatchNorm2d with PyTorch's semantics. Training normalises with the batch statistics and updates
+// the running statistics; evaluation normalises with the running statistics. In training (forward
+// and backward) the work is split over channels and each channel's sums run over (n, h, w) in one
+// fixed order in Double, so the statistics do not depend on the thread count.
+
+@inline(__always) private func checkChannelVector(_ t: Tensor, _ channels: Int, _ name: StaticString,
+                                                  _ who: StaticString) {
+    precondition(t.count == channels, "\(who): \(name) has \(t.count) elements for \(channels) channels")
+}
+
+/// y = gamma * (x - mean) / sqrt(var + eps) + beta per channel.
+/// - training: mean and var of the batch over (N, H, W) (biased var for normalising); the running
+///   stats are updated r = (1 - momentum) * r + momentum * stat with the UNBIASED var (m / (m - 1),
+///   m = N*H*W, which must be > 1); saveMean / saveInvStd receive the batch mean and
+///   1 / sqrt(var + eps) for batchNormBackward.
+/// - eval: normalises with runningMean / runningVar; nothing else is written.
+/// Statistics are accumulated in Double, per channel in a fixed order (thread-count independent).
+/// x, y: (N, C, H, W)  gamma, beta, runningMean, runningVar, saveMean, saveInvStd: C elements,
+/// e.g. (C, 1, 1, 1).
+public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tensor, runningMean: Tensor,
+                             runningVar: Tensor, saveMean: Tensor, saveInvStd: Tensor, training: Bool,
+                             momentum: Float = 0.1, epsilon: Float = 1e-5, pool: WorkerPool) {
+    let who: StaticString = "batchNormForward"
+    precondition(y.shape == x.shape, "\(who): y \(y.shape) differs from x \(x.shape)")
+    let channels = x.c, plane = x.shape.plane, batch = x.n
+    checkChannelVector(gamma, channels, "gamma", who)
+    checkChannelVector(beta, channels, "beta", who)
+    checkChannelVector(runningMean, channels, "runningMean", who)
+    checkChannelVector(runningVar, channels, "runningVar", who)
+    checkChannelVector(saveMean, channels, "saveMean", who)
+    checkChannelVector(saveInvStd, channels, "saveInvStd", who)
+
+    guard training else {
+        pool.parallelFor(batch * channels) { planes, _ in
+            for q in planes {
+                let c = q % channels
+                let scale = gamma[c] / (runningVar[c] + epsilon).squareRoot()
+                let mean = runningMean[c], shift = beta[c]
+                let src = x.data + q * plane, dst = y.data + q * plane
+                for i in 0..<plane { dst[i] = (src[i] - mean) * scale + shift }
+            }
+        }
+        return
+    }
+
+    let m = batch * plane
+    precondition(m > 1, "\(who): training needs more than one value per channel, got \(x.shape)")
+    pool.parallelFor(channels) { channelRange, _ in
+        for c in channelRange {
+            var sum = 0.0
+            for n in 0..<batch {
+                let src = x.plane(n, c)
+                for i in 0..<plane { sum += Double(src[i]) }
+            }
+            let mean = sum / Double(m)
+            var squares = 0.0
+            for n in 0..<batch {
+                let src = x.plane(n, c)
+                for i in 0..<plane {
+                    let d = Double(src[i]) - mean
+                    squares += d * d
+                }
+            }
+            let variance = squares / Double(m)
+            let invStd = 1 / (variance + Double(epsilon)).squareRoot()
+            saveMean[c] = Float(mean)
+            saveInvStd[c] = Float(invStd)
+            runningMean[c] = (1 - momentum) * runningMean[c] + momentum * Float(mean)
+            runningVar[c] = (1 - momentum) * runningVar[c] + momentum * Float(variance * Double(m) / Double(m - 1))
+
+            let meanF = Float(mean), scale = gamma[c] * Float(invStd), shift = beta[c]
+            for n in 0..<batch {
+                let src = x.plane(n, c), dst = y.plane(n, c)
+                for i in 0..<plane { dst[i] = (src[i] - meanF) * scale + shift }
+            }
+        }
+    }
+}
+
+/// Training-mode backward (the batch statistics depend on x). With xhat = (x - mean) * invStd and
+/// m = N*H*W per channel:
+/// dbeta += sum(dy), dgamma += sum(dy * xhat),
+/// dx += gamma * invStd * (dy - sum(dy) / m - xhat * sum(dy * xhat) / m); dx nil skips it.
+/// x, dx, dy: (N, C, H, W)  gamma, saveMean, saveInvStd (from the training forward), dgamma, dbeta:
+/// C elements. Sums in Double per channel in a fixed order (thread-count independent).
+public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Tensor, x: Tensor, gamma: Tensor,
+                              saveMean: Tensor, saveInvStd: Tensor, pool: WorkerPool) {
+    let who: StaticString = "batchNormBackward"
+    precondition(dy.shape == x.shape, "\(who): dy \(dy.shape) differs from x \(x.shape)")
+    if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) differs from x \(x.shape)") }
+    let channels = x.c, plane = x.shape.plane, batch = x.n
+    checkChannelVector(dgamma, channels, "dgamma", who)
+    checkChannelVector(dbeta, channels, "dbeta", who)
+    checkChannelVector(gamma, channels, "gamma", who)
+    checkChannelVector(saveMean, channels, "saveMean", who)
+    checkChannelVector(saveInvStd, channels, "saveInvStd", who)
+    let m = batch * plane
+    guard m > 0 else { return }
+
+    pool.parallelFor(channels) { channelRange, _ in
+        for c in channelRange {
+            let mean = saveMean[c], invStd = saveInvStd[c]
+            var sumDy = 0.0, sumDyXhat = 0.0
+            for n in 0..<batch {
+                let up = dy.plane(n, c), src = x.plane(n, c)
+                for i in 0..<plane {
+                    let g = Double(up[i])
+                    sumDy += g
+                    sumDyXhat += g * Double((src[i] - mean) * invStd)
+                }
+            }
+            dbeta[c] += Float(sumDy)
+            dgamma[c] += Float(sumDyXhat)
+            guard let dx else { continue }
+            let k = gamma[c] * invStd
+            let meanDy = Float(sumDy / Double(m)), meanDyXhat = Float(sumDyXhat / Double(m))
+            for n in 0..<batch {
+                let up = dy.plane(n, c), src = x.plane(n, c), grad = dx.plane(n, c)
+                for i in 0..<plane {
+                    let xhat = (src[i] - mean) * invStd
+                    grad[i] += k * (up[i] - meanDy - xhat * meanDyXhat)
+                }
+            }
+        }
+    }
+}

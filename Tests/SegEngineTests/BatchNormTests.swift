@@ -1,0 +1,176 @@
+import XCTest
+@testable import SegEngine
+
+final class BatchNormTests: XCTestCase {
+    private typealias S = OpsTestSupport
+
+    /// Everything one BatchNorm call touches, for C channels.
+    private final class Fixture {
+        let x: OwnedTensor, y: OwnedTensor, dx: OwnedTensor
+        let gamma: OwnedTensor, beta: OwnedTensor, dgamma: OwnedTensor, dbeta: OwnedTensor
+        let runningMean: OwnedTensor, runningVar: OwnedTensor, saveMean: OwnedTensor, saveInvStd: OwnedTensor
+
+        init(_ shape: Shape, seed: UInt64) {
+            let vector = Shape(shape.c, 1, 1, 1)
+            x = S.random(shape, seed: seed, in: -2...2)
+            // Different offsets per channel, so a mean that mixes channels is caught.
+            for n in 0..<shape.n {
+                for c in 0..<shape.c {
+                    let p = x.tensor.plane(n, c)
+                    for i in 0..<shape.plane { p[i] += Float(c) - 1 }
+                }
+            }
+            y = OwnedTensor(shape); dx = OwnedTensor(shape)
+            gamma = S.random(vector, seed: seed + 1, in: 0.5...1.5)
+            beta = S.random(vector, seed: seed + 2)
+            dgamma = OwnedTensor(vector); dbeta = OwnedTensor(vector)
+            runningMean = S.random(vector, seed: seed + 3)
+            runningVar = S.random(vector, seed: seed + 4, in: 0.5...2)
+            saveMean = OwnedTensor(vector); saveInvStd = OwnedTensor(vector)
+        }
+
+        func forward(training: Bool, pool: WorkerPool) {
+            batchNormForward(y.tensor, x.tensor, gamma: gamma.tensor, beta: beta.tensor,
+                             runningMean: runningMean.tensor, runningVar: runningVar.tensor,
+                             saveMean: saveMean.tensor, saveInvStd: saveInvStd.tensor, training: training, pool: pool)
+        }
+
+        func backward(dy: Tensor, withInputGradient: Bool = true, pool: WorkerPool) {
+            batchNormBackward(dx: withInputGradient ? dx.tensor : nil, dgamma: dgamma.tensor, dbeta: dbeta.tensor,
+                              dy: dy, x: x.tensor, gamma: gamma.tensor, saveMean: saveMean.tensor,
+                              saveInvStd: saveInvStd.tensor, pool: pool)
+        }
+    }
+
+    func testTrainingForwardHandValues() {
+        let pool = WorkerPool(threads: 2)
+        let f = Fixture(Shape(1, 1, 2, 2), seed: 1)
+        for (i, v) in [Float(1), 2, 3, 4].enumerated() { f.x.tensor[i] = v }
+        f.gamma.tensor[0] = 2; f.beta.tensor[0] = 0.5
+        f.runningMean.tensor[0] = 0; f.runningVar.tensor[0] = 1
+        f.forward(training: true, pool: pool)
+        // mean 2.5, biased var 1.25 (normalising), unbiased var 5/3 (running).
+        let invStd = 1 / (1.25 + 1e-5).squareRoot()
+        S.assertClose(f.y.tensor, [-1.5, -0.5, 0.5, 1.5].map { Float(2 * $0 * invStd + 0.5) }, tolerance: 1e-5)
+        XCTAssertEqual(f.saveMean.tensor[0], 2.5)
+        XCTAssertEqual(Double(f.saveInvStd.tensor[0]), invStd, accuracy: 1e-6)
+        XCTAssertEqual(f.runningMean.tensor[0], 0.25, accuracy: 1e-7)
+        XCTAssertEqual(f.runningVar.tensor[0], 0.9 + 0.1 * 5 / 3, accuracy: 1e-6)
+    }
+
+    func testTrainingForwardMatchesFormulaPerChannel() {
+        let pool = WorkerPool(threads: 3)
+        let shape = Shape(2, 3, 3, 5)
+        let f = Fixture(shape, seed: 10)
+        let oldMean = f.runningMean.tensor.toArray(), oldVar = f.runningVar.tensor.toArray()
+        f.forward(training: true, pool: pool)
+        let m = Double(shape.n * shape.plane)
+        for c in 0..<shape.c {
+            var values: [Double] = []
+            for n in 0..<shape.n { for i in 0..<shape.plane { values.append(Double(f.x.tensor.plane(n, c)[i])) } }
+            let mean = values.reduce(0, +) / m
+            let variance = values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / m
+            let invStd = 1 / (variance + 1e-5).squareRoot()
+            XCTAssertEqual(Double(f.saveMean.tensor[c]), mean, accuracy: 1e-6, "channel \(c)")
+            XCTAssertEqual(Double(f.saveInvStd.tensor[c]), invStd, accuracy: 1e-6 * invStd, "channel \(c)")
+            XCTAssertEqual(Double(f.runningMean.tensor[c]), 0.9 * Double(oldMean[c]) + 0.1 * mean, accuracy: 1e-6)
+            XCTAssertEqual(Double(f.runningVar.tensor[c]), 0.9 * Double(oldVar[c]) + 0.1 * variance * m / (m - 1),
+                           accuracy: 1e-6, "running var uses the unbiased variance")
+            for n in 0..<shape.n {
+                for i in 0..<shape.plane {
+                    let x = Double(f.x.tensor.plane(n, c)[i])
+                    let expected = Double(f.gamma.tensor[c]) * (x - mean) * invStd + Double(f.beta.tensor[c])
+                    XCTAssertEqual(Double(f.y.tensor.plane(n, c)[i]), expected, accuracy: 1e-5, "(\(n), \(c), \(i))")
+                }
+            }
+        }
+    }
+
+    func testEvalUsesRunningStatistics() {
+        let pool = WorkerPool(threads: 2)
+        let shape = Shape(2, 3, 2, 3)
+        let f = Fixture(shape, seed: 20)
+        let runningMean = f.runningMean.tensor.toArray(), runningVar = f.runningVar.tensor.toArray()
+        f.saveMean.tensor.fill(7); f.saveInvStd.tensor.fill(7)
+        f.forward(training: false, pool: pool)
+        for n in 0..<shape.n {
+            for c in 0..<shape.c {
+                for i in 0..<shape.plane {
+                    let x = f.x.tensor.plane(n, c)[i]
+                    let expected = f.gamma.tensor[c] * (x - runningMean[c]) / (runningVar[c] + 1e-5).squareRoot()
+                        + f.beta.tensor[c]
+                    XCTAssertEqual(f.y.tensor.plane(n, c)[i], expected, accuracy: 1e-5, "(\(n), \(c), \(i))")
+                }
+            }
+        }
+        XCTAssertEqual(f.runningMean.tensor.toArray(), runningMean, "eval must not update running stats")
+        XCTAssertEqual(f.runningVar.tensor.toArray(), runningVar, "eval must not update running stats")
+        XCTAssertEqual(f.saveMean.tensor.toArray(), [7, 7, 7])
+    }
+
+    func testGradientTrainingMode() {
+        let pool = WorkerPool(threads: 2)
+        let f = Fixture(Shape(2, 3, 3, 4), seed: 30)
+        let runningMean = f.runningMean.tensor.toArray(), runningVar = f.runningVar.tensor.toArray()
+        // Every objective evaluation runs a training forward; restoring the running statistics keeps
+        // the fixture unchanged (they do not affect a training-mode output anyway).
+        func forward() {
+            f.forward(training: true, pool: pool)
+            for c in 0..<runningMean.count {
+                f.runningMean.tensor[c] = runningMean[c]
+                f.runningVar.tensor[c] = runningVar[c]
+            }
+        }
+        S.checkGradients(inputs: [f.x.tensor, f.gamma.tensor, f.beta.tensor],
+                         gradients: [f.dx.tensor, f.dgamma.tensor, f.dbeta.tensor], output: f.y.tensor,
+                         forward: forward,
+                         backward: { dy in f.backward(dy: dy, pool: pool) }, "batchNorm")
+    }
+
+    func testNilInputGradientStillGivesParameterGradients() {
+        let pool = WorkerPool(threads: 2)
+        let f = Fixture(Shape(2, 3, 3, 4), seed: 40)
+        let dy = S.random(f.x.shape, seed: 41)
+        f.forward(training: true, pool: pool)
+        f.backward(dy: dy.tensor, pool: pool)
+        let dgamma = f.dgamma.tensor.toArray(), dbeta = f.dbeta.tensor.toArray()
+        f.dgamma.tensor.zero(); f.dbeta.tensor.zero(); f.dx.tensor.fill(5)
+        f.backward(dy: dy.tensor, withInputGradient: false, pool: pool)
+        XCTAssertEqual(f.dgamma.tensor.toArray(), dgamma)
+        XCTAssertEqual(f.dbeta.tensor.toArray(), dbeta)
+        XCTAssertTrue(f.dx.tensor.toArray().allSatisfy { $0 == 5 }, "dx nil must leave the input gradient alone")
+    }
+
+    func testBackwardAccumulates() {
+        let pool = WorkerPool(threads: 2)
+        let f = Fixture(Shape(2, 3, 3, 4), seed: 50)
+        let dy = S.random(f.x.shape, seed: 51)
+        f.forward(training: true, pool: pool)
+        S.assertAccumulates([f.dx.tensor, f.dgamma.tensor, f.dbeta.tensor], "batchNorm") {
+            f.backward(dy: dy.tensor, pool: pool)
+        }
+    }
+
+    func testStatisticsAndGradientsDoNotDependOnThreadCount() {
+        let shape = Shape(3, 5, 7, 9)
+        let dy = S.random(shape, seed: 61)
+        func run(threads: Int) -> Fixture {
+            let pool = WorkerPool(threads: threads)
+            let f = Fixture(shape, seed: 60)
+            f.forward(training: true, pool: pool)
+            f.backward(dy: dy.tensor, pool: pool)
+            return f
+        }
+        let reference = run(threads: 1)
+        for threads in [2, 3] {
+            let f = run(threads: threads)
+            let pairs = [(reference.saveMean, f.saveMean), (reference.saveInvStd, f.saveInvStd),
+                         (reference.runningMean, f.runningMean), (reference.runningVar, f.runningVar),
+                         (reference.y, f.y), (reference.dx, f.dx),
+                         (reference.dgamma, f.dgamma), (reference.dbeta, f.dbeta)]
+            for (k, (a, b)) in pairs.enumerated() {
+                S.assertBitwiseEqual(a.tensor, b.tensor, "tensor \(k), threads \(threads)")
+            }
+        }
+    }
+}
