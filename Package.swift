@@ -21,12 +21,12 @@ let package = Package(
         .target(
             name: "SegEngine",
             dependencies: ["CBLAS", "CSupport"],
-            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
+            swiftSettings: [.unsafeFlags(["-O"])]
         ),
         .target(
             name: "SegModel",
             dependencies: ["SegEngine"],
-            swiftSettings: [.unsafeFlags(["-Ounchecked"])]
+            swiftSettings: [.unsafeFlags(["-O"])]
         ),
         .target(
             name: "SegTraining",

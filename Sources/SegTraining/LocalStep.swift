@@ -15,6 +15,13 @@ public final class LocalStep {
         self.optimizer = optimizer
     }
 
+    /// Plans the model's activations and the loss's workspace for this batch shape; the steps
+    /// that follow allocate nothing.
+    public func plan(batch: Int, height: Int, width: Int) {
+        model.plan(batch: batch, height: height, width: width)
+        loss.reserve(batch: batch, height: height, width: width)
+    }
+
     /// Forward and backward on `images` (N, Cin, H, W) with `target` (N, 1, H, W); adds the
     /// gradient of loss / `normalizers` into `model.store.gradients` (zero them first for a new
     /// step) and returns that loss.

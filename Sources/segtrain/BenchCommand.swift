@@ -32,7 +32,6 @@ struct BenchCommand: ParsableCommand {
         let config = model.unetConfig
         let unet = UNet(config, pool: pool)
         let batch = training.batchSize, size = model.imageSize
-        unet.plan(batch: batch, height: size, width: size)
 
         // Random images and a random blob mask (classes = 1) or random labels (classes >= 2).
         let images = OwnedTensor(Shape(batch, config.inChannels, size, size))
@@ -51,6 +50,7 @@ struct BenchCommand: ParsableCommand {
         }
         let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
                              optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
+        step.plan(batch: batch, height: size, width: size)
 
         for _ in 0..<warmup {
             step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor, learningRate: training.lr)

@@ -91,7 +91,7 @@ struct TrainingOptions: ParsableArguments {
         if !(lr > 0) || !lr.isFinite { throw ValidationError("--lr must be a positive number (got \(lr))") }
         if weightDecay < 0 || !weightDecay.isFinite { throw ValidationError("--weight-decay must be >= 0 (got \(weightDecay))") }
         if let c = clipNorm, !(c > 0) { throw ValidationError("--clip-norm must be positive (got \(c))") }
-        if let message = OptimizerConfig.validate(optimizerConfig) { throw ValidationError(message) }
+        if let message = OptimizerConfig.validate(optimizerConfig, learningRate: lr) { throw ValidationError(message) }
         if let message = LossFunction.validate(LossConfig(kind: lossKind(classes: classes)), classes: classes) {
             throw ValidationError(message)
         }

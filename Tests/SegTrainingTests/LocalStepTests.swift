@@ -13,9 +13,10 @@ final class LocalStepTests: XCTestCase {
         config.batchNorm = batchNorm
         config.seed = seed
         let unet = UNet(config, pool: WorkerPool(threads: threads))
-        unet.plan(batch: 4, height: 16, width: 16)
-        return LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
-                         optimizer: Optimizer(OptimizerConfig(kind: optimizer), parameterCount: unet.parameterCount))
+        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+                             optimizer: Optimizer(OptimizerConfig(kind: optimizer), parameterCount: unet.parameterCount))
+        step.plan(batch: 4, height: 16, width: 16)
+        return step
     }
 
     /// A learnable toy task: the mask is where channel 0 is brighter than channel 1.
