@@ -2,25 +2,31 @@
 // UNet up-convolution convTranspose2x2 (kernel 2, stride 2). Each fast kernel keeps a plain naive
 // kernel beside it; tests compare them on odd shapes.
 //
-// Fast conv2d is im2col + sgemm on bands of output rows, so the column buffer stays small
-// (about `bandTargetFloats`). A work item is one (image, band); items are split statically over
-// the pool's threads. The three GEMMs:
-//   forward      Y[:, band]  = W (Cout x Cin*k*k) * col(x) (Cin*k*k x P)
-//   weight grad  dW         += dY[:, band] (Cout x P) * col(x)^T, per-thread partials summed in
+// Fast conv2d is im2col + sgemm. A work item is either a band of output rows of one image (large
+// images: the column buffer stays near `columnTargetFloats`) or a group of whole images (small
+// images: one wide GEMM instead of several narrow ones that each repack the weight). Items are
+// split statically over the pool's threads. The three GEMMs, P = pixels of the item:
+//   forward      Y[:, item]  = W (Cout x Cin*k*k) * col(x) (Cin*k*k x P)
+//   weight grad  dW         += dY[:, item] (Cout x P) * col(x)^T, per-thread partials summed in
 //                              thread order (bitwise reproducible for a given thread count)
-//   input grad   dX[:, band] += W' (Cin x Cout*k*k) * col(dY): for stride 1 and symmetric padding
+//   input grad   dX[:, item] += W' (Cin x Cout*k*k) * col(dY): for stride 1 and symmetric padding
 //                              the input gradient is a same-padded convolution of dY with the kernel
 //                              flipped and in/out swapped, W'[ci][co][a][b] = W[co][ci][k-1-a][k-1-b],
 //                              so it is a gather like the forward pass (no col2im scatter).
-// For k = 1 no columns are needed: the GEMMs read x and dY in place.
+// For k = 1 and single-image items no columns are needed: the GEMMs read x and dY in place.
+// A group item's GEMM writes a (channels x P) temporary that is then copied (or added) into the
+// images' planes.
 
 import CBLAS
 
 // MARK: - Shared helpers
 
-/// Column-buffer size (floats) a band aims for: small enough to stay in cache next to sgemm's
-/// packed panels.
-private let bandTargetFloats = 1 << 18
+/// Column-buffer size (floats) an item aims for: small enough to stay in cache next to sgemm's
+/// packed panels...
+private let columnTargetFloats = 1 << 18
+/// ...but never fewer pixels than this per item (deep layers with many channels), so that the
+/// GEMMs stay wide enough to amortise packing the weight.
+private let minimumItemPixels = 256
 
 /// Row-major sgemm with Int sizes: C (m x n) = alpha * op(A) * op(B) + beta * C.
 @inline(__always)
@@ -32,45 +38,72 @@ private func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Flo
                 beta, c, blasint(ldc))
 }
 
-/// How a batch of `height`-row images is cut into bands of rows, the unit of parallel work.
-private struct Bands {
-    let batch: Int, height: Int, rows: Int, count: Int
+/// How a batch is cut into work items: a group of `group` whole images (then `bands` == 1), or
+/// one band of `rows` rows of one image. Internal so tests can check the coverage.
+struct ConvWorkPlan {
+    let batch: Int, height: Int, width: Int
+    /// Images per item; > 1 only when bands == 1.
+    let group: Int
+    /// Rows per band, bands per image.
+    let rows: Int, bands: Int
 
-    /// - Parameter rowFloats: column-buffer floats one image row of a band needs.
-    init(batch: Int, height: Int, rowFloats: Int, threads: Int) {
+    /// - Parameter columnRows: rows of the column buffer (floats per pixel of an item).
+    init(batch: Int, height: Int, width: Int, columnRows: Int, threads: Int) {
         self.batch = batch
         self.height = height
-        guard height > 0 else { rows = 1; count = 0; return }
-        let images = max(1, batch)
-        let byCache = max(1, min(height, bandTargetFloats / max(1, rowFloats)))
-        var bands = (height + byCache - 1) / byCache
-        // Enough items to keep every thread busy on small batches, and a multiple of the thread
-        // count when the items are few (an uneven split then costs a lot).
-        bands = max(bands, min(height, (threads + images - 1) / images))
-        while (images * bands) % threads != 0 && bands < height && images * bands < 4 * threads {
-            bands += 1
+        self.width = width
+        let plane = height * width
+        guard batch > 0 && plane > 0 else { group = 1; rows = 1; bands = 0; return }
+        let pixelBudget = max(columnTargetFloats / max(1, columnRows), minimumItemPixels)
+        var group = 1, bands: Int
+        if plane <= pixelBudget {
+            // Whole images; group them, but keep at least one item per thread and spread the
+            // images evenly over the items.
+            group = min(pixelBudget / plane, (batch + threads - 1) / threads)
+            if group > 1 {
+                let itemsPerThread = (batch + threads * group - 1) / (threads * group)
+                group = (batch + threads * itemsPerThread - 1) / (threads * itemsPerThread)
+                if (batch + group - 1) / group < threads { group = 1 }
+            }
+            group = max(1, group)
+            bands = 1
+        } else {
+            let byBudget = max(1, pixelBudget / width)
+            bands = (height + byBudget - 1) / byBudget
         }
-        rows = (height + bands - 1) / bands
-        count = (height + rows - 1) / rows
+        if group == 1 {
+            // Enough items to keep every thread busy on small batches, and a multiple of the
+            // thread count when the items are few (an uneven split then costs a lot).
+            bands = max(bands, min(height, (threads + batch - 1) / batch))
+            while (batch * bands) % threads != 0 && bands < height && batch * bands < 4 * threads {
+                bands += 1
+            }
+        }
+        let rows = (height + bands - 1) / bands
+        self.group = group
+        self.rows = rows
+        self.bands = (height + rows - 1) / rows
     }
 
-    var items: Int { batch * count }
+    var items: Int { (batch + group - 1) / group * bands }
+    /// The most pixels (GEMM columns) one item has.
+    var maxPixels: Int { group * rows * width }
 
-    /// Image and row range [start, end) of work item `item`.
-    @inline(__always) func item(_ item: Int) -> (n: Int, start: Int, end: Int) {
-        let n = item / count, band = item % count
-        let start = band * rows
-        return (n, start, min(height, start + rows))
+    /// Images [n0, n1) and rows [r0, r1) of work item `item`.
+    @inline(__always) func item(_ item: Int) -> (n0: Int, n1: Int, r0: Int, r1: Int) {
+        let g = item / bands, band = item % bands
+        let n0 = g * group, r0 = band * rows
+        return (n0, min(batch, n0 + group), r0, min(height, r0 + rows))
     }
 }
 
-/// Fills `col` ((channels*k*k) x P, P = (rowEnd - rowStart) * width) with the patches of the
-/// same-padded convolution for output rows [rowStart, rowEnd):
+/// Fills `col` ((channels*k*k) rows, row stride `ld`) with the patches of the same-padded
+/// convolution for output rows [rowStart, rowEnd) of one image:
 /// col[(c*k + a)*k + b][(i - rowStart)*width + j] = src[c, i + a*dilation - pad, j + b*dilation - pad], 0 outside.
-private func im2colBand(_ col: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>,
+/// With k = 1 it copies the band.
+private func im2colBand(_ col: UnsafeMutablePointer<Float>, ld: Int, _ src: UnsafePointer<Float>,
                         channels: Int, height: Int, width: Int, kernel: Int, dilation: Int, pad: Int,
                         rowStart: Int, rowEnd: Int) {
-    let pixels = (rowEnd - rowStart) * width
     var dst = col
     for c in 0..<channels {
         let plane = src + c * height * width
@@ -91,7 +124,41 @@ private func im2colBand(_ col: UnsafeMutablePointer<Float>, _ src: UnsafePointer
                     (row + j0).update(from: plane + si * width + j0 + dj, count: j1 - j0)
                     if j1 < width { (row + j1).update(repeating: 0, count: width - j1) }
                 }
-                dst += pixels
+                dst += ld
+            }
+        }
+    }
+}
+
+/// The GEMM operand for work item (n0..<n1, r0..<r1) of `src`: the tensor itself when the item is
+/// one image and no patches are needed (k = 1), else the item's columns gathered into `col`
+/// (one image after another, row stride = pixels of the item). Returns the pointer and its row stride.
+@inline(__always)
+private func columns(_ src: Tensor, into col: UnsafeMutablePointer<Float>, kernel: Int, dilation: Int, pad: Int,
+                     _ n0: Int, _ n1: Int, _ r0: Int, _ r1: Int) -> (UnsafePointer<Float>, Int) {
+    let bandPixels = (r1 - r0) * src.w
+    if kernel == 1 && n1 - n0 == 1 { return (UnsafePointer(src.sample(n0) + r0 * src.w), src.shape.plane) }
+    let ld = (n1 - n0) * bandPixels
+    for n in n0..<n1 {
+        im2colBand(col + (n - n0) * bandPixels, ld: ld, src.sample(n), channels: src.c, height: src.h,
+                   width: src.w, kernel: kernel, dilation: dilation, pad: pad, rowStart: r0, rowEnd: r1)
+    }
+    return (UnsafePointer(col), ld)
+}
+
+/// Adds (or with `overwrite`, copies) a (channels x P) temporary of a group item (whole images
+/// n0..<n1, image after image along P) into the images' planes of `dst`; `bias` (optional) is added too.
+private func scatterGroup(_ dst: Tensor, from temp: UnsafePointer<Float>, _ n0: Int, _ n1: Int,
+                          overwrite: Bool, bias: Tensor?) {
+    let plane = dst.shape.plane, ld = (n1 - n0) * plane
+    for n in n0..<n1 {
+        for c in 0..<dst.c {
+            let src = temp + c * ld + (n - n0) * plane, out = dst.plane(n, c)
+            let b: Float = bias?.data[c] ?? 0
+            if overwrite {
+                for i in 0..<plane { out[i] = src[i] + b }
+            } else {
+                for i in 0..<plane { out[i] += src[i] }
             }
         }
     }
@@ -154,6 +221,7 @@ public func biasBackward(dbias: Tensor, dy: Tensor, pool: WorkerPool) {
     }
 }
 
+
 // MARK: - conv2d
 
 private func checkConv2d(_ y: Tensor, _ x: Tensor, _ weight: Tensor, _ dilation: Int, _ who: StaticString) -> Int {
@@ -165,21 +233,39 @@ private func checkConv2d(_ y: Tensor, _ x: Tensor, _ weight: Tensor, _ dilation:
     return k
 }
 
-private func conv2dBands(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
-                         kernel: Int, threads: Int) -> Bands {
-    Bands(batch: batch, height: height,
-          rowFloats: max(inChannels, outChannels) * kernel * kernel * width, threads: threads)
+
+/// Work plan and per-thread scratch layout of conv2d: [columns][group temporary][weight-sized block].
+private struct Conv2dLayout {
+    let plan: ConvWorkPlan
+    /// Offsets (floats) of the (max(Cin, Cout) x P) temporary of group items and of the weight-sized
+    /// block (weight-gradient partial; in thread 0 also the flipped kernel), and the total.
+    let temp: Int, block: Int, total: Int
+
+    init(batch: Int, inChannels cin: Int, outChannels cout: Int, height: Int, width: Int, kernel: Int, threads: Int) {
+        let kk = kernel * kernel
+        plan = ConvWorkPlan(batch: batch, height: height, width: width, columnRows: max(cin, cout) * kk,
+                            threads: threads)
+        let pixels = plan.maxPixels
+        let columnRows = kernel == 1 && plan.group == 1 ? 0 : max(cin, cout) * kk
+        let tempRows = plan.group > 1 ? max(cin, cout) : 0
+        temp = columnRows * pixels
+        block = temp + tempRows * pixels
+        total = block + cin * cout * kk
+    }
 }
 
 /// Floats of scratch per thread that conv2dForward/Backward need for these sizes (max of both):
-/// a column buffer (k = 3 only) plus one weight-sized block (weight-gradient partial, flipped kernel).
+/// a column buffer, a temporary for small images grouped into one GEMM, and one weight-sized block
+/// (weight-gradient partial, flipped kernel). Covers any smaller batch too.
 public func conv2dScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
                                 kernel: Int, threads: Int) -> Int {
-    let kk = kernel * kernel
-    let bands = conv2dBands(batch: batch, inChannels: inChannels, outChannels: outChannels,
-                            height: height, width: width, kernel: kernel, threads: threads)
-    let columns = kernel == 1 ? 0 : max(inChannels, outChannels) * kk * bands.rows * width
-    return columns + inChannels * outChannels * kk
+    // The maximum over every batch up to `batch`, so a smaller last batch always fits.
+    var most = 0
+    for images in 1...max(1, batch) {
+        most = max(most, Conv2dLayout(batch: images, inChannels: inChannels, outChannels: outChannels,
+                                      height: height, width: width, kernel: kernel, threads: threads).total)
+    }
+    return most
 }
 
 /// 2-D convolution (cross-correlation, like PyTorch), stride 1, "same" padding = dilation*(k-1)/2, k = 1 or 3.
@@ -189,32 +275,33 @@ public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor
                           pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(y, x, weight, dilation, "conv2dForward")
     checkBias(bias, y.c, "conv2dForward")
-    let (cin, cout, height, width) = (x.c, y.c, x.h, x.w)
-    let plane = height * width, kk = k * k, pad = dilation * (k - 1) / 2
+    let (cin, cout, width) = (x.c, y.c, x.w)
+    let plane = x.shape.plane, kk = k * k, pad = dilation * (k - 1) / 2
     precondition(scratch.threadCount >= pool.threadCount, "conv2dForward: scratch has fewer threads than the pool")
-    scratch.require(conv2dScratchFloats(batch: x.n, inChannels: cin, outChannels: cout, height: height,
-                                        width: width, kernel: k, threads: pool.threadCount), "conv2d")
-    let bands = conv2dBands(batch: x.n, inChannels: cin, outChannels: cout, height: height, width: width,
-                            kernel: k, threads: pool.threadCount)
-    pool.parallelFor(bands.items) { range, t in
-        let col = scratch.buffer(t)
+    let layout = Conv2dLayout(batch: x.n, inChannels: cin, outChannels: cout, height: x.h, width: width,
+                              kernel: k, threads: pool.threadCount)
+    scratch.require(layout.total, "conv2d")
+    let plan = layout.plan
+    pool.parallelFor(plan.items) { range, t in
+        let base = scratch.buffer(t)
         for item in range {
-            let (n, r0, r1) = bands.item(item)
-            let pixels = (r1 - r0) * width
-            let yBand = y.sample(n) + r0 * width
-            var beta: Float = 0
-            if let bias {
-                for co in 0..<cout { (yBand + co * plane).update(repeating: bias.data[co], count: pixels) }
-                beta = 1
-            }
-            if k == 1 {
-                gemm(transA: false, transB: false, m: cout, n: pixels, k: cin, a: weight.data, lda: cin,
-                     b: x.sample(n) + r0 * width, ldb: plane, beta: beta, c: yBand, ldc: plane)
-            } else {
-                im2colBand(col, x.sample(n), channels: cin, height: height, width: width, kernel: k,
-                           dilation: dilation, pad: pad, rowStart: r0, rowEnd: r1)
+            let (n0, n1, r0, r1) = plan.item(item)
+            let pixels = (n1 - n0) * (r1 - r0) * width
+            let (b, ldb) = columns(x, into: base, kernel: k, dilation: dilation, pad: pad, n0, n1, r0, r1)
+            if n1 - n0 == 1 {
+                let yBand = y.sample(n0) + r0 * width
+                var beta: Float = 0
+                if let bias {
+                    for co in 0..<cout { (yBand + co * plane).update(repeating: bias.data[co], count: pixels) }
+                    beta = 1
+                }
                 gemm(transA: false, transB: false, m: cout, n: pixels, k: cin * kk, a: weight.data, lda: cin * kk,
-                     b: col, ldb: pixels, beta: beta, c: yBand, ldc: plane)
+                     b: b, ldb: ldb, beta: beta, c: yBand, ldc: plane)
+            } else {
+                let temp = base + layout.temp
+                gemm(transA: false, transB: false, m: cout, n: pixels, k: cin * kk, a: weight.data, lda: cin * kk,
+                     b: b, ldb: ldb, beta: 0, c: temp, ldc: pixels)
+                scatterGroup(y, from: temp, n0, n1, overwrite: true, bias: bias)
             }
         }
     }
@@ -229,75 +316,76 @@ public func conv2dBackward(dx: Tensor?, dweight: Tensor, dbias: Tensor?, dy: Ten
     precondition(dweight.shape == weight.shape, "conv2dBackward: dweight \(dweight.shape) for weight \(weight.shape)")
     if let dx { precondition(dx.shape == x.shape, "conv2dBackward: dx \(dx.shape) for x \(x.shape)") }
     checkBias(dbias, dy.c, "conv2dBackward")
-    let (cin, cout, height, width) = (x.c, dy.c, x.h, x.w)
-    let plane = height * width, kk = k * k, pad = dilation * (k - 1) / 2
+    let (cin, cout, width) = (x.c, dy.c, x.w)
+    let plane = x.shape.plane, kk = k * k, pad = dilation * (k - 1) / 2
     let threads = pool.threadCount
     precondition(scratch.threadCount >= threads, "conv2dBackward: scratch has fewer threads than the pool")
-    let total = conv2dScratchFloats(batch: x.n, inChannels: cin, outChannels: cout, height: height,
-                                    width: width, kernel: k, threads: threads)
-    scratch.require(total, "conv2d")
-    let bands = conv2dBands(batch: x.n, inChannels: cin, outChannels: cout, height: height, width: width,
-                            kernel: k, threads: threads)
+    let layout = Conv2dLayout(batch: x.n, inChannels: cin, outChannels: cout, height: x.h, width: width,
+                              kernel: k, threads: threads)
+    scratch.require(layout.total, "conv2d")
+    let plan = layout.plan
     let weightFloats = cout * cin * kk
-    let blockOffset = total - weightFloats  // the weight-sized block follows the column buffer
 
     // Weight gradient: each thread sums its items into a private partial, then the partials are
     // added into dweight in thread order.
     pool.run { t in
-        let col = scratch.buffer(t)
-        let partial = col + blockOffset
+        let base = scratch.buffer(t)
+        let partial = base + layout.block
         partial.update(repeating: 0, count: weightFloats)
-        for item in WorkerPool.split(bands.items, parts: threads, index: t) {
-            let (n, r0, r1) = bands.item(item)
-            let pixels = (r1 - r0) * width
-            let dyBand = dy.sample(n) + r0 * width
-            if k == 1 {
-                gemm(transA: false, transB: true, m: cout, n: cin, k: pixels, a: dyBand, lda: plane,
-                     b: x.sample(n) + r0 * width, ldb: plane, beta: 1, c: partial, ldc: cin)
-            } else {
-                im2colBand(col, x.sample(n), channels: cin, height: height, width: width, kernel: k,
-                           dilation: dilation, pad: pad, rowStart: r0, rowEnd: r1)
-                gemm(transA: false, transB: true, m: cout, n: cin * kk, k: pixels, a: dyBand, lda: plane,
-                     b: col, ldb: pixels, beta: 1, c: partial, ldc: cin * kk)
+        for item in WorkerPool.split(plan.items, parts: threads, index: t) {
+            let (n0, n1, r0, r1) = plan.item(item)
+            let pixels = (n1 - n0) * (r1 - r0) * width
+            let (b, ldb) = columns(x, into: base, kernel: k, dilation: dilation, pad: pad, n0, n1, r0, r1)
+            var a = UnsafePointer(dy.sample(n0) + r0 * width), lda = plane
+            if n1 - n0 > 1 {
+                // dY of the group, image after image: (Cout x P).
+                let temp = base + layout.temp
+                for n in n0..<n1 {
+                    for co in 0..<cout { (temp + co * pixels + (n - n0) * plane).update(from: dy.plane(n, co), count: plane) }
+                }
+                a = UnsafePointer(temp)
+                lda = pixels
             }
+            gemm(transA: false, transB: true, m: cout, n: cin * kk, k: pixels, a: a, lda: lda,
+                 b: b, ldb: ldb, beta: 1, c: partial, ldc: cin * kk)
         }
     }
-    addPartials(into: dweight, scratch: scratch, offset: blockOffset, pool: pool)
+    addPartials(into: dweight, scratch: scratch, offset: layout.block, pool: pool)
 
     if let dbias { biasBackward(dbias: dbias, dy: dy, pool: pool) }
 
     guard let dx else { return }
-    if k == 1 {
-        // dX[:, band] += W^T (Cin x Cout) * dY[:, band]
-        pool.parallelFor(bands.items) { range, _ in
-            for item in range {
-                let (n, r0, r1) = bands.item(item)
-                gemm(transA: true, transB: false, m: cin, n: (r1 - r0) * width, k: cout, a: weight.data, lda: cin,
-                     b: dy.sample(n) + r0 * width, ldb: plane, beta: 1, c: dx.sample(n) + r0 * width, ldc: plane)
-            }
-        }
-        return
-    }
-    // The flipped, transposed kernel W'[ci][co][a][b] = W[co][ci][k-1-a][k-1-b], written once into
-    // thread 0's weight-sized block (its partial is no longer needed) and read by every thread.
-    let flipped = scratch.buffer(0) + blockOffset
-    pool.parallelFor(cin) { range, _ in
-        for ci in range {
-            for co in 0..<cout {
-                let src = weight.data + (co * cin + ci) * kk, dst = flipped + (ci * cout + co) * kk
-                for i in 0..<kk { dst[i] = src[kk - 1 - i] }
+    // k = 1: dX += W^T (Cin x Cout) * dY. k = 3: dX += W' (Cin x Cout*9) * col(dY) with the flipped,
+    // transposed kernel W'[ci][co][a][b] = W[co][ci][k-1-a][k-1-b], written once into thread 0's
+    // weight-sized block (its partial is no longer needed) and read by every thread.
+    let flipped = scratch.buffer(0) + layout.block
+    if k > 1 {
+        pool.parallelFor(cin) { range, _ in
+            for ci in range {
+                for co in 0..<cout {
+                    let src = weight.data + (co * cin + ci) * kk, dst = flipped + (ci * cout + co) * kk
+                    for i in 0..<kk { dst[i] = src[kk - 1 - i] }
+                }
             }
         }
     }
-    pool.parallelFor(bands.items) { range, t in
-        let col = scratch.buffer(t)
+    let a = k == 1 ? UnsafePointer(weight.data) : UnsafePointer(flipped)
+    let lda = k == 1 ? cin : cout * kk
+    pool.parallelFor(plan.items) { range, t in
+        let base = scratch.buffer(t)
         for item in range {
-            let (n, r0, r1) = bands.item(item)
-            let pixels = (r1 - r0) * width
-            im2colBand(col, dy.sample(n), channels: cout, height: height, width: width, kernel: k,
-                       dilation: dilation, pad: pad, rowStart: r0, rowEnd: r1)
-            gemm(transA: false, transB: false, m: cin, n: pixels, k: cout * kk, a: flipped, lda: cout * kk,
-                 b: col, ldb: pixels, beta: 1, c: dx.sample(n) + r0 * width, ldc: plane)
+            let (n0, n1, r0, r1) = plan.item(item)
+            let pixels = (n1 - n0) * (r1 - r0) * width
+            let (b, ldb) = columns(dy, into: base, kernel: k, dilation: dilation, pad: pad, n0, n1, r0, r1)
+            if n1 - n0 == 1 {
+                gemm(transA: k == 1, transB: false, m: cin, n: pixels, k: cout * kk, a: a, lda: lda,
+                     b: b, ldb: ldb, beta: 1, c: dx.sample(n0) + r0 * width, ldc: plane)
+            } else {
+                let temp = base + layout.temp
+                gemm(transA: k == 1, transB: false, m: cin, n: pixels, k: cout * kk, a: a, lda: lda,
+                     b: b, ldb: ldb, beta: 0, c: temp, ldc: pixels)
+                scatterGroup(dx, from: temp, n0, n1, overwrite: false, bias: nil)
+            }
         }
     }
 }
@@ -366,8 +454,8 @@ public func conv2dBackwardNaive(dx: Tensor?, dweight: Tensor, dbias: Tensor?, dy
 
 // MARK: - convTranspose2x2
 
-// Per image, the transposed convolution with kernel = stride = 2 is one GEMM and a scatter with no
-// overlap: col (Cout*4 x HW) = W^T (Cout*4 x Cin) * x (Cin x HW), y[co, 2i+a, 2j+b] = col[co*4 + a*2 + b, i*W + j].
+// The transposed convolution with kernel = stride = 2 is one GEMM per item and a scatter with no
+// overlap: col (Cout*4 x P) = W^T (Cout*4 x Cin) * x (Cin x P), y[co, 2i+a, 2j+b] = col[co*4 + a*2 + b, (i, j)].
 // Backward gathers dy into the same layout G: dx += W (Cin x Cout*4) * G, dW += x * G^T.
 
 private func checkConvTranspose(_ y: Tensor, _ x: Tensor, _ weight: Tensor, _ who: StaticString) {
@@ -376,17 +464,33 @@ private func checkConvTranspose(_ y: Tensor, _ x: Tensor, _ weight: Tensor, _ wh
     precondition(y.n == x.n && y.h == 2 * x.h && y.w == 2 * x.w, "\(who): y \(y.shape) for x \(x.shape)")
 }
 
-private func convTransposeBands(batch: Int, outChannels: Int, height: Int, width: Int, threads: Int) -> Bands {
-    Bands(batch: batch, height: height, rowFloats: outChannels * 4 * width, threads: threads)
+
+/// Work plan and per-thread scratch layout of convTranspose2x2:
+/// [columns (Cout*4 x P)][input-sized temporary (Cin x P), group items only][weight-gradient partial].
+private struct ConvTransposeLayout {
+    let plan: ConvWorkPlan
+    let input: Int, block: Int, total: Int
+
+    init(batch: Int, inChannels cin: Int, outChannels cout: Int, height: Int, width: Int, threads: Int) {
+        plan = ConvWorkPlan(batch: batch, height: height, width: width, columnRows: cout * 4, threads: threads)
+        let pixels = plan.maxPixels
+        input = cout * 4 * pixels
+        block = input + (plan.group > 1 ? cin * pixels : 0)
+        total = block + cin * cout * 4
+    }
 }
 
-/// Floats of scratch per thread that convTranspose2x2Forward/Backward need for these sizes:
-/// a (Cout*4 x band pixels) column buffer plus a weight-gradient partial.
+/// Floats of scratch per thread that convTranspose2x2Forward/Backward need for these sizes (or any
+/// smaller batch).
 /// Height and width are the input's (the output is twice as large).
 public func convTranspose2x2ScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
                                          threads: Int) -> Int {
-    let bands = convTransposeBands(batch: batch, outChannels: outChannels, height: height, width: width, threads: threads)
-    return outChannels * 4 * bands.rows * width + inChannels * outChannels * 4
+    var most = 0
+    for images in 1...max(1, batch) {
+        most = max(most, ConvTransposeLayout(batch: images, inChannels: inChannels, outChannels: outChannels,
+                                             height: height, width: width, threads: threads).total)
+    }
+    return most
 }
 
 /// Transposed convolution, kernel 2, stride 2 (PyTorch ConvTranspose2d(k=2, s=2)). Overwrites y:
@@ -396,31 +500,36 @@ public func convTranspose2x2Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bi
                                     pool: WorkerPool, scratch: Scratch) {
     checkConvTranspose(y, x, weight, "convTranspose2x2Forward")
     checkBias(bias, y.c, "convTranspose2x2Forward")
-    let (cin, cout, height, width) = (x.c, y.c, x.h, x.w)
-    let plane = height * width, outWidth = 2 * width, outPlane = 4 * plane
+    let (cin, cout, width) = (x.c, y.c, x.w)
+    let outWidth = 2 * width, outPlane = y.shape.plane
     precondition(scratch.threadCount >= pool.threadCount, "convTranspose2x2Forward: scratch has fewer threads than the pool")
-    scratch.require(convTranspose2x2ScratchFloats(batch: x.n, inChannels: cin, outChannels: cout, height: height,
-                                                  width: width, threads: pool.threadCount), "conv2d")
-    let bands = convTransposeBands(batch: x.n, outChannels: cout, height: height, width: width, threads: pool.threadCount)
-    pool.parallelFor(bands.items) { range, t in
+    let layout = ConvTransposeLayout(batch: x.n, inChannels: cin, outChannels: cout, height: x.h, width: width,
+                                     threads: pool.threadCount)
+    scratch.require(layout.total, "conv2d")
+    let plan = layout.plan
+    pool.parallelFor(plan.items) { range, t in
         let col = scratch.buffer(t)
         for item in range {
-            let (n, r0, r1) = bands.item(item)
-            let pixels = (r1 - r0) * width
+            let (n0, n1, r0, r1) = plan.item(item)
+            let bandPixels = (r1 - r0) * width, pixels = (n1 - n0) * bandPixels
+            let (b, ldb) = columns(x, into: col + layout.input, kernel: 1, dilation: 1, pad: 0, n0, n1, r0, r1)
             gemm(transA: true, transB: false, m: cout * 4, n: pixels, k: cin, a: weight.data, lda: cout * 4,
-                 b: x.sample(n) + r0 * width, ldb: plane, beta: 0, c: col, ldc: pixels)
-            for co in 0..<cout {
-                let b: Float = bias?.data[co] ?? 0
-                let c00 = col + (co * 4) * pixels, c01 = c00 + pixels, c10 = c01 + pixels, c11 = c10 + pixels
-                let out = y.sample(n) + co * outPlane
-                for i in r0..<r1 {
-                    let src = (i - r0) * width
-                    let top = out + 2 * i * outWidth, bottom = top + outWidth
-                    for j in 0..<width {
-                        top[2 * j] = c00[src + j] + b
-                        top[2 * j + 1] = c01[src + j] + b
-                        bottom[2 * j] = c10[src + j] + b
-                        bottom[2 * j + 1] = c11[src + j] + b
+                 b: b, ldb: ldb, beta: 0, c: col, ldc: pixels)
+            for n in n0..<n1 {
+                for co in 0..<cout {
+                    let bias: Float = bias?.data[co] ?? 0
+                    let c00 = col + co * 4 * pixels + (n - n0) * bandPixels
+                    let c01 = c00 + pixels, c10 = c01 + pixels, c11 = c10 + pixels
+                    let out = y.sample(n) + co * outPlane
+                    for i in r0..<r1 {
+                        let src = (i - r0) * width
+                        let top = out + 2 * i * outWidth, bottom = top + outWidth
+                        for j in 0..<width {
+                            top[2 * j] = c00[src + j] + bias
+                            top[2 * j + 1] = c01[src + j] + bias
+                            bottom[2 * j] = c10[src + j] + bias
+                            bottom[2 * j + 1] = c11[src + j] + bias
+                        }
                     }
                 }
             }
@@ -436,49 +545,58 @@ public func convTranspose2x2Backward(dx: Tensor?, dweight: Tensor, dbias: Tensor
     precondition(dweight.shape == weight.shape, "convTranspose2x2Backward: dweight \(dweight.shape) for weight \(weight.shape)")
     if let dx { precondition(dx.shape == x.shape, "convTranspose2x2Backward: dx \(dx.shape) for x \(x.shape)") }
     checkBias(dbias, dy.c, "convTranspose2x2Backward")
-    let (cin, cout, height, width) = (x.c, dy.c, x.h, x.w)
-    let plane = height * width, outWidth = 2 * width, outPlane = 4 * plane
+    let (cin, cout, width) = (x.c, dy.c, x.w)
+    let plane = x.shape.plane, outWidth = 2 * width, outPlane = dy.shape.plane
     let threads = pool.threadCount
     precondition(scratch.threadCount >= threads, "convTranspose2x2Backward: scratch has fewer threads than the pool")
-    let total = convTranspose2x2ScratchFloats(batch: x.n, inChannels: cin, outChannels: cout, height: height,
-                                              width: width, threads: threads)
-    scratch.require(total, "conv2d")
-    let bands = convTransposeBands(batch: x.n, outChannels: cout, height: height, width: width, threads: threads)
+    let layout = ConvTransposeLayout(batch: x.n, inChannels: cin, outChannels: cout, height: x.h, width: width,
+                                     threads: threads)
+    scratch.require(layout.total, "conv2d")
+    let plan = layout.plan
     let weightFloats = cin * cout * 4
-    let partialOffset = total - weightFloats
 
     pool.run { t in
         let gathered = scratch.buffer(t)
-        let partial = gathered + partialOffset
+        let partial = gathered + layout.block
         partial.update(repeating: 0, count: weightFloats)
-        for item in WorkerPool.split(bands.items, parts: threads, index: t) {
-            let (n, r0, r1) = bands.item(item)
-            let pixels = (r1 - r0) * width
-            // G[co*4 + a*2 + b][(i - r0)*W + j] = dy[n, co, 2i+a, 2j+b]
-            for co in 0..<cout {
-                let g00 = gathered + (co * 4) * pixels, g01 = g00 + pixels, g10 = g01 + pixels, g11 = g10 + pixels
-                let grad = dy.sample(n) + co * outPlane
-                for i in r0..<r1 {
-                    let dst = (i - r0) * width
-                    let top = grad + 2 * i * outWidth, bottom = top + outWidth
-                    for j in 0..<width {
-                        g00[dst + j] = top[2 * j]
-                        g01[dst + j] = top[2 * j + 1]
-                        g10[dst + j] = bottom[2 * j]
-                        g11[dst + j] = bottom[2 * j + 1]
+        for item in WorkerPool.split(plan.items, parts: threads, index: t) {
+            let (n0, n1, r0, r1) = plan.item(item)
+            let bandPixels = (r1 - r0) * width, pixels = (n1 - n0) * bandPixels
+            // G[co*4 + a*2 + b][(n - n0)*bandPixels + (i - r0)*W + j] = dy[n, co, 2i+a, 2j+b]
+            for n in n0..<n1 {
+                for co in 0..<cout {
+                    let g00 = gathered + co * 4 * pixels + (n - n0) * bandPixels
+                    let g01 = g00 + pixels, g10 = g01 + pixels, g11 = g10 + pixels
+                    let grad = dy.sample(n) + co * outPlane
+                    for i in r0..<r1 {
+                        let dst = (i - r0) * width
+                        let top = grad + 2 * i * outWidth, bottom = top + outWidth
+                        for j in 0..<width {
+                            g00[dst + j] = top[2 * j]
+                            g01[dst + j] = top[2 * j + 1]
+                            g10[dst + j] = bottom[2 * j]
+                            g11[dst + j] = bottom[2 * j + 1]
+                        }
                     }
                 }
             }
-            let xBand = x.sample(n) + r0 * width
-            if let dx {
-                gemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
-                     b: gathered, ldb: pixels, beta: 1, c: dx.sample(n) + r0 * width, ldc: plane)
-            }
-            gemm(transA: false, transB: true, m: cin, n: cout * 4, k: pixels, a: xBand, lda: plane,
+            let temp = gathered + layout.input
+            let (xb, ldx) = columns(x, into: temp, kernel: 1, dilation: 1, pad: 0, n0, n1, r0, r1)
+            gemm(transA: false, transB: true, m: cin, n: cout * 4, k: pixels, a: xb, lda: ldx,
                  b: gathered, ldb: pixels, beta: 1, c: partial, ldc: cout * 4)
+            guard let dx else { continue }
+            if n1 - n0 == 1 {
+                gemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
+                     b: gathered, ldb: pixels, beta: 1, c: dx.sample(n0) + r0 * width, ldc: plane)
+            } else {
+                // The copy of x in `temp` is used up: reuse it for the group's dx.
+                gemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
+                     b: gathered, ldb: pixels, beta: 0, c: temp, ldc: pixels)
+                scatterGroup(dx, from: temp, n0, n1, overwrite: false, bias: nil)
+            }
         }
     }
-    addPartials(into: dweight, scratch: scratch, offset: partialOffset, pool: pool)
+    addPartials(into: dweight, scratch: scratch, offset: layout.block, pool: pool)
     if let dbias { biasBackward(dbias: dbias, dy: dy, pool: pool) }
 }
 

@@ -48,10 +48,47 @@ final class ConvTests: XCTestCase {
         Case(n: 3, cin: 1, cout: 4, h: 6, w: 1),
     ]
 
+    // MARK: Work plan
+
+    func testWorkPlanCoversEveryImageRowOnce() {
+        var grouped = 0, banded = 0
+        for batch in [1, 2, 3, 4, 5, 8] {
+            for (h, w) in [(1, 1), (5, 7), (9, 4), (16, 16), (64, 64), (300, 3)] {
+                for columnRows in [1, 9, 36, 4608] {
+                    for threads in 1...3 {
+                        let plan = ConvWorkPlan(batch: batch, height: h, width: w, columnRows: columnRows, threads: threads)
+                        let what = "batch \(batch) \(h)x\(w) rows \(columnRows) threads \(threads)"
+                        var seen = [Int](repeating: 0, count: batch * h)
+                        for item in 0..<plan.items {
+                            let (n0, n1, r0, r1) = plan.item(item)
+                            XCTAssertTrue(n1 > n0 && r1 > r0, what)
+                            XCTAssertLessThanOrEqual((n1 - n0) * (r1 - r0) * w, plan.maxPixels, what)
+                            if n1 - n0 > 1 { XCTAssertEqual(plan.bands, 1, what) }
+                            for n in n0..<n1 { for r in r0..<r1 { seen[n * h + r] += 1 } }
+                        }
+                        XCTAssertEqual(seen, [Int](repeating: 1, count: batch * h), what)
+                        if plan.group > 1 { grouped += 1 }
+                        if plan.bands > 1 { banded += 1 }
+                    }
+                }
+            }
+        }
+        XCTAssertGreaterThan(grouped, 0)
+        XCTAssertGreaterThan(banded, 0)
+        // Scratch planned for a batch covers every smaller batch.
+        for threads in 1...3 {
+            for batch in 1...9 {
+                XCTAssertLessThanOrEqual(
+                    conv2dScratchFloats(batch: batch, inChannels: 7, outChannels: 5, height: 6, width: 5, kernel: 3, threads: threads),
+                    conv2dScratchFloats(batch: 9, inChannels: 7, outChannels: 5, height: 6, width: 5, kernel: 3, threads: threads))
+            }
+        }
+    }
+
     // MARK: conv2d: fast vs naive
 
     func testConv2dFastMatchesNaiveOnOddShapes() {
-        var compared = 0
+        var compared = 0, grouped = 0, banded = 0
         for threads in 1...3 {
             let pool = WorkerPool(threads: threads)
             let scratch = Scratch(threads: threads)
@@ -59,6 +96,10 @@ final class ConvTests: XCTestCase {
                 for k in [1, 3] {
                     for dilation in [1, 2] {  // k = 1 ignores dilation
                         let what = "threads \(threads) case \(ci) k \(k) dilation \(dilation)"
+                        let plan = ConvWorkPlan(batch: c.n, height: c.h, width: c.w,
+                                                columnRows: max(c.cin, c.cout) * k * k, threads: threads)
+                        if plan.group > 1 { grouped += 1 }
+                        if plan.bands > 1 { banded += 1 }
                         scratch.reserve(floatsPerThread: conv2dScratchFloats(
                             batch: c.n, inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w,
                             kernel: k, threads: threads))
@@ -97,6 +138,9 @@ final class ConvTests: XCTestCase {
             }
         }
         XCTAssertEqual(compared, 3 * oddCases.count * 4)
+        // Both kinds of work item were exercised: groups of whole images and bands of rows.
+        XCTAssertGreaterThan(grouped, 0)
+        XCTAssertGreaterThan(banded, 0)
     }
 
     /// A case large enough that bands are cut by the cache budget, not only by the thread count.
@@ -131,12 +175,15 @@ final class ConvTests: XCTestCase {
     // MARK: convTranspose2x2: fast vs naive
 
     func testConvTransposeFastMatchesNaiveOnOddShapes() {
-        var compared = 0
+        var compared = 0, grouped = 0, banded = 0
         for threads in 1...3 {
             let pool = WorkerPool(threads: threads)
             let scratch = Scratch(threads: threads)
             for (ci, c) in oddCases.enumerated() {
                 let what = "threads \(threads) case \(ci)"
+                let plan = ConvWorkPlan(batch: c.n, height: c.h, width: c.w, columnRows: c.cout * 4, threads: threads)
+                if plan.group > 1 { grouped += 1 }
+                if plan.bands > 1 { banded += 1 }
                 scratch.reserve(floatsPerThread: convTranspose2x2ScratchFloats(
                     batch: c.n, inChannels: c.cin, outChannels: c.cout, height: c.h, width: c.w, threads: threads))
                 let seed = UInt64(1000 + ci * 10)
@@ -168,6 +215,8 @@ final class ConvTests: XCTestCase {
             }
         }
         XCTAssertEqual(compared, 3 * oddCases.count)
+        XCTAssertGreaterThan(grouped, 0)
+        XCTAssertGreaterThan(banded, 0)
     }
 
     // MARK: Backward adds; nil outputs are skipped
@@ -425,18 +474,7 @@ final class ConvTests: XCTestCase {
         let x = random(Shape(n, c, h, w), seed: 71), weight = random(Shape(c, c, 3, 3), seed: 72)
         let bias = random(.vector(c), seed: 73), y = OwnedTensor(x.shape), dy = random(x.shape, seed: 74)
         let dx = OwnedTensor(x.shape), dw = OwnedTensor(weight.shape), db = OwnedTensor(bias.shape)
-        func seconds(_ body: () -> Void) -> Double {
-            body()  // warm-up
-            var best = Double.infinity
-            for _ in 0..<3 {
-                var t0 = timespec(), t1 = timespec()
-                clock_gettime(CLOCK_MONOTONIC, &t0)
-                body()
-                clock_gettime(CLOCK_MONOTONIC, &t1)
-                best = min(best, Double(t1.tv_sec - t0.tv_sec) + Double(t1.tv_nsec - t0.tv_nsec) * 1e-9)
-            }
-            return best
-        }
+        let seconds = bestSeconds
         for k in [3, 1] {
             let wk = k == 3 ? weight.tensor : weight.tensor.reshaped(Shape(c, c * 9, 1, 1))
             let kw = Tensor(wk.data, Shape(c, c, k, k))
@@ -460,5 +498,50 @@ final class ConvTests: XCTestCase {
         }
         print(String(format: "convTranspose2x2 N=%d C=%d %dx%d->%dx%d threads %d: forward %.1f ms (%.1f GFLOP/s), backward %.1f ms (%.1f GFLOP/s)",
                      n, c, h / 2, w / 2, h, w, threads, fwd * 1e3, upFlops / fwd / 1e9, bwd * 1e3, 2 * upFlops / bwd / 1e9))
+    }
+
+    /// conv2d 3x3 forward + backward (dx, dweight, dbias) on the layers of a UNet for a 4 x 128 x 128
+    /// batch (channel widths 64 ... 512, plus a 1024 bottom), to see where small planes cost.
+    func testConvSpeedUNetLayers() throws {
+        try XCTSkipUnless(getenv("SEGTRAIN_BENCH") != nil, "set SEGTRAIN_BENCH=1 to measure conv speed")
+        let threads = Int(getenv("SEGTRAIN_BENCH_THREADS").map { String(cString: $0) } ?? "2") ?? 2
+        let pool = WorkerPool(threads: threads), scratch = Scratch(threads: threads)
+        let n = 4
+        let layers = [(3, 64, 128), (64, 64, 128), (64, 128, 64), (128, 128, 64), (128, 256, 32), (256, 256, 32),
+                      (256, 512, 16), (512, 512, 16), (512, 1024, 8), (1024, 1024, 8)]
+        var totalFlops = 0.0, totalSeconds = 0.0
+        for (cin, cout, size) in layers {
+            scratch.reserve(floatsPerThread: conv2dScratchFloats(batch: n, inChannels: cin, outChannels: cout,
+                                                                 height: size, width: size, kernel: 3, threads: threads))
+            let x = random(Shape(n, cin, size, size), seed: 81), weight = random(Shape(cout, cin, 3, 3), seed: 82)
+            let bias = random(.vector(cout), seed: 83), dy = random(Shape(n, cout, size, size), seed: 84)
+            let y = OwnedTensor(dy.shape), dx = OwnedTensor(x.shape)
+            let dw = OwnedTensor(weight.shape), db = OwnedTensor(bias.shape)
+            let flops = 2.0 * Double(n * size * size * cin * cout * 9)
+            let fwd = bestSeconds { conv2dForward(y.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, pool: pool, scratch: scratch) }
+            let bwd = bestSeconds {
+                conv2dBackward(dx: dx.tensor, dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor,
+                               weight: weight.tensor, pool: pool, scratch: scratch)
+            }
+            totalFlops += 3 * flops
+            totalSeconds += fwd + bwd
+            print(String(format: "conv2d 3x3 %4d -> %4d at %3dx%-3d N=%d threads %d: forward %6.1f ms (%5.1f GFLOP/s), backward %6.1f ms (%5.1f GFLOP/s)",
+                         cin, cout, size, size, n, threads, fwd * 1e3, flops / fwd / 1e9, bwd * 1e3, 2 * flops / bwd / 1e9))
+        }
+        print(String(format: "UNet conv layers total: %.1f ms, %.1f GFLOP/s", totalSeconds * 1e3, totalFlops / totalSeconds / 1e9))
+    }
+
+    /// Best of three timed runs after one warm-up, in seconds.
+    private func bestSeconds(_ body: () -> Void) -> Double {
+        body()
+        var best = Double.infinity
+        for _ in 0..<3 {
+            var t0 = timespec(), t1 = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            body()
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+            best = min(best, Double(t1.tv_sec - t0.tv_sec) + Double(t1.tv_nsec - t0.tv_nsec) * 1e-9)
+        }
+        return best
     }
 }
