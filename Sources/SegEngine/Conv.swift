@@ -310,10 +310,12 @@ public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor
 /// Backward of conv2dForward. Adds dL/dx into dx, dL/dweight into dweight, dL/dbias into dbias;
 /// a nil output is not computed.
 /// dx, x: (N, Cin, H, W)  dy: (N, Cout, H, W)  dweight, weight: (Cout, Cin, k, k)  dbias: (Cout, 1, 1, 1)
-public func conv2dBackward(dx: Tensor?, dweight: Tensor, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
+public func conv2dBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
                            dilation: Int = 1, pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(dy, x, weight, dilation, "conv2dBackward")
-    precondition(dweight.shape == weight.shape, "conv2dBackward: dweight \(dweight.shape) for weight \(weight.shape)")
+    if let dweight {
+        precondition(dweight.shape == weight.shape, "conv2dBackward: dweight \(dweight.shape) for weight \(weight.shape)")
+    }
     if let dx { precondition(dx.shape == x.shape, "conv2dBackward: dx \(dx.shape) for x \(x.shape)") }
     checkBias(dbias, dy.c, "conv2dBackward")
     let (cin, cout, width) = (x.c, dy.c, x.w)
@@ -328,6 +330,7 @@ public func conv2dBackward(dx: Tensor?, dweight: Tensor, dbias: Tensor?, dy: Ten
 
     // Weight gradient: each thread sums its items into a private partial, then the partials are
     // added into dweight in thread order.
+    if let dweight {
     pool.run { t in
         let base = scratch.buffer(t)
         let partial = base + layout.block
@@ -351,6 +354,7 @@ public func conv2dBackward(dx: Tensor?, dweight: Tensor, dbias: Tensor?, dy: Ten
         }
     }
     addPartials(into: dweight, scratch: scratch, offset: layout.block, pool: pool)
+    }
 
     if let dbias { biasBackward(dbias: dbias, dy: dy, pool: pool) }
 

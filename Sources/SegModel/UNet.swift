@@ -347,15 +347,12 @@ public final class UNet {
             }
             let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
             if let upconv = level.upconv {
-                let x = arena.value(below)
+                // One pass gathers dy once for both gradients; charged to the weight gradient.
                 profile.measure(.convWeightGradient) {
-                    convTranspose2x2Backward(dx: nil, dweight: store.gradient(upconv.weight),
-                                             dbias: upconv.bias.map { store.gradient($0) }, dy: upGrad, x: x,
-                                             weight: store.value(upconv.weight), pool: pool, scratch: scratch)
-                }
-                profile.measure(.convInputGradient) {
-                    convTranspose2x2Backward(dx: arena.gradient(below), dweight: nil, dbias: nil, dy: upGrad, x: x,
-                                             weight: store.value(upconv.weight), pool: pool, scratch: scratch)
+                    convTranspose2x2Backward(dx: arena.gradient(below), dweight: store.gradient(upconv.weight),
+                                             dbias: upconv.bias.map { store.gradient($0) }, dy: upGrad,
+                                             x: arena.value(below), weight: store.value(upconv.weight),
+                                             pool: pool, scratch: scratch)
                 }
             } else {
                 profile.measure(.upsample) {

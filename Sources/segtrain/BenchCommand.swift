@@ -102,6 +102,6 @@ struct BenchCommand: ParsableCommand {
 /// Peak resident set size of this process in MiB (getrusage; Linux reports KiB).
 func peakResidentMiB() -> Double {
     var usage = rusage()
-    getrusage(RUSAGE_SELF, &usage)
+    getrusage(RUSAGE_SELF.rawValue, &usage)
     return Double(usage.ru_maxrss) / 1024
 }
