@@ -258,14 +258,56 @@ private struct Conv2dLayout {
 /// a column buffer, a temporary for small images grouped into one GEMM, and one weight-sized block
 /// (weight-gradient partial, flipped kernel). Covers any smaller batch too.
 public func conv2dScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
-                                kernel: Int, threads: Int) -> Int {
-    // The maximum over every batch up to `batch`, so a smaller last batch always fits.
+                                kernel: Int, dilation: Int = 1, threads: Int) -> Int {
+    // The maximum over every batch up to `batch`, so a smaller last batch always fits, and over
+    // both algorithms, so switching `ConvSettings.algorithm` never outgrows the plan.
     var most = 0
+    if kernel == 3 && dilation == 1 {
+        for (cin, cout) in [(inChannels, outChannels), (outChannels, inChannels)] {
+            most = max(most, WinogradPlan(inChannels: cin, outChannels: cout, height: height, width: width,
+                                          batch: batch, threads: threads).scratchFloatsPerThread)
+        }
+    }
     for images in 1...max(1, batch) {
         most = max(most, Conv2dLayout(batch: images, inChannels: inChannels, outChannels: outChannels,
                                       height: height, width: width, kernel: kernel, threads: threads).total)
     }
     return most
+}
+
+/// Floats of shared scratch (transformed weights) conv2dForward/Backward need.
+public func conv2dSharedScratchFloats(inChannels: Int, outChannels: Int, kernel: Int, dilation: Int = 1) -> Int {
+    kernel == 3 && dilation == 1 ? 16 * inChannels * outChannels : 0
+}
+
+/// Which kernel runs a 3x3, dilation-1 convolution: im2col + GEMM, Winograd F(2x2, 3x3), or `auto`,
+/// which picks per pass from measurements (docs/PERFORMANCE.md): Winograd for the forward and input
+/// gradient once both sides have `winogradMinimumChannels`; for the weight gradient only when
+/// Cin*Cout/(Cin+Cout) > `winogradWeightGradientBalance` — its transformed tiles are 4x the input, so
+/// thin layers become memory-bound and GEMM wins there.
+public enum ConvAlgorithm: String, CaseIterable, Sendable { case auto, gemm, winograd }
+
+public enum ConvPass: Sendable { case forward, inputGradient, weightGradient }
+
+public enum ConvSettings {
+    /// Process-wide choice (set once, before training, e.g. by `segtrain bench --conv`).
+    nonisolated(unsafe) public static var algorithm = ConvAlgorithm.auto
+    nonisolated(unsafe) public static var winogradMinimumChannels = 8
+    nonisolated(unsafe) public static var winogradWeightGradientBalance = 64
+
+    public static func useWinograd(_ pass: ConvPass, kernel: Int, dilation: Int, inChannels: Int, outChannels: Int) -> Bool {
+        guard kernel == 3 && dilation == 1 else { return false }
+        switch algorithm {
+        case .gemm: return false
+        case .winograd: return true
+        case .auto:
+            guard min(inChannels, outChannels) >= winogradMinimumChannels else { return false }
+            if pass == .weightGradient {
+                return inChannels * outChannels > winogradWeightGradientBalance * (inChannels + outChannels)
+            }
+            return true
+        }
+    }
 }
 
 /// 2-D convolution (cross-correlation, like PyTorch), stride 1, "same" padding = dilation*(k-1)/2, k = 1 or 3.
@@ -275,6 +317,10 @@ public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor
                           pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(y, x, weight, dilation, "conv2dForward")
     checkBias(bias, y.c, "conv2dForward")
+    if ConvSettings.useWinograd(.forward, kernel: k, dilation: dilation, inChannels: x.c, outChannels: y.c) {
+        winogradConv3x3Forward(y, x, weight: weight, bias: bias, pool: pool, scratch: scratch)
+        return
+    }
     let (cin, cout, width) = (x.c, y.c, x.w)
     let plane = x.shape.plane, kk = k * k, pad = dilation * (k - 1) / 2
     precondition(scratch.threadCount >= pool.threadCount, "conv2dForward: scratch has fewer threads than the pool")
@@ -318,6 +364,31 @@ public func conv2dBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Te
     }
     if let dx { precondition(dx.shape == x.shape, "conv2dBackward: dx \(dx.shape) for x \(x.shape)") }
     checkBias(dbias, dy.c, "conv2dBackward")
+    let winogradWeights = ConvSettings.useWinograd(.weightGradient, kernel: k, dilation: dilation,
+                                                   inChannels: x.c, outChannels: dy.c)
+    let winogradInput = ConvSettings.useWinograd(.inputGradient, kernel: k, dilation: dilation,
+                                                 inChannels: x.c, outChannels: dy.c)
+    // Winograd takes the weight gradient (with the bias gradient) and/or the input gradient;
+    // im2col + GEMM below does whatever it left.
+    let weightsByWinograd = winogradWeights && dweight != nil
+    if weightsByWinograd, let dweight {
+        winogradConv3x3WeightGradient(dweight: dweight, dbias: dbias, dy: dy, x: x, pool: pool, scratch: scratch)
+    }
+    if winogradInput, let dx {
+        winogradConv3x3InputGradient(dx: dx, dy: dy, weight: weight, pool: pool, scratch: scratch)
+    }
+    let gemmWeight = weightsByWinograd ? nil : dweight
+    let gemmBias = weightsByWinograd ? nil : dbias
+    let gemmInput = winogradInput ? nil : dx
+    if gemmWeight == nil && gemmBias == nil && gemmInput == nil { return }
+    conv2dBackwardGEMM(dx: gemmInput, dweight: gemmWeight, dbias: gemmBias, dy: dy, x: x, weight: weight,
+                       k: k, dilation: dilation, pool: pool, scratch: scratch)
+}
+
+/// The im2col + GEMM backward (weight gradient by per-thread partials, input gradient as a
+/// convolution with the flipped kernel).
+private func conv2dBackwardGEMM(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
+                                k: Int, dilation: Int, pool: WorkerPool, scratch: Scratch) {
     let (cin, cout, width) = (x.c, dy.c, x.w)
     let plane = x.shape.plane, kk = k * k, pad = dilation * (k - 1) / 2
     let threads = pool.threadCount

@@ -12,34 +12,70 @@
 
 import CBLAS
 
-/// Tiles and chunking of one Winograd convolution.
+/// Tiles and chunking of one Winograd convolution. A chunk (the unit of work of one thread, and
+/// the columns of its 16 GEMMs) is either a band of tile rows of one image (large planes) or a
+/// group of whole images (small planes), so deep layers still get GEMMs with many columns.
 public struct WinogradPlan {
-    public let inChannels: Int, outChannels: Int, height: Int, width: Int
+    public let inChannels: Int, outChannels: Int, height: Int, width: Int, batch: Int
     public let tilesHigh: Int, tilesWide: Int
-    /// Tile rows per chunk; a chunk is the unit of work of one thread.
+    /// Tile rows per chunk (all of them when chunks group whole images).
     public let tileRowsPerChunk: Int
     public let chunksPerImage: Int
+    /// Whole images per chunk (1 when chunks are bands).
+    public let imagesPerChunk: Int
+    /// Chunks in the batch.
+    public let chunks: Int
 
-    public init(inChannels: Int, outChannels: Int, height: Int, width: Int) {
+    /// Floats of transformed tiles (V + M) one chunk aims at; tuned with `segtrain bench`.
+    nonisolated(unsafe) public static var targetChunkFloats = 1 << 20
+
+    public init(inChannels: Int, outChannels: Int, height: Int, width: Int, batch: Int = 1, threads: Int = 1) {
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.height = height
         self.width = width
+        self.batch = batch
         tilesHigh = (height + 1) / 2
         tilesWide = (width + 1) / 2
-        // About 1 MiB of transformed tiles per chunk, at least one tile row.
         let floatsPerTile = 16 * (inChannels + outChannels)
-        let targetTiles = max(1, (1 << 18) / floatsPerTile)
-        tileRowsPerChunk = max(1, min(tilesHigh, targetTiles / max(tilesWide, 1)))
-        chunksPerImage = (tilesHigh + tileRowsPerChunk - 1) / tileRowsPerChunk
+        let targetTiles = max(1, WinogradPlan.targetChunkFloats / floatsPerTile)
+        let tilesPerImage = tilesHigh * tilesWide
+        if tilesPerImage >= targetTiles || batch <= 1 {
+            tileRowsPerChunk = max(1, min(tilesHigh, targetTiles / max(tilesWide, 1)))
+            chunksPerImage = (tilesHigh + tileRowsPerChunk - 1) / tileRowsPerChunk
+            imagesPerChunk = 1
+            chunks = max(batch, 1) * chunksPerImage
+        } else {
+            // Group images, but keep at least one chunk per thread.
+            let perThread = (batch + max(threads, 1) - 1) / max(threads, 1)
+            imagesPerChunk = max(1, min(targetTiles / tilesPerImage, perThread))
+            tileRowsPerChunk = tilesHigh
+            chunksPerImage = 1
+            chunks = (batch + imagesPerChunk - 1) / imagesPerChunk
+        }
     }
 
-    var maxTilesPerChunk: Int { tileRowsPerChunk * tilesWide }
-
-    /// Per-thread scratch: V and M for one chunk, plus a dU partial for the weight gradient.
-    public var scratchFloatsPerThread: Int {
-        16 * (inChannels + outChannels) * maxTilesPerChunk + 16 * inChannels * outChannels
+    /// Chunk i: images n0..<n1, tile rows rowStart..<rowStart + rows of each.
+    @inline(__always) func chunk(_ i: Int) -> (n0: Int, n1: Int, rowStart: Int, rows: Int) {
+        if imagesPerChunk > 1 {
+            let n0 = i * imagesPerChunk
+            return (n0, min(batch, n0 + imagesPerChunk), 0, tilesHigh)
+        }
+        let n = i / chunksPerImage, rowStart = (i % chunksPerImage) * tileRowsPerChunk
+        return (n, n + 1, rowStart, min(tileRowsPerChunk, tilesHigh - rowStart))
     }
+
+    var maxTilesPerChunk: Int { imagesPerChunk * tileRowsPerChunk * tilesWide }
+
+    /// Length of one row buffer: the padded input row (columns -1 ... 2 * tilesWide).
+    var rowStride: Int { 2 * tilesWide + 4 }
+
+    /// Floats of V (16 x Cin x T), M (16 x Cout x T), the dU partial and the row buffers.
+    var tileFloats: Int { 16 * (inChannels + outChannels) * maxTilesPerChunk }
+    var rowFloats: Int { 4 * rowStride + width + 4 }
+
+    /// Per-thread scratch: V and M for one chunk, a dU partial for the weight gradient, row buffers.
+    public var scratchFloatsPerThread: Int { tileFloats + 16 * inChannels * outChannels + rowFloats }
 
     /// Shared scratch: the transformed weights.
     public var sharedFloats: Int { 16 * inChannels * outChannels }
@@ -52,7 +88,8 @@ public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bia
     let cin = x.c, cout = y.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
     precondition(y.n == x.n && y.h == x.h && y.w == x.w, "winograd: y \(y.shape) vs x \(x.shape)")
-    let plan = WinogradPlan(inChannels: cin, outChannels: cout, height: x.h, width: x.w)
+    let plan = WinogradPlan(inChannels: cin, outChannels: cout, height: x.h, width: x.w, batch: x.n,
+                            threads: pool.threadCount)
     scratch.requireShared(plan.sharedFloats, "winograd forward")
     let u = scratch.shared
     // U[xi][o][c] = G g[o][c] G^T
@@ -71,7 +108,8 @@ public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor,
     let cin = dx.c, cout = dy.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
     // A forward convolution from Cout to Cin channels with the flipped, transposed kernel.
-    let plan = WinogradPlan(inChannels: cout, outChannels: cin, height: dy.h, width: dy.w)
+    let plan = WinogradPlan(inChannels: cout, outChannels: cin, height: dy.h, width: dy.w, batch: dy.n,
+                            threads: pool.threadCount)
     scratch.requireShared(plan.sharedFloats, "winograd input gradient")
     let u = scratch.shared
     // U'[xi][c][o] = G flip(g[o][c]) G^T
@@ -91,24 +129,29 @@ public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: T
                                           pool: WorkerPool, scratch: Scratch) {
     let cin = x.c, cout = dy.c
     precondition(dweight.shape == Shape(cout, cin, 3, 3), "winograd: dweight \(dweight.shape) for \(cin) -> \(cout)")
-    let plan = WinogradPlan(inChannels: cin, outChannels: cout, height: x.h, width: x.w)
+    let plan = WinogradPlan(inChannels: cin, outChannels: cout, height: x.h, width: x.w, batch: x.n,
+                            threads: pool.threadCount)
     scratch.require(plan.scratchFloatsPerThread, "winograd weight gradient")
     let tilesPerChunk = plan.maxTilesPerChunk
-    let partialOffset = 16 * (cin + cout) * tilesPerChunk
-    let work = x.n * plan.chunksPerImage
+    let partialOffset = plan.tileFloats
+    let work = plan.chunks
     let parts = min(pool.threadCount, work)
     pool.run { thread in
         guard thread < parts else { return }
         let base = scratch.buffer(thread)
         let v = base, dm = base + 16 * cin * tilesPerChunk, du = base + partialOffset
+        let rowBuffer = du + 16 * cin * cout
         du.update(repeating: 0, count: 16 * cin * cout)
         for item in WorkerPool.split(work, parts: parts, index: thread) {
-            let n = item / plan.chunksPerImage, chunk = item % plan.chunksPerImage
-            let rowStart = chunk * plan.tileRowsPerChunk
-            let rows = min(plan.tileRowsPerChunk, plan.tilesHigh - rowStart)
-            let tiles = rows * plan.tilesWide
-            transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows, into: v, tiles: tiles)
-            transformOutputGradient(dy.sample(n), channels: cout, plan: plan, rowStart: rowStart, rows: rows, into: dm, tiles: tiles)
+            let (n0, n1, rowStart, rows) = plan.chunk(item)
+            let tiles = (n1 - n0) * rows * plan.tilesWide
+            for n in n0..<n1 {
+                let offset = (n - n0) * rows * plan.tilesWide
+                transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows, into: v + offset,
+                               tiles: tiles, rowBuffer: rowBuffer)
+                transformOutputGradient(dy.sample(n), channels: cout, plan: plan, rowStart: rowStart, rows: rows,
+                                        into: dm + offset, tiles: tiles, rowBuffer: rowBuffer)
+            }
             for xi in 0..<16 {
                 // dU[xi] (Cout x Cin) += dM[xi] (Cout x T) * V[xi]^T (T x Cin)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(cout), Int32(cin), Int32(tiles), 1,
@@ -153,155 +196,154 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
     let cin = plan.inChannels, cout = plan.outChannels
     scratch.require(plan.scratchFloatsPerThread, "winograd tiles")
     let tilesPerChunk = plan.maxTilesPerChunk
-    let work = x.n * plan.chunksPerImage
-    pool.parallelFor(work) { range, thread in
+    pool.parallelFor(plan.chunks) { range, thread in
         let v = scratch.buffer(thread), m = v + 16 * cin * tilesPerChunk
+        let rowBuffer = v + plan.tileFloats + 16 * cin * cout
         for item in range {
-            let n = item / plan.chunksPerImage, chunk = item % plan.chunksPerImage
-            let rowStart = chunk * plan.tileRowsPerChunk
-            let rows = min(plan.tileRowsPerChunk, plan.tilesHigh - rowStart)
-            let tiles = rows * plan.tilesWide
-            transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows, into: v, tiles: tiles)
+            let (n0, n1, rowStart, rows) = plan.chunk(item)
+            let tiles = (n1 - n0) * rows * plan.tilesWide
+            for n in n0..<n1 {
+                transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
+                               into: v + (n - n0) * rows * plan.tilesWide, tiles: tiles, rowBuffer: rowBuffer)
+            }
             for xi in 0..<16 {
                 // M[xi] (Cout x T) = U[xi] (Cout x Cin) * V[xi] (Cin x T)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(cout), Int32(tiles), Int32(cin), 1,
                             u + xi * cout * cin, Int32(cin), v + xi * cin * tiles, Int32(tiles),
                             0, m + xi * cout * tiles, Int32(tiles))
             }
-            transformOutput(m, tiles: tiles, into: y.sample(n), channels: cout, plan: plan, rowStart: rowStart,
-                            rows: rows, bias: bias, accumulate: accumulate)
+            for n in n0..<n1 {
+                transformOutput(m + (n - n0) * rows * plan.tilesWide, tiles: tiles, into: y.sample(n), channels: cout,
+                                plan: plan, rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
+                                rowBuffer: rowBuffer)
+            }
         }
     }
 }
 
 /// V[xi][c][t] = (B^T d B)[xi] for the 4x4 input patch of each tile, zero outside the image.
+/// Works a tile row at a time: B^T down the four input rows (contiguous), then B along the row
+/// for every tile of it, so every store is contiguous over tiles.
 @inline(__always)
 private func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
-                            rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int) {
-    let h = plan.height, w = plan.width, tw = plan.tilesWide
+                            rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
+                            rowBuffer: UnsafeMutablePointer<Float>) {
+    let h = plan.height, w = plan.width, tw = plan.tilesWide, rs = plan.rowStride
     let stride = channels * tiles
+    let t0 = rowBuffer, t1 = t0 + rs, t2 = t1 + rs, t3 = t2 + rs
+    let zeroRow = t3 + rs
+    zeroRow.update(repeating: 0, count: w)
+    // Column -1 and columns >= W of the padded rows stay zero.
+    for r in 0..<4 {
+        let t = rowBuffer + r * rs
+        t[0] = 0
+        (t + w + 1).update(repeating: 0, count: rs - w - 1)
+    }
     for c in 0..<channels {
         let src = x + c * h * w
-        var t = 0
         for ty in rowStart..<(rowStart + rows) {
             let y0 = 2 * ty - 1
-            for tx in 0..<tw {
-                let x0 = 2 * tx - 1
-                var d = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0),
-                         Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
-                withUnsafeMutableBytes(of: &d) { raw in
-                    let p = raw.baseAddress!.assumingMemoryBound(to: Float.self)
-                    if y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w {
-                        for i in 0..<4 {
-                            let row = src + (y0 + i) * w + x0
-                            p[4 * i] = row[0]; p[4 * i + 1] = row[1]; p[4 * i + 2] = row[2]; p[4 * i + 3] = row[3]
-                        }
-                    } else {
-                        for i in 0..<4 where y0 + i >= 0 && y0 + i < h {
-                            let row = src + (y0 + i) * w
-                            for j in 0..<4 where x0 + j >= 0 && x0 + j < w { p[4 * i + j] = row[x0 + j] }
-                        }
-                    }
-                    // B^T d: rows
-                    var r = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0),
-                             Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
-                    withUnsafeMutableBytes(of: &r) { rraw in
-                        let q = rraw.baseAddress!.assumingMemoryBound(to: Float.self)
-                        for j in 0..<4 {
-                            let d0 = p[j], d1 = p[4 + j], d2 = p[8 + j], d3 = p[12 + j]
-                            q[j] = d0 - d2
-                            q[4 + j] = d1 + d2
-                            q[8 + j] = d2 - d1
-                            q[12 + j] = d1 - d3
-                        }
-                        // (B^T d) B: columns
-                        let out = v + c * tiles + t
-                        for i in 0..<4 {
-                            let a0 = q[4 * i], a1 = q[4 * i + 1], a2 = q[4 * i + 2], a3 = q[4 * i + 3]
-                            out[(4 * i) * stride] = a0 - a2
-                            out[(4 * i + 1) * stride] = a1 + a2
-                            out[(4 * i + 2) * stride] = a2 - a1
-                            out[(4 * i + 3) * stride] = a1 - a3
-                        }
-                    }
+            @inline(__always) func row(_ i: Int) -> UnsafeMutablePointer<Float> {
+                y0 + i >= 0 && y0 + i < h ? src + (y0 + i) * w : zeroRow
+            }
+            let d0 = row(0), d1 = row(1), d2 = row(2), d3 = row(3)
+            // B^T d over rows, into padded buffers (index p = column + 1).
+            for j in 0..<w {
+                t0[j + 1] = d0[j] - d2[j]
+                t1[j + 1] = d1[j] + d2[j]
+                t2[j + 1] = d2[j] - d1[j]
+                t3[j + 1] = d1[j] - d3[j]
+            }
+            // (B^T d) B along the row, for each tile.
+            let out = v + c * tiles + (ty - rowStart) * tw
+            for i in 0..<4 {
+                let t = rowBuffer + i * rs
+                let o0 = out + (4 * i) * stride, o1 = o0 + stride, o2 = o1 + stride, o3 = o2 + stride
+                for tx in 0..<tw {
+                    let a0 = t[2 * tx], a1 = t[2 * tx + 1], a2 = t[2 * tx + 2], a3 = t[2 * tx + 3]
+                    o0[tx] = a0 - a2
+                    o1[tx] = a1 + a2
+                    o2[tx] = a2 - a1
+                    o3[tx] = a1 - a3
                 }
-                t += 1
             }
         }
     }
 }
 
-/// y tile (2x2) (+)= A^T m A (+ bias), clipped at the image's edge.
+/// y tile (2x2) (+)= A^T m A (+ bias), a tile row at a time, clipped at the image's edge.
 @inline(__always)
 private func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
                              channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
-                             bias: Tensor?, accumulate: Bool) {
+                             bias: Tensor?, accumulate: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
+    let out0 = rowBuffer, out1 = rowBuffer + 2 * tw
     for o in 0..<channels {
         let dst = y + o * h * w
         let b: Float = bias.map { $0[o] } ?? 0
-        var t = 0
         for ty in rowStart..<(rowStart + rows) {
-            let oy = 2 * ty
+            let src = m + o * tiles + (ty - rowStart) * tw
+            let m0 = src, m1 = m0 + stride, m2 = m1 + stride, m3 = m2 + stride
+            let m4 = m3 + stride, m5 = m4 + stride, m6 = m5 + stride, m7 = m6 + stride
+            let m8 = m7 + stride, m9 = m8 + stride, m10 = m9 + stride, m11 = m10 + stride
+            let m12 = m11 + stride, m13 = m12 + stride, m14 = m13 + stride, m15 = m14 + stride
             for tx in 0..<tw {
-                let ox = 2 * tx
-                let src = m + o * tiles + t
-                // A^T m: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of 4)
-                var s0 = (Float(0), Float(0), Float(0), Float(0))
-                var s1 = (Float(0), Float(0), Float(0), Float(0))
-                @inline(__always) func col(_ j: Int) -> (Float, Float) {
-                    let m0 = src[j * stride], m1 = src[(4 + j) * stride], m2 = src[(8 + j) * stride], m3 = src[(12 + j) * stride]
-                    return (m0 + m1 + m2, m1 - m2 - m3)
-                }
-                (s0.0, s1.0) = col(0); (s0.1, s1.1) = col(1); (s0.2, s1.2) = col(2); (s0.3, s1.3) = col(3)
-                let y00 = s0.0 + s0.1 + s0.2 + b, y01 = s0.1 - s0.2 - s0.3 + b
-                let y10 = s1.0 + s1.1 + s1.2 + b, y11 = s1.1 - s1.2 - s1.3 + b
-                let p = dst + oy * w + ox
-                let fullWidth = ox + 1 < w, fullHeight = oy + 1 < h
+                // A^T m: s0 = rows 0 + 1 + 2, s1 = rows 1 - 2 - 3 (4 columns each)
+                let s00 = m0[tx] + m4[tx] + m8[tx], s01 = m1[tx] + m5[tx] + m9[tx]
+                let s02 = m2[tx] + m6[tx] + m10[tx], s03 = m3[tx] + m7[tx] + m11[tx]
+                let s10 = m4[tx] - m8[tx] - m12[tx], s11 = m5[tx] - m9[tx] - m13[tx]
+                let s12 = m6[tx] - m10[tx] - m14[tx], s13 = m7[tx] - m11[tx] - m15[tx]
+                out0[2 * tx] = s00 + s01 + s02 + b
+                out0[2 * tx + 1] = s01 - s02 - s03 + b
+                out1[2 * tx] = s10 + s11 + s12 + b
+                out1[2 * tx + 1] = s11 - s12 - s13 + b
+            }
+            let oy = 2 * ty
+            let rowsHere = oy + 1 < h ? 2 : 1
+            for r in 0..<rowsHere {
+                let line = dst + (oy + r) * w, from = r == 0 ? out0 : out1
                 if accumulate {
-                    p[0] += y00
-                    if fullWidth { p[1] += y01 }
-                    if fullHeight { p[w] += y10; if fullWidth { p[w + 1] += y11 } }
+                    for j in 0..<w { line[j] += from[j] }
                 } else {
-                    p[0] = y00
-                    if fullWidth { p[1] = y01 }
-                    if fullHeight { p[w] = y10; if fullWidth { p[w + 1] = y11 } }
+                    line.update(from: from, count: w)
                 }
-                t += 1
             }
         }
     }
 }
 
-/// dM[xi][o][t] = (A dy A^T)[xi] for the 2x2 output-gradient tile (zero outside the image).
+/// dM[xi][o][t] = (A dy A^T)[xi] for the 2x2 output-gradient tile (zero outside the image),
+/// a tile row at a time.
 @inline(__always)
 private func transformOutputGradient(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
-                                     rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int) {
+                                     rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
+                                     rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
+    // Two output-gradient rows padded to 2 * tilesWide columns (a zero last column when W is odd).
+    let g0 = rowBuffer, g1 = rowBuffer + 2 * tw
+    g0[2 * tw - 1] = 0
+    g1[2 * tw - 1] = 0
     for o in 0..<channels {
         let src = dy + o * h * w
-        var t = 0
         for ty in rowStart..<(rowStart + rows) {
             let oy = 2 * ty
+            g0.update(from: src + oy * w, count: w)
+            if oy + 1 < h { g1.update(from: src + (oy + 1) * w, count: w) } else { g1.update(repeating: 0, count: w) }
+            let out = dm + o * tiles + (ty - rowStart) * tw
+            let d0 = out, d1 = d0 + stride, d2 = d1 + stride, d3 = d2 + stride
+            let d4 = d3 + stride, d5 = d4 + stride, d6 = d5 + stride, d7 = d6 + stride
+            let d8 = d7 + stride, d9 = d8 + stride, d10 = d9 + stride, d11 = d10 + stride
+            let d12 = d11 + stride, d13 = d12 + stride, d14 = d13 + stride, d15 = d14 + stride
             for tx in 0..<tw {
-                let ox = 2 * tx
-                let p = src + oy * w + ox
-                let fullWidth = ox + 1 < w, fullHeight = oy + 1 < h
-                let g00 = p[0], g01: Float = fullWidth ? p[1] : 0
-                let g10: Float = fullHeight ? p[w] : 0, g11: Float = fullHeight && fullWidth ? p[w + 1] : 0
-                // A g: rows (g0, g0 + g1, g0 - g1, -g1) of 2-vectors; then each row (a, b) -> (a, a+b, a-b, -b)
-                let rowsA = ((g00, g01), (g00 + g10, g01 + g11), (g00 - g10, g01 - g11), (-g10, -g11))
-                let out = dm + o * tiles + t
-                @inline(__always) func put(_ i: Int, _ r: (Float, Float)) {
-                    out[(4 * i) * stride] = r.0
-                    out[(4 * i + 1) * stride] = r.0 + r.1
-                    out[(4 * i + 2) * stride] = r.0 - r.1
-                    out[(4 * i + 3) * stride] = -r.1
-                }
-                put(0, rowsA.0); put(1, rowsA.1); put(2, rowsA.2); put(3, rowsA.3)
-                t += 1
+                let a00 = g0[2 * tx], a01 = g0[2 * tx + 1], a10 = g1[2 * tx], a11 = g1[2 * tx + 1]
+                // A g (rows): (a0, a1) = (g0), (g0 + g1), (g0 - g1), (-g1); each row (a, b) -> (a, a+b, a-b, -b)
+                let r1a = a00 + a10, r1b = a01 + a11, r2a = a00 - a10, r2b = a01 - a11
+                d0[tx] = a00; d1[tx] = a00 + a01; d2[tx] = a00 - a01; d3[tx] = -a01
+                d4[tx] = r1a; d5[tx] = r1a + r1b; d6[tx] = r1a - r1b; d7[tx] = -r1b
+                d8[tx] = r2a; d9[tx] = r2a + r2b; d10[tx] = r2a - r2b; d11[tx] = -r2b
+                d12[tx] = -a10; d13[tx] = -a10 - a11; d14[tx] = -a10 + a11; d15[tx] = a11
             }
         }
     }

@@ -175,7 +175,7 @@ public final class UNet {
                      "image \(height)x\(width) is smaller than \(config.minimumImageSize) px")
         var plan = ActivationArena()
         var rows: [LayerInfo] = []
-        var scratchFloats = 0
+        var scratchFloats = 0, sharedFloats = 0
         var largest = 0
         let threads = pool.threadCount
 
@@ -192,6 +192,8 @@ public final class UNet {
             scratchFloats = max(scratchFloats, conv2dScratchFloats(
                 batch: batch, inChannels: c.inChannels, outChannels: c.outChannels,
                 height: h, width: w, kernel: c.kernel, threads: threads))
+            sharedFloats = max(sharedFloats, conv2dSharedScratchFloats(
+                inChannels: c.inChannels, outChannels: c.outChannels, kernel: c.kernel))
             rows.append(convRow(name, c, h: h, w: w, firstLayer: firstLayer,
                                 kind: unit.bn == nil ? "conv3x3+relu" : "conv3x3+bn+relu",
                                 extraParameters: unit.bn == nil ? 0 : 2 * c.outChannels))
@@ -241,12 +243,15 @@ public final class UNet {
         scratchFloats = max(scratchFloats, conv2dScratchFloats(
             batch: batch, inChannels: head.inChannels, outChannels: head.outChannels,
             height: height, width: width, kernel: head.kernel, threads: threads))
+        sharedFloats = max(sharedFloats, conv2dSharedScratchFloats(
+            inChannels: head.inChannels, outChannels: head.outChannels, kernel: head.kernel))
         rows.append(convRow("head", head, h: height, w: width, firstLayer: false,
                             kind: "conv\(head.kernel)x\(head.kernel)", extraParameters: 0))
 
         plan.allocate()
         arena = plan
         scratch.reserve(floatsPerThread: scratchFloats)
+        scratch.reserve(sharedFloats: sharedFloats)
         temporaryCount = largest
         temporaries = FloatBuffer(count: 2 * largest)
         layers = rows
@@ -265,7 +270,7 @@ public final class UNet {
     /// Bytes of activations, activation gradients, temporaries and scratch planned for the batch.
     public var plannedActivationBytes: Int {
         (arena.valueCount + arena.gradientCount + 2 * temporaryCount
-         + scratch.floatsPerThread * scratch.threadCount) * MemoryLayout<Float>.stride
+         + scratch.floatsPerThread * scratch.threadCount + scratch.sharedFloats) * MemoryLayout<Float>.stride
     }
 
     // MARK: - Forward and backward

@@ -19,6 +19,8 @@ struct BenchCommand: ParsableCommand {
     var warmup = 1
     @Flag(help: "Print one JSON object instead of the table.")
     var json = false
+    @Option(help: "3x3 convolution kernel: auto, gemm (im2col + GEMM) or winograd (F(2x2,3x3)).")
+    var conv = ConvAlgorithm.auto
 
     func validate() throws {
         try training.validate(classes: model.classes)
@@ -27,6 +29,7 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        ConvSettings.algorithm = conv
         let threads = model.threadCount
         let pool = WorkerPool(threads: threads)
         let config = model.unetConfig
@@ -72,7 +75,7 @@ struct BenchCommand: ParsableCommand {
         if json {
             var fields = [
                 "\"image_size\": \(size)", "\"batch_size\": \(batch)", "\"threads\": \(threads)",
-                "\"steps\": \(steps)", "\"parameters\": \(unet.parameterCount)",
+                "\"steps\": \(steps)", "\"conv\": \"\(conv.rawValue)\"", "\"parameters\": \(unet.parameterCount)",
                 "\"images_per_second\": \(imagesPerSecond)", "\"gflops_per_second\": \(gflops)",
                 "\"seconds_per_step\": \(elapsed / Double(steps))", "\"peak_rss_mib\": \(rssMiB)",
                 "\"last_loss\": \(lastLoss)",
@@ -82,7 +85,7 @@ struct BenchCommand: ParsableCommand {
             print("{" + fields.joined(separator: ", ") + "}")
             return
         }
-        print("segtrain bench: \(size)x\(size), batch \(batch), \(threads) thread(s), \(steps) steps after \(warmup) warm-up")
+        print("segtrain bench: \(size)x\(size), batch \(batch), \(threads) thread(s), \(steps) steps after \(warmup) warm-up, conv \(conv.rawValue)")
         print("  \(grouped(unet.parameterCount)) parameters, \(fixed(flopsPerImage / 1e9, 2)) GFLOP per image per step")
         print("  images/s      \(fixed(imagesPerSecond, 2))")
         print("  GFLOP/s       \(fixed(gflops, 1))")

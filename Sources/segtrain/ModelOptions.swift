@@ -6,6 +6,7 @@ extension Upsampling: ExpressibleByArgument {}
 extension Initialization: ExpressibleByArgument {}
 extension LossKind: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
+extension ConvAlgorithm: ExpressibleByArgument {}
 
 /// The flags every subcommand that builds a model shares.
 struct ModelOptions: ParsableArguments {

@@ -502,33 +502,45 @@ final class ConvTests: XCTestCase {
 
     /// conv2d 3x3 forward + backward (dx, dweight, dbias) on the layers of a UNet for a 4 x 128 x 128
     /// batch (channel widths 64 ... 512, plus a 1024 bottom), to see where small planes cost.
+    /// The default UNet's 3x3 layers at 128x128, batch 8: each pass, both algorithms (prints only).
     func testConvSpeedUNetLayers() throws {
         try XCTSkipUnless(getenv("SEGTRAIN_BENCH") != nil, "set SEGTRAIN_BENCH=1 to measure conv speed")
         let threads = Int(getenv("SEGTRAIN_BENCH_THREADS").map { String(cString: $0) } ?? "2") ?? 2
         let pool = WorkerPool(threads: threads), scratch = Scratch(threads: threads)
-        let n = 4
-        let layers = [(3, 64, 128), (64, 64, 128), (64, 128, 64), (128, 128, 64), (128, 256, 32), (256, 256, 32),
-                      (256, 512, 16), (512, 512, 16), (512, 1024, 8), (1024, 1024, 8)]
-        var totalFlops = 0.0, totalSeconds = 0.0
+        let n = 8
+        let layers = [(3, 32, 128), (32, 32, 128), (32, 64, 64), (64, 64, 64), (64, 128, 32), (128, 128, 32),
+                      (128, 256, 16), (256, 256, 16), (512, 256, 16), (384, 128, 32), (192, 64, 64), (96, 32, 128)]
+        let saved = ConvSettings.algorithm
+        defer { ConvSettings.algorithm = saved }
+        var totals = [String: Double]()
         for (cin, cout, size) in layers {
             scratch.reserve(floatsPerThread: conv2dScratchFloats(batch: n, inChannels: cin, outChannels: cout,
                                                                  height: size, width: size, kernel: 3, threads: threads))
+            scratch.reserve(sharedFloats: conv2dSharedScratchFloats(inChannels: cin, outChannels: cout, kernel: 3))
             let x = random(Shape(n, cin, size, size), seed: 81), weight = random(Shape(cout, cin, 3, 3), seed: 82)
             let bias = random(.vector(cout), seed: 83), dy = random(Shape(n, cout, size, size), seed: 84)
             let y = OwnedTensor(dy.shape), dx = OwnedTensor(x.shape)
             let dw = OwnedTensor(weight.shape), db = OwnedTensor(bias.shape)
             let flops = 2.0 * Double(n * size * size * cin * cout * 9)
-            let fwd = bestSeconds { conv2dForward(y.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, pool: pool, scratch: scratch) }
-            let bwd = bestSeconds {
-                conv2dBackward(dx: dx.tensor, dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor,
-                               weight: weight.tensor, pool: pool, scratch: scratch)
+            var line = String(format: "%4d -> %4d at %3d:", cin, cout, size)
+            for algorithm in [ConvAlgorithm.gemm, .winograd] {
+                ConvSettings.algorithm = algorithm
+                let fwd = bestSeconds { conv2dForward(y.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, pool: pool, scratch: scratch) }
+                let dwt = bestSeconds {
+                    conv2dBackward(dx: nil, dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor,
+                                   weight: weight.tensor, pool: pool, scratch: scratch)
+                }
+                let dxt = bestSeconds {
+                    conv2dBackward(dx: dx.tensor, dweight: nil, dbias: nil, dy: dy.tensor, x: x.tensor,
+                                   weight: weight.tensor, pool: pool, scratch: scratch)
+                }
+                totals[algorithm.rawValue, default: 0] += fwd + dwt + dxt
+                line += String(format: "  %@ fwd %6.1f dW %6.1f dX %6.1f ms (%3.0f/%3.0f/%3.0f GF/s)", algorithm.rawValue,
+                               fwd * 1e3, dwt * 1e3, dxt * 1e3, flops / fwd / 1e9, flops / dwt / 1e9, flops / dxt / 1e9)
             }
-            totalFlops += 3 * flops
-            totalSeconds += fwd + bwd
-            print(String(format: "conv2d 3x3 %4d -> %4d at %3dx%-3d N=%d threads %d: forward %6.1f ms (%5.1f GFLOP/s), backward %6.1f ms (%5.1f GFLOP/s)",
-                         cin, cout, size, size, n, threads, fwd * 1e3, flops / fwd / 1e9, bwd * 1e3, 2 * flops / bwd / 1e9))
+            print(line)
         }
-        print(String(format: "UNet conv layers total: %.1f ms, %.1f GFLOP/s", totalSeconds * 1e3, totalFlops / totalSeconds / 1e9))
+        print(totals.map { "\($0.key): \(String(format: "%.1f", $0.value * 1e3)) ms" }.sorted().joined(separator: ", "))
     }
 
     /// Best of three timed runs after one warm-up, in seconds.

@@ -32,7 +32,8 @@ final class WinogradTests: XCTestCase {
                 let x = random(Shape(s.n, s.cin, s.h, s.w), UInt64(k))
                 let w = random(Shape(s.cout, s.cin, 3, 3), UInt64(100 + k))
                 let b = random(.vector(s.cout), UInt64(200 + k))
-                let plan = WinogradPlan(inChannels: s.cin, outChannels: s.cout, height: s.h, width: s.w)
+                let plan = WinogradPlan(inChannels: s.cin, outChannels: s.cout, height: s.h, width: s.w,
+                                        batch: s.n, threads: threads)
                 let scratch = Scratch(threads: threads)
                 scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
                 scratch.reserve(sharedFloats: plan.sharedFloats)
@@ -53,8 +54,10 @@ final class WinogradTests: XCTestCase {
                 let w = random(Shape(s.cout, s.cin, 3, 3), UInt64(100 + k))
                 let dy = random(Shape(s.n, s.cout, s.h, s.w), UInt64(300 + k))
                 let scratch = Scratch(threads: threads)
-                for plan in [WinogradPlan(inChannels: s.cin, outChannels: s.cout, height: s.h, width: s.w),
-                             WinogradPlan(inChannels: s.cout, outChannels: s.cin, height: s.h, width: s.w)] {
+                for plan in [WinogradPlan(inChannels: s.cin, outChannels: s.cout, height: s.h, width: s.w,
+                                          batch: s.n, threads: threads),
+                             WinogradPlan(inChannels: s.cout, outChannels: s.cin, height: s.h, width: s.w,
+                                          batch: s.n, threads: threads)] {
                     scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
                     scratch.reserve(sharedFloats: plan.sharedFloats)
                 }
@@ -74,9 +77,64 @@ final class WinogradTests: XCTestCase {
         }
     }
 
+    /// conv2dForward / conv2dBackward in every mode, including auto's mixed choice (Winograd input
+    /// gradient, GEMM weight gradient at 16 channels), equal the naive kernels; bias added once.
+    func testDispatchInEveryModeMatchesNaive() {
+        let saved = ConvSettings.algorithm
+        defer { ConvSettings.algorithm = saved }
+        let pool = WorkerPool(threads: 2)
+        ConvSettings.algorithm = .auto
+        XCTAssertTrue(ConvSettings.useWinograd(.inputGradient, kernel: 3, dilation: 1, inChannels: 16, outChannels: 16))
+        XCTAssertFalse(ConvSettings.useWinograd(.weightGradient, kernel: 3, dilation: 1, inChannels: 16, outChannels: 16))
+        XCTAssertTrue(ConvSettings.useWinograd(.weightGradient, kernel: 3, dilation: 1, inChannels: 160, outChannels: 144))
+        XCTAssertFalse(ConvSettings.useWinograd(.forward, kernel: 3, dilation: 1, inChannels: 3, outChannels: 16))
+        for (cin, cout) in [(16, 16), (3, 16), (160, 144)] {
+            let shape = Shape(2, cin, 9, 7)
+            let x = random(shape, 1), w = random(Shape(cout, cin, 3, 3), 2), b = random(.vector(cout), 3)
+            let dy = random(Shape(2, cout, 9, 7), 4)
+            let ry = OwnedTensor(dy.shape), rdx = OwnedTensor(shape), rdw = OwnedTensor(w.shape), rdb = OwnedTensor(b.shape)
+            conv2dForwardNaive(ry.tensor, x.tensor, weight: w.tensor, bias: b.tensor)
+            conv2dBackwardNaive(dx: rdx.tensor, dweight: rdw.tensor, dbias: rdb.tensor, dy: dy.tensor, x: x.tensor, weight: w.tensor)
+            for mode in ConvAlgorithm.allCases {
+                ConvSettings.algorithm = mode
+                let scratch = Scratch(threads: 2)
+                scratch.reserve(floatsPerThread: conv2dScratchFloats(batch: 2, inChannels: cin, outChannels: cout,
+                                                                     height: 9, width: 7, kernel: 3, threads: 2))
+                scratch.reserve(sharedFloats: conv2dSharedScratchFloats(inChannels: cin, outChannels: cout, kernel: 3))
+                let y = OwnedTensor(dy.shape), dx = OwnedTensor(shape), dw = OwnedTensor(w.shape), db = OwnedTensor(b.shape)
+                conv2dForward(y.tensor, x.tensor, weight: w.tensor, bias: b.tensor, pool: pool, scratch: scratch)
+                conv2dBackward(dx: dx.tensor, dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor,
+                               weight: w.tensor, pool: pool, scratch: scratch)
+                let what = "\(mode) \(cin)->\(cout)"
+                assertClose(y.tensor, ry.tensor, "y " + what, tolerance: 3e-4)
+                assertClose(dx.tensor, rdx.tensor, "dx " + what, tolerance: 3e-4)
+                assertClose(dw.tensor, rdw.tensor, "dw " + what, tolerance: 3e-4)
+                assertClose(db.tensor, rdb.tensor, "db " + what, tolerance: 3e-4)
+            }
+        }
+    }
+
+    func testChunkingCoversEveryTileOnceInBothModes() {
+        for (batch, h, w, threads) in [(8, 16, 16, 2), (8, 128, 128, 2), (3, 9, 4, 2), (5, 7, 7, 3), (1, 40, 41, 1)] {
+            let plan = WinogradPlan(inChannels: 32, outChannels: 32, height: h, width: w, batch: batch, threads: threads)
+            var seen = [Int](repeating: 0, count: batch * plan.tilesHigh)
+            for i in 0..<plan.chunks {
+                let (n0, n1, rowStart, rows) = plan.chunk(i)
+                XCTAssertLessThanOrEqual((n1 - n0) * rows * plan.tilesWide, plan.maxTilesPerChunk)
+                for n in n0..<n1 { for r in rowStart..<(rowStart + rows) { seen[n * plan.tilesHigh + r] += 1 } }
+            }
+            XCTAssertEqual(seen, [Int](repeating: 1, count: seen.count), "\(batch)x\(h)x\(w)")
+            XCTAssertGreaterThanOrEqual(plan.chunks, min(threads, batch), "every thread gets work")
+        }
+        XCTAssertGreaterThan(WinogradPlan(inChannels: 32, outChannels: 32, height: 16, width: 16, batch: 8, threads: 2)
+            .imagesPerChunk, 1, "small planes group whole images")
+        XCTAssertGreaterThan(WinogradPlan(inChannels: 32, outChannels: 32, height: 128, width: 128, batch: 8, threads: 2)
+            .chunksPerImage, 1, "large planes are cut into bands")
+    }
+
     /// Large planes split into several chunks per image.
     func testManyChunksPerImage() {
-        let plan = WinogradPlan(inChannels: 64, outChannels: 64, height: 66, width: 67)
+        let plan = WinogradPlan(inChannels: 64, outChannels: 64, height: 66, width: 67, batch: 1, threads: 2)
         XCTAssertGreaterThan(plan.chunksPerImage, 1)
         let pool = WorkerPool(threads: 2)
         let x = random(Shape(1, 64, 66, 67), 1), w = random(Shape(64, 64, 3, 3), 2), dy = random(Shape(1, 64, 66, 67), 3)

@@ -64,7 +64,8 @@ final class UNetTests: XCTestCase {
         XCTAssertTrue(a.value(named: "down.3.conv2.bias")!.toArray().allSatisfy { $0 == 0 })
 
         config.initialization = .glorotUniform
-        let g = UNet(config, pool: WorkerPool(threads: 1)).store.value(named: "up.0.conv1.weight")!.toArray()
+        let glorot = UNet(config, pool: WorkerPool(threads: 1)).store  // keep the store alive: views do not own
+        let g = glorot.value(named: "up.0.conv1.weight")!.toArray()
         let limit = (6.0 / Float(512 * 9 + 256 * 9)).squareRoot()
         XCTAssertLessThanOrEqual(g.map(abs).max()!, limit * (1 + 1e-6), "Glorot uniform stays within its limit")
         XCTAssertGreaterThan(g.map(abs).max()!, 0.95 * limit)
