@@ -32,6 +32,17 @@ public func reluBackward(dx: Tensor, dy: Tensor, y: Tensor, pool: WorkerPool) {
     }
 }
 
+/// dy = dy * (y > 0), in place: the ReLU backward where dy is not needed afterwards (the model's
+/// activation gradients), so no separate dx buffer and no zeroing are needed.
+/// dy, y: (N, C, H, W); y is the forward output.
+public func reluBackwardInPlace(_ dy: Tensor, y: Tensor, pool: WorkerPool) {
+    checkSameShape(dy, y, "reluBackwardInPlace")
+    let g = dy.data, out = y.data
+    pool.parallelFor(dy.count) { range, _ in
+        for i in range where !(out[i] > 0) { g[i] = 0 }
+    }
+}
+
 // MARK: - Sigmoid
 
 /// y = 1 / (1 + exp(-x)), computed without overflow for large |x| (sigmoid(-1000) = 0,

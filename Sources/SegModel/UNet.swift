@@ -72,9 +72,11 @@ public final class UNet {
     private var arena = ActivationArena()
     private var scratch: Scratch
     private var logitsSlot = -1
-    /// Gradient temporaries reused by every conv unit (ReLU and BN backward outputs).
-    private var temporaries = FloatBuffer(count: 0)
-    private var temporaryCount = 0
+    /// Backward as a list of ops, built once per plan; activation gradients share memory where
+    /// their lifetimes on this tape do not overlap.
+    private var tape: [TapeOp] = []
+    /// Per op, the gradient slots it writes first: zeroed just before it runs.
+    private var zeroFirst: [[Int]] = []
     private var input: Tensor? = nil
     public private(set) var layers: [LayerInfo] = []
 
@@ -176,19 +178,17 @@ public final class UNet {
         var plan = ActivationArena()
         var rows: [LayerInfo] = []
         var scratchFloats = 0, sharedFloats = 0
-        var largest = 0
         let threads = pool.threadCount
 
         func addUnit(_ unit: inout ConvUnit, _ name: String, h: Int, w: Int, firstLayer: Bool = false) {
             let c = unit.conv
             let out = Shape(batch, c.outChannels, h, w)
             if unit.bn != nil {
-                unit.preNorm = plan.add(out, gradient: false)
+                unit.preNorm = plan.add(out)  // its gradient slot holds BN's input gradient
                 unit.saveMean = plan.add(.vector(c.outChannels), gradient: false)
                 unit.saveInvStd = plan.add(.vector(c.outChannels), gradient: false)
             }
             unit.output = plan.add(out)
-            largest = max(largest, out.count)
             scratchFloats = max(scratchFloats, conv2dScratchFloats(
                 batch: batch, inChannels: c.inChannels, outChannels: c.outChannels,
                 height: h, width: w, kernel: c.kernel, threads: threads))
@@ -248,12 +248,21 @@ public final class UNet {
         rows.append(convRow("head", head, h: height, w: width, firstLayer: false,
                             kind: "conv\(head.kernel)x\(head.kernel)", extraParameters: 0))
 
-        plan.allocate()
         arena = plan
+        tape = buildBackwardTape()
+        for (op, step) in tape.enumerated() {
+            for slot in step.reads where slot != logitsSlot {
+                precondition(tape[..<op].contains { $0.writes.contains(slot) }, "backward tape reads slot \(slot) before writing it")
+            }
+        }
+        arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
+                                                                     slots: arena.shapes.count,
+                                                                     liveBefore: [logitsSlot]))
+        zeroFirst = tape.indices.map { op in
+            tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
+        }
         scratch.reserve(floatsPerThread: scratchFloats)
         scratch.reserve(sharedFloats: sharedFloats)
-        temporaryCount = largest
-        temporaries = FloatBuffer(count: 2 * largest)
         layers = rows
         batchShape = shape
     }
@@ -267,11 +276,14 @@ public final class UNet {
                          trainingFLOPs: firstLayer ? 2 * flops : 3 * flops)
     }
 
-    /// Bytes of activations, activation gradients, temporaries and scratch planned for the batch.
+    /// Bytes of activations, activation gradients and scratch planned for the batch.
     public var plannedActivationBytes: Int {
-        (arena.valueCount + arena.gradientCount + 2 * temporaryCount
+        (arena.valueCount + arena.gradientCount
          + scratch.floatsPerThread * scratch.threadCount + scratch.sharedFloats) * MemoryLayout<Float>.stride
     }
+
+    /// Floats of activation gradients: with sharing, and what one buffer per activation would take.
+    public var activationGradientFloats: (shared: Int, unshared: Int) { (arena.gradientCount, arena.unsharedGradientCount) }
 
     // MARK: - Forward and backward
 
@@ -280,10 +292,14 @@ public final class UNet {
     /// Where the loss writes dL/dlogits before `backward()`; zeroed by `zeroActivationGradients`.
     public var logitsGradient: Tensor { arena.gradient(logitsSlot) }
 
-    /// Zeroes every activation gradient (backward adds into them). Call before the loss adds into
-    /// `logitsGradient`.
+    /// Zeroes the logits gradient, which the loss adds into before `backward()`. (Every other
+    /// activation gradient is zeroed by backward right before its first write.)
     public func zeroActivationGradients() {
-        profile.measure(.other) { arena.zeroGradients(pool: pool) }
+        profile.measure(.other) { parallelZero(logitsGradient) }
+    }
+
+    private func parallelZero(_ t: Tensor) {
+        pool.parallelFor(t.count) { range, _ in (t.data + range.lowerBound).update(repeating: 0, count: range.count) }
     }
 
     /// Runs the network on `images` (N, inChannels, H, W), planned with `plan`. Training mode uses
@@ -335,54 +351,12 @@ public final class UNet {
     /// Backward from `logitsGradient` (filled by the loss after `zeroActivationGradients`) through
     /// the whole network, adding into the parameter gradients `store.gradients`.
     public func backward() {
-        guard let images = input else { preconditionFailure("backward before forward") }
-        var last = decoder[decoder.count - 1].conv2.output
-        convBackward(head, dy: logitsGradient, x: arena.value(last), dx: arena.gradient(last))
-        for j in decoder.indices.reversed() {
-            let level = decoder[j]
-            unitBackward(level.conv2, x: arena.value(level.conv1.output), dx: arena.gradient(level.conv1.output))
-            unitBackward(level.conv1, x: arena.value(level.concatenated), dx: arena.gradient(level.concatenated))
-            let skip = encoder[encoder.count - 1 - j].conv2.output
-            let upGrad = arena.gradient(level.upsampled)
-            profile.measure(.elementwise) {
-                let upperGrad = level.padded.map { arena.gradient($0) } ?? upGrad
-                concatChannelsBackward(da: arena.gradient(skip), db: upperGrad,
-                                       dy: arena.gradient(level.concatenated), pool: pool)
-                if level.padded != nil { padToBackward(dx: upGrad, dy: upperGrad, pool: pool) }
-            }
-            let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
-            if let upconv = level.upconv {
-                // One pass gathers dy once for both gradients; charged to the weight gradient.
-                profile.measure(.convWeightGradient) {
-                    convTranspose2x2Backward(dx: arena.gradient(below), dweight: store.gradient(upconv.weight),
-                                             dbias: upconv.bias.map { store.gradient($0) }, dy: upGrad,
-                                             x: arena.value(below), weight: store.value(upconv.weight),
-                                             pool: pool, scratch: scratch)
-                }
-            } else {
-                profile.measure(.upsample) {
-                    upsampleBilinear2xBackward(dx: arena.gradient(below), dy: upGrad, pool: pool)
-                }
-            }
-            last = below
-        }
-        for i in encoder.indices.reversed() {
-            let level = encoder[i]
-            let skip = level.conv2.output
-            profile.measure(.pool) {
-                maxPool2x2Backward(dx: arena.gradient(skip), dy: arena.gradient(level.pooled),
-                                   x: arena.value(skip), pool: pool)
-            }
-            unitBackward(level.conv2, x: arena.value(level.conv1.output), dx: arena.gradient(level.conv1.output))
-            if i == 0 {
-                unitBackward(level.conv1, x: images, dx: nil)
-            } else {
-                let previous = encoder[i - 1].pooled
-                unitBackward(level.conv1, x: arena.value(previous), dx: arena.gradient(previous))
-            }
+        precondition(input != nil, "backward before forward")
+        for (op, step) in tape.enumerated() {
+            if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { parallelZero(arena.gradient(slot)) } } }
+            step.run()
         }
     }
-
     private func unitForward(_ unit: ConvUnit, _ x: Tensor, training: Bool) -> Tensor {
         let out = arena.value(unit.output)
         let c = unit.conv
@@ -407,39 +381,121 @@ public final class UNet {
         return out
     }
 
-    private func unitBackward(_ unit: ConvUnit, x: Tensor, dx: Tensor?) {
-        let out = arena.value(unit.output)
-        let dReLU = Tensor(temporaries.pointer, out.shape)
-        profile.measure(.elementwise) {
-            dReLU.zero()
-            reluBackward(dx: dReLU, dy: arena.gradient(unit.output), y: out, pool: pool)
-        }
-        var dConv = dReLU
-        if let bn = unit.bn {
-            dConv = Tensor(temporaries.pointer + temporaryCount, out.shape)
-            profile.measure(.batchNorm) {
-                dConv.zero()
-                batchNormBackward(dx: dConv, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
-                                  dy: dReLU, x: arena.value(unit.preNorm), gamma: store.value(bn.gamma),
-                                  saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
-                                  pool: pool)
+    // MARK: - The backward tape
+
+    /// The backward pass in execution order. Each op names the activation-gradient slots it reads
+    /// and writes, so lifetimes (and memory sharing) follow from this one description.
+    private func buildBackwardTape() -> [TapeOp] {
+        var ops: [TapeOp] = []
+        let last = decoder[decoder.count - 1].conv2.output
+        ops.append(convOp(head, dy: logitsSlot, x: last, dx: last))
+        for j in decoder.indices.reversed() {
+            let level = decoder[j]
+            ops += unitOps(level.conv2, x: level.conv1.output)
+            ops += unitOps(level.conv1, x: level.concatenated)
+            let skip = encoder[encoder.count - 1 - j].conv2.output
+            let upper = level.padded ?? level.upsampled
+            ops.append(TapeOp(reads: [level.concatenated], writes: [skip, upper]) { [unowned self] in
+                profile.measure(.elementwise) {
+                    concatChannelsBackward(da: arena.gradient(skip), db: arena.gradient(upper),
+                                           dy: arena.gradient(level.concatenated), pool: pool)
+                }
+            })
+            if let padded = level.padded {
+                ops.append(TapeOp(reads: [padded], writes: [level.upsampled]) { [unowned self] in
+                    profile.measure(.elementwise) {
+                        padToBackward(dx: arena.gradient(level.upsampled), dy: arena.gradient(padded), pool: pool)
+                    }
+                })
+            }
+            let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
+            if let upconv = level.upconv {
+                // One pass gathers dy once for both gradients; charged to the weight gradient.
+                ops.append(TapeOp(reads: [level.upsampled], writes: [below]) { [unowned self] in
+                    profile.measure(.convWeightGradient) {
+                        convTranspose2x2Backward(dx: arena.gradient(below), dweight: store.gradient(upconv.weight),
+                                                 dbias: upconv.bias.map { store.gradient($0) },
+                                                 dy: arena.gradient(level.upsampled), x: arena.value(below),
+                                                 weight: store.value(upconv.weight), pool: pool, scratch: scratch)
+                    }
+                })
+            } else {
+                ops.append(TapeOp(reads: [level.upsampled], writes: [below]) { [unowned self] in
+                    profile.measure(.upsample) {
+                        upsampleBilinear2xBackward(dx: arena.gradient(below), dy: arena.gradient(level.upsampled),
+                                                   pool: pool)
+                    }
+                })
             }
         }
-        convBackward(unit.conv, dy: dConv, x: x, dx: dx)
+        for i in encoder.indices.reversed() {
+            let level = encoder[i]
+            let skip = level.conv2.output
+            ops.append(TapeOp(reads: [level.pooled], writes: [skip]) { [unowned self] in
+                profile.measure(.pool) {
+                    maxPool2x2Backward(dx: arena.gradient(skip), dy: arena.gradient(level.pooled),
+                                       x: arena.value(skip), pool: pool)
+                }
+            })
+            ops += unitOps(level.conv2, x: level.conv1.output)
+            ops += unitOps(level.conv1, x: i == 0 ? nil : encoder[i - 1].pooled)
+        }
+        return ops
     }
 
-    private func convBackward(_ c: ConvParameters, dy: Tensor, x: Tensor, dx: Tensor?) {
-        let weight = store.value(c.weight)
-        profile.measure(.convWeightGradient) {
-            conv2dBackward(dx: nil, dweight: store.gradient(c.weight), dbias: c.bias.map { store.gradient($0) },
-                           dy: dy, x: x, weight: weight, pool: pool, scratch: scratch)
+    /// Backward of conv -> (BN) -> ReLU from the gradient of its output. `x` nil: the images (no
+    /// input gradient is needed for them).
+    private func unitOps(_ unit: ConvUnit, x: Int?) -> [TapeOp] {
+        var ops: [TapeOp] = [TapeOp(reads: [unit.output], writes: [unit.output]) { [unowned self] in
+            profile.measure(.elementwise) {
+                reluBackwardInPlace(arena.gradient(unit.output), y: arena.value(unit.output), pool: pool)
+            }
+        }]
+        var dConv = unit.output
+        if let bn = unit.bn {
+            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm]) { [unowned self] in
+                profile.measure(.batchNorm) {
+                    batchNormBackward(dx: arena.gradient(unit.preNorm), dgamma: store.gradient(bn.gamma),
+                                      dbeta: store.gradient(bn.beta), dy: arena.gradient(unit.output),
+                                      x: arena.value(unit.preNorm), gamma: store.value(bn.gamma),
+                                      saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
+                                      pool: pool)
+                }
+            })
+            dConv = unit.preNorm
         }
-        if let dx = dx {
-            profile.measure(.convInputGradient) {
-                conv2dBackward(dx: dx, dweight: nil, dbias: nil, dy: dy, x: x, weight: weight,
-                               pool: pool, scratch: scratch)
+        ops.append(convOp(unit.conv, dy: dConv, x: x, dx: x))
+        return ops
+    }
+
+    /// Weight (and bias) gradient, then the input gradient into `dx` when given.
+    private func convOp(_ c: ConvParameters, dy: Int, x: Int?, dx: Int?) -> TapeOp {
+        TapeOp(reads: [dy], writes: dx.map { [$0] } ?? []) { [unowned self] in
+            let input = x.map { arena.value($0) } ?? self.input!
+            let weight = store.value(c.weight), gradient = arena.gradient(dy)
+            profile.measure(.convWeightGradient) {
+                conv2dBackward(dx: nil, dweight: store.gradient(c.weight), dbias: c.bias.map { store.gradient($0) },
+                               dy: gradient, x: input, weight: weight, pool: pool, scratch: scratch)
+            }
+            if let dx {
+                profile.measure(.convInputGradient) {
+                    conv2dBackward(dx: arena.gradient(dx), dweight: nil, dbias: nil, dy: gradient, x: input,
+                                   weight: weight, pool: pool, scratch: scratch)
+                }
             }
         }
+    }
+}
+
+/// One step of the backward tape.
+struct TapeOp {
+    let reads: [Int]
+    let writes: [Int]
+    let run: () -> Void
+    init(reads: [Int], writes: [Int], run: @escaping () -> Void) {
+        self.reads = reads
+        self.writes = writes
+        self.run = run
     }
 }
 

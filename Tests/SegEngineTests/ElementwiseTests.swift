@@ -144,4 +144,19 @@ final class ElementwiseTests: XCTestCase {
             }
         }
     }
+
+    func testReluBackwardInPlaceMatchesAddingBackward() {
+        let shape = Shape(2, 3, 5, 7)
+        let y = OwnedTensor(shape), dy = OwnedTensor(shape)
+        var rng = SplitMix64(seed: 12)
+        for i in 0..<shape.count {
+            y.tensor[i] = max(0, rng.nextFloat(in: -1...1))  // a ReLU output: zeros and positives
+            dy.tensor[i] = rng.nextFloat(in: -1...1)
+        }
+        let reference = OwnedTensor(shape)
+        reluBackward(dx: reference.tensor, dy: dy.tensor, y: y.tensor, pool: WorkerPool(threads: 1))
+        reluBackwardInPlace(dy.tensor, y: y.tensor, pool: WorkerPool(threads: 3))
+        XCTAssertEqual(dy.tensor.toArray(), reference.tensor.toArray())
+        XCTAssertTrue((0..<shape.count).contains { y.tensor[$0] == 0 } && (0..<shape.count).contains { y.tensor[$0] > 0 })
+    }
 }

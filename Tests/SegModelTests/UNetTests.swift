@@ -83,3 +83,37 @@ final class UNetTests: XCTestCase {
         XCTAssertTrue(config.validate()!.hasPrefix("--head-kernel"))
     }
 }
+
+final class ActivationArenaTests: XCTestCase {
+    /// Gradients whose lifetimes overlap never share memory; disjoint ones may.
+    func testSharedGradientsNeverOverlapWhileLive() {
+        var rng = SplitMix64(seed: 4)
+        for _ in 0..<50 {
+            var arena = ActivationArena()
+            let slots = 12
+            var accesses = [[Int]](repeating: [], count: 20)
+            for slot in 0..<slots {
+                _ = arena.add(Shape(1, 1 + Int(rng.next() % 5), 4 + Int(rng.next() % 9), 3), gradient: true)
+                let a = Int(rng.next() % 20), b = Int(rng.next() % 20)
+                accesses[min(a, b)].append(slot)
+                accesses[max(a, b)].append(slot)
+            }
+            let lifetimes = ActivationArena.lifetimes(of: accesses, slots: slots, liveBefore: [])
+            arena.allocate(gradientLifetimes: lifetimes)
+            for i in 0..<slots {
+                for j in (i + 1)..<slots where lifetimes[i]!.overlaps(lifetimes[j]!) {
+                    XCTAssertFalse(arena.gradientRange(i)!.overlaps(arena.gradientRange(j)!), "slots \(i), \(j)")
+                }
+            }
+            XCTAssertLessThanOrEqual(arena.gradientCount, arena.unsharedGradientCount)
+        }
+    }
+
+    /// The default UNet's activation gradients at 128x128, batch 8, share memory.
+    func testUNetGradientMemoryIsShared() {
+        let unet = UNet(UNetConfig(), pool: WorkerPool(threads: 1))
+        unet.plan(batch: 2, height: 128, width: 128)
+        let (shared, unshared) = unet.activationGradientFloats
+        XCTAssertLessThan(Double(shared), 0.5 * Double(unshared), "shared \(shared) of \(unshared) floats")
+    }
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""PyTorch CPU baseline for segtrain.
+
+Builds the same UNet that segtrain trains (in 3, classes 1, base 32, depth 4,
+MaxPool after every encoder level, no bottleneck conv, bilinear x2 upsampling,
+concat [skip, up], 3x3 head; 3,717,121 parameters) and times full training
+steps (zero_grad, forward, BCEWithLogits loss, backward, Adam step) on random
+data, the way segtrain measures itself: images/s, seconds/step, peak RSS.
+
+Requires torch (pip install torch). Run e.g.:
+    python3 scripts/pytorch_baseline.py --image-size 128 --batch-size 8 \
+        --threads 2 --steps 5 --warmup 2 --json
+"""
+import argparse
+import json
+import resource
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv_pair(cin, c):
+    return nn.Sequential(nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+
+
+class UNet(nn.Module):
+    def __init__(self, in_channels=3, classes=1, base=32, depth=4):
+        super().__init__()
+        chans = [base * 2 ** i for i in range(depth)]  # 32, 64, 128, 256
+        self.enc = nn.ModuleList()
+        cin = in_channels
+        for c in chans:
+            self.enc.append(conv_pair(cin, c))
+            cin = c
+        # Decoder j = 0..depth-1 works on level L = depth-1-j; the tensor
+        # coming from below has c_below channels (c_L at the deepest level).
+        self.dec = nn.ModuleList()
+        below = chans[-1]
+        for L in reversed(range(depth)):
+            self.dec.append(conv_pair(chans[L] + below, chans[L]))
+            below = chans[L]
+        self.head = nn.Conv2d(base, classes, 3, padding=1)
+
+    def forward(self, x):
+        skips = []
+        for block in self.enc:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        for block, skip in zip(self.dec, reversed(skips)):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            dh, dw = skip.shape[2] - x.shape[2], skip.shape[3] - x.shape[3]
+            if dh or dw:
+                x = F.pad(x, (0, dw, 0, dh))
+            x = block(torch.cat([skip, x], dim=1))
+        return self.head(x)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+
+    torch.set_num_threads(a.threads)
+    torch.set_num_interop_threads(1)
+    torch.manual_seed(a.seed)
+
+    model = UNet()
+    params = sum(t.numel() for t in model.parameters())
+    assert params == 3_717_121, params
+    fmt = torch.channels_last if a.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    s = a.image_size
+    images = torch.rand(a.batch_size, 3, s, s).to(memory_format=fmt)
+    masks = torch.randint(0, 2, (a.batch_size, 1, s, s)).float()
+    loss_fn = nn.BCEWithLogitsLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(images), masks)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(a.warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        loss = step()
+    elapsed = time.perf_counter() - t0
+
+    res = {
+        "framework": "pytorch",
+        "torch_version": torch.__version__,
+        "image_size": s,
+        "batch_size": a.batch_size,
+        "threads": a.threads,
+        "steps": a.steps,
+        "images_per_second": a.steps * a.batch_size / elapsed,
+        "seconds_per_step": elapsed / a.steps,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "parameters": params,
+    }
+    if a.channels_last:
+        res["channels_last"] = True
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"pytorch {torch.__version__} {s}x{s} batch {a.batch_size} "
+              f"threads {a.threads}{' channels_last' if a.channels_last else ''}: "
+              f"{res['images_per_second']:.2f} img/s, "
+              f"{res['seconds_per_step']:.3f} s/step, "
+              f"peak RSS {res['peak_rss_mib']:.0f} MiB, loss {loss:.4f}, "
+              f"{params} params")
+
+
+if __name__ == "__main__":
+    main()
