@@ -30,7 +30,8 @@ let package = Package(
         ),
         .target(
             name: "SegTraining",
-            dependencies: ["SegModel", "SegEngine"]
+            dependencies: ["SegModel", "SegEngine"],
+            swiftSettings: [.unsafeFlags(["-O"])]
         ),
         .executableTarget(
             name: "segtrain",

@@ -59,6 +59,8 @@ struct BenchCommand: ParsableCommand {
             step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor, learningRate: training.lr)
         }
         unet.profile.reset()
+        let allocationsBefore = heapAllocationCount()
+        let largeBefore = heapAllocationCount(large: true)
         let start = monotonicSeconds()
         var lastLoss = 0.0
         for _ in 0..<steps {
@@ -66,6 +68,8 @@ struct BenchCommand: ParsableCommand {
                                  learningRate: training.lr)
         }
         let elapsed = monotonicSeconds() - start
+        let allocations = heapAllocationCount().map { $0 - allocationsBefore! }
+        let large = heapAllocationCount(large: true).map { $0 - largeBefore! }
         let imagesPerSecond = Double(batch * steps) / elapsed
         let flopsPerImage = unet.layers.reduce(0) { $0 + $1.trainingFLOPs }
         let gflops = flopsPerImage * imagesPerSecond / 1e9
@@ -80,6 +84,10 @@ struct BenchCommand: ParsableCommand {
                 "\"seconds_per_step\": \(elapsed / Double(steps))", "\"peak_rss_mib\": \(rssMiB)",
                 "\"last_loss\": \(lastLoss)",
             ]
+            if let allocations, let large {
+                fields.append("\"heap_allocations_in_timed_steps\": \(allocations)")
+                fields.append("\"large_heap_allocations_in_timed_steps\": \(large)")
+            }
             let split = kinds.map { "\"\($0.key)\": \(unet.profile[$0] / Double(steps))" }.joined(separator: ", ")
             fields.append("\"seconds_per_step_by_kind\": {\(split)}")
             print("{" + fields.joined(separator: ", ") + "}")
@@ -92,6 +100,9 @@ struct BenchCommand: ParsableCommand {
         print("  s/step        \(fixed(elapsed / Double(steps), 3))")
         print("  peak RSS      \(fixed(rssMiB, 0)) MiB")
         print("  last loss     \(fixed(lastLoss, 5))")
+        if let allocations, let large {
+            print("  heap allocations in timed steps: \(allocations) (\(large) over 256 bytes)")
+        }
         print("  time per step by kind:")
         let total = unet.profile.total
         for kind in kinds {
@@ -100,6 +111,15 @@ struct BenchCommand: ParsableCommand {
                   + lpad(fixed(100 * s / total, 1) + " %", 9))
         }
     }
+}
+
+/// Heap allocations so far (only those over 256 bytes when `large`), when scripts/alloc-counter's
+/// LD_PRELOAD shim is loaded; else nil.
+func heapAllocationCount(large: Bool = false) -> Int? {
+    typealias Counter = @convention(c) () -> Int
+    let name = large ? "segtrain_large_alloc_count" : "segtrain_alloc_count"
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) else { return nil }
+    return unsafeBitCast(symbol, to: Counter.self)()
 }
 
 /// Peak resident set size of this process in MiB (getrusage; Linux reports KiB).
