@@ -149,13 +149,15 @@ private func columns(_ src: Tensor, into col: UnsafeMutablePointer<Float>, kerne
 /// Adds (or with `overwrite`, copies) a (channels x P) temporary of a group item (whole images
 /// n0..<n1, image after image along P) into the images' planes of `dst`; `bias` (optional) is added too.
 private func scatterGroup(_ dst: Tensor, from temp: UnsafePointer<Float>, _ n0: Int, _ n1: Int,
-                          overwrite: Bool, bias: Tensor?) {
+                          overwrite: Bool, bias: Tensor?, relu: Bool = false) {
     let plane = dst.shape.plane, ld = (n1 - n0) * plane
     for n in n0..<n1 {
         for c in 0..<dst.c {
             let src = temp + c * ld + (n - n0) * plane, out = dst.plane(n, c)
             let b: Float = bias?.data[c] ?? 0
-            if overwrite {
+            if overwrite && relu {
+                for i in 0..<plane { out[i] = max(src[i] + b, 0) }
+            } else if overwrite {
                 for i in 0..<plane { out[i] = src[i] + b }
             } else {
                 for i in 0..<plane { out[i] += src[i] }
@@ -311,14 +313,14 @@ public enum ConvSettings {
 }
 
 /// 2-D convolution (cross-correlation, like PyTorch), stride 1, "same" padding = dilation*(k-1)/2, k = 1 or 3.
-/// Overwrites y.
+/// Overwrites y; with `relu`, y = max(conv + bias, 0) (fused: no second pass over y).
 /// y: (N, Cout, H, W)  x: (N, Cin, H, W)  weight: (Cout, Cin, k, k) (OIHW)  bias: (Cout, 1, 1, 1) or nil
 public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?, dilation: Int = 1,
-                          pool: WorkerPool, scratch: Scratch) {
+                          relu: Bool = false, pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(y, x, weight, dilation, "conv2dForward")
     checkBias(bias, y.c, "conv2dForward")
     if ConvSettings.useWinograd(.forward, kernel: k, dilation: dilation, inChannels: x.c, outChannels: y.c) {
-        winogradConv3x3Forward(y, x, weight: weight, bias: bias, pool: pool, scratch: scratch)
+        winogradConv3x3Forward(y, x, weight: weight, bias: bias, relu: relu, pool: pool, scratch: scratch)
         return
     }
     let (cin, cout, width) = (x.c, y.c, x.w)
@@ -343,11 +345,18 @@ public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor
                 }
                 gemm(transA: false, transB: false, m: cout, n: pixels, k: cin * kk, a: weight.data, lda: cin * kk,
                      b: b, ldb: ldb, beta: beta, c: yBand, ldc: plane)
+                if relu {
+                    // While the band is still in cache.
+                    for co in 0..<cout {
+                        let row = yBand + co * plane
+                        for i in 0..<pixels { row[i] = max(row[i], 0) }
+                    }
+                }
             } else {
                 let temp = base + layout.temp
                 gemm(transA: false, transB: false, m: cout, n: pixels, k: cin * kk, a: weight.data, lda: cin * kk,
                      b: b, ldb: ldb, beta: 0, c: temp, ldc: pixels)
-                scatterGroup(y, from: temp, n0, n1, overwrite: true, bias: bias)
+                scatterGroup(y, from: temp, n0, n1, overwrite: true, bias: bias, relu: relu)
             }
         }
     }

@@ -81,10 +81,11 @@ public struct WinogradPlan {
     public var sharedFloats: Int { 16 * inChannels * outChannels }
 }
 
-/// y (N, Cout, H, W) = conv3x3(x) + bias, or y += conv3x3(x) when `accumulate`.
+/// y (N, Cout, H, W) = conv3x3(x) + bias (max(., 0) with `relu`), or y += conv3x3(x) when `accumulate`.
 /// x: (N, Cin, H, W)  weight: (Cout, Cin, 3, 3)  bias: (Cout,1,1,1) or nil
 public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?,
-                                   accumulate: Bool = false, pool: WorkerPool, scratch: Scratch) {
+                                   accumulate: Bool = false, relu: Bool = false, pool: WorkerPool, scratch: Scratch) {
+    precondition(!(accumulate && relu), "winograd: relu applies to an overwritten output only")
     let cin = x.c, cout = y.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
     precondition(y.n == x.n && y.h == x.h && y.w == x.w, "winograd: y \(y.shape) vs x \(x.shape)")
@@ -100,7 +101,8 @@ public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bia
             }
         }
     }
-    winogradTiles(y, x, transformedWeight: u, bias: bias, accumulate: accumulate, plan: plan, pool: pool, scratch: scratch)
+    winogradTiles(y, x, transformedWeight: u, bias: bias, accumulate: accumulate, relu: relu, plan: plan,
+                  pool: pool, scratch: scratch)
 }
 
 /// dx (N, Cin, H, W) += the input gradient of a 3x3 same convolution for dy (N, Cout, H, W).
@@ -120,7 +122,8 @@ public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor,
             }
         }
     }
-    winogradTiles(dx, dy, transformedWeight: u, bias: nil, accumulate: true, plan: plan, pool: pool, scratch: scratch)
+    winogradTiles(dx, dy, transformedWeight: u, bias: nil, accumulate: true, relu: false, plan: plan,
+                  pool: pool, scratch: scratch)
 }
 
 /// dweight (Cout, Cin, 3, 3) += dL/dweight and dbias += sum of dy, for y = conv3x3(x).
@@ -192,7 +195,8 @@ public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: T
 
 /// y (+)= A^T [U . V] A (+ bias) over every tile of every image.
 private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: UnsafeMutablePointer<Float>,
-                           bias: Tensor?, accumulate: Bool, plan: WinogradPlan, pool: WorkerPool, scratch: Scratch) {
+                           bias: Tensor?, accumulate: Bool, relu: Bool, plan: WinogradPlan, pool: WorkerPool,
+                           scratch: Scratch) {
     let cin = plan.inChannels, cout = plan.outChannels
     scratch.require(plan.scratchFloatsPerThread, "winograd tiles")
     let tilesPerChunk = plan.maxTilesPerChunk
@@ -215,7 +219,7 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
             for n in n0..<n1 {
                 transformOutput(m + (n - n0) * rows * plan.tilesWide, tiles: tiles, into: y.sample(n), channels: cout,
                                 plan: plan, rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
-                                rowBuffer: rowBuffer)
+                                relu: relu, rowBuffer: rowBuffer)
             }
         }
     }
@@ -275,7 +279,7 @@ private func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, pla
 @inline(__always)
 private func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
                              channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
-                             bias: Tensor?, accumulate: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
+                             bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
     let out0 = rowBuffer, out1 = rowBuffer + 2 * tw
@@ -305,6 +309,8 @@ private func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into 
                 let line = dst + (oy + r) * w, from = r == 0 ? out0 : out1
                 if accumulate {
                     for j in 0..<w { line[j] += from[j] }
+                } else if relu {
+                    for j in 0..<w { line[j] = max(from[j], 0) }
                 } else {
                     line.update(from: from, count: w)
                 }

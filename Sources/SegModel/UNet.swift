@@ -371,13 +371,14 @@ public final class UNet {
                                  saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
                                  training: training, pool: pool)
             }
+            profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
         } else {
+            // Bias and ReLU fused into the convolution's output pass.
             profile.measure(.convForward) {
                 conv2dForward(out, x, weight: store.value(c.weight), bias: c.bias.map { store.value($0) },
-                              pool: pool, scratch: scratch)
+                              relu: true, pool: pool, scratch: scratch)
             }
         }
-        profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
         return out
     }
 

@@ -114,6 +114,32 @@ final class WinogradTests: XCTestCase {
         }
     }
 
+    /// relu: true gives max(conv + bias, 0) on every path: GEMM bands, GEMM groups of small images,
+    /// Winograd.
+    func testFusedReLUMatchesNaiveOnEveryPath() {
+        let saved = ConvSettings.algorithm
+        defer { ConvSettings.algorithm = saved }
+        let pool = WorkerPool(threads: 2)
+        for (n, cin, cout, h, w) in [(2, 16, 12, 37, 30), (6, 16, 12, 4, 5), (3, 9, 8, 7, 9)] {
+            let x = random(Shape(n, cin, h, w), 1), wt = random(Shape(cout, cin, 3, 3), 2), b = random(.vector(cout), 3)
+            let reference = OwnedTensor(Shape(n, cout, h, w))
+            conv2dForwardNaive(reference.tensor, x.tensor, weight: wt.tensor, bias: b.tensor)
+            for i in 0..<reference.tensor.count { reference.tensor[i] = max(reference.tensor[i], 0) }
+            XCTAssertTrue(reference.tensor.toArray().contains(0) && reference.tensor.toArray().contains { $0 > 0 })
+            for mode in [ConvAlgorithm.gemm, .winograd] {
+                ConvSettings.algorithm = mode
+                let scratch = Scratch(threads: 2)
+                scratch.reserve(floatsPerThread: conv2dScratchFloats(batch: n, inChannels: cin, outChannels: cout,
+                                                                     height: h, width: w, kernel: 3, threads: 2))
+                scratch.reserve(sharedFloats: conv2dSharedScratchFloats(inChannels: cin, outChannels: cout, kernel: 3))
+                let y = OwnedTensor(reference.shape)
+                y.tensor.fill(.nan)
+                conv2dForward(y.tensor, x.tensor, weight: wt.tensor, bias: b.tensor, relu: true, pool: pool, scratch: scratch)
+                assertClose(y.tensor, reference.tensor, "relu \(mode) \(n)x\(cin)x\(h)x\(w)", tolerance: 3e-4)
+            }
+        }
+    }
+
     func testChunkingCoversEveryTileOnceInBothModes() {
         for (batch, h, w, threads) in [(8, 16, 16, 2), (8, 128, 128, 2), (3, 9, 4, 2), (5, 7, 7, 3), (1, 40, 41, 1)] {
             let plan = WinogradPlan(inChannels: 32, outChannels: 32, height: h, width: w, batch: batch, threads: threads)
