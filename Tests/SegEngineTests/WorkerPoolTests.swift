@@ -1,4 +1,7 @@
 import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import SegEngine
 
 final class WorkerPoolTests: XCTestCase {
@@ -35,5 +38,28 @@ final class WorkerPoolTests: XCTestCase {
             pool.run { inner in out.tensor[outer * 3 + inner] = Float(outer * 3 + inner) }
         }
         XCTAssertEqual(out.tensor.toArray(), (0..<9).map(Float.init))
+    }
+}
+
+final class ThreadDefaultsTests: XCTestCase {
+    func testAffinityCountAndOverrides() {
+        let cpus = ThreadDefaults.availableCPUs()
+        XCTAssertGreaterThanOrEqual(cpus, 1)
+        XCTAssertLessThanOrEqual(cpus, 4096)
+
+        setenv("SEGTRAIN_THREADS", "3", 1)
+        XCTAssertEqual(ThreadDefaults.threadsPerRank(), 3)
+        unsetenv("SEGTRAIN_THREADS")
+
+        // Two ranks on this node share the CPUs, unless a launcher bound this process to fewer
+        // CPUs than the machine has: then those are its own.
+        let bound = cpus < sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2", 1)
+        XCTAssertEqual(ThreadDefaults.ranksOnNode(), 2)
+        XCTAssertEqual(ThreadDefaults.threadsPerRank(), bound ? cpus : max(1, cpus / 2))
+        setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "64", 1)
+        XCTAssertEqual(ThreadDefaults.threadsPerRank(), bound ? cpus : max(1, cpus / 64), "never below one thread")
+        unsetenv("OMPI_COMM_WORLD_LOCAL_SIZE")
+        XCTAssertEqual(ThreadDefaults.ranksOnNode(), 1)
     }
 }
