@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport}.
+// Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
+// segtrain -> SegDistributed -> {CMPI, SegEngine}.
 let package = Package(
     name: "segtrain",
     platforms: [.macOS(.v13)],
@@ -16,6 +17,11 @@ let package = Package(
             name: "CBLAS",
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
+        ),
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev"])]
         ),
         .target(name: "CSupport"),
         .target(
@@ -33,10 +39,14 @@ let package = Package(
             dependencies: ["SegModel", "SegEngine"],
             swiftSettings: [.unsafeFlags(["-O"])]
         ),
+        .target(
+            name: "SegDistributed",
+            dependencies: ["CMPI", "SegEngine"]
+        ),
         .executableTarget(
             name: "segtrain",
             dependencies: [
-                "SegTraining", "SegModel", "SegEngine",
+                "SegTraining", "SegModel", "SegEngine", "SegDistributed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -44,6 +54,8 @@ let package = Package(
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine"]),
         .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine"]),
         .testTarget(name: "SegtrainCLITests", dependencies: []),
+        // Runs the built segtrain binary (mpi-check) alone and under mpirun.
+        .testTarget(name: "SegDistributedTests", dependencies: []),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,0 +1,173 @@
+import XCTest
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs the built `segtrain mpi-check` alone (a singleton MPI job) and under `mpirun`, as a
+/// subprocess with a time limit: a hang is killed and fails the test.
+final class MPITests: XCTestCase {
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        let seconds: Double
+    }
+
+    static var binary: String {
+        if let path = ProcessInfo.processInfo.environment["SEGTRAIN_BIN"] { return path }
+        // .build/<config>/segtrainPackageTests.xctest -> .build/<config>/segtrain
+        let bundle = Bundle(for: MPITests.self).bundleURL
+        return bundle.deletingLastPathComponent().appendingPathComponent("segtrain").path
+    }
+
+    /// `mpirun` found on PATH, or nil.
+    static var mpirun: String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        for directory in path.split(separator: ":") {
+            let candidate = "\(directory)/mpirun"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    /// Open MPI refuses root without these (tests run as root in CI containers).
+    static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+
+    /// Runs `executable` with output in temporary files (no pipe can fill up or be held open by a
+    /// grandchild). Past `timeout` seconds: SIGTERM (mpirun forwards it to its ranks), then
+    /// SIGKILL, and the test fails.
+    func run(_ executable: String, _ arguments: [String], timeout: Double = 60) throws -> Result {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("segtrain-mpi-tests-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let outURL = directory.appendingPathComponent("stdout"), errURL = directory.appendingPathComponent("stderr")
+        for url in [outURL, errURL] where !FileManager.default.createFile(atPath: url.path, contents: nil) {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: url.path])
+        }
+        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(MPITests.mpiEnvironment) { _, new in new }
+        process.standardOutput = out
+        process.standardError = err
+        let finished = DispatchSemaphore(value: 0)
+        process.terminationHandler = { _ in finished.signal() }
+        let start = Date()
+        try process.run()
+        var timedOut = false
+        if finished.wait(timeout: .now() + timeout) == .timedOut {
+            timedOut = true
+            process.terminate()
+            if finished.wait(timeout: .now() + 5) == .timedOut {
+                kill(process.processIdentifier, SIGKILL)
+                finished.wait()
+            }
+        }
+        let seconds = Date().timeIntervalSince(start)
+        try out.close()
+        try err.close()
+        let result = Result(status: process.terminationStatus,
+                            stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+                            stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
+                            seconds: seconds)
+        if timedOut {
+            XCTFail("\(executable) \(arguments.joined(separator: " ")) still running after \(timeout) s: killed\n"
+                    + "stdout:\n\(result.stdout)\nstderr:\n\(result.stderr)")
+        }
+        return result
+    }
+
+    /// `mpirun -np N --oversubscribe segtrain mpi-check extra...`; skips without mpirun.
+    func mpiCheck(ranks: Int, _ extra: [String] = [], timeout: Double = 60) throws -> Result {
+        guard let mpirun = MPITests.mpirun else {
+            throw XCTSkip("mpirun is not on PATH; install openmpi-bin (scripts/install-deps.sh)")
+        }
+        // Open MPI counts slots by physical cores; the other engineer's 2 cores may be 1 core with 2
+        // hardware threads, so always allow more ranks than slots.
+        return try run(mpirun, ["-np", "\(ranks)", "--oversubscribe", MPITests.binary, "mpi-check"] + extra,
+                       timeout: timeout)
+    }
+
+    struct MissingBinary: Error, CustomStringConvertible {
+        var description: String { "segtrain not built at \(MPITests.binary); run swift build or set SEGTRAIN_BIN" }
+    }
+
+    /// A missing binary fails (only a missing mpirun skips).
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: MPITests.binary) else { throw MissingBinary() }
+    }
+
+    /// Every rank reports itself, the checks pass, rank 0 alone prints `mpi-check ok`.
+    func assertPasses(_ r: Result, ranks: Int, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(r.status, 0, "stdout:\n\(r.stdout)\nstderr:\n\(r.stderr)", file: file, line: line)
+        for rank in 0..<ranks {
+            // One node: the local rank and size equal the world ones.
+            XCTAssertTrue(r.stdout.contains("rank \(rank) of \(ranks), local \(rank) of \(ranks), host "),
+                          "rank \(rank) missing:\n\(r.stdout)", file: file, line: line)
+            XCTAssertTrue(r.stdout.contains("gathered from rank \(rank): rank \(rank) on "), r.stdout, file: file, line: line)
+        }
+        XCTAssertFalse(r.stdout.contains("rank \(ranks) of"), r.stdout, file: file, line: line)
+        XCTAssertEqual(r.stdout.components(separatedBy: "mpi-check ok").count - 1, 1, r.stdout, file: file, line: line)
+        XCTAssertFalse(r.stderr.contains("segtrain: error"), r.stderr, file: file, line: line)
+    }
+
+    func testSingletonWithoutMpirun() throws {
+        let r = try run(MPITests.binary, ["mpi-check", "--elements", "333"])
+        assertPasses(r, ranks: 1)
+        XCTAssertTrue(r.stdout.contains("allreduce: 333 floats in 1 MPI calls"), r.stdout)
+    }
+
+    func testSingletonRejectsARankItDoesNotHave() throws {
+        let r = try run(MPITests.binary, ["mpi-check", "--mismatch-rank", "1"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("--mismatch-rank 1 but the job has 1 ranks"), r.stderr)
+    }
+
+    func testOneTwoAndThreeRanks() throws {
+        for ranks in [1, 2, 3] {
+            let r = try mpiCheck(ranks: ranks, ["--elements", "\(1000 + ranks)"])
+            assertPasses(r, ranks: ranks)
+            XCTAssertTrue(r.stdout.contains("allreduce: \(1000 + ranks) floats in 1 MPI calls"), r.stdout)
+        }
+    }
+
+    /// A chunk of 7 elements: the allreduce takes ceil(1000 / 7) = 143 calls (blocking and
+    /// non-blocking, checked against the known sums), the broadcasts and gather run in chunks too.
+    func testChunkedPathGivesTheSameResults() throws {
+        let r = try mpiCheck(ranks: 3, ["--elements", "1000", "--chunk-elements", "7"])
+        assertPasses(r, ranks: 3)
+        XCTAssertTrue(r.stdout.contains("allreduce: 1000 floats in 143 MPI calls of at most 7 elements"), r.stdout)
+        // One element per call, two ranks: every gather round moves one byte per rank.
+        let one = try mpiCheck(ranks: 2, ["--elements", "10", "--chunk-elements", "1"])
+        assertPasses(one, ranks: 2)
+        XCTAssertTrue(one.stdout.contains("allreduce: 10 floats in 10 MPI calls of at most 1 elements"), one.stdout)
+    }
+
+    /// One rank holds another value: every rank prints the one-line error naming it and the job
+    /// exits non-zero, quickly.
+    func testMismatchFailsOnEveryRankWithoutHanging() throws {
+        let r = try mpiCheck(ranks: 3, ["--mismatch-rank", "1"], timeout: 60)
+        XCTAssertNotEqual(r.status, 0, r.stdout)
+        for rank in 0..<3 {
+            XCTAssertTrue(r.stderr.contains("segtrain: error: rank \(rank): ranks disagree on the mpi-check value"),
+                          "rank \(rank):\n\(r.stderr)")
+        }
+        XCTAssertTrue(r.stderr.contains("(this rank: 0x5e677261696f)"), r.stderr)
+        XCTAssertFalse(r.stdout.contains("mpi-check ok"), r.stdout)
+        XCTAssertLessThan(r.seconds, 30)
+    }
+
+    /// An MPI call fails on one rank only (invalid root): MPI_ERRORS_RETURN gives the code back, the
+    /// rank names the call and MPI's error string, and MPI_Abort ends the ranks waiting for it.
+    func testAnMPIErrorOnOneRankAbortsTheJob() throws {
+        let r = try mpiCheck(ranks: 3, ["--fail-rank", "2"], timeout: 60)
+        XCTAssertNotEqual(r.status, 0, r.stdout)
+        XCTAssertTrue(r.stderr.contains("segtrain: error: rank 2: MPI_Bcast failed: MPI_ERR_ROOT"), r.stderr)
+        XCTAssertFalse(r.stdout.contains("mpi-check ok"), r.stdout)
+        XCTAssertLessThan(r.seconds, 30)
+    }
+}
