@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport}.
+// Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
+// segtrain -> SegData (PNG files, synthetic data) -> {SegEngine, CPNG (libpng)}.
 let package = Package(
     name: "segtrain",
     platforms: [.macOS(.v13)],
@@ -16,6 +17,11 @@ let package = Package(
             name: "CBLAS",
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
+        ),
+        .systemLibrary(
+            name: "CPNG",
+            pkgConfig: "libpng",
+            providers: [.apt(["libpng-dev"])]
         ),
         .target(name: "CSupport"),
         .target(
@@ -33,10 +39,15 @@ let package = Package(
             dependencies: ["SegModel", "SegEngine"],
             swiftSettings: [.unsafeFlags(["-O"])]
         ),
+        .target(
+            name: "SegData",
+            dependencies: ["CPNG", "SegEngine"],
+            swiftSettings: [.unsafeFlags(["-O"])]
+        ),
         .executableTarget(
             name: "segtrain",
             dependencies: [
-                "SegTraining", "SegModel", "SegEngine",
+                "SegTraining", "SegModel", "SegEngine", "SegData",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -44,6 +55,7 @@ let package = Package(
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine"]),
         .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine"]),
         .testTarget(name: "SegtrainCLITests", dependencies: []),
+        .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG"]),
     ],
     swiftLanguageModes: [.v5]
 )
