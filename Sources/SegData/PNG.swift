@@ -102,8 +102,8 @@ public enum ImageFile {
     /// `read` on PNG bytes in memory; `name` is used in errors.
     public static func decode(_ bytes: [UInt8], name: String, as format: PixelFormat,
                               limits: ImageLimits = ImageLimits()) throws -> Image8 {
-        let (data, _) = try prepare(bytes, name: name, dropTransparency: false)
-        return try withDecoder(data, name: name, limits: limits) { image in
+        let (data, header) = try prepare(bytes, name: name, dropTransparency: false)
+        return try withDecoder(data, header: header, name: name, limits: limits) { image in
             let fileFormat = image.format
             if fileFormat & flagLinear != 0 {
                 // 16-bit samples: treat as already encoded (no gamma), so libpng only rescales them.
@@ -132,7 +132,7 @@ public enum ImageFile {
     /// `readMask` on PNG bytes in memory; `name` is used in errors.
     public static func decodeMask(_ bytes: [UInt8], name: String, limits: ImageLimits = ImageLimits()) throws -> Image8 {
         let (data, header) = try prepare(bytes, name: name, dropTransparency: true)
-        return try withDecoder(data, name: name, limits: limits) { image in
+        return try withDecoder(data, header: header, name: name, limits: limits) { image in
             guard let header else { throw ImageFileError(name, "not a valid PNG: IHDR chunk missing") }
             let width = Int(image.width), height = Int(image.height)
             switch header.colorType {
@@ -289,7 +289,20 @@ public enum ImageFile {
         return bytes
     }
 
-    /// Checks the signature, parses IHDR and removes the chunks that would make libpng change
+    /// CRC-32 of PNG chunks (ISO 3309), over type and data.
+    static let crcTable: [UInt32] = (0..<256).map { n in
+        var c = UInt32(n)
+        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    static func crc32(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for b in bytes { c = crcTable[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+        return ~c
+    }
+
+    /// Checks the signature, parses IHDR (when its CRC is right; otherwise libpng reports it) and removes the chunks that would make libpng change
     /// sample values: gAMA, cHRM, sRGB, iCCP (and tRNS, bKGD for masks). Malformed chunk
     /// structure is left for libpng to report.
     static func prepare(_ bytes: [UInt8], name: String, dropTransparency: Bool) throws -> ([UInt8], PNGHeader?) {
@@ -311,7 +324,7 @@ public enum ImageFile {
             let end = at + 12 + length
             if length > 0x7FFF_FFFF || end > bytes.count { break }
             let type = String(decoding: bytes[(at + 4)..<(at + 8)], as: UTF8.self)
-            if type == "IHDR" && at == 8 && length == 13 {
+            if type == "IHDR" && at == 8 && length == 13 && crc32(bytes[(at + 4)..<(at + 21)]) == UInt32(be32(at + 21)) {
                 header = PNGHeader(width: be32(at + 8), height: be32(at + 12),
                                    bitDepth: Int(bytes[at + 16]), colorType: Int(bytes[at + 17]))
             }
@@ -323,23 +336,29 @@ public enum ImageFile {
         return (out, header)
     }
 
-    /// Runs png_image_begin_read_from_memory, checks the size limits, then `body` (which calls
+    /// Checks the size limits on the stored IHDR, runs png_image_begin_read_from_memory, checks
+    /// them again on what libpng read, then `body` (which calls
     /// `finish`). The image is always freed.
-    static func withDecoder(_ data: [UInt8], name: String, limits: ImageLimits,
+    static func withDecoder(_ data: [UInt8], header: PNGHeader?, name: String, limits: ImageLimits,
                             _ body: (inout png_image) throws -> Image8) throws -> Image8 {
-        try data.withUnsafeBytes { raw in
+        // The IHDR as stored, before libpng reads further (it stops at the first IDAT).
+        if let header { try checkLimits(width: header.width, height: header.height, limits: limits, name: name) }
+        return try data.withUnsafeBytes { raw in
             var image = png_image()
             image.version = UInt32(PNG_IMAGE_VERSION)
             defer { png_image_free(&image) }
             if png_image_begin_read_from_memory(&image, raw.baseAddress, raw.count) == 0 {
                 throw ImageFileError(name, "not a valid PNG: \(libpngMessage(&image))")
             }
-            let width = Int(image.width), height = Int(image.height)
-            if width > limits.maxSide || height > limits.maxSide || width * height > limits.maxPixels {
-                throw ImageFileError(name, "image is \(width)x\(height), over the limit (max side \(limits.maxSide), "
-                                     + "max \(limits.maxPixels) pixels)")
-            }
+            try checkLimits(width: Int(image.width), height: Int(image.height), limits: limits, name: name)
             return try body(&image)
+        }
+    }
+
+    static func checkLimits(width: Int, height: Int, limits: ImageLimits, name: String) throws {
+        if width > limits.maxSide || height > limits.maxSide || width * height > limits.maxPixels {
+            throw ImageFileError(name, "image is \(width)x\(height), over the limit (max side \(limits.maxSide), "
+                                 + "max \(limits.maxPixels) pixels)")
         }
     }
 

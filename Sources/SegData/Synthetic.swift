@@ -35,16 +35,17 @@ public struct SyntheticGenerator: Sendable {
         var rng = SplitMix64(seed: seed, stream: UInt64(bitPattern: Int64(index)))
         var canvas = Canvas(size: size)
         let s = Float(size)
+        // Objects and distractors share one palette; each palette colour gets its own background patch.
         let palette = [randomColour(&rng), randomColour(&rng), randomColour(&rng)]
 
         drawBackground(&canvas, &rng, palette: palette)
 
         // Background patches in object colours: irregular, textured like the background.
-        for _ in 0..<(1 + Int(rng.next() % 2)) {
-            let r = s * rng.nextFloat(in: 0.12...0.28)
+        for patch in 0..<3 {
+            let r = s * rng.nextFloat(in: 0.1...0.25)
             let shape = Figure.patch(cx: rng.nextFloat(in: 0...s), cy: rng.nextFloat(in: 0...s), radius: r,
                                     noise: ValueNoise(&rng, extent: 2 * r, cell: r / 2.5))
-            let colour = jitter(palette[Int(rng.next() % 3)], &rng, by: 0.06)
+            let colour = jitter(palette[patch], &rng, by: 0.06)
             canvas.paint(shape, fill: Fill(&rng, base: colour, texture: .noise, extent: r, size: s), mask: nil)
         }
 
@@ -135,7 +136,9 @@ public struct SyntheticGenerator: Sendable {
 
     func drawBackground(_ canvas: inout Canvas, _ rng: inout SplitMix64, palette: [SIMD3<Float>]) {
         let s = Float(size)
-        let b0 = randomColour(&rng), b1 = randomColour(&rng)
+        // Half the time one background colour is close to an object colour.
+        let b0 = randomColour(&rng)
+        let b1 = rng.next() % 2 == 0 ? jitter(palette[Int(rng.next() % 3)], &rng, by: 0.12) : randomColour(&rng)
         let coarse = ValueNoise(&rng, extent: s, cell: s / rng.nextFloat(in: 2...4))
         let fine = ValueNoise(&rng, extent: s, cell: s / rng.nextFloat(in: 10...20))
         let angle = rng.nextFloat(in: 0...(2 * .pi))
