@@ -3,6 +3,7 @@ import PackageDescription
 
 // Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
 // segtrain -> SegDistributed -> {CMPI, SegEngine}.
+// segtrain -> SegData (PNG files, synthetic data) -> {SegEngine, CPNG (libpng)}.
 let package = Package(
     name: "segtrain",
     platforms: [.macOS(.v13)],
@@ -22,6 +23,11 @@ let package = Package(
             name: "CMPI",
             pkgConfig: "ompi-c",
             providers: [.apt(["libopenmpi-dev"])]
+        ),
+        .systemLibrary(
+            name: "CPNG",
+            pkgConfig: "libpng",
+            providers: [.apt(["libpng-dev"])]
         ),
         .target(name: "CSupport"),
         .target(
@@ -43,10 +49,15 @@ let package = Package(
             name: "SegDistributed",
             dependencies: ["CMPI", "SegEngine"]
         ),
+        .target(
+            name: "SegData",
+            dependencies: ["CPNG", "SegEngine"],
+            swiftSettings: [.unsafeFlags(["-O"])]
+        ),
         .executableTarget(
             name: "segtrain",
             dependencies: [
-                "SegTraining", "SegModel", "SegEngine", "SegDistributed",
+                "SegTraining", "SegModel", "SegEngine", "SegDistributed", "SegData",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -56,6 +67,7 @@ let package = Package(
         .testTarget(name: "SegtrainCLITests", dependencies: []),
         // Runs the built segtrain binary (mpi-check) alone and under mpirun.
         .testTarget(name: "SegDistributedTests", dependencies: []),
+        .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG"]),
     ],
     swiftLanguageModes: [.v5]
 )
