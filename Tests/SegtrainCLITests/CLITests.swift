@@ -81,3 +81,30 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(object?["threads"] as? Int, 2)
     }
 }
+
+extension CLITests {
+    func testTrainWritesMetricsForEveryEpoch() throws {
+        let out = NSTemporaryDirectory() + "segtrain-train-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let r = try run(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "3",
+                         "--train-samples", "16", "--val-samples", "5", "--batch-size", "4", "--threads", "2", "--out", out])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count, 3, r.stdout)
+        let csv = try String(contentsOfFile: out + "/metrics.csv", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(csv.count, 4, "header + 3 epochs: \(csv)")
+        XCTAssertEqual(csv.first, "epoch,train_loss,val_loss,val_accuracy,val_precision,val_recall,val_dice,val_iou,lr,images_per_second,seconds")
+        XCTAssertTrue(csv[3].hasPrefix("3,"))
+    }
+
+    func testTrainBadFlags() throws {
+        for (arguments, flag) in [(["train", "--epochs", "0"], "--epochs"),
+                                  (["train", "--train-samples", "4", "--batch-size", "8"], "--train-samples"),
+                                  (["train", "--out", "/proc/forbidden/x", "--image-size", "16", "--depth", "2",
+                                    "--epochs", "1", "--train-samples", "8"], "--out")] {
+            let r = try run(arguments)
+            XCTAssertNotEqual(r.status, 0, "\(arguments)")
+            XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(arguments): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(flag), "\(arguments): \(r.stderr)")
+        }
+    }
+}

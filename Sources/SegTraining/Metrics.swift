@@ -1,0 +1,98 @@
+// Segmentation metrics from confusion counts. Counts are sums, so ranks (or batches) add them
+// before any ratio is taken: the metrics of a sharded validation equal those of a single pass.
+
+import SegEngine
+
+/// Per-class pixel counts: true/false positives/negatives. For one sigmoid output (classes = 1)
+/// the counts are of the foreground class.
+public struct ConfusionCounts: Equatable, Sendable {
+    public var truePositive: [Double], falsePositive: [Double], falseNegative: [Double], trueNegative: [Double]
+
+    public init(classes: Int) {
+        let k = max(classes, 1)
+        truePositive = [Double](repeating: 0, count: k)
+        falsePositive = truePositive
+        falseNegative = truePositive
+        trueNegative = truePositive
+    }
+
+    public var classes: Int { truePositive.count }
+
+    /// Adds the counts of one batch: predictions from `logits` (N, C, H, W) — logit > 0 for one
+    /// class, the argmax otherwise — against `target` (N, 1, H, W). Pixels equal to `ignoreIndex`
+    /// are not counted.
+    public mutating func add(logits: Tensor, target: Tensor, ignoreIndex: Int? = nil, images: Int? = nil) {
+        let c = logits.c, plane = logits.h * logits.w
+        precondition(target.shape == Shape(logits.n, 1, logits.h, logits.w), "target \(target.shape) for logits \(logits.shape)")
+        precondition(c == classes, "logits have \(c) channels for \(classes) classes")
+        for n in 0..<(images ?? logits.n) {
+            let t = target.sample(n)
+            for p in 0..<plane {
+                let label = Int(t[p].rounded())
+                if let ignore = ignoreIndex, label == ignore { continue }
+                if c == 1 {
+                    let predicted = logits.sample(n)[p] > 0, actual = label >= 1
+                    switch (predicted, actual) {
+                    case (true, true): truePositive[0] += 1
+                    case (true, false): falsePositive[0] += 1
+                    case (false, true): falseNegative[0] += 1
+                    case (false, false): trueNegative[0] += 1
+                    }
+                } else {
+                    var best = 0
+                    var bestValue = logits.plane(n, 0)[p]
+                    for k in 1..<c where logits.plane(n, k)[p] > bestValue { best = k; bestValue = logits.plane(n, k)[p] }
+                    for k in 0..<c {
+                        let predicted = best == k, actual = label == k
+                        if predicted && actual { truePositive[k] += 1 }
+                        else if predicted { falsePositive[k] += 1 }
+                        else if actual { falseNegative[k] += 1 }
+                        else { trueNegative[k] += 1 }
+                    }
+                }
+            }
+        }
+    }
+
+    public static func + (a: ConfusionCounts, b: ConfusionCounts) -> ConfusionCounts {
+        precondition(a.classes == b.classes)
+        var sum = a
+        for k in 0..<a.classes {
+            sum.truePositive[k] += b.truePositive[k]
+            sum.falsePositive[k] += b.falsePositive[k]
+            sum.falseNegative[k] += b.falseNegative[k]
+            sum.trueNegative[k] += b.trueNegative[k]
+        }
+        return sum
+    }
+
+    /// Ratio with 0/0 = 1 (a class absent from both prediction and truth is predicted perfectly).
+    private static func ratio(_ a: Double, _ b: Double) -> Double { b == 0 ? 1 : a / b }
+
+    /// Pixel accuracy over all pixels counted.
+    public var accuracy: Double {
+        if classes == 1 {
+            return ConfusionCounts.ratio(truePositive[0] + trueNegative[0],
+                                         truePositive[0] + trueNegative[0] + falsePositive[0] + falseNegative[0])
+        }
+        // Every pixel is a true positive of exactly one class or a false negative of one.
+        let correct = truePositive.reduce(0, +)
+        return ConfusionCounts.ratio(correct, correct + falseNegative.reduce(0, +))
+    }
+
+    public func precision(_ k: Int) -> Double { ConfusionCounts.ratio(truePositive[k], truePositive[k] + falsePositive[k]) }
+    public func recall(_ k: Int) -> Double { ConfusionCounts.ratio(truePositive[k], truePositive[k] + falseNegative[k]) }
+    public func dice(_ k: Int) -> Double {
+        ConfusionCounts.ratio(2 * truePositive[k], 2 * truePositive[k] + falsePositive[k] + falseNegative[k])
+    }
+    public func iou(_ k: Int) -> Double {
+        ConfusionCounts.ratio(truePositive[k], truePositive[k] + falsePositive[k] + falseNegative[k])
+    }
+
+    private func mean(_ f: (Int) -> Double) -> Double { (0..<classes).map(f).reduce(0, +) / Double(classes) }
+    /// Means over classes (for one class: the foreground's value).
+    public var meanPrecision: Double { mean(precision) }
+    public var meanRecall: Double { mean(recall) }
+    public var meanDice: Double { mean(dice) }
+    public var meanIoU: Double { mean(iou) }
+}

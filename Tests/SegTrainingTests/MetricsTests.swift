@@ -1,0 +1,101 @@
+import XCTest
+import SegEngine
+import SegModel
+import SegTraining
+
+final class MetricsTests: XCTestCase {
+    /// Binary: logits > 0 predict foreground. 2 TP, 1 FP, 1 FN, 4 TN by construction.
+    func testBinaryCountsAndMetrics() {
+        let logits = OwnedTensor(Shape(1, 1, 2, 4), [3, 2, 1, -1, -2, -3, -1, -5])
+        let target = OwnedTensor(Shape(1, 1, 2, 4), [1, 1, 0, 1, 0, 0, 0, 0])
+        var counts = ConfusionCounts(classes: 1)
+        counts.add(logits: logits.tensor, target: target.tensor)
+        XCTAssertEqual(counts.truePositive, [2]); XCTAssertEqual(counts.falsePositive, [1])
+        XCTAssertEqual(counts.falseNegative, [1]); XCTAssertEqual(counts.trueNegative, [4])
+        XCTAssertEqual(counts.accuracy, 6.0 / 8)
+        XCTAssertEqual(counts.meanPrecision, 2.0 / 3)
+        XCTAssertEqual(counts.meanRecall, 2.0 / 3)
+        XCTAssertEqual(counts.meanDice, 4.0 / 6)
+        XCTAssertEqual(counts.meanIoU, 2.0 / 4)
+    }
+
+    /// Three classes by argmax, with an ignored pixel; per-class counts by hand.
+    func testMultiClassCountsIgnoreAndSum() {
+        // Pixels: predicted (argmax) 0, 1, 2, 2, 1; truth 0, 2, 2, 255 (ignored), 1.
+        let logits = OwnedTensor(Shape(1, 3, 1, 5), [5, 0, 0, 0, 0,
+                                                    0, 5, 0, 0, 5,
+                                                    0, 0, 5, 5, 0])
+        let target = OwnedTensor(Shape(1, 1, 1, 5), [0, 2, 2, 255, 1])
+        var counts = ConfusionCounts(classes: 3)
+        counts.add(logits: logits.tensor, target: target.tensor, ignoreIndex: 255)
+        XCTAssertEqual(counts.truePositive, [1, 1, 1])
+        XCTAssertEqual(counts.falsePositive, [0, 1, 0])
+        XCTAssertEqual(counts.falseNegative, [0, 0, 1])
+        XCTAssertEqual(counts.accuracy, 3.0 / 4)
+        XCTAssertEqual(counts.iou(1), 0.5)
+        XCTAssertEqual(counts.dice(2), 2.0 / 3)
+        // Counts are sums: two halves add up to the whole.
+        let doubled = counts + counts
+        XCTAssertEqual(doubled.truePositive, [2, 2, 2])
+        XCTAssertEqual(doubled.meanIoU, counts.meanIoU)
+    }
+
+    func testPermutationIsSeededAndComplete() {
+        let a = Trainer.permutation(count: 101, seed: 7, epoch: 3)
+        XCTAssertEqual(a.sorted(), Array(0..<101))
+        XCTAssertEqual(a, Trainer.permutation(count: 101, seed: 7, epoch: 3))
+        XCTAssertNotEqual(a, Trainer.permutation(count: 101, seed: 7, epoch: 4))
+        XCTAssertNotEqual(a, Array(0..<101))
+    }
+}
+
+/// A learnable toy source: the mask is where channel 0 is brighter than channel 1.
+struct ToySource: SampleSource {
+    let count: Int
+    let size: Int
+    let seed: UInt64
+    func fill(images: Tensor, masks: Tensor, indices: [Int]) {
+        for (n, index) in indices.enumerated() {
+            var rng = SplitMix64(seed: seed, stream: UInt64(index))
+            for c in 0..<3 { for p in 0..<(size * size) { images.plane(n, c)[p] = rng.nextUnitFloat() } }
+            for p in 0..<(size * size) { masks.sample(n)[p] = images.plane(n, 0)[p] > images.plane(n, 1)[p] ? 1 : 0 }
+        }
+    }
+}
+
+final class TrainerTests: XCTestCase {
+    private func makeTrainer(validationCount: Int) -> Trainer {
+        var config = UNetConfig()
+        config.baseChannels = 4
+        config.depth = 2
+        config.seed = 2
+        let unet = UNet(config, pool: WorkerPool(threads: 2))
+        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+                             optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
+        return Trainer(step: step, train: ToySource(count: 40, size: 16, seed: 1),
+                       validation: ToySource(count: validationCount, size: 16, seed: 99),
+                       imageSize: 16, batchSize: 8, seed: 5, learningRate: 1e-2)
+    }
+
+    /// A validation set that is not a multiple of the batch counts every pixel exactly once.
+    func testValidationCountsEveryPixelOnce() {
+        let trainer = makeTrainer(validationCount: 13)
+        let (loss, counts) = trainer.validate(ToySource(count: 13, size: 16, seed: 99))
+        let total = counts.truePositive[0] + counts.falsePositive[0] + counts.falseNegative[0] + counts.trueNegative[0]
+        XCTAssertEqual(total, Double(13 * 16 * 16))
+        XCTAssertTrue(loss.isFinite && loss > 0)
+    }
+
+    func testTrainingImprovesValidationDice() {
+        let trainer = makeTrainer(validationCount: 16)
+        let before = trainer.validate(ToySource(count: 16, size: 16, seed: 99))
+        var last = trainer.runEpoch(1)
+        for epoch in 2...8 { last = trainer.runEpoch(epoch) }
+        XCTAssertLessThan(last.validationLoss!, 0.7 * before.loss, "val loss \(before.loss) -> \(last.validationLoss!)")
+        // 40 steps: measured 0.29 -> 0.74.
+        XCTAssertGreaterThan(last.validation!.meanDice, max(0.6, before.counts.meanDice + 0.3),
+                             "dice \(before.counts.meanDice) -> \(last.validation!.meanDice)")
+        XCTAssertEqual(last.csvLine.split(separator: ",", omittingEmptySubsequences: false).count,
+                       EpochRecord.csvHeader.split(separator: ",").count)
+    }
+}
