@@ -64,10 +64,12 @@ let package = Package(
         .testTarget(name: "SegEngineTests", dependencies: ["SegEngine"]),
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine"]),
         .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine"]),
-        .testTarget(name: "SegtrainCLITests", dependencies: []),
+        // Runs the built binary as a subprocess with a time limit; for test targets only.
+        .target(name: "SegTestSupport"),
+        .testTarget(name: "SegtrainCLITests", dependencies: ["SegTestSupport"]),
         // Runs the built segtrain binary (mpi-check) alone and under mpirun.
-        .testTarget(name: "SegDistributedTests", dependencies: []),
-        .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG"]),
+        .testTarget(name: "SegDistributedTests", dependencies: ["SegTestSupport"]),
+        .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG", "SegTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -323,40 +323,52 @@ public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor
         winogradConv3x3Forward(y, x, weight: weight, bias: bias, relu: relu, pool: pool, scratch: scratch)
         return
     }
-    let (cin, cout, width) = (x.c, y.c, x.w)
-    let plane = x.shape.plane, kk = k * k, pad = dilation * (k - 1) / 2
+    let cin = x.c, kk = k * k
     precondition(scratch.threadCount >= pool.threadCount, "conv2dForward: scratch has fewer threads than the pool")
-    let layout = Conv2dLayout(batch: x.n, inChannels: cin, outChannels: cout, height: x.h, width: width,
+    let layout = Conv2dLayout(batch: x.n, inChannels: cin, outChannels: y.c, height: x.h, width: x.w,
                               kernel: k, threads: pool.threadCount)
     scratch.require(layout.total, "conv2d")
+    gemmConvolution(y, x, weights: weight.data, transposed: false, lda: cin * kk, depth: cin * kk, kernel: k,
+                    dilation: dilation, accumulate: false, bias: bias, relu: relu, layout: layout,
+                    pool: pool, scratch: scratch)
+}
+
+/// out (N, M, H, W) (+)= the convolution of `input` by the weight matrix `weights` (M x depth, or
+/// depth x M when `transposed`), through im2col columns per work item (a band of rows of one image
+/// or a group of small images): the forward pass, and — with the flipped, transposed kernel — the
+/// input gradient. Overwriting adds the bias and applies the ReLU while the band is in cache.
+private func gemmConvolution(_ out: Tensor, _ input: Tensor, weights: UnsafePointer<Float>, transposed: Bool,
+                             lda: Int, depth: Int, kernel k: Int, dilation: Int, accumulate: Bool, bias: Tensor?,
+                             relu: Bool, layout: Conv2dLayout, pool: WorkerPool, scratch: Scratch) {
+    precondition(!(accumulate && (bias != nil || relu)), "gemmConvolution: bias and relu apply when overwriting")
+    let m = out.c, width = input.w, plane = input.shape.plane, pad = dilation * (k - 1) / 2
     let plan = layout.plan
     pool.parallelFor(plan.items) { range, t in
         let base = scratch.buffer(t)
         for item in range {
             let (n0, n1, r0, r1) = plan.item(item)
             let pixels = (n1 - n0) * (r1 - r0) * width
-            let (b, ldb) = columns(x, into: base, kernel: k, dilation: dilation, pad: pad, n0, n1, r0, r1)
+            let (b, ldb) = columns(input, into: base, kernel: k, dilation: dilation, pad: pad, n0, n1, r0, r1)
             if n1 - n0 == 1 {
-                let yBand = y.sample(n0) + r0 * width
-                var beta: Float = 0
+                let band = out.sample(n0) + r0 * width
+                var beta: Float = accumulate ? 1 : 0
                 if let bias {
-                    for co in 0..<cout { (yBand + co * plane).update(repeating: bias.data[co], count: pixels) }
+                    for c in 0..<m { (band + c * plane).update(repeating: bias.data[c], count: pixels) }
                     beta = 1
                 }
-                gemm(transA: false, transB: false, m: cout, n: pixels, k: cin * kk, a: weight.data, lda: cin * kk,
-                     b: b, ldb: ldb, beta: beta, c: yBand, ldc: plane)
+                gemm(transA: transposed, transB: false, m: m, n: pixels, k: depth, a: weights, lda: lda,
+                     b: b, ldb: ldb, beta: beta, c: band, ldc: plane)
                 if relu {
-                    // While the band is still in cache.
-                    for co in 0..<cout {
-                        let row = yBand + co * plane
+                    for c in 0..<m {
+                        let row = band + c * plane
                         for i in 0..<pixels { row[i] = max(row[i], 0) }
                     }
                 }
             } else {
                 let temp = base + layout.temp
-                gemm(transA: false, transB: false, m: cout, n: pixels, k: cin * kk, a: weight.data, lda: cin * kk,
+                gemm(transA: transposed, transB: false, m: m, n: pixels, k: depth, a: weights, lda: lda,
                      b: b, ldb: ldb, beta: 0, c: temp, ldc: pixels)
-                scatterGroup(y, from: temp, n0, n1, overwrite: true, bias: bias, relu: relu)
+                scatterGroup(out, from: temp, n0, n1, overwrite: !accumulate, bias: bias, relu: relu)
             }
         }
     }
@@ -453,25 +465,9 @@ private func conv2dBackwardGEMM(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
             }
         }
     }
-    let a = k == 1 ? UnsafePointer(weight.data) : UnsafePointer(flipped)
-    let lda = k == 1 ? cin : cout * kk
-    pool.parallelFor(plan.items) { range, t in
-        let base = scratch.buffer(t)
-        for item in range {
-            let (n0, n1, r0, r1) = plan.item(item)
-            let pixels = (n1 - n0) * (r1 - r0) * width
-            let (b, ldb) = columns(dy, into: base, kernel: k, dilation: dilation, pad: pad, n0, n1, r0, r1)
-            if n1 - n0 == 1 {
-                gemm(transA: k == 1, transB: false, m: cin, n: pixels, k: cout * kk, a: a, lda: lda,
-                     b: b, ldb: ldb, beta: 1, c: dx.sample(n0) + r0 * width, ldc: plane)
-            } else {
-                let temp = base + layout.temp
-                gemm(transA: k == 1, transB: false, m: cin, n: pixels, k: cout * kk, a: a, lda: lda,
-                     b: b, ldb: ldb, beta: 0, c: temp, ldc: pixels)
-                scatterGroup(dx, from: temp, n0, n1, overwrite: false, bias: nil)
-            }
-        }
-    }
+    gemmConvolution(dx, dy, weights: k == 1 ? UnsafePointer(weight.data) : UnsafePointer(flipped), transposed: k == 1,
+                    lda: k == 1 ? cin : cout * kk, depth: cout * kk, kernel: k, dilation: dilation, accumulate: true,
+                    bias: nil, relu: false, layout: layout, pool: pool, scratch: scratch)
 }
 
 /// Reference conv2d forward: direct loops, double accumulation. Same contract as conv2dForward.

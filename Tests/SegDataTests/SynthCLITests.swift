@@ -1,33 +1,18 @@
 import Foundation
 import SegData
+import SegTestSupport
 import XCTest
 
 /// `segtrain synth` run as a user would (the built binary).
 final class SynthCLITests: XCTestCase {
-    struct Result { let status: Int32; let stdout: String; let stderr: String }
     var folder = ""
 
-    static var binary: String {
-        if let path = ProcessInfo.processInfo.environment["SEGTRAIN_BIN"] { return path }
-        // .build/<config>/segtrainPackageTests.xctest -> .build/<config>/segtrain
-        let bundle = Bundle(for: SynthCLITests.self).bundleURL
-        return bundle.deletingLastPathComponent().appendingPathComponent("segtrain").path
-    }
+    static var binary: String { Segtrain.binary(testBundleOf: SynthCLITests.self) }
 
-    func run(_ arguments: [String]) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: SynthCLITests.binary)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus,
-                      stdout: String(decoding: stdout, as: UTF8.self),
-                      stderr: String(decoding: stderr, as: UTF8.self))
+    func run(_ arguments: [String]) throws -> ProcessResult {
+        let result = try Segtrain.run(SynthCLITests.binary, arguments)
+        XCTAssertFalse(result.timedOut, "segtrain \(arguments.joined(separator: " ")) timed out and was killed")
+        return result
     }
 
     override func setUpWithError() throws {

@@ -1,5 +1,6 @@
 import XCTest
 import Foundation
+import SegTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,74 +8,21 @@ import Glibc
 /// Runs the built `segtrain mpi-check` alone (a singleton MPI job) and under `mpirun`, as a
 /// subprocess with a time limit: a hang is killed and fails the test.
 final class MPITests: XCTestCase {
-    struct Result {
-        let status: Int32
-        let stdout: String
-        let stderr: String
-        let seconds: Double
-    }
+    typealias Result = ProcessResult
 
-    static var binary: String {
-        if let path = ProcessInfo.processInfo.environment["SEGTRAIN_BIN"] { return path }
-        // .build/<config>/segtrainPackageTests.xctest -> .build/<config>/segtrain
-        let bundle = Bundle(for: MPITests.self).bundleURL
-        return bundle.deletingLastPathComponent().appendingPathComponent("segtrain").path
-    }
+    static var binary: String { Segtrain.binary(testBundleOf: MPITests.self) }
 
     /// `mpirun` found on PATH, or nil.
-    static var mpirun: String? {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
-        for directory in path.split(separator: ":") {
-            let candidate = "\(directory)/mpirun"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
-        return nil
-    }
+    static var mpirun: String? { Segtrain.onPath("mpirun") }
 
     /// Open MPI refuses root without these (tests run as root in CI containers).
     static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
 
-    /// Runs `executable` with output in temporary files (no pipe can fill up or be held open by a
-    /// grandchild). Past `timeout` seconds: SIGTERM (mpirun forwards it to its ranks), then
-    /// SIGKILL, and the test fails.
+    /// Runs `executable` with a time limit (SegTestSupport); a process still running after
+    /// `timeout` seconds is killed and fails the test.
     func run(_ executable: String, _ arguments: [String], timeout: Double = 60) throws -> Result {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("segtrain-mpi-tests-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let outURL = directory.appendingPathComponent("stdout"), errURL = directory.appendingPathComponent("stderr")
-        for url in [outURL, errURL] where !FileManager.default.createFile(atPath: url.path, contents: nil) {
-            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: url.path])
-        }
-        let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(MPITests.mpiEnvironment) { _, new in new }
-        process.standardOutput = out
-        process.standardError = err
-        let finished = DispatchSemaphore(value: 0)
-        process.terminationHandler = { _ in finished.signal() }
-        let start = Date()
-        try process.run()
-        var timedOut = false
-        if finished.wait(timeout: .now() + timeout) == .timedOut {
-            timedOut = true
-            process.terminate()
-            if finished.wait(timeout: .now() + 5) == .timedOut {
-                kill(process.processIdentifier, SIGKILL)
-                finished.wait()
-            }
-        }
-        let seconds = Date().timeIntervalSince(start)
-        try out.close()
-        try err.close()
-        let result = Result(status: process.terminationStatus,
-                            stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                            stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
-                            seconds: seconds)
-        if timedOut {
+        let result = try Segtrain.run(executable, arguments, environment: MPITests.mpiEnvironment, timeout: timeout)
+        if result.timedOut {
             XCTFail("\(executable) \(arguments.joined(separator: " ")) still running after \(timeout) s: killed\n"
                     + "stdout:\n\(result.stdout)\nstderr:\n\(result.stderr)")
         }

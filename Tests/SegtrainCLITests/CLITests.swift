@@ -1,31 +1,15 @@
 import XCTest
 import Foundation
+import SegTestSupport
 
 /// Runs the built `segtrain` binary as a user would.
 final class CLITests: XCTestCase {
-    struct Result { let status: Int32; let stdout: String; let stderr: String }
+    static var binary: String { Segtrain.binary(testBundleOf: CLITests.self) }
 
-    static var binary: String {
-        if let path = ProcessInfo.processInfo.environment["SEGTRAIN_BIN"] { return path }
-        // .build/<config>/segtrainPackageTests.xctest -> .build/<config>/segtrain
-        let bundle = Bundle(for: CLITests.self).bundleURL
-        return bundle.deletingLastPathComponent().appendingPathComponent("segtrain").path
-    }
-
-    func run(_ arguments: [String]) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CLITests.binary)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus,
-                      stdout: String(decoding: stdout, as: UTF8.self),
-                      stderr: String(decoding: stderr, as: UTF8.self))
+    func run(_ arguments: [String]) throws -> ProcessResult {
+        let result = try Segtrain.run(CLITests.binary, arguments)
+        XCTAssertFalse(result.timedOut, "segtrain \(arguments.joined(separator: " ")) timed out and was killed")
+        return result
     }
 
     override func setUpWithError() throws {
