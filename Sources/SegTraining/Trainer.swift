@@ -4,9 +4,6 @@
 
 import SegEngine
 import SegModel
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Where samples come from: `fill` writes images (N, Cin, S, S) in [0, 1] and masks
 /// (N, 1, S, S) of class indices for the given sample indices.
@@ -40,31 +37,37 @@ public struct EpochRecord: Sendable {
 }
 
 public final class Trainer {
-    public let step: LocalStep
+    public let step: DataParallelStep
     public let train: SampleSource
     public let validation: SampleSource?
-    public let batchSize: Int
+    /// Images per step over all ranks, and this rank's share of them.
+    public let globalBatch: Int
+    public let localBatch: Range<Int>
     public let seed: UInt64
     public let learningRate: Float
     private let images: OwnedTensor
     private let masks: OwnedTensor
+    private var collectives: Collectives { step.collectives }
 
-    public init(step: LocalStep, train: SampleSource, validation: SampleSource?, imageSize: Int,
-                batchSize: Int, seed: UInt64, learningRate: Float) {
+    public init(step local: LocalStep, collectives: Collectives = SingleProcess(), train: SampleSource,
+                validation: SampleSource?, imageSize: Int, batchSize: Int, seed: UInt64, learningRate: Float) {
         precondition(train.count >= batchSize, "fewer training samples (\(train.count)) than one batch (\(batchSize))")
-        self.step = step
+        precondition(batchSize >= collectives.size, "a global batch of \(batchSize) cannot feed \(collectives.size) ranks")
+        step = DataParallelStep(local: local, collectives: collectives)
         self.train = train
         self.validation = validation
-        self.batchSize = batchSize
+        globalBatch = batchSize
+        localBatch = shareOf(batchSize, ranks: collectives.size, rank: collectives.rank)
         self.seed = seed
         self.learningRate = learningRate
-        let config = step.model.config
-        images = OwnedTensor(Shape(batchSize, config.inChannels, imageSize, imageSize))
-        masks = OwnedTensor(Shape(batchSize, 1, imageSize, imageSize))
-        step.plan(batch: batchSize, height: imageSize, width: imageSize)
+        let config = local.model.config
+        images = OwnedTensor(Shape(localBatch.count, config.inChannels, imageSize, imageSize))
+        masks = OwnedTensor(Shape(localBatch.count, 1, imageSize, imageSize))
+        local.plan(batch: localBatch.count, height: imageSize, width: imageSize)
     }
 
-    /// The order of training samples in `epoch`: a permutation from (seed, epoch) only.
+    /// The order of training samples in `epoch`: a permutation from (seed, epoch) only, the same
+    /// on every rank.
     public static func permutation(count: Int, seed: UInt64, epoch: Int) -> [Int] {
         var order = Array(0..<count)
         var rng = SplitMix64(seed: seed, stream: 0x5348_5546 &+ UInt64(epoch))
@@ -74,23 +77,24 @@ public final class Trainer {
         return order
     }
 
-    /// Trains one epoch (the last partial batch is dropped) and validates; returns its record.
-    public func runEpoch(_ epoch: Int) -> EpochRecord {
+    /// Trains one epoch (the last partial global batch is dropped) and validates; returns its
+    /// record, the same on every rank.
+    public func runEpoch(_ epoch: Int) throws -> EpochRecord {
         let start = monotonicSeconds()
         let order = Trainer.permutation(count: train.count, seed: seed, epoch: epoch)
-        let batches = train.count / batchSize
+        let batches = train.count / globalBatch
         var lossSum = 0.0
         for b in 0..<batches {
-            let indices = Array(order[(b * batchSize)..<((b + 1) * batchSize)])
+            let indices = Array(order[(b * globalBatch + localBatch.lowerBound)..<(b * globalBatch + localBatch.upperBound)])
             train.fill(images: images.tensor, masks: masks.tensor, indices: indices)
-            lossSum += step.step(images: images.tensor, target: masks.tensor, learningRate: learningRate)
+            lossSum += try step.step(images: images.tensor, target: masks.tensor, learningRate: learningRate)
         }
         let trainSeconds = monotonicSeconds() - start
         var record = EpochRecord(epoch: epoch, trainLoss: lossSum / Double(batches), validationLoss: nil,
                                  validation: nil, learningRate: Double(learningRate),
-                                 imagesPerSecond: Double(batches * batchSize) / trainSeconds, seconds: 0)
+                                 imagesPerSecond: Double(batches * globalBatch) / trainSeconds, seconds: 0)
         if let validation {
-            let (loss, counts) = validate(validation)
+            let (loss, counts) = try validate(validation)
             record.validationLoss = loss
             record.validation = counts
         }
@@ -98,45 +102,35 @@ public final class Trainer {
         return record
     }
 
-    /// Mean loss (images weighted equally) and confusion counts over every sample of `source`.
-    /// The last partial batch is padded with its last sample, which is not counted.
-    public func validate(_ source: SampleSource) -> (loss: Double, counts: ConfusionCounts) {
-        let model = step.model
-        var counts = ConfusionCounts(classes: model.config.classes)
+    /// Mean loss (images weighted equally) and confusion counts over every sample of `source`,
+    /// sharded over the ranks (rank r takes samples r, r + N, ...) and summed. The last partial
+    /// batch of a rank is padded with its last sample, which is not counted.
+    public func validate(_ source: SampleSource) throws -> (loss: Double, counts: ConfusionCounts) {
+        let model = step.local.model
+        let classes = model.config.classes
+        var counts = ConfusionCounts(classes: classes)
         var lossSum = 0.0
+        let mine = Array(stride(from: collectives.rank, to: source.count, by: collectives.size))
+        let batch = localBatch.count
         var start = 0
-        while start < source.count {
-            let real = min(batchSize, source.count - start)
-            let indices = (0..<batchSize).map { start + min($0, real - 1) }
+        while start < mine.count {
+            let real = min(batch, mine.count - start)
+            let indices = (0..<batch).map { mine[start + min($0, real - 1)] }
             source.fill(images: images.tensor, masks: masks.tensor, indices: indices)
             let logits = model.forward(images.tensor, training: false)
-            let target = masks.tensor.batchSlice(0, real)
-            let loss = step.loss.evaluate(logits: logits.batchSlice(0, real), target: target, weights: nil,
-                                          dlogits: nil, normalizers: nil, pool: model.pool)
+            let loss = step.local.loss.evaluate(logits: logits.batchSlice(0, real), target: masks.tensor.batchSlice(0, real),
+                                                weights: nil, dlogits: nil, normalizers: nil, pool: model.pool)
             lossSum += loss * Double(real)
             counts.add(logits: logits, target: masks.tensor, images: real)
             start += real
         }
-        return (lossSum / Double(source.count), counts)
+        let totals = try collectives.sum([lossSum, Double(mine.count)] + counts.truePositive + counts.falsePositive
+                                         + counts.falseNegative + counts.trueNegative)
+        let k = counts.classes
+        counts.truePositive = Array(totals[2..<(2 + k)])
+        counts.falsePositive = Array(totals[(2 + k)..<(2 + 2 * k)])
+        counts.falseNegative = Array(totals[(2 + 2 * k)..<(2 + 3 * k)])
+        counts.trueNegative = Array(totals[(2 + 3 * k)..<(2 + 4 * k)])
+        return (totals[0] / max(totals[1], 1), counts)
     }
-}
-
-/// Writes `contents` to `path` atomically: a temporary file in the same folder, fsync, rename.
-/// Returns an error message naming the path, or nil.
-public func writeFileAtomically(_ path: String, _ contents: String) -> String? {
-    let temporary = path + ".tmp.\(getpid())"
-    guard let file = fopen(temporary, "w") else { return "\(path): cannot write: \(String(cString: strerror(errno)))" }
-    let bytes = Array(contents.utf8)
-    let written = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
-    let flushed = fflush(file) == 0 && fsync(fileno(file)) == 0
-    fclose(file)
-    guard written == bytes.count && flushed else {
-        unlink(temporary)
-        return "\(path): write failed: \(String(cString: strerror(errno)))"
-    }
-    guard rename(temporary, path) == 0 else {
-        unlink(temporary)
-        return "\(path): cannot rename into place: \(String(cString: strerror(errno)))"
-    }
-    return nil
 }

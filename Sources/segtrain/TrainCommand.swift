@@ -1,5 +1,6 @@
 import ArgumentParser
 import SegData
+import SegDistributed
 import SegEngine
 import SegModel
 import SegTraining
@@ -22,10 +23,13 @@ struct SyntheticSource: SampleSource {
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train the UNet on the built-in synthetic dataset (single process for now).",
+        abstract: "Train the UNet on the built-in synthetic dataset, alone or as `mpirun -np N segtrain train`.",
         discussion: """
             Training and validation samples are drawn by the synthetic generator from --seed (validation \
-            samples are different images). Each epoch prints one line and rewrites OUT/metrics.csv.
+            samples are different images). --batch-size is the global batch: each rank takes its share \
+            (shares differ by at most one) and the gradients are summed so that every step equals the \
+            single-process step on the whole batch. Rank 0 prints one line per epoch and rewrites \
+            OUT/metrics.csv.
             """)
 
     @OptionGroup var model: ModelOptions
@@ -36,8 +40,10 @@ struct TrainCommand: ParsableCommand {
     var trainSamples = 256
     @Option(help: "Synthetic validation samples.")
     var valSamples = 64
-    @Option(help: "Output folder (metrics.csv).")
+    @Option(help: "Output folder (metrics.csv, model.safetensors).")
     var out = "runs/latest"
+    @Option(help: "Write the summed gradient of the first step to this safetensors file (weights' names).")
+    var dumpGradients: String?
 
     func validate() throws {
         try training.validate(classes: model.classes)
@@ -51,28 +57,65 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        if let error = makeDirectories(out) { throw UserError("--out \(out): cannot create folder: \(error)") }
+        let communicator: Communicator
+        do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
+        do {
+            try train(communicator)
+            try communicator.finalize()
+        } catch {
+            // Identical failures (a bad flag) stop every rank alike; anything else ends the job.
+            if communicator.size > 1 { communicator.abort(code: 1, message: "rank \(communicator.rank): \(error)") }
+            throw error
+        }
+    }
+
+    private func train(_ communicator: Communicator) throws {
+        let ranks = communicator.size, isRoot = communicator.rank == 0
+        // Every rank must run the same configuration: compare a hash of the command line.
+        try communicator.checkSame(fnv1a(CommandLine.arguments.dropFirst().joined(separator: "\u{1}")),
+                                   what: "the command line (configuration)")
+        if training.batchSize < ranks {
+            throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
+        }
         let metricsPath = out + "/metrics.csv"
+        if isRoot, let error = makeDirectories(out) { throw UserError("--out \(out): cannot create folder: \(error)") }
         let pool = WorkerPool(threads: model.threadCount)
         let config = model.unetConfig
         let unet = UNet(config, pool: pool)
+        // The same start on every rank: rank 0's weights and buffers.
+        try communicator.broadcast(unet.store.values.tensor)
+        try communicator.broadcast(unet.store.buffers.tensor)
         let lossKind = training.lossKind(classes: config.classes)
-        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
-                             optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
+        let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
+                              optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         let generator = SyntheticGenerator(size: model.imageSize, classes: config.classes, seed: config.seed)
-        let trainer = Trainer(step: step,
+        let trainer = Trainer(step: local, collectives: communicator,
                               train: SyntheticSource(generator: generator, offset: 0, count: trainSamples, pool: pool),
                               validation: valSamples > 0
                                 ? SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool)
                                 : nil,
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: config.seed,
                               learningRate: training.lr)
-        print("segtrain train: synthetic \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
-              + "\(trainSamples) train / \(valSamples) val samples, batch \(training.batchSize), "
-              + "\(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, loss \(lossKind.rawValue)")
+        if let path = dumpGradients, isRoot {
+            trainer.step.firstGradientHook = { store in
+                let bytes = Safetensors.encode(Safetensors.items(of: store, gradients: true),
+                                               metadata: ["what": "summed gradient of the first step", "ranks": "\(ranks)"])
+                if let error = writeFileAtomically(path, bytes: bytes) { throw UserError("--dump-gradients \(error)") }
+            }
+        }
+        if isRoot {
+            print("segtrain train: synthetic \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
+                  + "\(trainSamples) train / \(valSamples) val samples, global batch \(training.batchSize) on "
+                  + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, "
+                  + "loss \(lossKind.rawValue)")
+        }
         var csv = EpochRecord.csvHeader + "\n"
         for epoch in 1...epochs {
-            let r = trainer.runEpoch(epoch)
+            let r = try trainer.runEpoch(epoch)
+            if !r.trainLoss.isFinite {
+                throw UserError("epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr")
+            }
+            guard isRoot else { continue }
             var line = "epoch \(epoch)/\(epochs)  train_loss \(fixed(r.trainLoss, 4))"
             if let loss = r.validationLoss, let v = r.validation {
                 line += "  val_loss \(fixed(loss, 4))  val_acc \(fixed(v.accuracy, 3))  val_dice \(fixed(v.meanDice, 3))"
@@ -81,14 +124,31 @@ struct TrainCommand: ParsableCommand {
             line += "  \(fixed(r.imagesPerSecond, 1)) img/s  \(fixed(r.seconds, 1)) s"
             print(line)
             fflush(stdout)
-            if !r.trainLoss.isFinite {
-                throw UserError("epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr")
-            }
             csv += r.csvLine + "\n"
             if let error = writeFileAtomically(metricsPath, csv) { throw UserError(error) }
         }
-        print("metrics: \(metricsPath)")
+        if isRoot {
+            // The trained weights (and BN running statistics) under the model's tensor names.
+            let modelPath = out + "/model.safetensors"
+            let bytes = Safetensors.encode(Safetensors.items(of: unet.store, gradients: false),
+                                           metadata: ["format": "pt", "epochs": "\(epochs)", "ranks": "\(ranks)"])
+            if let error = writeFileAtomically(modelPath, bytes: bytes) { throw UserError(error) }
+            print("metrics: \(metricsPath)\nweights: \(modelPath)")
+        }
     }
+}
+
+extension Communicator: Collectives {
+    public func sumInPlace(_ tensor: Tensor) throws { try allreduceSum(tensor) }
+    public func sum(_ values: [Double]) throws -> [Double] { try allreduce(values, .sum) }
+    public func broadcastFromRoot(_ tensor: Tensor) throws { try broadcast(tensor, root: 0) }
+}
+
+/// FNV-1a, 64 bits: a stable hash of text (the configuration check across ranks).
+func fnv1a(_ text: String) -> UInt64 {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+    return hash
 }
 
 /// mkdir -p: creates `path` and its missing parents; returns the failure's reason, or nil.

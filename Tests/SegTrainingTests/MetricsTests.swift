@@ -78,19 +78,19 @@ final class TrainerTests: XCTestCase {
     }
 
     /// A validation set that is not a multiple of the batch counts every pixel exactly once.
-    func testValidationCountsEveryPixelOnce() {
+    func testValidationCountsEveryPixelOnce() throws {
         let trainer = makeTrainer(validationCount: 13)
-        let (loss, counts) = trainer.validate(ToySource(count: 13, size: 16, seed: 99))
+        let (loss, counts) = try trainer.validate(ToySource(count: 13, size: 16, seed: 99))
         let total = counts.truePositive[0] + counts.falsePositive[0] + counts.falseNegative[0] + counts.trueNegative[0]
         XCTAssertEqual(total, Double(13 * 16 * 16))
         XCTAssertTrue(loss.isFinite && loss > 0)
     }
 
-    func testTrainingImprovesValidationDice() {
+    func testTrainingImprovesValidationDice() throws {
         let trainer = makeTrainer(validationCount: 16)
-        let before = trainer.validate(ToySource(count: 16, size: 16, seed: 99))
-        var last = trainer.runEpoch(1)
-        for epoch in 2...8 { last = trainer.runEpoch(epoch) }
+        let before = try trainer.validate(ToySource(count: 16, size: 16, seed: 99))
+        var last = try trainer.runEpoch(1)
+        for epoch in 2...8 { last = try trainer.runEpoch(epoch) }
         XCTAssertLessThan(last.validationLoss!, 0.7 * before.loss, "val loss \(before.loss) -> \(last.validationLoss!)")
         // 40 steps: measured 0.29 -> 0.74.
         XCTAssertGreaterThan(last.validation!.meanDice, max(0.6, before.counts.meanDice + 0.3),

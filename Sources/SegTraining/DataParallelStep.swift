@@ -1,0 +1,39 @@
+// One data-parallel step over a global batch: each rank runs forward and backward on its share,
+// with the loss divided by the GLOBAL number of terms (pixels, images; summed over ranks first),
+// so that the sum of the ranks' gradients is exactly the gradient of the mean loss over the
+// global batch, also when shares are uneven. One allreduce of the flat gradient buffer, then
+// every rank applies the same update to the same weights.
+
+import SegEngine
+import SegModel
+
+public final class DataParallelStep {
+    public let local: LocalStep
+    public let collectives: Collectives
+    /// Called once, with the summed gradient of the first step, before the optimizer touches it.
+    public var firstGradientHook: ((ParameterStore) throws -> Void)?
+
+    public init(local: LocalStep, collectives: Collectives) {
+        self.local = local
+        self.collectives = collectives
+    }
+
+    /// Trains on this rank's share (`images` (n, Cin, H, W), `target` (n, 1, H, W), n >= 1) of a
+    /// global batch; returns the global batch's mean loss.
+    public func step(images: Tensor, target: Tensor, learningRate: Float) throws -> Double {
+        let model = local.model
+        model.profile.measure(.other) { model.store.zeroGradients() }
+        let terms = local.loss.terms(target: target)
+        let global = try collectives.sum([terms.pixels, terms.images])
+        let share = local.accumulateGradients(images: images, target: target, weights: nil,
+                                              normalizers: LossTerms(pixels: global[0], images: global[1]))
+        try collectives.sumInPlace(model.store.gradients.tensor)
+        let loss = try collectives.sum([share])[0]
+        if let hook = firstGradientHook {
+            firstGradientHook = nil
+            try hook(model.store)
+        }
+        local.update(learningRate: learningRate)
+        return loss
+    }
+}

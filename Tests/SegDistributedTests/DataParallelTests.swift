@@ -1,0 +1,109 @@
+import XCTest
+import Foundation
+import SegTestSupport
+
+/// `segtrain train` alone and under `mpirun -np 1, 2, 3`: the summed gradient of one global batch
+/// (5 images: shares 3+2 and 2+2+1, so uneven) and the weights after k optimizer steps must match
+/// the single process. Tolerances: gradients 1e-5 relative (the bound); weights after 6
+/// Adam steps 1e-5 relative — the only difference between rank counts is the float32 summation
+/// order inside the allreduce (~1e-7 relative per step, measured 2.5e-7 after 6 steps).
+final class DataParallelTests: XCTestCase {
+    static var binary: String { Segtrain.binary(testBundleOf: DataParallelTests.self) }
+    static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+    var folder = ""
+
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: DataParallelTests.binary) else {
+            XCTFail("segtrain not built at \(DataParallelTests.binary)")
+            throw XCTSkip("no binary")
+        }
+        folder = NSTemporaryDirectory() + "segtrain-dp-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: folder) }
+
+    private func mpirun() throws -> String {
+        guard let path = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }
+        return path
+    }
+
+    /// Runs `segtrain train` on `ranks` ranks (0: without mpirun) with a tiny model.
+    private func train(ranks: Int, _ extra: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let arguments = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                         "--batch-size", "5", "--val-samples", "4", "--seed", "3"] + extra
+        let result = ranks == 0
+            ? try Segtrain.run(DataParallelTests.binary, arguments, timeout: 120)
+            : try Segtrain.run(try mpirun(), ["-np", "\(ranks)", "--oversubscribe", DataParallelTests.binary] + arguments,
+                               environment: DataParallelTests.mpiEnvironment, timeout: 120)
+        XCTAssertFalse(result.timedOut, "ranks \(ranks) timed out", file: file, line: line)
+        XCTAssertEqual(result.status, 0, "ranks \(ranks): \(result.stderr)", file: file, line: line)
+    }
+
+    /// Tensors of a safetensors file written by segtrain (F32 only).
+    private func load(_ path: String) throws -> [String: [Float]] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let length = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian })
+        let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + length))) as! [String: Any]
+        var tensors: [String: [Float]] = [:]
+        for (name, value) in header where name != "__metadata__" {
+            let entry = value as! [String: Any], offsets = entry["data_offsets"] as! [Int]
+            XCTAssertEqual(entry["dtype"] as? String, "F32")
+            let bytes = data.subdata(in: (8 + length + offsets[0])..<(8 + length + offsets[1]))
+            tensors[name] = bytes.withUnsafeBytes { raw in
+                (0..<(raw.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
+            }
+        }
+        return tensors
+    }
+
+    /// Largest |a - b| / max|b| over every tensor (scaled per tensor).
+    private func worstScaledDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Double {
+        XCTAssertEqual(Set(a.keys), Set(b.keys))
+        var worst = 0.0
+        for (name, reference) in b {
+            let scale = Double(reference.map { abs($0) }.max() ?? 0)
+            let diff = zip(a[name]!, reference).map { Double(abs($0 - $1)) }.max() ?? 0
+            worst = max(worst, scale > 0 ? diff / scale : diff)
+        }
+        return worst
+    }
+
+    func testFirstStepGradientIsTheSameOnOneTwoAndThreeRanks() throws {
+        for ranks in [0, 1, 2, 3] {
+            try train(ranks: ranks, ["--epochs", "1", "--train-samples", "5",
+                                     "--dump-gradients", "\(folder)/grad\(ranks).safetensors", "--out", "\(folder)/g\(ranks)"])
+        }
+        let single = try load("\(folder)/grad0.safetensors")
+        XCTAssertEqual(single.count, 18, "every parameter tensor of the depth-2 UNet")
+        XCTAssertTrue(single.values.contains { $0.contains { $0 != 0 } })
+        XCTAssertEqual(try load("\(folder)/grad1.safetensors"), single, "mpirun -np 1 equals the singleton bitwise")
+        for ranks in [2, 3] {
+            let worst = worstScaledDifference(try load("\(folder)/grad\(ranks).safetensors"), single)
+            XCTAssertLessThanOrEqual(worst, 1e-5, "\(ranks) ranks: gradient differs by \(worst)")
+        }
+    }
+
+    func testWeightsAfterSixStepsAgreeAcrossRankCounts() throws {
+        for ranks in [0, 3] {
+            try train(ranks: ranks, ["--epochs", "2", "--train-samples", "15", "--optimizer", "adam", "--out", "\(folder)/w\(ranks)"])
+        }
+        let worst = worstScaledDifference(try load("\(folder)/w3/model.safetensors"), try load("\(folder)/w0/model.safetensors"))
+        XCTAssertLessThanOrEqual(worst, 1e-5, "weights after 6 steps differ by \(worst)")
+        XCTAssertGreaterThan(worst, 0, "3 ranks sum in another order: bitwise equality would be suspicious")
+    }
+
+    /// Ranks started with different configurations stop together with a clear message, no hang.
+    func testConfigurationMismatchStopsEveryRank() throws {
+        let common = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                      "--epochs", "1", "--train-samples", "4", "--batch-size", "2", "--out", "\(folder)/m"]
+        let result = try Segtrain.run(try mpirun(),
+                                      ["--oversubscribe", "-np", "1", DataParallelTests.binary] + common
+                                      + [":", "-np", "1", DataParallelTests.binary] + common + ["--lr", "0.002"],
+                                      environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        XCTAssertFalse(result.timedOut, "a configuration mismatch must not hang")
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.stderr.contains("ranks disagree on the command line"), result.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(folder)/m/metrics.csv"), "no training happened")
+    }
+}
