@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The main job: installs, builds (release), shows the UNet, trains it on the built-in synthetic
-# dataset (one process; MPI ranks come with issue #4) and prints one line per epoch.
+# The main job: installs, builds (release), shows the UNet, and trains it on the built-in synthetic
+# dataset with 2 MPI ranks (mpirun -np 2, one thread each), one line per epoch.
+# Extra arguments go to `segtrain train` (e.g. --epochs 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 swift build -c release
 bin=.build/release/segtrain
-$bin info --image-size 64 --base-channels 16
-$bin train --image-size 64 --base-channels 16 --epochs 8 --train-samples 512 --val-samples 64 \
-  --loss bce+dice --lr 2e-3 --out runs/demo "$@"
+$bin info --image-size 64 --base-channels 16 | tail -4
+# Open MPI refuses to run as root unless told it is intended (containers, CI).
+if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+mpirun -np 2 --oversubscribe $bin train --image-size 64 --base-channels 16 --epochs 8 --train-samples 512 \
+  --val-samples 64 --loss bce+dice --lr 2e-3 --threads 1 --out runs/demo "$@"
