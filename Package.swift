@@ -42,7 +42,7 @@ let package = Package(
         ),
         .target(
             name: "SegTraining",
-            dependencies: ["SegModel", "SegEngine"],  // data arrives through SampleSource
+            dependencies: ["SegModel", "SegEngine", "CSupport"],  // data arrives through SampleSource
             swiftSettings: [.unsafeFlags(["-O"])]
         ),
         .target(

@@ -1,5 +1,9 @@
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <stdio.h>
+#include <unistd.h>
 #include "csupport.h"
 
 int segtrain_affinity_cpu_count(void) {
@@ -11,4 +15,23 @@ int segtrain_affinity_cpu_count(void) {
 #else
     return 0;
 #endif
+}
+
+int segtrain_exchange_paths(const char *a, const char *b) {
+#ifdef __linux__
+    return renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int segtrain_fsync_directory(const char *path) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
 }

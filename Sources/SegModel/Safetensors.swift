@@ -3,6 +3,7 @@
 // range, then the raw little-endian data. Tensors keep the model's names and PyTorch's layouts.
 
 import SegEngine
+import Foundation
 
 public enum Safetensors {
     /// A tensor to write: its name, its shape as PyTorch sees it, and its values.
@@ -76,4 +77,107 @@ public enum Safetensors {
         }
         return out + "\""
     }
+}
+
+/// A safetensors file read and checked: the header is bounds-checked before any tensor data is
+/// touched (length within the file, JSON object, F32 dtype, non-negative shape, offsets inside the
+/// data and matching the shape, no overlaps).
+public struct SafetensorsFile {
+    public struct Entry { public let shape: [Int]; let range: Range<Int> }
+    public let path: String
+    public let metadata: [String: String]
+    public let entries: [String: Entry]
+    private let bytes: [UInt8]
+    private let dataStart: Int
+
+    /// The largest header accepted (the reference implementation's limit is 100 MB).
+    public static let maximumHeaderBytes = 100_000_000
+
+    public init(path: String) throws {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw SafetensorsError(path, FileManager.default.fileExists(atPath: path) ? "cannot be read" : "no such file")
+        }
+        try self.init(bytes: [UInt8](data), name: path)
+    }
+
+    public init(bytes: [UInt8], name: String) throws {
+        path = name
+        self.bytes = bytes
+        guard bytes.count >= 8 else { throw SafetensorsError(name, "truncated: \(bytes.count) bytes, no header length") }
+        var length: UInt64 = 0
+        for i in 0..<8 { length |= UInt64(bytes[i]) << (8 * UInt64(i)) }
+        guard length <= UInt64(SafetensorsFile.maximumHeaderBytes) else {
+            throw SafetensorsError(name, "header length \(length) exceeds \(SafetensorsFile.maximumHeaderBytes) bytes")
+        }
+        guard Int(length) <= bytes.count - 8 else {
+            throw SafetensorsError(name, "truncated: header of \(length) bytes but only \(bytes.count - 8) follow")
+        }
+        dataStart = 8 + Int(length)
+        let dataCount = bytes.count - dataStart
+        let json: Any
+        do {
+            json = try JSONSerialization.jsonObject(with: Data(bytes[8..<dataStart]))
+        } catch {
+            throw SafetensorsError(name, "header is not valid JSON")
+        }
+        guard let header = json as? [String: Any] else { throw SafetensorsError(name, "header is not a JSON object") }
+        var metadata: [String: String] = [:]
+        var entries: [String: Entry] = [:]
+        for (key, value) in header {
+            if key == "__metadata__" {
+                guard let m = value as? [String: String] else { throw SafetensorsError(name, "__metadata__ is not a map of strings") }
+                metadata = m
+                continue
+            }
+            guard let entry = value as? [String: Any], let dtype = entry["dtype"] as? String,
+                  let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int], offsets.count == 2 else {
+                throw SafetensorsError(name, "tensor \(key): malformed entry")
+            }
+            guard dtype == "F32" else { throw SafetensorsError(name, "tensor \(key): dtype \(dtype), expected F32") }
+            guard shape.allSatisfy({ $0 >= 0 }), shape.count <= 8 else { throw SafetensorsError(name, "tensor \(key): bad shape \(shape)") }
+            let (elements, overflow) = shape.reduce((1, false)) { acc, d in
+                let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
+            }
+            guard !overflow, offsets[0] >= 0, offsets[0] <= offsets[1], offsets[1] <= dataCount else {
+                throw SafetensorsError(name, "tensor \(key): data offsets \(offsets) outside the \(dataCount) data bytes")
+            }
+            guard offsets[1] - offsets[0] == 4 * elements else {
+                throw SafetensorsError(name, "tensor \(key): \(offsets[1] - offsets[0]) bytes for shape \(shape)")
+            }
+            entries[key] = Entry(shape: shape, range: offsets[0]..<offsets[1])
+        }
+        let ranges = entries.values.map(\.range).filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
+        for (a, b) in zip(ranges, ranges.dropFirst()) where a.overlaps(b) {
+            throw SafetensorsError(name, "tensors overlap at bytes \(b.lowerBound)")
+        }
+        self.metadata = metadata
+        self.entries = entries
+    }
+
+    /// Copies tensor `name` into `destination`, whose PyTorch shape must be `shape`.
+    public func read(_ name: String, into destination: Tensor, shape: [Int]) throws {
+        guard let entry = entries[name] else { throw SafetensorsError(path, "tensor \(name) is missing") }
+        guard entry.shape == shape else { throw SafetensorsError(path, "tensor \(name) has shape \(entry.shape), expected \(shape)") }
+        precondition(destination.count * 4 == entry.range.count)
+        let base = dataStart + entry.range.lowerBound
+        for i in 0..<destination.count {
+            let o = base + 4 * i
+            let bits = UInt32(bytes[o]) | UInt32(bytes[o + 1]) << 8 | UInt32(bytes[o + 2]) << 16 | UInt32(bytes[o + 3]) << 24
+            destination[i] = Float(bitPattern: bits)
+        }
+    }
+
+    /// Reads every item (by name and shape) and refuses tensors the file has beyond them.
+    public func read(into items: [Safetensors.Item]) throws {
+        let expected = Set(items.map(\.name))
+        if let extra = entries.keys.sorted().first(where: { !expected.contains($0) }) {
+            throw SafetensorsError(path, "unexpected tensor \(extra) (a different model?)")
+        }
+        for item in items { try read(item.name, into: item.values, shape: item.shape) }
+    }
+}
+
+public struct SafetensorsError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ path: String, _ reason: String) { description = "\(path): \(reason)" }
 }

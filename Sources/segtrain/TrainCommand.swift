@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import SegData
 import SegDistributed
 import SegEngine
@@ -40,10 +41,12 @@ struct TrainCommand: ParsableCommand {
     var trainSamples = 256
     @Option(help: "Synthetic validation samples.")
     var valSamples = 64
-    @Option(help: "Output folder (metrics.csv, model.safetensors).")
+    @Option(help: "Output folder (metrics.csv, model.safetensors, checkpoints/last and best).")
     var out = "runs/latest"
     @Option(help: "Write the summed gradient of the first step to this safetensors file (weights' names).")
     var dumpGradients: String?
+    @Option(help: "Continue from a checkpoint folder, or 'auto': OUT/checkpoints/last if it exists.")
+    var resume: String?
 
     func validate() throws {
         try training.validate(classes: model.classes)
@@ -78,7 +81,9 @@ struct TrainCommand: ParsableCommand {
             throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
         }
         let metricsPath = out + "/metrics.csv"
-        if isRoot, let error = makeDirectories(out) { throw UserError("--out \(out): cannot create folder: \(error)") }
+        if isRoot, let error = makeDirectories(out + "/checkpoints") {
+            throw UserError("--out \(out): cannot create folder: \(error)")
+        }
         let pool = WorkerPool(threads: model.threadCount)
         let config = model.unetConfig
         let unet = UNet(config, pool: pool)
@@ -103,14 +108,46 @@ struct TrainCommand: ParsableCommand {
                 if let error = writeFileAtomically(path, bytes: bytes) { throw UserError("--dump-gradients \(error)") }
             }
         }
+
+        // Resume: rank 0 reads the checkpoint and every rank receives it (the files are read once).
+        let checkpoints = out + "/checkpoints"
+        var state: CheckpointState? = nil
+        var csv = EpochRecord.csvHeader + "\n"
+        if isRoot, let resume {
+            let folder = resume == "auto" ? checkpoints + "/last" : resume
+            if resume == "auto" && !FileManager.default.fileExists(atPath: folder) {
+                print("--resume auto: no checkpoint in \(checkpoints), starting from scratch")
+            } else {
+                do {
+                    state = try Checkpoint.read(from: folder, store: unet.store, optimizer: local.optimizer)
+                } catch { throw UserError("--resume \(error)") }
+                // Keep the metrics of the epochs the checkpoint has.
+                if let text = try? String(contentsOfFile: out + "/metrics.csv", encoding: .utf8) {
+                    for row in text.split(separator: "\n").dropFirst() {
+                        if let epoch = Int(row.prefix { $0 != "," }), epoch <= state!.epoch { csv += row + "\n" }
+                    }
+                }
+                print("resumed from \(folder): epoch \(state!.epoch), optimizer step \(state!.step)")
+            }
+        }
+        let resumedEpoch = try communicator.broadcast(state?.epoch ?? 0)
+        let resumedStep = try communicator.broadcast(state?.step ?? 0)
+        if resumedEpoch > 0 {
+            try communicator.broadcast(unet.store.values.tensor)
+            try communicator.broadcast(unet.store.buffers.tensor)
+            for buffer in local.optimizer.stateBuffers { try communicator.broadcast(buffer.buffer.tensor) }
+            if !isRoot { local.optimizer.restore(step: resumedStep) }
+        }
+        var best = (loss: state?.bestValidationLoss, epoch: state?.bestEpoch)
+
         if isRoot {
             print("segtrain train: synthetic \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
                   + "\(trainSamples) train / \(valSamples) val samples, global batch \(training.batchSize) on "
                   + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, "
                   + "loss \(lossKind.rawValue)")
+            if resumedEpoch >= epochs { print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs") }
         }
-        var csv = EpochRecord.csvHeader + "\n"
-        for epoch in 1...epochs {
+        for epoch in stride(from: resumedEpoch + 1, through: epochs, by: 1) {
             let r = try trainer.runEpoch(epoch)
             if !r.trainLoss.isFinite {
                 throw UserError("epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr")
@@ -122,10 +159,21 @@ struct TrainCommand: ParsableCommand {
                     + "  val_iou \(fixed(v.meanIoU, 3))"
             }
             line += "  \(fixed(r.imagesPerSecond, 1)) img/s  \(fixed(r.seconds, 1)) s"
-            print(line)
-            fflush(stdout)
             csv += r.csvLine + "\n"
             if let error = writeFileAtomically(metricsPath, csv) { throw UserError(error) }
+            // Checkpoints: last after every epoch; best when the validation loss improves.
+            let improved = r.validationLoss.map { loss in best.loss.map { loss < $0 } ?? true } ?? false
+            if improved { best = (r.validationLoss, epoch) }
+            let checkpoint = CheckpointState(epoch: epoch, step: local.optimizer.step, seed: config.seed, ranks: ranks,
+                                             bestValidationLoss: best.loss, bestEpoch: best.epoch,
+                                             arguments: Array(CommandLine.arguments.dropFirst()))
+            try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: checkpoint)
+            if improved {
+                try Checkpoint.write(to: checkpoints + "/best", store: unet.store, optimizer: local.optimizer, state: checkpoint)
+                line += "  (best)"
+            }
+            print(line)
+            fflush(stdout)
         }
         if isRoot {
             // The trained weights (and BN running statistics) under the model's tensor names.

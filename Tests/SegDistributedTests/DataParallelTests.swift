@@ -93,6 +93,55 @@ final class DataParallelTests: XCTestCase {
         XCTAssertGreaterThan(worst, 0, "3 ranks sum in another order: bitwise equality would be suspicious")
     }
 
+    /// Stopping after epoch 1 and resuming gives bitwise the weights of an uninterrupted run, on one
+    /// process and on 2 ranks (the epoch's data order depends on (seed, epoch) only).
+    func testResumeContinuesBitwiseIdentically() throws {
+        let common = ["--train-samples", "15", "--optimizer", "adam"]
+        for ranks in [0, 2] {
+            try train(ranks: ranks, common + ["--epochs", "2", "--out", "\(folder)/straight\(ranks)"])
+            try train(ranks: ranks, common + ["--epochs", "1", "--out", "\(folder)/stopped\(ranks)"])
+            try train(ranks: ranks, common + ["--epochs", "2", "--out", "\(folder)/stopped\(ranks)", "--resume", "auto"])
+            let straight = try load("\(folder)/straight\(ranks)/model.safetensors")
+            XCTAssertEqual(try load("\(folder)/stopped\(ranks)/model.safetensors"), straight, "ranks \(ranks)")
+            XCTAssertEqual(try load("\(folder)/stopped\(ranks)/checkpoints/last/model.safetensors"), straight)
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: "\(folder)/stopped\(ranks)/checkpoints")
+            XCTAssertEqual(Set(leftovers), ["last", "best"], "no temporary checkpoint folders left")
+            let metrics = try String(contentsOfFile: "\(folder)/stopped\(ranks)/metrics.csv", encoding: .utf8)
+            XCTAssertEqual(metrics.split(separator: "\n").map { $0.prefix(2) }, ["ep", "1,", "2,"], "one row per epoch")
+        }
+    }
+
+    /// A damaged checkpoint is refused with one line naming the file; nothing trains.
+    func testDamagedCheckpointsAreRefused() throws {
+        try train(ranks: 0, ["--epochs", "1", "--train-samples", "5", "--out", "\(folder)/c"])
+        let last = "\(folder)/c/checkpoints/last"
+        let model = try Data(contentsOf: URL(fileURLWithPath: "\(last)/model.safetensors"))
+        let damages: [(String, () throws -> Void, String)] = [
+            ("truncated weights", { try model.prefix(model.count - 100).write(to: URL(fileURLWithPath: "\(last)/model.safetensors")) },
+             "model.safetensors: "),
+            ("tampered shape", {
+                var bytes = [UInt8](model)
+                let needle = Array("\"shape\":[4,3,3,3]".utf8)
+                let offset = (0...(bytes.count - needle.count)).first { Array(bytes[$0..<($0 + needle.count)]) == needle }!
+                for (i, c) in "\"shape\":[3,4,3,3]".utf8.enumerated() { bytes[offset + i] = c }
+                try Data(bytes).write(to: URL(fileURLWithPath: "\(last)/model.safetensors"))
+             }, "has shape [3, 4, 3, 3], expected [4, 3, 3, 3]"),
+            ("missing state", { try FileManager.default.removeItem(atPath: "\(last)/state.json") }, "state.json: no such file"),
+        ]
+        for (what, damage, expected) in damages {
+            try damage()
+            let result = try Segtrain.run(DataParallelTests.binary,
+                                          ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2",
+                                           "--threads", "1", "--batch-size", "5", "--val-samples", "4", "--seed", "3",
+                                           "--epochs", "2", "--train-samples", "5", "--out", "\(folder)/c", "--resume", "auto"])
+            XCTAssertNotEqual(result.status, 0, what)
+            XCTAssertEqual(result.stderr.split(separator: "\n").count, 1, "\(what): \(result.stderr)")
+            XCTAssertTrue(result.stderr.contains(expected) && result.stderr.contains("--resume"), "\(what): \(result.stderr)")
+            XCTAssertFalse(result.stdout.contains("epoch 2/2"), "\(what): trained anyway")
+            try model.write(to: URL(fileURLWithPath: "\(last)/model.safetensors"))  // undo for the next case
+        }
+    }
+
     /// Ranks started with different configurations stop together with a clear message, no hang.
     func testConfigurationMismatchStopsEveryRank() throws {
         let common = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",

@@ -3,3 +3,10 @@
 
 /// CPUs in this process's affinity mask (sched_getaffinity), or 0 if it cannot be read.
 int segtrain_affinity_cpu_count(void);
+
+/// Atomically exchanges two paths (renameat2 with RENAME_EXCHANGE; both must exist).
+/// Returns 0, or -1 with errno set.
+int segtrain_exchange_paths(const char *a, const char *b);
+
+/// fsync of a directory (so a rename inside it is durable). Returns 0, or -1 with errno set.
+int segtrain_fsync_directory(const char *path);
