@@ -35,3 +35,22 @@ int segtrain_fsync_directory(const char *path) {
     errno = saved;
     return rc;
 }
+
+#include <signal.h>
+#include <string.h>
+
+static volatile sig_atomic_t stop_signal = 0;
+
+static void record_stop(int sig) { stop_signal = sig; }
+
+void segtrain_install_stop_handlers(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = record_stop;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGUSR1, &action, NULL);
+}
+
+int segtrain_stop_signal(void) { return stop_signal; }

@@ -35,9 +35,29 @@ public enum Segtrain {
         return nil
     }
 
+    /// Runs `executable` like `run`, and once `condition` holds (polled every 20 ms) sends it
+    /// `signal`: how tests play Slurm's pre-emption. `signalled` tells whether the signal was sent
+    /// before the process ended on its own.
+    public static func runAndSignal(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                                    signal: Int32, when condition: @escaping () -> Bool,
+                                    timeout: Double = 120) throws -> (result: ProcessResult, signalled: Bool) {
+        var signalled = false
+        let result = try run(executable, arguments, environment: environment, timeout: timeout) { process in
+            while process.isRunning {
+                if condition() {
+                    kill(process.processIdentifier, signal)
+                    signalled = true
+                    return
+                }
+                usleep(20_000)
+            }
+        }
+        return (result, signalled)
+    }
+
     /// Runs `executable` with `arguments` and extra `environment`; see the file comment.
     public static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-                           timeout: Double = 120) throws -> ProcessResult {
+                           timeout: Double = 120, whileRunning: ((Process) -> Void)? = nil) throws -> ProcessResult {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("segtrain-tests-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -58,6 +78,7 @@ public enum Segtrain {
         process.terminationHandler = { _ in finished.signal() }
         let start = Date()
         try process.run()
+        whileRunning?(process)
         var timedOut = false
         if finished.wait(timeout: .now() + timeout) == .timedOut {
             timedOut = true

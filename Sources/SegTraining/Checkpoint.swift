@@ -14,6 +14,9 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     public var format = 1
     /// Epochs completed; training resumes at epoch + 1.
     public var epoch: Int
+    /// Global batches of epoch + 1 already trained (a checkpoint taken mid-epoch, on SIGTERM or
+    /// SIGUSR1); nil at an epoch's end.
+    public var batchesDone: Int?
     /// Optimizer updates applied.
     public var step: Int
     public var seed: UInt64

@@ -12,6 +12,18 @@ public protocol SampleSource {
     func fill(images: Tensor, masks: Tensor, indices: [Int])
 }
 
+public enum EpochOutcome {
+    case completed(EpochRecord)
+    /// A stop was requested; global batches 0...afterBatch of the epoch are trained.
+    case stopped(afterBatch: Int)
+
+    /// The record of a completed epoch; nil when stopped.
+    public var record: EpochRecord? {
+        if case .completed(let r) = self { return r }
+        return nil
+    }
+}
+
 /// One line of metrics.csv.
 public struct EpochRecord: Sendable {
     public var epoch: Int
@@ -77,29 +89,38 @@ public final class Trainer {
         return order
     }
 
-    /// Trains one epoch (the last partial global batch is dropped) and validates; returns its
-    /// record, the same on every rank.
-    public func runEpoch(_ epoch: Int) throws -> EpochRecord {
+    /// Asked after every step whether to stop (e.g. a SIGTERM arrived on this rank). Ranks agree
+    /// through one allreduce, so all stop after the same step.
+    public var stopRequested: () -> Bool = { false }
+
+    /// Global batches per epoch (the last partial one is dropped).
+    public var batchesPerEpoch: Int { train.count / globalBatch }
+
+    /// Trains epoch `epoch` from global batch `firstBatch` on and validates; returns its record, the
+    /// same on every rank, or, when a stop was requested, `.stopped(after:)` the batch last trained.
+    public func runEpoch(_ epoch: Int, firstBatch: Int = 0) throws -> EpochOutcome {
         let start = monotonicSeconds()
         let order = Trainer.permutation(count: train.count, seed: seed, epoch: epoch)
-        let batches = train.count / globalBatch
+        let batches = batchesPerEpoch
         var lossSum = 0.0
-        for b in 0..<batches {
+        for b in firstBatch..<batches {
             let indices = Array(order[(b * globalBatch + localBatch.lowerBound)..<(b * globalBatch + localBatch.upperBound)])
             train.fill(images: images.tensor, masks: masks.tensor, indices: indices)
             lossSum += try step.step(images: images.tensor, target: masks.tensor, learningRate: learningRate)
+            if try collectives.sum([stopRequested() ? 1 : 0])[0] > 0 { return .stopped(afterBatch: b) }
         }
+        let trained = batches - firstBatch
         let trainSeconds = monotonicSeconds() - start
-        var record = EpochRecord(epoch: epoch, trainLoss: lossSum / Double(batches), validationLoss: nil,
+        var record = EpochRecord(epoch: epoch, trainLoss: lossSum / Double(max(trained, 1)), validationLoss: nil,
                                  validation: nil, learningRate: Double(learningRate),
-                                 imagesPerSecond: Double(batches * globalBatch) / trainSeconds, seconds: 0)
+                                 imagesPerSecond: Double(trained * globalBatch) / trainSeconds, seconds: 0)
         if let validation {
             let (loss, counts) = try validate(validation)
             record.validationLoss = loss
             record.validation = counts
         }
         record.seconds = monotonicSeconds() - start
-        return record
+        return .completed(record)
     }
 
     /// Mean loss (images weighted equally) and confusion counts over every sample of `source`,

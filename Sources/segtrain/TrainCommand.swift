@@ -5,6 +5,7 @@ import SegDistributed
 import SegEngine
 import SegModel
 import SegTraining
+import CSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -131,6 +132,7 @@ struct TrainCommand: ParsableCommand {
             }
         }
         let resumedEpoch = try communicator.broadcast(state?.epoch ?? 0)
+        let resumedBatch = try communicator.broadcast(state?.batchesDone ?? 0)
         let resumedStep = try communicator.broadcast(state?.step ?? 0)
         if resumedEpoch > 0 {
             try communicator.broadcast(unet.store.values.tensor)
@@ -147,8 +149,27 @@ struct TrainCommand: ParsableCommand {
                   + "loss \(lossKind.rawValue)")
             if resumedEpoch >= epochs { print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs") }
         }
+        // SIGTERM or SIGUSR1 (Slurm pre-emption): finish the step, checkpoint, exit 0.
+        segtrain_install_stop_handlers()
+        trainer.stopRequested = { segtrain_stop_signal() != 0 }
         for epoch in stride(from: resumedEpoch + 1, through: epochs, by: 1) {
-            let r = try trainer.runEpoch(epoch)
+            let outcome = try trainer.runEpoch(epoch, firstBatch: epoch == resumedEpoch + 1 ? resumedBatch : 0)
+            guard let r = outcome.record else {
+                guard case .stopped(let batch) = outcome else { break }
+                if isRoot {
+                    var checkpoint = CheckpointState(epoch: epoch - 1, step: local.optimizer.step, seed: config.seed,
+                                                     ranks: ranks, bestValidationLoss: best.loss, bestEpoch: best.epoch,
+                                                     arguments: Array(CommandLine.arguments.dropFirst()))
+                    checkpoint.batchesDone = batch + 1
+                    try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer,
+                                         state: checkpoint)
+                    let signal = [SIGUSR1: "SIGUSR1", SIGTERM: "SIGTERM"][segtrain_stop_signal()] ?? "a signal to another rank"
+                    print("stopped by \(signal) after batch \(batch + 1)/\(trainer.batchesPerEpoch) of epoch \(epoch); "
+                          + "checkpoint written to \(checkpoints)/last; continue with --resume auto")
+                    fflush(stdout)
+                }
+                return
+            }
             if !r.trainLoss.isFinite {
                 throw UserError("epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr")
             }

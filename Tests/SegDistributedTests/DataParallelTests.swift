@@ -1,6 +1,9 @@
 import XCTest
 import Foundation
 import SegTestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `segtrain train` alone and under `mpirun -np 1, 2, 3`: the summed gradient of one global batch
 /// (5 images: shares 3+2 and 2+2+1, so uneven) and the weights after k optimizer steps must match
@@ -109,6 +112,81 @@ final class DataParallelTests: XCTestCase {
             let metrics = try String(contentsOfFile: "\(folder)/stopped\(ranks)/metrics.csv", encoding: .utf8)
             XCTAssertEqual(metrics.split(separator: "\n").map { $0.prefix(2) }, ["ep", "1,", "2,"], "one row per epoch")
         }
+    }
+
+    /// Pre-emption: a signal mid-run makes every rank stop after the same step, rank 0 writes a
+    /// mid-epoch checkpoint and the job exits 0; resuming to the same epoch count gives bitwise the
+    /// weights of a run never stopped, wherever the signal landed. Single process: SIGTERM;
+    /// mpirun (which forwards SIGUSR1 to its ranks, as Slurm's --signal=USR1 would): SIGUSR1.
+    func testSignalCheckpointsMidEpochAndResumeFinishesTheRun() throws {
+        let common = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                      "--batch-size", "4", "--train-samples", "200", "--val-samples", "4", "--epochs", "6", "--seed", "5"]
+        for ranks in [0, 2] {
+            let (executable, prefix): (String, [String]) = ranks == 0
+                ? (DataParallelTests.binary, [])
+                : (try mpirun(), ["-np", "\(ranks)", "--oversubscribe", DataParallelTests.binary])
+            let straight = "\(folder)/straight\(ranks)", stopped = "\(folder)/stopped\(ranks)"
+            let full = try Segtrain.run(executable, prefix + common + ["--out", straight],
+                                        environment: DataParallelTests.mpiEnvironment)
+            XCTAssertEqual(full.status, 0, full.stderr)
+            let metrics = "\(stopped)/metrics.csv"
+            let (interrupted, signalled) = try Segtrain.runAndSignal(
+                executable, prefix + common + ["--out", stopped], environment: DataParallelTests.mpiEnvironment,
+                signal: ranks == 0 ? SIGTERM : SIGUSR1,
+                when: { ((try? String(contentsOfFile: metrics, encoding: .utf8))?.split(separator: "\n").count ?? 0) >= 2 })
+            XCTAssertTrue(signalled, "the run ended before the signal; nothing was tested")
+            XCTAssertEqual(interrupted.status, 0, "ranks \(ranks): \(interrupted.stderr)")
+            XCTAssertTrue(interrupted.stdout.contains("stopped by SIG"), interrupted.stdout)
+            XCTAssertFalse(interrupted.stdout.contains("epoch 6/6"), "stopped before the end")
+            let resumed = try Segtrain.run(executable, prefix + common + ["--out", stopped, "--resume", "auto"],
+                                           environment: DataParallelTests.mpiEnvironment)
+            XCTAssertEqual(resumed.status, 0, resumed.stderr)
+            XCTAssertTrue(resumed.stdout.contains("epoch 6/6"), resumed.stdout)
+            XCTAssertEqual(try load("\(stopped)/model.safetensors"), try load("\(straight)/model.safetensors"),
+                           "ranks \(ranks): resumed weights differ from the uninterrupted run")
+        }
+    }
+
+    /// Processes whose parent is `pid` (from /proc).
+    private func children(of pid: Int32) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { Int32($0) }.filter { child in
+            guard let stat = try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 2 && Int32(fields[1]) == pid
+        }
+    }
+
+    /// A rank killed mid-run ends the whole job with a non-zero code within seconds, never a hang,
+    /// and the last checkpoint stays whole: resuming from it trains to the end.
+    func testKilledRankEndsTheJobAndTheCheckpointSurvives() throws {
+        let common = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                      "--batch-size", "4", "--train-samples", "200", "--val-samples", "4", "--seed", "5"]
+        let out = "\(folder)/killed", metrics = "\(out)/metrics.csv"
+        var killed = false
+        let start = Date()
+        let result = try Segtrain.run(try mpirun(), ["-np", "2", "--oversubscribe", DataParallelTests.binary] + common
+                                      + ["--epochs", "500", "--out", out],
+                                      environment: DataParallelTests.mpiEnvironment, timeout: 120) { process in
+            while process.isRunning {
+                let rows = (try? String(contentsOfFile: metrics, encoding: .utf8))?.split(separator: "\n").count ?? 0
+                if rows >= 2, let rank = self.children(of: process.processIdentifier).last {
+                    kill(rank, SIGKILL)
+                    killed = true
+                    return
+                }
+                usleep(20_000)
+            }
+        }
+        XCTAssertTrue(killed, "no rank was killed: \(result.stdout)")
+        XCTAssertFalse(result.timedOut, "the job hung after a rank died")
+        XCTAssertNotEqual(result.status, 0, "a dead rank must fail the job")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 60)
+        XCTAssertFalse(result.stdout.contains("epoch 500/500"))
+        let resumed = try Segtrain.run(DataParallelTests.binary, common + ["--epochs", "3", "--out", out, "--resume", "auto"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(resumed.stdout.contains("resumed from"), resumed.stdout)
     }
 
     /// A damaged checkpoint is refused with one line naming the file; nothing trains.

@@ -89,8 +89,8 @@ final class TrainerTests: XCTestCase {
     func testTrainingImprovesValidationDice() throws {
         let trainer = makeTrainer(validationCount: 16)
         let before = try trainer.validate(ToySource(count: 16, size: 16, seed: 99))
-        var last = try trainer.runEpoch(1)
-        for epoch in 2...8 { last = try trainer.runEpoch(epoch) }
+        var last = try trainer.runEpoch(1).record!
+        for epoch in 2...8 { last = try trainer.runEpoch(epoch).record! }
         XCTAssertLessThan(last.validationLoss!, 0.7 * before.loss, "val loss \(before.loss) -> \(last.validationLoss!)")
         // 40 steps: measured 0.29 -> 0.74.
         XCTAssertGreaterThan(last.validation!.meanDice, max(0.6, before.counts.meanDice + 0.3),

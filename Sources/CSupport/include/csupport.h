@@ -10,3 +10,9 @@ int segtrain_exchange_paths(const char *a, const char *b);
 
 /// fsync of a directory (so a rename inside it is durable). Returns 0, or -1 with errno set.
 int segtrain_fsync_directory(const char *path);
+
+/// Installs handlers for SIGTERM and SIGUSR1 that only record the request (async-signal-safe).
+void segtrain_install_stop_handlers(void);
+
+/// The signal number that asked to stop (SIGTERM or SIGUSR1), or 0.
+int segtrain_stop_signal(void);
