@@ -25,6 +25,8 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     public var bestEpoch: Int?
     /// The command line that trained it.
     public var arguments: [String]
+    /// ReduceLROnPlateau's decisions so far (nil for other schedules).
+    public var plateau: PlateauState?
 
     public init(epoch: Int, step: Int, seed: UInt64, ranks: Int, bestValidationLoss: Double?, bestEpoch: Int?,
                 arguments: [String]) {

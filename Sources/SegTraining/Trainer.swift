@@ -56,13 +56,21 @@ public final class Trainer {
     public let globalBatch: Int
     public let localBatch: Range<Int>
     public let seed: UInt64
-    public let learningRate: Float
+    /// The learning rate of every step; plateau decisions are taken at the end of each epoch.
+    public var schedule: LearningRateSchedule
     private let images: OwnedTensor
     private let masks: OwnedTensor
     private var collectives: Collectives { step.collectives }
 
+    public convenience init(step local: LocalStep, collectives: Collectives = SingleProcess(), train: SampleSource,
+                            validation: SampleSource?, imageSize: Int, batchSize: Int, seed: UInt64, learningRate: Float) {
+        self.init(step: local, collectives: collectives, train: train, validation: validation, imageSize: imageSize,
+                  batchSize: batchSize, seed: seed,
+                  schedule: LearningRateSchedule(ScheduleConfig(baseRate: Double(learningRate), epochs: 1)))
+    }
+
     public init(step local: LocalStep, collectives: Collectives = SingleProcess(), train: SampleSource,
-                validation: SampleSource?, imageSize: Int, batchSize: Int, seed: UInt64, learningRate: Float) {
+                validation: SampleSource?, imageSize: Int, batchSize: Int, seed: UInt64, schedule: LearningRateSchedule) {
         precondition(train.count >= batchSize, "fewer training samples (\(train.count)) than one batch (\(batchSize))")
         precondition(batchSize >= collectives.size, "a global batch of \(batchSize) cannot feed \(collectives.size) ranks")
         step = DataParallelStep(local: local, collectives: collectives)
@@ -71,7 +79,7 @@ public final class Trainer {
         globalBatch = batchSize
         localBatch = shareOf(batchSize, ranks: collectives.size, rank: collectives.rank)
         self.seed = seed
-        self.learningRate = learningRate
+        self.schedule = schedule
         let config = local.model.config
         images = OwnedTensor(Shape(localBatch.count, config.inChannels, imageSize, imageSize))
         masks = OwnedTensor(Shape(localBatch.count, 1, imageSize, imageSize))
@@ -103,22 +111,27 @@ public final class Trainer {
         let order = Trainer.permutation(count: train.count, seed: seed, epoch: epoch)
         let batches = batchesPerEpoch
         var lossSum = 0.0
+        var rate = schedule.rate(progress: Double(epoch - 1))
         for b in firstBatch..<batches {
             let indices = Array(order[(b * globalBatch + localBatch.lowerBound)..<(b * globalBatch + localBatch.upperBound)])
             train.fill(images: images.tensor, masks: masks.tensor, indices: indices)
-            lossSum += try step.step(images: images.tensor, target: masks.tensor, learningRate: learningRate)
+            rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
+            lossSum += try step.step(images: images.tensor, target: masks.tensor, learningRate: Float(rate))
             if try collectives.sum([stopRequested() ? 1 : 0])[0] > 0 { return .stopped(afterBatch: b) }
         }
         let trained = batches - firstBatch
         let trainSeconds = monotonicSeconds() - start
         var record = EpochRecord(epoch: epoch, trainLoss: lossSum / Double(max(trained, 1)), validationLoss: nil,
-                                 validation: nil, learningRate: Double(learningRate),
+                                 validation: nil, learningRate: rate,
                                  imagesPerSecond: Double(trained * globalBatch) / trainSeconds, seconds: 0)
         if let validation {
             let (loss, counts) = try validate(validation)
-            record.validationLoss = loss
+            // Rank 0's value everywhere (an exact sum with zeros), so every decision taken from it
+            // (best model, plateau, early stop) is the same on every rank.
+            record.validationLoss = try collectives.sum([collectives.rank == 0 ? loss : 0])[0]
             record.validation = counts
         }
+        schedule.endEpoch(validationLoss: record.validationLoss)
         record.seconds = monotonicSeconds() - start
         return .completed(record)
     }

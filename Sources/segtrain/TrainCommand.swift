@@ -48,6 +48,28 @@ struct TrainCommand: ParsableCommand {
     var dumpGradients: String?
     @Option(help: "Continue from a checkpoint folder, or 'auto': OUT/checkpoints/last if it exists.")
     var resume: String?
+    @Option(help: "Learning-rate schedule: constant, step, cosine, poly, plateau (ReduceLROnPlateau on val loss).")
+    var schedule = ScheduleKind.constant
+    @Option(help: "Linear warm-up of the learning rate over this many epochs.")
+    var warmupEpochs = 0.0
+    @Option(help: "step: multiply the rate by --gamma every this many epochs.")
+    var stepEpochs = 30
+    @Option(help: "step: the factor.")
+    var gamma = 0.1
+    @Option(help: "poly: the exponent.")
+    var power = 0.9
+    @Option(help: "cosine/poly: the final rate; plateau: the lowest rate.")
+    var minLr = 0.0
+    @Option(help: "plateau: factor applied when the validation loss stops improving (Keras' ReduceLROnPlateau).")
+    var plateauFactor = 0.1
+    @Option(help: "plateau: epochs without improvement before reducing.")
+    var plateauPatience = 5
+    @Option(help: "plateau: epochs to wait after a reduction.")
+    var plateauCooldown = 0
+    @Flag(help: "Linear scaling rule (Goyal et al.): learning rate x global batch / 256.")
+    var scaleLr = false
+    @Option(help: "Stop early after this many epochs without a better validation loss.")
+    var patience: Int?
 
     func validate() throws {
         try training.validate(classes: model.classes)
@@ -58,6 +80,25 @@ struct TrainCommand: ParsableCommand {
         }
         if valSamples < 0 { throw ValidationError("--val-samples must be >= 0 (got \(valSamples))") }
         if model.classes > 255 { throw ValidationError("--classes must be at most 255 for the synthetic dataset") }
+        if let message = scheduleConfig.validate() { throw ValidationError(message) }
+        if let p = patience, p < 1 { throw ValidationError("--patience must be at least 1 (got \(p))") }
+        if (schedule == .plateau || patience != nil) && valSamples == 0 {
+            throw ValidationError("--val-samples must be > 0 for --schedule plateau and --patience (they watch the validation loss)")
+        }
+    }
+
+    var scheduleConfig: ScheduleConfig {
+        let base = Double(training.lr) * (scaleLr ? Double(training.batchSize) / 256 : 1)
+        var c = ScheduleConfig(kind: schedule, baseRate: base, epochs: epochs)
+        c.warmupEpochs = warmupEpochs
+        c.stepEpochs = stepEpochs
+        c.gamma = gamma
+        c.power = power
+        c.minimumRate = minLr
+        c.plateauFactor = plateauFactor
+        c.plateauPatience = plateauPatience
+        c.plateauCooldown = plateauCooldown
+        return c
     }
 
     func run() throws {
@@ -101,7 +142,7 @@ struct TrainCommand: ParsableCommand {
                                 ? SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool)
                                 : nil,
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: config.seed,
-                              learningRate: training.lr)
+                              schedule: LearningRateSchedule(scheduleConfig))
         if let path = dumpGradients, isRoot {
             trainer.step.firstGradientHook = { store in
                 let bytes = Safetensors.encode(Safetensors.items(of: store, gradients: true),
@@ -140,7 +181,17 @@ struct TrainCommand: ParsableCommand {
             for buffer in local.optimizer.stateBuffers { try communicator.broadcast(buffer.buffer.tensor) }
             if !isRoot { local.optimizer.restore(step: resumedStep) }
         }
-        var best = (loss: state?.bestValidationLoss, epoch: state?.bestEpoch)
+        // Rank 0's view of the run so far, on every rank (exact sums with zeros): every rank then
+        // takes the same best-model, plateau and early-stop decisions.
+        func fromRoot(_ values: [Double]) throws -> [Double] { try communicator.sum(isRoot ? values : values.map { _ in 0 }) }
+        let past = try fromRoot([state?.bestValidationLoss ?? .infinity, Double(state?.bestEpoch ?? 0),
+                                 state?.plateau?.rate ?? scheduleConfig.baseRate, state?.plateau?.best ?? .infinity,
+                                 Double(state?.plateau?.badEpochs ?? 0), Double(state?.plateau?.cooldownLeft ?? 0)])
+        var best = (loss: past[0].isFinite ? Optional(past[0]) : nil, epoch: past[1] > 0 ? Optional(Int(past[1])) : nil)
+        if resumedEpoch > 0 && schedule == .plateau {
+            trainer.schedule = LearningRateSchedule(scheduleConfig, plateau: PlateauState(
+                rate: past[2], best: past[3].isFinite ? past[3] : nil, badEpochs: Int(past[4]), cooldownLeft: Int(past[5])))
+        }
 
         if isRoot {
             print("segtrain train: synthetic \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
@@ -153,6 +204,7 @@ struct TrainCommand: ParsableCommand {
         segtrain_install_stop_handlers()
         trainer.stopRequested = { segtrain_stop_signal() != 0 }
         for epoch in stride(from: resumedEpoch + 1, through: epochs, by: 1) {
+            let plateauAtEpochStart = trainer.schedule.plateau
             let outcome = try trainer.runEpoch(epoch, firstBatch: epoch == resumedEpoch + 1 ? resumedBatch : 0)
             guard let r = outcome.record else {
                 guard case .stopped(let batch) = outcome else { break }
@@ -161,6 +213,7 @@ struct TrainCommand: ParsableCommand {
                                                      ranks: ranks, bestValidationLoss: best.loss, bestEpoch: best.epoch,
                                                      arguments: Array(CommandLine.arguments.dropFirst()))
                     checkpoint.batchesDone = batch + 1
+                    checkpoint.plateau = schedule == .plateau ? plateauAtEpochStart : nil
                     try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer,
                                          state: checkpoint)
                     let signal = [SIGUSR1: "SIGUSR1", SIGTERM: "SIGTERM"][segtrain_stop_signal()] ?? "a signal to another rank"
@@ -173,7 +226,14 @@ struct TrainCommand: ParsableCommand {
             if !r.trainLoss.isFinite {
                 throw UserError("epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr")
             }
-            guard isRoot else { continue }
+            // Decisions from the validation loss, identical on every rank (see fromRoot).
+            let improved = r.validationLoss.map { loss in best.loss.map { loss < $0 } ?? true } ?? false
+            if improved { best = (r.validationLoss, epoch) }
+            let stopEarly = patience.map { p in best.epoch.map { epoch - $0 >= p } ?? false } ?? false
+            guard isRoot else {
+                if stopEarly { break }
+                continue
+            }
             var line = "epoch \(epoch)/\(epochs)  train_loss \(fixed(r.trainLoss, 4))"
             if let loss = r.validationLoss, let v = r.validation {
                 line += "  val_loss \(fixed(loss, 4))  val_acc \(fixed(v.accuracy, 3))  val_dice \(fixed(v.meanDice, 3))"
@@ -183,11 +243,10 @@ struct TrainCommand: ParsableCommand {
             csv += r.csvLine + "\n"
             if let error = writeFileAtomically(metricsPath, csv) { throw UserError(error) }
             // Checkpoints: last after every epoch; best when the validation loss improves.
-            let improved = r.validationLoss.map { loss in best.loss.map { loss < $0 } ?? true } ?? false
-            if improved { best = (r.validationLoss, epoch) }
-            let checkpoint = CheckpointState(epoch: epoch, step: local.optimizer.step, seed: config.seed, ranks: ranks,
+            var checkpoint = CheckpointState(epoch: epoch, step: local.optimizer.step, seed: config.seed, ranks: ranks,
                                              bestValidationLoss: best.loss, bestEpoch: best.epoch,
                                              arguments: Array(CommandLine.arguments.dropFirst()))
+            checkpoint.plateau = schedule == .plateau ? trainer.schedule.plateau : nil
             try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: checkpoint)
             if improved {
                 try Checkpoint.write(to: checkpoints + "/best", store: unet.store, optimizer: local.optimizer, state: checkpoint)
@@ -195,6 +254,10 @@ struct TrainCommand: ParsableCommand {
             }
             print(line)
             fflush(stdout)
+            if stopEarly {
+                print("early stop: no better validation loss for \(patience!) epochs (best \(fixed(best.loss!, 4)) at epoch \(best.epoch!))")
+                break
+            }
         }
         if isRoot {
             // The trained weights (and BN running statistics) under the model's tensor names.
@@ -206,6 +269,8 @@ struct TrainCommand: ParsableCommand {
         }
     }
 }
+
+extension ScheduleKind: ExpressibleByArgument {}
 
 extension Communicator: Collectives {
     public func sumInPlace(_ tensor: Tensor) throws { try allreduceSum(tensor) }

@@ -189,6 +189,32 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(resumed.stdout.contains("resumed from"), resumed.stdout)
     }
 
+    /// Resume carries the schedule's state: with warm-up and ReduceLROnPlateau decisions on both
+    /// sides of the stop, the resumed run still equals the uninterrupted one bitwise; and early
+    /// stopping ends the run when the validation loss stops improving.
+    func testScheduleStateSurvivesResumeAndEarlyStopping() throws {
+        let common = ["--train-samples", "20", "--epochs", "8", "--optimizer", "sgd", "--lr", "0.5", "--schedule", "plateau",
+                      "--plateau-patience", "1", "--plateau-factor", "0.5", "--warmup-epochs", "1.5"]
+        try train(ranks: 0, common + ["--out", "\(folder)/p1"])
+        try train(ranks: 0, common.map { $0 == "8" ? "4" : $0 } + ["--out", "\(folder)/p2"])
+        try train(ranks: 0, common + ["--out", "\(folder)/p2", "--resume", "auto"])
+        let rates = { (path: String) in
+            try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").dropFirst().map { $0.split(separator: ",")[8] }
+        }
+        XCTAssertEqual(try rates("\(folder)/p2/metrics.csv"), try rates("\(folder)/p1/metrics.csv"))
+        XCTAssertGreaterThan(Set(try rates("\(folder)/p1/metrics.csv")).count, 2, "warm-up and at least one reduction")
+        XCTAssertEqual(try load("\(folder)/p2/model.safetensors"), try load("\(folder)/p1/model.safetensors"))
+
+        let early = try Segtrain.run(DataParallelTests.binary,
+                                     ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                                      "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "10",
+                                      "--epochs", "200", "--lr", "0.5", "--optimizer", "sgd", "--patience", "2",
+                                      "--out", "\(folder)/early"])
+        XCTAssertEqual(early.status, 0, early.stderr)
+        XCTAssertTrue(early.stdout.contains("early stop: no better validation loss for 2 epochs"), early.stdout)
+        XCTAssertFalse(early.stdout.contains("epoch 200/200"))
+    }
+
     /// A damaged checkpoint is refused with one line naming the file; nothing trains.
     func testDamagedCheckpointsAreRefused() throws {
         try train(ranks: 0, ["--epochs", "1", "--train-samples", "5", "--out", "\(folder)/c"])
