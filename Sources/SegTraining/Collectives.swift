@@ -28,3 +28,30 @@ public final class SingleProcess: Collectives {
 public func shareOf(_ count: Int, ranks: Int, rank: Int) -> Range<Int> {
     WorkerPool.split(count, parts: ranks, index: rank)
 }
+
+extension Collectives {
+    /// True when `value` is the same on every rank, through `sum` alone: the value is cut into
+    /// 16-bit chunks c, and N * sum(c^2) == (sum c)^2 holds exactly (all below 2^53) only when every
+    /// rank's chunk is the same (Cauchy-Schwarz).
+    public func allEqual(_ value: UInt64) throws -> Bool {
+        let chunks = (0..<4).map { Double((value >> (16 * UInt64($0))) & 0xffff) }
+        let sums = try sum(chunks + chunks.map { $0 * $0 })
+        let n = Double(size)
+        return (0..<4).allSatisfy { n * sums[4 + $0] == sums[$0] * sums[$0] }
+    }
+}
+
+/// FNV-1a over the bytes of float buffers: the weights' fingerprint for --check-sync.
+public func fingerprint(_ tensors: [Tensor]) -> UInt64 {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for t in tensors {
+        for i in 0..<t.count {
+            var bits = t[i].bitPattern
+            for _ in 0..<4 {
+                hash = (hash ^ UInt64(bits & 0xff)) &* 0x100_0000_01b3
+                bits >>= 8
+            }
+        }
+    }
+    return hash
+}

@@ -12,6 +12,14 @@ public protocol SampleSource {
     func fill(images: Tensor, masks: Tensor, indices: [Int])
 }
 
+/// The ranks' weights differ (found by --check-sync): every rank throws it at the same step.
+public struct SyncError: Error, CustomStringConvertible {
+    public let step: Int
+    public var description: String {
+        "--check-sync: the weights differ between ranks after optimizer step \(step); stopping"
+    }
+}
+
 public enum EpochOutcome {
     case completed(EpochRecord)
     /// A stop was requested; global batches 0...afterBatch of the epoch are trained.
@@ -101,6 +109,11 @@ public final class Trainer {
     /// through one allreduce, so all stop after the same step.
     public var stopRequested: () -> Bool = { false }
 
+    /// Every this many optimizer steps, check that the weights are bitwise the same on every rank.
+    public var checkSyncEvery: Int? = nil
+    /// Called after every step (tests use it to break the synchronisation on purpose).
+    public var afterStep: ((Int) -> Void)? = nil
+
     /// Global batches per epoch (the last partial one is dropped).
     public var batchesPerEpoch: Int { train.count / globalBatch }
 
@@ -117,6 +130,14 @@ public final class Trainer {
             train.fill(images: images.tensor, masks: masks.tensor, indices: indices)
             rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
             lossSum += try step.step(images: images.tensor, target: masks.tensor, learningRate: Float(rate))
+            let done = step.local.optimizer.step
+            afterStep?(done)
+            if let every = checkSyncEvery, done % every == 0 {
+                let store = step.local.model.store
+                guard try collectives.allEqual(fingerprint([store.values.tensor, store.buffers.tensor])) else {
+                    throw SyncError(step: done)
+                }
+            }
             if try collectives.sum([stopRequested() ? 1 : 0])[0] > 0 { return .stopped(afterBatch: b) }
         }
         let trained = batches - firstBatch

@@ -70,6 +70,10 @@ struct TrainCommand: ParsableCommand {
     var scaleLr = false
     @Option(help: "Stop early after this many epochs without a better validation loss.")
     var patience: Int?
+    @Option(help: "Every N optimizer steps, verify that all ranks hold bitwise the same weights.")
+    var checkSync: Int?
+    @Option(help: .hidden)  // tests: perturb this rank's weights after step 2, to prove --check-sync
+    var debugDesyncRank: Int?
 
     func validate() throws {
         try training.validate(classes: model.classes)
@@ -82,6 +86,7 @@ struct TrainCommand: ParsableCommand {
         if model.classes > 255 { throw ValidationError("--classes must be at most 255 for the synthetic dataset") }
         if let message = scheduleConfig.validate() { throw ValidationError(message) }
         if let p = patience, p < 1 { throw ValidationError("--patience must be at least 1 (got \(p))") }
+        if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
         if (schedule == .plateau || patience != nil) && valSamples == 0 {
             throw ValidationError("--val-samples must be > 0 for --schedule plateau and --patience (they watch the validation loss)")
         }
@@ -108,8 +113,16 @@ struct TrainCommand: ParsableCommand {
             try train(communicator)
             try communicator.finalize()
         } catch {
-            // Identical failures (a bad flag) stop every rank alike; anything else ends the job.
-            if communicator.size > 1 { communicator.abort(code: 1, message: "rank \(communicator.rank): \(error)") }
+            // Failures every rank detects together (weights out of sync, configurations that
+            // differ) end each rank cleanly; anything else may be one rank's alone: abort the job.
+            if error is SyncError || error is RankMismatchError {
+                // Rank 0 speaks before MPI_Finalize, which no rank leaves before all have entered:
+                // no rank can exit (and make mpirun kill the job) before the message is out.
+                if communicator.rank == 0 { fputs("segtrain: error: \(error)\n", stderr) }
+                try? communicator.finalize()
+                throw AlreadyReported()
+            }
+            if communicator.size > 1 { communicator.abort(code: 1, message: "\(error)") }
             throw error
         }
     }
@@ -200,6 +213,10 @@ struct TrainCommand: ParsableCommand {
                   + "loss \(lossKind.rawValue)")
             if resumedEpoch >= epochs { print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs") }
         }
+        trainer.checkSyncEvery = checkSync
+        if let rank = debugDesyncRank, rank == communicator.rank {
+            trainer.afterStep = { step in if step == 2 { unet.store.values.tensor[0] += 1e-3 } }
+        }
         // SIGTERM or SIGUSR1 (Slurm pre-emption): finish the step, checkpoint, exit 0.
         segtrain_install_stop_handlers()
         trainer.stopRequested = { segtrain_stop_signal() != 0 }
@@ -271,6 +288,9 @@ struct TrainCommand: ParsableCommand {
 }
 
 extension ScheduleKind: ExpressibleByArgument {}
+
+/// An error already printed (by rank 0): exit 1 without printing it again.
+struct AlreadyReported: Error {}
 
 extension Communicator: Collectives {
     public func sumInPlace(_ tensor: Tensor) throws { try allreduceSum(tensor) }

@@ -20,6 +20,8 @@ struct UserError: Error, CustomStringConvertible {
 do {
     var command = try Segtrain.parseAsRoot()
     try command.run()
+} catch is AlreadyReported {
+    exit(1)
 } catch let error as UserError {
     fputs("segtrain: error: \(error.description)\n", stderr)
     exit(1)

@@ -215,6 +215,23 @@ final class DataParallelTests: XCTestCase {
         XCTAssertFalse(early.stdout.contains("epoch 200/200"))
     }
 
+    /// --check-sync: healthy ranks pass the check at every step; one rank's weights nudged on
+    /// purpose (a hidden test flag) are caught at that step on every rank, with one message.
+    func testCheckSyncPassesAndCatchesADesynchronisedRank() throws {
+        let base = ["--train-samples", "20", "--epochs", "2", "--check-sync", "1"]
+        try train(ranks: 3, base + ["--out", "\(folder)/sync"])
+        let broken = try Segtrain.run(try mpirun(), ["-np", "3", "--oversubscribe", DataParallelTests.binary, "train",
+                                                     "--image-size", "16", "--base-channels", "4", "--depth", "2",
+                                                     "--threads", "1", "--batch-size", "5", "--val-samples", "4"]
+                                      + base + ["--out", "\(folder)/desync", "--debug-desync-rank", "1"],
+                                      environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        XCTAssertFalse(broken.timedOut)
+        XCTAssertNotEqual(broken.status, 0)
+        XCTAssertTrue(broken.stderr.contains("--check-sync: the weights differ between ranks after optimizer step 2"),
+                      broken.stderr)
+        XCTAssertEqual(broken.stderr.components(separatedBy: "weights differ").count - 1, 1, "said once, by rank 0")
+    }
+
     /// A damaged checkpoint is refused with one line naming the file; nothing trains.
     func testDamagedCheckpointsAreRefused() throws {
         try train(ranks: 0, ["--epochs", "1", "--train-samples", "5", "--out", "\(folder)/c"])
