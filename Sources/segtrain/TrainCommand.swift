@@ -136,7 +136,7 @@ struct TrainCommand: ParsableCommand {
             throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
         }
         let metricsPath = out + "/metrics.csv"
-        if isRoot, let error = makeDirectories(out + "/checkpoints") {
+        if isRoot, let error = makeDirectories(out + "/checkpoints") ?? (valSamples > 0 ? makeDirectories(out + "/samples") : nil) {
             throw UserError("--out \(out): cannot create folder: \(error)")
         }
         let pool = WorkerPool(threads: model.threadCount)
@@ -217,6 +217,12 @@ struct TrainCommand: ParsableCommand {
         if let rank = debugDesyncRank, rank == communicator.rank {
             trainer.afterStep = { step in if step == 2 { unet.store.values.tensor[0] += 1e-3 } }
         }
+        let samples = isRoot && valSamples > 0
+            ? SampleGrid(source: SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool),
+                         count: 4, imageSize: model.imageSize, inChannels: config.inChannels, batch: trainer.localBatch.count)
+            : nil
+        var records: [EpochRecord] = []
+        let runStart = monotonicSeconds()
         // SIGTERM or SIGUSR1 (Slurm pre-emption): finish the step, checkpoint, exit 0.
         segtrain_install_stop_handlers()
         trainer.stopRequested = { segtrain_stop_signal() != 0 }
@@ -258,7 +264,12 @@ struct TrainCommand: ParsableCommand {
             }
             line += "  \(fixed(r.imagesPerSecond, 1)) img/s  \(fixed(r.seconds, 1)) s"
             csv += r.csvLine + "\n"
+            records.append(r)
             if let error = writeFileAtomically(metricsPath, csv) { throw UserError(error) }
+            if let samples {
+                let name = "epoch-" + String(repeating: "0", count: max(0, 3 - String(epoch).count)) + "\(epoch).png"
+                do { try samples.write(model: unet, to: out + "/samples/" + name) } catch { throw UserError("\(error)") }
+            }
             // Checkpoints: last after every epoch; best when the validation loss improves.
             var checkpoint = CheckpointState(epoch: epoch, step: local.optimizer.step, seed: config.seed, ranks: ranks,
                                              bestValidationLoss: best.loss, bestEpoch: best.epoch,
@@ -277,12 +288,41 @@ struct TrainCommand: ParsableCommand {
             }
         }
         if isRoot {
+            try writeSummary(records: records, best: best, seconds: monotonicSeconds() - runStart, ranks: ranks,
+                             threads: pool.threadCount, parameters: unet.parameterCount)
             // The trained weights (and BN running statistics) under the model's tensor names.
             let modelPath = out + "/model.safetensors"
             let bytes = Safetensors.encode(Safetensors.items(of: unet.store, gradients: false),
                                            metadata: ["format": "pt", "epochs": "\(epochs)", "ranks": "\(ranks)"])
             if let error = writeFileAtomically(modelPath, bytes: bytes) { throw UserError(error) }
             print("metrics: \(metricsPath)\nweights: \(modelPath)")
+        }
+    }
+}
+
+extension TrainCommand {
+    /// OUT/summary.json: the run at a glance (this invocation's epochs; metrics.csv has them all).
+    func writeSummary(records: [EpochRecord], best: (loss: Double?, epoch: Int?), seconds: Double, ranks: Int,
+                      threads: Int, parameters: Int) throws {
+        struct Summary: Encodable {
+            var epochs_trained: Int, last_epoch: Int?, best_epoch: Int?, best_val_loss: Double?
+            var last_val_dice: Double?, last_val_iou: Double?, last_train_loss: Double?
+            var mean_images_per_second: Double?, seconds: Double, ranks: Int, threads_per_rank: Int
+            var parameters: Int, arguments: [String]
+        }
+        let last = records.last
+        let summary = Summary(epochs_trained: records.count, last_epoch: last?.epoch, best_epoch: best.epoch,
+                              best_val_loss: best.loss, last_val_dice: last?.validation?.meanDice,
+                              last_val_iou: last?.validation?.meanIoU, last_train_loss: last?.trainLoss,
+                              mean_images_per_second: records.isEmpty ? nil
+                                : records.map(\.imagesPerSecond).reduce(0, +) / Double(records.count),
+                              seconds: seconds, ranks: ranks, threads_per_rank: threads, parameters: parameters,
+                              arguments: Array(CommandLine.arguments.dropFirst()))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data = (try? encoder.encode(summary)) ?? Data()
+        if let error = writeFileAtomically(out + "/summary.json", bytes: [UInt8](data) + Array("\n".utf8)) {
+            throw UserError(error)
         }
     }
 }

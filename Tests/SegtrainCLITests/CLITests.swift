@@ -78,6 +78,19 @@ extension CLITests {
         XCTAssertEqual(csv.count, 4, "header + 3 epochs: \(csv)")
         XCTAssertEqual(csv.first, "epoch,train_loss,val_loss,val_accuracy,val_precision,val_recall,val_dice,val_iou,lr,images_per_second,seconds")
         XCTAssertTrue(csv[3].hasPrefix("3,"))
+
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json")))
+            as? [String: Any]
+        XCTAssertEqual(summary?["epochs_trained"] as? Int, 3)
+        XCTAssertEqual(summary?["parameters"] as? Int, 3_505)
+        XCTAssertNotNil(summary?["best_val_loss"] as? Double)
+
+        // samples/epoch-003.png: 4 of the 5 validation images, rows of image | truth | prediction.
+        let png = try Data(contentsOf: URL(fileURLWithPath: out + "/samples/epoch-003.png"))
+        XCTAssertEqual(Array(png.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        let bigEndian = { (o: Int) in png[o..<(o + 4)].reduce(0) { $0 << 8 | Int($1) } }
+        XCTAssertEqual(bigEndian(16), 3 * 16, "width")
+        XCTAssertEqual(bigEndian(20), 4 * 16, "height")
     }
 
     func testTrainBadFlags() throws {
