@@ -12,6 +12,12 @@ public final class DataParallelStep {
     public let collectives: Collectives
     /// Called once, with the summed gradient of the first step, before the optimizer touches it.
     public var firstGradientHook: ((ParameterStore) throws -> Void)?
+    /// Called with the step number before the gradient allreduce (tests inject faults here).
+    public var beforeAllreduce: ((Int) -> Void)?
+    /// Skip (instead of stopping at) a step whose loss or gradient is not finite.
+    public var skipNonFinite = false
+    public private(set) var skippedSteps = 0
+    private var stepsTried = 0
 
     public init(local: LocalStep, collectives: Collectives) {
         self.local = local
@@ -19,21 +25,39 @@ public final class DataParallelStep {
     }
 
     /// Trains on this rank's share (`images` (n, Cin, H, W), `target` (n, 1, H, W), n >= 1) of a
-    /// global batch; returns the global batch's mean loss.
-    public func step(images: Tensor, target: Tensor, learningRate: Float) throws -> Double {
+    /// global batch; returns the global batch's mean loss, or nil when the step was skipped because
+    /// its loss or gradient was not finite (with `skipNonFinite`; otherwise that throws
+    /// `NonFiniteError`, on every rank alike: they all hold the same summed gradient).
+    public func step(images: Tensor, target: Tensor, learningRate: Float) throws -> Double? {
         let model = local.model
         model.profile.measure(.other) { model.store.zeroGradients() }
         let terms = local.loss.terms(target: target)
         let global = try collectives.sum([terms.pixels, terms.images])
         let share = local.accumulateGradients(images: images, target: target, weights: nil,
                                               normalizers: LossTerms(pixels: global[0], images: global[1]))
+        stepsTried += 1
+        beforeAllreduce?(stepsTried)
         try collectives.sumInPlace(model.store.gradients.tensor)
         let loss = try collectives.sum([share])[0]
+        let norm = model.profile.measure(.optimizer) { globalNorm(model.store.gradients.tensor, pool: model.pool) }
+        guard loss.isFinite && norm.isFinite else {
+            if skipNonFinite { skippedSteps += 1; return nil }
+            throw NonFiniteError(step: stepsTried, loss: loss, gradientNorm: norm)
+        }
         if let hook = firstGradientHook {
             firstGradientHook = nil
             try hook(model.store)
         }
         local.update(learningRate: learningRate)
         return loss
+    }
+}
+
+/// A step whose loss or gradient is not finite; the weights were not touched.
+public struct NonFiniteError: Error, CustomStringConvertible {
+    public let step: Int, loss: Double, gradientNorm: Double
+    public var description: String {
+        "step \(step): the loss (\(loss)) or the gradient norm (\(gradientNorm)) is not finite; stopped without "
+            + "updating the weights (the last checkpoint is intact; try a lower --lr, or --skip-nonfinite)"
     }
 }

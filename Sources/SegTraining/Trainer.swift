@@ -123,13 +123,16 @@ public final class Trainer {
         let start = monotonicSeconds()
         let order = Trainer.permutation(count: train.count, seed: seed, epoch: epoch)
         let batches = batchesPerEpoch
-        var lossSum = 0.0
+        var lossSum = 0.0, lossCount = 0
         var rate = schedule.rate(progress: Double(epoch - 1))
         for b in firstBatch..<batches {
             let indices = Array(order[(b * globalBatch + localBatch.lowerBound)..<(b * globalBatch + localBatch.upperBound)])
             train.fill(images: images.tensor, masks: masks.tensor, indices: indices)
             rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
-            lossSum += try step.step(images: images.tensor, target: masks.tensor, learningRate: Float(rate))
+            if let loss = try step.step(images: images.tensor, target: masks.tensor, learningRate: Float(rate)) {
+                lossSum += loss
+                lossCount += 1
+            }
             let done = step.local.optimizer.step
             afterStep?(done)
             if let every = checkSyncEvery, done % every == 0 {
@@ -142,7 +145,8 @@ public final class Trainer {
         }
         let trained = batches - firstBatch
         let trainSeconds = monotonicSeconds() - start
-        var record = EpochRecord(epoch: epoch, trainLoss: lossSum / Double(max(trained, 1)), validationLoss: nil,
+        var record = EpochRecord(epoch: epoch, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
+                                 validationLoss: nil,
                                  validation: nil, learningRate: rate,
                                  imagesPerSecond: Double(trained * globalBatch) / trainSeconds, seconds: 0)
         if let validation {

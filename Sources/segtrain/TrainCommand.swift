@@ -74,6 +74,12 @@ struct TrainCommand: ParsableCommand {
     var checkSync: Int?
     @Option(help: .hidden)  // tests: perturb this rank's weights after step 2, to prove --check-sync
     var debugDesyncRank: Int?
+    @Option(help: .hidden)  // tests: put a NaN into rank 0's gradient at this step
+    var debugNanStep: Int?
+    @Flag(help: "Skip a step whose loss or gradient is not finite instead of stopping.")
+    var skipNonfinite = false
+    @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
+    var initWeights: String?
 
     func validate() throws {
         try training.validate(classes: model.classes)
@@ -115,7 +121,7 @@ struct TrainCommand: ParsableCommand {
         } catch {
             // Failures every rank detects together (weights out of sync, configurations that
             // differ) end each rank cleanly; anything else may be one rank's alone: abort the job.
-            if error is SyncError || error is RankMismatchError {
+            if error is SyncError || error is RankMismatchError || error is NonFiniteError {
                 // Rank 0 speaks before MPI_Finalize, which no rank leaves before all have entered:
                 // no rank can exit (and make mpirun kill the job) before the message is out.
                 if communicator.rank == 0 { fputs("segtrain: error: \(error)\n", stderr) }
@@ -142,6 +148,11 @@ struct TrainCommand: ParsableCommand {
         let pool = WorkerPool(threads: model.threadCount)
         let config = model.unetConfig
         let unet = UNet(config, pool: pool)
+        if let path = initWeights, isRoot {
+            do {
+                try SafetensorsFile(path: path).read(into: Safetensors.items(of: unet.store, gradients: false))
+            } catch { throw UserError("--init-weights \(error)") }
+        }
         // The same start on every rank: rank 0's weights and buffers.
         try communicator.broadcast(unet.store.values.tensor)
         try communicator.broadcast(unet.store.buffers.tensor)
@@ -214,6 +225,10 @@ struct TrainCommand: ParsableCommand {
             if resumedEpoch >= epochs { print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs") }
         }
         trainer.checkSyncEvery = checkSync
+        trainer.step.skipNonFinite = skipNonfinite
+        if let nanStep = debugNanStep, isRoot {
+            trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
+        }
         if let rank = debugDesyncRank, rank == communicator.rank {
             trainer.afterStep = { step in if step == 2 { unet.store.values.tensor[0] += 1e-3 } }
         }
@@ -286,6 +301,9 @@ struct TrainCommand: ParsableCommand {
                 print("early stop: no better validation loss for \(patience!) epochs (best \(fixed(best.loss!, 4)) at epoch \(best.epoch!))")
                 break
             }
+        }
+        if isRoot && trainer.step.skippedSteps > 0 {
+            print("skipped \(trainer.step.skippedSteps) step(s) with a non-finite loss or gradient (--skip-nonfinite)")
         }
         if isRoot {
             try writeSummary(records: records, best: best, seconds: monotonicSeconds() - runStart, ranks: ranks,

@@ -232,6 +232,41 @@ final class DataParallelTests: XCTestCase {
         XCTAssertEqual(broken.stderr.components(separatedBy: "weights differ").count - 1, 1, "said once, by rank 0")
     }
 
+    /// A NaN in the gradient (injected by a hidden test flag at step 7, epoch 2) stops every rank with
+    /// one message and leaves the epoch-1 checkpoint intact; --skip-nonfinite skips that step and
+    /// finishes. --init-weights starts from given weights.
+    func testNonFiniteGradientStopsOrIsSkippedAndInitWeights() throws {
+        let base = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                    "--batch-size", "4", "--train-samples", "20", "--val-samples", "4", "--epochs", "3"]
+        let stopped = try Segtrain.run(try mpirun(), ["-np", "2", "--oversubscribe", DataParallelTests.binary] + base
+                                       + ["--out", "\(folder)/nan", "--debug-nan-step", "7"],
+                                       environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        XCTAssertNotEqual(stopped.status, 0)
+        XCTAssertEqual(stopped.stderr.components(separatedBy: "step 7: the loss").count - 1, 1, stopped.stderr)
+        let state = try String(contentsOfFile: "\(folder)/nan/checkpoints/last/state.json", encoding: .utf8)
+        XCTAssertTrue(state.contains("\"epoch\" : 1,"), state)
+        let resumed = try Segtrain.run(DataParallelTests.binary, base + ["--out", "\(folder)/nan", "--resume", "auto"])
+        XCTAssertEqual(resumed.status, 0, "the checkpoint before the NaN loads: \(resumed.stderr)")
+
+        let skipped = try Segtrain.run(DataParallelTests.binary, base + ["--out", "\(folder)/skip", "--debug-nan-step", "7",
+                                                                         "--skip-nonfinite"])
+        XCTAssertEqual(skipped.status, 0, skipped.stderr)
+        XCTAssertTrue(skipped.stdout.contains("skipped 1 step(s)"), skipped.stdout)
+        XCTAssertTrue(skipped.stdout.contains("epoch 3/3"))
+
+        // Starting from trained weights with a negligible learning rate ends (almost) where it began.
+        let again = try Segtrain.run(DataParallelTests.binary, base.map { $0 == "3" ? "1" : $0 }
+                                     + ["--out", "\(folder)/init", "--init-weights", "\(folder)/skip/model.safetensors",
+                                        "--lr", "1e-12", "--optimizer", "sgd"])
+        XCTAssertEqual(again.status, 0, again.stderr)
+        let before = try load("\(folder)/skip/model.safetensors"), after = try load("\(folder)/init/model.safetensors")
+        XCTAssertLessThan(worstScaledDifference(after, before), 1e-6)
+        let wrong = try Segtrain.run(DataParallelTests.binary, base + ["--out", "\(folder)/wrong", "--init-weights",
+                                                                       "\(folder)/skip/checkpoints/last/optimizer.safetensors"])
+        XCTAssertNotEqual(wrong.status, 0)
+        XCTAssertTrue(wrong.stderr.contains("--init-weights") && wrong.stderr.contains("unexpected tensor"), wrong.stderr)
+    }
+
     /// A damaged checkpoint is refused with one line naming the file; nothing trains.
     func testDamagedCheckpointsAreRefused() throws {
         try train(ranks: 0, ["--epochs", "1", "--train-samples", "5", "--out", "\(folder)/c"])
