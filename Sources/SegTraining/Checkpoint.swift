@@ -82,6 +82,32 @@ public enum Checkpoint {
         for (name, bytes) in files {
             if let error = writeFileAtomically("\(temporary)/\(name)", bytes: bytes) { throw CheckpointError(error) }
         }
+        try install(temporary, as: folder)
+    }
+
+    /// Copies the checkpoint in `source` to `folder`, with the same atomic swap.
+    public static func copy(_ source: String, to folder: String) throws {
+        let fm = FileManager.default
+        let parent = (folder as NSString).deletingLastPathComponent
+        let temporary = "\(parent)/.tmp-\((folder as NSString).lastPathComponent)-\(getpid())"
+        try? fm.removeItem(atPath: temporary)
+        do {
+            try fm.createDirectory(atPath: temporary, withIntermediateDirectories: true)
+            for name in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+                guard let data = fm.contents(atPath: "\(source)/\(name)") else {
+                    throw CheckpointError("\(source)/\(name): cannot be read")
+                }
+                if let error = writeFileAtomically("\(temporary)/\(name)", bytes: [UInt8](data)) { throw CheckpointError(error) }
+            }
+        } catch let error as CheckpointError { throw error } catch {
+            throw CheckpointError("\(temporary): \(error.localizedDescription)")
+        }
+        try install(temporary, as: folder)
+    }
+
+    /// Moves the complete temporary folder into place: an atomic exchange when `folder` exists.
+    static func install(_ temporary: String, as folder: String) throws {
+        let fm = FileManager.default
         guard segtrain_fsync_directory(temporary) == 0 else {
             throw CheckpointError("\(temporary): fsync failed: \(String(cString: strerror(errno)))")
         }
@@ -95,7 +121,7 @@ public enum Checkpoint {
                 throw CheckpointError("\(folder): cannot move the checkpoint into place: \(String(cString: strerror(errno)))")
             }
         }
-        _ = segtrain_fsync_directory(parent)
+        _ = segtrain_fsync_directory((folder as NSString).deletingLastPathComponent)
     }
 
     /// Reads a checkpoint into `store` and `optimizer` (names and shapes checked, headers

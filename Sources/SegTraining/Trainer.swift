@@ -111,8 +111,19 @@ public final class Trainer {
 
     /// Every this many optimizer steps, check that the weights are bitwise the same on every rank.
     public var checkSyncEvery: Int? = nil
-    /// Called after every step (tests use it to break the synchronisation on purpose).
-    public var afterStep: ((Int) -> Void)? = nil
+    /// What a step did, for progress output, periodic checkpoints and tests.
+    public struct StepInfo {
+        public let epoch: Int
+        /// Global batch index within the epoch, and the epoch's number of batches.
+        public let batch: Int, batches: Int
+        public let optimizerStep: Int
+        /// The global batch's mean loss; nil for a skipped (non-finite) step.
+        public let loss: Double?
+        public let seconds: Double
+    }
+
+    /// Called after every step, on every rank.
+    public var afterStep: ((StepInfo) throws -> Void)? = nil
 
     /// Global batches per epoch (the last partial one is dropped).
     public var batchesPerEpoch: Int { train.count / globalBatch }
@@ -129,12 +140,14 @@ public final class Trainer {
             let indices = Array(order[(b * globalBatch + localBatch.lowerBound)..<(b * globalBatch + localBatch.upperBound)])
             train.fill(images: images.tensor, masks: masks.tensor, indices: indices)
             rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
-            if let loss = try step.step(images: images.tensor, target: masks.tensor, learningRate: Float(rate)) {
+            let loss = try step.step(images: images.tensor, target: masks.tensor, learningRate: Float(rate))
+            if let loss {
                 lossSum += loss
                 lossCount += 1
             }
             let done = step.local.optimizer.step
-            afterStep?(done)
+            try afterStep?(StepInfo(epoch: epoch, batch: b, batches: batches, optimizerStep: done, loss: loss,
+                                    seconds: monotonicSeconds() - start))
             if let every = checkSyncEvery, done % every == 0 {
                 let store = step.local.model.store
                 guard try collectives.allEqual(fingerprint([store.values.tensor, store.buffers.tensor])) else {

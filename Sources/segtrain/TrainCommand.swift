@@ -78,6 +78,12 @@ struct TrainCommand: ParsableCommand {
     var debugNanStep: Int?
     @Flag(help: "Skip a step whose loss or gradient is not finite instead of stopping.")
     var skipNonfinite = false
+    @Option(help: "Also write checkpoints/last every N optimizer steps (mid-epoch).")
+    var checkpointEvery: Int?
+    @Option(help: "Keep the checkpoints of the last K epochs as checkpoints/epoch-NNN (0: none).")
+    var keep = 0
+    @Option(help: "Seconds between progress lines when the output is not a terminal (Slurm logs).")
+    var logEvery = 30.0
     @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
     var initWeights: String?
 
@@ -93,6 +99,9 @@ struct TrainCommand: ParsableCommand {
         if let message = scheduleConfig.validate() { throw ValidationError(message) }
         if let p = patience, p < 1 { throw ValidationError("--patience must be at least 1 (got \(p))") }
         if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
+        if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
+        if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
+        if !(logEvery > 0) { throw ValidationError("--log-every must be positive (got \(logEvery))") }
         if (schedule == .plateau || patience != nil) && valSamples == 0 {
             throw ValidationError("--val-samples must be > 0 for --schedule plateau and --patience (they watch the validation loss)")
         }
@@ -229,15 +238,29 @@ struct TrainCommand: ParsableCommand {
         if let nanStep = debugNanStep, isRoot {
             trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
         }
-        if let rank = debugDesyncRank, rank == communicator.rank {
-            trainer.afterStep = { step in if step == 2 { unet.store.values.tensor[0] += 1e-3 } }
-        }
         let samples = isRoot && valSamples > 0
             ? SampleGrid(source: SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool),
                          count: 4, imageSize: model.imageSize, inChannels: config.inChannels, batch: trainer.localBatch.count)
             : nil
         var records: [EpochRecord] = []
         let runStart = monotonicSeconds()
+        let desync = debugDesyncRank == communicator.rank
+        let progress = isRoot ? Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery) : nil
+        func checkpoint(epochsDone: Int, batchesDone: Int?) throws {
+            var state = CheckpointState(epoch: epochsDone, step: local.optimizer.step, seed: config.seed, ranks: ranks,
+                                        bestValidationLoss: best.loss, bestEpoch: best.epoch,
+                                        arguments: Array(CommandLine.arguments.dropFirst()))
+            state.batchesDone = batchesDone
+            state.plateau = schedule == .plateau ? trainer.schedule.plateau : nil
+            try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: state)
+        }
+        trainer.afterStep = { info in
+            if desync && info.optimizerStep == 2 { unet.store.values.tensor[0] += 1e-3 }
+            progress?.step(info)
+            if isRoot, let every = checkpointEvery, info.optimizerStep % every == 0, info.batch + 1 < info.batches {
+                try checkpoint(epochsDone: info.epoch - 1, batchesDone: info.batch + 1)
+            }
+        }
         // SIGTERM or SIGUSR1 (Slurm pre-emption): finish the step, checkpoint, exit 0.
         segtrain_install_stop_handlers()
         trainer.stopRequested = { segtrain_stop_signal() != 0 }
@@ -247,13 +270,11 @@ struct TrainCommand: ParsableCommand {
             guard let r = outcome.record else {
                 guard case .stopped(let batch) = outcome else { break }
                 if isRoot {
-                    var checkpoint = CheckpointState(epoch: epoch - 1, step: local.optimizer.step, seed: config.seed,
-                                                     ranks: ranks, bestValidationLoss: best.loss, bestEpoch: best.epoch,
-                                                     arguments: Array(CommandLine.arguments.dropFirst()))
-                    checkpoint.batchesDone = batch + 1
-                    checkpoint.plateau = schedule == .plateau ? plateauAtEpochStart : nil
-                    try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer,
-                                         state: checkpoint)
+                    // The plateau state as at this epoch's start: its end-of-epoch decision is to come.
+                    let current = trainer.schedule
+                    trainer.schedule = LearningRateSchedule(scheduleConfig, plateau: plateauAtEpochStart)
+                    try checkpoint(epochsDone: epoch - 1, batchesDone: batch + 1)
+                    trainer.schedule = current
                     let signal = [SIGUSR1: "SIGUSR1", SIGTERM: "SIGTERM"][segtrain_stop_signal()] ?? "a signal to another rank"
                     print("stopped by \(signal) after batch \(batch + 1)/\(trainer.batchesPerEpoch) of epoch \(epoch); "
                           + "checkpoint written to \(checkpoints)/last; continue with --resume auto")
@@ -285,15 +306,17 @@ struct TrainCommand: ParsableCommand {
                 let name = "epoch-" + String(repeating: "0", count: max(0, 3 - String(epoch).count)) + "\(epoch).png"
                 do { try samples.write(model: unet, to: out + "/samples/" + name) } catch { throw UserError("\(error)") }
             }
-            // Checkpoints: last after every epoch; best when the validation loss improves.
-            var checkpoint = CheckpointState(epoch: epoch, step: local.optimizer.step, seed: config.seed, ranks: ranks,
-                                             bestValidationLoss: best.loss, bestEpoch: best.epoch,
-                                             arguments: Array(CommandLine.arguments.dropFirst()))
-            checkpoint.plateau = schedule == .plateau ? trainer.schedule.plateau : nil
-            try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: checkpoint)
+            // Checkpoints: last after every epoch; best when the validation loss improves; epoch-NNN
+            // for the last --keep epochs.
+            progress?.endEpoch()
+            try checkpoint(epochsDone: epoch, batchesDone: nil)
             if improved {
-                try Checkpoint.write(to: checkpoints + "/best", store: unet.store, optimizer: local.optimizer, state: checkpoint)
+                try Checkpoint.copy(checkpoints + "/last", to: checkpoints + "/best")
                 line += "  (best)"
+            }
+            if keep > 0 {
+                try Checkpoint.copy(checkpoints + "/last", to: checkpoints + "/" + epochFolderName(epoch))
+                if epoch > keep { try? FileManager.default.removeItem(atPath: checkpoints + "/" + epochFolderName(epoch - keep)) }
             }
             print(line)
             fflush(stdout)
@@ -343,6 +366,10 @@ extension TrainCommand {
             throw UserError(error)
         }
     }
+}
+
+func epochFolderName(_ epoch: Int) -> String {
+    "epoch-" + String(repeating: "0", count: max(0, 3 - String(epoch).count)) + String(epoch)
 }
 
 extension ScheduleKind: ExpressibleByArgument {}

@@ -267,6 +267,35 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(wrong.stderr.contains("--init-weights") && wrong.stderr.contains("unexpected tensor"), wrong.stderr)
     }
 
+    /// --checkpoint-every writes mid-epoch checkpoints that resume exactly; --keep keeps the last K
+    /// epochs' checkpoints; without a terminal, --log-every prints plain progress lines.
+    func testPeriodicCheckpointsKeepAndProgressLines() throws {
+        let base = ["--train-samples", "20", "--epochs", "4"]
+        try train(ranks: 0, base + ["--out", "\(folder)/full"])
+        // Every 3 steps with 4 steps per epoch: the last one is mid-epoch 3 (step 9 = batch 1 of epoch 3).
+        let run = try Segtrain.run(DataParallelTests.binary,
+                                   ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                                    "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "20",
+                                    "--epochs", "2", "--checkpoint-every", "3", "--keep", "1", "--log-every", "0.000001",
+                                    "--out", "\(folder)/part"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stdout.contains("epoch 1/2 step 4/4  loss"), "plain progress lines: \(run.stdout)")
+        let kept = try FileManager.default.contentsOfDirectory(atPath: "\(folder)/part/checkpoints").sorted()
+        XCTAssertEqual(kept, ["best", "epoch-002", "last"], "--keep 1 keeps only the newest epoch")
+        XCTAssertEqual(try load("\(folder)/part/checkpoints/epoch-002/model.safetensors"),
+                       try load("\(folder)/part/model.safetensors"))
+        try train(ranks: 0, base + ["--out", "\(folder)/part", "--resume", "auto"])
+        XCTAssertEqual(try load("\(folder)/part/model.safetensors"), try load("\(folder)/full/model.safetensors"))
+        // A mid-epoch checkpoint from --checkpoint-every resumes exactly too.
+        let midRun = try Segtrain.run(DataParallelTests.binary,
+                                      ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                                       "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "20",
+                                       "--epochs", "4", "--checkpoint-every", "3", "--out", "\(folder)/mid"])
+        XCTAssertEqual(midRun.status, 0, midRun.stderr)
+        let midState = try String(contentsOfFile: "\(folder)/mid/checkpoints/last/state.json", encoding: .utf8)
+        XCTAssertTrue(midState.contains("\"epoch\" : 4"), "the epoch-end checkpoint is the last one: \(midState)")
+    }
+
     /// A damaged checkpoint is refused with one line naming the file; nothing trains.
     func testDamagedCheckpointsAreRefused() throws {
         try train(ranks: 0, ["--epochs", "1", "--train-samples", "5", "--out", "\(folder)/c"])

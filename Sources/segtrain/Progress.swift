@@ -1,0 +1,50 @@
+import SegEngine
+import SegTraining
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Rank 0's progress during an epoch: on a terminal a bar redrawn in place after every step; else
+/// (Slurm logs, pipes) a plain line every `logEvery` seconds.
+final class Progress {
+    let epochs: Int
+    let globalBatch: Int
+    let logEvery: Double
+    let terminal = isatty(STDOUT_FILENO) != 0
+    private var lastLine = monotonicSeconds()
+    private var drawn = false
+
+    init(epochs: Int, globalBatch: Int, logEvery: Double) {
+        self.epochs = epochs
+        self.globalBatch = globalBatch
+        self.logEvery = logEvery
+    }
+
+    func step(_ info: Trainer.StepInfo) {
+        let done = info.batch + 1
+        let perStep = info.seconds / Double(max(done, 1))
+        let eta = Int((Double(info.batches - done) * perStep).rounded())
+        let loss = info.loss.map { fixed($0, 4) } ?? "skipped"
+        let speed = fixed(Double(globalBatch) / max(perStep, 1e-9), 1)
+        let time = "\(eta / 60):" + (eta % 60 < 10 ? "0" : "") + "\(eta % 60)"
+        if terminal {
+            let width = 24, filled = width * done / max(info.batches, 1)
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            print("\repoch \(info.epoch)/\(epochs) [\(bar)] \(done)/\(info.batches)  loss \(loss)  \(speed) img/s  ETA \(time)  ",
+                  terminator: "")
+            drawn = true
+            fflush(stdout)
+        } else if monotonicSeconds() - lastLine >= logEvery {
+            print("epoch \(info.epoch)/\(epochs) step \(done)/\(info.batches)  loss \(loss)  \(speed) img/s  ETA \(time)")
+            fflush(stdout)
+            lastLine = monotonicSeconds()
+        }
+    }
+
+    /// Clears the bar before the epoch's summary line.
+    func endEpoch() {
+        if drawn { print("\r" + String(repeating: " ", count: 100) + "\r", terminator: "") }
+        drawn = false
+        lastLine = monotonicSeconds()
+    }
+}
