@@ -1,8 +1,14 @@
+import ArgumentParser
 import SegEngine
 import SegTraining
 #if canImport(Glibc)
 import Glibc
 #endif
+
+enum ProgressStyle: String, CaseIterable, ExpressibleByArgument {
+    /// The bar on a terminal outside a launcher, lines otherwise.
+    case auto, bar, lines
+}
 
 /// Rank 0's progress during an epoch: on a terminal a bar redrawn in place after every step; else
 /// (Slurm logs, pipes) a plain line every `logEvery` seconds.
@@ -10,14 +16,23 @@ final class Progress {
     let epochs: Int
     let globalBatch: Int
     let logEvery: Double
-    let terminal = isatty(STDOUT_FILENO) != 0
+    let terminal: Bool
+
+    /// A terminal, and not under mpirun or Slurm: their launchers give each rank a pseudo-terminal
+    /// even when the job's output goes to a file, where a redrawn bar would be garbage.
+    static var onTerminal: Bool {
+        let names = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_JOB_ID"]
+        let launched = names.contains { name in getenv(name) != nil }
+        return isatty(STDOUT_FILENO) != 0 && !launched
+    }
     private var lastLine = monotonicSeconds()
     private var drawn = false
 
-    init(epochs: Int, globalBatch: Int, logEvery: Double) {
+    init(epochs: Int, globalBatch: Int, logEvery: Double, style: ProgressStyle) {
         self.epochs = epochs
         self.globalBatch = globalBatch
         self.logEvery = logEvery
+        terminal = style == .bar || (style == .auto && Progress.onTerminal)
     }
 
     func step(_ info: Trainer.StepInfo) {

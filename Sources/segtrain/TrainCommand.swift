@@ -84,6 +84,8 @@ struct TrainCommand: ParsableCommand {
     var keep = 0
     @Option(help: "Seconds between progress lines when the output is not a terminal (Slurm logs).")
     var logEvery = 30.0
+    @Option(help: "Progress display: auto (a bar on a terminal outside mpirun/Slurm), bar, lines.")
+    var progress = ProgressStyle.auto
     @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
     var initWeights: String?
 
@@ -245,7 +247,8 @@ struct TrainCommand: ParsableCommand {
         var records: [EpochRecord] = []
         let runStart = monotonicSeconds()
         let desync = debugDesyncRank == communicator.rank
-        let progress = isRoot ? Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery) : nil
+        let progress = isRoot ? Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery,
+                                         style: self.progress) : nil
         func checkpoint(epochsDone: Int, batchesDone: Int?) throws {
             var state = CheckpointState(epoch: epochsDone, step: local.optimizer.step, seed: config.seed, ranks: ranks,
                                         bestValidationLoss: best.loss, bestEpoch: best.epoch,
