@@ -7,16 +7,27 @@ concat [skip, up], 3x3 head; 3,717,121 parameters) and times full training
 steps (zero_grad, forward, BCEWithLogits loss, backward, Adam step) on random
 data, the way segtrain measures itself: images/s, seconds/step, peak RSS.
 
+With --ddp N it runs N processes (torch.multiprocessing.spawn) that train the
+model wrapped in DistributedDataParallel (gloo backend, rendezvous on
+127.0.0.1 only); --batch-size is then the global batch, split evenly, each
+process uses --threads threads, and rank 0 reports (its own peak RSS).
+
 Requires torch (pip install torch). Run e.g.:
     python3 scripts/pytorch_baseline.py --image-size 128 --batch-size 8 \
         --threads 2 --steps 5 --warmup 2 --json
+    python3 scripts/pytorch_baseline.py --ddp 2 --threads 1 --image-size 128 \
+        --batch-size 8 --steps 10 --warmup 3 --json
 """
 import argparse
 import json
+import os
 import resource
+import socket
 import time
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -69,8 +80,27 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--ddp", type=int, default=0, metavar="N",
+                   help="run N DistributedDataParallel processes (gloo)")
     a = p.parse_args()
+    if a.ddp:
+        if a.ddp < 1 or a.batch_size % a.ddp:
+            p.error("--batch-size must be divisible by --ddp N (N >= 1)")
+        with socket.socket() as sock:  # free port on loopback
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                          GLOO_SOCKET_IFNAME="lo")
+        mp.spawn(run, args=(a,), nprocs=a.ddp)
+    else:
+        run(0, a)
 
+
+def run(rank, a):
+    world = a.ddp or 1
+    if a.ddp:
+        dist.init_process_group("gloo", init_method="env://",
+                                rank=rank, world_size=world)
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
     torch.manual_seed(a.seed)
@@ -80,9 +110,12 @@ def main():
     assert params == 3_717_121, params
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    s = a.image_size
-    images = torch.rand(a.batch_size, 3, s, s).to(memory_format=fmt)
-    masks = torch.randint(0, 2, (a.batch_size, 1, s, s)).float()
+    if a.ddp:
+        model = nn.parallel.DistributedDataParallel(model)
+        torch.manual_seed(a.seed + rank)  # each rank its own local batch
+    s, local = a.image_size, a.batch_size // world
+    images = torch.rand(local, 3, s, s).to(memory_format=fmt)
+    masks = torch.randint(0, 2, (local, 1, s, s)).float()
     loss_fn = nn.BCEWithLogitsLoss()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -95,10 +128,18 @@ def main():
 
     for _ in range(a.warmup):
         step()
+    if a.ddp:
+        dist.barrier()
     t0 = time.perf_counter()
     for _ in range(a.steps):
         loss = step()
+    if a.ddp:
+        dist.barrier()
     elapsed = time.perf_counter() - t0
+    if a.ddp:
+        dist.destroy_process_group()
+    if rank:
+        return
 
     res = {
         "framework": "pytorch",
@@ -114,11 +155,14 @@ def main():
     }
     if a.channels_last:
         res["channels_last"] = True
+    if a.ddp:
+        res["ddp_processes"] = a.ddp
     if a.json:
         print(json.dumps(res))
     else:
         print(f"pytorch {torch.__version__} {s}x{s} batch {a.batch_size} "
-              f"threads {a.threads}{' channels_last' if a.channels_last else ''}: "
+              f"threads {a.threads}{' channels_last' if a.channels_last else ''}"
+              f"{f' ddp {a.ddp}' if a.ddp else ''}: "
               f"{res['images_per_second']:.2f} img/s, "
               f"{res['seconds_per_step']:.3f} s/step, "
               f"peak RSS {res['peak_rss_mib']:.0f} MiB, loss {loss:.4f}, "
