@@ -18,6 +18,15 @@ public final class DataParallelStep {
     public var skipNonFinite = false
     public private(set) var skippedSteps = 0
     private var stepsTried = 0
+    /// Micro-batches per optimizer step (`--accumulate`): gradients add up over them and are summed
+    /// over ranks once, on the last. Each micro-batch's loss is divided by K times its global terms:
+    /// exact because every micro-batch has the same number of images and pixels.
+    public var accumulate = 1
+    private var microStep = 0
+    private var accumulatedLoss = 0.0
+
+    /// True when the next call starts a new optimizer step (no gradient is half accumulated).
+    public var atStepBoundary: Bool { microStep == 0 }
 
     public init(local: LocalStep, collectives: Collectives) {
         self.local = local
@@ -25,20 +34,29 @@ public final class DataParallelStep {
     }
 
     /// Trains on this rank's share (`images` (n, Cin, H, W), `target` (n, 1, H, W), n >= 1) of a
-    /// global batch; returns the global batch's mean loss, or nil when the step was skipped because
-    /// its loss or gradient was not finite (with `skipNonFinite`; otherwise that throws
-    /// `NonFiniteError`, on every rank alike: they all hold the same summed gradient).
+    /// global batch; after the last micro-batch of an optimizer step returns the mean loss over its
+    /// micro-batches, else nil (also when the step was skipped because its loss or gradient was not
+    /// finite, with `skipNonFinite`; otherwise that throws `NonFiniteError`, on every rank alike:
+    /// they all hold the same summed gradient).
     public func step(images: Tensor, target: Tensor, learningRate: Float) throws -> Double? {
         let model = local.model
-        model.profile.measure(.other) { model.store.zeroGradients() }
+        if microStep == 0 {
+            model.profile.measure(.other) { model.store.zeroGradients() }
+            accumulatedLoss = 0
+        }
         let terms = local.loss.terms(target: target)
         let global = try collectives.sum([terms.pixels, terms.images])
+        let k = Double(accumulate)
         let share = local.accumulateGradients(images: images, target: target, weights: nil,
-                                              normalizers: LossTerms(pixels: global[0], images: global[1]))
+                                              normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k))
+        accumulatedLoss += share
+        microStep += 1
+        guard microStep == accumulate else { return nil }
+        microStep = 0
         stepsTried += 1
         beforeAllreduce?(stepsTried)
         try collectives.sumInPlace(model.store.gradients.tensor)
-        let loss = try collectives.sum([share])[0]
+        let loss = try collectives.sum([accumulatedLoss])[0]
         let norm = model.profile.measure(.optimizer) { globalNorm(model.store.gradients.tensor, pool: model.pool) }
         guard loss.isFinite && norm.isFinite else {
             if skipNonFinite { skippedSteps += 1; return nil }

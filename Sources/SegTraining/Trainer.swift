@@ -125,8 +125,9 @@ public final class Trainer {
     /// Called after every step, on every rank.
     public var afterStep: ((StepInfo) throws -> Void)? = nil
 
-    /// Global batches per epoch (the last partial one is dropped).
-    public var batchesPerEpoch: Int { train.count / globalBatch }
+    /// Global batches per epoch (the last partial one, and with --accumulate K those beyond a
+    /// multiple of K, are dropped).
+    public var batchesPerEpoch: Int { train.count / globalBatch / step.accumulate * step.accumulate }
 
     /// Trains epoch `epoch` from global batch `firstBatch` on and validates; returns its record, the
     /// same on every rank, or, when a stop was requested, `.stopped(after:)` the batch last trained.
@@ -146,6 +147,7 @@ public final class Trainer {
                 lossCount += 1
             }
             let done = step.local.optimizer.step
+            guard step.atStepBoundary else { continue }
             try afterStep?(StepInfo(epoch: epoch, batch: b, batches: batches, optimizerStep: done, loss: loss,
                                     seconds: monotonicSeconds() - start))
             if let every = checkSyncEvery, done % every == 0 {
@@ -154,7 +156,8 @@ public final class Trainer {
                     throw SyncError(step: done)
                 }
             }
-            if try collectives.sum([stopRequested() ? 1 : 0])[0] > 0 { return .stopped(afterBatch: b) }
+            // Stops only between optimizer steps: a checkpoint never holds half an accumulated gradient.
+            if step.atStepBoundary, try collectives.sum([stopRequested() ? 1 : 0])[0] > 0 { return .stopped(afterBatch: b) }
         }
         let trained = batches - firstBatch
         let trainSeconds = monotonicSeconds() - start

@@ -78,6 +78,8 @@ struct TrainCommand: ParsableCommand {
     var debugNanStep: Int?
     @Flag(help: "Skip a step whose loss or gradient is not finite instead of stopping.")
     var skipNonfinite = false
+    @Option(help: "Micro-batches per optimizer step: gradients of K global batches add up before one allreduce.")
+    var accumulate = 1
     @Option(help: "Also write checkpoints/last every N optimizer steps (mid-epoch).")
     var checkpointEvery: Int?
     @Option(help: "Keep the checkpoints of the last K epochs as checkpoints/epoch-NNN (0: none).")
@@ -103,6 +105,10 @@ struct TrainCommand: ParsableCommand {
         if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
+        if accumulate < 1 { throw ValidationError("--accumulate must be at least 1 (got \(accumulate))") }
+        if trainSamples < training.batchSize * accumulate {
+            throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
+        }
         if !(logEvery > 0) { throw ValidationError("--log-every must be positive (got \(logEvery))") }
         if (schedule == .plateau || patience != nil) && valSamples == 0 {
             throw ValidationError("--val-samples must be > 0 for --schedule plateau and --patience (they watch the validation loss)")
@@ -237,6 +243,7 @@ struct TrainCommand: ParsableCommand {
         }
         trainer.checkSyncEvery = checkSync
         trainer.step.skipNonFinite = skipNonfinite
+        trainer.step.accumulate = accumulate
         if let nanStep = debugNanStep, isRoot {
             trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
         }
