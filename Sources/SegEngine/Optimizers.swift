@@ -118,10 +118,20 @@ public final class Optimizer {
     /// scale = clipNorm / (norm + 1e-6) when that is below 1).
     /// - Returns: the global L2 norm of the gradient before clipping.
     @discardableResult
-    public func apply(values: Tensor, gradients: Tensor, learningRate: Float, pool: WorkerPool) -> Double {
+    /// The global L2 norm of `gradients` (thread-count independent), with the optimizer's own
+    /// preallocated partial sums: no allocation.
+    public func gradientNorm(_ gradients: Tensor, pool: WorkerPool) -> Double {
+        precondition(gradients.count == parameterCount)
+        return globalNorm(gradients, pool: pool, partials: normPartials)
+    }
+
+    /// `gradientNorm`: the norm of `gradients` when the caller already computed it (with
+    /// `gradientNorm(_:pool:)`), so it is not computed twice.
+    public func apply(values: Tensor, gradients: Tensor, learningRate: Float, pool: WorkerPool,
+                      gradientNorm known: Double? = nil) -> Double {
         precondition(values.count == parameterCount && gradients.count == parameterCount,
                      "optimizer for \(parameterCount) parameters given \(values.count) values, \(gradients.count) gradients")
-        let norm = globalNorm(gradients, pool: pool, partials: normPartials)
+        let norm = known ?? globalNorm(gradients, pool: pool, partials: normPartials)
         if let clip = config.clipNorm {
             let scale = Float(Double(clip) / (norm + 1e-6))
             if scale < 1 {

@@ -57,7 +57,7 @@ public final class DataParallelStep {
         beforeAllreduce?(stepsTried)
         try collectives.sumInPlace(model.store.gradients.tensor)
         let loss = try collectives.sum([accumulatedLoss])[0]
-        let norm = model.profile.measure(.optimizer) { globalNorm(model.store.gradients.tensor, pool: model.pool) }
+        let norm = model.profile.measure(.optimizer) { local.optimizer.gradientNorm(model.store.gradients.tensor, pool: model.pool) }
         guard loss.isFinite && norm.isFinite else {
             if skipNonFinite { skippedSteps += 1; return nil }
             throw NonFiniteError(step: stepsTried, loss: loss, gradientNorm: norm)
@@ -66,7 +66,7 @@ public final class DataParallelStep {
             firstGradientHook = nil
             try hook(model.store)
         }
-        local.update(learningRate: learningRate)
+        local.update(learningRate: learningRate, gradientNorm: norm)
         return loss
     }
 }

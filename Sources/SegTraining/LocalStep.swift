@@ -38,12 +38,13 @@ public final class LocalStep {
         return value
     }
 
-    /// Applies the optimizer to the accumulated gradients and returns their global norm.
+    /// Applies the optimizer to the accumulated gradients and returns their global norm
+    /// (`gradientNorm`: already computed by the caller).
     @discardableResult
-    public func update(learningRate: Float) -> Double {
+    public func update(learningRate: Float, gradientNorm: Double? = nil) -> Double {
         model.profile.measure(.optimizer) {
             optimizer.apply(values: model.store.values.tensor, gradients: model.store.gradients.tensor,
-                            learningRate: learningRate, pool: model.pool)
+                            learningRate: learningRate, pool: model.pool, gradientNorm: gradientNorm)
         }
     }
 
