@@ -15,7 +15,7 @@ import Darwin
 
 public enum WorkKind: Int, CaseIterable, Sendable {
     case convForward, convInputGradient, convWeightGradient, pool, upsample, elementwise,
-         batchNorm, loss, optimizer, other
+         batchNorm, loss, optimizer, communication, other
 
     public var label: String {
         switch self {
@@ -28,6 +28,7 @@ public enum WorkKind: Int, CaseIterable, Sendable {
         case .batchNorm: return "batchnorm"
         case .loss: return "loss"
         case .optimizer: return "optimizer"
+        case .communication: return "communication (MPI)"
         case .other: return "other"
         }
     }
@@ -44,6 +45,7 @@ public enum WorkKind: Int, CaseIterable, Sendable {
         case .batchNorm: return "batchnorm"
         case .loss: return "loss"
         case .optimizer: return "optimizer"
+        case .communication: return "communication"
         case .other: return "other"
         }
     }

@@ -45,7 +45,7 @@ public final class DataParallelStep {
             accumulatedLoss = 0
         }
         let terms = local.loss.terms(target: target)
-        let global = try collectives.sum([terms.pixels, terms.images])
+        let global = try model.profile.measure(.communication) { try collectives.sum([terms.pixels, terms.images]) }
         let k = Double(accumulate)
         let share = local.accumulateGradients(images: images, target: target, weights: nil,
                                               normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k))
@@ -55,8 +55,10 @@ public final class DataParallelStep {
         microStep = 0
         stepsTried += 1
         beforeAllreduce?(stepsTried)
-        try collectives.sumInPlace(model.store.gradients.tensor)
-        let loss = try collectives.sum([accumulatedLoss])[0]
+        let loss = try model.profile.measure(.communication) { () -> Double in
+            try collectives.sumInPlace(model.store.gradients.tensor)
+            return try collectives.sum([accumulatedLoss])[0]
+        }
         let norm = model.profile.measure(.optimizer) { local.optimizer.gradientNorm(model.store.gradients.tensor, pool: model.pool) }
         guard loss.isFinite && norm.isFinite else {
             if skipNonFinite { skippedSteps += 1; return nil }

@@ -2,6 +2,7 @@ import ArgumentParser
 import SegEngine
 import SegModel
 import SegTraining
+import SegDistributed
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,11 +31,18 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         ConvSettings.algorithm = conv
+        // Under mpirun: data-parallel steps over the ranks, --batch-size global; alone: one process.
+        let communicator: Communicator
+        do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
+        defer { try? communicator.finalize() }
+        let ranks = communicator.size, isRoot = communicator.rank == 0
+        if training.batchSize < ranks { throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks") }
         let threads = model.threadCount
         let pool = WorkerPool(threads: threads)
         let config = model.unetConfig
         let unet = UNet(config, pool: pool)
-        let batch = training.batchSize, size = model.imageSize
+        let globalBatch = training.batchSize, size = model.imageSize
+        let batch = shareOf(globalBatch, ranks: ranks, rank: communicator.rank).count
 
         // Random images and a random blob mask (classes = 1) or random labels (classes >= 2).
         let images = OwnedTensor(Shape(batch, config.inChannels, size, size))
@@ -45,6 +53,7 @@ struct BenchCommand: ParsableCommand {
             target.tensor[i] = config.classes == 1 ? Float(rng.next() & 1) : Float(rng.next() % UInt64(config.classes))
         }
         let lossKind = training.lossKind(classes: config.classes)
+        if lossKind == .weightedCE && ranks > 1 { throw UserError("--loss weighted-ce is benchmarked on one rank only") }
         var weights: OwnedTensor? = nil
         if lossKind == .weightedCE {
             let w = OwnedTensor(target.shape)
@@ -54,23 +63,29 @@ struct BenchCommand: ParsableCommand {
         let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
                              optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         step.plan(batch: batch, height: size, width: size)
-
-        for _ in 0..<warmup {
-            step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor, learningRate: training.lr)
+        try communicator.broadcast(unet.store.values.tensor)
+        let parallel = DataParallelStep(local: step, collectives: communicator)
+        // One rank: the plain local step (what the allocation check measures); several: data-parallel.
+        func trainStep() throws -> Double {
+            if ranks == 1 {
+                return step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor,
+                                 learningRate: training.lr)
+            }
+            return try parallel.step(images: images.tensor, target: target.tensor, learningRate: training.lr) ?? .nan
         }
+
+        for _ in 0..<warmup { _ = try trainStep() }
         unet.profile.reset()
         let allocationsBefore = heapAllocationCount()
         let largeBefore = heapAllocationCount(large: true)
         let start = monotonicSeconds()
         var lastLoss = 0.0
-        for _ in 0..<steps {
-            lastLoss = step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor,
-                                 learningRate: training.lr)
-        }
+        for _ in 0..<steps { lastLoss = try trainStep() }
         let elapsed = monotonicSeconds() - start
         let allocations = heapAllocationCount().map { $0 - allocationsBefore! }
         let large = heapAllocationCount(large: true).map { $0 - largeBefore! }
-        let imagesPerSecond = Double(batch * steps) / elapsed
+        let imagesPerSecond = Double(globalBatch * steps) / elapsed
+        guard isRoot else { return }
         let flopsPerImage = unet.layers.reduce(0) { $0 + $1.trainingFLOPs }
         let gflops = flopsPerImage * imagesPerSecond / 1e9
         let rssMiB = peakResidentMiB()
@@ -78,7 +93,8 @@ struct BenchCommand: ParsableCommand {
 
         if json {
             var fields = [
-                "\"image_size\": \(size)", "\"batch_size\": \(batch)", "\"threads\": \(threads)",
+                "\"image_size\": \(size)", "\"batch_size\": \(globalBatch)", "\"threads\": \(threads)",
+                "\"ranks\": \(ranks)",
                 "\"steps\": \(steps)", "\"conv\": \"\(conv.rawValue)\"", "\"parameters\": \(unet.parameterCount)",
                 "\"images_per_second\": \(imagesPerSecond)", "\"gflops_per_second\": \(gflops)",
                 "\"seconds_per_step\": \(elapsed / Double(steps))", "\"peak_rss_mib\": \(rssMiB)",
@@ -93,7 +109,8 @@ struct BenchCommand: ParsableCommand {
             print("{" + fields.joined(separator: ", ") + "}")
             return
         }
-        print("segtrain bench: \(size)x\(size), batch \(batch), \(threads) thread(s), \(steps) steps after \(warmup) warm-up, conv \(conv.rawValue)")
+        print("segtrain bench: \(size)x\(size), batch \(globalBatch) on \(ranks) rank(s) x \(threads) thread(s), "
+              + "\(steps) steps after \(warmup) warm-up, conv \(conv.rawValue)")
         print("  \(grouped(unet.parameterCount)) parameters, \(fixed(flopsPerImage / 1e9, 2)) GFLOP per image per step")
         print("  images/s      \(fixed(imagesPerSecond, 2))")
         print("  GFLOP/s       \(fixed(gflops, 1))")
@@ -103,7 +120,7 @@ struct BenchCommand: ParsableCommand {
         if let allocations, let large {
             print("  heap allocations in timed steps: \(allocations) (\(large) over 256 bytes)")
         }
-        print("  time per step by kind:")
+        print("  time per step by kind\(ranks > 1 ? " (rank 0)" : ""):")
         let total = unet.profile.total
         for kind in kinds {
             let s = unet.profile[kind]
