@@ -266,10 +266,7 @@ public struct LossFunction {
         for i in start..<end {
             if hasIgnore && t[i] == ignore { continue }
             let k = classIndex(t[i], classes), wi = wt.map { Double($0[i]) } ?? 1
-            var m = Double(x[i])
-            for c in 1..<classes { m = max(m, Double(x[c * plane + i])) }
-            var expSum = 0.0
-            for c in 0..<classes { expSum += exp(Double(x[c * plane + i]) - m) }
+            let (m, expSum) = softmaxNormalizer(x, pixel: i, plane: plane, classes: classes)
             sum += wi * (m + log(expSum) - Double(x[k * plane + i]))
             if let dx {
                 let g = wi * scale, inverse = 1 / expSum
@@ -305,10 +302,7 @@ public struct LossFunction {
         for i in start..<end {
             if hasIgnore && t[i] == ignore { continue }
             let k = classIndex(t[i], classes)
-            var m = Double(x[i])
-            for c in 1..<classes { m = max(m, Double(x[c * plane + i])) }
-            var expSum = 0.0
-            for c in 0..<classes { expSum += exp(Double(x[c * plane + i]) - m) }
+            let (m, expSum) = softmaxNormalizer(x, pixel: i, plane: plane, classes: classes)
             let inverse = 1 / expSum
             for c in 0..<classes {
                 let p = exp(Double(x[c * plane + i]) - m) * inverse
@@ -341,10 +335,7 @@ public struct LossFunction {
         for i in start..<end {
             if hasIgnore && t[i] == ignore { continue }
             let k = classIndex(t[i], classes)
-            var m = Double(x[i])
-            for c in 1..<classes { m = max(m, Double(x[c * plane + i])) }
-            var expSum = 0.0
-            for c in 0..<classes { expSum += exp(Double(x[c * plane + i]) - m) }
+            let (m, expSum) = softmaxNormalizer(x, pixel: i, plane: plane, classes: classes)
             let inverse = 1 / expSum
             // Softmax backward: dx_c = p_c (g_c - sum_j p_j g_j), g_c = a_c [c == k] + b_c.
             var dot = 0.0
@@ -593,4 +584,16 @@ struct DistanceTransform {
 func squaredDistanceTransform(_ grid: inout [Double], height: Int, width: Int) {
     var transform = DistanceTransform(maxLength: max(height, width))
     transform.squared(&grid, height: height, width: width)
+}
+
+/// The stable softmax normaliser of one pixel across the channels of `x` (a sample's (C, H, W)):
+/// the largest logit m and sum_c exp(x_c - m), in double precision.
+@inline(__always)
+private func softmaxNormalizer(_ x: UnsafeMutablePointer<Float>, pixel i: Int, plane: Int,
+                               classes: Int) -> (max: Double, expSum: Double) {
+    var m = Double(x[i])
+    for c in 1..<classes { m = max(m, Double(x[c * plane + i])) }
+    var expSum = 0.0
+    for c in 0..<classes { expSum += exp(Double(x[c * plane + i]) - m) }
+    return (m, expSum)
 }

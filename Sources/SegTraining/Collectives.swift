@@ -10,8 +10,6 @@ public protocol Collectives: AnyObject {
     func sumInPlace(_ tensor: Tensor) throws
     /// Element-wise sums of `values` over all ranks.
     func sum(_ values: [Double]) throws -> [Double]
-    /// Copies rank 0's `tensor` to every rank.
-    func broadcastFromRoot(_ tensor: Tensor) throws
 }
 
 public final class SingleProcess: Collectives {
@@ -20,7 +18,6 @@ public final class SingleProcess: Collectives {
     public var size: Int { 1 }
     public func sumInPlace(_ tensor: Tensor) throws {}
     public func sum(_ values: [Double]) throws -> [Double] { values }
-    public func broadcastFromRoot(_ tensor: Tensor) throws {}
 }
 
 /// Rank r's part of `count` items split over `ranks`: shares differ by at most one, the first

@@ -390,7 +390,6 @@ struct AlreadyReported: Error {}
 extension Communicator: Collectives {
     public func sumInPlace(_ tensor: Tensor) throws { try allreduceSum(tensor) }
     public func sum(_ values: [Double]) throws -> [Double] { try allreduce(values, .sum) }
-    public func broadcastFromRoot(_ tensor: Tensor) throws { try broadcast(tensor, root: 0) }
 }
 
 /// FNV-1a, 64 bits: a stable hash of text (the configuration check across ranks).
