@@ -38,7 +38,7 @@ public final class DataParallelStep {
     /// micro-batches, else nil (also when the step was skipped because its loss or gradient was not
     /// finite, with `skipNonFinite`; otherwise that throws `NonFiniteError`, on every rank alike:
     /// they all hold the same summed gradient).
-    public func step(images: Tensor, target: Tensor, learningRate: Float) throws -> Double? {
+    public func step(images: Tensor, target: Tensor, weights: Tensor? = nil, learningRate: Float) throws -> Double? {
         let model = local.model
         if microStep == 0 {
             model.profile.measure(.other) { model.store.zeroGradients() }
@@ -47,7 +47,7 @@ public final class DataParallelStep {
         let terms = local.loss.terms(target: target)
         let global = try model.profile.measure(.communication) { try collectives.sum([terms.pixels, terms.images]) }
         let k = Double(accumulate)
-        let share = local.accumulateGradients(images: images, target: target, weights: nil,
+        let share = local.accumulateGradients(images: images, target: target, weights: weights,
                                               normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k))
         accumulatedLoss += share
         microStep += 1

@@ -68,6 +68,8 @@ public final class Trainer {
     public var schedule: LearningRateSchedule
     private let images: OwnedTensor
     private let masks: OwnedTensor
+    /// The UNet weight map of the current masks, when the loss needs one (weighted-ce).
+    private let weights: OwnedTensor?
     private var collectives: Collectives { step.collectives }
 
     public convenience init(step local: LocalStep, collectives: Collectives = SingleProcess(), train: SampleSource,
@@ -91,7 +93,18 @@ public final class Trainer {
         let config = local.model.config
         images = OwnedTensor(Shape(localBatch.count, config.inChannels, imageSize, imageSize))
         masks = OwnedTensor(Shape(localBatch.count, 1, imageSize, imageSize))
+        weights = local.loss.config.kind == .weightedCE ? OwnedTensor(masks.shape) : nil
         local.plan(batch: localBatch.count, height: imageSize, width: imageSize)
+    }
+
+    /// Loads samples into the batch buffers, and their weight map when the loss needs one.
+    private func fill(_ source: SampleSource, _ indices: [Int]) {
+        source.fill(images: images.tensor, masks: masks.tensor, indices: indices)
+        if let weights {
+            let config = step.local.loss.config
+            unetWeightMap(weights.tensor, mask: masks.tensor, classes: step.local.model.config.classes,
+                          w0: config.w0, sigma: config.sigma)
+        }
     }
 
     /// The order of training samples in `epoch`: a permutation from (seed, epoch) only, the same
@@ -139,9 +152,10 @@ public final class Trainer {
         var rate = schedule.rate(progress: Double(epoch - 1))
         for b in firstBatch..<batches {
             let indices = Array(order[(b * globalBatch + localBatch.lowerBound)..<(b * globalBatch + localBatch.upperBound)])
-            train.fill(images: images.tensor, masks: masks.tensor, indices: indices)
+            fill(train, indices)
             rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
-            let loss = try step.step(images: images.tensor, target: masks.tensor, learningRate: Float(rate))
+            let loss = try step.step(images: images.tensor, target: masks.tensor, weights: weights?.tensor,
+                                     learningRate: Float(rate))
             if let loss {
                 lossSum += loss
                 lossCount += 1
@@ -191,10 +205,11 @@ public final class Trainer {
         while start < mine.count {
             let real = min(batch, mine.count - start)
             let indices = (0..<batch).map { mine[start + min($0, real - 1)] }
-            source.fill(images: images.tensor, masks: masks.tensor, indices: indices)
+            fill(source, indices)
             let logits = model.forward(images.tensor, training: false)
             let loss = step.local.loss.evaluate(logits: logits.batchSlice(0, real), target: masks.tensor.batchSlice(0, real),
-                                                weights: nil, dlogits: nil, normalizers: nil, pool: model.pool)
+                                                weights: weights.map { $0.tensor.batchSlice(0, real) },
+                                                dlogits: nil, normalizers: nil, pool: model.pool)
             lossSum += loss * Double(real)
             counts.add(logits: logits, target: masks.tensor, images: real)
             start += real

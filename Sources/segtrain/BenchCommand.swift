@@ -53,7 +53,6 @@ struct BenchCommand: ParsableCommand {
             target.tensor[i] = config.classes == 1 ? Float(rng.next() & 1) : Float(rng.next() % UInt64(config.classes))
         }
         let lossKind = training.lossKind(classes: config.classes)
-        if lossKind == .weightedCE && ranks > 1 { throw UserError("--loss weighted-ce is benchmarked on one rank only") }
         var weights: OwnedTensor? = nil
         if lossKind == .weightedCE {
             let w = OwnedTensor(target.shape)
@@ -71,7 +70,8 @@ struct BenchCommand: ParsableCommand {
                 return step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor,
                                  learningRate: training.lr)
             }
-            return try parallel.step(images: images.tensor, target: target.tensor, learningRate: training.lr) ?? .nan
+            return try parallel.step(images: images.tensor, target: target.tensor, weights: weights?.tensor,
+                                     learningRate: training.lr) ?? .nan
         }
 
         for _ in 0..<warmup { _ = try trainStep() }

@@ -93,6 +93,20 @@ extension CLITests {
         XCTAssertEqual(bigEndian(20), 4 * 16, "height")
     }
 
+    /// Every loss trains end to end, with the weight map weighted-ce needs (it once crashed).
+    func testEveryLossTrains() throws {
+        for (loss, classes) in [("bce", 1), ("dice", 1), ("bce+dice", 1), ("weighted-ce", 1),
+                                ("ce", 3), ("dice", 3), ("weighted-ce", 3)] {
+            let out = NSTemporaryDirectory() + "segtrain-loss-\(getpid())"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let r = try run(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "1",
+                             "--train-samples", "8", "--val-samples", "3", "--batch-size", "4", "--threads", "1",
+                             "--loss", loss, "--classes", "\(classes)", "--out", out])
+            XCTAssertEqual(r.status, 0, "\(loss), \(classes) classes: \(r.stderr)")
+            XCTAssertTrue(r.stdout.contains("epoch 1/1  train_loss"), "\(loss): \(r.stdout)")
+        }
+    }
+
     func testTrainBadFlags() throws {
         for (arguments, flag) in [(["train", "--epochs", "0"], "--epochs"),
                                   (["train", "--train-samples", "4", "--batch-size", "8"], "--train-samples"),
