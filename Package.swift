@@ -3,7 +3,7 @@ import PackageDescription
 
 // Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
 // segtrain -> SegDistributed -> {CMPI, SegEngine}.
-// segtrain -> SegData (PNG files, synthetic data) -> {SegEngine, CPNG (libpng)}.
+// segtrain -> SegData (PNG and JPEG files, synthetic data) -> {SegEngine, CPNG (libpng), CTurboJPEG (libjpeg-turbo)}.
 let package = Package(
     name: "segtrain",
     platforms: [.macOS(.v13)],
@@ -29,6 +29,11 @@ let package = Package(
             pkgConfig: "libpng",
             providers: [.apt(["libpng-dev"])]
         ),
+        .systemLibrary(
+            name: "CTurboJPEG",
+            pkgConfig: "libturbojpeg",
+            providers: [.apt(["libturbojpeg0-dev"])]
+        ),
         .target(name: "CSupport"),
         .target(
             name: "SegEngine",
@@ -51,7 +56,7 @@ let package = Package(
         ),
         .target(
             name: "SegData",
-            dependencies: ["CPNG", "SegEngine"],
+            dependencies: ["CPNG", "CTurboJPEG", "SegEngine"],
             swiftSettings: [.unsafeFlags(["-O"])]
         ),
         .executableTarget(
@@ -69,7 +74,7 @@ let package = Package(
         .testTarget(name: "SegtrainCLITests", dependencies: ["SegTestSupport"]),
         // Runs the built segtrain binary (mpi-check) alone and under mpirun.
         .testTarget(name: "SegDistributedTests", dependencies: ["SegTestSupport"]),
-        .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG", "SegTestSupport"]),
+        .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG", "CTurboJPEG", "SegTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

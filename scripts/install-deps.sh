@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages segtrain builds against. Idempotent: skips apt when all are present.
 set -euo pipefail
-packages=(pkg-config libopenblas-dev libpng-dev gcc python3 libopenmpi-dev openmpi-bin)
+packages=(pkg-config libopenblas-dev libpng-dev libturbojpeg0-dev gcc python3 libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
