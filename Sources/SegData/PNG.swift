@@ -1,11 +1,12 @@
 // PNG files through libpng's SIMPLIFIED API (png_image_*), which reports errors as return codes
 // and a message; the classic API longjmps, which Swift cannot catch. Every failure is an
-// `ImageFileError` naming the file and the reason, never a crash.
+// `ImageFileError` naming the file and the reason, never a crash. (JPEG files: JPEG.swift.)
 //
 // Sample values are read as stored, the way PIL and OpenCV read them: the colour-space chunks
 // (gAMA, cHRM, sRGB, iCCP) are dropped before decoding, so libpng never gamma-corrects. 16-bit
 // samples are scaled to 8 bits (v * 255 / 65535, rounded). Masks (`readMask`) keep palette indices
-// and gray values exactly. See docs/DATA.md.
+// and gray values exactly. `read` / `decode` / `readMask` / `decodeMask` / `readClassMask` take a
+// PNG or a JPEG, told apart by the first bytes (JPEG.swift). See docs/DATA.md.
 
 import CPNG
 #if canImport(Glibc)
@@ -92,16 +93,18 @@ public enum ImageFile {
 
     // MARK: Reading images
 
-    /// Reads a PNG of any kind (1-16 bits; gray, gray+alpha, RGB, RGBA, palette) as `format`.
+    /// Reads a PNG of any kind (1-16 bits; gray, gray+alpha, RGB, RGBA, palette) or a JPEG (gray
+    /// or colour; see JPEG.swift) as `format`, whatever the file's name.
     /// Colour is converted to gray by libpng (sRGB luminance); gray is replicated to RGB; alpha is
     /// dropped when not asked for (not composited) and is 255 when the file has none.
     public static func read(_ path: String, as format: PixelFormat, limits: ImageLimits = ImageLimits()) throws -> Image8 {
         try decode(readBytes(path, limits: limits), name: path, as: format, limits: limits)
     }
 
-    /// `read` on PNG bytes in memory; `name` is used in errors.
+    /// `read` on PNG or JPEG bytes in memory; `name` is used in errors.
     public static func decode(_ bytes: [UInt8], name: String, as format: PixelFormat,
                               limits: ImageLimits = ImageLimits()) throws -> Image8 {
+        if try sniff(bytes, name: name) == .jpeg { return try decodeJPEG(bytes, name: name, as: format, limits: limits) }
         let (data, header) = try prepare(bytes, name: name, dropTransparency: false)
         return try withDecoder(data, header: header, name: name, limits: limits) { image in
             let fileFormat = image.format
@@ -125,12 +128,15 @@ public enum ImageFile {
     /// colours are ignored), gray files their gray values (1/2/4-bit values unscaled: a 2-bit 3
     /// stays 3; 16-bit values must fit 0...255). RGB(A) masks must be gray in disguise (r == g == b).
     /// Transparency is ignored. Returns a 1-channel image.
+    /// A JPEG mask is lossy, so it is read as a BINARY mask: 255 where its gray value is >= 128,
+    /// else 0 (colour JPEG masks must be gray within a small tolerance); see `readClassMask`.
     public static func readMask(_ path: String, limits: ImageLimits = ImageLimits()) throws -> Image8 {
         try decodeMask(readBytes(path, limits: limits), name: path, limits: limits)
     }
 
-    /// `readMask` on PNG bytes in memory; `name` is used in errors.
+    /// `readMask` on PNG or JPEG bytes in memory; `name` is used in errors.
     public static func decodeMask(_ bytes: [UInt8], name: String, limits: ImageLimits = ImageLimits()) throws -> Image8 {
+        if try sniff(bytes, name: name) == .jpeg { return try decodeJPEGMask(bytes, name: name, limits: limits) }
         let (data, header) = try prepare(bytes, name: name, dropTransparency: true)
         return try withDecoder(data, header: header, name: name, limits: limits) { image in
             guard let header else { throw ImageFileError(name, "not a valid PNG: IHDR chunk missing") }
@@ -184,10 +190,24 @@ public enum ImageFile {
     /// Reads a mask as class indices. `classes == 1` (binary): 0 is background, any other value
     /// (1, or 255 as `segtrain synth` writes) is class 1. `classes >= 2`: values must be below
     /// `classes`, or equal `ignoreValue` (kept as is, for a loss's ignore index).
+    /// JPEG masks (lossy) are accepted only when `classes == 1`: gray value >= 128 is 1, else 0
+    /// (no pixel is `ignoreValue`); `classes >= 2` refuses them before decoding.
     public static func readClassMask(_ path: String, classes: Int, ignoreValue: UInt8? = nil,
                                      limits: ImageLimits = ImageLimits()) throws -> Image8 {
-        var mask = try readMask(path, limits: limits)
-        try toClassIndices(&mask, classes: classes, ignoreValue: ignoreValue, name: path)
+        try decodeClassMask(readBytes(path, limits: limits), name: path, classes: classes,
+                            ignoreValue: ignoreValue, limits: limits)
+    }
+
+    /// `readClassMask` on PNG or JPEG bytes in memory; `name` is used in errors.
+    public static func decodeClassMask(_ bytes: [UInt8], name: String, classes: Int, ignoreValue: UInt8? = nil,
+                                       limits: ImageLimits = ImageLimits()) throws -> Image8 {
+        precondition(classes >= 1, "classes must be at least 1 (got \(classes))")
+        if try sniff(bytes, name: name) == .jpeg {
+            if classes >= 2 { throw ImageFileError(name, jpegMultiClassMaskReason) }
+            return try decodeJPEGMask(bytes, name: name, foreground: 1, limits: limits)
+        }
+        var mask = try decodeMask(bytes, name: name, limits: limits)
+        try toClassIndices(&mask, classes: classes, ignoreValue: ignoreValue, name: name)
         return mask
     }
 
@@ -207,6 +227,7 @@ public enum ImageFile {
 
     /// Writes an 8-bit PNG: gray (1 channel), gray+alpha (2), RGB (3) or RGBA (4). The file is
     /// written under a temporary name and renamed, so a reader never sees half a file.
+    /// (JPEG: `writeJPEG`.)
     public static func write(_ image: Image8, to path: String) throws {
         let temporary = path + ".partial"
         guard let file = fopen(temporary, "wb") else {
@@ -356,6 +377,7 @@ public enum ImageFile {
     }
 
     static func checkLimits(width: Int, height: Int, limits: ImageLimits, name: String) throws {
+        if width < 1 || height < 1 { throw ImageFileError(name, "image is \(width)x\(height): zero-sized") }
         if width > limits.maxSide || height > limits.maxSide || width * height > limits.maxPixels {
             throw ImageFileError(name, "image is \(width)x\(height), over the limit (max side \(limits.maxSide), "
                                  + "max \(limits.maxPixels) pixels)")

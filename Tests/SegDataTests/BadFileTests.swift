@@ -31,7 +31,7 @@ final class BadFileTests: XCTestCase {
     func testBrokenFilesGiveErrorsNamingTheFile() throws {
         let good = try validPNG()
         assertAllReadersFail(save(Array(good[0..<(good.count / 2)]), "truncated.png"), "cannot decode PNG")
-        assertAllReadersFail(save(randomBytes(500, seed: 3), "random.png"), "not a PNG file (bad signature)")
+        assertAllReadersFail(save(randomBytes(500, seed: 3), "random.png"), "not a PNG or JPEG file")
         assertAllReadersFail(save([], "empty.png"), "empty file")
         assertAllReadersFail(save(Array(good[0..<5]), "short.png"), "not a PNG file")
         assertAllReadersFail(folder + "/missing.png", "cannot open: No such file or directory")
@@ -115,17 +115,5 @@ final class BadFileTests: XCTestCase {
         }
         print("fuzz: \(decoded) decodes, \(refused) errors")
         XCTAssertGreaterThan(refused, 100)
-    }
-
-    /// Recomputes every chunk's CRC where the chunk structure is still intact.
-    func repairCRCs(_ bytes: inout [UInt8]) {
-        var at = 8
-        while at + 12 <= bytes.count {
-            let length = Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
-            guard length <= bytes.count - at - 12 else { return }
-            let crc = bigEndian(crc32(bytes[(at + 4)..<(at + 8 + length)]))
-            bytes.replaceSubrange((at + 8 + length)..<(at + 12 + length), with: crc)
-            at += 12 + length
-        }
     }
 }

@@ -63,6 +63,19 @@ func chunk(_ type: String, _ data: [UInt8]) -> [UInt8] {
 
 let pngSignature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
 
+/// Recomputes every PNG chunk's CRC where the chunk structure is still intact (so a corruption
+/// reaches zlib and the filters instead of the CRC check).
+func repairCRCs(_ bytes: inout [UInt8]) {
+    var at = 8
+    while at + 12 <= bytes.count {
+        let length = Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
+        guard length <= bytes.count - at - 12 else { return }
+        let crc = bigEndian(crc32(bytes[(at + 4)..<(at + 8 + length)]))
+        bytes.replaceSubrange((at + 8 + length)..<(at + 12 + length), with: crc)
+        at += 12 + length
+    }
+}
+
 /// Asserts that `body` throws an ImageFileError whose one-line description names `path` and
 /// contains `reason`.
 func assertImageError(_ path: String, _ reason: String, file: StaticString = #filePath, line: UInt = #line,
