@@ -515,8 +515,8 @@ final class JPEGTests: XCTestCase {
                     let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
                     best = min(best, ms); total += ms
                 }
-                print(String(format: "decode %4dx%-4d %-28@ %8d bytes  best %7.2f ms  mean %7.2f ms (%d runs)",
-                             width, height, tag as NSString, bytes.count, best, total / Double(repeats), repeats))
+                print("decode \(width)x\(height) \(tag.padding(toLength: 28, withPad: " ", startingAt: 0))"
+                      + String(format: "%8d bytes  best %7.2f ms  mean %7.2f ms (%d runs)", bytes.count, best, total / Double(repeats), repeats))
             }
         }
     }
