@@ -81,73 +81,75 @@ public enum Preprocess {
         let inW = image.width, inH = image.height, channels = image.channels
         let horizontal = ResampleAxis(input: inW, output: width)
         let vertical = ResampleAxis(input: inH, output: height)
-        // Horizontal pass over every input row: inH x width pixels of 4 float lanes (channels
-        // padded to 4, so one SIMD multiply-add per tap whatever the channel count).
-        var middle = [SIMD4<Float>](repeating: .zero, count: inH * width)
-        var row = [SIMD4<Float>](repeating: .zero, count: inW)
+        // Horizontal pass, one input row at a time, into a ring of the last `vertical.taps` rows
+        // (windows only move down, so that is every row an output row needs; it stays in cache).
+        // The input row is converted to floats as stored (interleaved); a tap reads 4 floats at the
+        // pixel (its channels, then the next pixel's, which land in unused lanes), so there is one
+        // SIMD multiply-add per tap whatever the channel count.
+        let ringRows = vertical.taps
+        var ring = [SIMD4<Float>](repeating: .zero, count: ringRows * width)
+        var row = [Float](repeating: 0, count: inW * channels + 4)
+        var acc = [SIMD4<Float>](repeating: .zero, count: width)
+        var pixels = [UInt8](repeating: 0, count: width * height * channels)
         image.pixels.withUnsafeBufferPointer { src in
-            row.withUnsafeMutableBufferPointer { row in
-                middle.withUnsafeMutableBufferPointer { mid in
-                    horizontal.weights.withUnsafeBufferPointer { weights in
-                        for y in 0..<inH {
-                            let line = src.baseAddress! + y * inW * channels
-                            loadRow(line, into: row.baseAddress!, width: inW, channels: channels)
-                            let out = mid.baseAddress! + y * width
-                            if inW == width {
-                                out.update(from: row.baseAddress!, count: width)
-                                continue
-                            }
-                            for x in 0..<width {
-                                let first = horizontal.start[x], n = horizontal.count[x]
-                                let w = weights.baseAddress! + x * horizontal.taps
-                                var acc = SIMD4<Float>.zero
-                                for k in 0..<n { acc += w[k] * row[first + k] }
-                                out[x] = acc
-                            }
+        row.withUnsafeMutableBufferPointer { row in
+        ring.withUnsafeMutableBufferPointer { ring in
+        acc.withUnsafeMutableBufferPointer { acc in
+        pixels.withUnsafeMutableBufferPointer { dst in
+        horizontal.weights.withUnsafeBufferPointer { weights in
+        horizontal.start.withUnsafeBufferPointer { start in
+        horizontal.count.withUnsafeBufferPointer { count in
+            let row = UnsafeRawPointer(row.baseAddress!), ring = ring.baseAddress!, acc = acc.baseAddress!
+            let taps = horizontal.taps, stride = channels * MemoryLayout<Float>.stride
+            let floats = UnsafeMutableRawPointer(mutating: row).assumingMemoryBound(to: Float.self)
+            var nextRow = 0  // the next input row to resample horizontally
+            for y in 0..<height {
+                let first = vertical.start[y], n = vertical.count[y]
+                while nextRow < first + n {
+                    let line = src.baseAddress! + nextRow * inW * channels
+                    for i in 0..<(inW * channels) { floats[i] = Float(line[i]) }
+                    let out = ring + (nextRow % ringRows) * width
+                    nextRow += 1
+                    if inW == width {
+                        for x in 0..<width { out[x] = row.loadUnaligned(fromByteOffset: x * stride, as: SIMD4<Float>.self) }
+                        continue
+                    }
+                    for x in 0..<width {
+                        let w = weights.baseAddress! + x * taps, pixels = row + start[x] * stride
+                        @inline(__always) func pixel(_ k: Int) -> SIMD4<Float> {
+                            pixels.loadUnaligned(fromByteOffset: k &* stride, as: SIMD4<Float>.self)
                         }
+                        // Four independent sums, so the adds do not wait on each other.
+                        var acc0 = SIMD4<Float>.zero, acc1 = acc0, acc2 = acc0, acc3 = acc0
+                        let n = count[x]
+                        var k = 0
+                        while k &+ 4 <= n {
+                            acc0 += w[k] * pixel(k); acc1 += w[k &+ 1] * pixel(k &+ 1)
+                            acc2 += w[k &+ 2] * pixel(k &+ 2); acc3 += w[k &+ 3] * pixel(k &+ 3)
+                            k &+= 4
+                        }
+                        while k < n { acc0 += w[k] * pixel(k); k &+= 1 }
+                        out[x] = (acc0 + acc1) + (acc2 + acc3)
                     }
                 }
+                // Vertical: a weighted sum of whole rows of the ring.
+                for x in 0..<width { acc[x] = .zero }
+                for k in 0..<n {
+                    let w = vertical.weights[y * vertical.taps + k]
+                    let line = ring + ((first + k) % ringRows) * width
+                    for x in 0..<width { acc[x] += w * line[x] }
+                }
+                storeRow(acc, into: dst.baseAddress! + y * width * channels, width: width, channels: channels)
             }
         }
-        // Vertical pass: each output row is a weighted sum of whole middle rows.
-        var pixels = [UInt8](repeating: 0, count: width * height * channels)
-        var acc = [SIMD4<Float>](repeating: .zero, count: width)
-        middle.withUnsafeBufferPointer { mid in
-            acc.withUnsafeMutableBufferPointer { acc in
-                pixels.withUnsafeMutableBufferPointer { dst in
-                    for y in 0..<height {
-                        let first = vertical.start[y], n = vertical.count[y]
-                        for x in 0..<width { acc[x] = .zero }
-                        for k in 0..<n {
-                            let w = vertical.weights[y * vertical.taps + k]
-                            let line = mid.baseAddress! + (first + k) * width
-                            for x in 0..<width { acc[x] += w * line[x] }
-                        }
-                        storeRow(acc.baseAddress!, into: dst.baseAddress! + y * width * channels,
-                                 width: width, channels: channels)
-                    }
-                }
-            }
+        }
+        }
+        }
+        }
+        }
+        }
         }
         return Image8(width: width, height: height, channels: channels, pixels: pixels)
-    }
-
-    @inline(__always) static func loadRow(_ line: UnsafePointer<UInt8>, into row: UnsafeMutablePointer<SIMD4<Float>>,
-                                          width: Int, channels: Int) {
-        switch channels {
-        case 1: for x in 0..<width { row[x] = SIMD4(Float(line[x]), 0, 0, 0) }
-        case 2: for x in 0..<width { row[x] = SIMD4(Float(line[2 * x]), Float(line[2 * x + 1]), 0, 0) }
-        case 3:
-            for x in 0..<width {
-                let p = line + 3 * x
-                row[x] = SIMD4(Float(p[0]), Float(p[1]), Float(p[2]), 0)
-            }
-        default:
-            for x in 0..<width {
-                let p = line + 4 * x
-                row[x] = SIMD4(Float(p[0]), Float(p[1]), Float(p[2]), Float(p[3]))
-            }
-        }
     }
 
     /// Rounds to nearest (halves up) after clamping to [0, 255].
@@ -155,12 +157,12 @@ public enum Preprocess {
                                            width: Int, channels: Int) {
         let lo = SIMD4<Float>(repeating: 0), hi = SIMD4<Float>(repeating: 255), half = SIMD4<Float>(repeating: 0.5)
         for x in 0..<width {
-            let v = SIMD4<Int32>(acc[x].clamped(lowerBound: lo, upperBound: hi) + half, rounding: .towardZero)
+            let v = acc[x].clamped(lowerBound: lo, upperBound: hi) + half  // in [0.5, 255.5]: truncation rounds
             let p = line + channels * x
-            p[0] = UInt8(truncatingIfNeeded: v[0])
-            if channels > 1 { p[1] = UInt8(truncatingIfNeeded: v[1]) }
-            if channels > 2 { p[2] = UInt8(truncatingIfNeeded: v[2]) }
-            if channels > 3 { p[3] = UInt8(truncatingIfNeeded: v[3]) }
+            p[0] = UInt8(v[0])
+            if channels > 1 { p[1] = UInt8(v[1]) }
+            if channels > 2 { p[2] = UInt8(v[2]) }
+            if channels > 3 { p[3] = UInt8(v[3]) }
         }
     }
 
