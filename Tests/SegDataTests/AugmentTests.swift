@@ -551,6 +551,17 @@ final class AugmentTests: XCTestCase {
                     sink &+= Int(i.pixels[0]) &+ Int(m.pixels[0])
                 }
             }
+            var plan = AugmentPlan()
+            plan.degrees = 10; plan.scale = 1.05
+            let map = plan.map(width: size, height: size)
+            _ = time("warpImage + warpMask (one map) \(size)x\(size)", repeats: 100) { _ in
+                sink &+= Int(Augmenter.warpImage(image, map: map).pixels[0]) &+ Int(Augmenter.warpMask(mask, map: map).pixels[0])
+            }
+            _ = time("gaussianBlur sigma 1.5 \(size)x\(size)", repeats: 100) { _ in
+                var blurred = image
+                Augmenter.gaussianBlur(&blurred, sigma: 1.5)
+                sink &+= Int(blurred.pixels[0])
+            }
             var floats = [Float](repeating: 0, count: 3 * size * size)
             _ = time("normalize + maskToFloat \(size)x\(size)", repeats: 100) { _ in
                 floats.withUnsafeMutableBufferPointer {
