@@ -1,0 +1,103 @@
+import Foundation
+import SegData
+import SegEngine
+import XCTest
+
+final class BatchLoaderTests: XCTestCase {
+    var root = ""
+    override func setUpWithError() throws { root = try makeTemporaryFolder("loader") }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: root) }
+
+    func makeDataset(count: Int, augment: Bool, cache: Bool = false) throws -> FileDataset {
+        for i in 0..<count {
+            try writePair(root, image: "images/s\(i).png", mask: "masks/s\(i).png", width: 20 + i % 3, height: 16,
+                          maskValue: { x, y in (x + y + i) % 5 == 0 ? 255 : 0 })
+        }
+        var spec = SampleSpec(imageSize: 16, inChannels: 3, classes: 1)
+        spec.augment = augment ? AugmentConfig() : .none
+        spec.seed = 11
+        return FileDataset(listing: try DatasetScanner.list(root: root, options: DatasetOptions()), spec: spec, cache: cache)
+    }
+
+    /// What `load` gives, sample by sample on this thread: the reference.
+    func reference(_ dataset: FileDataset, _ indices: [Int], epoch: Int?) throws -> ([Float], [Float]) {
+        let s = dataset.spec.imageSize
+        var images = [Float](repeating: 0, count: indices.count * 3 * s * s)
+        var masks = [Float](repeating: 0, count: indices.count * s * s)
+        for (n, i) in indices.enumerated() {
+            try images.withUnsafeMutableBufferPointer { im in
+                try masks.withUnsafeMutableBufferPointer { m in
+                    try dataset.load(i, epoch: epoch, image: im.baseAddress! + n * 3 * s * s, mask: m.baseAddress! + n * s * s)
+                }
+            }
+        }
+        return (images, masks)
+    }
+
+    /// Announced batches come back exactly as loading them in place would make them, for 0, 1
+    /// and 3 loader threads, across a new schedule dropped half-way, and for unannounced requests.
+    func testPrefetchedBatchesEqualDirectLoading() throws {
+        let dataset = try makeDataset(count: 11, augment: true)
+        let batches = [[3, 1, 4], [10, 5, 9], [2, 6, 0], [8, 7]]
+        for threads in [0, 1, 3] {
+            let loader = BatchLoader(dataset: dataset, threads: threads, capacity: 3)
+            let images = OwnedTensor(Shape(3, 3, 16, 16)), masks = OwnedTensor(Shape(3, 1, 16, 16))
+            for epoch in [1, 2] {
+                loader.schedule(batches, epoch: epoch)
+                for (k, batch) in batches.enumerated() {
+                    // Half-way through epoch 2 the trainer stops; a new schedule replaces the rest.
+                    if epoch == 2 && k == 2 { break }
+                    let im = images.tensor.batchSlice(0, batch.count), m = masks.tensor.batchSlice(0, batch.count)
+                    try loader.next(batch, epoch: epoch, images: im, masks: m)
+                    let (ri, rm) = try reference(dataset, batch, epoch: epoch)
+                    XCTAssertEqual(Array(UnsafeBufferPointer(start: im.data, count: im.count)), ri, "threads \(threads) batch \(k)")
+                    XCTAssertEqual(Array(UnsafeBufferPointer(start: m.data, count: m.count)), rm)
+                }
+            }
+            // Validation: no epoch, no augmentation; and one request nobody announced.
+            loader.schedule([[0, 1, 2]], epoch: nil)
+            try loader.next([0, 1, 2], epoch: nil, images: images.tensor, masks: masks.tensor)
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: images.tensor.data, count: images.tensor.count)),
+                           try reference(dataset, [0, 1, 2], epoch: nil).0)
+            try loader.next([5, 6, 7], epoch: 3, images: images.tensor, masks: masks.tensor)
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: masks.tensor.data, count: masks.tensor.count)),
+                           try reference(dataset, [5, 6, 7], epoch: 3).1)
+            if threads > 0 { XCTAssertGreaterThan(loader.samplesLoaded, 0) }
+        }
+        // Augmentation depends on the epoch.
+        XCTAssertNotEqual(try reference(dataset, [4], epoch: 1).0, try reference(dataset, [4], epoch: 2).0)
+        XCTAssertEqual(try reference(dataset, [4], epoch: nil).0, try reference(dataset, [4], epoch: nil).0)
+    }
+
+    func testCacheGivesTheSameSamples() throws {
+        let plain = try makeDataset(count: 4, augment: true)
+        let cached = FileDataset(listing: plain.listing, spec: plain.spec, cache: true)
+        for epoch in [1, 2, nil] as [Int?] {
+            XCTAssertEqual(try reference(cached, [0, 1, 2, 3], epoch: epoch).0, try reference(plain, [0, 1, 2, 3], epoch: epoch).0)
+        }
+        // Once cached, the file is not read again.
+        try FileManager.default.removeItem(atPath: root + "/images/s2.png")
+        XCTAssertNoThrow(try reference(cached, [2], epoch: 5))
+        XCTAssertThrowsError(try reference(plain, [2], epoch: 5))
+    }
+
+    /// A file that fails to decode while loading ahead is an error of the batch that holds it,
+    /// naming the file; the batches before it are fine.
+    func testALoadErrorReachesTheCaller() throws {
+        let dataset = try makeDataset(count: 6, augment: false)
+        FileManager.default.createFile(atPath: root + "/images/s4.png", contents: Data(pngSignature + [1, 2, 3]))
+        let bad = dataset.listing.pairs.firstIndex { $0.image == "images/s4.png" }!
+        let loader = BatchLoader(dataset: dataset, threads: 2, capacity: 2)
+        let images = OwnedTensor(Shape(2, 3, 16, 16)), masks = OwnedTensor(Shape(2, 1, 16, 16))
+        let good = (0..<6).filter { $0 != bad }
+        loader.schedule([[good[0], good[1]], [bad, good[2]], [good[3], good[4]]], epoch: 1)
+        XCTAssertNoThrow(try loader.next([good[0], good[1]], epoch: 1, images: images.tensor, masks: masks.tensor))
+        XCTAssertThrowsError(try loader.next([bad, good[2]], epoch: 1, images: images.tensor, masks: masks.tensor)) { error in
+            XCTAssertTrue("\(error)".hasPrefix(root + "/images/s4.png: "), "\(error)")
+        }
+        XCTAssertNoThrow(try loader.next([good[3], good[4]], epoch: 1, images: images.tensor, masks: masks.tensor))
+        XCTAssertNotNil(dataset.check(bad, full: true))
+        XCTAssertNotNil(dataset.check(bad, full: false))
+        XCTAssertNil(dataset.check(good[0], full: true))
+    }
+}
