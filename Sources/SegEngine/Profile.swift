@@ -15,7 +15,7 @@ import Darwin
 
 public enum WorkKind: Int, CaseIterable, Sendable {
     case convForward, convInputGradient, convWeightGradient, pool, upsample, elementwise,
-         batchNorm, loss, optimizer, communication, other
+         batchNorm, loss, optimizer, communication, data, other
 
     public var label: String {
         switch self {
@@ -29,6 +29,7 @@ public enum WorkKind: Int, CaseIterable, Sendable {
         case .loss: return "loss"
         case .optimizer: return "optimizer"
         case .communication: return "communication (MPI)"
+        case .data: return "data (loader wait, copy)"
         case .other: return "other"
         }
     }
@@ -46,6 +47,7 @@ public enum WorkKind: Int, CaseIterable, Sendable {
         case .loss: return "loss"
         case .optimizer: return "optimizer"
         case .communication: return "communication"
+        case .data: return "data"
         case .other: return "other"
         }
     }

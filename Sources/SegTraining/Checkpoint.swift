@@ -27,6 +27,8 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     public var arguments: [String]
     /// ReduceLROnPlateau's decisions so far (nil for other schedules).
     public var plateau: PlateauState?
+    /// FNV-1a hash (hex) of the training list (--data), to notice a dataset that changed on resume.
+    public var trainListHash: String?
 
     public init(epoch: Int, step: Int, seed: UInt64, ranks: Int, bestValidationLoss: Double?, bestEpoch: Int?,
                 arguments: [String]) {

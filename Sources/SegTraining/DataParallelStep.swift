@@ -33,23 +33,26 @@ public final class DataParallelStep {
         self.collectives = collectives
     }
 
-    /// Trains on this rank's share (`images` (n, Cin, H, W), `target` (n, 1, H, W), n >= 1) of a
-    /// global batch; after the last micro-batch of an optimizer step returns the mean loss over its
-    /// micro-batches, else nil (also when the step was skipped because its loss or gradient was not
-    /// finite, with `skipNonFinite`; otherwise that throws `NonFiniteError`, on every rank alike:
-    /// they all hold the same summed gradient).
-    public func step(images: Tensor, target: Tensor, weights: Tensor? = nil, learningRate: Float) throws -> Double? {
+    /// Trains on this rank's share (`images` (n, Cin, H, W), `target` (n, 1, H, W)) of a global
+    /// batch; nil images and target when this rank has no sample in it (a small last batch): it
+    /// then adds nothing but still takes part in the sums. After the last micro-batch of an
+    /// optimizer step returns the mean loss over its micro-batches, else nil (also when the step was
+    /// skipped because its loss or gradient was not finite, with `skipNonFinite`; otherwise that
+    /// throws `NonFiniteError`, on every rank alike: they all hold the same summed gradient).
+    public func step(images: Tensor?, target: Tensor?, weights: Tensor? = nil, learningRate: Float) throws -> Double? {
+        precondition((images == nil) == (target == nil), "images and target come together")
         let model = local.model
         if microStep == 0 {
             model.profile.measure(.other) { model.store.zeroGradients() }
             accumulatedLoss = 0
         }
-        let terms = local.loss.terms(target: target)
+        let terms = target.map { local.loss.terms(target: $0) } ?? LossTerms(pixels: 0, images: 0)
         let global = try model.profile.measure(.communication) { try collectives.sum([terms.pixels, terms.images]) }
         let k = Double(accumulate)
-        let share = local.accumulateGradients(images: images, target: target, weights: weights,
-                                              normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k))
-        accumulatedLoss += share
+        if let images, let target {
+            accumulatedLoss += local.accumulateGradients(images: images, target: target, weights: weights,
+                                                         normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k))
+        }
         microStep += 1
         guard microStep == accumulate else { return nil }
         microStep = 0

@@ -5,11 +5,19 @@
 import SegEngine
 import SegModel
 
-/// Where samples come from: `fill` writes images (N, Cin, S, S) in [0, 1] and masks
-/// (N, 1, S, S) of class indices for the given sample indices.
+/// Where samples come from: `fill` writes images (N, Cin, S, S) (normalised) and masks
+/// (N, 1, S, S) of class indices for the given sample indices, N = indices.count.
 public protocol SampleSource {
     var count: Int { get }
-    func fill(images: Tensor, masks: Tensor, indices: [Int])
+    /// `epoch`: the training epoch, which seeds augmentation; nil for validation (no augmentation).
+    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) throws
+    /// The batches `fill` will be asked for next, in order (a loader may prepare them ahead);
+    /// replaces whatever was announced before.
+    func prefetch(_ batches: [[Int]], epoch: Int?)
+}
+
+extension SampleSource {
+    public func prefetch(_ batches: [[Int]], epoch: Int?) {}
 }
 
 /// The ranks' weights differ (found by --check-sync): every rank throws it at the same step.
@@ -60,9 +68,14 @@ public final class Trainer {
     public let step: DataParallelStep
     public let train: SampleSource
     public let validation: SampleSource?
-    /// Images per step over all ranks, and this rank's share of them.
+    /// Images per step over all ranks.
     public let globalBatch: Int
-    public let localBatch: Range<Int>
+    /// Which samples this rank trains on in each batch.
+    public let sampler: DistributedSampler
+    /// This rank's share of a full global batch, the batch validation runs; the model is planned
+    /// for it, and re-planned for a smaller last batch.
+    public let localCapacity: Int
+    public let imageSize: Int
     public let seed: UInt64
     /// The learning rate of every step; plateau decisions are taken at the end of each epoch.
     public var schedule: LearningRateSchedule
@@ -73,49 +86,62 @@ public final class Trainer {
     private var collectives: Collectives { step.collectives }
 
     public convenience init(step local: LocalStep, collectives: Collectives = SingleProcess(), train: SampleSource,
-                            validation: SampleSource?, imageSize: Int, batchSize: Int, seed: UInt64, learningRate: Float) {
+                            validation: SampleSource?, imageSize: Int, batchSize: Int, seed: UInt64, learningRate: Float,
+                            dropLast: Bool = false) {
         self.init(step: local, collectives: collectives, train: train, validation: validation, imageSize: imageSize,
-                  batchSize: batchSize, seed: seed,
+                  batchSize: batchSize, seed: seed, dropLast: dropLast,
                   schedule: LearningRateSchedule(ScheduleConfig(baseRate: Double(learningRate), epochs: 1)))
     }
 
     public init(step local: LocalStep, collectives: Collectives = SingleProcess(), train: SampleSource,
-                validation: SampleSource?, imageSize: Int, batchSize: Int, seed: UInt64, schedule: LearningRateSchedule) {
-        precondition(train.count >= batchSize, "fewer training samples (\(train.count)) than one batch (\(batchSize))")
+                validation: SampleSource?, imageSize: Int, batchSize: Int, seed: UInt64, dropLast: Bool = false,
+                schedule: LearningRateSchedule) {
+        precondition(train.count >= 1, "no training samples")
         precondition(batchSize >= collectives.size, "a global batch of \(batchSize) cannot feed \(collectives.size) ranks")
         step = DataParallelStep(local: local, collectives: collectives)
         self.train = train
         self.validation = validation
         globalBatch = batchSize
-        localBatch = shareOf(batchSize, ranks: collectives.size, rank: collectives.rank)
+        sampler = DistributedSampler(count: train.count, globalBatch: batchSize, ranks: collectives.size,
+                                     rank: collectives.rank, dropLast: dropLast, seed: seed)
+        localCapacity = shareOf(batchSize, ranks: collectives.size, rank: collectives.rank).count
+        self.imageSize = imageSize
         self.seed = seed
         self.schedule = schedule
         let config = local.model.config
-        images = OwnedTensor(Shape(localBatch.count, config.inChannels, imageSize, imageSize))
-        masks = OwnedTensor(Shape(localBatch.count, 1, imageSize, imageSize))
+        images = OwnedTensor(Shape(localCapacity, config.inChannels, imageSize, imageSize))
+        masks = OwnedTensor(Shape(localCapacity, 1, imageSize, imageSize))
         weights = local.loss.config.kind == .weightedCE ? OwnedTensor(masks.shape) : nil
-        local.plan(batch: localBatch.count, height: imageSize, width: imageSize)
+        local.plan(batch: localCapacity, height: imageSize, width: imageSize)
     }
 
-    /// Loads samples into the batch buffers, and their weight map when the loss needs one.
-    private func fill(_ source: SampleSource, _ indices: [Int]) {
-        source.fill(images: images.tensor, masks: masks.tensor, indices: indices)
-        if let weights {
+    /// The first `n` images, masks and weights of the batch buffers, with the model planned for n
+    /// (re-planning allocates: it happens for a smaller last batch only).
+    private func batch(_ n: Int) -> (images: Tensor, masks: Tensor, weights: Tensor?) {
+        step.local.plan(batch: n, height: imageSize, width: imageSize)
+        return (images.tensor.batchSlice(0, n), masks.tensor.batchSlice(0, n), weights?.tensor.batchSlice(0, n))
+    }
+
+    /// Loads samples into the first `indices.count` batch buffers, and their weight map when the
+    /// loss needs one.
+    private func fill(_ source: SampleSource, _ indices: [Int], epoch: Int?) throws
+        -> (images: Tensor, masks: Tensor, weights: Tensor?) {
+        let b = batch(indices.count)
+        try step.local.model.profile.measure(.data) {
+            try source.fill(images: b.images, masks: b.masks, indices: indices, epoch: epoch)
+        }
+        if let weights = b.weights {
             let config = step.local.loss.config
-            unetWeightMap(weights.tensor, mask: masks.tensor, classes: step.local.model.config.classes,
+            unetWeightMap(weights, mask: b.masks, classes: step.local.model.config.classes,
                           w0: config.w0, sigma: config.sigma)
         }
+        return b
     }
 
     /// The order of training samples in `epoch`: a permutation from (seed, epoch) only, the same
     /// on every rank.
     public static func permutation(count: Int, seed: UInt64, epoch: Int) -> [Int] {
-        var order = Array(0..<count)
-        var rng = SplitMix64(seed: seed, stream: 0x5348_5546 &+ UInt64(epoch))
-        for i in stride(from: count - 1, to: 0, by: -1) {
-            order.swapAt(i, Int(rng.next() % UInt64(i + 1)))
-        }
-        return order
+        DistributedSampler.permutation(count: count, seed: seed, epoch: epoch)
     }
 
     /// Asked after every step whether to stop (e.g. a SIGTERM arrived on this rank). Ranks agree
@@ -138,24 +164,31 @@ public final class Trainer {
     /// Called after every step, on every rank.
     public var afterStep: ((StepInfo) throws -> Void)? = nil
 
-    /// Global batches per epoch (the last partial one, and with --accumulate K those beyond a
-    /// multiple of K, are dropped).
-    public var batchesPerEpoch: Int { train.count / globalBatch / step.accumulate * step.accumulate }
+    /// Global batches per epoch: the sampler's (the last one smaller unless dropLast); with
+    /// --accumulate K > 1 only full batches, and a multiple of K of them (the rest is dropped).
+    public var batchesPerEpoch: Int {
+        step.accumulate == 1 ? sampler.batchesPerEpoch : train.count / globalBatch / step.accumulate * step.accumulate
+    }
 
     /// Trains epoch `epoch` from global batch `firstBatch` on and validates; returns its record, the
     /// same on every rank, or, when a stop was requested, `.stopped(after:)` the batch last trained.
     public func runEpoch(_ epoch: Int, firstBatch: Int = 0) throws -> EpochOutcome {
         let start = monotonicSeconds()
-        let order = Trainer.permutation(count: train.count, seed: seed, epoch: epoch)
+        let order = sampler.order(epoch: epoch)
         let batches = batchesPerEpoch
         var lossSum = 0.0, lossCount = 0
         var rate = schedule.rate(progress: Double(epoch - 1))
+        let plan = (firstBatch..<max(firstBatch, batches)).map { sampler.indices(order, batch: $0) }
+        train.prefetch(plan.filter { !$0.isEmpty }, epoch: epoch)
+        var trainedImages = 0
         for b in firstBatch..<batches {
-            let indices = Array(order[(b * globalBatch + localBatch.lowerBound)..<(b * globalBatch + localBatch.upperBound)])
-            fill(train, indices)
+            let indices = plan[b - firstBatch]
+            // A rank without a sample in a small last batch still takes part in the sums.
+            let batch = indices.isEmpty ? nil : try fill(train, indices, epoch: epoch)
             rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
-            let loss = try step.step(images: images.tensor, target: masks.tensor, weights: weights?.tensor,
+            let loss = try step.step(images: batch?.images, target: batch?.masks, weights: batch?.weights,
                                      learningRate: Float(rate))
+            trainedImages += sampler.globalBatchSize(b)
             if let loss {
                 lossSum += loss
                 lossCount += 1
@@ -173,12 +206,11 @@ public final class Trainer {
             // Stops only between optimizer steps: a checkpoint never holds half an accumulated gradient.
             if step.atStepBoundary, try collectives.sum([stopRequested() ? 1 : 0])[0] > 0 { return .stopped(afterBatch: b) }
         }
-        let trained = batches - firstBatch
         let trainSeconds = monotonicSeconds() - start
         var record = EpochRecord(epoch: epoch, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
                                  validationLoss: nil,
                                  validation: nil, learningRate: rate,
-                                 imagesPerSecond: Double(trained * globalBatch) / trainSeconds, seconds: 0)
+                                 imagesPerSecond: Double(trainedImages) / trainSeconds, seconds: 0)
         if let validation {
             let (loss, counts) = try validate(validation)
             // Rank 0's value everywhere (an exact sum with zeros), so every decision taken from it
@@ -200,19 +232,20 @@ public final class Trainer {
         var counts = ConfusionCounts(classes: classes)
         var lossSum = 0.0
         let mine = Array(stride(from: collectives.rank, to: source.count, by: collectives.size))
-        let batch = localBatch.count
-        var start = 0
-        while start < mine.count {
-            let real = min(batch, mine.count - start)
-            let indices = (0..<batch).map { mine[start + min($0, real - 1)] }
-            fill(source, indices)
-            let logits = model.forward(images.tensor, training: false)
-            let loss = step.local.loss.evaluate(logits: logits.batchSlice(0, real), target: masks.tensor.batchSlice(0, real),
-                                                weights: weights.map { $0.tensor.batchSlice(0, real) },
+        let batch = localCapacity
+        let batches = stride(from: 0, to: mine.count, by: batch).map { start in
+            (0..<batch).map { mine[start + min($0, mine.count - start - 1)] }
+        }
+        source.prefetch(batches, epoch: nil)
+        for (k, indices) in batches.enumerated() {
+            let real = min(batch, mine.count - k * batch)
+            let b = try fill(source, indices, epoch: nil)
+            let logits = model.forward(b.images, training: false)
+            let loss = step.local.loss.evaluate(logits: logits.batchSlice(0, real), target: b.masks.batchSlice(0, real),
+                                                weights: b.weights.map { $0.batchSlice(0, real) },
                                                 dlogits: nil, normalizers: nil, pool: model.pool)
             lossSum += loss * Double(real)
-            counts.add(logits: logits, target: masks.tensor, images: real)
-            start += real
+            counts.add(logits: logits, target: b.masks, images: real)
         }
         let totals = try collectives.sum([lossSum, Double(mine.count)] + counts.truePositive + counts.falsePositive
                                          + counts.falseNegative + counts.trueNegative)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SegData
 import SegEngine
 import SegModel
 import SegTraining
@@ -10,10 +11,16 @@ import Glibc
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Train on random data and report img/s, GFLOP/s and where the time goes.")
+        abstract: "Train on random data (or --data DIR) and report img/s, GFLOP/s and where the time goes.",
+        discussion: """
+            With --data, batches come from the dataset through the loader threads (with augmentation \
+            unless --no-augment), and the report adds the loader: seconds per sample per loader thread \
+            (decode, resize, augment) and how long the steps waited for data.
+            """)
 
     @OptionGroup var model: ModelOptions
     @OptionGroup var training: TrainingOptions
+    @OptionGroup(title: "Data") var dataOptions: DataOptions
     @Option(help: "Timed steps.")
     var steps = 5
     @Option(help: "Untimed warm-up steps before them.")
@@ -25,6 +32,7 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         try training.validate(classes: model.classes)
+        try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         if steps < 1 { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         if warmup < 0 { throw ValidationError("--warmup must be >= 0 (got \(warmup))") }
     }
@@ -54,11 +62,41 @@ struct BenchCommand: ParsableCommand {
         }
         let lossKind = training.lossKind(classes: config.classes)
         var weights: OwnedTensor? = nil
-        if lossKind == .weightedCE {
-            let w = OwnedTensor(target.shape)
-            unetWeightMap(w.tensor, mask: target.tensor, classes: config.classes, w0: 10, sigma: 5)
-            weights = w
+        if lossKind == .weightedCE { weights = OwnedTensor(target.shape) }
+        // --data: each step's batch comes from the loader (announced an epoch at a time).
+        var loader: BatchLoader? = nil
+        var nextBatch: () throws -> Void = {}
+        if let root = dataOptions.data {
+            let spec: SampleSpec
+            do {
+                spec = try dataOptions.spec(imageSize: size, inChannels: config.inChannels, classes: config.classes, seed: config.seed)
+            } catch { throw UserError("\(error)") }
+            let loaded = try dataOptions.load(root: root, communicator: communicator, pool: pool, spec: spec, seed: config.seed)
+            let sampler = DistributedSampler(count: loaded.train.count, globalBatch: globalBatch, ranks: ranks,
+                                             rank: communicator.rank, dropLast: true, seed: config.seed)
+            guard sampler.batchesPerEpoch > 0 else {
+                throw UserError("--data \(root): \(loaded.train.count) training samples, fewer than one batch of \(globalBatch)")
+            }
+            let dataLoader = BatchLoader(dataset: FileDataset(listing: loaded.train, spec: spec, cache: dataOptions.cache),
+                                         threads: dataOptions.loaderThreads, capacity: batch)
+            loader = dataLoader
+            var epoch = 0, b = sampler.batchesPerEpoch, order: [Int] = []
+            nextBatch = {
+                if b == sampler.batchesPerEpoch {
+                    epoch += 1
+                    b = 0
+                    order = sampler.order(epoch: epoch)
+                    dataLoader.schedule((0..<sampler.batchesPerEpoch).map { sampler.indices(order, batch: $0) }, epoch: epoch)
+                }
+                try dataLoader.next(sampler.indices(order, batch: b), epoch: epoch, images: images.tensor, masks: target.tensor)
+                b += 1
+            }
         }
+        func prepareBatch() throws {
+            try nextBatch()
+            if let weights { unetWeightMap(weights.tensor, mask: target.tensor, classes: config.classes, w0: 10, sigma: 5) }
+        }
+        try prepareBatch()
         let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
                              optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         step.plan(batch: batch, height: size, width: size)
@@ -66,6 +104,7 @@ struct BenchCommand: ParsableCommand {
         let parallel = DataParallelStep(local: step, collectives: communicator)
         // One rank: the plain local step (what the allocation check measures); several: data-parallel.
         func trainStep() throws -> Double {
+            if loader != nil { try unet.profile.measure(.data) { try prepareBatch() } }
             if ranks == 1 {
                 return step.step(images: images.tensor, target: target.tensor, weights: weights?.tensor,
                                  learningRate: training.lr)
@@ -76,6 +115,7 @@ struct BenchCommand: ParsableCommand {
 
         for _ in 0..<warmup { _ = try trainStep() }
         unet.profile.reset()
+        let loaderBefore = loader.map { ($0.waitSeconds, $0.loadSeconds, $0.samplesLoaded) }
         let allocationsBefore = heapAllocationCount()
         let largeBefore = heapAllocationCount(large: true)
         let start = monotonicSeconds()
@@ -85,6 +125,12 @@ struct BenchCommand: ParsableCommand {
         let allocations = heapAllocationCount().map { $0 - allocationsBefore! }
         let large = heapAllocationCount(large: true).map { $0 - largeBefore! }
         let imagesPerSecond = Double(globalBatch * steps) / elapsed
+        // The loader over the timed steps: waiting per step, and seconds per sample per thread.
+        let loaderStats = loader.map { l -> (wait: Double, perSample: Double) in
+            let (w, seconds, samples) = loaderBefore!
+            return ((l.waitSeconds - w) / Double(steps),
+                    l.samplesLoaded > samples ? (l.loadSeconds - seconds) / Double(l.samplesLoaded - samples) : .nan)
+        }
         guard isRoot else { return }
         let flopsPerImage = unet.layers.reduce(0) { $0 + $1.trainingFLOPs }
         let gflops = flopsPerImage * imagesPerSecond / 1e9
@@ -100,6 +146,11 @@ struct BenchCommand: ParsableCommand {
                 "\"seconds_per_step\": \(elapsed / Double(steps))", "\"peak_rss_mib\": \(rssMiB)",
                 "\"last_loss\": \(lastLoss)",
             ]
+            if let loaderStats {
+                fields.append("\"loader_threads\": \(dataOptions.loaderThreads)")
+                fields.append("\"loader_wait_seconds_per_step\": \(loaderStats.wait)")
+                fields.append("\"loader_seconds_per_sample\": \(loaderStats.perSample.isFinite ? "\(loaderStats.perSample)" : "null")")
+            }
             if let allocations, let large {
                 fields.append("\"heap_allocations_in_timed_steps\": \(allocations)")
                 fields.append("\"large_heap_allocations_in_timed_steps\": \(large)")
@@ -117,6 +168,12 @@ struct BenchCommand: ParsableCommand {
         print("  s/step        \(fixed(elapsed / Double(steps), 3))")
         print("  peak RSS      \(fixed(rssMiB, 0)) MiB")
         print("  last loss     \(fixed(lastLoss, 5))")
+        if let loaderStats {
+            print("  data          \(dataOptions.data!), \(dataOptions.loaderThreads) loader thread(s)"
+                  + (dataOptions.noAugment ? "" : ", augmented"))
+            print("  loader        \(loaderStats.perSample.isFinite ? fixed(1000 * loaderStats.perSample, 2) : "-") ms per sample per thread")
+            print("  data wait     \(fixed(1000 * loaderStats.wait, 2)) ms per step")
+        }
         if let allocations, let large {
             print("  heap allocations in timed steps: \(allocations) (\(large) over 256 bytes)")
         }

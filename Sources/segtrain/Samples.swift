@@ -36,8 +36,8 @@ final class SampleGrid {
         var start = 0
         while start < indices.count {
             let real = min(batch, indices.count - start)
-            source.fill(images: images.tensor, masks: masks.tensor,
-                        indices: (0..<batch).map { indices[start + min($0, real - 1)] })
+            try source.fill(images: images.tensor, masks: masks.tensor,
+                            indices: (0..<batch).map { indices[start + min($0, real - 1)] }, epoch: nil)
             let logits = model.forward(images.tensor, training: false)
             for n in 0..<real {
                 let row = start + n

@@ -17,7 +17,7 @@ struct SyntheticSource: SampleSource {
     let count: Int
     let pool: WorkerPool
 
-    func fill(images: Tensor, masks: Tensor, indices: [Int]) {
+    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) {
         generator.fill(images: images, masks: masks, indices: indices.map { $0 + offset }, pool: pool)
     }
 }
@@ -36,6 +36,7 @@ struct TrainCommand: ParsableCommand {
 
     @OptionGroup var model: ModelOptions
     @OptionGroup var training: TrainingOptions
+    @OptionGroup(title: "Data") var dataOptions: DataOptions
     @Option(help: "Epochs.")
     var epochs = 5
     @Option(help: "Synthetic training samples per epoch.")
@@ -78,6 +79,8 @@ struct TrainCommand: ParsableCommand {
     var debugNanStep: Int?
     @Flag(help: "Skip a step whose loss or gradient is not finite instead of stopping.")
     var skipNonfinite = false
+    @Flag(help: "Drop the last, smaller global batch of each epoch (default: train it; it is never padded).")
+    var dropLast = false
     @Option(help: "Micro-batches per optimizer step: gradients of K global batches add up before one allreduce.")
     var accumulate = 1
     @Option(help: "Also write checkpoints/last every N optimizer steps (mid-epoch).")
@@ -93,24 +96,26 @@ struct TrainCommand: ParsableCommand {
 
     func validate() throws {
         try training.validate(classes: model.classes)
-        if model.inChannels != 3 { throw ValidationError("--in-channels must be 3 for the synthetic dataset (RGB)") }
+        try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
+        let synthetic = dataOptions.data == nil
+        if synthetic && model.inChannels != 3 { throw ValidationError("--in-channels must be 3 for the synthetic dataset (RGB)") }
         if epochs < 1 { throw ValidationError("--epochs must be at least 1 (got \(epochs))") }
-        if trainSamples < training.batchSize {
-            throw ValidationError("--train-samples \(trainSamples) is fewer than one batch (--batch-size \(training.batchSize))")
+        if synthetic && trainSamples < training.batchSize && dropLast {
+            throw ValidationError("--train-samples \(trainSamples) is fewer than one batch (--batch-size \(training.batchSize)) with --drop-last")
         }
         if valSamples < 0 { throw ValidationError("--val-samples must be >= 0 (got \(valSamples))") }
-        if model.classes > 255 { throw ValidationError("--classes must be at most 255 for the synthetic dataset") }
+        if model.classes > 255 { throw ValidationError("--classes must be at most 255 (masks are 8-bit)") }
         if let message = scheduleConfig.validate() { throw ValidationError(message) }
         if let p = patience, p < 1 { throw ValidationError("--patience must be at least 1 (got \(p))") }
         if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
         if accumulate < 1 { throw ValidationError("--accumulate must be at least 1 (got \(accumulate))") }
-        if trainSamples < training.batchSize * accumulate {
+        if synthetic && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
         }
         if !(logEvery > 0) { throw ValidationError("--log-every must be positive (got \(logEvery))") }
-        if (schedule == .plateau || patience != nil) && valSamples == 0 {
+        if (schedule == .plateau || patience != nil) && synthetic && valSamples == 0 {
             throw ValidationError("--val-samples must be > 0 for --schedule plateau and --patience (they watch the validation loss)")
         }
     }
@@ -138,7 +143,7 @@ struct TrainCommand: ParsableCommand {
         } catch {
             // Failures every rank detects together (weights out of sync, configurations that
             // differ) end each rank cleanly; anything else may be one rank's alone: abort the job.
-            if error is SyncError || error is RankMismatchError || error is NonFiniteError {
+            if error is SyncError || error is RankMismatchError || error is NonFiniteError || error is SharedError {
                 // Rank 0 speaks before MPI_Finalize, which no rank leaves before all have entered:
                 // no rank can exit (and make mpirun kill the job) before the message is out.
                 if communicator.rank == 0 { fputs("segtrain: error: \(error)\n", stderr) }
@@ -159,7 +164,7 @@ struct TrainCommand: ParsableCommand {
             throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
         }
         let metricsPath = out + "/metrics.csv"
-        if isRoot, let error = makeDirectories(out + "/checkpoints") ?? (valSamples > 0 ? makeDirectories(out + "/samples") : nil) {
+        if isRoot, let error = makeDirectories(out + "/checkpoints") ?? makeDirectories(out + "/samples") {
             throw UserError("--out \(out): cannot create folder: \(error)")
         }
         let pool = WorkerPool(threads: model.threadCount)
@@ -176,14 +181,13 @@ struct TrainCommand: ParsableCommand {
         let lossKind = training.lossKind(classes: config.classes)
         let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
-        let generator = SyntheticGenerator(size: model.imageSize, classes: config.classes, seed: config.seed)
-        let trainer = Trainer(step: local, collectives: communicator,
-                              train: SyntheticSource(generator: generator, offset: 0, count: trainSamples, pool: pool),
-                              validation: valSamples > 0
-                                ? SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool)
-                                : nil,
+        let data = try makeSources(communicator: communicator, pool: pool)
+        if (schedule == .plateau || patience != nil) && data.validation == nil {
+            throw SharedError(description: "--schedule plateau and --patience watch the validation loss, but there is no validation set")
+        }
+        let trainer = Trainer(step: local, collectives: communicator, train: data.train, validation: data.validation,
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: config.seed,
-                              schedule: LearningRateSchedule(scheduleConfig))
+                              dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
         if let path = dumpGradients, isRoot {
             trainer.step.firstGradientHook = { store in
                 let bytes = Safetensors.encode(Safetensors.items(of: store, gradients: true),
@@ -211,6 +215,10 @@ struct TrainCommand: ParsableCommand {
                     }
                 }
                 print("resumed from \(folder): epoch \(state!.epoch), optimizer step \(state!.step)")
+                if let saved = state!.trainListHash, let now = data.trainHash.map({ String($0, radix: 16) }), saved != now {
+                    print("warning: the training list differs from the checkpoint's (hash \(now), was \(saved)): "
+                          + "the dataset changed, so the sample order differs from the interrupted run")
+                }
             }
         }
         let resumedEpoch = try communicator.broadcast(state?.epoch ?? 0)
@@ -235,8 +243,8 @@ struct TrainCommand: ParsableCommand {
         }
 
         if isRoot {
-            print("segtrain train: synthetic \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
-                  + "\(trainSamples) train / \(valSamples) val samples, global batch \(training.batchSize) on "
+            print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
+                  + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
                   + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, "
                   + "loss \(lossKind.rawValue)")
             if resumedEpoch >= epochs { print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs") }
@@ -247,9 +255,8 @@ struct TrainCommand: ParsableCommand {
         if let nanStep = debugNanStep, isRoot {
             trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
         }
-        let samples = isRoot && valSamples > 0
-            ? SampleGrid(source: SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool),
-                         count: 4, imageSize: model.imageSize, inChannels: config.inChannels, batch: trainer.localBatch.count)
+        let samples = isRoot && data.validation != nil
+            ? SampleGrid(source: data.validation!, count: 4, imageSize: model.imageSize, inChannels: config.inChannels, batch: trainer.localCapacity)
             : nil
         var records: [EpochRecord] = []
         let runStart = monotonicSeconds()
@@ -262,6 +269,7 @@ struct TrainCommand: ParsableCommand {
                                         arguments: Array(CommandLine.arguments.dropFirst()))
             state.batchesDone = batchesDone
             state.plateau = schedule == .plateau ? trainer.schedule.plateau : nil
+            state.trainListHash = data.trainHash.map { String($0, radix: 16) }
             try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: state)
         }
         trainer.afterStep = { info in
@@ -352,6 +360,31 @@ struct TrainCommand: ParsableCommand {
 }
 
 extension TrainCommand {
+    /// The training and validation samples: files (--data) or the synthetic generator.
+    func makeSources(communicator: Communicator, pool: WorkerPool)
+        throws -> (train: SampleSource, validation: SampleSource?, description: String, trainHash: UInt64?) {
+        let config = model.unetConfig
+        guard let root = dataOptions.data else {
+            let generator = SyntheticGenerator(size: model.imageSize, classes: config.classes, seed: config.seed)
+            return (SyntheticSource(generator: generator, offset: 0, count: trainSamples, pool: pool),
+                    valSamples > 0 ? SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool) : nil,
+                    "synthetic", nil)
+        }
+        let spec: SampleSpec
+        do {
+            spec = try dataOptions.spec(imageSize: model.imageSize, inChannels: config.inChannels, classes: config.classes,
+                                        seed: config.seed)
+        } catch { throw UserError("\(error)") }
+        let loaded = try dataOptions.load(root: root, communicator: communicator, pool: pool, spec: spec, seed: config.seed)
+        let capacity = shareOf(training.batchSize, ranks: communicator.size, rank: communicator.rank).count
+        func source(_ listing: DatasetListing) -> FileSource {
+            FileSource(loader: BatchLoader(dataset: FileDataset(listing: listing, spec: spec, cache: dataOptions.cache),
+                                           threads: dataOptions.loaderThreads, capacity: capacity))
+        }
+        return (source(loaded.train), loaded.validation.count > 0 ? source(loaded.validation) : nil,
+                "\(root) (layout \(dataOptions.layoutValue.rawValue))", loaded.train.hash)
+    }
+
     /// OUT/summary.json: the run at a glance (this invocation's epochs; metrics.csv has them all).
     func writeSummary(records: [EpochRecord], best: (loss: Double?, epoch: Int?), seconds: Double, ranks: Int,
                       threads: Int, parameters: Int) throws {

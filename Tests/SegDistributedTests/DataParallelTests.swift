@@ -43,46 +43,17 @@ final class DataParallelTests: XCTestCase {
         XCTAssertEqual(result.status, 0, "ranks \(ranks): \(result.stderr)", file: file, line: line)
     }
 
-    /// Tensors of a safetensors file written by segtrain (F32 only).
-    private func load(_ path: String) throws -> [String: [Float]] {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        let length = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian })
-        let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + length))) as! [String: Any]
-        var tensors: [String: [Float]] = [:]
-        for (name, value) in header where name != "__metadata__" {
-            let entry = value as! [String: Any], offsets = entry["data_offsets"] as! [Int]
-            XCTAssertEqual(entry["dtype"] as? String, "F32")
-            let bytes = data.subdata(in: (8 + length + offsets[0])..<(8 + length + offsets[1]))
-            tensors[name] = bytes.withUnsafeBytes { raw in
-                (0..<(raw.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
-            }
-        }
-        return tensors
-    }
-
-    /// Largest |a - b| / max|b| over every tensor (scaled per tensor).
-    private func worstScaledDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Double {
-        XCTAssertEqual(Set(a.keys), Set(b.keys))
-        var worst = 0.0
-        for (name, reference) in b {
-            let scale = Double(reference.map { abs($0) }.max() ?? 0)
-            let diff = zip(a[name]!, reference).map { Double(abs($0 - $1)) }.max() ?? 0
-            worst = max(worst, scale > 0 ? diff / scale : diff)
-        }
-        return worst
-    }
-
     func testFirstStepGradientIsTheSameOnOneTwoAndThreeRanks() throws {
         for ranks in [0, 1, 2, 3] {
             try train(ranks: ranks, ["--epochs", "1", "--train-samples", "5",
                                      "--dump-gradients", "\(folder)/grad\(ranks).safetensors", "--out", "\(folder)/g\(ranks)"])
         }
-        let single = try load("\(folder)/grad0.safetensors")
+        let single = try loadSafetensors("\(folder)/grad0.safetensors")
         XCTAssertEqual(single.count, 18, "every parameter tensor of the depth-2 UNet")
         XCTAssertTrue(single.values.contains { $0.contains { $0 != 0 } })
-        XCTAssertEqual(try load("\(folder)/grad1.safetensors"), single, "mpirun -np 1 equals the singleton bitwise")
+        XCTAssertEqual(try loadSafetensors("\(folder)/grad1.safetensors"), single, "mpirun -np 1 equals the singleton bitwise")
         for ranks in [2, 3] {
-            let worst = worstScaledDifference(try load("\(folder)/grad\(ranks).safetensors"), single)
+            let worst = worstScaledDifference(try loadSafetensors("\(folder)/grad\(ranks).safetensors"), single)
             XCTAssertLessThanOrEqual(worst, 1e-5, "\(ranks) ranks: gradient differs by \(worst)")
         }
     }
@@ -91,7 +62,7 @@ final class DataParallelTests: XCTestCase {
         for ranks in [0, 3] {
             try train(ranks: ranks, ["--epochs", "2", "--train-samples", "15", "--optimizer", "adam", "--out", "\(folder)/w\(ranks)"])
         }
-        let worst = worstScaledDifference(try load("\(folder)/w3/model.safetensors"), try load("\(folder)/w0/model.safetensors"))
+        let worst = worstScaledDifference(try loadSafetensors("\(folder)/w3/model.safetensors"), try loadSafetensors("\(folder)/w0/model.safetensors"))
         XCTAssertLessThanOrEqual(worst, 1e-5, "weights after 6 steps differ by \(worst)")
         XCTAssertGreaterThan(worst, 0, "3 ranks sum in another order: bitwise equality would be suspicious")
     }
@@ -104,9 +75,9 @@ final class DataParallelTests: XCTestCase {
             try train(ranks: ranks, common + ["--epochs", "2", "--out", "\(folder)/straight\(ranks)"])
             try train(ranks: ranks, common + ["--epochs", "1", "--out", "\(folder)/stopped\(ranks)"])
             try train(ranks: ranks, common + ["--epochs", "2", "--out", "\(folder)/stopped\(ranks)", "--resume", "auto"])
-            let straight = try load("\(folder)/straight\(ranks)/model.safetensors")
-            XCTAssertEqual(try load("\(folder)/stopped\(ranks)/model.safetensors"), straight, "ranks \(ranks)")
-            XCTAssertEqual(try load("\(folder)/stopped\(ranks)/checkpoints/last/model.safetensors"), straight)
+            let straight = try loadSafetensors("\(folder)/straight\(ranks)/model.safetensors")
+            XCTAssertEqual(try loadSafetensors("\(folder)/stopped\(ranks)/model.safetensors"), straight, "ranks \(ranks)")
+            XCTAssertEqual(try loadSafetensors("\(folder)/stopped\(ranks)/checkpoints/last/model.safetensors"), straight)
             let leftovers = try FileManager.default.contentsOfDirectory(atPath: "\(folder)/stopped\(ranks)/checkpoints")
             XCTAssertEqual(Set(leftovers), ["last", "best"], "no temporary checkpoint folders left")
             let metrics = try String(contentsOfFile: "\(folder)/stopped\(ranks)/metrics.csv", encoding: .utf8)
@@ -142,7 +113,7 @@ final class DataParallelTests: XCTestCase {
                                            environment: DataParallelTests.mpiEnvironment)
             XCTAssertEqual(resumed.status, 0, resumed.stderr)
             XCTAssertTrue(resumed.stdout.contains("epoch 6/6"), resumed.stdout)
-            XCTAssertEqual(try load("\(stopped)/model.safetensors"), try load("\(straight)/model.safetensors"),
+            XCTAssertEqual(try loadSafetensors("\(stopped)/model.safetensors"), try loadSafetensors("\(straight)/model.safetensors"),
                            "ranks \(ranks): resumed weights differ from the uninterrupted run")
         }
     }
@@ -203,7 +174,7 @@ final class DataParallelTests: XCTestCase {
         }
         XCTAssertEqual(try rates("\(folder)/p2/metrics.csv"), try rates("\(folder)/p1/metrics.csv"))
         XCTAssertGreaterThan(Set(try rates("\(folder)/p1/metrics.csv")).count, 2, "warm-up and at least one reduction")
-        XCTAssertEqual(try load("\(folder)/p2/model.safetensors"), try load("\(folder)/p1/model.safetensors"))
+        XCTAssertEqual(try loadSafetensors("\(folder)/p2/model.safetensors"), try loadSafetensors("\(folder)/p1/model.safetensors"))
 
         let early = try Segtrain.run(DataParallelTests.binary,
                                      ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
@@ -259,7 +230,7 @@ final class DataParallelTests: XCTestCase {
                                      + ["--out", "\(folder)/init", "--init-weights", "\(folder)/skip/model.safetensors",
                                         "--lr", "1e-12", "--optimizer", "sgd"])
         XCTAssertEqual(again.status, 0, again.stderr)
-        let before = try load("\(folder)/skip/model.safetensors"), after = try load("\(folder)/init/model.safetensors")
+        let before = try loadSafetensors("\(folder)/skip/model.safetensors"), after = try loadSafetensors("\(folder)/init/model.safetensors")
         XCTAssertLessThan(worstScaledDifference(after, before), 1e-6)
         let wrong = try Segtrain.run(DataParallelTests.binary, base + ["--out", "\(folder)/wrong", "--init-weights",
                                                                        "\(folder)/skip/checkpoints/last/optimizer.safetensors"])
@@ -282,10 +253,10 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(run.stdout.contains("epoch 1/2 step 4/4  loss"), "plain progress lines: \(run.stdout)")
         let kept = try FileManager.default.contentsOfDirectory(atPath: "\(folder)/part/checkpoints").sorted()
         XCTAssertEqual(kept, ["best", "epoch-002", "last"], "--keep 1 keeps only the newest epoch")
-        XCTAssertEqual(try load("\(folder)/part/checkpoints/epoch-002/model.safetensors"),
-                       try load("\(folder)/part/model.safetensors"))
+        XCTAssertEqual(try loadSafetensors("\(folder)/part/checkpoints/epoch-002/model.safetensors"),
+                       try loadSafetensors("\(folder)/part/model.safetensors"))
         try train(ranks: 0, base + ["--out", "\(folder)/part", "--resume", "auto"])
-        XCTAssertEqual(try load("\(folder)/part/model.safetensors"), try load("\(folder)/full/model.safetensors"))
+        XCTAssertEqual(try loadSafetensors("\(folder)/part/model.safetensors"), try loadSafetensors("\(folder)/full/model.safetensors"))
         // A mid-epoch checkpoint from --checkpoint-every resumes exactly too.
         let midRun = try Segtrain.run(DataParallelTests.binary,
                                       ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
@@ -313,9 +284,9 @@ final class DataParallelTests: XCTestCase {
         try run(0, ["--batch-size", "8"], "\(folder)/b8")
         try run(0, ["--batch-size", "4", "--accumulate", "2"], "\(folder)/b4a2")
         try run(2, ["--batch-size", "4", "--accumulate", "2"], "\(folder)/b4a2r2")
-        let reference = try load("\(folder)/b8/model.safetensors")
+        let reference = try loadSafetensors("\(folder)/b8/model.safetensors")
         for name in ["b4a2", "b4a2r2"] {
-            let worst = worstScaledDifference(try load("\(folder)/\(name)/model.safetensors"), reference)
+            let worst = worstScaledDifference(try loadSafetensors("\(folder)/\(name)/model.safetensors"), reference)
             XCTAssertLessThanOrEqual(worst, 1e-5, "\(name): \(worst)")
         }
     }

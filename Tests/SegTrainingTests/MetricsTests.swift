@@ -54,7 +54,7 @@ struct ToySource: SampleSource {
     let count: Int
     let size: Int
     let seed: UInt64
-    func fill(images: Tensor, masks: Tensor, indices: [Int]) {
+    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) {
         for (n, index) in indices.enumerated() {
             var rng = SplitMix64(seed: seed, stream: UInt64(index))
             for c in 0..<3 { for p in 0..<(size * size) { images.plane(n, c)[p] = rng.nextUnitFloat() } }

@@ -1,0 +1,244 @@
+import ArgumentParser
+import Foundation
+import SegData
+import SegDistributed
+import SegEngine
+import SegTraining
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension DatasetLayout: ExpressibleByArgument {}
+extension SampleSpec.Geometry: ExpressibleByArgument {}
+
+enum ScanDepth: String, ExpressibleByArgument, CaseIterable {
+    case full, header
+}
+
+/// Where the training data is and how samples are made from it (`train`, `bench`).
+struct DataOptions: ParsableArguments {
+    @Option(help: "Dataset folder (default: the built-in synthetic dataset).")
+    var data: String?
+    @Option(help: "Dataset layout: pairs (images + masks folders), pet (Oxford-IIIT Pet), list (--train-list).")
+    var layout: DatasetLayout?
+    @Option(help: "pairs/list: the images folder, relative to --data.")
+    var imagesDir = "images"
+    @Option(help: "pairs/list: the masks folder, relative to --data.")
+    var masksDir = "masks"
+    @Option(help: "pairs/list: appended to an image's stem to name its mask (e.g. _mask).")
+    var maskSuffix = ""
+    @Flag(help: "pet: pet vs the rest (1 class) instead of pet/background/border (3 classes).")
+    var petBinary = false
+    @Option(help: "list: file naming the training pairs (relative to --data).")
+    var trainList: String?
+    @Option(help: "list: file naming the validation pairs.")
+    var valList: String?
+    @Option(help: "Fraction of --data held out for validation, chosen from --seed (default 0.1; 0: none).")
+    var valSplit: Double?
+    @Option(help: "A separate validation dataset folder, in the same layout.")
+    var valData: String?
+    @Option(help: "resize: the whole image to --image-size; crop: a random --image-size window (validation: the centre).")
+    var geometry = SampleSpec.Geometry.resize
+    @Option(help: "Per-channel mean subtracted after x/255, e.g. 0.485,0.456,0.406, or 'imagenet' (with --std).")
+    var mean: String?
+    @Option(help: "Per-channel standard deviation, e.g. 0.229,0.224,0.225, or 'imagenet'.")
+    var std: String?
+    @Option(help: "A mask value that is no class (the loss ignores those pixels), e.g. 255.")
+    var ignoreIndex: Int?
+    @Flag(help: "Turn every augmentation off.")
+    var noAugment = false
+    @Flag(help: "Keep decoded, resized samples in memory after the first epoch.")
+    var cache = false
+    @Flag(help: "Leave out invalid files (a warning each) instead of stopping with an error.")
+    var skipInvalid = false
+    @Option(help: "Before training, check every file: full (decode all) or header (sizes only).")
+    var scan = ScanDepth.full
+    @Option(help: "Threads decoding and augmenting the next batches (default 2, 0: none).")
+    var loaderThreads = 2
+
+    var layoutValue: DatasetLayout { layout ?? (trainList != nil ? .list : .pairs) }
+
+    func validate(classes: Int, inChannels: Int) throws {
+        guard data != nil else {
+            for (flag, set) in [("--layout", layout != nil), ("--train-list", trainList != nil), ("--val-list", valList != nil),
+                                ("--val-split", valSplit != nil), ("--val-data", valData != nil), ("--cache", cache),
+                                ("--skip-invalid", skipInvalid), ("--mean", mean != nil), ("--std", std != nil)] where set {
+                throw ValidationError("\(flag) needs --data (without it, training uses the built-in synthetic dataset)")
+            }
+            return
+        }
+        if let s = valSplit, !(s >= 0 && s < 1) { throw ValidationError("--val-split must be in [0, 1) (got \(s))") }
+        if valSplit != nil && (valData != nil || valList != nil) {
+            throw ValidationError("--val-split and \(valData != nil ? "--val-data" : "--val-list") both choose the validation set; give one")
+        }
+        if layoutValue == .list && trainList == nil { throw ValidationError("--layout list needs --train-list FILE") }
+        if layoutValue != .list && (trainList != nil || valList != nil) {
+            throw ValidationError("--train-list/--val-list need --layout list (got --layout \(layoutValue.rawValue))")
+        }
+        if layoutValue == .pet {
+            let expected = petBinary ? 1 : 3
+            if classes != expected {
+                throw ValidationError("--layout pet\(petBinary ? " --pet-binary" : "") has \(expected) class(es): pass --classes \(expected) (got \(classes))")
+            }
+        } else if petBinary {
+            throw ValidationError("--pet-binary needs --layout pet")
+        }
+        if let i = ignoreIndex, !(0...255).contains(i) { throw ValidationError("--ignore-index must be 0...255 (got \(i))") }
+        if let i = ignoreIndex, i < classes { throw ValidationError("--ignore-index \(i) is a class (below --classes \(classes))") }
+        if !(1...4).contains(inChannels) { throw ValidationError("--in-channels must be 1...4 with --data (got \(inChannels))") }
+        _ = try normalization(channels: inChannels)
+        if loaderThreads < 0 || loaderThreads > 64 { throw ValidationError("--loader-threads must be 0...64 (got \(loaderThreads))") }
+    }
+
+    /// (mean, std) per channel, or nil for x / 255 only.
+    func normalization(channels: Int) throws -> (mean: [Float], std: [Float])? {
+        if mean == nil && std == nil { return nil }
+        func parse(_ text: String?, flag: String, imagenet: [Float], fallback: Float) throws -> [Float] {
+            guard let text else { return [Float](repeating: fallback, count: channels) }
+            if text == "imagenet" {
+                guard channels == 3 else { throw ValidationError("\(flag) imagenet is for 3 channels (got --in-channels \(channels))") }
+                return imagenet
+            }
+            let values = text.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+            guard values.allSatisfy({ $0 != nil && $0!.isFinite }) else { throw ValidationError("\(flag) \(text): not a list of numbers") }
+            let v = values.map { $0! }
+            if v.count == 1 { return [Float](repeating: v[0], count: channels) }
+            guard v.count == channels else { throw ValidationError("\(flag) has \(v.count) values for \(channels) channels") }
+            return v
+        }
+        let m = try parse(mean, flag: "--mean", imagenet: [0.485, 0.456, 0.406], fallback: 0)
+        let s = try parse(std, flag: "--std", imagenet: [0.229, 0.224, 0.225], fallback: 1)
+        if !s.allSatisfy({ $0 > 0 }) { throw ValidationError("--std values must be positive") }
+        return (m, s)
+    }
+
+    var datasetOptions: DatasetOptions {
+        var o = DatasetOptions()
+        o.layout = layoutValue
+        o.imagesDir = imagesDir
+        o.masksDir = masksDir
+        o.maskSuffix = maskSuffix
+        o.petBinary = petBinary
+        return o
+    }
+
+    func spec(imageSize: Int, inChannels: Int, classes: Int, seed: UInt64) throws -> SampleSpec {
+        var spec = SampleSpec(imageSize: imageSize, inChannels: inChannels, classes: classes)
+        spec.ignoreValue = ignoreIndex.map { UInt8($0) }
+        spec.maskEncoding = datasetOptions.maskEncoding
+        spec.geometry = geometry
+        if let n = try normalization(channels: inChannels) { spec.mean = n.mean; spec.std = n.std }
+        spec.augment = noAugment ? .none : AugmentConfig()
+        spec.seed = seed
+        return spec
+    }
+}
+
+/// A problem every rank knows about at the same moment (a bad dataset): rank 0 prints it, every
+/// rank ends cleanly with exit code 1.
+struct SharedError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// The training and validation listings, made by rank 0 and sent to every rank, then checked.
+struct LoadedData {
+    var train: DatasetListing
+    var validation: DatasetListing
+    /// Files left out by --skip-invalid.
+    var skipped: Int
+}
+
+extension DataOptions {
+    /// Rank 0 lists the dataset (no other rank touches the folders) and broadcasts the lists;
+    /// every rank checks it holds the same (hash). Then every file is checked, the work spread
+    /// over ranks and threads. Errors reach every rank as `SharedError`.
+    func load(root: String, communicator: Communicator, pool: WorkerPool, spec: SampleSpec, seed: UInt64) throws -> LoadedData {
+        let isRoot = communicator.rank == 0
+        var message = "", trainText = "", validationText = ""
+        if isRoot {
+            do {
+                let (train, validation) = try listings(root: root, seed: seed)
+                trainText = train.text
+                validationText = validation.text
+            } catch {
+                message = "\(error)"
+            }
+        }
+        message = try communicator.broadcast(message)
+        if !message.isEmpty { throw SharedError(description: message) }
+        trainText = try communicator.broadcast(trainText)
+        validationText = try communicator.broadcast(validationText)
+        var train = DatasetListing(root: root, text: trainText)
+        var validation = DatasetListing(root: validationRoot(root), text: validationText)
+        try communicator.checkSame(train.hash, what: "the training list")
+        try communicator.checkSame(validation.hash, what: "the validation list")
+
+        // Check every file: sample i (training first, then validation) by rank i % N.
+        let all = [(train, "training"), (validation, "validation")]
+        let total = train.count + validation.count
+        let ranks = communicator.size, rank = communicator.rank
+        var reasons = [String?](repeating: nil, count: total)
+        let mine = Array(stride(from: rank, to: total, by: ranks))
+        reasons.withUnsafeMutableBufferPointer { out in
+            let datasets = all.map { FileDataset(listing: $0.0, spec: spec) }
+            pool.run { t in
+                for k in WorkerPool.split(mine.count, parts: pool.threadCount, index: t) {
+                    let i = mine[k]
+                    out[i] = i < train.count ? datasets[0].check(i, full: scan == .full)
+                                             : datasets[1].check(i - train.count, full: scan == .full)
+                }
+            }
+        }
+        let flags = try communicator.allreduce(reasons.map { $0 == nil ? 0 : 1 }, .sum)
+        let bad = flags.indices.filter { flags[$0] > 0 }
+        if !bad.isEmpty {
+            // The reasons travel from the rank that found them.
+            let shown = skipInvalid ? bad : [bad[0]]
+            var texts: [String] = []
+            for i in shown { texts.append(try communicator.broadcast(reasons[i] ?? "", root: i % ranks)) }
+            if !skipInvalid {
+                let more = bad.count > 1 ? " (and \(bad.count - 1) more invalid sample(s); --skip-invalid trains without them)" : ""
+                throw SharedError(description: texts[0] + more)
+            }
+            if isRoot {
+                for text in texts { fputs("segtrain: warning: skipped: \(text)\n", stderr) }
+                print("--skip-invalid: left out \(bad.count) of \(total) samples")
+            }
+            let trainCount = train.count
+            train = train.removing(Set(bad.filter { $0 < trainCount }))
+            validation = validation.removing(Set(bad.filter { $0 >= trainCount }.map { $0 - trainCount }))
+        }
+        if train.count == 0 { throw SharedError(description: "--data \(root): no valid training samples left") }
+        return LoadedData(train: train, validation: validation, skipped: bad.count)
+    }
+
+    func validationRoot(_ root: String) -> String { valData ?? root }
+
+    /// Rank 0's listing of the training and validation samples.
+    func listings(root: String, seed: UInt64) throws -> (DatasetListing, DatasetListing) {
+        let options = datasetOptions
+        let notes: (String) -> Void = { print("note: \($0)") }
+        if options.layout == .list {
+            let train = try DatasetScanner.list(root: root, listFile: trainList!, options: options)
+            if let valList {
+                return (train, try DatasetScanner.list(root: valData ?? root, listFile: valList, options: options))
+            }
+            if let valData { return (train, try DatasetScanner.list(root: valData, options: options, notes: notes)) }
+            return train.split(validationFraction: valSplit ?? 0.1, seed: seed)
+        }
+        let all = try DatasetScanner.list(root: root, options: options, notes: notes)
+        if let valData { return (all, try DatasetScanner.list(root: valData, options: options, notes: notes)) }
+        return all.split(validationFraction: valSplit ?? 0.1, seed: seed)
+    }
+}
+
+/// Files as a sample source: the loader threads prepare the announced batches.
+final class FileSource: SampleSource {
+    let loader: BatchLoader
+    init(loader: BatchLoader) { self.loader = loader }
+    var count: Int { loader.dataset.count }
+    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) throws {
+        try loader.next(indices, epoch: epoch, images: images, masks: masks)
+    }
+    func prefetch(_ batches: [[Int]], epoch: Int?) { loader.schedule(batches, epoch: epoch) }
+}

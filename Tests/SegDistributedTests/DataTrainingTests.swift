@@ -1,0 +1,197 @@
+import XCTest
+import Foundation
+import SegTestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `segtrain train --data DIR`, alone and under mpirun: a dataset written by `segtrain synth`,
+/// and every kind of bad input giving one line naming the file and the reason.
+final class DataTrainingTests: XCTestCase {
+    static var binary: String { Segtrain.binary(testBundleOf: DataTrainingTests.self) }
+    static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+    var folder = ""
+
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: DataTrainingTests.binary) else {
+            XCTFail("segtrain not built at \(DataTrainingTests.binary)")
+            throw XCTSkip("no binary")
+        }
+        folder = NSTemporaryDirectory() + "segtrain-data-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: folder) }
+
+    static let tiny = ["--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1", "--batch-size", "4",
+                       "--epochs", "1", "--seed", "3"]
+
+    func synth(_ out: String, count: Int, size: Int = 20, classes: Int = 1) throws {
+        let r = try Segtrain.run(DataTrainingTests.binary, ["synth", "--out", out, "--count", "\(count)", "--size", "\(size)",
+                                                            "--classes", "\(classes)"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+    }
+
+    func train(_ arguments: [String], ranks: Int = 0, timeout: Double = 120) throws -> ProcessResult {
+        let result: ProcessResult
+        if ranks == 0 {
+            result = try Segtrain.run(DataTrainingTests.binary, ["train"] + arguments, timeout: timeout)
+        } else {
+            guard let mpirun = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }
+            result = try Segtrain.run(mpirun, ["-np", "\(ranks)", "--oversubscribe", DataTrainingTests.binary, "train"] + arguments,
+                                      environment: DataTrainingTests.mpiEnvironment, timeout: timeout)
+        }
+        XCTAssertFalse(result.timedOut, "timed out: \(arguments)")
+        return result
+    }
+
+    func testTrainsOnAFolderAndHoldsOutTenPercent() throws {
+        let data = folder + "/set"
+        try synth(data, count: 23)
+        let r = try train(DataTrainingTests.tiny + ["--data", data, "--out", folder + "/run"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("21 train / 2 val samples"), r.stdout)
+        let metrics = try String(contentsOfFile: folder + "/run/metrics.csv", encoding: .utf8)
+        XCTAssertEqual(metrics.split(separator: "\n").count, 2, metrics)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/run/checkpoints/best/model.safetensors"))
+    }
+
+    /// Every bad input ends the run before the first step with exit 1 and one line on stderr that
+    /// names the file and the reason.
+    func testBadInputsGiveOneLineNamingTheFile() throws {
+        let good = folder + "/good"
+        try synth(good, count: 6)
+        let other = folder + "/other"
+        try synth(other, count: 1, size: 24)
+        try synth(folder + "/multi", count: 6, classes: 5)
+
+        func variant(_ name: String, _ change: (String) throws -> Void) throws -> String {
+            let path = folder + "/" + name
+            try FileManager.default.copyItem(atPath: good, toPath: path)
+            try change(path)
+            return path
+        }
+        let fm = FileManager.default
+        var cases: [(data: String, extra: [String], expected: [String])] = []
+        let empty = folder + "/empty"
+        try fm.createDirectory(atPath: empty + "/images", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: empty + "/masks", withIntermediateDirectories: true)
+        cases.append((empty, [], [empty + "/images", "no images"]))
+        cases.append((folder + "/absent", [], ["--data", folder + "/absent", "No such file or directory"]))
+        cases.append((try variant("nomask") { try fm.removeItem(atPath: $0 + "/masks/00003.png") },
+                      [], [folder + "/nomask/images/00003.png", "no mask"]))
+        cases.append((try variant("size") { try fm.removeItem(atPath: $0 + "/masks/00002.png")
+                                            try fm.copyItem(atPath: other + "/masks/00000.png", toPath: $0 + "/masks/00002.png") },
+                      [], [folder + "/size/masks/00002.png", "mask is 24x24 but its image", "is 20x20"]))
+        cases.append((folder + "/multi", ["--classes", "3"], [folder + "/multi/masks/", "mask value", "is not a class index below 3"]))
+        cases.append((try variant("truncated") { path in
+                          let bytes = try Data(contentsOf: URL(fileURLWithPath: path + "/images/00001.png"))
+                          try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: path + "/images/00001.png")) },
+                      [], [folder + "/truncated/images/00001.png", "PNG"]))
+        cases.append((try variant("zero") { fm.createFile(atPath: $0 + "/images/00004.png", contents: Data()) },
+                      ["--scan", "header"], [folder + "/zero/images/00004.png", "empty file"]))
+        cases.append((try variant("huge") { try pngHeaderOnly(width: 70_000, height: 70_000).write(to: URL(fileURLWithPath: $0 + "/images/00000.png")) },
+                      ["--scan", "header"], [folder + "/huge/images/00000.png", "70000x70000", "over the limit"]))
+        cases.append((try variant("text") { try Data("hello".utf8).write(to: URL(fileURLWithPath: $0 + "/masks/00005.png")) },
+                      [], [folder + "/text/masks/00005.png"]))
+        for (data, extra, expected) in cases {
+            let r = try train(DataTrainingTests.tiny + ["--data", data, "--out", folder + "/runs"] + extra)
+            XCTAssertEqual(r.status, 1, "\(data): \(r.stdout) \(r.stderr)")
+            let lines = r.stderr.split(separator: "\n")
+            XCTAssertEqual(lines.count, 1, "\(data): not one line: \(r.stderr)")
+            for part in expected { XCTAssertTrue(r.stderr.contains(part), "\(data): expected '\(part)' in: \(r.stderr)") }
+            XCTAssertFalse(r.stdout.contains("epoch 1/"), "\(data): trained anyway")
+        }
+    }
+
+    /// --skip-invalid: a warning per bad file, a count, and training on the rest (under mpirun too:
+    /// the ranks agree on what is left out).
+    func testSkipInvalidLeavesOutBadFilesOnEveryRank() throws {
+        let data = folder + "/set"
+        try synth(data, count: 12)
+        try Data("junk".utf8).write(to: URL(fileURLWithPath: data + "/images/00002.png"))
+        try Data().write(to: URL(fileURLWithPath: data + "/masks/00007.png"))
+        for ranks in [0, 2] {
+            let r = try train(DataTrainingTests.tiny + ["--data", data, "--out", folder + "/run\(ranks)", "--skip-invalid",
+                                                        "--val-split", "0.25"], ranks: ranks)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let warnings = r.stderr.split(separator: "\n").filter { $0.hasPrefix("segtrain: warning: skipped: ") }
+            XCTAssertEqual(warnings.count, 2, r.stderr)
+            XCTAssertTrue(warnings[0].contains(data + "/images/00002.png"), r.stderr)
+            XCTAssertTrue(warnings[1].contains(data + "/masks/00007.png"), r.stderr)
+            XCTAssertTrue(r.stdout.contains("left out 2 of 12 samples"), r.stdout)
+            XCTAssertTrue(r.stdout.contains("7 train / 3 val samples"), r.stdout)
+        }
+        // Without the flag, under mpirun: one message, exit non-zero, no hang.
+        let r = try train(DataTrainingTests.tiny + ["--data", data, "--out", folder + "/run-fail"], ranks: 2)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertEqual(r.stderr.components(separatedBy: "segtrain: error: ").count - 1, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("(and 1 more invalid sample(s); --skip-invalid trains without them)"), r.stderr)
+    }
+
+    /// Augmented file data: the first step's summed gradient is the same on 1, 2 and 3 ranks (the
+    /// augmentation of a sample depends on (seed, epoch, index) only), with a last batch smaller
+    /// than the others.
+    func testAugmentedGradientIsTheSameOnAnyRankCount() throws {
+        let data = folder + "/set"
+        try synth(data, count: 14, size: 24)
+        var dumps: [[String: [Float]]] = []
+        for (ranks, extra) in [(0, []), (2, []), (3, []), (0, ["--no-augment"])] {
+            let dump = folder + "/grad\(ranks)\(extra.count).safetensors"
+            let r = try train(["--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1", "--batch-size", "5",
+                               "--epochs", "1", "--seed", "3", "--data", data, "--val-split", "0.2", "--out", folder + "/r\(ranks)",
+                               "--dump-gradients", dump] + extra, ranks: ranks)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            dumps.append(try loadSafetensors(dump))
+        }
+        for other in dumps[1...2] {
+            XCTAssertLessThan(worstScaledDifference(other, dumps[0]), 1e-5)
+        }
+        // The augmentation is on (the gradient without it differs).
+        XCTAssertGreaterThan(worstScaledDifference(dumps[3], dumps[0]), 1e-3)
+    }
+}
+
+/// A PNG whose IHDR claims `width` x `height` (correct CRC), with no pixel data.
+func pngHeaderOnly(width: UInt32, height: UInt32) -> Data {
+    func be(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8((v >> 16) & 0xFF), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF)] }
+    func crc(_ bytes: [UInt8]) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for b in bytes { c ^= UInt32(b); for _ in 0..<8 { c = c & 1 != 0 ? (c >> 1) ^ 0xEDB8_8320 : c >> 1 } }
+        return ~c
+    }
+    func chunk(_ type: String, _ data: [UInt8]) -> [UInt8] {
+        let body = Array(type.utf8) + data
+        return be(UInt32(data.count)) + body + be(crc(body))
+    }
+    let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+    return Data(signature + chunk("IHDR", be(width) + be(height) + [8, 2, 0, 0, 0]) + chunk("IEND", []))
+}
+
+/// Tensors of a safetensors file written by segtrain (F32 only).
+func loadSafetensors(_ path: String) throws -> [String: [Float]] {
+    let data = try Data(contentsOf: URL(fileURLWithPath: path))
+    let length = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian })
+    let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + length))) as! [String: Any]
+    var tensors: [String: [Float]] = [:]
+    for (name, value) in header where name != "__metadata__" {
+        let entry = value as! [String: Any], offsets = entry["data_offsets"] as! [Int]
+        let bytes = data.subdata(in: (8 + length + offsets[0])..<(8 + length + offsets[1]))
+        tensors[name] = bytes.withUnsafeBytes { raw in
+            (0..<(raw.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
+        }
+    }
+    return tensors
+}
+
+/// Largest |a - b| / max|b| over every tensor (scaled per tensor).
+func worstScaledDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Double {
+    XCTAssertEqual(Set(a.keys), Set(b.keys))
+    var worst = 0.0
+    for (name, reference) in b {
+        let scale = Double(reference.map { abs($0) }.max() ?? 0)
+        let diff = zip(a[name]!, reference).map { Double(abs($0 - $1)) }.max() ?? 0
+        worst = max(worst, scale > 0 ? diff / scale : diff)
+    }
+    return worst
+}
