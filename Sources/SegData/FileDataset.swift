@@ -66,14 +66,23 @@ public final class FileDataset: @unchecked Sendable {
 
     // MARK: Decoding
 
-    /// Sample `i` as stored: the image in the spec's pixel format and the mask as class indices,
-    /// checked to be the same size. Errors name the file and the reason.
+    /// Sample `i`: the image in the spec's pixel format and the mask as class indices, checked to
+    /// be the same size as stored; with `.resize` geometry a JPEG image may come at a reduced
+    /// scale (see `ImageFile.read(_:as:atLeast:)`). Errors name the file and the reason.
     public func decode(_ i: Int) throws -> (image: Image8, mask: Image8) {
         let imagePath = listing.imagePath(i), maskPath = listing.maskPath(i)
-        let image = try ImageFile.read(imagePath, as: spec.pixelFormat, limits: spec.limits)
+        // Resized anyway: a JPEG may be decoded at a reduced scale (still at least the output size).
+        let s = spec.imageSize
+        let image: Image8, width: Int, height: Int
+        if spec.geometry == .resize {
+            (image, width, height) = try ImageFile.read(imagePath, as: spec.pixelFormat, atLeast: (s, s), limits: spec.limits)
+        } else {
+            image = try ImageFile.read(imagePath, as: spec.pixelFormat, limits: spec.limits)
+            (width, height) = (image.width, image.height)
+        }
         let mask = try decodeMask(maskPath)
-        guard image.width == mask.width && image.height == mask.height else {
-            throw ImageFileError(maskPath, "mask is \(mask.width)x\(mask.height) but its image \(imagePath) is \(image.width)x\(image.height)")
+        guard width == mask.width && height == mask.height else {
+            throw ImageFileError(maskPath, "mask is \(mask.width)x\(mask.height) but its image \(imagePath) is \(width)x\(height)")
         }
         return (image, mask)
     }
@@ -158,10 +167,9 @@ public final class FileDataset: @unchecked Sendable {
         var (image, mask) = try decode(i)
         if spec.geometry == .resize {
             let s = spec.imageSize
-            if image.width != s || image.height != s {
-                image = Preprocess.resizeImage(image, width: s, height: s)
-                mask = Preprocess.resizeMask(mask, width: s, height: s)
-            }
+            // Separately: a JPEG image may already come smaller than its mask (reduced decoding).
+            if image.width != s || image.height != s { image = Preprocess.resizeImage(image, width: s, height: s) }
+            if mask.width != s || mask.height != s { mask = Preprocess.resizeMask(mask, width: s, height: s) }
         }
         if caching {
             pthread_mutex_lock(&cacheLock)

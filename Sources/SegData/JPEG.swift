@@ -164,9 +164,12 @@ extension ImageFile {
 
     /// A JPEG as `format`: gray is libjpeg's luma (Y) of a colour file; gray files are replicated
     /// to RGB; alpha, when asked for, is 255.
-    static func decodeJPEG(_ bytes: [UInt8], name: String, as format: PixelFormat, limits: ImageLimits) throws -> Image8 {
-        try withJPEGDecoder(bytes, name: name, limits: limits) { handle, source, header in
-            try refuseCMYK(header, name: name)
+    static func decodeJPEG(_ bytes: [UInt8], name: String, as format: PixelFormat, limits: ImageLimits,
+                           atLeast: (width: Int, height: Int)? = nil) throws -> Image8 {
+        try withJPEGDecoder(bytes, name: name, limits: limits) { handle, source, stored in
+            try refuseCMYK(stored, name: name)
+            var header = stored
+            if let atLeast { (header.width, header.height) = scaledSize(stored, atLeast: atLeast) }
             switch format {
             case .gray: return try jpegPixels(handle, source, header, TJPF_GRAY, channels: 1, name: name)
             case .rgb: return try jpegPixels(handle, source, header, TJPF_RGB, channels: 3, name: name)
@@ -203,6 +206,23 @@ extension ImageFile {
             }
             return Image8(width: rgb.width, height: rgb.height, channels: 1, pixels: mask)
         }
+    }
+
+    /// The smallest size TurboJPEG can decode to directly (its scaling factors, 1/8 to 1: an IDCT
+    /// of fewer coefficients, far cheaper than decoding in full and shrinking) that is still at
+    /// least `atLeast` in both dimensions; the stored size when no factor below 1 qualifies.
+    static func scaledSize(_ header: JPEGHeader, atLeast: (width: Int, height: Int)) -> (Int, Int) {
+        var count: Int32 = 0
+        guard let factors = tjGetScalingFactors(&count) else { return (header.width, header.height) }
+        var best = (header.width, header.height)
+        for k in 0..<Int(count) {
+            let f = factors[k]
+            guard f.num > 0, f.denom > 0, f.num < f.denom else { continue }
+            let w = (header.width * Int(f.num) + Int(f.denom) - 1) / Int(f.denom)
+            let h = (header.height * Int(f.num) + Int(f.denom) - 1) / Int(f.denom)
+            if w >= atLeast.width && h >= atLeast.height && w * h < best.0 * best.1 { best = (w, h) }
+        }
+        return best
     }
 
     static func refuseCMYK(_ header: JPEGHeader, name: String) throws {

@@ -101,6 +101,20 @@ public enum ImageFile {
         try decode(readBytes(path, limits: limits), name: path, as: format, limits: limits)
     }
 
+    /// `read` for an image that will be shrunk to `atLeast` or smaller: a JPEG is decoded straight
+    /// to the smallest of TurboJPEG's scaled sizes (1/8 ... 1) that is still at least that large,
+    /// which skips most of the IDCT work. Returns the image and the file's stored size.
+    public static func read(_ path: String, as format: PixelFormat, atLeast: (width: Int, height: Int),
+                            limits: ImageLimits = ImageLimits()) throws -> (image: Image8, width: Int, height: Int) {
+        let bytes = try readBytes(path, limits: limits)
+        guard try sniff(bytes, name: path) == .jpeg else {
+            let image = try decode(bytes, name: path, as: format, limits: limits)
+            return (image, image.width, image.height)
+        }
+        let stored = try info(bytes: bytes, name: path, limits: limits)
+        return (try decodeJPEG(bytes, name: path, as: format, limits: limits, atLeast: atLeast), stored.width, stored.height)
+    }
+
     /// `read` on PNG or JPEG bytes in memory; `name` is used in errors.
     public static func decode(_ bytes: [UInt8], name: String, as format: PixelFormat,
                               limits: ImageLimits = ImageLimits()) throws -> Image8 {
@@ -155,6 +169,15 @@ public enum ImageFile {
                 let alpha = header.colorType == PNGHeader.grayAlpha || header.colorType == PNGHeader.rgba
                 let channels = (color ? 3 : 1) + (alpha ? 1 : 0)
                 let format = (color ? flagColor : 0) | (alpha ? flagAlpha : 0)
+                if header.bitDepth <= 8 && channels == 1 {
+                    // Gray, the common case: the samples are the mask (1/2/4-bit values unscaled).
+                    var raw = try finish(&image, format: format, channels: 1, name: name)
+                    if header.bitDepth < 8 {
+                        let scale = UInt8(255 / ((1 << header.bitDepth) - 1))
+                        raw.pixels.withUnsafeMutableBufferPointer { p in for i in p.indices { p[i] /= scale } }
+                    }
+                    return raw
+                }
                 var values: [Int]
                 if header.bitDepth == 16 {
                     if alpha {

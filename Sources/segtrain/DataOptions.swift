@@ -47,6 +47,12 @@ struct DataOptions: ParsableArguments {
     var ignoreIndex: Int?
     @Flag(help: "Turn every augmentation off.")
     var noAugment = false
+    @Option(help: ArgumentHelp("Augmentation settings as JSON, inline or a .json file; keys not given keep their defaults.",
+                               discussion: "Keys (docs/DATA.md): hflipProbability, vflipProbability, rotateProbability, "
+                                   + "rotateDegrees, scaleProbability, scaleMin, scaleMax, shiftProbability, shiftFraction, "
+                                   + "brightnessContrastProbability, brightnessLimit, contrastLimit, grayscaleProbability, "
+                                   + "channelShuffleProbability, blurProbability, blurSigmaMin, blurSigmaMax."))
+    var augment: String?
     @Flag(help: "Keep decoded, resized samples in memory after the first epoch.")
     var cache = false
     @Flag(help: "Leave out invalid files (a warning each) instead of stopping with an error.")
@@ -62,7 +68,8 @@ struct DataOptions: ParsableArguments {
         guard data != nil else {
             for (flag, set) in [("--layout", layout != nil), ("--train-list", trainList != nil), ("--val-list", valList != nil),
                                 ("--val-split", valSplit != nil), ("--val-data", valData != nil), ("--cache", cache),
-                                ("--skip-invalid", skipInvalid), ("--mean", mean != nil), ("--std", std != nil)] where set {
+                                ("--skip-invalid", skipInvalid), ("--mean", mean != nil), ("--std", std != nil),
+                                ("--augment", augment != nil)] where set {
                 throw ValidationError("\(flag) needs --data (without it, training uses the built-in synthetic dataset)")
             }
             return
@@ -87,6 +94,8 @@ struct DataOptions: ParsableArguments {
         if let i = ignoreIndex, i < classes { throw ValidationError("--ignore-index \(i) is a class (below --classes \(classes))") }
         if !(1...4).contains(inChannels) { throw ValidationError("--in-channels must be 1...4 with --data (got \(inChannels))") }
         _ = try normalization(channels: inChannels)
+        if augment != nil && noAugment { throw ValidationError("--augment and --no-augment contradict each other") }
+        _ = try augmentConfig()
         if loaderThreads < 0 || loaderThreads > 64 { throw ValidationError("--loader-threads must be 0...64 (got \(loaderThreads))") }
     }
 
@@ -112,6 +121,34 @@ struct DataOptions: ParsableArguments {
         return (m, s)
     }
 
+    /// --augment's settings over the defaults; .none with --no-augment.
+    func augmentConfig() throws -> AugmentConfig {
+        if noAugment { return .none }
+        guard let augment else { return .default }
+        let text = augment.trimmingCharacters(in: .whitespaces)
+        let json: Data
+        if text.hasPrefix("{") {
+            json = Data(text.utf8)
+        } else {
+            guard let data = FileManager.default.contents(atPath: text) else {
+                throw ValidationError("--augment \(text): neither JSON (starting with {) nor a readable file")
+            }
+            json = data
+        }
+        // Unknown keys (a typo) are an error, not silently ignored.
+        if let given = (try? JSONSerialization.jsonObject(with: json)) as? [String: Any],
+           let known = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(AugmentConfig.default))) as? [String: Any],
+           let unknown = given.keys.sorted().first(where: { known[$0] == nil }) {
+            throw ValidationError("--augment: unknown key \(unknown) (known: \(known.keys.sorted().joined(separator: ", ")))")
+        }
+        let config: AugmentConfig
+        do { config = try JSONDecoder().decode(AugmentConfig.self, from: json) } catch {
+            throw ValidationError("--augment: not valid settings: \(error)")
+        }
+        if let problem = config.problems.first { throw ValidationError("--augment: \(problem)") }
+        return config
+    }
+
     var datasetOptions: DatasetOptions {
         var o = DatasetOptions()
         o.layout = layoutValue
@@ -128,7 +165,7 @@ struct DataOptions: ParsableArguments {
         spec.maskEncoding = datasetOptions.maskEncoding
         spec.geometry = geometry
         if let n = try normalization(channels: inChannels) { spec.mean = n.mean; spec.std = n.std }
-        spec.augment = noAugment ? .none : AugmentConfig()
+        spec.augment = try augmentConfig()
         spec.seed = seed
         return spec
     }

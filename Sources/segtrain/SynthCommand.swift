@@ -20,11 +20,14 @@ struct SynthCommand: ParsableCommand {
     var classes = 1
     @Option(help: "Seed; sample i depends only on (seed, i).")
     var seed: UInt64 = 0
+    @Option(help: "Image file format: png or jpg (JPEG quality 95; masks are always PNG).")
+    var format = "png"
 
     func validate() throws {
         if count < 1 { throw ValidationError("--count must be at least 1 (got \(count))") }
         if size < 8 || size > 4096 { throw ValidationError("--size must be 8...4096 (got \(size))") }
         if classes < 1 || classes > 255 { throw ValidationError("--classes must be 1...255 (got \(classes))") }
+        if format != "png" && format != "jpg" { throw ValidationError("--format must be png or jpg (got \(format))") }
         if let problem = SynthCommand.unwritable(out) { throw ValidationError("--out \(out): \(problem)") }
     }
 
@@ -61,10 +64,15 @@ struct SynthCommand: ParsableCommand {
         for index in 0..<count {
             var (image, mask) = generator.sample(index)
             if classes == 1 { mask.pixels = mask.pixels.map { $0 == 0 ? 0 : 255 } }
-            let name = String(format: "%05d.png", index)
+            let name = String(format: "%05d", index)
             do {
-                try ImageFile.write(image, to: (images as NSString).appendingPathComponent(name))
-                try ImageFile.write(mask, to: (masks as NSString).appendingPathComponent(name))
+                let imagePath = (images as NSString).appendingPathComponent(name + "." + format)
+                if format == "jpg" {
+                    try ImageFile.writeJPEG(image, to: imagePath, quality: 95)
+                } else {
+                    try ImageFile.write(image, to: imagePath)
+                }
+                try ImageFile.write(mask, to: (masks as NSString).appendingPathComponent(name + ".png"))
             } catch let error as ImageFileError {
                 throw UserError(error.description)
             }

@@ -100,4 +100,77 @@ final class BatchLoaderTests: XCTestCase {
         XCTAssertNotNil(dataset.check(bad, full: false))
         XCTAssertNil(dataset.check(good[0], full: true))
     }
+
+    /// 600 samples whose image or mask file is a corrupted or truncated PNG or JPEG go through the
+    /// pre-training check and the loader threads: every outcome is a sample or a one-line error
+    /// naming one of that sample's files; nothing crashes or hangs.
+    func testCorruptedFilesGiveOnlyCleanErrorsThroughTheLoader() throws {
+        var picture = Image8(width: 20, height: 14, channels: 3)
+        for i in picture.pixels.indices { picture.pixels[i] = UInt8(truncatingIfNeeded: (i * 7) ^ (i >> 3)) }
+        var labels = Image8(width: 20, height: 14, channels: 1)
+        for i in labels.pixels.indices { labels.pixels[i] = i % 3 == 0 ? 255 : 0 }
+        let bases = [try ImageFile.encode(picture), try ImageFile.encodeJPEG(picture, quality: 90)]
+        let maskBase = try ImageFile.encode(labels)
+        try FileManager.default.createDirectory(atPath: root + "/images", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root + "/masks", withIntermediateDirectories: true)
+        var rng = SplitMix64(seed: 77)
+        func corrupt(_ base: [UInt8]) -> [UInt8] {
+            var bytes = base
+            switch rng.next() % 4 {
+            case 0: bytes = Array(bytes.prefix(Int(rng.next() % UInt64(bytes.count))))
+            case 1: for _ in 0..<(1 + rng.next() % 8) { bytes[Int(rng.next() % UInt64(bytes.count))] ^= UInt8(1 + rng.next() % 255) }
+            case 2:
+                let start = Int(rng.next() % UInt64(bytes.count)), length = Int(rng.next() % 64)
+                for k in start..<min(bytes.count, start + length) { bytes[k] = 0 }
+            default:
+                let at = Int(rng.next() % UInt64(bytes.count))
+                bytes.insert(contentsOf: randomBytes(Int(1 + rng.next() % 16), seed: rng.next()), at: at)
+            }
+            if bytes.starts(with: pngSignature), rng.next() % 2 == 0 { repairCRCs(&bytes) }
+            return bytes
+        }
+        let count = 600
+        for n in 0..<count {
+            let name = String(format: "f%04d", n)
+            let jpeg = n % 2 == 1
+            let corruptMask = n % 3 == 2
+            let image = corruptMask ? bases[n % 2] : corrupt(bases[n % 2])
+            try Data(image).write(to: URL(fileURLWithPath: root + "/images/\(name).\(jpeg ? "jpg" : "png")"))
+            try Data(corruptMask ? corrupt(maskBase) : maskBase).write(to: URL(fileURLWithPath: root + "/masks/\(name).png"))
+        }
+        var spec = SampleSpec(imageSize: 16, inChannels: 3, classes: 1)
+        spec.seed = 5
+        let dataset = FileDataset(listing: try DatasetScanner.list(root: root, options: DatasetOptions()), spec: spec)
+        XCTAssertEqual(dataset.count, count)
+        func assertNamesItsSample(_ text: String, _ i: Int) {
+            XCTAssertTrue(text.hasPrefix(dataset.listing.imagePath(i) + ": ") || text.hasPrefix(dataset.listing.maskPath(i) + ": "),
+                          "sample \(i): \(text)")
+            XCTAssertFalse(text.contains("\n"), text)
+        }
+        var valid: [Int] = []
+        for i in 0..<count {
+            for full in [false, true] {
+                if let reason = dataset.check(i, full: full) { assertNamesItsSample(reason, i) } else if full { valid.append(i) }
+            }
+        }
+        // Every sample through the loader threads, one per batch so each outcome is its own.
+        let loader = BatchLoader(dataset: dataset, threads: 2, capacity: 1)
+        let images = OwnedTensor(Shape(1, 3, 16, 16)), masks = OwnedTensor(Shape(1, 1, 16, 16))
+        loader.schedule((0..<count).map { [$0] }, epoch: 1)
+        var loaded: [Int] = []
+        for i in 0..<count {
+            do {
+                try loader.next([i], epoch: 1, images: images.tensor, masks: masks.tensor)
+                loaded.append(i)
+                XCTAssertTrue((0..<masks.tensor.count).allSatisfy { masks.tensor[$0] == 0 || masks.tensor[$0] == 1 })
+            } catch {
+                XCTAssertTrue(error is ImageFileError, "sample \(i): \(type(of: error)) \(error)")
+                assertNamesItsSample("\(error)", i)
+            }
+        }
+        // The full check and the loader agree on which samples are good; some of each kind exist.
+        XCTAssertEqual(loaded, valid)
+        XCTAssertGreaterThan(valid.count, 10)
+        XCTAssertLessThan(valid.count, count - 100)
+    }
 }

@@ -56,6 +56,25 @@ final class DataTrainingTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/run/checkpoints/best/model.safetensors"))
     }
 
+    /// JPEG images (`synth --format jpg`), augmentation settings from --augment, and its errors.
+    func testJPEGDatasetAndAugmentSettings() throws {
+        let data = folder + "/jpeg"
+        let r0 = try Segtrain.run(DataTrainingTests.binary, ["synth", "--out", data, "--count", "9", "--size", "24", "--format", "jpg"])
+        XCTAssertEqual(r0.status, 0, r0.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: data + "/images/00008.jpg"))
+        let r = try train(DataTrainingTests.tiny + ["--data", data, "--out", folder + "/run",
+                                                    "--augment", #"{"vflipProbability": 0.5, "rotateDegrees": 30}"#])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("8 train / 1 val samples"), r.stdout)
+        for (augment, expected) in [(#"{"vflipProbabilty": 0.5}"#, "unknown key vflipProbabilty"),
+                                    (#"{"rotateProbability": 2}"#, "rotateProbability"),
+                                    (folder + "/none.json", "neither JSON")] {
+            let bad = try train(DataTrainingTests.tiny + ["--data", data, "--out", folder + "/run", "--augment", augment])
+            XCTAssertEqual(bad.status, 64, bad.stderr)
+            XCTAssertTrue(bad.stderr.contains("--augment") && bad.stderr.contains(expected), bad.stderr)
+        }
+    }
+
     /// Every bad input ends the run before the first step with exit 1 and one line on stderr that
     /// names the file and the reason.
     func testBadInputsGiveOneLineNamingTheFile() throws {
