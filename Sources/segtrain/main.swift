@@ -7,7 +7,8 @@ struct Segtrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segtrain",
         abstract: "Data-parallel UNet segmentation training on CPU clusters.",
-        subcommands: [TrainCommand.self, InfoCommand.self, BenchCommand.self, SynthCommand.self, MPICheckCommand.self])
+        subcommands: [TrainCommand.self, InfoCommand.self, BenchCommand.self, SynthCommand.self, MPICheckCommand.self,
+                      ReportCommand.self])
 }
 
 /// A failure the user can act on: printed as one line, exit code 1.

@@ -1,0 +1,812 @@
+// The training report: RUN_DIR/report.html, one self-contained page (inline CSS and SVG, no
+// JavaScript, no external URLs; links to the sample grids are relative, so the page opens from
+// the filesystem). The markup is also well-formed XML (void elements self-closed, only XML's
+// five entities), so tests can parse it strictly.
+//
+// Curves: one <polyline data-series="COLUMN"> per run of consecutive finite values. A missing
+// (empty), NaN or infinite value breaks the line; a curve without such gaps is exactly one
+// polyline with one point per epoch. Each polyline lists its points' epochs in data-epochs.
+
+import Foundation
+import SegEngine
+
+// MARK: - Reading a run folder
+
+/// metrics.csv, by column: one entry per row; nil for an empty field.
+struct MetricsTable {
+    var epochs: [Int] = []
+    var columns: [String: [Double?]] = [:]
+
+    /// The column's values (all nil when the file has no such column).
+    func values(_ name: String) -> [Double?] { columns[name] ?? epochs.map { _ in nil } }
+
+    /// Parses metrics.csv text; throws the reason (without the file name).
+    static func parse(_ text: String) throws -> MetricsTable {
+        struct Garbled: Error { let reason: String }
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map {
+            $0.hasSuffix("\r") ? $0.dropLast() : $0
+        }
+        while let last = lines.last, last.trimmingCharacters(in: .whitespaces).isEmpty { lines.removeLast() }
+        guard let headerLine = lines.first else { throw ReportError("the file is empty") }
+        let header = headerLine.split(separator: ",", omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        guard header.first == "epoch", header.contains("train_loss") else {
+            throw ReportError("not a segtrain metrics file: the header is '\(shortened(String(headerLine)))', "
+                              + "expected it to start with 'epoch,train_loss'")
+        }
+        if let duplicate = header.first(where: { name in header.filter { $0 == name }.count > 1 }) {
+            throw ReportError("the header names column '\(shortened(duplicate))' twice")
+        }
+        var table = MetricsTable()
+        for name in header.dropFirst() { table.columns[name] = [] }
+        for (index, line) in lines.enumerated().dropFirst() {
+            let number = index + 1
+            let fields = line.split(separator: ",", omittingEmptySubsequences: false)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+            guard fields.count == header.count else {
+                throw ReportError("line \(number): \(fields.count) field(s), the header has \(header.count)")
+            }
+            guard let epoch = Int(fields[0]), epoch >= 1 else {
+                throw ReportError("line \(number): the epoch '\(shortened(fields[0]))' is not a whole number >= 1")
+            }
+            if let previous = table.epochs.last, epoch <= previous {
+                throw ReportError("line \(number): epoch \(epoch) comes after epoch \(previous)")
+            }
+            table.epochs.append(epoch)
+            for (name, field) in zip(header, fields).dropFirst() {
+                if field.isEmpty {
+                    table.columns[name]!.append(nil)
+                } else if let value = Double(field) {
+                    table.columns[name]!.append(value)
+                } else {
+                    throw ReportError("line \(number): \(name) '\(shortened(field))' is not a number")
+                }
+            }
+        }
+        if table.epochs.isEmpty { throw ReportError("no epochs (only the header)") }
+        if table.values("train_loss").contains(where: { $0 == nil }) {
+            throw ReportError("line \(table.values("train_loss").firstIndex { $0 == nil }! + 2): train_loss is empty")
+        }
+        return table
+    }
+
+    private static func shortened(_ text: String) -> String {
+        text.count > 40 ? String(text.prefix(40)) + "..." : text
+    }
+}
+
+/// A reason a run folder cannot be reported (the caller adds the file name).
+struct ReportError: Error {
+    let reason: String
+    init(_ reason: String) { self.reason = reason }
+}
+
+/// What summary.json (written at the end of training) or, failing that, checkpoints/last/state.json
+/// tells about the run. Every field is optional: the report works from metrics.csv alone.
+struct RunFacts {
+    var arguments: [String]?
+    var ranks: Int?
+    var threadsPerRank: Int?
+    var parameters: Int?
+    var seconds: Double?
+    var epochsTrained: Int?
+    var notes: [String] = []
+
+    static func read(runDirectory dir: String) -> RunFacts {
+        var facts = RunFacts()
+        if let object = readJSONObject(dir + "/summary.json", notes: &facts.notes) {
+            facts.arguments = object["arguments"] as? [String]
+            facts.ranks = object["ranks"] as? Int
+            facts.threadsPerRank = object["threads_per_rank"] as? Int
+            facts.parameters = object["parameters"] as? Int
+            facts.seconds = object["seconds"] as? Double
+            facts.epochsTrained = object["epochs_trained"] as? Int
+        }
+        if facts.arguments == nil || facts.ranks == nil,
+           let state = readJSONObject(dir + "/checkpoints/last/state.json", notes: &facts.notes) {
+            facts.arguments = facts.arguments ?? state["arguments"] as? [String]
+            facts.ranks = facts.ranks ?? state["ranks"] as? Int
+        }
+        return facts
+    }
+
+    private static func readJSONObject(_ path: String, notes: inout [String]) -> [String: Any]? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            notes.append("\((path as NSString).lastPathComponent) is not a JSON object; ignored")
+            return nil
+        }
+        return object
+    }
+
+    /// The value of `--name V` or `--name=V` on the command line (the last one wins).
+    func option(_ name: String) -> String? {
+        guard let arguments else { return nil }
+        var value: String?
+        for (i, a) in arguments.enumerated() {
+            if a == name, i + 1 < arguments.count { value = arguments[i + 1] }
+            if a.hasPrefix(name + "=") { value = String(a.dropFirst(name.count + 1)) }
+        }
+        return value
+    }
+}
+
+/// The sample grids OUT/samples/epoch-NNN.png, oldest first.
+func sampleGrids(runDirectory dir: String) -> [(epoch: Int, file: String)] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/samples")) ?? []
+    return names.compactMap { name -> (Int, String)? in
+        guard name.hasPrefix("epoch-"), name.hasSuffix(".png") else { return nil }
+        guard let epoch = Int(name.dropFirst(6).dropLast(4)) else { return nil }
+        return (epoch, name)
+    }.sorted { $0.0 < $1.0 }.map { (epoch: $0.0, file: $0.1) }
+}
+
+/// Width and height from a PNG's IHDR chunk, or nil.
+func pngSize(_ path: String) -> (width: Int, height: Int)? {
+    guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+    defer { try? handle.close() }
+    let bytes = [UInt8](handle.readData(ofLength: 24))
+    guard bytes.count == 24, bytes[0..<8] == [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] else { return nil }
+    func be32(_ o: Int) -> Int { bytes[o..<o + 4].reduce(0) { $0 << 8 | Int($1) } }
+    return (be32(16), be32(20))
+}
+
+// MARK: - The entry point
+
+/// Writes the training report of `runDirectory` to `output` (default RUN_DIR/report.html),
+/// atomically, and returns the path written. The trainer calls it at the end of training; so
+/// does `segtrain report`. A missing folder or a missing or garbled metrics.csv throws
+/// `UserError("RUN_DIR/metrics.csv: <reason>")`.
+@discardableResult
+func writeReport(runDirectory: String, to output: String? = nil) throws -> String {
+    var dir = runDirectory
+    while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
+    if dir.isEmpty { dir = "." }
+    let metricsPath = dir + "/metrics.csv"
+    var isFolder: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: dir, isDirectory: &isFolder) else {
+        throw UserError("\(metricsPath): cannot read: the folder \(dir) does not exist")
+    }
+    guard isFolder.boolValue else { throw UserError("\(metricsPath): cannot read: \(dir) is not a folder") }
+    let text: String
+    switch readText(metricsPath) {
+    case .failure(let error): throw UserError("\(metricsPath): \(error.reason)")
+    case .success(let t): text = t
+    }
+    let table: MetricsTable
+    do { table = try MetricsTable.parse(text) } catch let error as ReportError {
+        throw UserError("\(metricsPath): \(error.reason)")
+    }
+    let outputPath = output ?? dir + "/report.html"
+    let page = ReportPage(runDirectory: dir, table: table, facts: RunFacts.read(runDirectory: dir),
+                          samples: sampleGrids(runDirectory: dir),
+                          linkPrefix: relativeLinkPrefix(fromFileAt: outputPath, to: dir))
+    if let error = writeFileAtomically(outputPath, page.render()) { throw UserError(error) }
+    return outputPath
+}
+
+private func readText(_ path: String) -> Result<String, ReportError> {
+    guard let file = fopen(path, "rb") else {
+        return .failure(ReportError("cannot read: \(String(cString: strerror(errno)))"))
+    }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&buffer, 1, buffer.count, file)
+        if n > 0 { bytes += buffer[0..<n] }
+        if n < buffer.count {
+            if ferror(file) != 0 { return .failure(ReportError("cannot read: \(String(cString: strerror(errno)))")) }
+            break
+        }
+    }
+    guard let text = String(validating: bytes, as: UTF8.self) else { return .failure(ReportError("not UTF-8 text")) }
+    return .success(text)
+}
+
+/// The URL prefix ("" or "../run/" ...) from the folder of the file at `file` to `folder`,
+/// each component percent-encoded.
+func relativeLinkPrefix(fromFileAt file: String, to folder: String) -> String {
+    func components(_ path: String) -> [String] {
+        URL(fileURLWithPath: path).standardizedFileURL.pathComponents.filter { $0 != "/" }
+    }
+    let from = Array(components(file).dropLast()), to = components(folder)
+    var common = 0
+    while common < from.count && common < to.count && from[common] == to[common] { common += 1 }
+    let parts = Array(repeating: "..", count: from.count - common) + to[common...].map(percentEncoded)
+    return parts.map { $0 + "/" }.joined()
+}
+
+func percentEncoded(_ component: String) -> String {
+    var allowed = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    allowed.insert(charactersIn: "-._~")
+    return component.addingPercentEncoding(withAllowedCharacters: allowed) ?? component
+}
+
+// MARK: - HTML
+
+/// Text or attribute value made safe for HTML and XML: the five markup characters become
+/// entities, control characters XML does not allow become U+FFFD.
+func htmlEscaped(_ text: String) -> String {
+    var out = ""
+    out.reserveCapacity(text.utf8.count)
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "&": out += "&amp;"
+        case "<": out += "&lt;"
+        case ">": out += "&gt;"
+        case "\"": out += "&quot;"
+        case "'": out += "&#39;"
+        case "\t", "\n", "\r": out.unicodeScalars.append(scalar)
+        default:
+            let v = scalar.value
+            if v < 0x20 || v == 0x7F || (0x80...0x9F).contains(v) || v == 0xFFFE || v == 0xFFFF {
+                out += "\u{FFFD}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out
+}
+
+/// One argument as a POSIX shell would need it written.
+func shellQuoted(_ argument: String) -> String {
+    let plain = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,+@%")
+    if !argument.isEmpty && argument.unicodeScalars.allSatisfy({ plain.contains($0) }) { return argument }
+    return "'" + argument.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
+/// A number for a table cell: `digits` decimals, "nan"/"inf" as such, "—" when absent.
+private func cell(_ value: Double?, _ digits: Int) -> String {
+    guard let value else { return "—" }
+    return fixed(value, digits)
+}
+
+/// A learning rate or other small number: up to 4 significant digits, no float noise.
+func shortNumber(_ value: Double) -> String {
+    if !value.isFinite { return "\(value)" }
+    if value == 0 { return "0" }
+    var text = String(format: "%.4g", value)
+    if let e = text.firstIndex(of: "e") {  // 1e-05 -> 1e-5
+        let mantissa = text[..<e], exponent = Int(text[text.index(after: e)...]) ?? 0
+        text = mantissa + "e\(exponent)"
+    }
+    return text
+}
+
+func durationText(_ seconds: Double) -> String {
+    guard seconds.isFinite, seconds >= 0 else { return "\(seconds)" }
+    if seconds < 60 { return fixed(seconds, seconds < 10 ? 2 : 1) + " s" }
+    let whole = Int(seconds.rounded())
+    let h = whole / 3600, m = whole / 60 % 60, s = whole % 60
+    func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+    return h > 0 ? "\(h) h \(two(m)) min \(two(s)) s" : "\(m) min \(two(s)) s"
+}
+
+struct ReportPage {
+    let runDirectory: String
+    let table: MetricsTable
+    let facts: RunFacts
+    let samples: [(epoch: Int, file: String)]
+    /// Prepended to links into the run folder (the page may be written elsewhere with --out).
+    let linkPrefix: String
+
+    var hasValidation: Bool { table.values("val_loss").contains { $0 != nil } }
+
+    /// The first epoch with the lowest finite validation loss (the trainer's "best": only a
+    /// strictly lower loss improves), or nil.
+    var bestEpoch: (epoch: Int, loss: Double)? {
+        var best: (Int, Double)?
+        for (epoch, loss) in zip(table.epochs, table.values("val_loss")) {
+            if let loss, loss.isFinite, best.map({ loss < $0.1 }) ?? true { best = (epoch, loss) }
+        }
+        return best.map { (epoch: $0.0, loss: $0.1) }
+    }
+
+    func render() -> String {
+        let title = "segtrain report: " + runDirectory
+        var html = """
+            <!DOCTYPE html>
+            <html lang="en">
+            <head>
+            <meta charset="utf-8"/>
+            <meta name="viewport" content="width=device-width, initial-scale=1"/>
+            <title>\(htmlEscaped(title))</title>
+            <style>\(ReportPage.css)</style>
+            </head>
+            <body>
+            <h1>Training report <code>\(htmlEscaped(runDirectory))</code></h1>
+
+            """
+        for note in facts.notes { html += "<p class=\"note\">\(htmlEscaped(note))</p>\n" }
+        html += summarySection()
+        html += chartsSection()
+        html += samplesSection()
+        html += configurationSection()
+        html += epochsSection()
+        html += filesSection()
+        let stamp = ISO8601DateFormatter().string(from: Date())
+        html += "<footer>Written by <code>segtrain report</code> at \(htmlEscaped(stamp)) from "
+            + "<code>\(htmlEscaped(runDirectory))/metrics.csv</code>.</footer>\n</body>\n</html>\n"
+        return html
+    }
+
+    static let css = """
+
+        body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
+               max-width: 1280px; margin: 0 auto; padding: 16px 24px 40px; background: #fff; }
+        h1 { font-size: 1.5em; margin: 0.4em 0 0.8em; }
+        h1 code { font-size: 0.8em; font-weight: normal; color: #555; overflow-wrap: anywhere; }
+        h2 { font-size: 1.2em; margin: 1.6em 0 0.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+        h3 { font-size: 1em; margin: 0.2em 0 0.3em; }
+        code, pre { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 0.9em; }
+        pre { background: #f6f6f6; border: 1px solid #e2e2e2; padding: 8px 10px; white-space: pre-wrap;
+              overflow-wrap: anywhere; }
+        pre.command span { white-space: pre; }
+        table { border-collapse: collapse; }
+        th, td { text-align: left; padding: 3px 12px 3px 0; vertical-align: top; }
+        table.summary th { font-weight: 600; color: #444; white-space: nowrap; }
+        table.epochs { font-variant-numeric: tabular-nums; font-size: 0.9em; }
+        table.epochs th, table.epochs td { text-align: right; padding: 2px 8px; border-bottom: 1px solid #eee; }
+        table.epochs tr.best td { background: #fff4d6; }
+        .charts { display: flex; flex-wrap: wrap; gap: 16px 24px; }
+        figure { margin: 0; }
+        figure.chart { flex: 1 1 540px; max-width: 640px; }
+        svg.chart { width: 100%; height: auto; display: block; }
+        svg.chart text { font: 12px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; fill: #333; }
+        svg.chart .axis { stroke: #444; stroke-width: 1; }
+        svg.chart .grid { stroke: #e6e6e6; stroke-width: 1; }
+        svg.chart .series { fill: none; stroke-width: 2; stroke-linejoin: round; stroke-linecap: round; }
+        svg.chart .best { stroke: #888; stroke-width: 1.2; stroke-dasharray: 5 4; }
+        svg.chart text.best-label { fill: #666; }
+        svg.chart text.empty { fill: #999; font-style: italic; }
+        .samples { display: flex; flex-wrap: wrap; gap: 16px 32px; align-items: flex-start; }
+        .samples img { max-width: 100%; height: auto; border: 1px solid #ccc; background: #000; }
+        img.pixelated { image-rendering: pixelated; image-rendering: crisp-edges; }
+        figcaption { font-size: 0.9em; color: #555; margin-top: 4px; }
+        .note { color: #7a5b00; background: #fff8e1; border-left: 3px solid #f0c040; padding: 4px 10px; }
+        ul.epoch-links { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 4px 12px; }
+        footer { margin-top: 2.5em; font-size: 0.85em; color: #777; }
+
+        """
+
+    // MARK: Summary
+
+    private func summarySection() -> String {
+        var rows: [(String, String)] = []
+        let epochs = table.epochs
+        var epochText = "\(epochs.count)"
+        if epochs.first != 1 || epochs.last != epochs.count {
+            epochText += " (epochs \(epochs.first!)–\(epochs.last!))"
+        }
+        if let planned = facts.option("--epochs").flatMap(Int.init), planned > epochs.last! {
+            epochText += " of \(planned) planned"
+        }
+        rows.append(("Epochs", epochText))
+        if let best = bestEpoch {
+            rows.append(("Best epoch", "\(best.epoch) (validation loss \(fixed(best.loss, 4)))"))
+        } else {
+            rows.append(("Best epoch", hasValidation ? "— (no finite validation loss)" : "— (no validation set)"))
+        }
+        let last = epochs.count - 1
+        var lossText = "train \(cell(table.values("train_loss")[last], 4))"
+        if hasValidation { lossText += ", validation \(cell(table.values("val_loss")[last], 4))" }
+        rows.append(("Last loss", lossText))
+        if hasValidation {
+            rows.append(("Last validation Dice / IoU",
+                         "\(cell(table.values("val_dice")[last], 3)) / \(cell(table.values("val_iou")[last], 3))"))
+            if let accuracy = table.values("val_accuracy")[last] {
+                rows.append(("Last validation accuracy", fixed(accuracy, 3)))
+            }
+        }
+        let speeds = table.values("images_per_second").compactMap { $0 }.filter(\.isFinite)
+        if !speeds.isEmpty {
+            let mean = speeds.reduce(0, +) / Double(speeds.count)
+            var text = "\(fixed(mean, 1)) images/s (mean of \(speeds.count) epoch\(speeds.count == 1 ? "" : "s")"
+            if speeds.count > 1 { text += "; \(fixed(speeds.min()!, 1))–\(fixed(speeds.max()!, 1))" }
+            rows.append(("Throughput", text + ")"))
+        }
+        if let seconds = facts.seconds {
+            var text = durationText(seconds)
+            if let trained = facts.epochsTrained, trained != epochs.count {
+                text += " (the last invocation, \(trained) epoch\(trained == 1 ? "" : "s"))"
+            }
+            rows.append(("Wall time", text))
+        } else {
+            let sum = table.values("seconds").compactMap { $0 }.filter(\.isFinite).reduce(0, +)
+            if sum > 0 { rows.append(("Wall time", durationText(sum) + " (sum of the epochs' times)")) }
+        }
+        if let ranks = facts.ranks {
+            var text = "\(ranks) rank\(ranks == 1 ? "" : "s")"
+            if let threads = facts.threadsPerRank { text += " × \(threads) thread\(threads == 1 ? "" : "s")" }
+            rows.append(("Ranks × threads", text))
+        }
+        if let parameters = facts.parameters { rows.append(("Parameters", grouped(parameters))) }
+        let rates = table.values("lr").compactMap { $0 }
+        if let first = rates.first, let lastRate = rates.last {
+            let lo = rates.min()!, hi = rates.max()!
+            var text = shortNumber(first)
+            if lo != hi { text += " → \(shortNumber(lastRate)) (range \(shortNumber(lo))–\(shortNumber(hi)))" }
+            rows.append(("Learning rate", text))
+        }
+        var html = "<h2 id=\"summary\">Summary</h2>\n<table class=\"summary\">\n"
+        for (name, value) in rows {
+            html += "<tr><th scope=\"row\">\(htmlEscaped(name))</th><td>\(htmlEscaped(value))</td></tr>\n"
+        }
+        return html + "</table>\n"
+    }
+
+    // MARK: Charts
+
+    private func chartsSection() -> String {
+        let best = bestEpoch?.epoch
+        var html = "<h2 id=\"curves\">Curves</h2>\n"
+        if !hasValidation {
+            html += "<p class=\"note\">No validation set (trained with <code>--val-samples 0</code>): no validation "
+                + "loss, Dice or IoU, and no best epoch.</p>\n"
+        }
+        html += "<div class=\"charts\">\n"
+        var loss = [Series(key: "train_loss", label: "train loss", colour: "#1f77b4", values: table.values("train_loss"))]
+        if hasValidation {
+            loss.append(Series(key: "val_loss", label: "validation loss", colour: "#ff7f0e", values: table.values("val_loss")))
+        }
+        html += Chart(id: "loss", title: "Loss", yTitle: "loss", epochs: table.epochs, series: loss,
+                      best: best, allowLog: false).figure()
+        if hasValidation {
+            html += Chart(id: "dice-iou", title: "Validation Dice and IoU", yTitle: "score", epochs: table.epochs,
+                          series: [Series(key: "val_dice", label: "Dice", colour: "#2ca02c", values: table.values("val_dice")),
+                                   Series(key: "val_iou", label: "IoU", colour: "#9467bd", values: table.values("val_iou"))],
+                          best: best, allowLog: false, unitInterval: true).figure()
+        }
+        if table.columns["lr"] != nil {
+            html += Chart(id: "lr", title: "Learning rate", yTitle: "learning rate", epochs: table.epochs,
+                          series: [Series(key: "lr", label: "learning rate", colour: "#d62728", values: table.values("lr"))],
+                          best: best, allowLog: true).figure()
+        }
+        return html + "</div>\n"
+    }
+
+    // MARK: Samples
+
+    private func samplesSection() -> String {
+        var html = "<h2 id=\"samples\">Sample predictions</h2>\n"
+        guard let newest = samples.last else {
+            return html + "<p class=\"note\">No sample grids in <code>\(htmlEscaped(runDirectory))/samples/</code> "
+                + "(they are written after each epoch when there is a validation set).</p>\n"
+        }
+        html += "<p>Each row is one fixed validation image: the image, the true mask, the predicted mask.</p>\n"
+        html += "<div class=\"samples\">\n"
+        var shown = [(newest, "epoch \(newest.epoch) (newest)")]
+        if let best = bestEpoch?.epoch, best != newest.epoch, let grid = samples.first(where: { $0.epoch == best }) {
+            shown.append((grid, "epoch \(best) (best)"))
+        }
+        for (grid, caption) in shown {
+            let src = linkPrefix + "samples/" + percentEncoded(grid.file)
+            var size = ""
+            var pixelated = ""
+            if let (w, h) = pngSize(runDirectory + "/samples/" + grid.file), w > 0, h > 0 {
+                let scale = max(1, min(8, 360 / w))
+                size = " width=\"\(w * scale)\" height=\"\(h * scale)\""
+                if scale > 1 { pixelated = " class=\"pixelated\"" }
+            }
+            html += "<figure><img src=\"\(htmlEscaped(src))\"\(size)\(pixelated) alt=\"sample predictions, "
+                + "\(htmlEscaped(caption))\"/><figcaption>\(htmlEscaped(caption)): image | truth | prediction"
+                + "</figcaption></figure>\n"
+        }
+        html += "</div>\n"
+        if samples.count > 1 {
+            html += "<p>Every epoch's grid:</p>\n<ul class=\"epoch-links\">\n"
+            for grid in samples {
+                let href = linkPrefix + "samples/" + percentEncoded(grid.file)
+                html += "<li><a href=\"\(htmlEscaped(href))\">epoch \(grid.epoch)</a></li>\n"
+            }
+            html += "</ul>\n"
+        }
+        return html
+    }
+
+    // MARK: Configuration
+
+    private func configurationSection() -> String {
+        var html = "<h2 id=\"configuration\">Configuration</h2>\n"
+        guard let arguments = facts.arguments else {
+            return html + "<p class=\"note\">The command line is unknown (no summary.json or checkpoints/last/state.json).</p>\n"
+        }
+        // One unbreakable span per argument: lines wrap between arguments only.
+        let line = (["segtrain"] + arguments).map { "<span>\(htmlEscaped(shellQuoted($0)))</span>" }.joined(separator: " ")
+        html += "<pre class=\"command\">\(line)</pre>\n"
+        // The flags as a table: "--name value" and "--flag".
+        var pairs: [(String, String)] = []
+        var i = arguments.first?.hasPrefix("-") == false ? 1 : 0  // the subcommand
+        while i < arguments.count {
+            let a = arguments[i]
+            if a.hasPrefix("--"), let eq = a.firstIndex(of: "=") {
+                pairs.append((String(a[..<eq]), String(a[a.index(after: eq)...])))
+            } else if a.hasPrefix("--"), i + 1 < arguments.count, !arguments[i + 1].hasPrefix("--") {
+                pairs.append((a, arguments[i + 1]))
+                i += 1
+            } else {
+                pairs.append((a, a.hasPrefix("--") ? "on" : ""))
+            }
+            i += 1
+        }
+        if !pairs.isEmpty {
+            html += "<table class=\"summary flags\">\n"
+            for (name, value) in pairs {
+                html += "<tr><th scope=\"row\"><code>\(htmlEscaped(name))</code></th><td><code>\(htmlEscaped(value))</code></td></tr>\n"
+            }
+            html += "</table>\n<p>Flags not listed have their defaults (<code>segtrain train --help</code>).</p>\n"
+        }
+        return html
+    }
+
+    // MARK: Epochs
+
+    private func epochsSection() -> String {
+        let columns: [(key: String, title: String, digits: Int)] = [
+            ("train_loss", "train loss", 4), ("val_loss", "val loss", 4), ("val_accuracy", "accuracy", 3),
+            ("val_precision", "precision", 3), ("val_recall", "recall", 3), ("val_dice", "Dice", 3),
+            ("val_iou", "IoU", 3), ("lr", "lr", -1), ("images_per_second", "images/s", 1), ("seconds", "seconds", 2),
+        ].filter { column in table.values(column.key).contains { $0 != nil } }
+        let best = bestEpoch?.epoch
+        var html = "<h2 id=\"epochs\">Epochs</h2>\n<details\(table.epochs.count <= 30 ? " open=\"open\"" : "")>"
+            + "<summary>metrics.csv, \(table.epochs.count) row\(table.epochs.count == 1 ? "" : "s")</summary>\n"
+            + "<table class=\"epochs\">\n<tr><th>epoch</th>"
+        for column in columns { html += "<th>\(htmlEscaped(column.title))</th>" }
+        html += "</tr>\n"
+        for (row, epoch) in table.epochs.enumerated() {
+            html += epoch == best ? "<tr class=\"best\" title=\"best epoch\">" : "<tr>"
+            html += "<td>\(epoch)</td>"
+            for column in columns {
+                let value = table.values(column.key)[row]
+                let text = column.digits < 0 ? value.map(shortNumber) ?? "—" : cell(value, column.digits)
+                html += "<td>\(htmlEscaped(text))</td>"
+            }
+            html += "</tr>\n"
+        }
+        return html + "</table>\n</details>\n"
+    }
+
+    // MARK: Files
+
+    private func filesSection() -> String {
+        let fm = FileManager.default
+        var items: [(path: String, what: String)] = [("metrics.csv", "every epoch's metrics")]
+        for (path, what) in [("summary.json", "the run at a glance"), ("model.safetensors", "the trained weights"),
+                             ("checkpoints/last/state.json", "the last checkpoint"),
+                             ("checkpoints/best/state.json", "the best checkpoint (lowest validation loss)")]
+        where fm.fileExists(atPath: runDirectory + "/" + path) {
+            var text = what
+            if let attributes = try? fm.attributesOfItem(atPath: runDirectory + "/" + path),
+               let size = attributes[.size] as? Int, path.hasSuffix(".safetensors") {
+                text += ", \(grouped(size)) bytes"
+            }
+            items.append((path, text))
+        }
+        var html = "<h2 id=\"files\">Files</h2>\n<ul>\n"
+        for item in items {
+            let href = linkPrefix + item.path.split(separator: "/").map { percentEncoded(String($0)) }.joined(separator: "/")
+            html += "<li><a href=\"\(htmlEscaped(href))\"><code>\(htmlEscaped(item.path))</code></a>: \(htmlEscaped(item.what))</li>\n"
+        }
+        return html + "</ul>\n"
+    }
+}
+
+// MARK: - SVG charts
+
+struct Series {
+    /// The metrics.csv column: the polylines' data-series.
+    let key: String
+    let label: String
+    let colour: String
+    let values: [Double?]
+}
+
+/// A line chart over epochs: axes with round ticks, a legend, one polyline per gap-free run of
+/// each series, a dashed vertical line at the best epoch.
+struct Chart {
+    let id: String
+    let title: String
+    let yTitle: String
+    let epochs: [Int]
+    let series: [Series]
+    let best: Int?
+    /// A log scale when every value is positive and they span at least a factor of 10.
+    let allowLog: Bool
+    /// Scores in [0, 1]: the axis does not go beyond.
+    var unitInterval = false
+
+    static let width = 600.0, height = 330.0
+    static let right = width - 20, top = 44.0, bottom = height - 46
+
+    func figure() -> String {
+        "<figure class=\"chart\" id=\"chart-\(htmlEscaped(id))\">\n<h3>\(htmlEscaped(title))</h3>\n" + svg() + "</figure>\n"
+    }
+
+    func svg() -> String {
+        // y: every finite value of every series; room on the left for the longest tick label.
+        let finite = series.flatMap { $0.values.compactMap { $0 }.filter(\.isFinite) }
+        let axis = YAxis(values: finite, allowLog: allowLog, unitInterval: unitInterval)
+        let left = max(52, 30 + 7 * Double(axis.ticks.map(\.label.count).max() ?? 0))
+        let (right, top, bottom) = (Chart.right, Chart.top, Chart.bottom)
+        func py(_ v: Double) -> Double { bottom - axis.fraction(v) * (bottom - top) }
+        var s = "<svg class=\"chart\" data-chart=\"\(htmlEscaped(id))\" width=\"\(Int(Chart.width))\" "
+            + "height=\"\(Int(Chart.height))\" viewBox=\"0 0 \(Int(Chart.width)) \(Int(Chart.height))\" role=\"img\">\n"
+            + "<title>\(htmlEscaped(title))</title>\n"
+
+        // x: epochs, integer ticks.
+        let first = Double(epochs.first ?? 1), last = Double(epochs.last ?? 1)
+        let x0 = first == last ? first - 0.5 : first, x1 = first == last ? last + 0.5 : last
+        func px(_ epoch: Double) -> Double { left + (epoch - x0) / (x1 - x0) * (right - left) }
+        let xStep = max(1, niceStep((x1 - x0) / 8))
+        var xTicks: [Double] = []
+        var k = (x0 / xStep).rounded(.up)
+        while k * xStep <= x1 + 1e-9 { xTicks.append(k * xStep); k += 1 }
+
+        // Grid and y ticks.
+        s += "<g class=\"y-ticks\">\n"
+        for tick in axis.ticks {
+            let y = coordinate(py(tick.value))
+            s += "<line class=\"grid\" x1=\"\(coordinate(left))\" y1=\"\(y)\" x2=\"\(coordinate(right))\" y2=\"\(y)\"/>"
+                + "<line class=\"axis\" x1=\"\(coordinate(left - 5))\" y1=\"\(y)\" x2=\"\(coordinate(left))\" y2=\"\(y)\"/>"
+                + "<text x=\"\(coordinate(left - 8))\" y=\"\(y)\" dy=\"0.35em\" text-anchor=\"end\">\(htmlEscaped(tick.label))</text>\n"
+        }
+        s += "</g>\n<g class=\"x-ticks\">\n"
+        for tick in xTicks {
+            let x = coordinate(px(tick))
+            s += "<line class=\"axis\" x1=\"\(x)\" y1=\"\(coordinate(bottom))\" x2=\"\(x)\" y2=\"\(coordinate(bottom + 5))\"/>"
+                + "<text x=\"\(x)\" y=\"\(coordinate(bottom + 19))\" text-anchor=\"middle\">\(Int(tick))</text>\n"
+        }
+        s += "</g>\n"
+        // Axes and their titles.
+        s += "<line class=\"axis\" x1=\"\(coordinate(left))\" y1=\"\(coordinate(top))\" x2=\"\(coordinate(left))\" y2=\"\(coordinate(bottom))\"/>\n"
+            + "<line class=\"axis\" x1=\"\(coordinate(left))\" y1=\"\(coordinate(bottom))\" x2=\"\(coordinate(right))\" y2=\"\(coordinate(bottom))\"/>\n"
+            + "<text x=\"\(coordinate((left + right) / 2))\" y=\"\(coordinate(Chart.height - 8))\" text-anchor=\"middle\">epoch</text>\n"
+            + "<text transform=\"translate(14 \(coordinate((top + bottom) / 2))) rotate(-90)\" text-anchor=\"middle\">"
+            + "\(htmlEscaped(yTitle + (axis.isLog ? " (log scale)" : axis.factor)))</text>\n"
+
+        // The best epoch.
+        if let best, epochs.contains(best) {
+            let x = coordinate(px(Double(best)))
+            let anchorEnd = px(Double(best)) > (left + right) / 2
+            s += "<line class=\"best\" data-best-epoch=\"\(best)\" x1=\"\(x)\" y1=\"\(coordinate(top))\" x2=\"\(x)\" y2=\"\(coordinate(bottom))\"/>\n"
+                + "<text class=\"best-label\" x=\"\(coordinate(px(Double(best)) + (anchorEnd ? -4 : 4)))\" "
+                + "y=\"\(coordinate(top - 6))\" text-anchor=\"\(anchorEnd ? "end" : "start")\">best: epoch \(best)</text>\n"
+        }
+
+        // The curves: a polyline per run of finite values, a dot per point (when few, or alone).
+        let dots = epochs.count <= 60
+        for item in series {
+            var runs: [[(epoch: Int, value: Double)]] = [[]]
+            for (epoch, value) in zip(epochs, item.values) {
+                if let value, value.isFinite {
+                    runs[runs.count - 1].append((epoch, value))
+                } else if !runs[runs.count - 1].isEmpty {
+                    runs.append([])
+                }
+            }
+            runs.removeAll { $0.isEmpty }
+            for run in runs {
+                let points = run.map { "\(coordinate(px(Double($0.epoch)))),\(coordinate(py($0.value)))" }.joined(separator: " ")
+                s += "<polyline class=\"series\" data-series=\"\(htmlEscaped(item.key))\" "
+                    + "data-epochs=\"\(run.map { String($0.epoch) }.joined(separator: " "))\" "
+                    + "stroke=\"\(htmlEscaped(item.colour))\" points=\"\(points)\"/>\n"
+                if dots || run.count == 1 {
+                    s += "<g fill=\"\(htmlEscaped(item.colour))\">"
+                    for point in run {
+                        s += "<circle cx=\"\(coordinate(px(Double(point.epoch))))\" cy=\"\(coordinate(py(point.value)))\" r=\"3\">"
+                            + "<title>epoch \(point.epoch): \(htmlEscaped(item.label)) \(htmlEscaped(shortNumber(point.value)))</title></circle>"
+                    }
+                    s += "</g>\n"
+                }
+            }
+        }
+        if finite.isEmpty {
+            s += "<text class=\"empty\" x=\"\(coordinate((left + right) / 2))\" y=\"\(coordinate((top + bottom) / 2))\" "
+                + "text-anchor=\"middle\">no finite values</text>\n"
+        }
+
+        // The legend, in a row above the plot.
+        s += "<g class=\"legend\">\n"
+        var x = left
+        let y = 18.0
+        for item in series {
+            let empty = !item.values.contains { $0.map(\.isFinite) ?? false }
+            let label = item.label + (empty ? " (no values)" : "")
+            s += "<line x1=\"\(coordinate(x))\" y1=\"\(coordinate(y))\" x2=\"\(coordinate(x + 22))\" y2=\"\(coordinate(y))\" "
+                + "stroke=\"\(htmlEscaped(item.colour))\" stroke-width=\"3\"/>"
+                + "<text x=\"\(coordinate(x + 28))\" y=\"\(coordinate(y))\" dy=\"0.35em\">\(htmlEscaped(label))</text>\n"
+            x += 28 + Double(label.count) * 6.6 + 18
+        }
+        if let best, epochs.contains(best) {
+            s += "<line class=\"best\" x1=\"\(coordinate(x))\" y1=\"\(coordinate(y))\" x2=\"\(coordinate(x + 22))\" y2=\"\(coordinate(y))\"/>"
+                + "<text x=\"\(coordinate(x + 28))\" y=\"\(coordinate(y))\" dy=\"0.35em\">best epoch (lowest validation loss)</text>\n"
+        }
+        s += "</g>\n</svg>\n"
+        return s
+    }
+}
+
+/// A coordinate with at most two decimals.
+func coordinate(_ v: Double) -> String {
+    let r = (v * 100).rounded() / 100
+    return r == r.rounded() ? String(Int(r)) : String(r)
+}
+
+/// 1, 2 or 5 times a power of ten, at least `raw`.
+func niceStep(_ raw: Double) -> Double {
+    guard raw > 0, raw.isFinite else { return 1 }
+    let power = pow(10, (log10(raw)).rounded(.down))
+    for m in [1.0, 2, 5, 10] where m * power >= raw * (1 - 1e-9) { return m * power }
+    return 10 * power
+}
+
+/// The y axis of a chart: its domain (round numbers), ticks and their labels.
+struct YAxis {
+    var isLog = false
+    var low = 0.0, high = 1.0  // log10 of the values on a log axis
+    var ticks: [(value: Double, label: String)] = []
+    /// A common factor taken out of a linear axis' labels, for the axis title: " (×1e-3)".
+    var factor = ""
+
+    init(values: [Double], allowLog: Bool, unitInterval: Bool) {
+        guard var lo = values.min(), var hi = values.max() else {
+            ticks = [(0, "0"), (0.5, "0.5"), (1, "1")]
+            return
+        }
+        if allowLog && lo > 0 && hi / lo >= 10 {
+            isLog = true
+            low = log10(lo).rounded(.down)
+            high = log10(hi).rounded(.up)
+            let decades = Int(high - low)
+            let multiples: [Double] = decades <= 2 ? [1, 2, 5] : [1]
+            let every = max(1, (decades + 5) / 6)
+            var values: [Double] = []
+            for d in stride(from: Int(low), through: Int(high), by: every) {
+                for m in multiples where Double(d) + log10(m) <= high + 1e-9 { values.append(m * pow(10, Double(d))) }
+            }
+            // Decades as 1e-4 when any label would be tiny or huge, else as decimals (0.01).
+            let scientific = values.contains { $0 < 1e-3 || $0 >= 1e6 }
+            ticks = values.map { v in
+                let power = Int((log10(v) + 1e-9).rounded(.down))
+                let mantissa = Int((v / pow(10, Double(power))).rounded())
+                if scientific { return (v, "\(mantissa)e\(power)") }
+                return (v, String(format: "%.\(max(0, -power))f", v))
+            }
+            return
+        }
+        if lo == hi {  // a flat line: in the middle of [0, 2v]
+            if lo > 0 { lo = 0; hi *= 2 } else if lo < 0 { hi = 0; lo *= 2 } else { lo = -1; hi = 1 }
+        }
+        let step = niceStep((hi - lo) / 5)
+        var first = (lo / step).rounded(.down), last = (hi / step).rounded(.up)
+        if unitInterval {
+            first = max(first, 0)
+            last = min(last, (1 / step).rounded(.up))
+        }
+        low = first * step
+        high = last * step
+        // Labels with the decimals the step needs; tiny or huge ticks share a factor 1eN instead.
+        let largest = max(abs(low), abs(high))
+        var power = 0
+        if largest < 1e-2 || largest >= 1e6 {
+            power = Int((log10(largest) + 1e-9).rounded(.down))
+            factor = " (×1e\(power))"
+        }
+        let scale = pow(10, Double(power))
+        let decimals = max(0, -Int((log10(step / scale) + 1e-9).rounded(.down)))
+        var k = first
+        while k <= last {
+            let v = k * step
+            let label = abs(v) < step * 1e-6 ? "0" : String(format: "%.\(decimals)f", v / scale)
+            ticks.append((v, label))
+            k += 1
+        }
+    }
+
+    /// Where `v` sits on the axis, 0 (bottom) to 1 (top).
+    func fraction(_ v: Double) -> Double {
+        isLog ? (log10(v) - low) / (high - low) : (v - low) / (high - low)
+    }
+}
