@@ -354,7 +354,8 @@ struct TrainCommand: ParsableCommand {
             let bytes = Safetensors.encode(Safetensors.items(of: unet.store, gradients: false),
                                            metadata: ["format": "pt", "epochs": "\(epochs)", "ranks": "\(ranks)"])
             if let error = writeFileAtomically(modelPath, bytes: bytes) { throw UserError(error) }
-            print("metrics: \(metricsPath)\nweights: \(modelPath)")
+            let report = try writeReport(runDirectory: out)
+            print("metrics: \(metricsPath)\nweights: \(modelPath)\nreport: \(report)")
         }
     }
 }
