@@ -47,7 +47,7 @@ let package = Package(
         ),
         .target(
             name: "SegTraining",
-            dependencies: ["SegModel", "SegEngine", "CSupport"],  // data arrives through SampleSource
+            dependencies: ["SegModel", "SegEngine", "SegData", "CSupport"],  // training data arrives through SampleSource
             swiftSettings: [.unsafeFlags(["-O"])]
         ),
         .target(
@@ -68,10 +68,10 @@ let package = Package(
         ),
         .testTarget(name: "SegEngineTests", dependencies: ["SegEngine"]),
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine"]),
-        .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine"]),
+        .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine", "SegData"]),
         // Runs the built binary as a subprocess with a time limit; for test targets only.
         .target(name: "SegTestSupport"),
-        .testTarget(name: "SegtrainCLITests", dependencies: ["SegTestSupport"]),
+        .testTarget(name: "SegtrainCLITests", dependencies: ["SegTestSupport", "SegData"]),
         // Runs the built segtrain binary (mpi-check) alone and under mpirun.
         .testTarget(name: "SegDistributedTests", dependencies: ["SegTestSupport"]),
         .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG", "CTurboJPEG", "SegTestSupport"]),

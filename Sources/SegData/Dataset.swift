@@ -216,7 +216,7 @@ public enum DatasetScanner {
     }
 
     /// The file name without its last extension.
-    static func stem(_ name: String) -> String {
+    public static func stem(_ name: String) -> String {
         let base = name.split(separator: "/").last.map(String.init) ?? name
         guard let dot = base.lastIndex(of: "."), dot != base.startIndex else { return base }
         return String(base[..<dot])
@@ -236,7 +236,7 @@ public enum DatasetScanner {
     }
 
     /// Image file names (not paths) in `root/folder`, sorted bytewise; hidden files skipped.
-    static func imageFiles(in root: String, folder: String, notes: ((String) -> Void)?) throws -> [String] {
+    public static func imageFiles(in root: String, folder: String, notes: ((String) -> Void)?) throws -> [String] {
         let path = join(root, folder)
         try requireFolder(path, what: "folder")
         guard let dir = opendir(path) else {

@@ -298,4 +298,26 @@ public enum Preprocess {
             for p in 0..<src.count { out[p] = Float(src[p]) }
         }
     }
+
+    /// `image` enlarged to width x height (each at least the image's) by mirroring at the right and
+    /// bottom edges (reflect-101: ... c b | a b c | b a ...), for tiles that overhang a small image.
+    public static func padReflect(_ image: Image8, width: Int, height: Int) -> Image8 {
+        precondition(width >= image.width && height >= image.height)
+        func mirror(_ i: Int, _ n: Int) -> Int {
+            guard n > 1 else { return 0 }
+            let period = 2 * (n - 1)
+            let m = i % period
+            return m < n ? m : period - m
+        }
+        var out = Image8(width: width, height: height, channels: image.channels)
+        let c = image.channels
+        for y in 0..<height {
+            let sy = mirror(y, image.height)
+            for x in 0..<width {
+                let sx = mirror(x, image.width)
+                for k in 0..<c { out.pixels[(y * width + x) * c + k] = image.pixels[(sy * image.width + sx) * c + k] }
+            }
+        }
+        return out
+    }
 }

@@ -29,6 +29,8 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     public var plateau: PlateauState?
     /// FNV-1a hash (hex) of the training list (--data), to notice a dataset that changed on resume.
     public var trainListHash: String?
+    /// The model and its input normalisation, so that `segtrain predict` needs no flags.
+    public var model: ModelDescription?
 
     public init(epoch: Int, step: Int, seed: UInt64, ranks: Int, bestValidationLoss: Double?, bestEpoch: Int?,
                 arguments: [String]) {

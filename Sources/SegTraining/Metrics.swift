@@ -54,6 +54,45 @@ public struct ConfusionCounts: Equatable, Sendable {
         }
     }
 
+    /// Adds the counts of one predicted label mask against the true one (1 channel each, same
+    /// size; class indices, binary masks 0/1); pixels whose truth is `ignoreIndex` are not counted.
+    public mutating func add(predicted: [UInt8], truth: [UInt8], ignoreIndex: Int? = nil) {
+        precondition(predicted.count == truth.count, "\(predicted.count) predicted pixels for \(truth.count) true ones")
+        let k = classes
+        for p in predicted.indices {
+            let label = Int(truth[p])
+            if let ignore = ignoreIndex, label == ignore { continue }
+            if k == 1 {
+                switch (predicted[p] >= 1, label >= 1) {
+                case (true, true): truePositive[0] += 1
+                case (true, false): falsePositive[0] += 1
+                case (false, true): falseNegative[0] += 1
+                case (false, false): trueNegative[0] += 1
+                }
+                continue
+            }
+            let guess = Int(predicted[p])
+            for c in 0..<k {
+                let isPredicted = guess == c, isActual = label == c
+                if isPredicted && isActual { truePositive[c] += 1 }
+                else if isPredicted { falsePositive[c] += 1 }
+                else if isActual { falseNegative[c] += 1 }
+                else { trueNegative[c] += 1 }
+            }
+        }
+    }
+
+    /// The counts as one flat array (tp, fp, fn, tn per class), and back: what ranks sum.
+    public var flat: [Double] { truePositive + falsePositive + falseNegative + trueNegative }
+    public init(flat: ArraySlice<Double>, classes: Int) {
+        self.init(classes: classes)
+        let k = self.classes, b = flat.startIndex
+        truePositive = Array(flat[b..<(b + k)])
+        falsePositive = Array(flat[(b + k)..<(b + 2 * k)])
+        falseNegative = Array(flat[(b + 2 * k)..<(b + 3 * k)])
+        trueNegative = Array(flat[(b + 3 * k)..<(b + 4 * k)])
+    }
+
     public static func + (a: ConfusionCounts, b: ConfusionCounts) -> ConfusionCounts {
         precondition(a.classes == b.classes)
         var sum = a

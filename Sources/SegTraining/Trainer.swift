@@ -247,13 +247,8 @@ public final class Trainer {
             lossSum += loss * Double(real)
             counts.add(logits: logits, target: b.masks, images: real)
         }
-        let totals = try collectives.sum([lossSum, Double(mine.count)] + counts.truePositive + counts.falsePositive
-                                         + counts.falseNegative + counts.trueNegative)
-        let k = counts.classes
-        counts.truePositive = Array(totals[2..<(2 + k)])
-        counts.falsePositive = Array(totals[(2 + k)..<(2 + 2 * k)])
-        counts.falseNegative = Array(totals[(2 + 2 * k)..<(2 + 3 * k)])
-        counts.trueNegative = Array(totals[(2 + 3 * k)..<(2 + 4 * k)])
+        let totals = try collectives.sum([lossSum, Double(mine.count)] + counts.flat)
+        counts = ConfusionCounts(flat: totals[2...], classes: classes)
         return (totals[0] / max(totals[1], 1), counts)
     }
 }

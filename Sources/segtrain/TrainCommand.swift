@@ -182,6 +182,9 @@ struct TrainCommand: ParsableCommand {
         let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         let data = try makeSources(communicator: communicator, pool: pool)
+        let normalization = (try? dataOptions.normalization(channels: config.inChannels)) ?? nil
+        let modelDescription = ModelDescription(config: config, imageSize: model.imageSize,
+                                                mean: normalization?.mean, std: normalization?.std)
         if (schedule == .plateau || patience != nil) && data.validation == nil {
             throw SharedError(description: "--schedule plateau and --patience watch the validation loss, but there is no validation set")
         }
@@ -270,6 +273,7 @@ struct TrainCommand: ParsableCommand {
             state.batchesDone = batchesDone
             state.plateau = schedule == .plateau ? trainer.schedule.plateau : nil
             state.trainListHash = data.trainHash.map { String($0, radix: 16) }
+            state.model = modelDescription
             try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: state)
         }
         trainer.afterStep = { info in

@@ -49,6 +49,38 @@ final class MetricsTests: XCTestCase {
     }
 }
 
+/// Per-image scores from label masks with known counts (what `segtrain evaluate` reports).
+final class LabelCountTests: XCTestCase {
+    func testBinaryCountsAndScores() {
+        // truth:     1 1 1 0 0 0 0 0 0 9(ignored)     prediction: 1 1 0 1 0 0 0 0 0 1
+        let truth: [UInt8] = [1, 1, 1, 0, 0, 0, 0, 0, 0, 9], predicted: [UInt8] = [1, 1, 0, 1, 0, 0, 0, 0, 0, 1]
+        var c = ConfusionCounts(classes: 1)
+        c.add(predicted: predicted, truth: truth, ignoreIndex: 9)
+        XCTAssertEqual([c.truePositive[0], c.falsePositive[0], c.falseNegative[0], c.trueNegative[0]], [2, 1, 1, 5])
+        XCTAssertEqual(c.accuracy, 7.0 / 9.0, accuracy: 1e-12)
+        XCTAssertEqual(c.precision(0), 2.0 / 3.0, accuracy: 1e-12)
+        XCTAssertEqual(c.recall(0), 2.0 / 3.0, accuracy: 1e-12)
+        XCTAssertEqual(c.dice(0), 4.0 / 6.0, accuracy: 1e-12)
+        XCTAssertEqual(c.iou(0), 2.0 / 4.0, accuracy: 1e-12)
+        // Nothing there and nothing predicted: a perfect image.
+        var empty = ConfusionCounts(classes: 1)
+        empty.add(predicted: [0, 0], truth: [0, 0])
+        XCTAssertEqual([empty.precision(0), empty.recall(0), empty.dice(0), empty.iou(0)], [1, 1, 1, 1])
+        XCTAssertEqual(ConfusionCounts(flat: c.flat[...], classes: 1), c)
+    }
+
+    func testMultiClassCounts() {
+        let truth: [UInt8] = [0, 1, 2, 2, 1, 0], predicted: [UInt8] = [0, 2, 2, 2, 1, 1]
+        var c = ConfusionCounts(classes: 3)
+        c.add(predicted: predicted, truth: truth)
+        XCTAssertEqual(c.truePositive, [1, 1, 2])
+        XCTAssertEqual(c.falsePositive, [0, 1, 1])
+        XCTAssertEqual(c.falseNegative, [1, 1, 0])
+        XCTAssertEqual(c.accuracy, 4.0 / 6.0, accuracy: 1e-12)
+        XCTAssertEqual(c.iou(2), 2.0 / 3.0, accuracy: 1e-12)
+    }
+}
+
 /// A learnable toy source: the mask is where channel 0 is brighter than channel 1.
 struct ToySource: SampleSource {
     let count: Int

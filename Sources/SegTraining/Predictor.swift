@@ -1,0 +1,257 @@
+// A trained model applied to images of any size: loaded from a checkpoint (or a run folder), the
+// image resized to the training size (or cut into overlapping tiles of it), normalised as in
+// training, forward in eval mode, and the class probabilities resized back to the image's size.
+
+import Foundation
+import SegData
+import SegEngine
+import SegModel
+
+/// What a model needs to be rebuilt and fed as in training; kept in every checkpoint's state.json.
+public struct ModelDescription: Codable, Equatable, Sendable {
+    public var imageSize: Int
+    public var inChannels: Int
+    public var classes: Int
+    public var baseChannels: Int
+    public var depth: Int
+    public var batchNorm: Bool
+    public var upsampling: String
+    public var headKernel: Int
+    /// Per-channel normalisation after x / 255 (nil: x / 255 only).
+    public var mean: [Float]?
+    public var std: [Float]?
+
+    public init(config: UNetConfig, imageSize: Int, mean: [Float]?, std: [Float]?) {
+        self.imageSize = imageSize
+        inChannels = config.inChannels
+        classes = config.classes
+        baseChannels = config.baseChannels
+        depth = config.depth
+        batchNorm = config.batchNorm
+        upsampling = config.upsampling.rawValue
+        headKernel = config.headKernel
+        self.mean = mean
+        self.std = std
+    }
+
+    public var unetConfig: UNetConfig? {
+        guard let up = Upsampling(rawValue: upsampling) else { return nil }
+        var c = UNetConfig()
+        c.inChannels = inChannels
+        c.classes = classes
+        c.baseChannels = baseChannels
+        c.depth = depth
+        c.batchNorm = batchNorm
+        c.upsampling = up
+        c.headKernel = headKernel
+        return c
+    }
+}
+
+/// Per-pixel class probabilities of one image, and the labels they give.
+public struct Prediction: Sendable {
+    public let width: Int
+    public let height: Int
+    /// 1: the foreground probability (sigmoid); >= 2: softmax over classes.
+    public let classes: Int
+    /// `max(classes, 1)` planes of width x height, plane-major.
+    public var probabilities: [Float]
+
+    /// The label mask: binary 0/1 (probability >= 0.5) or the most probable class.
+    public var labels: Image8 {
+        var mask = Image8(width: width, height: height, channels: 1)
+        let plane = width * height
+        probabilities.withUnsafeBufferPointer { p in
+            mask.pixels.withUnsafeMutableBufferPointer { m in
+                if classes == 1 {
+                    for i in 0..<plane { m[i] = p[i] >= 0.5 ? 1 : 0 }
+                    return
+                }
+                for i in 0..<plane {
+                    var best = 0
+                    for k in 1..<classes where p[k * plane + i] > p[best * plane + i] { best = k }
+                    m[i] = UInt8(best)
+                }
+            }
+        }
+        return mask
+    }
+
+    /// Probability of being foreground (binary: the sigmoid; classes >= 2: 1 - P(class 0)).
+    public func foreground(_ i: Int) -> Float { classes == 1 ? probabilities[i] : 1 - probabilities[i] }
+}
+
+public struct PredictorError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+public final class Predictor {
+    public let model: UNet
+    public let description: ModelDescription
+    /// The checkpoint folder the weights came from.
+    public let source: String
+    private var input: OwnedTensor
+
+    /// Loads `path`: a checkpoint folder (state.json + model.safetensors), or a run folder (its
+    /// checkpoints/best, else checkpoints/last).
+    public init(path: String, pool: WorkerPool) throws {
+        var folder = path
+        let fm = FileManager.default
+        if !fm.fileExists(atPath: path + "/state.json") {
+            if fm.fileExists(atPath: path + "/checkpoints/best/state.json") {
+                folder = path + "/checkpoints/best"
+            } else if fm.fileExists(atPath: path + "/checkpoints/last/state.json") {
+                folder = path + "/checkpoints/last"
+            } else {
+                throw PredictorError("--model \(path): not a checkpoint or run folder (no state.json, checkpoints/best or checkpoints/last)")
+            }
+        }
+        let statePath = folder + "/state.json"
+        guard let data = fm.contents(atPath: statePath) else { throw PredictorError("\(statePath): cannot read") }
+        let state: CheckpointState
+        do { state = try JSONDecoder().decode(CheckpointState.self, from: data) } catch {
+            throw PredictorError("\(statePath): not a segtrain checkpoint state (\(error))")
+        }
+        guard let description = state.model, let config = description.unetConfig else {
+            throw PredictorError("\(statePath): no model description (a checkpoint from before segtrain predict); retrain or resume once to write one")
+        }
+        if let problem = config.validate(imageSize: description.imageSize) { throw PredictorError("\(statePath): \(problem)") }
+        self.description = description
+        source = folder
+        model = UNet(config, pool: pool)
+        do {
+            try SafetensorsFile(path: folder + "/model.safetensors").read(into: Safetensors.items(of: model.store, gradients: false))
+        } catch { throw PredictorError("\(error)") }
+        let s = description.imageSize
+        input = OwnedTensor(Shape(1, config.inChannels, s, s))
+        model.plan(batch: 1, height: s, width: s)
+    }
+
+    public var pixelFormat: PixelFormat { PixelFormat(rawValue: description.inChannels) ?? .rgb }
+
+    /// Probabilities for `images` (any sizes), each resized to the training size and back.
+    public func predict(_ images: [Image8]) -> [Prediction] {
+        guard !images.isEmpty else { return [] }
+        let s = description.imageSize
+        ensureBatch(images.count)
+        let per = description.inChannels * s * s
+        for (n, image) in images.enumerated() {
+            let sized = image.width == s && image.height == s ? image : Preprocess.resizeImage(image, width: s, height: s)
+            Preprocess.normalize(sized, into: input.tensor.data + n * per, mean: description.mean, std: description.std)
+        }
+        let probabilities = forwardProbabilities()
+        return images.enumerated().map { n, image in
+            resizeProbabilities(probabilities.batchSlice(n, 1), toWidth: image.width, height: image.height)
+        }
+    }
+
+    /// Sliding-window prediction at the training size: tiles of S x S with `overlap` pixels shared
+    /// between neighbours (the last row and column of tiles end at the border), probabilities
+    /// averaged where tiles overlap. An image smaller than S in a dimension is padded (reflected).
+    public func predictTiled(_ image: Image8, overlap: Int) -> Prediction {
+        let s = description.imageSize, c = max(description.classes, 1)
+        let stride = max(1, s - overlap)
+        func starts(_ length: Int) -> [Int] {
+            guard length > s else { return [0] }
+            var list = Array(Swift.stride(from: 0, to: length - s, by: stride))
+            list.append(length - s)
+            return list
+        }
+        let width = max(image.width, s), height = max(image.height, s)
+        let padded = width == image.width && height == image.height ? image : Preprocess.padReflect(image, width: width, height: height)
+        var sum = [Float](repeating: 0, count: c * width * height)
+        var weight = [Float](repeating: 0, count: width * height)
+        var tiles: [(Int, Int)] = []
+        for y in starts(height) { for x in starts(width) { tiles.append((x, y)) } }
+        let batch = 4
+        ensureBatch(min(batch, tiles.count))
+        var k = 0
+        while k < tiles.count {
+            let group = Array(tiles[k..<min(k + batch, tiles.count)])
+            ensureBatch(group.count)
+            let per = description.inChannels * s * s
+            for (n, (x, y)) in group.enumerated() {
+                let tile = Preprocess.crop(padded, x: x, y: y, width: s, height: s)
+                Preprocess.normalize(tile, into: input.tensor.data + n * per, mean: description.mean, std: description.std)
+            }
+            let probabilities = forwardProbabilities()
+            for (n, (x0, y0)) in group.enumerated() {
+                let p = probabilities.batchSlice(n, 1)
+                for ty in 0..<s {
+                    for tx in 0..<s {
+                        let o = (y0 + ty) * width + (x0 + tx)
+                        weight[o] += 1
+                        for ch in 0..<c { sum[ch * width * height + o] += p.plane(0, ch)[ty * s + tx] }
+                    }
+                }
+            }
+            k += group.count
+        }
+        var out = [Float](repeating: 0, count: c * image.width * image.height)
+        for ch in 0..<c {
+            for y in 0..<image.height {
+                for x in 0..<image.width {
+                    let o = y * width + x
+                    out[(ch * image.height + y) * image.width + x] = sum[ch * width * height + o] / weight[o]
+                }
+            }
+        }
+        return Prediction(width: image.width, height: image.height, classes: description.classes, probabilities: out)
+    }
+
+    private func ensureBatch(_ n: Int) {
+        let s = description.imageSize
+        if input.shape.n != n {
+            input = OwnedTensor(Shape(n, description.inChannels, s, s))
+            model.plan(batch: n, height: s, width: s)
+        }
+    }
+
+    /// Forward in eval mode; the logits turned into probabilities in place (sigmoid or softmax).
+    private func forwardProbabilities() -> Tensor {
+        let logits = model.forward(input.tensor, training: false)
+        let n = logits.shape.n, c = logits.shape.c, plane = logits.shape.h * logits.shape.w
+        for b in 0..<n {
+            if c == 1 {
+                let p = logits.sample(b)
+                for i in 0..<plane { p[i] = 1 / (1 + Foundation.exp(-p[i])) }
+                continue
+            }
+            for i in 0..<plane {
+                var top = -Float.infinity
+                for k in 0..<c { top = max(top, logits.plane(b, k)[i]) }
+                var total: Float = 0
+                for k in 0..<c {
+                    let e = Foundation.exp(logits.plane(b, k)[i] - top)
+                    logits.plane(b, k)[i] = e
+                    total += e
+                }
+                for k in 0..<c { logits.plane(b, k)[i] /= total }
+            }
+        }
+        return logits
+    }
+
+    /// Bilinear (half-pixel centres) resize of each class plane to width x height.
+    private func resizeProbabilities(_ p: Tensor, toWidth width: Int, height: Int) -> Prediction {
+        let s = p.shape.h, c = p.shape.c
+        var out = [Float](repeating: 0, count: c * width * height)
+        let sx = Float(s) / Float(width), sy = Float(s) / Float(height)
+        for y in 0..<height {
+            let fy = max(0, (Float(y) + 0.5) * sy - 0.5)
+            let y0 = min(Int(fy), s - 1), y1 = min(y0 + 1, s - 1), wy = fy - Float(y0)
+            for x in 0..<width {
+                let fx = max(0, (Float(x) + 0.5) * sx - 0.5)
+                let x0 = min(Int(fx), s - 1), x1 = min(x0 + 1, s - 1), wx = fx - Float(x0)
+                for k in 0..<c {
+                    let q = p.plane(0, k)
+                    let top = q[y0 * s + x0] * (1 - wx) + q[y0 * s + x1] * wx
+                    let bottom = q[y1 * s + x0] * (1 - wx) + q[y1 * s + x1] * wx
+                    out[(k * height + y) * width + x] = top * (1 - wy) + bottom * wy
+                }
+            }
+        }
+        return Prediction(width: width, height: height, classes: description.classes, probabilities: out)
+    }
+}

@@ -1,0 +1,159 @@
+import ArgumentParser
+import Foundation
+import SegData
+import SegDistributed
+import SegEngine
+import SegTraining
+
+/// `segtrain evaluate`: per-image scores of a trained model on a dataset, like the person-
+/// segmentation seed's score.csv; sharded over ranks under mpirun.
+struct EvaluateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "evaluate",
+        abstract: "Score a trained model image by image on a dataset: accuracy, precision, recall, F1/Dice, IoU.",
+        discussion: """
+            Every sample of --data (in the layout its flags describe) is predicted at its own size \
+            (resized to the training size and back, as `segtrain predict` does) and compared with its \
+            mask. --out gets one row per image (per class for multi-class models) and a final `mean` \
+            row (the mean over images); the means are printed as a table. Under mpirun rank r scores \
+            samples r, r + N, ... and rank 0 writes the file. A ratio of 0/0 (nothing predicted and \
+            nothing there) counts as 1.
+            """)
+
+    @Option(help: "A run folder (its checkpoints/best, else last) or a checkpoint folder.")
+    var model: String
+    @Option(help: "Dataset folder.")
+    var data: String
+    @Option(help: "Dataset layout: pairs, pet or list.")
+    var layout = DatasetLayout.pairs
+    @Option(help: "pairs/list: the images folder, relative to --data.")
+    var imagesDir = "images"
+    @Option(help: "pairs/list: the masks folder, relative to --data.")
+    var masksDir = "masks"
+    @Option(help: "pairs/list: appended to an image's stem to name its mask.")
+    var maskSuffix = ""
+    @Flag(help: "pet: pet vs the rest.")
+    var petBinary = false
+    @Option(help: "list: the file naming the pairs to score.")
+    var list: String?
+    @Option(help: "A mask value that is no class (not scored).")
+    var ignoreIndex: Int?
+    @Option(help: "The per-image scores (CSV).")
+    var out = "scores.csv"
+    @Option(help: "Worker threads (default: CPUs available / ranks on this node).")
+    var threads: Int?
+
+    func validate() throws {
+        if layout == .list && list == nil { throw ValidationError("--layout list needs --list FILE") }
+        if let i = ignoreIndex, !(0...255).contains(i) { throw ValidationError("--ignore-index must be 0...255 (got \(i))") }
+    }
+
+    func run() throws {
+        let communicator: Communicator
+        do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
+        do {
+            try evaluate(communicator)
+            try communicator.finalize()
+        } catch let error as SharedError {
+            if communicator.rank == 0 { fputs("segtrain: error: \(error)\n", stderr) }
+            try? communicator.finalize()
+            throw AlreadyReported()
+        } catch {
+            if communicator.size > 1 { communicator.abort(code: 1, message: "\(error)") }
+            throw error
+        }
+    }
+
+    private func evaluate(_ communicator: Communicator) throws {
+        let isRoot = communicator.rank == 0, ranks = communicator.size
+        let pool = WorkerPool(threads: threads ?? ThreadDefaults.threadsPerRank())
+        // Every rank loads the model (a failure here is the same everywhere).
+        let predictor: Predictor
+        do { predictor = try Predictor(path: model, pool: pool) } catch { throw SharedError(description: "\(error)") }
+        let classes = predictor.description.classes
+        var options = DatasetOptions()
+        options.layout = layout
+        options.imagesDir = imagesDir
+        options.masksDir = masksDir
+        options.maskSuffix = maskSuffix
+        options.petBinary = petBinary
+        if layout == .pet && classes != (petBinary ? 1 : 3) {
+            throw SharedError(description: "--layout pet\(petBinary ? " --pet-binary" : "") needs a \(petBinary ? 1 : 3)-class model; \(model) has \(classes)")
+        }
+        // Rank 0 lists, every rank receives the list.
+        var message = "", text = ""
+        if isRoot {
+            do {
+                let listing = layout == .list ? try DatasetScanner.list(root: data, listFile: list!, options: options)
+                                              : try DatasetScanner.list(root: data, options: options)
+                text = listing.text
+            } catch { message = "\(error)" }
+        }
+        message = try communicator.broadcast(message)
+        if !message.isEmpty { throw SharedError(description: message) }
+        let listing = DatasetListing(root: data, text: try communicator.broadcast(text))
+        try communicator.checkSame(listing.hash, what: "the dataset list")
+        var spec = SampleSpec(imageSize: predictor.description.imageSize, inChannels: predictor.description.inChannels, classes: classes)
+        spec.maskEncoding = options.maskEncoding
+        spec.ignoreValue = ignoreIndex.map(UInt8.init)
+        let dataset = FileDataset(listing: listing, spec: spec)
+
+        // This rank's samples; per image the confusion counts, then one sum over ranks.
+        let k = max(classes, 1), width = 4 * k + 1
+        var table = [Double](repeating: 0, count: listing.count * width)
+        var failure = ""
+        for i in stride(from: communicator.rank, to: listing.count, by: ranks) {
+            do {
+                let image = try ImageFile.read(listing.imagePath(i), as: predictor.pixelFormat, limits: spec.limits)
+                let truth = try dataset.decodeMask(listing.maskPath(i))
+                guard truth.width == image.width && truth.height == image.height else {
+                    throw ImageFileError(listing.maskPath(i), "mask is \(truth.width)x\(truth.height) but its image is \(image.width)x\(image.height)")
+                }
+                let labels = predictor.predict([image])[0].labels
+                var counts = ConfusionCounts(classes: classes)
+                counts.add(predicted: labels.pixels, truth: truth.pixels, ignoreIndex: ignoreIndex)
+                table.replaceSubrange((i * width)..<((i + 1) * width), with: [1] + counts.flat)
+            } catch {
+                failure = "\(error)"
+                break
+            }
+        }
+        // A bad file on any rank stops every rank with its message.
+        let failed = try communicator.allreduce([failure.isEmpty ? 0 : communicator.rank + 1], .max)[0]
+        if failed > 0 { throw SharedError(description: try communicator.broadcast(failure, root: failed - 1)) }
+        let sums = try communicator.allreduce(table, .sum)
+        guard isRoot else { return }
+
+        // One row per image; per class for multi-class models.
+        let names = classes == 1 ? ["precision", "recall", "f1", "iou"]
+            : (0..<classes).flatMap { c in ["precision_\(c)", "recall_\(c)", "f1_\(c)", "iou_\(c)"] } + ["mean_f1", "mean_iou"]
+        var csv = "image,mask,accuracy," + names.joined(separator: ",") + "\n"
+        var rows: [[Double]] = []
+        for i in 0..<listing.count {
+            let counts = ConfusionCounts(flat: sums[(i * width + 1)..<((i + 1) * width)], classes: classes)
+            var row = [counts.accuracy]
+            if classes == 1 {
+                row += [counts.precision(0), counts.recall(0), counts.dice(0), counts.iou(0)]
+            } else {
+                for c in 0..<classes { row += [counts.precision(c), counts.recall(c), counts.dice(c), counts.iou(c)] }
+                row += [counts.meanDice, counts.meanIoU]
+            }
+            rows.append(row)
+            csv += csvField(listing.pairs[i].image) + "," + csvField(listing.pairs[i].mask) + ","
+                + row.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+        }
+        let means = (0..<rows[0].count).map { j in rows.map { $0[j] }.reduce(0, +) / Double(rows.count) }
+        csv += "mean,," + means.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+        if let error = writeFileAtomically(out, csv) { throw UserError("--out \(error)") }
+
+        print("segtrain evaluate: \(listing.count) image(s) of \(data) with \(predictor.source) on \(ranks) rank(s)")
+        let header = ["accuracy"] + names
+        for (name, value) in zip(header, means) { print("  " + pad(name, 14) + lpad(String(format: "%.4f", value), 8)) }
+        print("scores: \(out)")
+    }
+
+    /// A CSV field, quoted when it holds a comma, quote or newline.
+    func csvField(_ text: String) -> String {
+        text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : text
+    }
+}

@@ -1,0 +1,221 @@
+import ArgumentParser
+import Foundation
+import SegData
+import SegEngine
+import SegTraining
+
+/// `segtrain predict`: masks, probabilities, overlays and cut-outs for images of any size.
+struct PredictCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "predict",
+        abstract: "Apply a trained model to an image or a folder of images (PNG/JPEG, any size).",
+        discussion: """
+            The model's configuration (classes, training size, normalisation) comes from the \
+            checkpoint's state.json. Each image is resized to the training size and the prediction \
+            resized back, or, with --tile, predicted in overlapping tiles of the training size. \
+            Outputs for IMAGE.ext in --output DIR: IMAGE_mask.png (0/255 binary, class indices \
+            otherwise), IMAGE_prob.png (8-bit foreground probability; IMAGE_prob_cK.png per class), \
+            IMAGE_overlay.png, IMAGE_cutout.png (RGBA, background transparent; RGB on --background). \
+            With one image and one output kind, --output may name the file.
+            """)
+
+    @Option(help: "A run folder (its checkpoints/best, else last) or a checkpoint folder.")
+    var model: String
+    @Option(help: "An image file or a folder of images.")
+    var input: String
+    @Option(help: "Output folder (created), or a .png file for one image and one output kind.")
+    var output: String
+    @Flag(help: "Write the label mask (the default when no output kind is given).")
+    var mask = false
+    @Flag(help: "Write the probabilities as 8-bit PNG.")
+    var probabilities = false
+    @Flag(help: "Write the image with the mask tinted over it.")
+    var overlay = false
+    @Flag(help: "Write the image with the background removed (RGBA PNG).")
+    var cutout = false
+    @Option(help: "With --cutout: put this behind the object instead of transparency: an image file or #RRGGBB.")
+    var background: String?
+    @Flag(help: "Sliding-window prediction in tiles of the training size (for images much larger than it).")
+    var tile = false
+    @Option(help: "With --tile: pixels shared by neighbouring tiles (default: a quarter of the training size).")
+    var overlap: Int?
+    @Option(help: "Images per forward pass when predicting a folder.")
+    var batchSize = 4
+    @Option(help: "Worker threads (default: the CPUs available).")
+    var threads: Int?
+
+    enum Kind: String, CaseIterable { case mask, prob, overlay, cutout }
+
+    var kinds: [Kind] {
+        var list: [Kind] = []
+        if mask { list.append(.mask) }
+        if probabilities { list.append(.prob) }
+        if overlay { list.append(.overlay) }
+        if cutout { list.append(.cutout) }
+        return list.isEmpty ? [.mask] : list
+    }
+
+    func validate() throws {
+        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1 (got \(batchSize))") }
+        if let t = threads, !(1...1024).contains(t) { throw ValidationError("--threads must be 1...1024 (got \(t))") }
+        if let o = overlap, o < 0 { throw ValidationError("--overlap must be >= 0 (got \(o))") }
+        if overlap != nil && !tile { throw ValidationError("--overlap needs --tile") }
+        if background != nil && !cutout { throw ValidationError("--background needs --cutout") }
+        if let b = background, b.hasPrefix("#"), PredictCommand.colour(b) == nil {
+            throw ValidationError("--background \(b): not a colour #RRGGBB")
+        }
+    }
+
+    /// Gray (+ alpha) replicated to RGB; alpha dropped.
+    static func rgb(_ image: Image8) -> Image8 {
+        var out = Image8(width: image.width, height: image.height, channels: 3)
+        for i in 0..<(image.width * image.height) {
+            for ch in 0..<3 { out.pixels[i * 3 + ch] = image.pixels[i * image.channels] }
+        }
+        return out
+    }
+
+    static func colour(_ text: String) -> (UInt8, UInt8, UInt8)? {
+        guard text.count == 7, text.hasPrefix("#"), let v = UInt32(text.dropFirst(), radix: 16) else { return nil }
+        return (UInt8(v >> 16), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF))
+    }
+
+    func run() throws {
+        let pool = WorkerPool(threads: threads ?? ThreadDefaults.threadsPerRank())
+        let predictor: Predictor
+        do { predictor = try Predictor(path: model, pool: pool) } catch { throw UserError("\(error)") }
+        let d = predictor.description
+        if let o = overlap, o >= d.imageSize { throw UserError("--overlap \(o) must be smaller than the training size \(d.imageSize)") }
+
+        // The images: one file, or every image of a folder (sorted).
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: input, isDirectory: &isFolder) else {
+            throw UserError("--input \(input): no such file or folder")
+        }
+        let files: [String]
+        if isFolder.boolValue {
+            do {
+                files = try DatasetScanner.imageFiles(in: input, folder: ".", notes: nil).map { input + "/" + $0 }
+            } catch { throw UserError("--input \(error)") }
+            if files.isEmpty { throw UserError("--input \(input): no images (.png, .jpg, .jpeg) in the folder") }
+        } else {
+            files = [input]
+        }
+        let singleFile = output.lowercased().hasSuffix(".png")
+        if singleFile && (isFolder.boolValue || kinds.count > 1) {
+            throw UserError("--output \(output): \(isFolder.boolValue ? "a folder of images" : "\(kinds.count) output kinds") need an output folder")
+        }
+        if !singleFile, let error = makeDirectories(output) { throw UserError("--output \(output): cannot create folder: \(error)") }
+        var backgroundImage: Image8? = nil
+        if let b = background, !b.hasPrefix("#") {
+            do { backgroundImage = try ImageFile.read(b, as: .rgb) } catch { throw UserError("--background \(error)") }
+        }
+
+        var failures = 0, written = 0
+        let start = monotonicSeconds()
+        var k = 0
+        while k < files.count {
+            // Read a batch; a file that cannot be read is reported and skipped.
+            var batch: [(path: String, image: Image8)] = []
+            while k < files.count && batch.count < (tile ? 1 : batchSize) {
+                let path = files[k]
+                k += 1
+                do {
+                    batch.append((path, try ImageFile.read(path, as: predictor.pixelFormat)))
+                } catch {
+                    fputs("segtrain: error: \(error)\n", stderr)
+                    failures += 1
+                }
+            }
+            if batch.isEmpty { continue }
+            let predictions = tile
+                ? [predictor.predictTiled(batch[0].image, overlap: overlap ?? d.imageSize / 4)]
+                : predictor.predict(batch.map(\.image))
+            for ((path, image), prediction) in zip(batch, predictions) {
+                do {
+                    written += try write(prediction, image: image, path: path, singleFile: singleFile, background: backgroundImage)
+                } catch {
+                    fputs("segtrain: error: \(error)\n", stderr)
+                    failures += 1
+                }
+            }
+        }
+        print("predicted \(files.count - failures) of \(files.count) image(s) with \(predictor.source) in "
+              + "\(fixed(monotonicSeconds() - start, 2)) s; wrote \(written) file(s) to \(output)")
+        if failures > 0 { throw UserError("\(failures) image(s) failed (see above)") }
+    }
+
+    /// Writes the asked-for outputs of one image; returns how many files.
+    func write(_ prediction: Prediction, image: Image8, path: String, singleFile: Bool, background: Image8?) throws -> Int {
+        let stem = DatasetScanner.stem(path)
+        func target(_ suffix: String) -> String { singleFile ? output : output + "/" + stem + suffix + ".png" }
+        let labels = prediction.labels
+        let classes = prediction.classes
+        var count = 0
+        let plane = image.width * image.height
+        for kind in kinds {
+            switch kind {
+            case .mask:
+                var m = labels
+                if classes == 1 { for i in m.pixels.indices { m.pixels[i] = m.pixels[i] == 0 ? 0 : 255 } }
+                try ImageFile.write(m, to: target("_mask"))
+                count += 1
+            case .prob:
+                let planes = classes == 1 ? 1 : classes
+                for c in 0..<planes {
+                    var p = Image8(width: image.width, height: image.height, channels: 1)
+                    for i in 0..<plane {
+                        p.pixels[i] = UInt8(max(0, min(255, (prediction.probabilities[c * plane + i] * 255).rounded())))
+                    }
+                    if planes > 1 && singleFile { throw UserError("--output \(output): \(planes) probability files need an output folder") }
+                    try ImageFile.write(p, to: target(planes == 1 ? "_prob" : "_prob_c\(c)"))
+                    count += 1
+                }
+            case .overlay:
+                let rgb = image.channels >= 3 ? image : PredictCommand.rgb(image)
+                var o = Image8(width: image.width, height: image.height, channels: 3)
+                for i in 0..<plane {
+                    let label = Int(labels.pixels[i])
+                    let tint: (UInt8, UInt8, UInt8)? = label == 0 ? nil : (classes == 1 ? (255, 40, 40) : SampleGrid.colour(label, classes: classes))
+                    for ch in 0..<3 {
+                        let v = Int(rgb.pixels[i * rgb.channels + ch])
+                        guard let tint else { o.pixels[i * 3 + ch] = UInt8(v); continue }
+                        let t = Int([tint.0, tint.1, tint.2][ch])
+                        o.pixels[i * 3 + ch] = UInt8((v + t) / 2)
+                    }
+                }
+                try ImageFile.write(o, to: target("_overlay"))
+                count += 1
+            case .cutout:
+                let rgb = image.channels >= 3 ? image : PredictCommand.rgb(image)
+                if background == nil && self.background == nil {
+                    var o = Image8(width: image.width, height: image.height, channels: 4)
+                    for i in 0..<plane {
+                        for ch in 0..<3 { o.pixels[i * 4 + ch] = rgb.pixels[i * rgb.channels + ch] }
+                        o.pixels[i * 4 + 3] = labels.pixels[i] == 0 ? 0 : 255
+                    }
+                    try ImageFile.write(o, to: target("_cutout"))
+                } else {
+                    let behind: Image8
+                    if let background {
+                        behind = background.width == image.width && background.height == image.height
+                            ? background : Preprocess.resizeImage(background, width: image.width, height: image.height)
+                    } else {
+                        let (r, g, b) = PredictCommand.colour(self.background!)!
+                        var solid = Image8(width: image.width, height: image.height, channels: 3)
+                        for i in 0..<plane { solid.pixels[3 * i] = r; solid.pixels[3 * i + 1] = g; solid.pixels[3 * i + 2] = b }
+                        behind = solid
+                    }
+                    var o = Image8(width: image.width, height: image.height, channels: 3)
+                    for i in 0..<plane {
+                        let front = labels.pixels[i] != 0
+                        for ch in 0..<3 { o.pixels[i * 3 + ch] = front ? rgb.pixels[i * rgb.channels + ch] : behind.pixels[i * 3 + ch] }
+                    }
+                    try ImageFile.write(o, to: target("_cutout"))
+                }
+                count += 1
+            }
+        }
+        return count
+    }
+}
