@@ -1,10 +1,12 @@
 // Loader threads that decode and augment the next batches while the engine computes.
 //
-// The trainer announces the batches of an epoch in order (`schedule`); each loader thread takes
-// the next announced batch, loads all its samples into a free slot, and marks it ready; `next`
-// copies the ready slot into the caller's tensors. Batches start in announcement order and at most
-// `slots` are in flight, so the batch the trainer waits for is always being worked on. A request
-// that was not announced (or after a new schedule) is loaded on the calling thread.
+// The trainer announces the batches it will ask for, in order (`schedule`: an epoch's batches and
+// the first of the next epoch); each loader thread takes the next announced batch, loads all its
+// samples into a free slot, and marks it ready; `next` copies the ready slot into the caller's
+// tensors. Batches start in announcement order and at most `slots` are in flight, so the batch the
+// trainer waits for is always being worked on. A new schedule that begins with the batches still
+// pending keeps the work already done on them (so the next epoch's first batches, announced early,
+// are ready when it starts). A request that was not announced is loaded on the calling thread.
 
 #if canImport(Glibc)
 import Glibc
@@ -14,6 +16,13 @@ import Darwin
 import SegEngine
 
 public final class BatchLoader: @unchecked Sendable {
+    /// An announced batch: the samples, and the training epoch (nil: validation, no augmentation).
+    public struct Batch: Equatable, Sendable {
+        public var indices: [Int]
+        public var epoch: Int?
+        public init(_ indices: [Int], epoch: Int?) { self.indices = indices; self.epoch = epoch }
+    }
+
     public let dataset: FileDataset
     public let threadCount: Int
     /// Largest batch a slot holds.
@@ -35,8 +44,8 @@ public final class BatchLoader: @unchecked Sendable {
     private var slots: [Slot]
     private var mutex = pthread_mutex_t()
     private var changed = pthread_cond_t()
-    private var queue: [[Int]] = []
-    private var queueEpoch: Int? = nil
+    /// Announced batches: sample indices and the epoch that seeds their augmentation.
+    private var queue: [Batch] = []
     private var generation = 0
     private var nextToStart = 0
     private var nextToConsume = 0
@@ -90,26 +99,42 @@ public final class BatchLoader: @unchecked Sendable {
         pthread_cond_destroy(&changed)
     }
 
-    /// Announces the batches `next` will be asked for, in order; drops what was announced before.
-    public func schedule(_ batches: [[Int]], epoch: Int?) {
-        precondition(batches.allSatisfy { $0.count <= capacity }, "a batch larger than the loader's capacity")
+    /// Announces the batches `next` will be asked for, in order; drops what was announced before,
+    /// except the pending batches this list starts with (their loading goes on).
+    public func schedule(_ batches: [Batch]) {
+        precondition(batches.allSatisfy { $0.indices.count <= capacity }, "a batch larger than the loader's capacity")
         pthread_mutex_lock(&mutex)
+        // Pending batches (announced, not consumed) that the new list starts with are kept.
+        var kept = 0
+        while nextToConsume + kept < queue.count && kept < batches.count && queue[nextToConsume + kept] == batches[kept] { kept += 1 }
+        let oldGeneration = generation
         generation += 1
-        queue = batches
-        queueEpoch = epoch
-        nextToStart = 0
+        for s in slots.indices {
+            if slots[s].generation == oldGeneration, let number = slots[s].number,
+               (nextToConsume..<(nextToConsume + kept)).contains(number) {
+                slots[s].generation = generation
+                slots[s].number = number - nextToConsume
+            } else if !slots[s].busy {
+                slots[s].number = nil
+                slots[s].ready = false
+            }
+        }
+        nextToStart = max(0, min(nextToStart - nextToConsume, kept))
         nextToConsume = 0
-        for s in slots.indices where !slots[s].busy { slots[s].number = nil; slots[s].ready = false }
+        queue = batches
         pthread_cond_broadcast(&changed)
         pthread_mutex_unlock(&mutex)
     }
+
+    /// `schedule` for batches of one epoch.
+    public func schedule(_ batches: [[Int]], epoch: Int?) { schedule(batches.map { Batch($0, epoch: epoch) }) }
 
     /// Writes samples `indices` (for a training `epoch`, or nil) into `images` (N, Cin, S, S) and
     /// `masks` (N, 1, S, S), N = indices.count: the announced batch when it is the next one.
     public func next(_ indices: [Int], epoch: Int?, images: Tensor, masks: Tensor) throws {
         precondition(images.shape.n == indices.count && masks.shape.n == indices.count)
         pthread_mutex_lock(&mutex)
-        guard !slots.isEmpty, nextToConsume < queue.count, queue[nextToConsume] == indices, queueEpoch == epoch else {
+        guard !slots.isEmpty, nextToConsume < queue.count, queue[nextToConsume] == Batch(indices, epoch: epoch) else {
             pthread_mutex_unlock(&mutex)
             unannouncedBatches += slots.isEmpty ? 0 : 1
             try load(indices, epoch: epoch, images: images.data, masks: masks.data)
@@ -157,7 +182,7 @@ public final class BatchLoader: @unchecked Sendable {
             }
             if stopping { break }
             let s = free!, number = nextToStart, batchGeneration = generation
-            let indices = queue[number], epoch = queueEpoch
+            let indices = queue[number].indices, epoch = queue[number].epoch
             nextToStart += 1
             slots[s].generation = batchGeneration
             slots[s].number = number

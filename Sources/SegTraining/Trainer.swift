@@ -2,6 +2,7 @@
 // confusion-count metrics. (The distributed trainer of issue #4 shards the same loop over ranks
 // and reduces the same sums.)
 
+import SegData
 import SegEngine
 import SegModel
 
@@ -11,13 +12,13 @@ public protocol SampleSource {
     var count: Int { get }
     /// `epoch`: the training epoch, which seeds augmentation; nil for validation (no augmentation).
     func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) throws
-    /// The batches `fill` will be asked for next, in order (a loader may prepare them ahead);
-    /// replaces whatever was announced before.
-    func prefetch(_ batches: [[Int]], epoch: Int?)
+    /// The batches `fill` will be asked for next, in order, each with its epoch (a loader may
+    /// prepare them ahead); replaces whatever was announced before.
+    func prefetch(_ batches: [BatchLoader.Batch])
 }
 
 extension SampleSource {
-    public func prefetch(_ batches: [[Int]], epoch: Int?) {}
+    public func prefetch(_ batches: [BatchLoader.Batch]) {}
 }
 
 /// The ranks' weights differ (found by --check-sync): every rank throws it at the same step.
@@ -179,7 +180,12 @@ public final class Trainer {
         var lossSum = 0.0, lossCount = 0
         var rate = schedule.rate(progress: Double(epoch - 1))
         let plan = (firstBatch..<max(firstBatch, batches)).map { sampler.indices(order, batch: $0) }
-        train.prefetch(plan.filter { !$0.isEmpty }, epoch: epoch)
+        // This epoch's batches and the next epoch's first few, so that no epoch starts by waiting;
+        // the validation loader prepares its batches meanwhile.
+        let nextOrder = sampler.order(epoch: epoch + 1)
+        let lookahead = (0..<min(2, batches)).map { BatchLoader.Batch(sampler.indices(nextOrder, batch: $0), epoch: epoch + 1) }
+        train.prefetch((plan.map { BatchLoader.Batch($0, epoch: epoch) } + lookahead).filter { !$0.indices.isEmpty })
+        if let validation { validation.prefetch(validationBatches(validation).map { BatchLoader.Batch($0, epoch: nil) }) }
         var trainedImages = 0
         for b in firstBatch..<batches {
             let indices = plan[b - firstBatch]
@@ -223,6 +229,16 @@ public final class Trainer {
         return .completed(record)
     }
 
+    /// This rank's validation batches of `source`: samples r, r + N, ... in batches of the local
+    /// capacity, the last padded with its last sample (not counted).
+    func validationBatches(_ source: SampleSource) -> [[Int]] {
+        let mine = Array(stride(from: collectives.rank, to: source.count, by: collectives.size))
+        let batch = localCapacity
+        return stride(from: 0, to: mine.count, by: batch).map { start in
+            (0..<batch).map { mine[start + min($0, mine.count - start - 1)] }
+        }
+    }
+
     /// Mean loss (images weighted equally) and confusion counts over every sample of `source`,
     /// sharded over the ranks (rank r takes samples r, r + N, ...) and summed. The last partial
     /// batch of a rank is padded with its last sample, which is not counted.
@@ -233,10 +249,8 @@ public final class Trainer {
         var lossSum = 0.0
         let mine = Array(stride(from: collectives.rank, to: source.count, by: collectives.size))
         let batch = localCapacity
-        let batches = stride(from: 0, to: mine.count, by: batch).map { start in
-            (0..<batch).map { mine[start + min($0, mine.count - start - 1)] }
-        }
-        source.prefetch(batches, epoch: nil)
+        let batches = validationBatches(source)
+        source.prefetch(batches.map { BatchLoader.Batch($0, epoch: nil) })
         for (k, indices) in batches.enumerated() {
             let real = min(batch, mine.count - k * batch)
             let b = try fill(source, indices, epoch: nil)

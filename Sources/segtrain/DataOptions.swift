@@ -277,5 +277,5 @@ final class FileSource: SampleSource {
     func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) throws {
         try loader.next(indices, epoch: epoch, images: images, masks: masks)
     }
-    func prefetch(_ batches: [[Int]], epoch: Int?) { loader.schedule(batches, epoch: epoch) }
+    func prefetch(_ batches: [BatchLoader.Batch]) { loader.schedule(batches) }
 }

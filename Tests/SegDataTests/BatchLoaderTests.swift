@@ -69,6 +69,35 @@ final class BatchLoaderTests: XCTestCase {
         XCTAssertEqual(try reference(dataset, [4], epoch: nil).0, try reference(dataset, [4], epoch: nil).0)
     }
 
+    /// The next epoch's first batch, announced early and loaded, is kept (not loaded again) when
+    /// the next epoch's schedule starts with it; results still equal direct loading.
+    func testANewScheduleKeepsThePendingBatchesItStartsWith() throws {
+        let dataset = try makeDataset(count: 8, augment: true)
+        let loader = BatchLoader(dataset: dataset, threads: 1, capacity: 2)
+        let images = OwnedTensor(Shape(2, 3, 16, 16)), masks = OwnedTensor(Shape(2, 1, 16, 16))
+        func take(_ indices: [Int], _ epoch: Int) throws {
+            try loader.next(indices, epoch: epoch, images: images.tensor, masks: masks.tensor)
+            let (ri, rm) = try reference(dataset, indices, epoch: epoch)
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: images.tensor.data, count: images.tensor.count)), ri)
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: masks.tensor.data, count: masks.tensor.count)), rm)
+        }
+        loader.schedule([.init([0, 1], epoch: 1), .init([2, 3], epoch: 1), .init([4, 5], epoch: 2)])
+        try take([0, 1], 1)
+        try take([2, 3], 1)
+        let deadline = monotonicSeconds() + 10
+        while loader.samplesLoaded < 6 && monotonicSeconds() < deadline { usleep(2000) }
+        XCTAssertEqual(loader.samplesLoaded, 6, "the look-ahead batch was loaded")
+        loader.schedule([.init([4, 5], epoch: 2), .init([6, 7], epoch: 2)])
+        try take([4, 5], 2)
+        try take([6, 7], 2)
+        XCTAssertEqual(loader.samplesLoaded, 8, "the kept batch was not loaded again")
+        XCTAssertEqual(loader.unannouncedBatches, 0)
+        // A schedule that does not start with the pending batch drops it.
+        loader.schedule([.init([0, 1], epoch: 3), .init([2, 3], epoch: 3)])
+        loader.schedule([.init([2, 3], epoch: 3)])
+        try take([2, 3], 3)
+    }
+
     func testCacheGivesTheSameSamples() throws {
         let plain = try makeDataset(count: 4, augment: true)
         let cached = FileDataset(listing: plain.listing, spec: plain.spec, cache: true)
