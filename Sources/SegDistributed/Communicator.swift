@@ -420,6 +420,19 @@ public final class Request {
 
     fileprivate init() {}
 
+    /// True when every chunk is done (MPI_Testall; the call also lets MPI make progress on them).
+    public func test() throws -> Bool {
+        if isComplete { return true }
+        var flag: Int32 = 0
+        if !handles.isEmpty {
+            try Communicator.check(MPI_Testall(Int32(handles.count), &handles, &flag, cmpi_statuses_ignore()), "MPI_Testall")
+        } else {
+            flag = 1
+        }
+        if flag != 0 { isComplete = true }
+        return isComplete
+    }
+
     /// Waits for every chunk (MPI_Waitall). Idempotent.
     public func wait() throws {
         if isComplete { return }

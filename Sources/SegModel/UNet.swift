@@ -77,6 +77,10 @@ public final class UNet {
     private var tape: [TapeOp] = []
     /// Per op, the gradient slots it writes first: zeroed just before it runs.
     private var zeroFirst: [[Int]] = []
+    /// After backward op k, the parameter gradients at flat offsets >= gradientFrontiers[k] are
+    /// final (no later op writes them): what may be summed over ranks while backward goes on.
+    /// Ends at 0. The same on every rank (it depends on the model only).
+    public private(set) var gradientFrontiers: [Int] = []
     private var input: Tensor? = nil
     public private(set) var layers: [LayerInfo] = []
 
@@ -258,6 +262,7 @@ public final class UNet {
         arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
                                                                      slots: arena.shapes.count,
                                                                      liveBefore: [logitsSlot]))
+        gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
         zeroFirst = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
         }
@@ -349,13 +354,34 @@ public final class UNet {
     }
 
     /// Backward from `logitsGradient` (filled by the loss after `zeroActivationGradients`) through
-    /// the whole network, adding into the parameter gradients `store.gradients`.
-    public func backward() {
+    /// the whole network, adding into the parameter gradients `store.gradients`. `afterOp(k)` is
+    /// called after op k (see `gradientFrontiers`).
+    public func backward(afterOp: ((Int) throws -> Void)? = nil) rethrows {
         precondition(input != nil, "backward before forward")
         for (op, step) in tape.enumerated() {
             if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { parallelZero(arena.gradient(slot)) } } }
             step.run()
+            try afterOp?(op)
         }
+    }
+
+    /// For each op (given the parameter entries it finalizes), the lowest offset from which every
+    /// parameter gradient to the end of the buffer is final.
+    static func frontiers(of finalized: [[Int]], store: ParameterStore) -> [Int] {
+        let parameters = store.entries.indices.filter { store.entries[$0].kind == .parameter }
+            .sorted { store.entries[$0].offset > store.entries[$1].offset }
+        var done = Set<Int>(), frontier = store.parameterCount, next = 0
+        var result: [Int] = []
+        for ops in finalized {
+            done.formUnion(ops)
+            while next < parameters.count, done.contains(parameters[next]) {
+                frontier = store.entries[parameters[next]].offset
+                next += 1
+            }
+            result.append(frontier)
+        }
+        precondition(frontier == 0, "the backward tape leaves some parameter gradient unfinished")
+        return result
     }
     private func unitForward(_ unit: ConvUnit, _ x: Tensor, training: Bool) -> Tensor {
         let out = arena.value(unit.output)
@@ -412,7 +438,8 @@ public final class UNet {
             let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
             if let upconv = level.upconv {
                 // One pass gathers dy once for both gradients; charged to the weight gradient.
-                ops.append(TapeOp(reads: [level.upsampled], writes: [below]) { [unowned self] in
+                ops.append(TapeOp(reads: [level.upsampled], writes: [below],
+                                  finalizes: [upconv.weight] + (upconv.bias.map { [$0] } ?? [])) { [unowned self] in
                     profile.measure(.convWeightGradient) {
                         convTranspose2x2Backward(dx: arena.gradient(below), dweight: store.gradient(upconv.weight),
                                                  dbias: upconv.bias.map { store.gradient($0) },
@@ -454,7 +481,7 @@ public final class UNet {
         }]
         var dConv = unit.output
         if let bn = unit.bn {
-            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm]) { [unowned self] in
+            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm], finalizes: [bn.gamma, bn.beta]) { [unowned self] in
                 profile.measure(.batchNorm) {
                     batchNormBackward(dx: arena.gradient(unit.preNorm), dgamma: store.gradient(bn.gamma),
                                       dbeta: store.gradient(bn.beta), dy: arena.gradient(unit.output),
@@ -471,7 +498,7 @@ public final class UNet {
 
     /// Weight (and bias) gradient, then the input gradient into `dx` when given.
     private func convOp(_ c: ConvParameters, dy: Int, x: Int?, dx: Int?) -> TapeOp {
-        TapeOp(reads: [dy], writes: dx.map { [$0] } ?? []) { [unowned self] in
+        TapeOp(reads: [dy], writes: dx.map { [$0] } ?? [], finalizes: [c.weight] + (c.bias.map { [$0] } ?? [])) { [unowned self] in
             let input = x.map { arena.value($0) } ?? self.input!
             let weight = store.value(c.weight), gradient = arena.gradient(dy)
             profile.measure(.convWeightGradient) {
@@ -492,10 +519,13 @@ public final class UNet {
 struct TapeOp {
     let reads: [Int]
     let writes: [Int]
+    /// Parameter entries whose gradient this op writes, and no later op touches.
+    let finalizes: [Int]
     let run: () -> Void
-    init(reads: [Int], writes: [Int], run: @escaping () -> Void) {
+    init(reads: [Int], writes: [Int], finalizes: [Int] = [], run: @escaping () -> Void) {
         self.reads = reads
         self.writes = writes
+        self.finalizes = finalizes
         self.run = run
     }
 }

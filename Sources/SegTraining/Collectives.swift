@@ -3,11 +3,27 @@
 
 import SegEngine
 
+/// A sum in progress (`Collectives.startSum`).
+public protocol PendingSum: AnyObject {
+    /// True once done; also lets the sum make progress.
+    func test() throws -> Bool
+    func wait() throws
+}
+
+/// A sum that was done at once.
+final class CompletedSum: PendingSum {
+    func test() throws -> Bool { true }
+    func wait() throws {}
+}
+
 public protocol Collectives: AnyObject {
     var rank: Int { get }
     var size: Int { get }
     /// Sums `tensor` over all ranks, in place.
     func sumInPlace(_ tensor: Tensor) throws
+    /// Starts summing `tensor` over all ranks in place and returns at once; the memory must not be
+    /// touched until the sum is done. Every rank must start the same sums in the same order.
+    func startSum(_ tensor: Tensor) throws -> PendingSum
     /// Element-wise sums of `values` over all ranks.
     func sum(_ values: [Double]) throws -> [Double]
 }
@@ -27,6 +43,12 @@ public func shareOf(_ count: Int, ranks: Int, rank: Int) -> Range<Int> {
 }
 
 extension Collectives {
+    /// Default: the sum at once.
+    public func startSum(_ tensor: Tensor) throws -> PendingSum {
+        try sumInPlace(tensor)
+        return CompletedSum()
+    }
+
     /// True when `value` is the same on every rank, through `sum` alone: the value is cut into
     /// 16-bit chunks c, and N * sum(c^2) == (sum c)^2 holds exactly (all below 2^53) only when every
     /// rank's chunk is the same (Cauchy-Schwarz).

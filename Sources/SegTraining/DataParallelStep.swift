@@ -12,7 +12,8 @@ public final class DataParallelStep {
     public let collectives: Collectives
     /// Called once, with the summed gradient of the first step, before the optimizer touches it.
     public var firstGradientHook: ((ParameterStore) throws -> Void)?
-    /// Called with the step number before the gradient allreduce (tests inject faults here).
+    /// Called with the step number before the gradient allreduce (tests inject faults here); with
+    /// buckets, before the last bucket, which holds the start of the buffer, is summed.
     public var beforeAllreduce: ((Int) -> Void)?
     /// Skip (instead of stopping at) a step whose loss or gradient is not finite.
     public var skipNonFinite = false
@@ -22,6 +23,10 @@ public final class DataParallelStep {
     /// over ranks once, on the last. Each micro-batch's loss is divided by K times its global terms:
     /// exact because every micro-batch has the same number of images and pixels.
     public var accumulate = 1
+    /// Sum the gradient in buckets while backward runs (ranks > 1); off: one sum after backward.
+    public var overlap = true
+    /// Floats per bucket (4 MiB).
+    public var bucketFloats = 1 << 20
     private var microStep = 0
     private var accumulatedLoss = 0.0
 
@@ -49,9 +54,17 @@ public final class DataParallelStep {
         let terms = target.map { local.loss.terms(target: $0) } ?? LossTerms(pixels: 0, images: 0)
         let global = try model.profile.measure(.communication) { try collectives.sum([terms.pixels, terms.images]) }
         let k = Double(accumulate)
+        let last = microStep + 1 == accumulate
+        // On the last micro-batch the gradient sum starts while backward still runs (buckets).
+        // (Decided from settings every rank shares: the ranks must start the same sums.)
+        let buckets = last && overlap && collectives.size > 1 ? BucketedSum(self) : nil
         if let images, let target {
-            accumulatedLoss += local.accumulateGradients(images: images, target: target, weights: weights,
-                                                         normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k))
+            accumulatedLoss += try local.accumulateGradients(images: images, target: target, weights: weights,
+                                                             normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k),
+                                                             afterOp: buckets.map { b in { op in try b.advance(afterOp: op) } })
+        } else if let buckets {
+            // No sample here: the same buckets as the other ranks, in the same order.
+            for op in model.gradientFrontiers.indices { try buckets.advance(afterOp: op) }
         }
         microStep += 1
         guard microStep == accumulate else { return nil }
@@ -59,7 +72,7 @@ public final class DataParallelStep {
         stepsTried += 1
         beforeAllreduce?(stepsTried)
         let loss = try model.profile.measure(.communication) { () -> Double in
-            try collectives.sumInPlace(model.store.gradients.tensor)
+            if let buckets { try buckets.finish() } else { try collectives.sumInPlace(model.store.gradients.tensor) }
             return try collectives.sum([accumulatedLoss])[0]
         }
         let norm = model.profile.measure(.optimizer) { local.optimizer.gradientNorm(model.store.gradients.tensor, pool: model.pool) }
@@ -73,6 +86,41 @@ public final class DataParallelStep {
         }
         local.update(learningRate: learningRate, gradientNorm: norm)
         return loss
+    }
+}
+
+/// The gradient sum in buckets, started while backward runs: after each backward op the gradients
+/// from the model's frontier to the end of the buffer are final; once at least `bucketFloats` of
+/// them are not yet handed over, they are (one non-blocking sum), and every op lets the pending
+/// sums progress. Buckets depend on the model only, so every rank starts the same sums.
+final class BucketedSum {
+    let step: DataParallelStep
+    var start: Int
+    var pending: [PendingSum] = []
+
+    init(_ step: DataParallelStep) {
+        self.step = step
+        start = step.local.model.store.parameterCount
+    }
+
+    func advance(afterOp op: Int) throws {
+        let model = step.local.model
+        let frontier = model.gradientFrontiers[op]
+        try model.profile.measure(.communication) {
+            if start - frontier >= step.bucketFloats {
+                pending.append(try step.collectives.startSum(model.store.gradients.view(.vector(start - frontier), offset: frontier)))
+                start = frontier
+            }
+            for p in pending { _ = try p.test() }
+        }
+    }
+
+    func finish() throws {
+        let gradients = step.local.model.store.gradients
+        if start > 0 { pending.append(try step.collectives.startSum(gradients.view(.vector(start), offset: 0))) }
+        start = 0
+        for p in pending { try p.wait() }
+        pending = []
     }
 }
 

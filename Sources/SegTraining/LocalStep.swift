@@ -26,7 +26,7 @@ public final class LocalStep {
     /// gradient of loss / `normalizers` into `model.store.gradients` (zero them first for a new
     /// step) and returns that loss.
     public func accumulateGradients(images: Tensor, target: Tensor, weights: Tensor?,
-                                    normalizers: LossTerms?) -> Double {
+                                    normalizers: LossTerms?, afterOp: ((Int) throws -> Void)? = nil) rethrows -> Double {
         let profile = model.profile
         model.forward(images, training: true)
         model.zeroActivationGradients()
@@ -34,7 +34,7 @@ public final class LocalStep {
             loss.evaluate(logits: model.logits, target: target, weights: weights,
                           dlogits: model.logitsGradient, normalizers: normalizers, pool: model.pool)
         }
-        model.backward()
+        try model.backward(afterOp: afterOp)
         return value
     }
 

@@ -105,6 +105,7 @@ struct BenchCommand: ParsableCommand {
         step.plan(batch: batch, height: size, width: size)
         try communicator.broadcast(unet.store.values.tensor)
         let parallel = DataParallelStep(local: step, collectives: communicator)
+        training.configure(parallel)
         // One rank: the plain local step (what the allocation check measures); several: data-parallel.
         func trainStep() throws -> Double {
             if loader != nil { try unet.profile.measure(.data) { try prepareBatch() } }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import SegEngine
 import SegModel
+import SegTraining
 
 extension Upsampling: ExpressibleByArgument {}
 extension Initialization: ExpressibleByArgument {}
@@ -75,6 +76,14 @@ struct TrainingOptions: ParsableArguments {
     var clipNorm: Float?
     @Option(help: "Images per step.")
     var batchSize = 8
+    @Option(help: "Under mpirun: sum gradients in buckets of this many MiB while backward runs (0: one sum after backward).")
+    var bucketMb = 4.0
+
+    /// Applies --bucket-mb to a data-parallel step.
+    func configure(_ step: DataParallelStep) {
+        step.overlap = bucketMb > 0
+        step.bucketFloats = max(1, Int(bucketMb * 1024 * 1024 / 4))
+    }
 
     func lossKind(classes: Int) -> LossKind { loss ?? (classes == 1 ? .bce : .ce) }
 
@@ -89,6 +98,7 @@ struct TrainingOptions: ParsableArguments {
 
     func validate(classes: Int) throws {
         if batchSize < 1 { throw ValidationError("--batch-size must be at least 1 (got \(batchSize))") }
+        if !(bucketMb >= 0) || bucketMb > 4096 { throw ValidationError("--bucket-mb must be in 0...4096 (got \(bucketMb))") }
         if !(lr > 0) || !lr.isFinite { throw ValidationError("--lr must be a positive number (got \(lr))") }
         if weightDecay < 0 || !weightDecay.isFinite { throw ValidationError("--weight-decay must be >= 0 (got \(weightDecay))") }
         if let c = clipNorm, !(c > 0) { throw ValidationError("--clip-norm must be positive (got \(c))") }

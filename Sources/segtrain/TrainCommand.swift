@@ -255,6 +255,7 @@ struct TrainCommand: ParsableCommand {
         trainer.checkSyncEvery = checkSync
         trainer.step.skipNonFinite = skipNonfinite
         trainer.step.accumulate = accumulate
+        training.configure(trainer.step)
         if let nanStep = debugNanStep, isRoot {
             trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
         }
@@ -425,8 +426,11 @@ extension ScheduleKind: ExpressibleByArgument {}
 /// An error already printed (by rank 0): exit 1 without printing it again.
 struct AlreadyReported: Error {}
 
+extension Request: PendingSum {}
+
 extension Communicator: Collectives {
     public func sumInPlace(_ tensor: Tensor) throws { try allreduceSum(tensor) }
+    public func startSum(_ tensor: Tensor) throws -> PendingSum { try startAllreduceSum(tensor) }
     public func sum(_ values: [Double]) throws -> [Double] { try allreduce(values, .sum) }
 }
 

@@ -58,6 +58,21 @@ final class DataParallelTests: XCTestCase {
         }
     }
 
+    /// The gradient summed in many small buckets during backward (and in one sum after it, with
+    /// --bucket-mb 0) equals the single process's.
+    func testBucketedGradientSumEqualsTheSingleProcess() throws {
+        try train(ranks: 0, ["--epochs", "1", "--train-samples", "5", "--dump-gradients", "\(folder)/single.safetensors",
+                             "--out", "\(folder)/s"])
+        let single = try loadSafetensors("\(folder)/single.safetensors")
+        for (ranks, bucket) in [(2, "0.001"), (3, "0.0002"), (2, "0")] {
+            let dump = "\(folder)/b\(ranks)-\(bucket).safetensors"
+            try train(ranks: ranks, ["--epochs", "1", "--train-samples", "5", "--bucket-mb", bucket, "--dump-gradients", dump,
+                                     "--out", "\(folder)/b\(ranks)-\(bucket)"])
+            let worst = worstScaledDifference(try loadSafetensors(dump), single)
+            XCTAssertLessThanOrEqual(worst, 1e-5, "\(ranks) ranks, --bucket-mb \(bucket): gradient differs by \(worst)")
+        }
+    }
+
     func testWeightsAfterSixStepsAgreeAcrossRankCounts() throws {
         for ranks in [0, 3] {
             try train(ranks: ranks, ["--epochs", "2", "--train-samples", "15", "--optimizer", "adam", "--out", "\(folder)/w\(ranks)"])

@@ -117,3 +117,42 @@ final class ActivationArenaTests: XCTestCase {
         XCTAssertLessThan(Double(shared), 0.5 * Double(unshared), "shared \(shared) of \(unshared) floats")
     }
 }
+
+/// The backward tape's frontiers: which gradients are final while backward still runs.
+final class GradientFrontierTests: XCTestCase {
+    func testFrontiersMoveFromTheEndToZeroAndMarkFinalGradients() {
+        for batchNorm in [false, true] {
+            for upsampling in [Upsampling.bilinear, .transpose] {
+                var config = UNetConfig()
+                config.baseChannels = 4
+                config.depth = 3
+                config.batchNorm = batchNorm
+                config.upsampling = upsampling
+                let unet = UNet(config, pool: WorkerPool(threads: 1))
+                unet.plan(batch: 1, height: 16, width: 16)
+                let f = unet.gradientFrontiers
+                XCTAssertEqual(f.last, 0)
+                XCTAssertLessThan(f[0], unet.parameterCount, "the head's gradient is final after the first op")
+                XCTAssertTrue(zip(f, f.dropFirst()).allSatisfy { $0 >= $1 }, "frontiers only move down")
+                // The claim itself: gradients past the frontier do not change in the rest of backward.
+                let images = OwnedTensor(Shape(1, 3, 16, 16))
+                var rng = SplitMix64(seed: 1)
+                for i in 0..<images.tensor.count { images.tensor[i] = rng.nextUnitFloat() }
+                unet.forward(images.tensor, training: true)
+                unet.zeroActivationGradients()
+                for i in 0..<unet.logitsGradient.count { unet.logitsGradient[i] = rng.nextUnitFloat() - 0.5 }
+                unet.store.zeroGradients()
+                var snapshots: [(Int, [Float])] = []
+                unet.backward { op in
+                    let g = unet.store.gradients.tensor
+                    snapshots.append((f[op], (f[op]..<g.count).map { g[$0] }))
+                }
+                let g = unet.store.gradients.tensor
+                for (frontier, values) in snapshots {
+                    XCTAssertEqual(values, (frontier..<g.count).map { g[$0] }, "a gradient past \(frontier) changed later")
+                }
+                XCTAssertTrue((0..<g.count).contains { g[$0] != 0 })
+            }
+        }
+    }
+}
