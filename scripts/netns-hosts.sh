@@ -44,8 +44,8 @@ up() {
   ip -n "$ns1" link set "$if1" up
   ip -n "$ns2" link set "$if2" up
   # Wait until h1 reaches h2 over TCP-capable IP (link up, no duplicate-address delay for IPv4).
-  local i
-  for i in $(seq 1 50); do
+  local _
+  for _ in $(seq 1 50); do
     if ip -n "$ns1" route get "$addr2" >/dev/null 2>&1 && ip -n "$ns1" link show "$if1" | grep -q "state UP"; then
       echo "netns-hosts: $ns1 ($addr1, $if1) <-> $ns2 ($addr2, $if2) up"
       return 0

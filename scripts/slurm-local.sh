@@ -160,7 +160,7 @@ stop() {
       local pid; pid=$(cat "$f")
       kill "$pid" 2>/dev/null || true
       local i; for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
     fi
     rm -f "$f"
   done

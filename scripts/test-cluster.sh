@@ -22,7 +22,7 @@
 # wait has a deadline (the whole run takes ~3-5 minutes on 2 cores). SEGTRAIN_BIN=path skips the
 # build. The work folder (jobs' logs, runs) is removed on success and kept on failure.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 repo=$PWD
 
 sections=("$@")
@@ -84,7 +84,7 @@ slurm_tests() {
   pass "slurm: the one-node cluster starts (munged, slurmctld, slurmd; node idle)"
   export SLURM_CONF=$slurm_dir/slurm.conf
   local epochs=4 batches=64
-  local cfg=(--epochs $epochs --image-size 64 --base-channels 8 --depth 3 --train-samples 512 --val-samples 16 --batch-size 8)
+  local cfg=(--epochs "$epochs" --image-size 64 --base-channels 8 --depth 3 --train-samples 512 --val-samples 16 --batch-size 8)
 
   submit() {  # submit OUT LAUNCHER -> job id
     SEGTRAIN=$bin SEGTRAIN_OUT=$1 SEGTRAIN_LAUNCHER=$2 timeout 30 sbatch --parsable --chdir="$work" \
@@ -261,19 +261,20 @@ base = rows["tcp-unlimited"]
 slow = rows["tcp-1gbit"]
 extra_comm = slow["seconds_per_step_by_kind"]["communication"] - base["seconds_per_step_by_kind"]["communication"]
 extra_step = slow["seconds_per_step"] - base["seconds_per_step"]
-hidden = 1 - extra_step / extra_comm if extra_comm > 0 else float("nan")
-print(f"predicted wire time at 1 Gbit/s: {wire * 1000:.1f} ms; measured extra communication {extra_comm * 1000:.1f} ms, "
-      f"extra step time {extra_step * 1000:.1f} ms -> hidden behind backward: {max(0.0, hidden) * 100:.0f}%")
-print(f"RESULT {extra_comm:.4f} {wire:.4f}")
+print(f"wire time 2(N-1)/N x bytes / rate at 1 Gbit/s: {wire * 1000:.1f} ms; the limit added {extra_comm * 1000:.1f} ms "
+      f"of communication and {extra_step * 1000:.1f} ms to the step (single runs on a shared machine: noisy; "
+      f"scripts/bench-cluster.sh takes the best of several, docs/SCALING.md)")
+print(f"RESULT {slow['seconds_per_step_by_kind']['communication']:.4f} {wire:.4f}")
 EOF
 )
   local bench_ok=$?
   sed 's/^RESULT.*//;/^$/d;s/^/      /' <<<"$summary"
   check "netns: segtrain bench ran on one host, over the link, and over the link at 1 Gbit/s" test "$bench_ok" = 0
-  local extra wire
-  read -r extra wire < <(sed -nE 's/^RESULT (.*)/\1/p' <<<"$summary")
-  check "netns: the 1 Gbit/s limit shows in the allreduce (extra communication ${extra:-?} s >= 0.7 x the wire time ${wire:-?} s)" \
-    python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= 0.7 * float(sys.argv[2]) else 1)' "${extra:-0}" "${wire:-1}"
+  # Load from other work only lengthens communication, so this fails only if the limit did not apply.
+  local comm1 wire
+  read -r comm1 wire < <(sed -nE 's/^RESULT (.*)/\1/p' <<<"$summary")
+  check "netns: the 1 Gbit/s limit shows in the allreduce (communication ${comm1:-?} s per step >= the wire time ${wire:-?} s)" \
+    python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= float(sys.argv[2]) else 1)' "${comm1:-0}" "${wire:-1}"
   scripts/netns-hosts.sh down >/dev/null
 }
 
@@ -285,9 +286,9 @@ pbs_tests() {
   printf '%s\n' "$(hostname)" "$(hostname)" >"$pbs/nodefile"     # select=1:mpiprocs=2
   cat >"$stubs/qstat" <<'EOF'
 #!/bin/sh
-# stub: a job with a 9-second wall time
+# stub: a job with a 10-second wall time
 echo "Job Id: $2"
-echo "    Resource_List.walltime = 00:00:09"
+echo "    Resource_List.walltime = 00:00:10"
 EOF
   cat >"$stubs/qsub" <<EOF
 #!/bin/sh
@@ -296,8 +297,8 @@ printf '%s\n' "\$@" >"$pbs/qsub.args"
 echo 2.stub
 EOF
   chmod +x "$stubs/qstat" "$stubs/qsub"
-  local args="--epochs 30 --image-size 64 --base-channels 8 --depth 3 --train-samples 64 --val-samples 8 --batch-size 8"
-  # Stop 5 s before the 9 s wall time: after ~4 s, mid-run (30 epochs take ~10-20 s here).
+  local args="--epochs 40 --image-size 64 --base-channels 8 --depth 3 --train-samples 64 --val-samples 8 --batch-size 8"
+  # Stop 5 s before the 10 s wall time: after ~5 s, mid-run (40 epochs take ~13-25 s here).
   (cd "$pbs" && PATH=$stubs:$PATH PBS_O_WORKDIR=$pbs PBS_JOBID=1.stub PBS_JOBNAME=segtrain PBS_NODEFILE=$pbs/nodefile \
     NCPUS=2 OMP_NUM_THREADS=1 SEGTRAIN=$bin SEGTRAIN_ARGS="$args" SEGTRAIN_STOP_BEFORE=5 \
     SEGTRAIN_PBS_SCRIPT=$repo/cluster/pbs/train.pbs timeout 120 bash "$repo/cluster/pbs/train.pbs") >"$pbs/job1.log" 2>&1
@@ -316,7 +317,7 @@ EOF
   rc=$?
   check "pbs: the resubmitted job resumes from the checkpoint ('$(grep -m1 -o '^resumed from .*' "$pbs/job2.log" | sed 's/.*: //')') and finishes (exit $rc)" \
     bash -c '[ "$1" = 0 ] && grep -qE "^resumed from .*optimizer step [1-9]" "$2" && grep -q "finished (exit 0)" "$2"' _ "$rc" "$pbs/job2.log"
-  check "pbs: metrics.csv has epochs 1..30, each once" test "$(epochs_of "$pbs/runs/pbs-segtrain/metrics.csv")" = "$(seq_csv 30)"
+  check "pbs: metrics.csv has epochs 1..40, each once" test "$(epochs_of "$pbs/runs/pbs-segtrain/metrics.csv")" = "$(seq_csv 40)"
 }
 
 want slurm && slurm_tests

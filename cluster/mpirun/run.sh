@@ -29,8 +29,8 @@ set -euo pipefail
 
 [ "${1:-}" = "--" ] && shift
 user_args=()
-# shellcheck disable=SC2206
-[ -n "${SEGTRAIN_ARGS:-}" ] && user_args=(${SEGTRAIN_ARGS})
+# Split on blanks, no glob expansion.
+[ -n "${SEGTRAIN_ARGS:-}" ] && read -r -a user_args <<<"$SEGTRAIN_ARGS"
 user_args+=("$@")
 
 hostfile=${SEGTRAIN_HOSTFILE:-hostfile}
@@ -77,8 +77,8 @@ extra=()
 
 export SEGTRAIN_THREADS=$threads
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-# shellcheck disable=SC2206
-more=(${SEGTRAIN_MPIRUN_ARGS:-})
+more=()
+[ -n "${SEGTRAIN_MPIRUN_ARGS:-}" ] && read -r -a more <<<"$SEGTRAIN_MPIRUN_ARGS"
 cmd=(mpirun --hostfile "$hostfile" "${mapping[@]}" -x SEGTRAIN_THREADS "${more[@]}"
      "$bin" train "${extra[@]}" "${user_args[@]}")
 echo "run.sh: ${cmd[*]}"
