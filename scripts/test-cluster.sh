@@ -8,7 +8,8 @@
 #        metrics and checkpoint; a job launched with mpirun, signalled with
 #        `scancel --signal=USR1 --batch` after two epochs, must checkpoint, requeue itself, resume at
 #        the step where it stopped, finish, and end with weights bitwise equal to the uninterrupted
-#        job's; a job on a finished run must not be requeued.
+#        job's; a job on a finished run must not be requeued; a job with a 1-minute limit and
+#        --signal=B:USR1@40 must checkpoint before the limit, requeue, and finish in the next allocation.
 # netns  Two "hosts" in network namespaces joined by a veth pair (scripts/netns-hosts.sh), Open MPI's
 #        rsh launcher entering the namespace (scripts/netns-rsh-agent.sh), `--mca btl tcp,self`:
 #        mpi-check across them, then cluster/mpirun/run.sh trains across them and must give bitwise
@@ -19,7 +20,7 @@
 #        with qsub, and the resubmitted job resumes and finishes.
 #
 # Prints PASS/FAIL per check and "cluster: N passed, M failed"; exits 1 if any check failed. Every
-# wait has a deadline (the whole run takes ~3-5 minutes on 2 cores). SEGTRAIN_BIN=path skips the
+# wait has a deadline (the whole run takes ~3 minutes on 2 cores, ~5 when other work loads them). SEGTRAIN_BIN=path skips the
 # build. The work folder (jobs' logs, runs) is removed on success and kept on failure.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -172,6 +173,27 @@ slurm_tests() {
       bash -c '[ "$1/$2" = COMPLETED/0 ] && grep -q "nothing to train" "$3"' _ "$state" "$restarts" "$work/slurm-$job_c.out"
   else
     fail "slurm: sbatch of a finished run"
+  fi
+
+  # 4. The time limit: --time=1 with --signal=B:USR1@40 (the job script's mechanism, with a short
+  # limit): Slurm signals the batch shell before the limit (its timer has a resolution of up to
+  # 60 s), the run checkpoints and requeues itself, and the next allocation finishes it.
+  local out_d=$work/run-d job_d
+  cfg=(--epochs 24 --image-size 64 --base-channels 8 --depth 3 --train-samples 512 --val-samples 16 --batch-size 8)
+  if job_d=$(SEGTRAIN=$bin SEGTRAIN_OUT=$out_d timeout 30 sbatch --parsable --chdir="$work" --nodes=1 \
+      --ntasks-per-node=2 --cpus-per-task=1 --time=1 --signal=B:USR1@40 --output="$work/slurm-%j.out" \
+      "$repo/cluster/slurm/train.sbatch" -- "${cfg[@]}"); then
+    info "job $job_d: --time=1 --signal=B:USR1@40, 24 epochs (~40 s unloaded: longer than one allocation)"
+    wait_done "$job_d" 360
+    state=$(field "$job_d" JobState); exitcode=$(field "$job_d" ExitCode); restarts=$(field "$job_d" Restarts)
+    local log_d=$work/slurm-$job_d.out
+    check "slurm: before the time limit Slurm's USR1 reaches the batch script and segtrain checkpoints ($(grep -c '^stopped by SIGUSR1' "$log_d") stop(s), $(grep -c 'DUE TO TIME LIMIT' "$log_d") time-limit kill(s))" \
+      bash -c 'grep -q "got SIGUSR1" "$1" && grep -q "^stopped by SIGUSR1" "$1" && ! grep -q "DUE TO TIME LIMIT" "$1"' _ "$log_d"
+    check "slurm: the run spans $((${restarts:-0} + 1)) allocations and completes (state $state, exit $exitcode; metrics.csv epochs '$(epochs_of "$out_d/metrics.csv")')" \
+      bash -c '[ "$1/$2" = COMPLETED/0:0 ] && [ "${3:-0}" -ge 1 ] && [ "$4" = "$5" ]' _ "$state" "$exitcode" "$restarts" \
+      "$(epochs_of "$out_d/metrics.csv")" "$(seq_csv 24)"
+  else
+    fail "slurm: sbatch with --time=1 --signal=B:USR1@40"
   fi
   scripts/slurm-local.sh stop "$slurm_dir" >/dev/null 2>&1
 }
