@@ -25,8 +25,8 @@ public final class DataParallelStep {
     public var accumulate = 1
     /// Sum the gradient in buckets while backward runs (ranks > 1); off: one sum after backward.
     public var overlap = true
-    /// Floats per bucket (4 MiB).
-    public var bucketFloats = 1 << 20
+    /// Floats per bucket (1 MiB; see docs/DISTRIBUTED.md for the measurement behind it).
+    public var bucketFloats = 1 << 18
     private var microStep = 0
     private var accumulatedLoss = 0.0
 

@@ -77,7 +77,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Images per step.")
     var batchSize = 8
     @Option(help: "Under mpirun: sum gradients in buckets of this many MiB while backward runs (0: one sum after backward).")
-    var bucketMb = 4.0
+    var bucketMb = 1.0
 
     /// Applies --bucket-mb to a data-parallel step.
     func configure(_ step: DataParallelStep) {
