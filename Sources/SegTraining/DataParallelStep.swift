@@ -91,8 +91,8 @@ public final class DataParallelStep {
 
 /// The gradient sum in buckets, started while backward runs: after each backward op the gradients
 /// from the model's frontier to the end of the buffer are final; once at least `bucketFloats` of
-/// them are not yet handed over, they are (one non-blocking sum), and every op lets the pending
-/// sums progress. Buckets depend on the model only, so every rank starts the same sums.
+/// them (a quarter of that for the first bucket) are not yet handed over, they are (one
+/// non-blocking sum), and every op lets the pending sums progress. Buckets depend on the model only, so every rank starts the same sums.
 final class BucketedSum {
     let step: DataParallelStep
     var start: Int
@@ -107,7 +107,9 @@ final class BucketedSum {
         let model = step.local.model
         let frontier = model.gradientFrontiers[op]
         try model.profile.measure(.communication) {
-            if start - frontier >= step.bucketFloats {
+            // The first bucket is a quarter of the others, so the sums start early in backward.
+            let size = start == model.store.parameterCount ? max(1, step.bucketFloats / 4) : step.bucketFloats
+            if start - frontier >= size {
                 pending.append(try step.collectives.startSum(model.store.gradients.view(.vector(start - frontier), offset: frontier)))
                 start = frontier
             }

@@ -44,6 +44,7 @@ struct BenchCommand: ParsableCommand {
         do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
         defer { try? communicator.finalize() }
         let ranks = communicator.size, isRoot = communicator.rank == 0
+        let training = self.training.resolved(ranks: ranks)
         if training.batchSize < ranks { throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks") }
         let threads = model.threadCount
         let pool = WorkerPool(threads: threads)

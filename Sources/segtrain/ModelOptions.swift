@@ -74,10 +74,19 @@ struct TrainingOptions: ParsableArguments {
     var nesterov = false
     @Option(help: "Clip gradients to this global L2 norm.")
     var clipNorm: Float?
-    @Option(help: "Images per step.")
+    @Option(help: "Images per step, over all ranks (the global batch).")
     var batchSize = 8
+    @Option(help: "Images per step on each rank (PyTorch DDP's per-process batch): the global batch is this x ranks; overrides --batch-size.")
+    var batchPerRank: Int?
     @Option(help: "Under mpirun: sum gradients in buckets of this many MiB while backward runs (0: one sum after backward).")
     var bucketMb = 1.0
+
+    /// These options with the global batch fixed for `ranks` ranks (--batch-per-rank).
+    func resolved(ranks: Int) -> TrainingOptions {
+        var copy = self
+        if let b = batchPerRank { copy.batchSize = b * ranks }
+        return copy
+    }
 
     /// Applies --bucket-mb to a data-parallel step.
     func configure(_ step: DataParallelStep) {
@@ -98,6 +107,7 @@ struct TrainingOptions: ParsableArguments {
 
     func validate(classes: Int) throws {
         if batchSize < 1 { throw ValidationError("--batch-size must be at least 1 (got \(batchSize))") }
+        if let b = batchPerRank, b < 1 { throw ValidationError("--batch-per-rank must be at least 1 (got \(b))") }
         if !(bucketMb >= 0) || bucketMb > 4096 { throw ValidationError("--bucket-mb must be in 0...4096 (got \(bucketMb))") }
         if !(lr > 0) || !lr.isFinite { throw ValidationError("--lr must be a positive number (got \(lr))") }
         if weightDecay < 0 || !weightDecay.isFinite { throw ValidationError("--weight-decay must be >= 0 (got \(weightDecay))") }

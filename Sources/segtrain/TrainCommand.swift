@@ -79,6 +79,8 @@ struct TrainCommand: ParsableCommand {
     var debugNanStep: Int?
     @Flag(help: "Skip a step whose loss or gradient is not finite instead of stopping.")
     var skipNonfinite = false
+    @Flag(help: "Every rank prints where its time went after each epoch (compute, data wait, communication).")
+    var verbose = false
     @Flag(help: "Drop the last, smaller global batch of each epoch (default: train it; it is never padded).")
     var dropLast = false
     @Option(help: "Micro-batches per optimizer step: gradients of K global batches add up before one allreduce.")
@@ -100,7 +102,7 @@ struct TrainCommand: ParsableCommand {
         let synthetic = dataOptions.data == nil
         if synthetic && model.inChannels != 3 { throw ValidationError("--in-channels must be 3 for the synthetic dataset (RGB)") }
         if epochs < 1 { throw ValidationError("--epochs must be at least 1 (got \(epochs))") }
-        if synthetic && trainSamples < training.batchSize && dropLast {
+        if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize && dropLast {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one batch (--batch-size \(training.batchSize)) with --drop-last")
         }
         if valSamples < 0 { throw ValidationError("--val-samples must be >= 0 (got \(valSamples))") }
@@ -111,7 +113,7 @@ struct TrainCommand: ParsableCommand {
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
         if accumulate < 1 { throw ValidationError("--accumulate must be at least 1 (got \(accumulate))") }
-        if synthetic && trainSamples < training.batchSize * accumulate {
+        if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
         }
         if !(logEvery > 0) { throw ValidationError("--log-every must be positive (got \(logEvery))") }
@@ -138,7 +140,10 @@ struct TrainCommand: ParsableCommand {
         let communicator: Communicator
         do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
         do {
-            try train(communicator)
+            // --batch-per-rank: the global batch follows from the number of ranks.
+            var command = self
+            command.training = training.resolved(ranks: communicator.size)
+            try command.train(communicator)
             try communicator.finalize()
         } catch {
             // Failures every rank detects together (weights out of sync, configurations that
@@ -289,7 +294,16 @@ struct TrainCommand: ParsableCommand {
         trainer.stopRequested = { segtrain_stop_signal() != 0 }
         for epoch in stride(from: resumedEpoch + 1, through: epochs, by: 1) {
             let plateauAtEpochStart = trainer.schedule.plateau
+            let before = (unet.profile.total, unet.profile[.data], unet.profile[.communication], monotonicSeconds())
             let outcome = try trainer.runEpoch(epoch, firstBatch: epoch == resumedEpoch + 1 ? resumedBatch : 0)
+            if verbose {
+                // Every rank: where its time went this epoch (the other ranks are quiet otherwise).
+                let p = unet.profile
+                print("rank \(communicator.rank)/\(ranks) (\(communicator.hostname)): epoch \(epoch): "
+                      + "\(fixed(monotonicSeconds() - before.3, 2)) s, compute \(fixed(p.total - before.0 - (p[.data] - before.1) - (p[.communication] - before.2), 2)) s, "
+                      + "waiting for data \(fixed(p[.data] - before.1, 3)) s, communication \(fixed(p[.communication] - before.2, 3)) s")
+                fflush(stdout)
+            }
             guard let r = outcome.record else {
                 guard case .stopped(let batch) = outcome else { break }
                 if isRoot {

@@ -58,6 +58,22 @@ final class DataParallelTests: XCTestCase {
         }
     }
 
+    /// --batch-per-rank: the global batch is that times the ranks (the same first gradient as
+    /// --batch-size 4 on 2 ranks); --verbose: every rank reports its epoch.
+    func testBatchPerRankAndVerbose() throws {
+        let r = try Segtrain.run(try mpirun(), ["-np", "2", "--oversubscribe", DataParallelTests.binary, "train", "--image-size", "16",
+                                               "--base-channels", "4", "--depth", "2", "--threads", "1", "--batch-per-rank", "2",
+                                               "--train-samples", "8", "--val-samples", "2", "--epochs", "1", "--verbose", "--seed", "3",
+                                               "--dump-gradients", "\(folder)/per-rank.safetensors", "--out", "\(folder)/pr"],
+                                 environment: DataParallelTests.mpiEnvironment, timeout: 120)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("global batch 4 on 2 rank(s)"), r.stdout)
+        for rank in 0..<2 { XCTAssertTrue(r.stdout.contains("rank \(rank)/2 ("), r.stdout) }
+        try train(ranks: 2, ["--batch-size", "4", "--train-samples", "8", "--val-samples", "2", "--epochs", "1",
+                             "--dump-gradients", "\(folder)/global.safetensors", "--out", "\(folder)/gl"])
+        XCTAssertEqual(try loadSafetensors("\(folder)/per-rank.safetensors"), try loadSafetensors("\(folder)/global.safetensors"))
+    }
+
     /// The gradient summed in many small buckets during backward (and in one sum after it, with
     /// --bucket-mb 0) equals the single process's.
     func testBucketedGradientSumEqualsTheSingleProcess() throws {
