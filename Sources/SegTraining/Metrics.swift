@@ -42,13 +42,7 @@ public struct ConfusionCounts: Equatable, Sendable {
                     var best = 0
                     var bestValue = logits.plane(n, 0)[p]
                     for k in 1..<c where logits.plane(n, k)[p] > bestValue { best = k; bestValue = logits.plane(n, k)[p] }
-                    for k in 0..<c {
-                        let predicted = best == k, actual = label == k
-                        if predicted && actual { truePositive[k] += 1 }
-                        else if predicted { falsePositive[k] += 1 }
-                        else if actual { falseNegative[k] += 1 }
-                        else { trueNegative[k] += 1 }
-                    }
+                    countClasses(predicted: best, actual: label)
                 }
             }
         }
@@ -71,14 +65,18 @@ public struct ConfusionCounts: Equatable, Sendable {
                 }
                 continue
             }
-            let guess = Int(predicted[p])
-            for c in 0..<k {
-                let isPredicted = guess == c, isActual = label == c
-                if isPredicted && isActual { truePositive[c] += 1 }
-                else if isPredicted { falsePositive[c] += 1 }
-                else if isActual { falseNegative[c] += 1 }
-                else { trueNegative[c] += 1 }
-            }
+            countClasses(predicted: Int(predicted[p]), actual: label)
+        }
+    }
+
+    /// One multi-class pixel: a hit, miss or correct rejection for every class.
+    @inline(__always) private mutating func countClasses(predicted: Int, actual: Int) {
+        for c in 0..<classes {
+            let isPredicted = predicted == c, isActual = actual == c
+            if isPredicted && isActual { truePositive[c] += 1 }
+            else if isPredicted { falsePositive[c] += 1 }
+            else if isActual { falseNegative[c] += 1 }
+            else { trueNegative[c] += 1 }
         }
     }
 

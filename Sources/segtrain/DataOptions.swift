@@ -15,11 +15,9 @@ enum ScanDepth: String, ExpressibleByArgument, CaseIterable {
     case full, header
 }
 
-/// Where the training data is and how samples are made from it (`train`, `bench`).
-struct DataOptions: ParsableArguments {
-    @Option(help: "Dataset folder (default: the built-in synthetic dataset).")
-    var data: String?
-    @Option(help: "Dataset layout: pairs (images + masks folders), pet (Oxford-IIIT Pet), list (--train-list).")
+/// How a dataset folder is laid out (`train`, `bench`, `evaluate`).
+struct LayoutOptions: ParsableArguments {
+    @Option(help: "Dataset layout: pairs (images + masks folders), pet (Oxford-IIIT Pet), list (a list file).")
     var layout: DatasetLayout?
     @Option(help: "pairs/list: the images folder, relative to --data.")
     var imagesDir = "images"
@@ -29,6 +27,23 @@ struct DataOptions: ParsableArguments {
     var maskSuffix = ""
     @Flag(help: "pet: pet vs the rest (1 class) instead of pet/background/border (3 classes).")
     var petBinary = false
+
+    func datasetOptions(layout: DatasetLayout) -> DatasetOptions {
+        var o = DatasetOptions()
+        o.layout = layout
+        o.imagesDir = imagesDir
+        o.masksDir = masksDir
+        o.maskSuffix = maskSuffix
+        o.petBinary = petBinary
+        return o
+    }
+}
+
+/// Where the training data is and how samples are made from it (`train`, `bench`).
+struct DataOptions: ParsableArguments {
+    @Option(help: "Dataset folder (default: the built-in synthetic dataset).")
+    var data: String?
+    @OptionGroup var files: LayoutOptions
     @Option(help: "list: file naming the training pairs (relative to --data).")
     var trainList: String?
     @Option(help: "list: file naming the validation pairs.")
@@ -62,11 +77,12 @@ struct DataOptions: ParsableArguments {
     @Option(help: "Threads decoding and augmenting the next batches (default 2, 0: none).")
     var loaderThreads = 2
 
-    var layoutValue: DatasetLayout { layout ?? (trainList != nil ? .list : .pairs) }
+    var layoutValue: DatasetLayout { files.layout ?? (trainList != nil ? .list : .pairs) }
+    var petBinary: Bool { files.petBinary }
 
     func validate(classes: Int, inChannels: Int) throws {
         guard data != nil else {
-            for (flag, set) in [("--layout", layout != nil), ("--train-list", trainList != nil), ("--val-list", valList != nil),
+            for (flag, set) in [("--layout", files.layout != nil), ("--train-list", trainList != nil), ("--val-list", valList != nil),
                                 ("--val-split", valSplit != nil), ("--val-data", valData != nil), ("--cache", cache),
                                 ("--skip-invalid", skipInvalid), ("--mean", mean != nil), ("--std", std != nil),
                                 ("--augment", augment != nil)] where set {
@@ -149,15 +165,7 @@ struct DataOptions: ParsableArguments {
         return config
     }
 
-    var datasetOptions: DatasetOptions {
-        var o = DatasetOptions()
-        o.layout = layoutValue
-        o.imagesDir = imagesDir
-        o.masksDir = masksDir
-        o.maskSuffix = maskSuffix
-        o.petBinary = petBinary
-        return o
-    }
+    var datasetOptions: DatasetOptions { files.datasetOptions(layout: layoutValue) }
 
     func spec(imageSize: Int, inChannels: Int, classes: Int, seed: UInt64) throws -> SampleSpec {
         var spec = SampleSpec(imageSize: imageSize, inChannels: inChannels, classes: classes)

@@ -24,18 +24,12 @@ struct EvaluateCommand: ParsableCommand {
     var model: String
     @Option(help: "Dataset folder.")
     var data: String
-    @Option(help: "Dataset layout: pairs, pet or list.")
-    var layout = DatasetLayout.pairs
-    @Option(help: "pairs/list: the images folder, relative to --data.")
-    var imagesDir = "images"
-    @Option(help: "pairs/list: the masks folder, relative to --data.")
-    var masksDir = "masks"
-    @Option(help: "pairs/list: appended to an image's stem to name its mask.")
-    var maskSuffix = ""
-    @Flag(help: "pet: pet vs the rest.")
-    var petBinary = false
-    @Option(help: "list: the file naming the pairs to score.")
+    @OptionGroup var files: LayoutOptions
+    @Option(help: "list: the file naming the pairs to score (implies --layout list).")
     var list: String?
+
+    var layout: DatasetLayout { files.layout ?? (list != nil ? .list : .pairs) }
+    var petBinary: Bool { files.petBinary }
     @Option(help: "A mask value that is no class (not scored).")
     var ignoreIndex: Int?
     @Option(help: "The per-image scores (CSV).")
@@ -71,12 +65,7 @@ struct EvaluateCommand: ParsableCommand {
         let predictor: Predictor
         do { predictor = try Predictor(path: model, pool: pool) } catch { throw SharedError(description: "\(error)") }
         let classes = predictor.description.classes
-        var options = DatasetOptions()
-        options.layout = layout
-        options.imagesDir = imagesDir
-        options.masksDir = masksDir
-        options.maskSuffix = maskSuffix
-        options.petBinary = petBinary
+        let options = files.datasetOptions(layout: layout)
         if layout == .pet && classes != (petBinary ? 1 : 3) {
             throw SharedError(description: "--layout pet\(petBinary ? " --pet-binary" : "") needs a \(petBinary ? 1 : 3)-class model; \(model) has \(classes)")
         }
