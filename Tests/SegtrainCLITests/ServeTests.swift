@@ -309,6 +309,32 @@ final class ServeTests: XCTestCase {
         }
     }
 
+    /// A stop signal while a request is running: that request still gets its answer, a new one
+    /// gets 503, then the server exits 0.
+    func testStopLetsRunningRequestsFinish() throws {
+        let server = try startServer()
+        var noise = Image8(width: 64, height: 64, channels: 3)
+        var x: UInt32 = 12345
+        for i in noise.pixels.indices { x = x &* 1_103_515_245 &+ 12345; noise.pixels[i] = UInt8(truncatingIfNeeded: x >> 16) }
+        let png = try ImageFile.encode(noise)
+        XCTAssertGreaterThan(png.count, 8192, "FlyingFox reads bodies of up to 4 KiB before the handler runs")
+        let running = try HTTP.Connection(port: server.port)
+        let request = HTTP.requestBytes("POST", "/v1/segment", contentType: "image/png", body: png, close: true)
+        let split = request.count - png.count / 2
+        try running.send(Array(request[..<split]))  // the handler is now waiting for the rest
+        usleep(300_000)
+        kill(server.process.processIdentifier, SIGTERM)
+        usleep(300_000)
+        try checkError(try HTTP.request(server.port, "GET", "/healthz"), status: 503, contains: "stopping")
+        try running.send(Array(request[split...]))
+        let reply = try running.readResponse()
+        XCTAssertEqual(reply.status, 200, reply.text)
+        let mask = try ImageFile.decodeMask(reply.body, name: "mask")
+        XCTAssertEqual([mask.width, mask.height], [64, 64])
+        XCTAssertEqual(server.exitStatus(within: 10), 0, server.stderr)
+        XCTAssertTrue(server.stderr.contains("stopped (SIGTERM)"), server.stderr)
+    }
+
     func testBadFlags() throws {
         let cases: [([String], String)] = [
             (["--model", folder + "/nothing"], folder + "/nothing: not a checkpoint"),
@@ -381,6 +407,11 @@ final class Server: @unchecked Sendable {
     /// Sends `signal`; the exit status once the process has ended, nil if it outlives `within` seconds.
     func stop(signal: Int32, within seconds: Double) -> Int32? {
         Glibc.kill(process.processIdentifier, signal)
+        return exitStatus(within: seconds)
+    }
+
+    /// The exit status once the process has ended, nil if it outlives `within` seconds.
+    func exitStatus(within seconds: Double) -> Int32? {
         let deadline = Date().addingTimeInterval(seconds)
         while process.isRunning && Date() < deadline { usleep(10_000) }
         return process.isRunning ? nil : process.terminationStatus
