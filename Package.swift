@@ -12,6 +12,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/swhitty/FlyingFox", exact: "0.27.1"),  // segtrain serve's HTTP server
     ],
     targets: [
         .systemLibrary(
@@ -64,6 +65,7 @@ let package = Package(
             dependencies: [
                 "SegTraining", "SegModel", "SegEngine", "SegDistributed", "SegData",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "FlyingFox", package: "FlyingFox"),
             ]
         ),
         .testTarget(name: "SegEngineTests", dependencies: ["SegEngine"]),

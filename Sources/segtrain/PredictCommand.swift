@@ -61,23 +61,9 @@ struct PredictCommand: ParsableCommand {
         if let o = overlap, o < 0 { throw ValidationError("--overlap must be >= 0 (got \(o))") }
         if overlap != nil && !tile { throw ValidationError("--overlap needs --tile") }
         if background != nil && !cutout { throw ValidationError("--background needs --cutout") }
-        if let b = background, b.hasPrefix("#"), PredictCommand.colour(b) == nil {
+        if let b = background, b.hasPrefix("#"), PredictionImages.colour(b) == nil {
             throw ValidationError("--background \(b): not a colour #RRGGBB")
         }
-    }
-
-    /// Gray (+ alpha) replicated to RGB; alpha dropped.
-    static func rgb(_ image: Image8) -> Image8 {
-        var out = Image8(width: image.width, height: image.height, channels: 3)
-        for i in 0..<(image.width * image.height) {
-            for ch in 0..<3 { out.pixels[i * 3 + ch] = image.pixels[i * image.channels] }
-        }
-        return out
-    }
-
-    static func colour(_ text: String) -> (UInt8, UInt8, UInt8)? {
-        guard text.count == 7, text.hasPrefix("#"), let v = UInt32(text.dropFirst(), radix: 16) else { return nil }
-        return (UInt8(v >> 16), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF))
     }
 
     func run() throws {
@@ -156,9 +142,7 @@ struct PredictCommand: ParsableCommand {
         for kind in kinds {
             switch kind {
             case .mask:
-                var m = labels
-                if classes == 1 { for i in m.pixels.indices { m.pixels[i] = m.pixels[i] == 0 ? 0 : 255 } }
-                try ImageFile.write(m, to: target("_mask"))
+                try ImageFile.write(PredictionImages.mask(labels, classes: classes), to: target("_mask"))
                 count += 1
             case .prob:
                 let planes = classes == 1 ? 1 : classes
@@ -172,7 +156,7 @@ struct PredictCommand: ParsableCommand {
                     count += 1
                 }
             case .overlay:
-                let rgb = image.channels >= 3 ? image : PredictCommand.rgb(image)
+                let rgb = image.channels >= 3 ? image : PredictionImages.rgb(image)
                 var o = Image8(width: image.width, height: image.height, channels: 3)
                 for i in 0..<plane {
                     let label = Int(labels.pixels[i])
@@ -187,35 +171,77 @@ struct PredictCommand: ParsableCommand {
                 try ImageFile.write(o, to: target("_overlay"))
                 count += 1
             case .cutout:
-                let rgb = image.channels >= 3 ? image : PredictCommand.rgb(image)
                 if background == nil && self.background == nil {
-                    var o = Image8(width: image.width, height: image.height, channels: 4)
-                    for i in 0..<plane {
-                        for ch in 0..<3 { o.pixels[i * 4 + ch] = rgb.pixels[i * rgb.channels + ch] }
-                        o.pixels[i * 4 + 3] = labels.pixels[i] == 0 ? 0 : 255
-                    }
-                    try ImageFile.write(o, to: target("_cutout"))
+                    try ImageFile.write(PredictionImages.cutout(image, labels: labels), to: target("_cutout"))
                 } else {
                     let behind: Image8
                     if let background {
                         behind = background.width == image.width && background.height == image.height
                             ? background : Preprocess.resizeImage(background, width: image.width, height: image.height)
                     } else {
-                        let (r, g, b) = PredictCommand.colour(self.background!)!
-                        var solid = Image8(width: image.width, height: image.height, channels: 3)
-                        for i in 0..<plane { solid.pixels[3 * i] = r; solid.pixels[3 * i + 1] = g; solid.pixels[3 * i + 2] = b }
-                        behind = solid
+                        behind = PredictionImages.solid(PredictionImages.colour(self.background!)!, width: image.width, height: image.height)
                     }
-                    var o = Image8(width: image.width, height: image.height, channels: 3)
-                    for i in 0..<plane {
-                        let front = labels.pixels[i] != 0
-                        for ch in 0..<3 { o.pixels[i * 3 + ch] = front ? rgb.pixels[i * rgb.channels + ch] : behind.pixels[i * 3 + ch] }
-                    }
-                    try ImageFile.write(o, to: target("_cutout"))
+                    try ImageFile.write(PredictionImages.composite(image, labels: labels, behind: behind), to: target("_cutout"))
                 }
                 count += 1
             }
         }
         return count
+    }
+}
+
+/// The images made from a prediction, shared by `segtrain predict` and `segtrain serve`.
+enum PredictionImages {
+    /// The label mask as written: 0/255 for a binary model, class indices otherwise.
+    static func mask(_ labels: Image8, classes: Int) -> Image8 {
+        var m = labels
+        if classes == 1 { for i in m.pixels.indices { m.pixels[i] = m.pixels[i] == 0 ? 0 : 255 } }
+        return m
+    }
+
+    /// RGBA: the image's colours, opaque where the label is not 0 (background), transparent elsewhere.
+    static func cutout(_ image: Image8, labels: Image8) -> Image8 {
+        let rgb = image.channels >= 3 ? image : PredictionImages.rgb(image)
+        var o = Image8(width: image.width, height: image.height, channels: 4)
+        for i in 0..<(image.width * image.height) {
+            for ch in 0..<3 { o.pixels[i * 4 + ch] = rgb.pixels[i * rgb.channels + ch] }
+            o.pixels[i * 4 + 3] = labels.pixels[i] == 0 ? 0 : 255
+        }
+        return o
+    }
+
+    /// RGB: the image where the label is not 0, `behind` (RGB, the image's size) elsewhere.
+    static func composite(_ image: Image8, labels: Image8, behind: Image8) -> Image8 {
+        let rgb = image.channels >= 3 ? image : PredictionImages.rgb(image)
+        var o = Image8(width: image.width, height: image.height, channels: 3)
+        for i in 0..<(image.width * image.height) {
+            let front = labels.pixels[i] != 0
+            for ch in 0..<3 { o.pixels[i * 3 + ch] = front ? rgb.pixels[i * rgb.channels + ch] : behind.pixels[i * 3 + ch] }
+        }
+        return o
+    }
+
+    /// An RGB image of one colour.
+    static func solid(_ colour: (UInt8, UInt8, UInt8), width: Int, height: Int) -> Image8 {
+        var solid = Image8(width: width, height: height, channels: 3)
+        for i in 0..<(width * height) {
+            solid.pixels[3 * i] = colour.0; solid.pixels[3 * i + 1] = colour.1; solid.pixels[3 * i + 2] = colour.2
+        }
+        return solid
+    }
+
+    /// Gray (+ alpha) replicated to RGB; alpha dropped.
+    static func rgb(_ image: Image8) -> Image8 {
+        var out = Image8(width: image.width, height: image.height, channels: 3)
+        for i in 0..<(image.width * image.height) {
+            for ch in 0..<3 { out.pixels[i * 3 + ch] = image.pixels[i * image.channels] }
+        }
+        return out
+    }
+
+    /// `#RRGGBB` as bytes, or nil.
+    static func colour(_ text: String) -> (UInt8, UInt8, UInt8)? {
+        guard text.count == 7, text.hasPrefix("#"), let v = UInt32(text.dropFirst(), radix: 16) else { return nil }
+        return (UInt8(v >> 16), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF))
     }
 }
