@@ -15,6 +15,10 @@ public final class DataParallelStep {
     /// Called with the step number before the gradient allreduce (tests inject faults here); with
     /// buckets, before the last bucket, which holds the start of the buffer, is summed.
     public var beforeAllreduce: ((Int) -> Void)?
+    /// Values summed over ranks together with the step's loss, once per optimizer step (saves a
+    /// collective); their sums are in `alsoSummed` after the step.
+    public var alsoSum: (() -> [Double])?
+    public private(set) var alsoSummed: [Double] = []
     /// Skip (instead of stopping at) a step whose loss or gradient is not finite.
     public var skipNonFinite = false
     public private(set) var skippedSteps = 0
@@ -73,7 +77,10 @@ public final class DataParallelStep {
         beforeAllreduce?(stepsTried)
         let loss = try model.profile.measure(.communication) { () -> Double in
             if let buckets { try buckets.finish() } else { try collectives.sumInPlace(model.store.gradients.tensor) }
-            return try collectives.sum([accumulatedLoss])[0]
+            // One small sum for the loss and whatever the caller adds (the trainer's stop flag).
+            let totals = try collectives.sum([accumulatedLoss] + (alsoSum?() ?? []))
+            alsoSummed = Array(totals.dropFirst())
+            return totals[0]
         }
         let norm = model.profile.measure(.optimizer) { local.optimizer.gradientNorm(model.store.gradients.tensor, pool: model.pool) }
         guard loss.isFinite && norm.isFinite else {

@@ -114,6 +114,7 @@ public final class Trainer {
         masks = OwnedTensor(Shape(localCapacity, 1, imageSize, imageSize))
         weights = local.loss.config.kind == .weightedCE ? OwnedTensor(masks.shape) : nil
         local.plan(batch: localCapacity, height: imageSize, width: imageSize)
+        step.alsoSum = { [unowned self] in [self.stopRequested() ? 1 : 0] }
     }
 
     /// The first `n` images, masks and weights of the batch buffers, with the model planned for n
@@ -210,7 +211,8 @@ public final class Trainer {
                 }
             }
             // Stops only between optimizer steps: a checkpoint never holds half an accumulated gradient.
-            if step.atStepBoundary, try collectives.sum([stopRequested() ? 1 : 0])[0] > 0 { return .stopped(afterBatch: b) }
+            // The ranks' stop flags were summed with the step's loss.
+            if (step.alsoSummed.first ?? 0) > 0 { return .stopped(afterBatch: b) }
         }
         let trainSeconds = monotonicSeconds() - start
         var record = EpochRecord(epoch: epoch, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
