@@ -41,16 +41,7 @@ final class PredictEvaluateTests: XCTestCase {
 
     /// Inputs of several sizes and formats: JPEG 50x50, gray PNG 37x29, RGBA PNG 20x45.
     func makeInputs(_ name: String) throws -> String {
-        let inputs = folder + "/" + name
-        let r = try run(["synth", "--out", inputs, "--count", "2", "--size", "50", "--format", "jpg", "--seed", "9"])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        var gray = Image8(width: 37, height: 29, channels: 1)
-        for i in gray.pixels.indices { gray.pixels[i] = UInt8(truncatingIfNeeded: i * 13) }
-        try ImageFile.write(gray, to: inputs + "/images/gray.png")
-        var rgba = Image8(width: 20, height: 45, channels: 4)
-        for i in rgba.pixels.indices { rgba.pixels[i] = UInt8(truncatingIfNeeded: i * 7) }
-        try ImageFile.write(rgba, to: inputs + "/images/rgba.png")
-        return inputs + "/images"
+        try writeMixedInputs(to: folder + "/" + name, binary: PredictEvaluateTests.binary)
     }
 
     func testEveryOutputKindForImagesOfSeveralSizesAndFormats() throws {

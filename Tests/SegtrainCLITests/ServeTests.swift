@@ -34,14 +34,7 @@ final class ServeTests: XCTestCase {
                      "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         // Inputs of several sizes and formats: JPEG 50x50, gray PNG 37x29, RGBA PNG 20x45.
-        r = try run(["synth", "--out", folder + "/inputs", "--count", "2", "--size", "50", "--format", "jpg", "--seed", "9"])
-        XCTAssertEqual(r.status, 0, r.stderr)
-        var gray = Image8(width: 37, height: 29, channels: 1)
-        for i in gray.pixels.indices { gray.pixels[i] = UInt8(truncatingIfNeeded: i * 13) }
-        try ImageFile.write(gray, to: folder + "/inputs/images/gray.png")
-        var rgba = Image8(width: 20, height: 45, channels: 4)
-        for i in rgba.pixels.indices { rgba.pixels[i] = UInt8(truncatingIfNeeded: i * 7) }
-        try ImageFile.write(rgba, to: folder + "/inputs/images/rgba.png")
+        _ = try writeMixedInputs(to: folder + "/inputs", binary: ServeTests.binary)
         ServeTests.trained = true
     }
 
