@@ -58,6 +58,23 @@ final class DataParallelTests: XCTestCase {
         }
     }
 
+    /// A checkpoint resumes onto another number of ranks: 2 ranks for epoch 1, 1 for epoch 2, 3 for
+    /// epoch 3 ends within float rounding of one uninterrupted single-process run (the same batches;
+    /// only the summation order differs), with each epoch once in metrics.csv.
+    func testResumeOntoOtherRankCounts() throws {
+        let common = ["--train-samples", "10", "--val-samples", "4", "--batch-size", "4"]
+        try train(ranks: 0, common + ["--epochs", "3", "--out", "\(folder)/straight"])
+        for (ranks, epochs) in [(2, 1), (0, 2), (3, 3)] {
+            try train(ranks: ranks, common + ["--epochs", "\(epochs)", "--out", "\(folder)/moved", "--resume", "auto"])
+        }
+        let worst = worstScaledDifference(try loadSafetensors("\(folder)/moved/model.safetensors"),
+                                          try loadSafetensors("\(folder)/straight/model.safetensors"))
+        XCTAssertLessThan(worst, 1e-4, "weights after 2 -> 1 -> 3 ranks differ by \(worst)")
+        let epochs = try String(contentsOfFile: "\(folder)/moved/metrics.csv", encoding: .utf8)
+            .split(separator: "\n").dropFirst().map { $0.prefix { $0 != "," } }
+        XCTAssertEqual(epochs, ["1", "2", "3"])
+    }
+
     /// --batch-per-rank: the global batch is that times the ranks (the same first gradient as
     /// --batch-size 4 on 2 ranks); --verbose: every rank reports its epoch.
     func testBatchPerRankAndVerbose() throws {
