@@ -50,6 +50,8 @@ public struct EpochRecord: Sendable {
     public var learningRate: Double
     public var imagesPerSecond: Double
     public var seconds: Double
+    /// Global batches this run trained in the epoch (not in metrics.csv).
+    public var batchesTrained = 0
 
     public static let csvHeader = "epoch,train_loss,val_loss,val_accuracy,val_precision,val_recall,val_dice,val_iou,lr,images_per_second,seconds"
 
@@ -163,6 +165,10 @@ public final class Trainer {
         public let seconds: Double
     }
 
+    /// A stop was requested at the last batch of the epoch just run: the epoch was completed, and
+    /// the caller should stop after its end-of-epoch work.
+    public private(set) var stopAfterEpoch = false
+
     /// Called after every step, on every rank.
     public var afterStep: ((StepInfo) throws -> Void)? = nil
 
@@ -176,6 +182,7 @@ public final class Trainer {
     /// same on every rank, or, when a stop was requested, `.stopped(after:)` the batch last trained.
     public func runEpoch(_ epoch: Int, firstBatch: Int = 0) throws -> EpochOutcome {
         let start = monotonicSeconds()
+        stopAfterEpoch = false
         let order = sampler.order(epoch: epoch)
         let batches = batchesPerEpoch
         var lossSum = 0.0, lossCount = 0
@@ -212,13 +219,19 @@ public final class Trainer {
             }
             // Stops only between optimizer steps: a checkpoint never holds half an accumulated gradient.
             // The ranks' stop flags were summed with the step's loss.
-            if (step.alsoSummed.first ?? 0) > 0 { return .stopped(afterBatch: b) }
+            if (step.alsoSummed.first ?? 0) > 0 {
+                // At the epoch's last batch the epoch is finished instead (validation and its
+                // checkpoint): no checkpoint then says "every batch done, epoch not done".
+                if b + 1 < batches { return .stopped(afterBatch: b) }
+                stopAfterEpoch = true
+            }
         }
         let trainSeconds = monotonicSeconds() - start
         var record = EpochRecord(epoch: epoch, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
                                  validationLoss: nil,
                                  validation: nil, learningRate: rate,
                                  imagesPerSecond: Double(trainedImages) / trainSeconds, seconds: 0)
+        record.batchesTrained = max(0, batches - firstBatch)
         if let validation {
             let (loss, counts) = try validate(validation)
             // Rank 0's value everywhere (an exact sum with zeros), so every decision taken from it

@@ -319,15 +319,17 @@ struct TrainCommand: ParsableCommand {
                 }
                 return
             }
-            if !r.trainLoss.isFinite {
+            if !r.trainLoss.isFinite && r.batchesTrained > 0 {
                 throw UserError("epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr")
             }
             // Decisions from the validation loss, identical on every rank (see fromRoot).
             let improved = r.validationLoss.map { loss in best.loss.map { loss < $0 } ?? true } ?? false
             if improved { best = (r.validationLoss, epoch) }
             let stopEarly = patience.map { p in best.epoch.map { epoch - $0 >= p } ?? false } ?? false
+            let stopNow = trainer.stopAfterEpoch && epoch < epochs
             guard isRoot else {
                 if stopEarly { break }
+                if stopNow { return }
                 continue
             }
             var line = "epoch \(epoch)/\(epochs)  train_loss \(fixed(r.trainLoss, 4))"
@@ -360,6 +362,13 @@ struct TrainCommand: ParsableCommand {
             if stopEarly {
                 print("early stop: no better validation loss for \(patience!) epochs (best \(fixed(best.loss!, 4)) at epoch \(best.epoch!))")
                 break
+            }
+            if stopNow {
+                let signal = [SIGUSR1: "SIGUSR1", SIGTERM: "SIGTERM"][segtrain_stop_signal()] ?? "a signal to another rank"
+                print("stopped by \(signal) after the last batch of epoch \(epoch) (the epoch is complete); checkpoint "
+                      + "written to \(checkpoints)/last; continue with --resume auto")
+                fflush(stdout)
+                return
             }
         }
         if isRoot && trainer.step.skippedSteps > 0 {

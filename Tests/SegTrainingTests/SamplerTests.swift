@@ -79,6 +79,36 @@ final class SamplerTests: XCTestCase {
     }
 }
 
+/// A stop requested during an epoch's last batch completes the epoch (validation included) and
+/// says so; earlier, it stops after that batch.
+final class StopTests: XCTestCase {
+    func testAStopAtTheLastBatchCompletesTheEpoch() throws {
+        for stopAt in [2, 5] {  // 5 batches of 8 in 40 samples: batch index 4 is the last
+            let source = RecordingSource(count: 40, size: 16)
+            var config = UNetConfig()
+            config.baseChannels = 4
+            config.depth = 2
+            let unet = UNet(config, pool: WorkerPool(threads: 1))
+            let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+                                 optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
+            let trainer = Trainer(step: step, train: source, validation: RecordingSource(count: 4, size: 16), imageSize: 16,
+                                  batchSize: 8, seed: 1, learningRate: 1e-3)
+            trainer.stopRequested = { source.filled.count >= stopAt }
+            let outcome = try trainer.runEpoch(1)
+            if stopAt == 5 {
+                XCTAssertNotNil(outcome.record, "the epoch is completed")
+                XCTAssertNotNil(outcome.record?.validationLoss)
+                XCTAssertTrue(trainer.stopAfterEpoch)
+                XCTAssertEqual(outcome.record?.batchesTrained, 5)
+            } else {
+                guard case .stopped(let batch) = outcome else { return XCTFail("expected a stop") }
+                XCTAssertEqual(batch, 1)
+                XCTAssertFalse(trainer.stopAfterEpoch)
+            }
+        }
+    }
+}
+
 /// Records what it was asked to fill.
 final class RecordingSource: SampleSource {
     let count: Int
