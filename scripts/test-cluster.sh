@@ -142,21 +142,24 @@ slurm_tests() {
   local log_b=$work/slurm-$job_b.out stopline
   start=$SECONDS
   while [ $((SECONDS - start)) -lt 60 ] && [ "$(field "$job_b" Restarts)" = 0 ]; do sleep 0.5; done
-  stopline=$(grep -m1 '^stopped by SIGUSR1 after batch' "$log_b")
+  stopline=$(grep -m1 '^stopped by SIGUSR1 after ' "$log_b")
   check "slurm: on USR1 the ranks stop after the same step and rank 0 checkpoints ('${stopline:0:60}...')" test -n "$stopline"
   check "slurm: the batch script requeues the job (Restarts=$(field "$job_b" Restarts))" test "$(field "$job_b" Restarts)" = 1
   wait_done "$job_b" 240
   state=$(field "$job_b" JobState); exitcode=$(field "$job_b" ExitCode); restarts=$(field "$job_b" Restarts)
   check "slurm: the requeued job $job_b COMPLETED with exit 0:0 after 1 restart (state $state, exit $exitcode, restarts $restarts)" \
     test "$state/$exitcode/$restarts" = "COMPLETED/0:0/1"
-  # "stopped by SIGUSR1 after batch b/B of epoch e" -> the resume must be at epoch e-1, step (e-1)*B + b.
-  local b e expect_step resumed
+  # "stopped by SIGUSR1 after batch b/B of epoch e" -> the resume must be at epoch e-1, step (e-1)*B + b;
+  # "stopped by SIGUSR1 after the last batch of epoch e" (the epoch was completed) -> epoch e, step e*B.
+  local b e expect_epoch expect_step resumed
   b=$(sed -nE 's/^stopped by SIGUSR1 after batch ([0-9]+)\/.*/\1/p' <<<"$stopline")
-  e=$(sed -nE 's/.* of epoch ([0-9]+);.*/\1/p' <<<"$stopline")
+  e=$(sed -nE 's/.* of epoch ([0-9]+)[ ;].*/\1/p' <<<"$stopline")
   resumed=$(grep -m1 '^resumed from ' "$log_b")
-  if [ -n "$b" ] && [ -n "$e" ]; then expect_step=$(( (e - 1) * batches + b )); else expect_step=none; fi
-  check "slurm: the requeued run resumed where it stopped: '${resumed#resumed from }' (expected epoch $((${e:-1} - 1)), optimizer step $expect_step)" \
-    grep -qE "^resumed from .*: epoch $((${e:-1} - 1)), optimizer step $expect_step\$" <<<"$resumed"
+  expect_epoch=none; expect_step=none
+  if [ -n "$b" ] && [ -n "$e" ]; then expect_epoch=$((e - 1)); expect_step=$(( (e - 1) * batches + b ))
+  elif [ -n "$e" ]; then expect_epoch=$e; expect_step=$((e * batches)); fi
+  check "slurm: the requeued run resumed where it stopped: '${resumed#resumed from }' (expected epoch $expect_epoch, optimizer step $expect_step)" \
+    grep -qE "^resumed from .*: epoch $expect_epoch, optimizer step $expect_step\$" <<<"$resumed"
   check "slurm: job $job_b metrics.csv has epochs $(seq_csv $epochs), each once (got '$(epochs_of "$out_b/metrics.csv")')" \
     test "$(epochs_of "$out_b/metrics.csv")" = "$(seq_csv $epochs)"
   check "slurm: both allocations appended to one log (--open-mode=append): $(grep -c 'train.sbatch .*running:' "$log_b") launches" \
@@ -325,7 +328,7 @@ EOF
     NCPUS=2 OMP_NUM_THREADS=1 SEGTRAIN=$bin SEGTRAIN_ARGS="$args" SEGTRAIN_STOP_BEFORE=5 \
     SEGTRAIN_PBS_SCRIPT=$repo/cluster/pbs/train.pbs timeout 120 bash "$repo/cluster/pbs/train.pbs") >"$pbs/job1.log" 2>&1
   local rc=$?
-  check "pbs: the wall-time timer stops the run with USR1 and rank 0 checkpoints (exit $rc: '$(grep -m1 -o '^stopped by SIGUSR1 after batch [^;]*' "$pbs/job1.log")')" \
+  check "pbs: the wall-time timer stops the run with USR1 and rank 0 checkpoints (exit $rc: '$(grep -m1 -o '^stopped by SIGUSR1 after [^;]*' "$pbs/job1.log")')" \
     bash -c '[ "$1" = 0 ] && grep -q "^stopped by SIGUSR1" "$2"' _ "$rc" "$pbs/job1.log"
   check "pbs: the job resubmits itself with qsub -W depend=afterany:1.stub (and the same SEGTRAIN_ARGS)" \
     bash -c 'grep -qx -- "depend=afterany:1.stub" "$1" && grep -q "SEGTRAIN_ARGS=$2" "$1" && grep -q "SEGTRAIN_RESUBMITS=1" "$1"' _ "$pbs/qsub.args" "$args"
