@@ -50,6 +50,8 @@ public final class FileDataset: @unchecked Sendable {
     public let spec: SampleSpec
     /// Keep decoded samples (resized in `.resize` geometry, whole in `.crop`) in memory.
     public let caching: Bool
+    /// The spec's augmentation, made once (its settings are checked when it is made).
+    private let augmenter: Augmenter
     private var cache: [Int: (image: Image8, mask: Image8)] = [:]
     private var cacheLock = pthread_mutex_t()
 
@@ -57,6 +59,7 @@ public final class FileDataset: @unchecked Sendable {
         self.listing = listing
         self.spec = spec
         caching = cache
+        augmenter = Augmenter(spec.augment)
         pthread_mutex_init(&cacheLock, nil)
     }
 
@@ -195,7 +198,7 @@ public final class FileDataset: @unchecked Sendable {
             labels = Preprocess.crop(labels, x: x, y: y, width: s, height: s, fill: spec.ignoreValue ?? 0)
         }
         if let epoch {
-            Augmenter(spec.augment).apply(image: &picture, mask: &labels, seed: spec.seed, epoch: epoch, index: i)
+            augmenter.apply(image: &picture, mask: &labels, seed: spec.seed, epoch: epoch, index: i)
         }
         Preprocess.normalize(picture, into: image, mean: spec.mean, std: spec.std)
         Preprocess.maskToFloat(labels, into: mask)

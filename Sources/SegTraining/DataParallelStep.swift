@@ -33,6 +33,13 @@ public final class DataParallelStep {
     public var bucketFloats = 1 << 18
     private var microStep = 0
     private var accumulatedLoss = 0.0
+    // The bucket plan (made once) and the sums in flight.
+    var buckets: [Bucket] = []
+    var bucketsPlannedFor = 0
+    var nextBucket = 0
+    var pendingSums: [PendingSum] = []
+    /// `advanceBuckets` as the backward pass's per-op hook (made once, not per step).
+    private lazy var advanceHook: (Int) throws -> Void = { [unowned self] op in try self.advanceBuckets(op) }
 
     /// True when the next call starts a new optimizer step (no gradient is half accumulated).
     public var atStepBoundary: Bool { microStep == 0 }
@@ -61,14 +68,15 @@ public final class DataParallelStep {
         let last = microStep + 1 == accumulate
         // On the last micro-batch the gradient sum starts while backward still runs (buckets).
         // (Decided from settings every rank shares: the ranks must start the same sums.)
-        let buckets = last && overlap && collectives.size > 1 ? BucketedSum(self) : nil
+        let overlapping = last && overlap && collectives.size > 1
+        if overlapping { startBuckets() }
         if let images, let target {
             accumulatedLoss += try local.accumulateGradients(images: images, target: target, weights: weights,
                                                              normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k),
-                                                             afterOp: buckets.map { b in { op in try b.advance(afterOp: op) } })
-        } else if let buckets {
+                                                             afterOp: overlapping ? advanceHook : nil)
+        } else if overlapping {
             // No sample here: the same buckets as the other ranks, in the same order.
-            for op in model.gradientFrontiers.indices { try buckets.advance(afterOp: op) }
+            for op in model.gradientFrontiers.indices { try advanceBuckets(op) }
         }
         microStep += 1
         guard microStep == accumulate else { return nil }
@@ -76,7 +84,7 @@ public final class DataParallelStep {
         stepsTried += 1
         beforeAllreduce?(stepsTried)
         let loss = try model.profile.measure(.communication) { () -> Double in
-            if let buckets { try buckets.finish() } else { try collectives.sumInPlace(model.store.gradients.tensor) }
+            if overlapping { try finishBuckets() } else { try collectives.sumInPlace(model.store.gradients.tensor) }
             // One small sum for the loss and whatever the caller adds (the trainer's stop flag).
             let totals = try collectives.sum([accumulatedLoss] + (alsoSum?() ?? []))
             alsoSummed = Array(totals.dropFirst())
@@ -96,41 +104,66 @@ public final class DataParallelStep {
     }
 }
 
-/// The gradient sum in buckets, started while backward runs: after each backward op the gradients
-/// from the model's frontier to the end of the buffer are final; once at least `bucketFloats` of
-/// them (a quarter of that for the first bucket) are not yet handed over, they are (one
-/// non-blocking sum), and every op lets the pending sums progress. Buckets depend on the model only, so every rank starts the same sums.
-final class BucketedSum {
-    let step: DataParallelStep
-    var start: Int
-    var pending: [PendingSum] = []
+// MARK: - The gradient sum in buckets, started while backward runs
 
-    init(_ step: DataParallelStep) {
-        self.step = step
-        start = step.local.model.store.parameterCount
-    }
-
-    func advance(afterOp op: Int) throws {
-        let model = step.local.model
-        let frontier = model.gradientFrontiers[op]
-        try model.profile.measure(.communication) {
-            // The first bucket is a quarter of the others, so the sums start early in backward.
-            let size = start == model.store.parameterCount ? max(1, step.bucketFloats / 4) : step.bucketFloats
+extension DataParallelStep {
+    /// The buckets, from the model's frontiers (after backward op k the gradients from
+    /// `gradientFrontiers[k]` to the end of the buffer are final): after op `afterOp`, the range
+    /// `offset ..< offset + count` is summed; a bucket closes once at least `bucketFloats` (a
+    /// quarter of that for the first, so the sums start early) are final and not yet handed over.
+    /// The rest of the buffer is summed after backward (`finishBuckets`). The plan depends on the
+    /// model and the settings only, so every rank starts the same sums in the same order.
+    static func bucketPlan(frontiers: [Int], parameterCount: Int, bucketFloats: Int) -> [Bucket] {
+        var plan: [Bucket] = []
+        var start = parameterCount
+        for (op, frontier) in frontiers.enumerated() {
+            let size = start == parameterCount ? max(1, bucketFloats / 4) : bucketFloats
             if start - frontier >= size {
-                pending.append(try step.collectives.startSum(model.store.gradients.view(.vector(start - frontier), offset: frontier)))
+                plan.append(Bucket(afterOp: op, offset: frontier, count: start - frontier))
                 start = frontier
             }
-            for p in pending { _ = try p.test() }
+        }
+        return plan
+    }
+
+    func startBuckets() {
+        let model = local.model
+        if buckets.isEmpty || bucketsPlannedFor != bucketFloats {
+            buckets = DataParallelStep.bucketPlan(frontiers: model.gradientFrontiers, parameterCount: model.store.parameterCount,
+                                                  bucketFloats: bucketFloats)
+            bucketsPlannedFor = bucketFloats
+        }
+        nextBucket = 0
+        pendingSums.removeAll(keepingCapacity: true)
+    }
+
+    /// After backward op `op`: start the bucket that closes there, and let pending sums progress.
+    func advanceBuckets(_ op: Int) throws {
+        let model = local.model
+        try model.profile.measure(.communication) {
+            if nextBucket < buckets.count && buckets[nextBucket].afterOp == op {
+                let b = buckets[nextBucket]
+                pendingSums.append(try collectives.startSum(model.store.gradients.view(.vector(b.count), offset: b.offset)))
+                nextBucket += 1
+            }
+            for p in pendingSums { _ = try p.test() }
         }
     }
 
-    func finish() throws {
-        let gradients = step.local.model.store.gradients
-        if start > 0 { pending.append(try step.collectives.startSum(gradients.view(.vector(start), offset: 0))) }
-        start = 0
-        for p in pending { try p.wait() }
-        pending = []
+    /// Sums what the buckets left (the start of the buffer) and waits for every sum.
+    func finishBuckets() throws {
+        let rest = buckets.last?.offset ?? local.model.store.parameterCount
+        if rest > 0 { pendingSums.append(try collectives.startSum(local.model.store.gradients.view(.vector(rest), offset: 0))) }
+        for p in pendingSums { try p.wait() }
+        pendingSums.removeAll(keepingCapacity: true)
     }
+}
+
+/// One bucket of the gradient sum: summed after backward op `afterOp`.
+struct Bucket: Equatable {
+    let afterOp: Int
+    let offset: Int
+    let count: Int
 }
 
 /// A step whose loss or gradient is not finite; the weights were not touched.

@@ -5,6 +5,7 @@
 // The last global batch is smaller when G does not divide the dataset, unless `dropLast`; it is
 // never padded with duplicates, so no sample counts twice (a rank may then get no sample at all).
 
+import SegData
 import SegEngine
 
 public struct DistributedSampler: Sendable {
@@ -34,6 +35,16 @@ public struct DistributedSampler: Sendable {
     public func indices(_ order: [Int], batch b: Int) -> [Int] {
         let start = b * globalBatch, end = start + globalBatchSize(b)
         return Array(stride(from: start + rank, to: end, by: ranks).map { order[$0] })
+    }
+
+    /// What a loader is told at the start of `epoch` (whose order is `order`): this rank's batches
+    /// `batches`, then the next epoch's first `lookahead`, so that no epoch starts by waiting for
+    /// data. Batches without a sample for this rank are left out.
+    public func announcement(_ order: [Int], epoch: Int, batches: Range<Int>, lookahead: Int = 2) -> [BatchLoader.Batch] {
+        let next = self.order(epoch: epoch + 1)
+        let this = batches.map { BatchLoader.Batch(indices(order, batch: $0), epoch: epoch) }
+        let ahead = (0..<min(lookahead, batches.upperBound)).map { BatchLoader.Batch(indices(next, batch: $0), epoch: epoch + 1) }
+        return (this + ahead).filter { !$0.indices.isEmpty }
     }
 
     /// Fisher-Yates from a SplitMix64 stream of (seed, epoch).

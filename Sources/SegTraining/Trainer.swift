@@ -187,16 +187,14 @@ public final class Trainer {
         let batches = batchesPerEpoch
         var lossSum = 0.0, lossCount = 0
         var rate = schedule.rate(progress: Double(epoch - 1))
-        let plan = (firstBatch..<max(firstBatch, batches)).map { sampler.indices(order, batch: $0) }
-        // This epoch's batches and the next epoch's first few, so that no epoch starts by waiting;
-        // the validation loader prepares its batches meanwhile.
-        let nextOrder = sampler.order(epoch: epoch + 1)
-        let lookahead = (0..<min(2, batches)).map { BatchLoader.Batch(sampler.indices(nextOrder, batch: $0), epoch: epoch + 1) }
-        train.prefetch((plan.map { BatchLoader.Batch($0, epoch: epoch) } + lookahead).filter { !$0.indices.isEmpty })
-        if let validation { validation.prefetch(validationBatches(validation).map { BatchLoader.Batch($0, epoch: nil) }) }
+        let remaining = firstBatch..<max(firstBatch, batches)
+        // This epoch's batches and the next epoch's first few; the validation loader prepares its
+        // batches meanwhile.
+        train.prefetch(sampler.announcement(order, epoch: epoch, batches: remaining))
+        if let validation { validation.prefetch(validationBatches(validation).map { BatchLoader.Batch($0.indices, epoch: nil) }) }
         var trainedImages = 0
-        for b in firstBatch..<batches {
-            let indices = plan[b - firstBatch]
+        for b in remaining {
+            let indices = sampler.indices(order, batch: b)
             // A rank without a sample in a small last batch still takes part in the sums.
             let batch = indices.isEmpty ? nil : try fill(train, indices, epoch: epoch)
             rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
@@ -245,12 +243,12 @@ public final class Trainer {
     }
 
     /// This rank's validation batches of `source`: samples r, r + N, ... in batches of the local
-    /// capacity, the last padded with its last sample (not counted).
-    func validationBatches(_ source: SampleSource) -> [[Int]] {
+    /// capacity, the last padded with its last sample; `real` is how many of each count.
+    func validationBatches(_ source: SampleSource) -> [(indices: [Int], real: Int)] {
         let mine = Array(stride(from: collectives.rank, to: source.count, by: collectives.size))
         let batch = localCapacity
         return stride(from: 0, to: mine.count, by: batch).map { start in
-            (0..<batch).map { mine[start + min($0, mine.count - start - 1)] }
+            ((0..<batch).map { mine[start + min($0, mine.count - start - 1)] }, min(batch, mine.count - start))
         }
     }
 
@@ -262,12 +260,9 @@ public final class Trainer {
         let classes = model.config.classes
         var counts = ConfusionCounts(classes: classes)
         var lossSum = 0.0
-        let mine = Array(stride(from: collectives.rank, to: source.count, by: collectives.size))
-        let batch = localCapacity
         let batches = validationBatches(source)
-        source.prefetch(batches.map { BatchLoader.Batch($0, epoch: nil) })
-        for (k, indices) in batches.enumerated() {
-            let real = min(batch, mine.count - k * batch)
+        source.prefetch(batches.map { BatchLoader.Batch($0.indices, epoch: nil) })
+        for (indices, real) in batches {
             let b = try fill(source, indices, epoch: nil)
             let logits = model.forward(b.images, training: false)
             let loss = step.local.loss.evaluate(logits: logits.batchSlice(0, real), target: b.masks.batchSlice(0, real),
@@ -276,7 +271,7 @@ public final class Trainer {
             lossSum += loss * Double(real)
             counts.add(logits: logits, target: b.masks, images: real)
         }
-        let totals = try collectives.sum([lossSum, Double(mine.count)] + counts.flat)
+        let totals = try collectives.sum([lossSum, Double(batches.reduce(0) { $0 + $1.real })] + counts.flat)
         counts = ConfusionCounts(flat: totals[2...], classes: classes)
         return (totals[0] / max(totals[1], 1), counts)
     }

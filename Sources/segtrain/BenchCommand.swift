@@ -88,9 +88,7 @@ struct BenchCommand: ParsableCommand {
                     b = 0
                     order = sampler.order(epoch: epoch)
                     // As the trainer: this epoch and the first batches of the next.
-                    let next = sampler.order(epoch: epoch + 1)
-                    dataLoader.schedule((0..<sampler.batchesPerEpoch).map { BatchLoader.Batch(sampler.indices(order, batch: $0), epoch: epoch) }
-                                        + (0..<min(2, sampler.batchesPerEpoch)).map { BatchLoader.Batch(sampler.indices(next, batch: $0), epoch: epoch + 1) })
+                    dataLoader.schedule(sampler.announcement(order, epoch: epoch, batches: 0..<sampler.batchesPerEpoch))
                 }
                 try dataLoader.next(sampler.indices(order, batch: b), epoch: epoch, images: images.tensor, masks: target.tensor)
                 b += 1

@@ -109,6 +109,19 @@ final class StopTests: XCTestCase {
     }
 }
 
+final class BucketPlanTests: XCTestCase {
+    /// Buckets are contiguous, run from the end of the buffer down, close only where the
+    /// frontier allows, and hold at least a bucket's worth (the first a quarter of one).
+    func testBucketsFollowTheFrontiers() {
+        let frontiers = [990, 990, 900, 700, 650, 300, 120, 0]
+        let plan = DataParallelStep.bucketPlan(frontiers: frontiers, parameterCount: 1000, bucketFloats: 200)
+        XCTAssertEqual(plan, [Bucket(afterOp: 2, offset: 900, count: 100), Bucket(afterOp: 3, offset: 700, count: 200),
+                              Bucket(afterOp: 5, offset: 300, count: 400), Bucket(afterOp: 7, offset: 0, count: 300)])
+        for b in plan { XCTAssertEqual(b.offset, frontiers[b.afterOp]) }
+        XCTAssertEqual(DataParallelStep.bucketPlan(frontiers: frontiers, parameterCount: 1000, bucketFloats: 5000), [])
+    }
+}
+
 /// Records what it was asked to fill.
 final class RecordingSource: SampleSource {
     let count: Int
