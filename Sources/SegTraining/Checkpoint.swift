@@ -63,15 +63,7 @@ public enum Checkpoint {
     /// Writes a checkpoint to `folder` atomically (see the file comment).
     public static func write(to folder: String, store: ParameterStore, optimizer: Optimizer,
                              state: CheckpointState) throws {
-        let fm = FileManager.default
-        let parent = (folder as NSString).deletingLastPathComponent
-        let temporary = "\(parent)/.tmp-\((folder as NSString).lastPathComponent)-\(getpid())"
-        try? fm.removeItem(atPath: temporary)
-        do {
-            try fm.createDirectory(atPath: temporary, withIntermediateDirectories: true)
-        } catch {
-            throw CheckpointError("\(temporary): cannot create checkpoint folder: \(error.localizedDescription)")
-        }
+        let temporary = try temporaryFolder(for: folder)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let stateBytes = [UInt8]((try? encoder.encode(state)) ?? Data())
@@ -92,11 +84,8 @@ public enum Checkpoint {
     /// Copies the checkpoint in `source` to `folder`, with the same atomic swap.
     public static func copy(_ source: String, to folder: String) throws {
         let fm = FileManager.default
-        let parent = (folder as NSString).deletingLastPathComponent
-        let temporary = "\(parent)/.tmp-\((folder as NSString).lastPathComponent)-\(getpid())"
-        try? fm.removeItem(atPath: temporary)
+        let temporary = try temporaryFolder(for: folder)
         do {
-            try fm.createDirectory(atPath: temporary, withIntermediateDirectories: true)
             for name in ["model.safetensors", "optimizer.safetensors", "state.json"] {
                 guard let data = fm.contents(atPath: "\(source)/\(name)") else {
                     throw CheckpointError("\(source)/\(name): cannot be read")
@@ -107,6 +96,19 @@ public enum Checkpoint {
             throw CheckpointError("\(temporary): \(error.localizedDescription)")
         }
         try install(temporary, as: folder)
+    }
+
+    /// A fresh, empty folder beside `folder` where its next version is built.
+    static func temporaryFolder(for folder: String) throws -> String {
+        let parent = (folder as NSString).deletingLastPathComponent
+        let temporary = "\(parent)/.tmp-\((folder as NSString).lastPathComponent)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: temporary)
+        do {
+            try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: true)
+        } catch {
+            throw CheckpointError("\(temporary): cannot create checkpoint folder: \(error.localizedDescription)")
+        }
+        return temporary
     }
 
     /// Moves the complete temporary folder into place: an atomic exchange when `folder` exists.

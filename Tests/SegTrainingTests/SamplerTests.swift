@@ -56,14 +56,8 @@ final class SamplerTests: XCTestCase {
     func testTrainerTrainsTheLastSmallBatch() throws {
         for dropLast in [false, true] {
             let source = RecordingSource(count: 43, size: 16)
-            var config = UNetConfig()
-            config.baseChannels = 4
-            config.depth = 2
-            let unet = UNet(config, pool: WorkerPool(threads: 1))
-            let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
-                                 optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
-            let trainer = Trainer(step: step, train: source, validation: nil, imageSize: 16, batchSize: 8, seed: 1,
-                                  learningRate: 1e-3, dropLast: dropLast)
+            let trainer = tinyTrainer(train: source, validation: nil, dropLast: dropLast)
+            let step = trainer.step.local
             XCTAssertEqual(trainer.batchesPerEpoch, dropLast ? 5 : 6)
             for epoch in 1...2 {
                 source.filled = []
@@ -85,14 +79,7 @@ final class StopTests: XCTestCase {
     func testAStopAtTheLastBatchCompletesTheEpoch() throws {
         for stopAt in [2, 5] {  // 5 batches of 8 in 40 samples: batch index 4 is the last
             let source = RecordingSource(count: 40, size: 16)
-            var config = UNetConfig()
-            config.baseChannels = 4
-            config.depth = 2
-            let unet = UNet(config, pool: WorkerPool(threads: 1))
-            let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
-                                 optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
-            let trainer = Trainer(step: step, train: source, validation: RecordingSource(count: 4, size: 16), imageSize: 16,
-                                  batchSize: 8, seed: 1, learningRate: 1e-3)
+            let trainer = tinyTrainer(train: source, validation: RecordingSource(count: 4, size: 16))
             trainer.stopRequested = { source.filled.count >= stopAt }
             let outcome = try trainer.runEpoch(1)
             if stopAt == 5 {
@@ -120,6 +107,18 @@ final class BucketPlanTests: XCTestCase {
         for b in plan { XCTAssertEqual(b.offset, frontiers[b.afterOp]) }
         XCTAssertEqual(DataParallelStep.bucketPlan(frontiers: frontiers, parameterCount: 1000, bucketFloats: 5000), [])
     }
+}
+
+/// A depth-2, 4-channel binary UNet trainer on 16 px samples, global batch 8, one process.
+func tinyTrainer(train: SampleSource, validation: SampleSource?, dropLast: Bool = false) -> Trainer {
+    var config = UNetConfig()
+    config.baseChannels = 4
+    config.depth = 2
+    let unet = UNet(config, pool: WorkerPool(threads: 1))
+    let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+                         optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
+    return Trainer(step: step, train: train, validation: validation, imageSize: 16, batchSize: 8, seed: 1,
+                   learningRate: 1e-3, dropLast: dropLast)
 }
 
 /// Records what it was asked to fill.
