@@ -34,6 +34,19 @@ public struct ModelDescription: Codable, Equatable, Sendable {
         self.std = std
     }
 
+    /// Why images cannot be fed as described (a damaged or hand-edited state.json), or nil.
+    var inputProblem: String? {
+        if !(1...4).contains(inChannels) { return "model input has \(inChannels) channels; images have 1 to 4" }
+        if !(1...255).contains(classes) { return "model has \(classes) classes; masks hold 1 to 255" }
+        for (name, values) in [("mean", mean), ("std", std)] {
+            if let values, values.count != inChannels || !values.allSatisfy(\.isFinite) {
+                return "\(name) has \(values.count) values for \(inChannels) channels (or one not finite)"
+            }
+        }
+        if let std, !std.allSatisfy({ $0 > 0 }) { return "std values must be positive" }
+        return nil
+    }
+
     public var unetConfig: UNetConfig? {
         guard let up = Upsampling(rawValue: upsampling) else { return nil }
         var c = UNetConfig()
@@ -116,7 +129,9 @@ public final class Predictor {
         guard let description = state.model, let config = description.unetConfig else {
             throw PredictorError("\(statePath): no model description (a checkpoint from before segtrain predict); retrain or resume once to write one")
         }
-        if let problem = config.validate(imageSize: description.imageSize) { throw PredictorError("\(statePath): \(problem)") }
+        if let problem = config.validate(imageSize: description.imageSize) ?? description.inputProblem {
+            throw PredictorError("\(statePath): \(problem)")
+        }
         self.description = description
         source = folder
         model = UNet(config, pool: pool)

@@ -132,7 +132,17 @@ final class PredictEvaluateTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains(inputs + "/broken.png: "), r.stderr)
         XCTAssertTrue(r.stdout.contains("predicted 4 of 5"), r.stdout)
         XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/out-bad/gray_mask.png"), "the other images are still done")
+        // A hand-edited state.json whose model description cannot be fed: a clean error, not a crash.
+        let edited = folder + "/edited"
+        try? FileManager.default.removeItem(atPath: edited)
+        try FileManager.default.copyItem(atPath: folder + "/run-binary/checkpoints/last", toPath: edited)
+        var state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: edited + "/state.json"))) as! [String: Any]
+        var model = state["model"] as! [String: Any]
+        model["mean"] = [0.5]
+        state["model"] = model
+        try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: edited + "/state.json"))
         let cases: [([String], String)] = [
+            (["--model", edited, "--input", inputs, "--output", folder + "/o"], edited + "/state.json: mean has 1 values for 3 channels"),
             (["--model", folder + "/nothing", "--input", inputs, "--output", folder + "/o"], folder + "/nothing: not a checkpoint"),
             (["--model", folder + "/run-binary", "--input", folder + "/none", "--output", folder + "/o"], "--input"),
             (["--model", folder + "/run-binary", "--input", inputs, "--output", folder + "/o.png"], "need an output folder"),
