@@ -36,7 +36,6 @@ public final class BatchLoader: @unchecked Sendable {
         var busy = false
         var ready = false
         var error: Error? = nil
-        var count = 0
         let images: UnsafeMutablePointer<Float>
         let masks: UnsafeMutablePointer<Float>
     }
@@ -52,7 +51,7 @@ public final class BatchLoader: @unchecked Sendable {
     private var stopping = false
     private var loaderThreads: [pthread_t] = []
 
-    // Statistics (read under no lock: approximate while running).
+    // Statistics, written under the lock by the loader threads: read them with `statistics()`.
     /// Seconds `next` spent waiting for a batch that was not ready yet.
     public private(set) var waitSeconds = 0.0
     /// Seconds the loader threads spent loading (summed over threads), and samples they loaded.
@@ -60,6 +59,13 @@ public final class BatchLoader: @unchecked Sendable {
     public private(set) var samplesLoaded = 0
     /// Batches `next` had to load itself (not announced).
     public private(set) var unannouncedBatches = 0
+
+    /// The statistics, read under the lock.
+    public func statistics() -> (waitSeconds: Double, loadSeconds: Double, samplesLoaded: Int) {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return (waitSeconds, loadSeconds, samplesLoaded)
+    }
 
     /// `threads` loader threads (0: every batch is loaded by `next` on the caller's thread).
     public init(dataset: FileDataset, threads: Int, capacity: Int) {

@@ -5,6 +5,7 @@
 // The listing is a sorted list of (image, mask) paths relative to the dataset root, so that
 // rank 0 alone scans the folders and sends the list to the others as text.
 
+import SegEngine
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -106,25 +107,13 @@ public struct DatasetListing: Equatable, Sendable {
         guard fraction > 0, count >= 2 else { return (self, DatasetListing(root: root, pairs: [])) }
         let n = min(count - 1, max(1, Int((fraction * Double(count)).rounded())))
         var order = Array(0..<count)
-        var rng = SplitMix64Local(seed: seed ^ 0x5641_4C53_504C_4954)  // "VALSPLIT"
+        var rng = SplitMix64(seed: seed ^ 0x5641_4C53_504C_4954)  // "VALSPLIT"
         for i in stride(from: count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
         let validation = Set(order.prefix(n))
         return (removing(validation), DatasetListing(root: root, pairs: validation.sorted().map { pairs[$0] }))
     }
 }
 
-/// SplitMix64, local so that the split does not depend on SegEngine's stream derivation.
-private struct SplitMix64Local {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 public enum DatasetScanner {
     /// Image file extensions looked at (case-insensitive); other files are not samples.
@@ -256,7 +245,8 @@ public enum DatasetScanner {
         return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
 
-    static func readText(_ path: String, limit: Int = 1 << 30) throws -> String {
+    /// A UTF-8 text file (at most `limit` bytes); errors name the file.
+    public static func readText(_ path: String, limit: Int = 1 << 30) throws -> String {
         guard let file = fopen(path, "rb") else {
             throw DatasetError("\(path): cannot open: \(String(cString: strerror(errno)))")
         }

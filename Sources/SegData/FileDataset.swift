@@ -110,6 +110,7 @@ public final class FileDataset: @unchecked Sendable {
     /// classes >= 2: values must be below `classes` (or the ignore value); a 0/255 mask (nothing
     /// else in it) is binary and becomes {0, 1}.
     static func mapClassIndices(_ mask: inout Image8, classes: Int, ignoreValue: UInt8?, name: String) throws {
+        if classes >= 256 { return }  // every 8-bit value is a class
         var present = [Bool](repeating: false, count: 256)
         for v in mask.pixels { present[Int(v)] = true }
         let outOfRange = (classes..<256).filter { present[$0] && $0 != ignoreValue.map(Int.init) }

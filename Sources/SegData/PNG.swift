@@ -178,32 +178,31 @@ public enum ImageFile {
                     }
                     return raw
                 }
-                var values: [Int]
+                // One channel out of the samples as decoded (8-bit here: the gray < 8-bit case
+                // returned above), with no wider copy of them.
+                func single<S: BinaryInteger>(_ values: [S]) throws -> Image8 {
+                    var mask = [UInt8](repeating: 0, count: width * height)
+                    for p in 0..<(width * height) {
+                        let v = Int(values[p * channels])
+                        if color && (Int(values[p * channels + 1]) != v || Int(values[p * channels + 2]) != v) {
+                            throw ImageFileError(name, "colour mask: pixel (\(p % width), \(p / width)) is "
+                                + "(\(v), \(values[p * channels + 1]), \(values[p * channels + 2])); masks must be gray or palette")
+                        }
+                        if v > 255 {
+                            throw ImageFileError(name, "16-bit mask value \(v) at (\(p % width), \(p / width)) does not fit 0...255")
+                        }
+                        mask[p] = UInt8(v)
+                    }
+                    return Image8(width: width, height: height, channels: 1, pixels: mask)
+                }
                 if header.bitDepth == 16 {
                     if alpha {
                         throw ImageFileError(name, "16-bit masks with an alpha channel are not supported (libpng premultiplies them)")
                     }
                     // Linear 16-bit in (no gAMA after stripping), linear 16-bit out: unchanged.
-                    values = try finish16(&image, format: format | flagLinear, channels: channels, name: name)
-                } else {
-                    let raw = try finish(&image, format: format, channels: channels, name: name)
-                    // libpng scales 1/2/4-bit gray to 0...255; undo it (255, 85, 17 divide exactly).
-                    let scale = header.bitDepth < 8 ? 255 / ((1 << header.bitDepth) - 1) : 1
-                    values = raw.pixels.map { Int($0) / scale }
+                    return try single(try finish16(&image, format: format | flagLinear, channels: channels, name: name))
                 }
-                var mask = [UInt8](repeating: 0, count: width * height)
-                for p in 0..<(width * height) {
-                    let v = values[p * channels]
-                    if color && (values[p * channels + 1] != v || values[p * channels + 2] != v) {
-                        throw ImageFileError(name, "colour mask: pixel (\(p % width), \(p / width)) is "
-                            + "(\(v), \(values[p * channels + 1]), \(values[p * channels + 2])); masks must be gray or palette")
-                    }
-                    if v > 255 {
-                        throw ImageFileError(name, "16-bit mask value \(v) at (\(p % width), \(p / width)) does not fit 0...255")
-                    }
-                    mask[p] = UInt8(v)
-                }
-                return Image8(width: width, height: height, channels: 1, pixels: mask)
+                return try single(try finish(&image, format: format, channels: channels, name: name).pixels)
             default:
                 throw ImageFileError(name, "not a valid PNG: colour type \(header.colorType)")
             }

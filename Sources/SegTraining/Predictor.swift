@@ -38,6 +38,7 @@ public struct ModelDescription: Codable, Equatable, Sendable {
     var inputProblem: String? {
         if !(1...4).contains(inChannels) { return "model input has \(inChannels) channels; images have 1 to 4" }
         if !(1...255).contains(classes) { return "model has \(classes) classes; masks hold 1 to 255" }
+        if (mean == nil) != (std == nil) { return "mean and std must be given together" }
         for (name, values) in [("mean", mean), ("std", std)] {
             if let values, values.count != inChannels || !values.allSatisfy(\.isFinite) {
                 return "\(name) has \(values.count) values for \(inChannels) channels (or one not finite)"
@@ -89,9 +90,6 @@ public struct Prediction: Sendable {
         }
         return mask
     }
-
-    /// Probability of being foreground (binary: the sigmoid; classes >= 2: 1 - P(class 0)).
-    public func foreground(_ i: Int) -> Float { classes == 1 ? probabilities[i] : 1 - probabilities[i] }
 }
 
 public struct PredictorError: Error, CustomStringConvertible {
@@ -126,8 +124,11 @@ public final class Predictor {
         do { state = try JSONDecoder().decode(CheckpointState.self, from: data) } catch {
             throw PredictorError("\(statePath): not a segtrain checkpoint state (\(error))")
         }
-        guard let description = state.model, let config = description.unetConfig else {
+        guard let description = state.model else {
             throw PredictorError("\(statePath): no model description (a checkpoint from before segtrain predict); retrain or resume once to write one")
+        }
+        guard let config = description.unetConfig else {
+            throw PredictorError("\(statePath): unknown upsampling \(description.upsampling) (bilinear or transpose)")
         }
         if let problem = config.validate(imageSize: description.imageSize) ?? description.inputProblem {
             throw PredictorError("\(statePath): \(problem)")
@@ -180,7 +181,6 @@ public final class Predictor {
         var tiles: [(Int, Int)] = []
         for y in starts(height) { for x in starts(width) { tiles.append((x, y)) } }
         let batch = 4
-        ensureBatch(min(batch, tiles.count))
         var k = 0
         while k < tiles.count {
             let group = Array(tiles[k..<min(k + batch, tiles.count)])

@@ -118,7 +118,7 @@ struct BenchCommand: ParsableCommand {
 
         for _ in 0..<warmup { _ = try trainStep() }
         unet.profile.reset()
-        let loaderBefore = loader.map { ($0.waitSeconds, $0.loadSeconds, $0.samplesLoaded) }
+        let loaderBefore = loader?.statistics()
         let allocationsBefore = heapAllocationCount()
         let largeBefore = heapAllocationCount(large: true)
         let start = monotonicSeconds()
@@ -131,8 +131,9 @@ struct BenchCommand: ParsableCommand {
         // The loader over the timed steps: waiting per step, and seconds per sample per thread.
         let loaderStats = loader.map { l -> (wait: Double, perSample: Double) in
             let (w, seconds, samples) = loaderBefore!
-            return ((l.waitSeconds - w) / Double(steps),
-                    l.samplesLoaded > samples ? (l.loadSeconds - seconds) / Double(l.samplesLoaded - samples) : .nan)
+            let now = l.statistics()
+            return ((now.waitSeconds - w) / Double(steps),
+                    now.samplesLoaded > samples ? (now.loadSeconds - seconds) / Double(now.samplesLoaded - samples) : .nan)
         }
         guard isRoot else { return }
         let flopsPerImage = unet.layers.reduce(0) { $0 + $1.trainingFLOPs }

@@ -90,6 +90,7 @@ struct DataOptions: ParsableArguments {
             }
             return
         }
+        if classes > 255 { throw ValidationError("--classes must be at most 255 with --data (masks are 8-bit; got \(classes))") }
         if let s = valSplit, !(s >= 0 && s < 1) { throw ValidationError("--val-split must be in [0, 1) (got \(s))") }
         if valSplit != nil && (valData != nil || valList != nil) {
             throw ValidationError("--val-split and \(valData != nil ? "--val-data" : "--val-list") both choose the validation set; give one")

@@ -46,6 +46,7 @@ func grouped(_ n: Int) -> String {
 /// Fixed-point formatting without Foundation.
 func fixed(_ x: Double, _ digits: Int) -> String {
     if !x.isFinite { return "\(x)" }
+    if abs(x) >= 1e15 { return String(format: "%.\(digits)e", x) }  // beyond Int's range once scaled
     var scale = 1.0
     for _ in 0..<digits { scale *= 10 }
     let rounded = (abs(x) * scale).rounded()

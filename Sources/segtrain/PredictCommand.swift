@@ -241,7 +241,8 @@ enum PredictionImages {
 
     /// `#RRGGBB` as bytes, or nil.
     static func colour(_ text: String) -> (UInt8, UInt8, UInt8)? {
-        guard text.count == 7, text.hasPrefix("#"), let v = UInt32(text.dropFirst(), radix: 16) else { return nil }
+        guard text.count == 7, text.hasPrefix("#"), text.dropFirst().allSatisfy(\.isHexDigit),
+              let v = UInt32(text.dropFirst(), radix: 16) else { return nil }
         return (UInt8(v >> 16), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF))
     }
 }

@@ -8,6 +8,7 @@
 // polyline with one point per epoch. Each polyline lists its points' epochs in data-epochs.
 
 import Foundation
+import SegData
 import SegEngine
 
 // MARK: - Reading a run folder
@@ -46,8 +47,8 @@ struct MetricsTable {
             guard fields.count == header.count else {
                 throw ReportError("line \(number): \(fields.count) field(s), the header has \(header.count)")
             }
-            guard let epoch = Int(fields[0]), epoch >= 1 else {
-                throw ReportError("line \(number): the epoch '\(shortened(fields[0]))' is not a whole number >= 1")
+            guard let epoch = Int(fields[0]), (1...1_000_000_000).contains(epoch) else {
+                throw ReportError("line \(number): the epoch '\(shortened(fields[0]))' is not a whole number in 1...1000000000")
             }
             if let previous = table.epochs.last, epoch <= previous {
                 throw ReportError("line \(number): epoch \(epoch) comes after epoch \(previous)")
@@ -141,16 +142,6 @@ func sampleGrids(runDirectory dir: String) -> [(epoch: Int, file: String)] {
     }.sorted { $0.0 < $1.0 }.map { (epoch: $0.0, file: $0.1) }
 }
 
-/// Width and height from a PNG's IHDR chunk, or nil.
-func pngSize(_ path: String) -> (width: Int, height: Int)? {
-    guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-    defer { try? handle.close() }
-    let bytes = [UInt8](handle.readData(ofLength: 24))
-    guard bytes.count == 24, bytes[0..<8] == [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A] else { return nil }
-    func be32(_ o: Int) -> Int { bytes[o..<o + 4].reduce(0) { $0 << 8 | Int($1) } }
-    return (be32(16), be32(20))
-}
-
 // MARK: - The entry point
 
 /// Writes the training report of `runDirectory` to `output` (default RUN_DIR/report.html),
@@ -169,10 +160,7 @@ func writeReport(runDirectory: String, to output: String? = nil) throws -> Strin
     }
     guard isFolder.boolValue else { throw UserError("\(metricsPath): cannot read: \(dir) is not a folder") }
     let text: String
-    switch readText(metricsPath) {
-    case .failure(let error): throw UserError("\(metricsPath): \(error.reason)")
-    case .success(let t): text = t
-    }
+    do { text = try DatasetScanner.readText(metricsPath) } catch { throw UserError("\(error)") }
     let table: MetricsTable
     do { table = try MetricsTable.parse(text) } catch let error as ReportError {
         throw UserError("\(metricsPath): \(error.reason)")
@@ -185,24 +173,6 @@ func writeReport(runDirectory: String, to output: String? = nil) throws -> Strin
     return outputPath
 }
 
-private func readText(_ path: String) -> Result<String, ReportError> {
-    guard let file = fopen(path, "rb") else {
-        return .failure(ReportError("cannot read: \(String(cString: strerror(errno)))"))
-    }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, file)
-        if n > 0 { bytes += buffer[0..<n] }
-        if n < buffer.count {
-            if ferror(file) != 0 { return .failure(ReportError("cannot read: \(String(cString: strerror(errno)))")) }
-            break
-        }
-    }
-    guard let text = String(validating: bytes, as: UTF8.self) else { return .failure(ReportError("not UTF-8 text")) }
-    return .success(text)
-}
 
 /// The URL prefix ("" or "../run/" ...) from the folder of the file at `file` to `folder`,
 /// each component percent-encoded.
@@ -485,7 +455,7 @@ struct ReportPage {
             let src = linkPrefix + "samples/" + percentEncoded(grid.file)
             var size = ""
             var pixelated = ""
-            if let (w, h) = pngSize(runDirectory + "/samples/" + grid.file), w > 0, h > 0 {
+            if let info = try? ImageFile.info(runDirectory + "/samples/" + grid.file), case let (w, h) = (info.width, info.height) {
                 let scale = max(1, min(8, 360 / w))
                 size = " width=\"\(w * scale)\" height=\"\(h * scale)\""
                 if scale > 1 { pixelated = " class=\"pixelated\"" }
@@ -642,7 +612,7 @@ struct Chart {
         let xStep = max(1, niceStep((x1 - x0) / 8))
         var xTicks: [Double] = []
         var k = (x0 / xStep).rounded(.up)
-        while k * xStep <= x1 + 1e-9 { xTicks.append(k * xStep); k += 1 }
+        while k * xStep <= x1 + 1e-9 && xTicks.count < 100 { xTicks.append(k * xStep); k += 1 }
 
         // Grid and y ticks.
         s += "<g class=\"y-ticks\">\n"
@@ -797,7 +767,8 @@ struct YAxis {
         let scale = pow(10, Double(power))
         let decimals = max(0, -Int((log10(step / scale) + 1e-9).rounded(.down)))
         var k = first
-        while k <= last {
+        // At most 100 ticks: with values near 2^53 or spans beyond Double, k += 1 stops changing k.
+        while k <= last && ticks.count < 100 {
             let v = k * step
             let label = abs(v) < step * 1e-6 ? "0" : String(format: "%.\(decimals)f", v / scale)
             ticks.append((v, label))

@@ -236,7 +236,7 @@ struct ServeFailure: Error {
 final class SegmentService: HTTPHandler, @unchecked Sendable {
     let predictor: Predictor
     let maxBodyBytes: Int
-    /// Images refused from their header: a side over 16384 or more than 64 Mi pixels.
+    /// Images refused from their header: a side over 16384 or more than 16 Mi pixels.
     let limits: ImageLimits
     private let inference = DispatchQueue(label: "segtrain.serve.inference")
     private let lock = NSLock()
@@ -248,7 +248,9 @@ final class SegmentService: HTTPHandler, @unchecked Sendable {
     init(predictor: Predictor, maxBodyBytes: Int) {
         self.predictor = predictor
         self.maxBodyBytes = maxBodyBytes
-        limits = ImageLimits(maxSide: 16_384, maxPixels: 1 << 26, maxFileBytes: maxBodyBytes)
+        // 16 Mi pixels (4096 x 4096): a small compressed upload can decode to this much, and the
+        // prediction keeps classes x pixels floats while it is resized back.
+        limits = ImageLimits(maxSide: 16_384, maxPixels: 1 << 24, maxFileBytes: maxBodyBytes)
         let d = predictor.description
         struct Health: Encodable {
             let status = "ok"
@@ -320,7 +322,7 @@ final class SegmentService: HTTPHandler, @unchecked Sendable {
         if let text = request.query["background"] {
             guard removeBackground else { throw ServeFailure(.badRequest, "background is a parameter of /v1/remove-background") }
             let hex = text.hasPrefix("#") ? String(text.dropFirst()) : text
-            guard hex.count == 6, hex.allSatisfy(\.isHexDigit), let c = PredictionImages.colour("#" + hex) else {
+            guard let c = PredictionImages.colour("#" + hex) else {
                 throw ServeFailure(.badRequest, "background \(text): not a colour #RRGGBB (write # as %23 in the URL)")
             }
             colour = c

@@ -60,9 +60,10 @@ final class BatchLoaderTests: XCTestCase {
             XCTAssertEqual(Array(UnsafeBufferPointer(start: images.tensor.data, count: images.tensor.count)),
                            try reference(dataset, [0, 1, 2], epoch: nil).0)
             try loader.next([5, 6, 7], epoch: 3, images: images.tensor, masks: masks.tensor)
+            XCTAssertEqual(loader.unannouncedBatches, threads == 0 ? 0 : 1, "the unannounced request was loaded in place")
             XCTAssertEqual(Array(UnsafeBufferPointer(start: masks.tensor.data, count: masks.tensor.count)),
                            try reference(dataset, [5, 6, 7], epoch: 3).1)
-            if threads > 0 { XCTAssertGreaterThan(loader.samplesLoaded, 0) }
+            if threads > 0 { XCTAssertGreaterThan(loader.statistics().samplesLoaded, 0) }
         }
         // Augmentation depends on the epoch.
         XCTAssertNotEqual(try reference(dataset, [4], epoch: 1).0, try reference(dataset, [4], epoch: 2).0)
@@ -85,17 +86,21 @@ final class BatchLoaderTests: XCTestCase {
         try take([0, 1], 1)
         try take([2, 3], 1)
         let deadline = monotonicSeconds() + 10
-        while loader.samplesLoaded < 6 && monotonicSeconds() < deadline { usleep(2000) }
-        XCTAssertEqual(loader.samplesLoaded, 6, "the look-ahead batch was loaded")
+        while loader.statistics().samplesLoaded < 6 && monotonicSeconds() < deadline { usleep(2000) }
+        XCTAssertEqual(loader.statistics().samplesLoaded, 6, "the look-ahead batch was loaded")
         loader.schedule([.init([4, 5], epoch: 2), .init([6, 7], epoch: 2)])
         try take([4, 5], 2)
         try take([6, 7], 2)
-        XCTAssertEqual(loader.samplesLoaded, 8, "the kept batch was not loaded again")
+        XCTAssertEqual(loader.statistics().samplesLoaded, 8, "the kept batch was not loaded again")
         XCTAssertEqual(loader.unannouncedBatches, 0)
-        // A schedule that does not start with the pending batch drops it.
+        // A schedule that does not start with the pending batch drops it: [0, 1] is never handed
+        // out, [2, 3] is (loaded by the thread, not in place).
         loader.schedule([.init([0, 1], epoch: 3), .init([2, 3], epoch: 3)])
         loader.schedule([.init([2, 3], epoch: 3)])
         try take([2, 3], 3)
+        XCTAssertEqual(loader.unannouncedBatches, 0)
+        try take([0, 1], 3)
+        XCTAssertEqual(loader.unannouncedBatches, 1, "the dropped batch is no longer announced: loaded in place")
     }
 
     func testCacheGivesTheSameSamples() throws {

@@ -132,17 +132,23 @@ final class PredictEvaluateTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains(inputs + "/broken.png: "), r.stderr)
         XCTAssertTrue(r.stdout.contains("predicted 4 of 5"), r.stdout)
         XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/out-bad/gray_mask.png"), "the other images are still done")
-        // A hand-edited state.json whose model description cannot be fed: a clean error, not a crash.
-        let edited = folder + "/edited"
-        try? FileManager.default.removeItem(atPath: edited)
-        try FileManager.default.copyItem(atPath: folder + "/run-binary/checkpoints/last", toPath: edited)
-        var state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: edited + "/state.json"))) as! [String: Any]
-        var model = state["model"] as! [String: Any]
-        model["mean"] = [0.5]
-        state["model"] = model
-        try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: edited + "/state.json"))
+        // Hand-edited state.json files whose model description cannot be fed: clean errors, not crashes.
+        func edited(_ name: String, _ change: ([String: Any]) -> [String: Any]) throws -> String {
+            let path = folder + "/" + name
+            try? FileManager.default.removeItem(atPath: path)
+            try FileManager.default.copyItem(atPath: folder + "/run-binary/checkpoints/last", toPath: path)
+            var state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path + "/state.json"))) as! [String: Any]
+            state["model"] = change(state["model"] as! [String: Any])
+            try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: path + "/state.json"))
+            return path
+        }
+        let shortMean = try edited("short-mean") { var m = $0; m["mean"] = [0.5]; m["std"] = [1.0]; return m }
+        let meanOnly = try edited("mean-only") { var m = $0; m["mean"] = [0.5, 0.5, 0.5]; return m }
+        let upsampling = try edited("upsampling") { var m = $0; m["upsampling"] = "cubic"; return m }
         let cases: [([String], String)] = [
-            (["--model", edited, "--input", inputs, "--output", folder + "/o"], edited + "/state.json: mean has 1 values for 3 channels"),
+            (["--model", shortMean, "--input", inputs, "--output", folder + "/o"], shortMean + "/state.json: mean has 1 values for 3 channels"),
+            (["--model", meanOnly, "--input", inputs, "--output", folder + "/o"], meanOnly + "/state.json: mean and std must be given together"),
+            (["--model", upsampling, "--input", inputs, "--output", folder + "/o"], upsampling + "/state.json: unknown upsampling cubic"),
             (["--model", folder + "/nothing", "--input", inputs, "--output", folder + "/o"], folder + "/nothing: not a checkpoint"),
             (["--model", folder + "/run-binary", "--input", folder + "/none", "--output", folder + "/o"], "--input"),
             (["--model", folder + "/run-binary", "--input", inputs, "--output", folder + "/o.png"], "need an output folder"),

@@ -233,6 +233,25 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(summaryText.contains("1 min 16 s"), summaryText)
     }
 
+    /// Diverged runs: huge and nearly equal huge values render (no crash, no endless tick loop),
+    /// and an absurd epoch number is refused with one line.
+    func testExtremeValuesRenderAndAbsurdEpochsAreRefused() throws {
+        let runFolder = temporaryFolder("extreme")
+        try FileManager.default.createDirectory(atPath: runFolder, withIntermediateDirectories: true)
+        let csv = """
+            epoch,train_loss,val_loss,val_accuracy,val_precision,val_recall,val_dice,val_iou,lr,images_per_second,seconds
+            1,1e308,-1e308,0.5,0.5,0.5,0.1,0.05,0.001,100,1
+            2,10000000000000000,10000000000000002,0.6,0.5,0.5,0.2,0.1,0.001,100,1
+
+            """
+        try csv.write(toFile: runFolder + "/metrics.csv", atomically: true, encoding: .utf8)
+        _ = try report([runFolder])
+        try "epoch,train_loss\n100000000000000000,0.5\n".write(toFile: runFolder + "/metrics.csv", atomically: true, encoding: .utf8)
+        let r = try run(["report", runFolder])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("is not a whole number in 1...1000000000"), r.stderr)
+    }
+
     func testBadRunFolderGivesOneLine() throws {
         let folder = temporaryFolder("bad")
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
