@@ -92,9 +92,17 @@ struct PredictCommand: ParsableCommand {
             throw UserError("--output \(output): \(isFolder.boolValue ? "a folder of images" : "\(kinds.count) output kinds") need an output folder")
         }
         if !singleFile, let error = makeDirectories(output) { throw UserError("--output \(output): cannot create folder: \(error)") }
-        var backgroundImage: Image8? = nil
-        if let b = background, !b.hasPrefix("#") {
-            do { backgroundImage = try ImageFile.read(b, as: .rgb) } catch { throw UserError("--background \(error)") }
+        if singleFile && probabilities && d.classes > 1 {
+            throw UserError("--output \(output): \(d.classes) probability files need an output folder")
+        }
+        // What goes behind a cut-out: transparency, an image, or a colour (checked in validate()).
+        var behind = Behind.transparent
+        if let b = background {
+            if let colour = PredictionImages.colour(b) {
+                behind = .colour(colour)
+            } else {
+                do { behind = .image(try ImageFile.read(b, as: .rgb)) } catch { throw UserError("--background \(error)") }
+            }
         }
 
         var failures = 0, written = 0
@@ -119,7 +127,7 @@ struct PredictCommand: ParsableCommand {
                 : predictor.predict(batch.map(\.image))
             for ((path, image), prediction) in zip(batch, predictions) {
                 do {
-                    written += try write(prediction, image: image, path: path, singleFile: singleFile, background: backgroundImage)
+                    written += try write(prediction, image: image, path: path, singleFile: singleFile, behind: behind)
                 } catch {
                     fputs("segtrain: error: \(error)\n", stderr)
                     failures += 1
@@ -131,9 +139,18 @@ struct PredictCommand: ParsableCommand {
         if failures > 0 { throw UserError("\(failures) image(s) failed (see above)") }
     }
 
+    /// What goes behind the object in a cut-out.
+    enum Behind {
+        case transparent
+        case image(Image8)
+        case colour((UInt8, UInt8, UInt8))
+    }
+
     /// Writes the asked-for outputs of one image; returns how many files.
-    func write(_ prediction: Prediction, image: Image8, path: String, singleFile: Bool, background: Image8?) throws -> Int {
+    func write(_ prediction: Prediction, image: Image8, path: String, singleFile: Bool, behind: Behind) throws -> Int {
         let stem = DatasetScanner.stem(path)
+        // Overlays and cut-outs show the image's colours, also for a gray model (as serve does).
+        let display = image.channels >= 3 || !(overlay || cutout) ? image : ((try? ImageFile.read(path, as: .rgb)) ?? image)
         func target(_ suffix: String) -> String { singleFile ? output : output + "/" + stem + suffix + ".png" }
         let labels = prediction.labels
         let classes = prediction.classes
@@ -151,12 +168,11 @@ struct PredictCommand: ParsableCommand {
                     for i in 0..<plane {
                         p.pixels[i] = UInt8(max(0, min(255, (prediction.probabilities[c * plane + i] * 255).rounded())))
                     }
-                    if planes > 1 && singleFile { throw UserError("--output \(output): \(planes) probability files need an output folder") }
                     try ImageFile.write(p, to: target(planes == 1 ? "_prob" : "_prob_c\(c)"))
                     count += 1
                 }
             case .overlay:
-                let rgb = image.channels >= 3 ? image : PredictionImages.rgb(image)
+                let rgb = display.channels >= 3 ? display : PredictionImages.rgb(display)
                 var o = Image8(width: image.width, height: image.height, channels: 3)
                 for i in 0..<plane {
                     let label = Int(labels.pixels[i])
@@ -171,17 +187,16 @@ struct PredictCommand: ParsableCommand {
                 try ImageFile.write(o, to: target("_overlay"))
                 count += 1
             case .cutout:
-                if background == nil && self.background == nil {
-                    try ImageFile.write(PredictionImages.cutout(image, labels: labels), to: target("_cutout"))
-                } else {
-                    let behind: Image8
-                    if let background {
-                        behind = background.width == image.width && background.height == image.height
-                            ? background : Preprocess.resizeImage(background, width: image.width, height: image.height)
-                    } else {
-                        behind = PredictionImages.solid(PredictionImages.colour(self.background!)!, width: image.width, height: image.height)
-                    }
-                    try ImageFile.write(PredictionImages.composite(image, labels: labels, behind: behind), to: target("_cutout"))
+                switch behind {
+                case .transparent:
+                    try ImageFile.write(PredictionImages.cutout(display, labels: labels), to: target("_cutout"))
+                case .image(let picture):
+                    let sized = picture.width == image.width && picture.height == image.height
+                        ? picture : Preprocess.resizeImage(picture, width: image.width, height: image.height)
+                    try ImageFile.write(PredictionImages.composite(display, labels: labels, behind: sized), to: target("_cutout"))
+                case .colour(let colour):
+                    let solid = PredictionImages.solid(colour, width: image.width, height: image.height)
+                    try ImageFile.write(PredictionImages.composite(display, labels: labels, behind: solid), to: target("_cutout"))
                 }
                 count += 1
             }

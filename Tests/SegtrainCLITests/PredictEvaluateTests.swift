@@ -32,6 +32,10 @@ final class PredictEvaluateTests: XCTestCase {
                          "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--classes", "\(classes)"])
             XCTAssertEqual(r.status, 0, r.stderr)
         }
+        // A gray model (1 input channel) on the binary data.
+        let g = try run(["train", "--data", folder + "/binary", "--out", folder + "/run-gray", "--epochs", "1", "--image-size", "32",
+                         "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--in-channels", "1"])
+        XCTAssertEqual(g.status, 0, g.stderr)
         PredictEvaluateTests.trained = true
     }
 
@@ -122,6 +126,23 @@ final class PredictEvaluateTests: XCTestCase {
             let best = (0..<3).max { planes[$0].pixels[p] < planes[$1].pixels[p] }!
             XCTAssertTrue(planes[best].pixels[p] == planes[Int(mask.pixels[p])].pixels[p], "pixel \(p): mask is not the argmax")
         }
+    }
+
+    /// A gray model's overlay and cut-out show the image's colours, not its gray.
+    func testGrayModelKeepsColoursInCutouts() throws {
+        let inputs = try makeInputs("inputs-gray")
+        let out = folder + "/out-gray"
+        let r = try run(["predict", "--model", folder + "/run-gray", "--input", inputs + "/00000.jpg", "--output", out,
+                         "--mask", "--cutout"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let colour = try ImageFile.read(inputs + "/00000.jpg", as: .rgb)
+        let cutout = try ImageFile.read(out + "/00000_cutout.png", as: .rgba)
+        let mask = try ImageFile.readMask(out + "/00000_mask.png")
+        for p in 0..<(50 * 50) {
+            XCTAssertEqual(Array(cutout.pixels[(4 * p)..<(4 * p + 3)]), Array(colour.pixels[(3 * p)..<(3 * p + 3)]), "pixel \(p)")
+            XCTAssertEqual(cutout.pixels[4 * p + 3], mask.pixels[p])
+        }
+        XCTAssertTrue((0..<(50 * 50)).contains { colour.pixels[3 * $0] != colour.pixels[3 * $0 + 1] }, "the input has colour")
     }
 
     func testPredictErrors() throws {
