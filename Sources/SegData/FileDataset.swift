@@ -189,14 +189,16 @@ public final class FileDataset: @unchecked Sendable {
         var (picture, labels) = try base(i)
         let s = spec.imageSize
         if spec.geometry == .crop {
-            var x = (picture.width - s) / 2, y = (picture.height - s) / 2
+            let maskFill = spec.ignoreValue ?? 0
             if let epoch {
-                var rng = SampleRandom.generator(seed: spec.seed, epoch: epoch, index: i, purpose: SampleRandom.crop)
-                if picture.width > s { x = Int(rng.next() % UInt64(picture.width - s + 1)) }
-                if picture.height > s { y = Int(rng.next() % UInt64(picture.height - s + 1)) }
+                (picture, labels) = Preprocess.randomCrop(image: picture, mask: labels, width: s, height: s, seed: spec.seed,
+                                                          epoch: epoch, index: i, maskFill: maskFill)
+            } else {
+                // Validation: the centre window.
+                let x = (picture.width - s) / 2, y = (picture.height - s) / 2
+                picture = Preprocess.crop(picture, x: x, y: y, width: s, height: s, fill: 0)
+                labels = Preprocess.crop(labels, x: x, y: y, width: s, height: s, fill: maskFill)
             }
-            picture = Preprocess.crop(picture, x: x, y: y, width: s, height: s, fill: 0)
-            labels = Preprocess.crop(labels, x: x, y: y, width: s, height: s, fill: spec.ignoreValue ?? 0)
         }
         if let epoch {
             augmenter.apply(image: &picture, mask: &labels, seed: spec.seed, epoch: epoch, index: i)

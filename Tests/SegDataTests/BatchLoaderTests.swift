@@ -103,6 +103,36 @@ final class BatchLoaderTests: XCTestCase {
         XCTAssertEqual(loader.unannouncedBatches, 1, "the dropped batch is no longer announced: loaded in place")
     }
 
+    /// --geometry crop: training samples are the seeded random window of image and mask together,
+    /// validation samples the centre window; both unresized.
+    func testCropGeometry() throws {
+        let plain = try makeDataset(count: 3, augment: false)
+        var spec = plain.spec
+        spec.geometry = .crop
+        spec.imageSize = 8
+        let dataset = FileDataset(listing: plain.listing, spec: spec)
+        let s = 8
+        var image = [Float](repeating: 0, count: 3 * s * s), mask = [Float](repeating: 0, count: s * s)
+        var expectedImage = image, expectedMask = mask
+        for i in 0..<3 {
+            let (picture, labels) = try dataset.decode(i)
+            for epoch in [2, nil] as [Int?] {
+                try dataset.load(i, epoch: epoch, image: &image, mask: &mask)
+                let window: (image: Image8, mask: Image8)
+                if let epoch {
+                    window = Preprocess.randomCrop(image: picture, mask: labels, width: s, height: s, seed: spec.seed, epoch: epoch, index: i)
+                } else {
+                    let x = (picture.width - s) / 2, y = (picture.height - s) / 2
+                    window = (Preprocess.crop(picture, x: x, y: y, width: s, height: s), Preprocess.crop(labels, x: x, y: y, width: s, height: s))
+                }
+                Preprocess.normalize(window.image, into: &expectedImage)
+                Preprocess.maskToFloat(window.mask, into: &expectedMask)
+                XCTAssertEqual(image, expectedImage, "sample \(i) epoch \(String(describing: epoch))")
+                XCTAssertEqual(mask, expectedMask)
+            }
+        }
+    }
+
     func testCacheGivesTheSameSamples() throws {
         let plain = try makeDataset(count: 4, augment: true)
         let cached = FileDataset(listing: plain.listing, spec: plain.spec, cache: true)
