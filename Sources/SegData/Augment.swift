@@ -153,10 +153,6 @@ public struct AugmentPlan: Equatable, Sendable {
         !hflip && !vflip && degrees == 0 && scale == 1 && shiftX == 0 && shiftY == 0
     }
 
-    public var isPhotometricIdentity: Bool {
-        contrast == 1 && brightness == 0 && !grayscale && channelOrder == [0, 1, 2] && blurSigma == 0
-    }
-
     /// The single map for a `width` x `height` sample. Forward (source -> output, in continuous
     /// coordinates where pixel i spans [i, i + 1)): flip about the centre, rotate, scale about the
     /// centre, then shift; returned is its inverse (output pixel -> source point), as warping needs.
@@ -184,8 +180,6 @@ public struct AffineMap: Equatable, Sendable {
     public init(a: Double, b: Double, c: Double, d: Double, e: Double, f: Double) {
         self.a = a; self.b = b; self.c = c; self.d = d; self.e = e; self.f = f
     }
-    public static let identity = AffineMap(a: 1, b: 0, c: 0, d: 0, e: 1, f: 0)
-
     public func source(_ u: Double, _ v: Double) -> (x: Double, y: Double) {
         (a * u + b * v + c, d * u + e * v + f)
     }
