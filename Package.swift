@@ -4,6 +4,23 @@ import PackageDescription
 // Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
 // segtrain -> SegDistributed -> {CMPI, SegEngine}.
 // segtrain -> SegData (PNG and JPEG files, synthetic data) -> {SegEngine, CPNG (libpng), CTurboJPEG (libjpeg-turbo)}.
+// The Swift modules that carry the numeric loops are compiled for a CPU level: on x86_64 `haswell`
+// (AVX2 + FMA, x86-64-v3: Intel since 2013, AMD since 2015), so LLVM vectorizes the Winograd
+// transforms and elementwise ops 8 floats wide. A binary built so refuses, with one line, to start
+// on a CPU without AVX2/FMA (CSupport checks before main). SEGTRAIN_TARGET_CPU=x86-64 swift build
+// makes a portable build (SSE2 only, slower); any other LLVM CPU name (znver4, native, ...) works too.
+let targetCPU: String? = {
+    if let chosen = Context.environment["SEGTRAIN_TARGET_CPU"], !chosen.isEmpty { return chosen }
+    #if arch(x86_64)
+    return "haswell"
+    #else
+    return nil
+    #endif
+}()
+let numericFlags: [String] = ["-O"] + (targetCPU.map { ["-target-cpu", $0] } ?? [])
+// CSupport's start-up check for the default level (a CPU named by hand is the builder's choice).
+let needsAVX2 = targetCPU == "haswell"
+
 let package = Package(
     name: "segtrain",
     platforms: [.macOS(.v13)],
@@ -35,21 +52,24 @@ let package = Package(
             pkgConfig: "libturbojpeg",
             providers: [.apt(["libturbojpeg0-dev"])]
         ),
-        .target(name: "CSupport"),
+        .target(
+            name: "CSupport",
+            cSettings: needsAVX2 ? [.define("SEGTRAIN_REQUIRE_AVX2", to: "1")] : []
+        ),
         .target(
             name: "SegEngine",
             dependencies: ["CBLAS", "CSupport"],
-            swiftSettings: [.unsafeFlags(["-O"])]
+            swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(
             name: "SegModel",
             dependencies: ["SegEngine"],
-            swiftSettings: [.unsafeFlags(["-O"])]
+            swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(
             name: "SegTraining",
             dependencies: ["SegModel", "SegEngine", "SegData", "CSupport"],  // training data arrives through SampleSource
-            swiftSettings: [.unsafeFlags(["-O"])]
+            swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(
             name: "SegDistributed",
@@ -58,7 +78,7 @@ let package = Package(
         .target(
             name: "SegData",
             dependencies: ["CPNG", "CTurboJPEG", "SegEngine"],
-            swiftSettings: [.unsafeFlags(["-O"])]
+            swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .executableTarget(
             name: "segtrain",

@@ -54,3 +54,20 @@ void segtrain_install_stop_handlers(void) {
 }
 
 int segtrain_stop_signal(void) { return stop_signal; }
+
+#if defined(SEGTRAIN_REQUIRE_AVX2) && defined(__x86_64__)
+/* The Swift modules were compiled for AVX2 + FMA (Package.swift). On an older CPU their first
+   vector instruction would kill the process with SIGILL; say why instead, before main runs.
+   This file itself is compiled for the baseline x86-64, so the check runs anywhere. */
+__attribute__((constructor))
+static void segtrain_require_avx2(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return;
+    static const char message[] =
+        "segtrain: error: this CPU lacks AVX2/FMA, which this build of segtrain needs; "
+        "rebuild with SEGTRAIN_TARGET_CPU=x86-64 swift build -c release\n";
+    ssize_t ignored = write(2, message, sizeof message - 1);
+    (void)ignored;
+    _exit(1);
+}
+#endif
