@@ -266,8 +266,10 @@ public func conv2dScratchFloats(batch: Int, inChannels: Int, outChannels: Int, h
     var most = 0
     if kernel == 3 && dilation == 1 {
         for (cin, cout) in [(inChannels, outChannels), (outChannels, inChannels)] {
-            most = max(most, WinogradPlan(inChannels: cin, outChannels: cout, height: height, width: width,
-                                          batch: batch, threads: threads).scratchFloatsPerThread)
+            for tile in [2, 4] {
+                most = max(most, WinogradPlan(inChannels: cin, outChannels: cout, height: height, width: width,
+                                              batch: batch, threads: threads, tile: tile).scratchFloatsPerThread)
+            }
         }
     }
     for images in 1...max(1, batch) {
@@ -277,17 +279,16 @@ public func conv2dScratchFloats(batch: Int, inChannels: Int, outChannels: Int, h
     return most
 }
 
-/// Floats of shared scratch (transformed weights) conv2dForward/Backward need.
+/// Floats of shared scratch (transformed weights) conv2dForward/Backward need (F(4x4)'s 36 points,
+/// so any tile choice fits).
 public func conv2dSharedScratchFloats(inChannels: Int, outChannels: Int, kernel: Int, dilation: Int = 1) -> Int {
-    kernel == 3 && dilation == 1 ? 16 * inChannels * outChannels : 0
+    kernel == 3 && dilation == 1 ? 36 * inChannels * outChannels : 0
 }
 
-/// Which kernel runs a 3x3, dilation-1 convolution: im2col + GEMM, Winograd F(2x2, 3x3), or `auto`,
-/// which picks per pass from measurements (docs/PERFORMANCE.md): Winograd for the forward and input
-/// gradient once both sides have `winogradMinimumChannels`; for the weight gradient only when
-/// Cin*Cout/(Cin+Cout) > `winogradWeightGradientBalance` — its transformed tiles are 4x the input, so
-/// thin layers become memory-bound and GEMM wins there.
-public enum ConvAlgorithm: String, CaseIterable, Sendable { case auto, gemm, winograd }
+/// Which kernel runs a 3x3, dilation-1 convolution: im2col + GEMM, Winograd F(2x2, 3x3)
+/// (`winograd`), Winograd F(4x4, 3x3) (`winograd4`), or `auto`, which picks per pass and layer from
+/// measurements (docs/PERFORMANCE.md).
+public enum ConvAlgorithm: String, CaseIterable, Sendable { case auto, gemm, winograd, winograd4 }
 
 public enum ConvPass: Sendable { case forward, inputGradient, weightGradient }
 
@@ -295,19 +296,24 @@ public enum ConvSettings {
     /// Process-wide choice (set once, before training, e.g. by `segtrain bench --conv`).
     nonisolated(unsafe) public static var algorithm = ConvAlgorithm.auto
     nonisolated(unsafe) public static var winogradMinimumChannels = 8
-    nonisolated(unsafe) public static var winogradWeightGradientBalance = 64
+    /// Planes at least this high and wide take F(4x4); smaller ones F(2x2), whose tile count gives
+    /// wider GEMMs and whose weight transform is cheaper.
+    nonisolated(unsafe) public static var winogradLargeTileMinimumSide = 32
 
-    public static func useWinograd(_ pass: ConvPass, kernel: Int, dilation: Int, inChannels: Int, outChannels: Int) -> Bool {
-        guard kernel == 3 && dilation == 1 else { return false }
+    /// The Winograd output tile (2 or 4) for this pass of this layer, or 0 for im2col + GEMM.
+    public static func winogradTile(_ pass: ConvPass, kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,
+                                    height: Int, width: Int) -> Int {
+        guard kernel == 3 && dilation == 1 else { return 0 }
         switch algorithm {
-        case .gemm: return false
-        case .winograd: return true
+        case .gemm: return 0
+        case .winograd: return 2
+        case .winograd4: return 4
         case .auto:
-            guard min(inChannels, outChannels) >= winogradMinimumChannels else { return false }
-            if pass == .weightGradient {
-                return inChannels * outChannels > winogradWeightGradientBalance * (inChannels + outChannels)
-            }
-            return true
+            // From `SEGTRAIN_BENCH=1 swift test --filter testConvSpeedUNetLayers` (docs/PERFORMANCE.md):
+            // the same rule wins all three passes of every layer of the default UNet but the first
+            // (3 input channels: GEMM).
+            guard min(inChannels, outChannels) >= winogradMinimumChannels else { return 0 }
+            return min(height, width) >= winogradLargeTileMinimumSide ? 4 : 2
         }
     }
 }
@@ -319,8 +325,10 @@ public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor
                           relu: Bool = false, pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(y, x, weight, dilation, "conv2dForward")
     checkBias(bias, y.c, "conv2dForward")
-    if ConvSettings.useWinograd(.forward, kernel: k, dilation: dilation, inChannels: x.c, outChannels: y.c) {
-        winogradConv3x3Forward(y, x, weight: weight, bias: bias, relu: relu, pool: pool, scratch: scratch)
+    let tile = ConvSettings.winogradTile(.forward, kernel: k, dilation: dilation, inChannels: x.c, outChannels: y.c,
+                                         height: x.h, width: x.w)
+    if tile > 0 {
+        winogradConv3x3Forward(y, x, weight: weight, bias: bias, relu: relu, tile: tile, pool: pool, scratch: scratch)
         return
     }
     let cin = x.c, kk = k * k
@@ -385,18 +393,20 @@ public func conv2dBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Te
     }
     if let dx { precondition(dx.shape == x.shape, "conv2dBackward: dx \(dx.shape) for x \(x.shape)") }
     checkBias(dbias, dy.c, "conv2dBackward")
-    let winogradWeights = ConvSettings.useWinograd(.weightGradient, kernel: k, dilation: dilation,
-                                                   inChannels: x.c, outChannels: dy.c)
-    let winogradInput = ConvSettings.useWinograd(.inputGradient, kernel: k, dilation: dilation,
-                                                 inChannels: x.c, outChannels: dy.c)
+    let weightTile = ConvSettings.winogradTile(.weightGradient, kernel: k, dilation: dilation,
+                                               inChannels: x.c, outChannels: dy.c, height: x.h, width: x.w)
+    let inputTile = ConvSettings.winogradTile(.inputGradient, kernel: k, dilation: dilation,
+                                              inChannels: x.c, outChannels: dy.c, height: x.h, width: x.w)
+    let winogradInput = inputTile > 0
     // Winograd takes the weight gradient (with the bias gradient) and/or the input gradient;
     // im2col + GEMM below does whatever it left.
-    let weightsByWinograd = winogradWeights && dweight != nil
+    let weightsByWinograd = weightTile > 0 && dweight != nil
     if weightsByWinograd, let dweight {
-        winogradConv3x3WeightGradient(dweight: dweight, dbias: dbias, dy: dy, x: x, pool: pool, scratch: scratch)
+        winogradConv3x3WeightGradient(dweight: dweight, dbias: dbias, dy: dy, x: x, tile: weightTile,
+                                      pool: pool, scratch: scratch)
     }
     if winogradInput, let dx {
-        winogradConv3x3InputGradient(dx: dx, dy: dy, weight: weight, pool: pool, scratch: scratch)
+        winogradConv3x3InputGradient(dx: dx, dy: dy, weight: weight, tile: inputTile, pool: pool, scratch: scratch)
     }
     let gemmWeight = weightsByWinograd ? nil : dweight
     let gemmBias = weightsByWinograd ? nil : dbias

@@ -1,22 +1,28 @@
-// Winograd F(2x2, 3x3) for 3x3, stride-1, pad-1 convolutions (Lavin & Gray 2015), in all three
-// passes of training. Each 2x2 output tile costs 16 multiplications per (Cin, Cout) pair instead
-// of 36; the multiplications become 16 independent GEMMs per chunk of tiles.
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3, stride-1, pad-1 convolutions (Lavin & Gray 2015),
+// in all three passes of training. An m x m output tile (m = 2 or 4) is computed from an
+// a x a input tile (a = m + 2) with a^2 multiplications per (Cin, Cout) pair instead of 9 m^2:
+// 16 instead of 36 for F(2x2), 36 instead of 144 for F(4x4). The multiplications become a^2
+// independent GEMMs per chunk of tiles.
 //
-//   forward         Y = A^T [ U . V ] A,      U = G g G^T (weights),  V = B^T d B (4x4 input tiles)
+//   forward         Y = A^T [ U . V ] A,      U = G g G^T (weights),  V = B^T d B (a x a input tiles)
 //   input gradient  the same with g flipped spatially and Cin/Cout swapped (stride 1, same padding)
 //   weight gradient dU[xi] += dM[xi] V[xi]^T with dM = A dy A^T, then dg += G^T dU G
 //
-// Layout per chunk of T tiles: V[xi][c][t] (16 x Cin x T), M[xi][o][t] (16 x Cout x T),
-// U[xi][o][c] (16 x Cout x Cin, shared by all threads, written once per call).
+// Layout per chunk of T tiles: V[xi][c][t] (a^2 x Cin x T), M[xi][o][t] (a^2 x Cout x T),
+// U[xi][o][c] (a^2 x Cout x Cin, shared by all threads, written once per call).
+// F(2x2)'s transforms are below; F(4x4)'s (more arithmetic per value, but 2.25 transformed values
+// per pixel instead of 4 and 1.78x fewer GEMM flops) after them.
 // The conv2d kernels in Conv.swift stay the reference; tests compare against conv2dForwardNaive.
 
 import CBLAS
 
 /// Tiles and chunking of one Winograd convolution. A chunk (the unit of work of one thread, and
-/// the columns of its 16 GEMMs) is either a band of tile rows of one image (large planes) or a
+/// the columns of its (m + 2)^2 GEMMs) is either a band of tile rows of one image (large planes) or a
 /// group of whole images (small planes), so deep layers still get GEMMs with many columns.
 public struct WinogradPlan {
     public let inChannels: Int, outChannels: Int, height: Int, width: Int, batch: Int
+    /// Output tile side m (2 or 4); the input tile is m + 2 wide and there are (m + 2)^2 points.
+    public let tile: Int
     public let tilesHigh: Int, tilesWide: Int
     /// Tile rows per chunk (all of them when chunks group whole images).
     public let tileRowsPerChunk: Int
@@ -29,15 +35,19 @@ public struct WinogradPlan {
     /// Floats of transformed tiles (V + M) one chunk aims at; tuned with `segtrain bench`.
     nonisolated(unsafe) public static var targetChunkFloats = 1 << 20
 
-    public init(inChannels: Int, outChannels: Int, height: Int, width: Int, batch: Int = 1, threads: Int = 1) {
+    public init(inChannels: Int, outChannels: Int, height: Int, width: Int, batch: Int = 1, threads: Int = 1,
+                tile: Int = 2) {
+        precondition(tile == 2 || tile == 4, "winograd: tile \(tile) (2 or 4)")
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.height = height
         self.width = width
         self.batch = batch
-        tilesHigh = (height + 1) / 2
-        tilesWide = (width + 1) / 2
-        let floatsPerTile = 16 * (inChannels + outChannels)
+        self.tile = tile
+        tilesHigh = (height + tile - 1) / tile
+        tilesWide = (width + tile - 1) / tile
+        let points = (tile + 2) * (tile + 2)
+        let floatsPerTile = points * (inChannels + outChannels)
         let targetTiles = max(1, WinogradPlan.targetChunkFloats / floatsPerTile)
         let tilesPerImage = tilesHigh * tilesWide
         if tilesPerImage >= targetTiles || batch <= 1 {
@@ -67,37 +77,45 @@ public struct WinogradPlan {
 
     var maxTilesPerChunk: Int { imagesPerChunk * tileRowsPerChunk * tilesWide }
 
-    /// Length of one row buffer: the padded input row (columns -1 ... 2 * tilesWide).
-    var rowStride: Int { 2 * tilesWide + 4 }
+    /// Points per tile: (m + 2)^2, the number of GEMMs per chunk.
+    public var points: Int { (tile + 2) * (tile + 2) }
 
-    /// Floats of V (16 x Cin x T), M (16 x Cout x T), the dU partial and the row buffers.
-    var tileFloats: Int { 16 * (inChannels + outChannels) * maxTilesPerChunk }
-    var rowFloats: Int { 4 * rowStride + width + 4 }
+    /// Length of one row buffer: the padded input row (columns -1 ... m * tilesWide + 2).
+    var rowStride: Int { tile * tilesWide + 4 }
+
+    /// Floats of V (points x Cin x T), M (points x Cout x T), the dU partial and the row buffers.
+    var tileFloats: Int { points * (inChannels + outChannels) * maxTilesPerChunk }
+    /// Row buffers and a zero row: (m + 2) padded input rows and their column phases (also the
+    /// m^2 result streams and an output row, or the output-gradient rows and their phases).
+    var rowFloats: Int { 2 * (tile + 2) * rowStride + width + 4 }
 
     /// Per-thread scratch: V and M for one chunk, a dU partial for the weight gradient, row buffers.
-    public var scratchFloatsPerThread: Int { tileFloats + 16 * inChannels * outChannels + rowFloats }
+    public var scratchFloatsPerThread: Int { tileFloats + points * inChannels * outChannels + rowFloats }
 
     /// Shared scratch: the transformed weights.
-    public var sharedFloats: Int { 16 * inChannels * outChannels }
+    public var sharedFloats: Int { points * inChannels * outChannels }
 }
 
 /// y (N, Cout, H, W) = conv3x3(x) + bias (max(., 0) with `relu`), or y += conv3x3(x) when `accumulate`.
 /// x: (N, Cin, H, W)  weight: (Cout, Cin, 3, 3)  bias: (Cout,1,1,1) or nil
+/// `tile`: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
 public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?,
-                                   accumulate: Bool = false, relu: Bool = false, pool: WorkerPool, scratch: Scratch) {
+                                   accumulate: Bool = false, relu: Bool = false, tile: Int = 2,
+                                   pool: WorkerPool, scratch: Scratch) {
     precondition(!(accumulate && relu), "winograd: relu applies to an overwritten output only")
     let cin = x.c, cout = y.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
     precondition(y.n == x.n && y.h == x.h && y.w == x.w, "winograd: y \(y.shape) vs x \(x.shape)")
     let plan = WinogradPlan(inChannels: cin, outChannels: cout, height: x.h, width: x.w, batch: x.n,
-                            threads: pool.threadCount)
+                            threads: pool.threadCount, tile: tile)
     scratch.requireShared(plan.sharedFloats, "winograd forward")
     let u = scratch.shared
     // U[xi][o][c] = G g[o][c] G^T
     pool.parallelFor(cout) { range, _ in
         for o in range {
             for c in 0..<cin {
-                transformWeight(weight.data + (o * cin + c) * 9, into: u + o * cin + c, stride: cout * cin, flip: false)
+                transformWeight(weight.data + (o * cin + c) * 9, into: u + o * cin + c, stride: cout * cin, flip: false,
+                                tile: tile)
             }
         }
     }
@@ -106,19 +124,21 @@ public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bia
 }
 
 /// dx (N, Cin, H, W) += the input gradient of a 3x3 same convolution for dy (N, Cout, H, W).
-public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor, pool: WorkerPool, scratch: Scratch) {
+public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor, tile: Int = 2,
+                                         pool: WorkerPool, scratch: Scratch) {
     let cin = dx.c, cout = dy.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
     // A forward convolution from Cout to Cin channels with the flipped, transposed kernel.
     let plan = WinogradPlan(inChannels: cout, outChannels: cin, height: dy.h, width: dy.w, batch: dy.n,
-                            threads: pool.threadCount)
+                            threads: pool.threadCount, tile: tile)
     scratch.requireShared(plan.sharedFloats, "winograd input gradient")
     let u = scratch.shared
     // U'[xi][c][o] = G flip(g[o][c]) G^T
     pool.parallelFor(cin) { range, _ in
         for c in range {
             for o in 0..<cout {
-                transformWeight(weight.data + (o * cin + c) * 9, into: u + c * cout + o, stride: cin * cout, flip: true)
+                transformWeight(weight.data + (o * cin + c) * 9, into: u + c * cout + o, stride: cin * cout, flip: true,
+                                tile: tile)
             }
         }
     }
@@ -128,13 +148,14 @@ public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor,
 
 /// dweight (Cout, Cin, 3, 3) += dL/dweight and dbias += sum of dy, for y = conv3x3(x).
 /// Each thread sums its chunks into a private dU; the partials are added in thread order.
-public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: Tensor, x: Tensor,
+public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: Tensor, x: Tensor, tile: Int = 2,
                                           pool: WorkerPool, scratch: Scratch) {
     let cin = x.c, cout = dy.c
     precondition(dweight.shape == Shape(cout, cin, 3, 3), "winograd: dweight \(dweight.shape) for \(cin) -> \(cout)")
     let plan = WinogradPlan(inChannels: cin, outChannels: cout, height: x.h, width: x.w, batch: x.n,
-                            threads: pool.threadCount)
+                            threads: pool.threadCount, tile: tile)
     scratch.require(plan.scratchFloatsPerThread, "winograd weight gradient")
+    let points = plan.points
     let tilesPerChunk = plan.maxTilesPerChunk
     let partialOffset = plan.tileFloats
     let work = plan.chunks
@@ -142,20 +163,27 @@ public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: T
     pool.run { thread in
         guard thread < parts else { return }
         let base = scratch.buffer(thread)
-        let v = base, dm = base + 16 * cin * tilesPerChunk, du = base + partialOffset
-        let rowBuffer = du + 16 * cin * cout
-        du.update(repeating: 0, count: 16 * cin * cout)
+        let v = base, dm = base + points * cin * tilesPerChunk, du = base + partialOffset
+        let rowBuffer = du + points * cin * cout
+        du.update(repeating: 0, count: points * cin * cout)
         for item in WorkerPool.split(work, parts: parts, index: thread) {
             let (n0, n1, rowStart, rows) = plan.chunk(item)
             let tiles = (n1 - n0) * rows * plan.tilesWide
             for n in n0..<n1 {
                 let offset = (n - n0) * rows * plan.tilesWide
-                transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows, into: v + offset,
-                               tiles: tiles, rowBuffer: rowBuffer)
-                transformOutputGradient(dy.sample(n), channels: cout, plan: plan, rowStart: rowStart, rows: rows,
-                                        into: dm + offset, tiles: tiles, rowBuffer: rowBuffer)
+                if tile == 4 {
+                    transformInputF4(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
+                                     into: v + offset, tiles: tiles, rowBuffer: rowBuffer)
+                    transformOutputGradientF4(dy.sample(n), channels: cout, plan: plan, rowStart: rowStart, rows: rows,
+                                              into: dm + offset, tiles: tiles, rowBuffer: rowBuffer)
+                } else {
+                    transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
+                                   into: v + offset, tiles: tiles, rowBuffer: rowBuffer)
+                    transformOutputGradient(dy.sample(n), channels: cout, plan: plan, rowStart: rowStart, rows: rows,
+                                            into: dm + offset, tiles: tiles, rowBuffer: rowBuffer)
+                }
             }
-            for xi in 0..<16 {
+            for xi in 0..<points {
                 // dU[xi] (Cout x Cin) += dM[xi] (Cout x T) * V[xi]^T (T x Cin)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(cout), Int32(cin), Int32(tiles), 1,
                             dm + xi * cout * tiles, Int32(tiles), v + xi * cin * tiles, Int32(tiles),
@@ -170,7 +198,11 @@ public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: T
                 let dst = dweight.data + (o * cin + c) * 9
                 for t in 0..<parts {
                     let du = scratch.buffer(t) + partialOffset + o * cin + c
-                    inverseTransformWeightGradient(du, stride: cout * cin, addInto: dst)
+                    if tile == 4 {
+                        inverseTransformWeightGradientF4(du, stride: cout * cin, addInto: dst)
+                    } else {
+                        inverseTransformWeightGradient(du, stride: cout * cin, addInto: dst)
+                    }
                 }
             }
         }
@@ -199,43 +231,142 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
                            scratch: Scratch) {
     let cin = plan.inChannels, cout = plan.outChannels
     scratch.require(plan.scratchFloatsPerThread, "winograd tiles")
-    let tilesPerChunk = plan.maxTilesPerChunk
+    let tilesPerChunk = plan.maxTilesPerChunk, points = plan.points, f4 = plan.tile == 4
     pool.parallelFor(plan.chunks) { range, thread in
-        let v = scratch.buffer(thread), m = v + 16 * cin * tilesPerChunk
-        let rowBuffer = v + plan.tileFloats + 16 * cin * cout
+        let v = scratch.buffer(thread), m = v + points * cin * tilesPerChunk
+        let rowBuffer = v + plan.tileFloats + points * cin * cout
         for item in range {
             let (n0, n1, rowStart, rows) = plan.chunk(item)
             let tiles = (n1 - n0) * rows * plan.tilesWide
             for n in n0..<n1 {
-                transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
-                               into: v + (n - n0) * rows * plan.tilesWide, tiles: tiles, rowBuffer: rowBuffer)
+                let into = v + (n - n0) * rows * plan.tilesWide
+                if f4 {
+                    transformInputF4(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
+                                     into: into, tiles: tiles, rowBuffer: rowBuffer)
+                } else {
+                    transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
+                                   into: into, tiles: tiles, rowBuffer: rowBuffer)
+                }
             }
-            for xi in 0..<16 {
+            for xi in 0..<points {
                 // M[xi] (Cout x T) = U[xi] (Cout x Cin) * V[xi] (Cin x T)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(cout), Int32(tiles), Int32(cin), 1,
                             u + xi * cout * cin, Int32(cin), v + xi * cin * tiles, Int32(tiles),
                             0, m + xi * cout * tiles, Int32(tiles))
             }
             for n in n0..<n1 {
-                transformOutput(m + (n - n0) * rows * plan.tilesWide, tiles: tiles, into: y.sample(n), channels: cout,
-                                plan: plan, rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
-                                relu: relu, rowBuffer: rowBuffer)
+                let from = m + (n - n0) * rows * plan.tilesWide
+                if f4 {
+                    transformOutputF4(from, tiles: tiles, into: y.sample(n), channels: cout, plan: plan,
+                                      rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
+                                      relu: relu, rowBuffer: rowBuffer)
+                } else {
+                    transformOutput(from, tiles: tiles, into: y.sample(n), channels: cout, plan: plan,
+                                    rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
+                                    relu: relu, rowBuffer: rowBuffer)
+                }
             }
         }
     }
 }
 
-/// V[xi][c][t] = (B^T d B)[xi] for the 4x4 input patch of each tile, zero outside the image.
-/// Works a tile row at a time: B^T down the four input rows (contiguous), then B along the row
-/// for every tile of it, so every store is contiguous over tiles.
+// MARK: - Vectors
+
+/// Eight consecutive values (tiles, or columns) at a time, AVX2's width; `count` < 8 at the end of
+/// a row. The transforms are written on these so that they vectorize whatever LLVM can prove about
+/// aliasing between their many streams.
+typealias Lanes = SIMD8<Float>
+
 @inline(__always)
-private func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
-                            rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
-                            rowBuffer: UnsafeMutablePointer<Float>) {
+func loadLanes(_ p: UnsafePointer<Float>, _ count: Int) -> Lanes {
+    if count == 8 { return UnsafeRawPointer(p).loadUnaligned(as: Lanes.self) }
+    var v = Lanes()
+    for l in 0..<count { v[l] = p[l] }
+    return v
+}
+
+@inline(__always)
+func storeLanes(_ v: Lanes, _ p: UnsafeMutablePointer<Float>, _ count: Int) {
+    if count == 8 { UnsafeMutableRawPointer(p).storeBytes(of: v, as: Lanes.self); return }
+    for l in 0..<count { p[l] = v[l] }
+}
+
+/// Calls body(start, count) for consecutive runs of at most 8 of 0..<n.
+@inline(__always)
+func forEachLanes(_ n: Int, _ body: (Int, Int) -> Void) {
+    var start = 0
+    while start < n {
+        body(start, min(8, n - start))
+        start += 8
+    }
+}
+
+/// phases[r * length + s] = row[factor * s + r] for s in 0..<length, r in 0..<factor (2 or 4):
+/// the column phases of a row, so that a tile's values sit at one index of `factor` streams.
+@inline(__always)
+func splitPhases(_ row: UnsafePointer<Float>, factor: Int, length: Int, into phases: UnsafeMutablePointer<Float>) {
+    if factor == 2 {
+        let p0 = phases, p1 = p0 + length
+        for s in 0..<length {
+            let a = row + 2 &* s
+            p0[s] = a[0]; p1[s] = a[1]
+        }
+    } else {
+        let p0 = phases, p1 = p0 + length, p2 = p1 + length, p3 = p2 + length
+        for s in 0..<length {
+            let a = row + 4 &* s
+            p0[s] = a[0]; p1[s] = a[1]; p2[s] = a[2]; p3[s] = a[3]
+        }
+    }
+}
+
+/// row[factor * s + r] = phases[r * length + s]: the inverse of splitPhases.
+@inline(__always)
+func joinPhases(_ phases: UnsafePointer<Float>, factor: Int, length: Int, into row: UnsafeMutablePointer<Float>) {
+    if factor == 2 {
+        let p0 = phases, p1 = p0 + length
+        for s in 0..<length {
+            let a = row + 2 &* s
+            a[0] = p0[s]; a[1] = p1[s]
+        }
+    } else {
+        let p0 = phases, p1 = p0 + length, p2 = p1 + length, p3 = p2 + length
+        for s in 0..<length {
+            let a = row + 4 &* s
+            a[0] = p0[s]; a[1] = p1[s]; a[2] = p2[s]; a[3] = p3[s]
+        }
+    }
+}
+
+/// line (W) = from (+ line with `accumulate`; max(., 0) with `relu`).
+@inline(__always)
+func writeOutputLine(_ line: UnsafeMutablePointer<Float>, from: UnsafePointer<Float>, count w: Int,
+                     accumulate: Bool, relu: Bool) {
+    if accumulate {
+        for j in 0..<w { line[j] += from[j] }
+    } else if relu {
+        for j in 0..<w { line[j] = max(from[j], 0) }
+    } else {
+        line.update(from: from, count: w)
+    }
+}
+
+// MARK: - F(2x2) transforms
+
+/// F(2x2): V[xi][c][t] = (B^T d B)[xi] for the 4x4 input patch of each tile, zero outside the image.
+/// Works a tile row at a time: B^T down the four input rows (contiguous), the results split into
+/// their even and odd columns, then B along the row for every tile from those (tile t reads
+/// even[t], odd[t], even[t + 1], odd[t + 1]), so every store is contiguous over tiles.
+@inline(__always)
+func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                    rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
+                    rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide, rs = plan.rowStride
     let stride = channels * tiles
+    let phaseLength = tw + 1  // 2 * phaseLength <= rs
     let t0 = rowBuffer, t1 = t0 + rs, t2 = t1 + rs, t3 = t2 + rs
-    let zeroRow = t3 + rs
+    let phases = rowBuffer + 4 * rs
+    let zeroRow = rowBuffer + 8 * rs
     zeroRow.update(repeating: 0, count: w)
     // Column -1 and columns >= W of the padded rows stay zero.
     for r in 0..<4 {
@@ -252,113 +383,359 @@ private func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, pla
             }
             let d0 = row(0), d1 = row(1), d2 = row(2), d3 = row(3)
             // B^T d over rows, into padded buffers (index p = column + 1).
-            for j in 0..<w {
-                t0[j + 1] = d0[j] - d2[j]
-                t1[j + 1] = d1[j] + d2[j]
-                t2[j + 1] = d2[j] - d1[j]
-                t3[j + 1] = d1[j] - d3[j]
+            forEachLanes(w) { j, n in
+                let a0 = loadLanes(d0 + j, n), a1 = loadLanes(d1 + j, n)
+                let a2 = loadLanes(d2 + j, n), a3 = loadLanes(d3 + j, n)
+                storeLanes(a0 - a2, t0 + (j + 1), n); storeLanes(a1 + a2, t1 + (j + 1), n)
+                storeLanes(a2 - a1, t2 + (j + 1), n); storeLanes(a1 - a3, t3 + (j + 1), n)
             }
             // (B^T d) B along the row, for each tile.
             let out = v + c * tiles + (ty - rowStart) * tw
             for i in 0..<4 {
-                let t = rowBuffer + i * rs
+                let even = phases + i * rs, odd = even + phaseLength
+                splitPhases(rowBuffer + i * rs, factor: 2, length: phaseLength, into: even)
                 let o0 = out + (4 * i) * stride, o1 = o0 + stride, o2 = o1 + stride, o3 = o2 + stride
-                for tx in 0..<tw {
-                    let a0 = t[2 * tx], a1 = t[2 * tx + 1], a2 = t[2 * tx + 2], a3 = t[2 * tx + 3]
-                    o0[tx] = a0 - a2
-                    o1[tx] = a1 + a2
-                    o2[tx] = a2 - a1
-                    o3[tx] = a1 - a3
+                forEachLanes(tw) { tx, n in
+                    let a0 = loadLanes(even + tx, n), a1 = loadLanes(odd + tx, n)
+                    let a2 = loadLanes(even + (tx + 1), n), a3 = loadLanes(odd + (tx + 1), n)
+                    storeLanes(a0 - a2, o0 + tx, n); storeLanes(a1 + a2, o1 + tx, n)
+                    storeLanes(a2 - a1, o2 + tx, n); storeLanes(a1 - a3, o3 + tx, n)
                 }
             }
         }
     }
 }
 
-/// y tile (2x2) (+)= A^T m A (+ bias), a tile row at a time, clipped at the image's edge.
+/// F(2x2): y tile (2x2) (+)= A^T m A (+ bias), a tile row at a time, clipped at the image's edge.
+/// The four results of each tile go to four streams over the tiles, then are interleaved into the
+/// two output rows.
 @inline(__always)
-private func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
-                             channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
-                             bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
+func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
+                     channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
+                     bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
-    let out0 = rowBuffer, out1 = rowBuffer + 2 * tw
+    // results[(2 r + q) * tw + t]: row r, column q of tile t; then the interleaved line.
+    let results = rowBuffer, line = rowBuffer + 4 * tw
+    for o in 0..<channels {
+        let dst = y + o * h * w
+        let bias = Lanes(repeating: bias.map { $0[o] } ?? 0)
+        for ty in rowStart..<(rowStart + rows) {
+            let src = m + o * tiles + (ty - rowStart) * tw
+            forEachLanes(tw) { tx, n in
+                @inline(__always) func at(_ xi: Int) -> Lanes { loadLanes(src + (xi * stride + tx), n) }
+                // A^T m: s0 = rows 0 + 1 + 2, s1 = rows 1 - 2 - 3 (4 columns each)
+                let s00 = at(0) + at(4) + at(8), s01 = at(1) + at(5) + at(9)
+                let s02 = at(2) + at(6) + at(10), s03 = at(3) + at(7) + at(11)
+                let s10 = at(4) - at(8) - at(12), s11 = at(5) - at(9) - at(13)
+                let s12 = at(6) - at(10) - at(14), s13 = at(7) - at(11) - at(15)
+                let d = results + tx
+                storeLanes(s00 + s01 + s02 + bias, d, n)
+                storeLanes(s01 - s02 - s03 + bias, d + tw, n)
+                storeLanes(s10 + s11 + s12 + bias, d + 2 * tw, n)
+                storeLanes(s11 - s12 - s13 + bias, d + 3 * tw, n)
+            }
+            let oy = 2 * ty
+            for r in 0..<min(2, h - oy) {
+                joinPhases(results + 2 * r * tw, factor: 2, length: tw, into: line)
+                writeOutputLine(dst + (oy + r) * w, from: line, count: w, accumulate: accumulate, relu: relu)
+            }
+        }
+    }
+}
+
+/// F(2x2): dM[xi][o][t] = (A dy A^T)[xi] for the 2x2 output-gradient tile (zero outside the image),
+/// a tile row at a time: the two rows split into even and odd columns, then 16 streams over the tiles.
+@inline(__always)
+func transformOutputGradient(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                             rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
+                             rowBuffer: UnsafeMutablePointer<Float>) {
+    let h = plan.height, w = plan.width, tw = plan.tilesWide
+    let stride = channels * tiles
+    // Two output-gradient rows padded to 2 * tilesWide columns (a zero last column when W is odd),
+    // then their phases g[(2 r + q) * tw + t] = row r, column 2 t + q.
+    let line = rowBuffer, g = rowBuffer + 2 * tw
+    line[2 * tw - 1] = 0
+    for o in 0..<channels {
+        let src = dy + o * h * w
+        for ty in rowStart..<(rowStart + rows) {
+            let oy = 2 * ty
+            for r in 0..<2 {
+                if oy + r < h { line.update(from: src + (oy + r) * w, count: w) } else { line.update(repeating: 0, count: w) }
+                splitPhases(line, factor: 2, length: tw, into: g + 2 * r * tw)
+            }
+            let out = dm + o * tiles + (ty - rowStart) * tw
+            forEachLanes(tw) { tx, n in
+                let a00 = loadLanes(g + tx, n), a01 = loadLanes(g + (tw + tx), n)
+                let a10 = loadLanes(g + (2 * tw + tx), n), a11 = loadLanes(g + (3 * tw + tx), n)
+                // A g (rows): (a0, a1) = (g0), (g0 + g1), (g0 - g1), (-g1); each row (a, b) -> (a, a+b, a-b, -b)
+                let r1a = a00 + a10, r1b = a01 + a11, r2a = a00 - a10, r2b = a01 - a11
+                let d = out + tx
+                @inline(__always) func put(_ xi: Int, _ value: Lanes) { storeLanes(value, d + xi * stride, n) }
+                put(0, a00); put(1, a00 + a01); put(2, a00 - a01); put(3, -a01)
+                put(4, r1a); put(5, r1a + r1b); put(6, r1a - r1b); put(7, -r1b)
+                put(8, r2a); put(9, r2a + r2b); put(10, r2a - r2b); put(11, -r2b)
+                put(12, -a10); put(13, -a10 - a11); put(14, -a10 + a11); put(15, a11)
+            }
+        }
+    }
+}
+
+// MARK: - F(4x4) transforms
+
+// Interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray 2015). Index xi = 6 i + j:
+// i comes from the transform down the rows, j from the transform along a row.
+//
+//   B^T = [ 4  0 -5  0  1  0 ]    G = [  1/4     0     0  ]    A^T = [ 1  1  1  1  1  0 ]
+//         [ 0 -4 -4  1  1  0 ]        [ -1/6  -1/6  -1/6  ]          [ 0  1 -1  2 -2  0 ]
+//         [ 0  4 -4 -1  1  0 ]        [ -1/6   1/6  -1/6  ]          [ 0  1  1  4  4  0 ]
+//         [ 0 -2 -1  2  1  0 ]        [ 1/24  1/12   1/6  ]          [ 0  1 -1  8 -8  1 ]
+//         [ 0  2 -1 -2  1  0 ]        [ 1/24 -1/12   1/6  ]
+//         [ 0  4  0 -5  0  1 ]        [    0     0     1  ]
+//
+// Each transform works a tile row at a time (the rows' transform over whole image rows first, then
+// along the row for every tile), so loads and stores run contiguously over tiles.
+
+/// B^T applied to six values: the input transform of one column or row.
+@inline(__always)
+private func inputTransform6(_ a0: Lanes, _ a1: Lanes, _ a2: Lanes, _ a3: Lanes, _ a4: Lanes, _ a5: Lanes)
+    -> (Lanes, Lanes, Lanes, Lanes, Lanes, Lanes) {
+    let s12 = a1 + a2, d12 = a1 - a2, s34 = a3 + a4, d43 = a4 - a3
+    let e = a4 - a2, f = a3 - a1
+    return (4 * a0 - 5 * a2 + a4, s34 - 4 * s12, d43 + 4 * d12, e + 2 * f, e - 2 * f, 4 * a1 - 5 * a3 + a5)
+}
+
+/// A^T applied to six values: four outputs of the output transform.
+@inline(__always)
+private func outputTransform6(_ m0: Lanes, _ m1: Lanes, _ m2: Lanes, _ m3: Lanes, _ m4: Lanes, _ m5: Lanes)
+    -> (Lanes, Lanes, Lanes, Lanes) {
+    let p1 = m1 + m2, q1 = m1 - m2, p2 = m3 + m4, q2 = m3 - m4
+    return (m0 + p1 + p2, q1 + 2 * q2, p1 + 4 * p2, q1 + 8 * q2 + m5)
+}
+
+/// A applied to four values (the output-gradient transform): six outputs.
+@inline(__always)
+private func gradientTransform4(_ a0: Lanes, _ a1: Lanes, _ a2: Lanes, _ a3: Lanes)
+    -> (Lanes, Lanes, Lanes, Lanes, Lanes, Lanes) {
+    let p = a0 + a2, q = a1 + a3, p4 = a0 + 4 * a2, q2 = 2 * a1 + 8 * a3
+    return (a0, p + q, p - q, p4 + q2, p4 - q2, a3)
+}
+
+/// G applied to three values (the weight transform): six outputs.
+@inline(__always)
+private func weightTransform3(_ g0: Float, _ g1: Float, _ g2: Float) -> (Float, Float, Float, Float, Float, Float) {
+    let s = g0 + g2
+    return (0.25 * g0, -(s + g1) / 6, -(s - g1) / 6, g0 / 24 + g1 / 12 + g2 / 6, g0 / 24 - g1 / 12 + g2 / 6, g2)
+}
+
+/// G^T applied to six values (the weight-gradient transform): three outputs.
+@inline(__always)
+private func weightGradientTransform6(_ u0: Float, _ u1: Float, _ u2: Float, _ u3: Float, _ u4: Float, _ u5: Float)
+    -> (Float, Float, Float) {
+    let s12 = u1 + u2, s34 = u3 + u4
+    return (0.25 * u0 - s12 / 6 + s34 / 24, (u2 - u1) / 6 + (u3 - u4) / 12, (s34 - s12) / 6 + u5)
+}
+
+/// V[xi][c][t] = (B^T d B)[xi] for the 6x6 input patch of each tile (rows and columns 4t - 1 ... 4t + 4),
+/// zero outside the image. Per tile row: B^T down the six input rows (contiguous over the row), the
+/// six results split into their four column phases (p_r[s] = t[4s + r]), then B along the row for
+/// every tile from the phases (tile t reads p_0..3[t] and p_0,1[t + 1]): every loop runs over
+/// consecutive floats, so LLVM vectorizes it.
+@inline(__always)
+func transformInputF4(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                      rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
+                      rowBuffer: UnsafeMutablePointer<Float>) {
+    let h = plan.height, w = plan.width, tw = plan.tilesWide, rs = plan.rowStride
+    let stride = channels * tiles
+    let phaseLength = tw + 1  // 4 * phaseLength == rs
+    let t0 = rowBuffer, t1 = t0 + rs, t2 = t1 + rs, t3 = t2 + rs, t4 = t3 + rs, t5 = t4 + rs
+    let phases = rowBuffer + 6 * rs
+    let zeroRow = rowBuffer + 12 * rs
+    zeroRow.update(repeating: 0, count: w)
+    // Column -1 and columns >= W of the padded rows stay zero.
+    for r in 0..<6 {
+        let t = rowBuffer + r * rs
+        t[0] = 0
+        (t + w + 1).update(repeating: 0, count: rs - w - 1)
+    }
+    for c in 0..<channels {
+        let src = x + c * h * w
+        for ty in rowStart..<(rowStart + rows) {
+            let y0 = 4 * ty - 1
+            @inline(__always) func row(_ i: Int) -> UnsafeMutablePointer<Float> {
+                y0 + i >= 0 && y0 + i < h ? src + (y0 + i) * w : zeroRow
+            }
+            let d0 = row(0), d1 = row(1), d2 = row(2), d3 = row(3), d4 = row(4), d5 = row(5)
+            // B^T d down the six rows, into padded buffers (index p = column + 1).
+            forEachLanes(w) { j, n in
+                let r = inputTransform6(loadLanes(d0 + j, n), loadLanes(d1 + j, n), loadLanes(d2 + j, n),
+                                        loadLanes(d3 + j, n), loadLanes(d4 + j, n), loadLanes(d5 + j, n))
+                storeLanes(r.0, t0 + (j + 1), n); storeLanes(r.1, t1 + (j + 1), n); storeLanes(r.2, t2 + (j + 1), n)
+                storeLanes(r.3, t3 + (j + 1), n); storeLanes(r.4, t4 + (j + 1), n); storeLanes(r.5, t5 + (j + 1), n)
+            }
+            let out = v + c * tiles + (ty - rowStart) * tw
+            for i in 0..<6 {
+                let p0 = phases + i * rs, p1 = p0 + phaseLength, p2 = p1 + phaseLength, p3 = p2 + phaseLength
+                splitPhases(rowBuffer + i * rs, factor: 4, length: phaseLength, into: p0)
+                // (B^T d) B along the row, for each tile.
+                let o0 = out + (6 * i) * stride, o1 = o0 + stride, o2 = o1 + stride
+                let o3 = o2 + stride, o4 = o3 + stride, o5 = o4 + stride
+                forEachLanes(tw) { tx, n in
+                    let r = inputTransform6(loadLanes(p0 + tx, n), loadLanes(p1 + tx, n), loadLanes(p2 + tx, n),
+                                            loadLanes(p3 + tx, n), loadLanes(p0 + (tx + 1), n), loadLanes(p1 + (tx + 1), n))
+                    storeLanes(r.0, o0 + tx, n); storeLanes(r.1, o1 + tx, n); storeLanes(r.2, o2 + tx, n)
+                    storeLanes(r.3, o3 + tx, n); storeLanes(r.4, o4 + tx, n); storeLanes(r.5, o5 + tx, n)
+                }
+            }
+        }
+    }
+}
+
+/// y tile (4x4) (+)= A^T m A (+ bias; max(., 0) with `relu`), a tile row at a time, clipped at the
+/// image's edge. The 16 results of each tile go to 16 streams over the tiles (vectorized), then
+/// are interleaved into the four output rows.
+@inline(__always)
+func transformOutputF4(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
+                       channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
+                       bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
+    let h = plan.height, w = plan.width, tw = plan.tilesWide
+    let stride = channels * tiles
+    // results[(4 r + q) * tw + t]: row r, column q of tile t; then the interleaved line.
+    let results = rowBuffer, line = rowBuffer + 16 * tw
     for o in 0..<channels {
         let dst = y + o * h * w
         let b: Float = bias.map { $0[o] } ?? 0
         for ty in rowStart..<(rowStart + rows) {
             let src = m + o * tiles + (ty - rowStart) * tw
-            let m0 = src, m1 = m0 + stride, m2 = m1 + stride, m3 = m2 + stride
-            let m4 = m3 + stride, m5 = m4 + stride, m6 = m5 + stride, m7 = m6 + stride
-            let m8 = m7 + stride, m9 = m8 + stride, m10 = m9 + stride, m11 = m10 + stride
-            let m12 = m11 + stride, m13 = m12 + stride, m14 = m13 + stride, m15 = m14 + stride
-            for tx in 0..<tw {
-                // A^T m: s0 = rows 0 + 1 + 2, s1 = rows 1 - 2 - 3 (4 columns each)
-                let s00 = m0[tx] + m4[tx] + m8[tx], s01 = m1[tx] + m5[tx] + m9[tx]
-                let s02 = m2[tx] + m6[tx] + m10[tx], s03 = m3[tx] + m7[tx] + m11[tx]
-                let s10 = m4[tx] - m8[tx] - m12[tx], s11 = m5[tx] - m9[tx] - m13[tx]
-                let s12 = m6[tx] - m10[tx] - m14[tx], s13 = m7[tx] - m11[tx] - m15[tx]
-                out0[2 * tx] = s00 + s01 + s02 + b
-                out0[2 * tx + 1] = s01 - s02 - s03 + b
-                out1[2 * tx] = s10 + s11 + s12 + b
-                out1[2 * tx + 1] = s11 - s12 - s13 + b
-            }
-            let oy = 2 * ty
-            let rowsHere = oy + 1 < h ? 2 : 1
-            for r in 0..<rowsHere {
-                let line = dst + (oy + r) * w, from = r == 0 ? out0 : out1
-                if accumulate {
-                    for j in 0..<w { line[j] += from[j] }
-                } else if relu {
-                    for j in 0..<w { line[j] = max(from[j], 0) }
-                } else {
-                    line.update(from: from, count: w)
+            let bias = Lanes(repeating: b)
+            forEachLanes(tw) { tx, n in
+                @inline(__always) func at(_ xi: Int) -> Lanes { loadLanes(src + (xi * stride + tx), n) }
+                // A^T m: per column j, four values from the six rows.
+                let c0 = outputTransform6(at(0), at(6), at(12), at(18), at(24), at(30))
+                let c1 = outputTransform6(at(1), at(7), at(13), at(19), at(25), at(31))
+                let c2 = outputTransform6(at(2), at(8), at(14), at(20), at(26), at(32))
+                let c3 = outputTransform6(at(3), at(9), at(15), at(21), at(27), at(33))
+                let c4 = outputTransform6(at(4), at(10), at(16), at(22), at(28), at(34))
+                let c5 = outputTransform6(at(5), at(11), at(17), at(23), at(29), at(35))
+                // (A^T m) A along each of the four rows.
+                @inline(__always) func put(_ r: Int, _ v: (Lanes, Lanes, Lanes, Lanes)) {
+                    let d = results + (4 * r * tw + tx)
+                    storeLanes(v.0 + bias, d, n); storeLanes(v.1 + bias, d + tw, n)
+                    storeLanes(v.2 + bias, d + 2 * tw, n); storeLanes(v.3 + bias, d + 3 * tw, n)
                 }
+                put(0, outputTransform6(c0.0, c1.0, c2.0, c3.0, c4.0, c5.0))
+                put(1, outputTransform6(c0.1, c1.1, c2.1, c3.1, c4.1, c5.1))
+                put(2, outputTransform6(c0.2, c1.2, c2.2, c3.2, c4.2, c5.2))
+                put(3, outputTransform6(c0.3, c1.3, c2.3, c3.3, c4.3, c5.3))
+            }
+            let oy = 4 * ty
+            for r in 0..<min(4, h - oy) {
+                joinPhases(results + 4 * r * tw, factor: 4, length: tw, into: line)
+                writeOutputLine(dst + (oy + r) * w, from: line, count: w, accumulate: accumulate, relu: relu)
             }
         }
     }
 }
 
-/// dM[xi][o][t] = (A dy A^T)[xi] for the 2x2 output-gradient tile (zero outside the image),
-/// a tile row at a time.
+/// dM[xi][o][t] = (A dy A^T)[xi] for the 4x4 output-gradient tile (zero outside the image),
+/// a tile row at a time: the four rows split into their column phases, then 36 streams over the tiles.
 @inline(__always)
-private func transformOutputGradient(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
-                                     rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
-                                     rowBuffer: UnsafeMutablePointer<Float>) {
+func transformOutputGradientF4(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                               rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
+                               rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
-    // Two output-gradient rows padded to 2 * tilesWide columns (a zero last column when W is odd).
-    let g0 = rowBuffer, g1 = rowBuffer + 2 * tw
-    g0[2 * tw - 1] = 0
-    g1[2 * tw - 1] = 0
+    // Four output-gradient rows padded with zeros to 4 * tilesWide columns, then their phases
+    // g[(4 r + q) * tw + t] = row r, column 4 t + q.
+    let lineLength = 4 * tw
+    let g = rowBuffer + 4 * lineLength
+    for r in 0..<4 { (rowBuffer + r * lineLength + w).update(repeating: 0, count: lineLength - w) }
     for o in 0..<channels {
         let src = dy + o * h * w
         for ty in rowStart..<(rowStart + rows) {
-            let oy = 2 * ty
-            g0.update(from: src + oy * w, count: w)
-            if oy + 1 < h { g1.update(from: src + (oy + 1) * w, count: w) } else { g1.update(repeating: 0, count: w) }
+            let oy = 4 * ty
+            for r in 0..<4 {
+                let line = rowBuffer + r * lineLength
+                if oy + r < h { line.update(from: src + (oy + r) * w, count: w) } else { line.update(repeating: 0, count: w) }
+                splitPhases(line, factor: 4, length: tw, into: g + 4 * r * tw)
+            }
             let out = dm + o * tiles + (ty - rowStart) * tw
-            let d0 = out, d1 = d0 + stride, d2 = d1 + stride, d3 = d2 + stride
-            let d4 = d3 + stride, d5 = d4 + stride, d6 = d5 + stride, d7 = d6 + stride
-            let d8 = d7 + stride, d9 = d8 + stride, d10 = d9 + stride, d11 = d10 + stride
-            let d12 = d11 + stride, d13 = d12 + stride, d14 = d13 + stride, d15 = d14 + stride
-            for tx in 0..<tw {
-                let a00 = g0[2 * tx], a01 = g0[2 * tx + 1], a10 = g1[2 * tx], a11 = g1[2 * tx + 1]
-                // A g (rows): (a0, a1) = (g0), (g0 + g1), (g0 - g1), (-g1); each row (a, b) -> (a, a+b, a-b, -b)
-                let r1a = a00 + a10, r1b = a01 + a11, r2a = a00 - a10, r2b = a01 - a11
-                d0[tx] = a00; d1[tx] = a00 + a01; d2[tx] = a00 - a01; d3[tx] = -a01
-                d4[tx] = r1a; d5[tx] = r1a + r1b; d6[tx] = r1a - r1b; d7[tx] = -r1b
-                d8[tx] = r2a; d9[tx] = r2a + r2b; d10[tx] = r2a - r2b; d11[tx] = -r2b
-                d12[tx] = -a10; d13[tx] = -a10 - a11; d14[tx] = -a10 + a11; d15[tx] = a11
+            forEachLanes(tw) { tx, n in
+                @inline(__always) func at(_ r: Int, _ q: Int) -> Lanes { loadLanes(g + ((4 * r + q) * tw + tx), n) }
+                // A g down each of the four columns: six rows.
+                let c0 = gradientTransform4(at(0, 0), at(1, 0), at(2, 0), at(3, 0))
+                let c1 = gradientTransform4(at(0, 1), at(1, 1), at(2, 1), at(3, 1))
+                let c2 = gradientTransform4(at(0, 2), at(1, 2), at(2, 2), at(3, 2))
+                let c3 = gradientTransform4(at(0, 3), at(1, 3), at(2, 3), at(3, 3))
+                @inline(__always) func put(_ i: Int, _ a0: Lanes, _ a1: Lanes, _ a2: Lanes, _ a3: Lanes) {
+                    let r = gradientTransform4(a0, a1, a2, a3)
+                    let d = out + (6 * i * stride + tx)
+                    storeLanes(r.0, d, n); storeLanes(r.1, d + stride, n); storeLanes(r.2, d + 2 * stride, n)
+                    storeLanes(r.3, d + 3 * stride, n); storeLanes(r.4, d + 4 * stride, n); storeLanes(r.5, d + 5 * stride, n)
+                }
+                // (A g) A^T along each of the six rows.
+                put(0, c0.0, c1.0, c2.0, c3.0)
+                put(1, c0.1, c1.1, c2.1, c3.1)
+                put(2, c0.2, c1.2, c2.2, c3.2)
+                put(3, c0.3, c1.3, c2.3, c3.3)
+                put(4, c0.4, c1.4, c2.4, c3.4)
+                put(5, c0.5, c1.5, c2.5, c3.5)
             }
         }
     }
 }
 
-/// out[xi * stride] = (G g G^T)[xi] for a 3x3 kernel g (flipped 180 degrees when `flip`).
+/// out[xi * stride] = (G g G^T)[xi] (6x6) for a 3x3 kernel g (flipped 180 degrees when `flip`).
+@inline(__always)
+func transformWeightF4(_ g: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
+                       stride: Int, flip: Bool) {
+    @inline(__always) func k(_ i: Int, _ j: Int) -> Float { flip ? g[(2 - i) * 3 + (2 - j)] : g[i * 3 + j] }
+    // G g (6x3), a column at a time.
+    let c0 = weightTransform3(k(0, 0), k(1, 0), k(2, 0))
+    let c1 = weightTransform3(k(0, 1), k(1, 1), k(2, 1))
+    let c2 = weightTransform3(k(0, 2), k(1, 2), k(2, 2))
+    // (G g) G^T along each of the six rows.
+    @inline(__always) func put(_ i: Int, _ a: Float, _ b: Float, _ c: Float) {
+        let r = weightTransform3(a, b, c)
+        let o = out + 6 * i * stride
+        o[0] = r.0; o[stride] = r.1; o[2 * stride] = r.2; o[3 * stride] = r.3; o[4 * stride] = r.4; o[5 * stride] = r.5
+    }
+    put(0, c0.0, c1.0, c2.0)
+    put(1, c0.1, c1.1, c2.1)
+    put(2, c0.2, c1.2, c2.2)
+    put(3, c0.3, c1.3, c2.3)
+    put(4, c0.4, c1.4, c2.4)
+    put(5, c0.5, c1.5, c2.5)
+}
+
+/// dst (3x3) += G^T dU G for the 6x6 dU stored at du[xi * stride].
+@inline(__always)
+func inverseTransformWeightGradientF4(_ du: UnsafeMutablePointer<Float>, stride: Int,
+                                      addInto dst: UnsafeMutablePointer<Float>) {
+    @inline(__always) func u(_ i: Int, _ j: Int) -> Float { du[(6 * i + j) * stride] }
+    // G^T dU (3x6), a column at a time.
+    let c0 = weightGradientTransform6(u(0, 0), u(1, 0), u(2, 0), u(3, 0), u(4, 0), u(5, 0))
+    let c1 = weightGradientTransform6(u(0, 1), u(1, 1), u(2, 1), u(3, 1), u(4, 1), u(5, 1))
+    let c2 = weightGradientTransform6(u(0, 2), u(1, 2), u(2, 2), u(3, 2), u(4, 2), u(5, 2))
+    let c3 = weightGradientTransform6(u(0, 3), u(1, 3), u(2, 3), u(3, 3), u(4, 3), u(5, 3))
+    let c4 = weightGradientTransform6(u(0, 4), u(1, 4), u(2, 4), u(3, 4), u(4, 4), u(5, 4))
+    let c5 = weightGradientTransform6(u(0, 5), u(1, 5), u(2, 5), u(3, 5), u(4, 5), u(5, 5))
+    // (G^T dU) G along each of the three rows.
+    let r0 = weightGradientTransform6(c0.0, c1.0, c2.0, c3.0, c4.0, c5.0)
+    let r1 = weightGradientTransform6(c0.1, c1.1, c2.1, c3.1, c4.1, c5.1)
+    let r2 = weightGradientTransform6(c0.2, c1.2, c2.2, c3.2, c4.2, c5.2)
+    dst[0] += r0.0; dst[1] += r0.1; dst[2] += r0.2
+    dst[3] += r1.0; dst[4] += r1.1; dst[5] += r1.2
+    dst[6] += r2.0; dst[7] += r2.1; dst[8] += r2.2
+}
+
+// MARK: - Weight transforms
+
+/// out[xi * stride] = (G g G^T)[xi] for a 3x3 kernel g (flipped 180 degrees when `flip`), F(2x2) or F(4x4).
 @inline(__always)
 private func transformWeight(_ g: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
-                             stride: Int, flip: Bool) {
+                             stride: Int, flip: Bool, tile: Int) {
+    if tile == 4 { transformWeightF4(g, into: out, stride: stride, flip: flip); return }
     @inline(__always) func k(_ i: Int, _ j: Int) -> Float { flip ? g[(2 - i) * 3 + (2 - j)] : g[i * 3 + j] }
     // G g (4x3): per column j, (g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2).
     @inline(__always) func gColumn(_ j: Int) -> (Float, Float, Float, Float) {
@@ -379,7 +756,7 @@ private func transformWeight(_ g: UnsafeMutablePointer<Float>, into out: UnsafeM
     put(3, c0.3, c1.3, c2.3)
 }
 
-/// dst (3x3) += G^T dU G for the 4x4 dU stored at du[xi * stride].
+/// F(2x2): dst (3x3) += G^T dU G for the 4x4 dU stored at du[xi * stride].
 @inline(__always)
 private func inverseTransformWeightGradient(_ du: UnsafeMutablePointer<Float>, stride: Int,
                                             addInto dst: UnsafeMutablePointer<Float>) {

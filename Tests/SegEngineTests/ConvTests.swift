@@ -523,7 +523,7 @@ final class ConvTests: XCTestCase {
             let dw = OwnedTensor(weight.shape), db = OwnedTensor(bias.shape)
             let flops = 2.0 * Double(n * size * size * cin * cout * 9)
             var line = String(format: "%4d -> %4d at %3d:", cin, cout, size)
-            for algorithm in [ConvAlgorithm.gemm, .winograd] {
+            for algorithm in [ConvAlgorithm.gemm, .winograd, .winograd4] {
                 ConvSettings.algorithm = algorithm
                 let fwd = bestSeconds { conv2dForward(y.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, pool: pool, scratch: scratch) }
                 let dwt = bestSeconds {
