@@ -383,10 +383,11 @@ private func gemmConvolution(_ out: Tensor, _ input: Tensor, weights: UnsafePoin
 }
 
 /// Backward of conv2dForward. Adds dL/dx into dx, dL/dweight into dweight, dL/dbias into dbias;
-/// a nil output is not computed.
+/// a nil output is not computed. With `overwriteInputGradient`, dx = dL/dx instead (for a dx that
+/// nothing has written yet: saves zeroing it and reading it back).
 /// dx, x: (N, Cin, H, W)  dy: (N, Cout, H, W)  dweight, weight: (Cout, Cin, k, k)  dbias: (Cout, 1, 1, 1)
 public func conv2dBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
-                           dilation: Int = 1, pool: WorkerPool, scratch: Scratch) {
+                           dilation: Int = 1, overwriteInputGradient: Bool = false, pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(dy, x, weight, dilation, "conv2dBackward")
     if let dweight {
         precondition(dweight.shape == weight.shape, "conv2dBackward: dweight \(dweight.shape) for weight \(weight.shape)")
@@ -406,20 +407,21 @@ public func conv2dBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Te
                                       pool: pool, scratch: scratch)
     }
     if winogradInput, let dx {
-        winogradConv3x3InputGradient(dx: dx, dy: dy, weight: weight, tile: inputTile, pool: pool, scratch: scratch)
+        winogradConv3x3InputGradient(dx: dx, dy: dy, weight: weight, accumulate: !overwriteInputGradient, tile: inputTile,
+                                     pool: pool, scratch: scratch)
     }
     let gemmWeight = weightsByWinograd ? nil : dweight
     let gemmBias = weightsByWinograd ? nil : dbias
     let gemmInput = winogradInput ? nil : dx
     if gemmWeight == nil && gemmBias == nil && gemmInput == nil { return }
     conv2dBackwardGEMM(dx: gemmInput, dweight: gemmWeight, dbias: gemmBias, dy: dy, x: x, weight: weight,
-                       k: k, dilation: dilation, pool: pool, scratch: scratch)
+                       k: k, dilation: dilation, overwriteInputGradient: overwriteInputGradient, pool: pool, scratch: scratch)
 }
 
 /// The im2col + GEMM backward (weight gradient by per-thread partials, input gradient as a
 /// convolution with the flipped kernel).
 private func conv2dBackwardGEMM(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
-                                k: Int, dilation: Int, pool: WorkerPool, scratch: Scratch) {
+                                k: Int, dilation: Int, overwriteInputGradient: Bool, pool: WorkerPool, scratch: Scratch) {
     let (cin, cout, width) = (x.c, dy.c, x.w)
     let plane = x.shape.plane, kk = k * k, pad = dilation * (k - 1) / 2
     let threads = pool.threadCount
@@ -476,7 +478,7 @@ private func conv2dBackwardGEMM(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
         }
     }
     gemmConvolution(dx, dy, weights: k == 1 ? UnsafePointer(weight.data) : UnsafePointer(flipped), transposed: k == 1,
-                    lda: k == 1 ? cin : cout * kk, depth: cout * kk, kernel: k, dilation: dilation, accumulate: true,
+                    lda: k == 1 ? cin : cout * kk, depth: cout * kk, kernel: k, dilation: dilation, accumulate: !overwriteInputGradient,
                     bias: nil, relu: false, layout: layout, pool: pool, scratch: scratch)
 }
 

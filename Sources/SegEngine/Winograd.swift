@@ -110,12 +110,12 @@ public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bia
                             threads: pool.threadCount, tile: tile)
     scratch.requireShared(plan.sharedFloats, "winograd forward")
     let u = scratch.shared
-    // U[xi][o][c] = G g[o][c] G^T
+    // U[xi][o][c] = G g[o][c] G^T, eight values of c at a time.
     pool.parallelFor(cout) { range, _ in
         for o in range {
-            for c in 0..<cin {
-                transformWeight(weight.data + (o * cin + c) * 9, into: u + o * cin + c, stride: cout * cin, flip: false,
-                                tile: tile)
+            forEachLanes(cin) { c, n in
+                transformWeights({ UnsafePointer(weight.data + (o * cin + c + $0) * 9) }, count: n,
+                                 into: u + (o * cin + c), stride: cout * cin, flip: false, tile: tile)
             }
         }
     }
@@ -123,8 +123,9 @@ public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bia
                   pool: pool, scratch: scratch)
 }
 
-/// dx (N, Cin, H, W) += the input gradient of a 3x3 same convolution for dy (N, Cout, H, W).
-public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor, tile: Int = 2,
+/// dx (N, Cin, H, W) += the input gradient of a 3x3 same convolution for dy (N, Cout, H, W)
+/// (dx = it, when not `accumulate`).
+public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor, accumulate: Bool = true, tile: Int = 2,
                                          pool: WorkerPool, scratch: Scratch) {
     let cin = dx.c, cout = dy.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
@@ -133,16 +134,16 @@ public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor,
                             threads: pool.threadCount, tile: tile)
     scratch.requireShared(plan.sharedFloats, "winograd input gradient")
     let u = scratch.shared
-    // U'[xi][c][o] = G flip(g[o][c]) G^T
+    // U'[xi][c][o] = G flip(g[o][c]) G^T, eight values of o at a time.
     pool.parallelFor(cin) { range, _ in
         for c in range {
-            for o in 0..<cout {
-                transformWeight(weight.data + (o * cin + c) * 9, into: u + c * cout + o, stride: cin * cout, flip: true,
-                                tile: tile)
+            forEachLanes(cout) { o, n in
+                transformWeights({ UnsafePointer(weight.data + ((o + $0) * cin + c) * 9) }, count: n,
+                                 into: u + (c * cout + o), stride: cin * cout, flip: true, tile: tile)
             }
         }
     }
-    winogradTiles(dx, dy, transformedWeight: u, bias: nil, accumulate: true, relu: false, plan: plan,
+    winogradTiles(dx, dy, transformedWeight: u, bias: nil, accumulate: accumulate, relu: false, plan: plan,
                   pool: pool, scratch: scratch)
 }
 
@@ -191,18 +192,13 @@ public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: T
             }
         }
     }
-    // dg += G^T dU G, partials in thread order; parallel over output channels.
+    // dg += G^T dU G, partials in thread order; parallel over output channels, eight values of c at a time.
     pool.parallelFor(cout) { range, _ in
         for o in range {
-            for c in 0..<cin {
-                let dst = dweight.data + (o * cin + c) * 9
+            forEachLanes(cin) { c, n in
                 for t in 0..<parts {
-                    let du = scratch.buffer(t) + partialOffset + o * cin + c
-                    if tile == 4 {
-                        inverseTransformWeightGradientF4(du, stride: cout * cin, addInto: dst)
-                    } else {
-                        inverseTransformWeightGradient(du, stride: cout * cin, addInto: dst)
-                    }
+                    inverseTransformWeightGradients(scratch.buffer(t) + (partialOffset + o * cin + c), stride: cout * cin,
+                                                    count: n, tile: tile) { dweight.data + (o * cin + c + $0) * 9 }
                 }
             }
         }
@@ -303,19 +299,34 @@ func forEachLanes(_ n: Int, _ body: (Int, Int) -> Void) {
 
 /// phases[r * length + s] = row[factor * s + r] for s in 0..<length, r in 0..<factor (2 or 4):
 /// the column phases of a row, so that a tile's values sit at one index of `factor` streams.
+/// Eight values of s at a time, by lane shuffles.
 @inline(__always)
 func splitPhases(_ row: UnsafePointer<Float>, factor: Int, length: Int, into phases: UnsafeMutablePointer<Float>) {
+    var s = 0
     if factor == 2 {
         let p0 = phases, p1 = p0 + length
-        for s in 0..<length {
-            let a = row + 2 &* s
-            p0[s] = a[0]; p1[s] = a[1]
+        while s + 8 <= length {
+            let x = loadLanes(row + 2 * s, 8), y = loadLanes(row + (2 * s + 8), 8)
+            storeLanes(Lanes(x[0], x[2], x[4], x[6], y[0], y[2], y[4], y[6]), p0 + s, 8)
+            storeLanes(Lanes(x[1], x[3], x[5], x[7], y[1], y[3], y[5], y[7]), p1 + s, 8)
+            s += 8
         }
+        while s < length { p0[s] = row[2 * s]; p1[s] = row[2 * s + 1]; s += 1 }
     } else {
         let p0 = phases, p1 = p0 + length, p2 = p1 + length, p3 = p2 + length
-        for s in 0..<length {
-            let a = row + 4 &* s
+        while s + 8 <= length {
+            let a = row + 4 * s
+            let x0 = loadLanes(a, 8), x1 = loadLanes(a + 8, 8), x2 = loadLanes(a + 16, 8), x3 = loadLanes(a + 24, 8)
+            storeLanes(Lanes(x0[0], x0[4], x1[0], x1[4], x2[0], x2[4], x3[0], x3[4]), p0 + s, 8)
+            storeLanes(Lanes(x0[1], x0[5], x1[1], x1[5], x2[1], x2[5], x3[1], x3[5]), p1 + s, 8)
+            storeLanes(Lanes(x0[2], x0[6], x1[2], x1[6], x2[2], x2[6], x3[2], x3[6]), p2 + s, 8)
+            storeLanes(Lanes(x0[3], x0[7], x1[3], x1[7], x2[3], x2[7], x3[3], x3[7]), p3 + s, 8)
+            s += 8
+        }
+        while s < length {
+            let a = row + 4 * s
             p0[s] = a[0]; p1[s] = a[1]; p2[s] = a[2]; p3[s] = a[3]
+            s += 1
         }
     }
 }
@@ -323,17 +334,31 @@ func splitPhases(_ row: UnsafePointer<Float>, factor: Int, length: Int, into pha
 /// row[factor * s + r] = phases[r * length + s]: the inverse of splitPhases.
 @inline(__always)
 func joinPhases(_ phases: UnsafePointer<Float>, factor: Int, length: Int, into row: UnsafeMutablePointer<Float>) {
+    var s = 0
     if factor == 2 {
         let p0 = phases, p1 = p0 + length
-        for s in 0..<length {
-            let a = row + 2 &* s
-            a[0] = p0[s]; a[1] = p1[s]
+        while s + 8 <= length {
+            let a = loadLanes(p0 + s, 8), b = loadLanes(p1 + s, 8)
+            storeLanes(Lanes(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3]), row + 2 * s, 8)
+            storeLanes(Lanes(a[4], b[4], a[5], b[5], a[6], b[6], a[7], b[7]), row + (2 * s + 8), 8)
+            s += 8
         }
+        while s < length { row[2 * s] = p0[s]; row[2 * s + 1] = p1[s]; s += 1 }
     } else {
         let p0 = phases, p1 = p0 + length, p2 = p1 + length, p3 = p2 + length
-        for s in 0..<length {
-            let a = row + 4 &* s
-            a[0] = p0[s]; a[1] = p1[s]; a[2] = p2[s]; a[3] = p3[s]
+        while s + 8 <= length {
+            let a = loadLanes(p0 + s, 8), b = loadLanes(p1 + s, 8), c = loadLanes(p2 + s, 8), d = loadLanes(p3 + s, 8)
+            let out = row + 4 * s
+            storeLanes(Lanes(a[0], b[0], c[0], d[0], a[1], b[1], c[1], d[1]), out, 8)
+            storeLanes(Lanes(a[2], b[2], c[2], d[2], a[3], b[3], c[3], d[3]), out + 8, 8)
+            storeLanes(Lanes(a[4], b[4], c[4], d[4], a[5], b[5], c[5], d[5]), out + 16, 8)
+            storeLanes(Lanes(a[6], b[6], c[6], d[6], a[7], b[7], c[7], d[7]), out + 24, 8)
+            s += 8
+        }
+        while s < length {
+            let out = row + 4 * s
+            out[0] = p0[s]; out[1] = p1[s]; out[2] = p2[s]; out[3] = p3[s]
+            s += 1
         }
     }
 }
@@ -523,15 +548,15 @@ private func gradientTransform4(_ a0: Lanes, _ a1: Lanes, _ a2: Lanes, _ a3: Lan
 
 /// G applied to three values (the weight transform): six outputs.
 @inline(__always)
-private func weightTransform3(_ g0: Float, _ g1: Float, _ g2: Float) -> (Float, Float, Float, Float, Float, Float) {
+private func weightTransform3(_ g0: Lanes, _ g1: Lanes, _ g2: Lanes) -> (Lanes, Lanes, Lanes, Lanes, Lanes, Lanes) {
     let s = g0 + g2
     return (0.25 * g0, -(s + g1) / 6, -(s - g1) / 6, g0 / 24 + g1 / 12 + g2 / 6, g0 / 24 - g1 / 12 + g2 / 6, g2)
 }
 
 /// G^T applied to six values (the weight-gradient transform): three outputs.
 @inline(__always)
-private func weightGradientTransform6(_ u0: Float, _ u1: Float, _ u2: Float, _ u3: Float, _ u4: Float, _ u5: Float)
-    -> (Float, Float, Float) {
+private func weightGradientTransform6(_ u0: Lanes, _ u1: Lanes, _ u2: Lanes, _ u3: Lanes, _ u4: Lanes, _ u5: Lanes)
+    -> (Lanes, Lanes, Lanes) {
     let s12 = u1 + u2, s34 = u3 + u4
     return (0.25 * u0 - s12 / 6 + s34 / 24, (u2 - u1) / 6 + (u3 - u4) / 12, (s34 - s12) / 6 + u5)
 }
@@ -685,70 +710,51 @@ func transformOutputGradientF4(_ dy: UnsafeMutablePointer<Float>, channels: Int,
     }
 }
 
-/// out[xi * stride] = (G g G^T)[xi] (6x6) for a 3x3 kernel g (flipped 180 degrees when `flip`).
-@inline(__always)
-func transformWeightF4(_ g: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
-                       stride: Int, flip: Bool) {
-    @inline(__always) func k(_ i: Int, _ j: Int) -> Float { flip ? g[(2 - i) * 3 + (2 - j)] : g[i * 3 + j] }
-    // G g (6x3), a column at a time.
-    let c0 = weightTransform3(k(0, 0), k(1, 0), k(2, 0))
-    let c1 = weightTransform3(k(0, 1), k(1, 1), k(2, 1))
-    let c2 = weightTransform3(k(0, 2), k(1, 2), k(2, 2))
-    // (G g) G^T along each of the six rows.
-    @inline(__always) func put(_ i: Int, _ a: Float, _ b: Float, _ c: Float) {
-        let r = weightTransform3(a, b, c)
-        let o = out + 6 * i * stride
-        o[0] = r.0; o[stride] = r.1; o[2 * stride] = r.2; o[3 * stride] = r.3; o[4 * stride] = r.4; o[5 * stride] = r.5
-    }
-    put(0, c0.0, c1.0, c2.0)
-    put(1, c0.1, c1.1, c2.1)
-    put(2, c0.2, c1.2, c2.2)
-    put(3, c0.3, c1.3, c2.3)
-    put(4, c0.4, c1.4, c2.4)
-    put(5, c0.5, c1.5, c2.5)
-}
-
-/// dst (3x3) += G^T dU G for the 6x6 dU stored at du[xi * stride].
-@inline(__always)
-func inverseTransformWeightGradientF4(_ du: UnsafeMutablePointer<Float>, stride: Int,
-                                      addInto dst: UnsafeMutablePointer<Float>) {
-    @inline(__always) func u(_ i: Int, _ j: Int) -> Float { du[(6 * i + j) * stride] }
-    // G^T dU (3x6), a column at a time.
-    let c0 = weightGradientTransform6(u(0, 0), u(1, 0), u(2, 0), u(3, 0), u(4, 0), u(5, 0))
-    let c1 = weightGradientTransform6(u(0, 1), u(1, 1), u(2, 1), u(3, 1), u(4, 1), u(5, 1))
-    let c2 = weightGradientTransform6(u(0, 2), u(1, 2), u(2, 2), u(3, 2), u(4, 2), u(5, 2))
-    let c3 = weightGradientTransform6(u(0, 3), u(1, 3), u(2, 3), u(3, 3), u(4, 3), u(5, 3))
-    let c4 = weightGradientTransform6(u(0, 4), u(1, 4), u(2, 4), u(3, 4), u(4, 4), u(5, 4))
-    let c5 = weightGradientTransform6(u(0, 5), u(1, 5), u(2, 5), u(3, 5), u(4, 5), u(5, 5))
-    // (G^T dU) G along each of the three rows.
-    let r0 = weightGradientTransform6(c0.0, c1.0, c2.0, c3.0, c4.0, c5.0)
-    let r1 = weightGradientTransform6(c0.1, c1.1, c2.1, c3.1, c4.1, c5.1)
-    let r2 = weightGradientTransform6(c0.2, c1.2, c2.2, c3.2, c4.2, c5.2)
-    dst[0] += r0.0; dst[1] += r0.1; dst[2] += r0.2
-    dst[3] += r1.0; dst[4] += r1.1; dst[5] += r1.2
-    dst[6] += r2.0; dst[7] += r2.1; dst[8] += r2.2
-}
-
 // MARK: - Weight transforms
 
-/// out[xi * stride] = (G g G^T)[xi] for a 3x3 kernel g (flipped 180 degrees when `flip`), F(2x2) or F(4x4).
+/// The weight transform of `count` (<= 8) kernels at once: out[xi * stride + l] = (G g_l G^T)[xi] for
+/// the 3x3 kernel g_l = kernel(l) (flipped 180 degrees when `flip`), F(2x2) or F(4x4). The kernels'
+/// values are gathered into lanes; the stores are contiguous over l.
 @inline(__always)
-private func transformWeight(_ g: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
-                             stride: Int, flip: Bool, tile: Int) {
-    if tile == 4 { transformWeightF4(g, into: out, stride: stride, flip: flip); return }
-    @inline(__always) func k(_ i: Int, _ j: Int) -> Float { flip ? g[(2 - i) * 3 + (2 - j)] : g[i * 3 + j] }
+private func transformWeights(_ kernel: (Int) -> UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>,
+                              stride: Int, flip: Bool, tile: Int) {
+    @inline(__always) func k(_ i: Int, _ j: Int) -> Lanes {
+        let index = flip ? (2 - i) * 3 + (2 - j) : i * 3 + j
+        var v = Lanes()
+        for l in 0..<count { v[l] = kernel(l)[index] }
+        return v
+    }
+    @inline(__always) func store(_ xi: Int, _ v: Lanes) { storeLanes(v, out + xi * stride, count) }
+    if tile == 4 {
+        // G g (6x3), a column at a time, then (G g) G^T along each of the six rows.
+        let c0 = weightTransform3(k(0, 0), k(1, 0), k(2, 0))
+        let c1 = weightTransform3(k(0, 1), k(1, 1), k(2, 1))
+        let c2 = weightTransform3(k(0, 2), k(1, 2), k(2, 2))
+        @inline(__always) func put(_ i: Int, _ a: Lanes, _ b: Lanes, _ c: Lanes) {
+            let r = weightTransform3(a, b, c)
+            store(6 * i, r.0); store(6 * i + 1, r.1); store(6 * i + 2, r.2)
+            store(6 * i + 3, r.3); store(6 * i + 4, r.4); store(6 * i + 5, r.5)
+        }
+        put(0, c0.0, c1.0, c2.0)
+        put(1, c0.1, c1.1, c2.1)
+        put(2, c0.2, c1.2, c2.2)
+        put(3, c0.3, c1.3, c2.3)
+        put(4, c0.4, c1.4, c2.4)
+        put(5, c0.5, c1.5, c2.5)
+        return
+    }
     // G g (4x3): per column j, (g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2).
-    @inline(__always) func gColumn(_ j: Int) -> (Float, Float, Float, Float) {
+    @inline(__always) func gColumn(_ j: Int) -> (Lanes, Lanes, Lanes, Lanes) {
         let g0 = k(0, j), g1 = k(1, j), g2 = k(2, j)
         return (g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2)
     }
     let c0 = gColumn(0), c1 = gColumn(1), c2 = gColumn(2)
     // (G g) G^T: each row (a, b, c) -> (a, (a+b+c)/2, (a-b+c)/2, c).
-    @inline(__always) func put(_ i: Int, _ a: Float, _ b: Float, _ c: Float) {
-        out[(4 * i) * stride] = a
-        out[(4 * i + 1) * stride] = 0.5 * (a + b + c)
-        out[(4 * i + 2) * stride] = 0.5 * (a - b + c)
-        out[(4 * i + 3) * stride] = c
+    @inline(__always) func put(_ i: Int, _ a: Lanes, _ b: Lanes, _ c: Lanes) {
+        store(4 * i, a)
+        store(4 * i + 1, 0.5 * (a + b + c))
+        store(4 * i + 2, 0.5 * (a - b + c))
+        store(4 * i + 3, c)
     }
     put(0, c0.0, c1.0, c2.0)
     put(1, c0.1, c1.1, c2.1)
@@ -756,23 +762,44 @@ private func transformWeight(_ g: UnsafeMutablePointer<Float>, into out: UnsafeM
     put(3, c0.3, c1.3, c2.3)
 }
 
-/// F(2x2): dst (3x3) += G^T dU G for the 4x4 dU stored at du[xi * stride].
+/// The inverse weight-gradient transform of `count` (<= 8) kernels at once: dst(l) (3x3) += G^T dU_l G
+/// for the dU_l stored at du[xi * stride + l] (4x4 for F(2x2), 6x6 for F(4x4)).
 @inline(__always)
-private func inverseTransformWeightGradient(_ du: UnsafeMutablePointer<Float>, stride: Int,
-                                            addInto dst: UnsafeMutablePointer<Float>) {
+private func inverseTransformWeightGradients(_ du: UnsafeMutablePointer<Float>, stride: Int, count: Int, tile: Int,
+                                             addInto dst: (Int) -> UnsafeMutablePointer<Float>) {
+    @inline(__always) func add(_ k: Int, _ v: Lanes) {
+        for l in 0..<count { dst(l)[k] += v[l] }
+    }
+    if tile == 4 {
+        @inline(__always) func u(_ i: Int, _ j: Int) -> Lanes { loadLanes(du + (6 * i + j) * stride, count) }
+        // G^T dU (3x6), a column at a time, then (G^T dU) G along each of the three rows.
+        let c0 = weightGradientTransform6(u(0, 0), u(1, 0), u(2, 0), u(3, 0), u(4, 0), u(5, 0))
+        let c1 = weightGradientTransform6(u(0, 1), u(1, 1), u(2, 1), u(3, 1), u(4, 1), u(5, 1))
+        let c2 = weightGradientTransform6(u(0, 2), u(1, 2), u(2, 2), u(3, 2), u(4, 2), u(5, 2))
+        let c3 = weightGradientTransform6(u(0, 3), u(1, 3), u(2, 3), u(3, 3), u(4, 3), u(5, 3))
+        let c4 = weightGradientTransform6(u(0, 4), u(1, 4), u(2, 4), u(3, 4), u(4, 4), u(5, 4))
+        let c5 = weightGradientTransform6(u(0, 5), u(1, 5), u(2, 5), u(3, 5), u(4, 5), u(5, 5))
+        let r0 = weightGradientTransform6(c0.0, c1.0, c2.0, c3.0, c4.0, c5.0)
+        let r1 = weightGradientTransform6(c0.1, c1.1, c2.1, c3.1, c4.1, c5.1)
+        let r2 = weightGradientTransform6(c0.2, c1.2, c2.2, c3.2, c4.2, c5.2)
+        add(0, r0.0); add(1, r0.1); add(2, r0.2)
+        add(3, r1.0); add(4, r1.1); add(5, r1.2)
+        add(6, r2.0); add(7, r2.1); add(8, r2.2)
+        return
+    }
     // G^T (3x4) = [[1, .5, .5, 0], [0, .5, -.5, 0], [0, .5, .5, 1]]; applied to rows, then columns.
-    @inline(__always) func u(_ i: Int, _ j: Int) -> Float { du[(4 * i + j) * stride] }
-    @inline(__always) func q(_ r: Int, _ j: Int) -> Float {
+    @inline(__always) func u(_ i: Int, _ j: Int) -> Lanes { loadLanes(du + (4 * i + j) * stride, count) }
+    @inline(__always) func q(_ r: Int, _ j: Int) -> Lanes {
         switch r {
         case 0: return u(0, j) + 0.5 * (u(1, j) + u(2, j))
         case 1: return 0.5 * (u(1, j) - u(2, j))
         default: return 0.5 * (u(1, j) + u(2, j)) + u(3, j)
         }
     }
-    for r in 0..<3 {
-        let a0 = q(r, 0), a1 = q(r, 1), a2 = q(r, 2), a3 = q(r, 3)
-        dst[r * 3] += a0 + 0.5 * (a1 + a2)
-        dst[r * 3 + 1] += 0.5 * (a1 - a2)
-        dst[r * 3 + 2] += 0.5 * (a1 + a2) + a3
+    for row in 0..<3 {
+        let a0 = q(row, 0), a1 = q(row, 1), a2 = q(row, 2), a3 = q(row, 3)
+        add(row * 3, a0 + 0.5 * (a1 + a2))
+        add(row * 3 + 1, 0.5 * (a1 - a2))
+        add(row * 3 + 2, 0.5 * (a1 + a2) + a3)
     }
 }

@@ -75,8 +75,11 @@ public final class UNet {
     /// Backward as a list of ops, built once per plan; activation gradients share memory where
     /// their lifetimes on this tape do not overlap.
     private var tape: [TapeOp] = []
-    /// Per op, the gradient slots it writes first: zeroed just before it runs.
+    /// Per op, the gradient slots it writes first: zeroed just before it runs (unless the op
+    /// overwrites them itself, `overwritesFirst`).
     private var zeroFirst: [[Int]] = []
+    /// Per op: its `overwritable` slot is written first by it, so it writes instead of adding.
+    private var overwritesFirst: [Bool] = []
     /// After backward op k, the parameter gradients at flat offsets >= gradientFrontiers[k] are
     /// final (no later op writes them): what may be summed over ranks while backward goes on.
     /// Ends at 0. The same on every rank (it depends on the model only).
@@ -263,8 +266,12 @@ public final class UNet {
                                                                      slots: arena.shapes.count,
                                                                      liveBefore: [logitsSlot]))
         gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
-        zeroFirst = tape.indices.map { op in
+        let firstWrites = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
+        }
+        overwritesFirst = tape.indices.map { op in tape[op].overwritable.map { firstWrites[op].contains($0) } ?? false }
+        zeroFirst = tape.indices.map { op in
+            firstWrites[op].filter { slot in !(overwritesFirst[op] && tape[op].overwritable == slot) }
         }
         scratch.reserve(floatsPerThread: scratchFloats)
         scratch.reserve(sharedFloats: sharedFloats)
@@ -360,7 +367,7 @@ public final class UNet {
         precondition(input != nil, "backward before forward")
         for (op, step) in tape.enumerated() {
             if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { parallelZero(arena.gradient(slot)) } } }
-            step.run()
+            step.run(overwritesFirst[op])
             try afterOp?(op)
         }
     }
@@ -498,7 +505,8 @@ public final class UNet {
 
     /// Weight (and bias) gradient, then the input gradient into `dx` when given.
     private func convOp(_ c: ConvParameters, dy: Int, x: Int?, dx: Int?) -> TapeOp {
-        TapeOp(reads: [dy], writes: dx.map { [$0] } ?? [], finalizes: [c.weight] + (c.bias.map { [$0] } ?? [])) { [unowned self] in
+        TapeOp(reads: [dy], writes: dx.map { [$0] } ?? [], finalizes: [c.weight] + (c.bias.map { [$0] } ?? []),
+               overwritable: dx) { [unowned self] (fresh: Bool) in
             let input = x.map { arena.value($0) } ?? self.input!
             let weight = store.value(c.weight), gradient = arena.gradient(dy)
             profile.measure(.convWeightGradient) {
@@ -508,7 +516,7 @@ public final class UNet {
             if let dx {
                 profile.measure(.convInputGradient) {
                     conv2dBackward(dx: arena.gradient(dx), dweight: nil, dbias: nil, dy: gradient, x: input,
-                                   weight: weight, pool: pool, scratch: scratch)
+                                   weight: weight, overwriteInputGradient: fresh, pool: pool, scratch: scratch)
                 }
             }
         }
@@ -521,12 +529,21 @@ struct TapeOp {
     let writes: [Int]
     /// Parameter entries whose gradient this op writes, and no later op touches.
     let finalizes: [Int]
-    let run: () -> Void
-    init(reads: [Int], writes: [Int], finalizes: [Int] = [], run: @escaping () -> Void) {
+    /// A slot of `writes` the op can overwrite instead of adding into; `run(true)` when this op
+    /// writes it first (it is then not zeroed beforehand).
+    let overwritable: Int?
+    let run: (_ overwrite: Bool) -> Void
+    init(reads: [Int], writes: [Int], finalizes: [Int] = [], overwritable: Int? = nil,
+         run: @escaping (_ overwrite: Bool) -> Void) {
         self.reads = reads
         self.writes = writes
         self.finalizes = finalizes
+        self.overwritable = overwritable
         self.run = run
+    }
+
+    init(reads: [Int], writes: [Int], finalizes: [Int] = [], run: @escaping () -> Void) {
+        self.init(reads: reads, writes: writes, finalizes: finalizes, overwritable: nil) { _ in run() }
     }
 }
 

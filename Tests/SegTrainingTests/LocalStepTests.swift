@@ -50,9 +50,13 @@ final class LocalStepTests: XCTestCase {
         }
     }
 
+    /// Other thread counts only change the rounding of the sums. With SGD the weights then differ
+    /// at the rounding level (measured 3e-8). Not with Adam: where the exact gradient is zero (dead
+    /// ReLUs), Winograd's transforms leave ~1e-12 of rounding whose sign differs between thread
+    /// counts, and Adam turns any nonzero gradient into a step of about lr (measured 3.7e-4 here).
     func testThreadCountsAgreeClosely() {
-        let a = makeStep(threads: 1, seed: 4)
-        let b = makeStep(threads: 3, seed: 4)
+        let a = makeStep(threads: 1, seed: 4, optimizer: .sgd)
+        let b = makeStep(threads: 3, seed: 4, optimizer: .sgd)
         let (images, target) = makeBatch(seed: 9)
         for _ in 0..<3 {
             a.step(images: images.tensor, target: target.tensor, learningRate: 1e-3)
@@ -60,7 +64,7 @@ final class LocalStepTests: XCTestCase {
         }
         let va = a.model.store.values.tensor.toArray(), vb = b.model.store.values.tensor.toArray()
         let maxDiff = zip(va, vb).map { abs($0 - $1) }.max()!
-        XCTAssertLessThan(maxDiff, 1e-4)
+        XCTAssertLessThan(maxDiff, 1e-6)
     }
 
     func testTrainingReducesTheLoss() {
