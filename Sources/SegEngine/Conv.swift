@@ -296,9 +296,11 @@ public enum ConvSettings {
     /// Process-wide choice (set once, before training, e.g. by `segtrain bench --conv`).
     nonisolated(unsafe) public static var algorithm = ConvAlgorithm.auto
     nonisolated(unsafe) public static var winogradMinimumChannels = 8
-    /// Planes at least this high and wide take F(4x4); smaller ones F(2x2), whose tile count gives
-    /// wider GEMMs and whose weight transform is cheaper.
+    /// Planes at least this high and wide take F(4x4) when Cin + Cout is at least
+    /// `winogradLargeTileMinimumChannels`; others F(2x2), whose tile count gives wider GEMMs and whose
+    /// transforms are cheaper per value (it wins on thin layers, whose GEMMs are short anyway).
     nonisolated(unsafe) public static var winogradLargeTileMinimumSide = 32
+    nonisolated(unsafe) public static var winogradLargeTileMinimumChannels = 96
 
     /// The Winograd output tile (2 or 4) for this pass of this layer, or 0 for im2col + GEMM.
     public static func winogradTile(_ pass: ConvPass, kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,
@@ -310,10 +312,11 @@ public enum ConvSettings {
         case .winograd4: return 4
         case .auto:
             // From `SEGTRAIN_BENCH=1 swift test --filter testConvSpeedUNetLayers` (docs/PERFORMANCE.md):
-            // the same rule wins all three passes of every layer of the default UNet but the first
-            // (3 input channels: GEMM).
+            // one rule for all three passes; the first layer (3 input channels) and the head take GEMM.
             guard min(inChannels, outChannels) >= winogradMinimumChannels else { return 0 }
-            return min(height, width) >= winogradLargeTileMinimumSide ? 4 : 2
+            let large = min(height, width) >= winogradLargeTileMinimumSide
+                && inChannels + outChannels >= winogradLargeTileMinimumChannels
+            return large ? 4 : 2
         }
     }
 }

@@ -32,8 +32,11 @@ public struct WinogradPlan {
     /// Chunks in the batch.
     public let chunks: Int
 
-    /// Floats of transformed tiles (V + M) one chunk aims at; tuned with `segtrain bench`.
-    nonisolated(unsafe) public static var targetChunkFloats = 1 << 20
+    /// Floats of transformed tiles (V + M) one chunk aims at: about a core's L2 (1 MiB here), so the
+    /// transforms and GEMMs of a chunk stay in cache; tuned with `segtrain bench` (docs/PERFORMANCE.md).
+    nonisolated(unsafe) public static var targetChunkFloats = 1 << 18
+    /// ...but at least this many tiles (GEMM columns) per chunk, so deep layers keep wide GEMMs.
+    nonisolated(unsafe) public static var minimumTilesPerChunk = 64
 
     public init(inChannels: Int, outChannels: Int, height: Int, width: Int, batch: Int = 1, threads: Int = 1,
                 tile: Int = 2) {
@@ -48,7 +51,7 @@ public struct WinogradPlan {
         tilesWide = (width + tile - 1) / tile
         let points = (tile + 2) * (tile + 2)
         let floatsPerTile = points * (inChannels + outChannels)
-        let targetTiles = max(1, WinogradPlan.targetChunkFloats / floatsPerTile)
+        let targetTiles = max(WinogradPlan.minimumTilesPerChunk, WinogradPlan.targetChunkFloats / floatsPerTile)
         let tilesPerImage = tilesHigh * tilesWide
         if tilesPerImage >= targetTiles || batch <= 1 {
             tileRowsPerChunk = max(1, min(tilesHigh, targetTiles / max(tilesWide, 1)))

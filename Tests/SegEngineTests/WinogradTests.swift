@@ -91,7 +91,8 @@ final class WinogradTests: XCTestCase {
     }
 
     /// conv2dForward / conv2dBackward in every mode, including auto's choices (GEMM for 3 input
-    /// channels, F(2x2) on small planes, F(4x4) from 32 x 32), equal the naive kernels; bias added once.
+    /// channels, F(2x2) on small planes or thin layers, F(4x4) from 32 x 32 and 96 channels in and
+    /// out together), equal the naive kernels; bias added once.
     func testDispatchInEveryModeMatchesNaive() {
         let saved = ConvSettings.algorithm
         defer { ConvSettings.algorithm = saved }
@@ -104,12 +105,13 @@ final class WinogradTests: XCTestCase {
             XCTAssertEqual(autoTile(pass, 16, 16, 9, 7), 2)
             XCTAssertEqual(autoTile(pass, 160, 144, 9, 7), 2)
             XCTAssertEqual(autoTile(pass, 3, 16, 9, 7), 0)
-            XCTAssertEqual(autoTile(pass, 12, 10, 33, 35), 4)
-            XCTAssertEqual(autoTile(pass, 12, 10, 31, 64), 2)
+            XCTAssertEqual(autoTile(pass, 48, 56, 33, 35), 4)
+            XCTAssertEqual(autoTile(pass, 48, 56, 31, 64), 2, "a side under 32")
+            XCTAssertEqual(autoTile(pass, 40, 40, 64, 64), 2, "thin: Cin + Cout < 96")
         }
         XCTAssertEqual(ConvSettings.winogradTile(.forward, kernel: 3, dilation: 2, inChannels: 16, outChannels: 16,
                                                  height: 64, width: 64), 0, "dilated: GEMM")
-        for (cin, cout, h, width) in [(16, 16, 9, 7), (3, 16, 9, 7), (160, 144, 9, 7), (12, 10, 33, 35)] {
+        for (cin, cout, h, width) in [(16, 16, 9, 7), (3, 16, 9, 7), (160, 144, 9, 7), (48, 56, 33, 35)] {
             let shape = Shape(2, cin, h, width)
             let x = random(shape, 1), w = random(Shape(cout, cin, 3, 3), 2), b = random(.vector(cout), 3)
             let dy = random(Shape(2, cout, h, width), 4)
