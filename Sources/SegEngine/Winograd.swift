@@ -89,8 +89,9 @@ public struct WinogradPlan {
     /// Floats of V (points x Cin x T), M (points x Cout x T), the dU partial and the row buffers.
     var tileFloats: Int { points * (inChannels + outChannels) * maxTilesPerChunk }
     /// Row buffers and a zero row: (m + 2) padded input rows and their column phases (also the
-    /// m^2 result streams and an output row, or the output-gradient rows and their phases).
-    var rowFloats: Int { 2 * (tile + 2) * rowStride + width + 4 }
+    /// m^2 result streams, an output row and F(4x4)'s 24 column streams, or the output-gradient rows,
+    /// their phases and F(4x4)'s 24 column streams).
+    var rowFloats: Int { (tile == 4 ? 16 : 8) * rowStride + width + 4 }
 
     /// Per-thread scratch: V and M for one chunk, a dU partial for the weight gradient, row buffers.
     public var scratchFloatsPerThread: Int { tileFloats + points * inChannels * outChannels + rowFloats }
@@ -628,33 +629,34 @@ func transformOutputF4(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: Uns
                        bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
-    // results[(4 r + q) * tw + t]: row r, column q of tile t; then the interleaved line.
-    let results = rowBuffer, line = rowBuffer + 16 * tw
+    // results[(4 r + q) * tw + t]: row r, column q of tile t; then the interleaved line; columns[(4 j + r) * tw + t]:
+    // (A^T m)[r][j]. Two passes (down the columns, then along the rows), so that few vectors are
+    // live at once (AVX2 has 16 registers; one pass over all 36 values spills).
+    let results = rowBuffer, line = results + 16 * tw, columns = line + 4 * tw
     for o in 0..<channels {
         let dst = y + o * h * w
-        let b: Float = bias.map { $0[o] } ?? 0
+        let bias = Lanes(repeating: bias.map { $0[o] } ?? 0)
         for ty in rowStart..<(rowStart + rows) {
             let src = m + o * tiles + (ty - rowStart) * tw
-            let bias = Lanes(repeating: b)
-            forEachLanes(tw) { tx, n in
-                @inline(__always) func at(_ xi: Int) -> Lanes { loadLanes(src + (xi * stride + tx), n) }
-                // A^T m: per column j, four values from the six rows.
-                let c0 = outputTransform6(at(0), at(6), at(12), at(18), at(24), at(30))
-                let c1 = outputTransform6(at(1), at(7), at(13), at(19), at(25), at(31))
-                let c2 = outputTransform6(at(2), at(8), at(14), at(20), at(26), at(32))
-                let c3 = outputTransform6(at(3), at(9), at(15), at(21), at(27), at(33))
-                let c4 = outputTransform6(at(4), at(10), at(16), at(22), at(28), at(34))
-                let c5 = outputTransform6(at(5), at(11), at(17), at(23), at(29), at(35))
-                // (A^T m) A along each of the four rows.
-                @inline(__always) func put(_ r: Int, _ v: (Lanes, Lanes, Lanes, Lanes)) {
-                    let d = results + (4 * r * tw + tx)
-                    storeLanes(v.0 + bias, d, n); storeLanes(v.1 + bias, d + tw, n)
-                    storeLanes(v.2 + bias, d + 2 * tw, n); storeLanes(v.3 + bias, d + 3 * tw, n)
+            // A^T m: per column j, four values from the six rows.
+            for j in 0..<6 {
+                let c = columns + 4 * j * tw
+                forEachLanes(tw) { tx, n in
+                    @inline(__always) func at(_ i: Int) -> Lanes { loadLanes(src + ((6 * i + j) * stride + tx), n) }
+                    let v = outputTransform6(at(0), at(1), at(2), at(3), at(4), at(5))
+                    storeLanes(v.0, c + tx, n); storeLanes(v.1, c + (tw + tx), n)
+                    storeLanes(v.2, c + (2 * tw + tx), n); storeLanes(v.3, c + (3 * tw + tx), n)
                 }
-                put(0, outputTransform6(c0.0, c1.0, c2.0, c3.0, c4.0, c5.0))
-                put(1, outputTransform6(c0.1, c1.1, c2.1, c3.1, c4.1, c5.1))
-                put(2, outputTransform6(c0.2, c1.2, c2.2, c3.2, c4.2, c5.2))
-                put(3, outputTransform6(c0.3, c1.3, c2.3, c3.3, c4.3, c5.3))
+            }
+            // (A^T m) A along each of the four rows.
+            for r in 0..<4 {
+                let d = results + 4 * r * tw
+                forEachLanes(tw) { tx, n in
+                    @inline(__always) func at(_ j: Int) -> Lanes { loadLanes(columns + ((4 * j + r) * tw + tx), n) }
+                    let v = outputTransform6(at(0), at(1), at(2), at(3), at(4), at(5))
+                    storeLanes(v.0 + bias, d + tx, n); storeLanes(v.1 + bias, d + (tw + tx), n)
+                    storeLanes(v.2 + bias, d + (2 * tw + tx), n); storeLanes(v.3 + bias, d + (3 * tw + tx), n)
+                }
             }
             let oy = 4 * ty
             for r in 0..<min(4, h - oy) {
@@ -676,7 +678,7 @@ func transformOutputGradientF4(_ dy: UnsafeMutablePointer<Float>, channels: Int,
     // Four output-gradient rows padded with zeros to 4 * tilesWide columns, then their phases
     // g[(4 r + q) * tw + t] = row r, column 4 t + q.
     let lineLength = 4 * tw
-    let g = rowBuffer + 4 * lineLength
+    let g = rowBuffer + 4 * lineLength, columns = g + 16 * tw
     for r in 0..<4 { (rowBuffer + r * lineLength + w).update(repeating: 0, count: lineLength - w) }
     for o in 0..<channels {
         let src = dy + o * h * w
@@ -688,26 +690,27 @@ func transformOutputGradientF4(_ dy: UnsafeMutablePointer<Float>, channels: Int,
                 splitPhases(line, factor: 4, length: tw, into: g + 4 * r * tw)
             }
             let out = dm + o * tiles + (ty - rowStart) * tw
-            forEachLanes(tw) { tx, n in
-                @inline(__always) func at(_ r: Int, _ q: Int) -> Lanes { loadLanes(g + ((4 * r + q) * tw + tx), n) }
-                // A g down each of the four columns: six rows.
-                let c0 = gradientTransform4(at(0, 0), at(1, 0), at(2, 0), at(3, 0))
-                let c1 = gradientTransform4(at(0, 1), at(1, 1), at(2, 1), at(3, 1))
-                let c2 = gradientTransform4(at(0, 2), at(1, 2), at(2, 2), at(3, 2))
-                let c3 = gradientTransform4(at(0, 3), at(1, 3), at(2, 3), at(3, 3))
-                @inline(__always) func put(_ i: Int, _ a0: Lanes, _ a1: Lanes, _ a2: Lanes, _ a3: Lanes) {
-                    let r = gradientTransform4(a0, a1, a2, a3)
-                    let d = out + (6 * i * stride + tx)
-                    storeLanes(r.0, d, n); storeLanes(r.1, d + stride, n); storeLanes(r.2, d + 2 * stride, n)
-                    storeLanes(r.3, d + 3 * stride, n); storeLanes(r.4, d + 4 * stride, n); storeLanes(r.5, d + 5 * stride, n)
+            // A g down each of the four columns q: six rows, into columns[(6 q + i) * tw + t].
+            for q in 0..<4 {
+                let c = columns + 6 * q * tw
+                forEachLanes(tw) { tx, n in
+                    @inline(__always) func at(_ r: Int) -> Lanes { loadLanes(g + ((4 * r + q) * tw + tx), n) }
+                    let v = gradientTransform4(at(0), at(1), at(2), at(3))
+                    storeLanes(v.0, c + tx, n); storeLanes(v.1, c + (tw + tx), n); storeLanes(v.2, c + (2 * tw + tx), n)
+                    storeLanes(v.3, c + (3 * tw + tx), n); storeLanes(v.4, c + (4 * tw + tx), n)
+                    storeLanes(v.5, c + (5 * tw + tx), n)
                 }
-                // (A g) A^T along each of the six rows.
-                put(0, c0.0, c1.0, c2.0, c3.0)
-                put(1, c0.1, c1.1, c2.1, c3.1)
-                put(2, c0.2, c1.2, c2.2, c3.2)
-                put(3, c0.3, c1.3, c2.3, c3.3)
-                put(4, c0.4, c1.4, c2.4, c3.4)
-                put(5, c0.5, c1.5, c2.5, c3.5)
+            }
+            // (A g) A^T along each of the six rows i.
+            for i in 0..<6 {
+                let d = out + 6 * i * stride
+                forEachLanes(tw) { tx, n in
+                    @inline(__always) func at(_ q: Int) -> Lanes { loadLanes(columns + ((6 * q + i) * tw + tx), n) }
+                    let v = gradientTransform4(at(0), at(1), at(2), at(3))
+                    storeLanes(v.0, d + tx, n); storeLanes(v.1, d + (stride + tx), n)
+                    storeLanes(v.2, d + (2 * stride + tx), n); storeLanes(v.3, d + (3 * stride + tx), n)
+                    storeLanes(v.4, d + (4 * stride + tx), n); storeLanes(v.5, d + (5 * stride + tx), n)
+                }
             }
         }
     }
