@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# Test-only: qemu-user runs the binary on an emulated older CPU (the AVX2 start-up check).
+if ! command -v qemu-x86_64 >/dev/null; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq qemu-user
+fi
 swift build -c release
 log=$(mktemp)
 trap 'rm -f "$log" "${cluster_log:-}"' EXIT

@@ -27,6 +27,23 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("(512, 16, 16)"), "the deepest concatenation: \(r.stdout)")
     }
 
+    /// The binary is built for AVX2 + FMA (Package.swift): on a CPU without them it stops with one
+    /// line and exit code 1 before running any of that code (not with SIGILL); on one with them it
+    /// runs. Emulated CPUs through qemu-user (scripts/test.sh installs it).
+    func testOlderCPUGetsOneLineInsteadOfACrash() throws {
+        let qemu = "/usr/bin/qemu-x86_64"
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: qemu), "qemu-user not installed")
+        let old = try Segtrain.run(qemu, ["-cpu", "Nehalem", CLITests.binary, "info"])
+        XCTAssertEqual(old.status, 1, old.stderr)
+        XCTAssertEqual(old.stderr, "segtrain: error: this CPU lacks AVX2/FMA, which this build of segtrain needs; "
+                           + "rebuild with SEGTRAIN_TARGET_CPU=x86-64 swift build -c release\n")
+        XCTAssertEqual(old.stdout, "")
+        let capable = try Segtrain.run(qemu, ["-cpu", "Haswell", CLITests.binary, "info", "--image-size", "16",
+                                              "--base-channels", "4", "--depth", "2"])
+        XCTAssertEqual(capable.status, 0, capable.stderr)
+        XCTAssertTrue(capable.stdout.contains("parameters:"), capable.stdout)
+    }
+
     func testBadFlagsGiveOneLineNamingTheFlag() throws {
         let cases: [([String], String)] = [
             (["info", "--depth", "0"], "--depth"),
