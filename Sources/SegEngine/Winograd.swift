@@ -367,16 +367,38 @@ func joinPhases(_ phases: UnsafePointer<Float>, factor: Int, length: Int, into r
     }
 }
 
-/// line (W) = from (+ line with `accumulate`; max(., 0) with `relu`).
+/// The output rows of tile row `tileRow` of one plane (W wide, H high; the last tile row may be
+/// cut): results[(m r + q) * tilesWide + t] (row r, column q of tile t) is interleaved into `line`
+/// (m * tilesWide floats), which is written to the plane's row (+= with `accumulate`;
+/// max(., 0) with `relu`).
 @inline(__always)
-func writeOutputLine(_ line: UnsafeMutablePointer<Float>, from: UnsafePointer<Float>, count w: Int,
-                     accumulate: Bool, relu: Bool) {
-    if accumulate {
-        for j in 0..<w { line[j] += from[j] }
-    } else if relu {
-        for j in 0..<w { line[j] = max(from[j], 0) }
-    } else {
-        line.update(from: from, count: w)
+func writeTileRow(_ results: UnsafePointer<Float>, tile m: Int, tilesWide tw: Int, tileRow: Int,
+                  into plane: UnsafeMutablePointer<Float>, height h: Int, width w: Int,
+                  line: UnsafeMutablePointer<Float>, accumulate: Bool, relu: Bool) {
+    let oy = m * tileRow
+    for r in 0..<min(m, h - oy) {
+        joinPhases(results + m * r * tw, factor: m, length: tw, into: line)
+        let out = plane + (oy + r) * w
+        if accumulate {
+            for j in 0..<w { out[j] += line[j] }
+        } else if relu {
+            for j in 0..<w { out[j] = max(line[j], 0) }
+        } else {
+            out.update(from: line, count: w)
+        }
+    }
+}
+
+/// Zeroes the `count` padded input rows (row stride `rowStride`) outside columns 0..<W (index 0 is
+/// column -1) and the zero row of W floats that stands for rows outside the image.
+@inline(__always)
+func preparePaddedRows(_ rowBuffer: UnsafeMutablePointer<Float>, count: Int, rowStride rs: Int, width w: Int,
+                       zeroRow: UnsafeMutablePointer<Float>) {
+    zeroRow.update(repeating: 0, count: w)
+    for r in 0..<count {
+        let t = rowBuffer + r * rs
+        t[0] = 0
+        (t + w + 1).update(repeating: 0, count: rs - w - 1)
     }
 }
 
@@ -396,13 +418,7 @@ func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: Winog
     let t0 = rowBuffer, t1 = t0 + rs, t2 = t1 + rs, t3 = t2 + rs
     let phases = rowBuffer + 4 * rs
     let zeroRow = rowBuffer + 8 * rs
-    zeroRow.update(repeating: 0, count: w)
-    // Column -1 and columns >= W of the padded rows stay zero.
-    for r in 0..<4 {
-        let t = rowBuffer + r * rs
-        t[0] = 0
-        (t + w + 1).update(repeating: 0, count: rs - w - 1)
-    }
+    preparePaddedRows(rowBuffer, count: 4, rowStride: rs, width: w, zeroRow: zeroRow)
     for c in 0..<channels {
         let src = x + c * h * w
         for ty in rowStart..<(rowStart + rows) {
@@ -464,11 +480,8 @@ func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: Unsaf
                 storeLanes(s10 + s11 + s12 + bias, d + 2 * tw, n)
                 storeLanes(s11 - s12 - s13 + bias, d + 3 * tw, n)
             }
-            let oy = 2 * ty
-            for r in 0..<min(2, h - oy) {
-                joinPhases(results + 2 * r * tw, factor: 2, length: tw, into: line)
-                writeOutputLine(dst + (oy + r) * w, from: line, count: w, accumulate: accumulate, relu: relu)
-            }
+            writeTileRow(results, tile: 2, tilesWide: tw, tileRow: ty, into: dst, height: h, width: w, line: line,
+                         accumulate: accumulate, relu: relu)
         }
     }
 }
@@ -580,13 +593,7 @@ func transformInputF4(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: Win
     let t0 = rowBuffer, t1 = t0 + rs, t2 = t1 + rs, t3 = t2 + rs, t4 = t3 + rs, t5 = t4 + rs
     let phases = rowBuffer + 6 * rs
     let zeroRow = rowBuffer + 12 * rs
-    zeroRow.update(repeating: 0, count: w)
-    // Column -1 and columns >= W of the padded rows stay zero.
-    for r in 0..<6 {
-        let t = rowBuffer + r * rs
-        t[0] = 0
-        (t + w + 1).update(repeating: 0, count: rs - w - 1)
-    }
+    preparePaddedRows(rowBuffer, count: 6, rowStride: rs, width: w, zeroRow: zeroRow)
     for c in 0..<channels {
         let src = x + c * h * w
         for ty in rowStart..<(rowStart + rows) {
@@ -658,11 +665,8 @@ func transformOutputF4(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: Uns
                     storeLanes(v.2 + bias, d + (2 * tw + tx), n); storeLanes(v.3 + bias, d + (3 * tw + tx), n)
                 }
             }
-            let oy = 4 * ty
-            for r in 0..<min(4, h - oy) {
-                joinPhases(results + 4 * r * tw, factor: 4, length: tw, into: line)
-                writeOutputLine(dst + (oy + r) * w, from: line, count: w, accumulate: accumulate, relu: relu)
-            }
+            writeTileRow(results, tile: 4, tilesWide: tw, tileRow: ty, into: dst, height: h, width: w, line: line,
+                         accumulate: accumulate, relu: relu)
         }
     }
 }
