@@ -286,11 +286,9 @@ public func conv2dSharedScratchFloats(inChannels: Int, outChannels: Int, kernel:
 }
 
 /// Which kernel runs a 3x3, dilation-1 convolution: im2col + GEMM, Winograd F(2x2, 3x3)
-/// (`winograd`), Winograd F(4x4, 3x3) (`winograd4`), or `auto`, which picks per pass and layer from
-/// measurements (docs/PERFORMANCE.md).
+/// (`winograd`), Winograd F(4x4, 3x3) (`winograd4`), or `auto`, which picks per layer from
+/// measurements (docs/PERFORMANCE.md), the same for all three passes.
 public enum ConvAlgorithm: String, CaseIterable, Sendable { case auto, gemm, winograd, winograd4 }
-
-public enum ConvPass: Sendable { case forward, inputGradient, weightGradient }
 
 public enum ConvSettings {
     /// Process-wide choice (set once, before training, e.g. by `segtrain bench --conv`).
@@ -302,8 +300,8 @@ public enum ConvSettings {
     nonisolated(unsafe) public static var winogradLargeTileMinimumSide = 32
     nonisolated(unsafe) public static var winogradLargeTileMinimumChannels = 96
 
-    /// The Winograd output tile (2 or 4) for this pass of this layer, or 0 for im2col + GEMM.
-    public static func winogradTile(_ pass: ConvPass, kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,
+    /// The Winograd output tile (2 or 4) for this layer's three passes, or 0 for im2col + GEMM.
+    public static func winogradTile(kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,
                                     height: Int, width: Int) -> Int {
         guard kernel == 3 && dilation == 1 else { return 0 }
         switch algorithm {
@@ -312,7 +310,7 @@ public enum ConvSettings {
         case .winograd4: return 4
         case .auto:
             // From `SEGTRAIN_BENCH=1 swift test --filter testConvSpeedUNetLayers` (docs/PERFORMANCE.md):
-            // one rule for all three passes; the first layer (3 input channels) and the head take GEMM.
+            // the first layer (3 input channels) and the head take GEMM.
             guard min(inChannels, outChannels) >= winogradMinimumChannels else { return 0 }
             let large = min(height, width) >= winogradLargeTileMinimumSide
                 && inChannels + outChannels >= winogradLargeTileMinimumChannels
@@ -328,7 +326,7 @@ public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor
                           relu: Bool = false, pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(y, x, weight, dilation, "conv2dForward")
     checkBias(bias, y.c, "conv2dForward")
-    let tile = ConvSettings.winogradTile(.forward, kernel: k, dilation: dilation, inChannels: x.c, outChannels: y.c,
+    let tile = ConvSettings.winogradTile(kernel: k, dilation: dilation, inChannels: x.c, outChannels: y.c,
                                          height: x.h, width: x.w)
     if tile > 0 {
         winogradConv3x3Forward(y, x, weight: weight, bias: bias, relu: relu, tile: tile, pool: pool, scratch: scratch)
@@ -397,20 +395,17 @@ public func conv2dBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Te
     }
     if let dx { precondition(dx.shape == x.shape, "conv2dBackward: dx \(dx.shape) for x \(x.shape)") }
     checkBias(dbias, dy.c, "conv2dBackward")
-    let weightTile = ConvSettings.winogradTile(.weightGradient, kernel: k, dilation: dilation,
-                                               inChannels: x.c, outChannels: dy.c, height: x.h, width: x.w)
-    let inputTile = ConvSettings.winogradTile(.inputGradient, kernel: k, dilation: dilation,
-                                              inChannels: x.c, outChannels: dy.c, height: x.h, width: x.w)
-    let winogradInput = inputTile > 0
+    let tile = ConvSettings.winogradTile(kernel: k, dilation: dilation, inChannels: x.c, outChannels: dy.c,
+                                         height: x.h, width: x.w)
+    let winogradInput = tile > 0
     // Winograd takes the weight gradient (with the bias gradient) and/or the input gradient;
     // im2col + GEMM below does whatever it left.
-    let weightsByWinograd = weightTile > 0 && dweight != nil
+    let weightsByWinograd = tile > 0 && dweight != nil
     if weightsByWinograd, let dweight {
-        winogradConv3x3WeightGradient(dweight: dweight, dbias: dbias, dy: dy, x: x, tile: weightTile,
-                                      pool: pool, scratch: scratch)
+        winogradConv3x3WeightGradient(dweight: dweight, dbias: dbias, dy: dy, x: x, tile: tile, pool: pool, scratch: scratch)
     }
     if winogradInput, let dx {
-        winogradConv3x3InputGradient(dx: dx, dy: dy, weight: weight, accumulate: !overwriteInputGradient, tile: inputTile,
+        winogradConv3x3InputGradient(dx: dx, dy: dy, weight: weight, accumulate: !overwriteInputGradient, tile: tile,
                                      pool: pool, scratch: scratch)
     }
     let gemmWeight = weightsByWinograd ? nil : dweight

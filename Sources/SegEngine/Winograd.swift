@@ -114,15 +114,7 @@ public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bia
                             threads: pool.threadCount, tile: tile)
     scratch.requireShared(plan.sharedFloats, "winograd forward")
     let u = scratch.shared
-    // U[xi][o][c] = G g[o][c] G^T, eight values of c at a time.
-    pool.parallelFor(cout) { range, _ in
-        for o in range {
-            forEachLanes(cin) { c, n in
-                transformWeights({ UnsafePointer(weight.data + (o * cin + c + $0) * 9) }, count: n,
-                                 into: u + (o * cin + c), stride: cout * cin, flip: false, tile: tile)
-            }
-        }
-    }
+    transformAllWeights(weight, into: u, forInputGradient: false, tile: tile, pool: pool)
     winogradTiles(y, x, transformedWeight: u, bias: bias, accumulate: accumulate, relu: relu, plan: plan,
                   pool: pool, scratch: scratch)
 }
@@ -138,15 +130,7 @@ public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor,
                             threads: pool.threadCount, tile: tile)
     scratch.requireShared(plan.sharedFloats, "winograd input gradient")
     let u = scratch.shared
-    // U'[xi][c][o] = G flip(g[o][c]) G^T, eight values of o at a time.
-    pool.parallelFor(cin) { range, _ in
-        for c in range {
-            forEachLanes(cout) { o, n in
-                transformWeights({ UnsafePointer(weight.data + ((o + $0) * cin + c) * 9) }, count: n,
-                                 into: u + (c * cout + o), stride: cin * cout, flip: true, tile: tile)
-            }
-        }
-    }
+    transformAllWeights(weight, into: u, forInputGradient: true, tile: tile, pool: pool)
     winogradTiles(dx, dy, transformedWeight: u, bias: nil, accumulate: accumulate, relu: false, plan: plan,
                   pool: pool, scratch: scratch)
 }
@@ -176,17 +160,10 @@ public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: T
             let tiles = (n1 - n0) * rows * plan.tilesWide
             for n in n0..<n1 {
                 let offset = (n - n0) * rows * plan.tilesWide
-                if tile == 4 {
-                    transformInputF4(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
-                                     into: v + offset, tiles: tiles, rowBuffer: rowBuffer)
-                    transformOutputGradientF4(dy.sample(n), channels: cout, plan: plan, rowStart: rowStart, rows: rows,
-                                              into: dm + offset, tiles: tiles, rowBuffer: rowBuffer)
-                } else {
-                    transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
-                                   into: v + offset, tiles: tiles, rowBuffer: rowBuffer)
-                    transformOutputGradient(dy.sample(n), channels: cout, plan: plan, rowStart: rowStart, rows: rows,
-                                            into: dm + offset, tiles: tiles, rowBuffer: rowBuffer)
-                }
+                transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
+                               into: v + offset, tiles: tiles, rowBuffer: rowBuffer)
+                transformOutputGradient(dy.sample(n), channels: cout, plan: plan, rowStart: rowStart, rows: rows,
+                                        into: dm + offset, tiles: tiles, rowBuffer: rowBuffer)
             }
             for xi in 0..<points {
                 // dU[xi] (Cout x Cin) += dM[xi] (Cout x T) * V[xi]^T (T x Cin)
@@ -231,7 +208,7 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
                            scratch: Scratch) {
     let cin = plan.inChannels, cout = plan.outChannels
     scratch.require(plan.scratchFloatsPerThread, "winograd tiles")
-    let tilesPerChunk = plan.maxTilesPerChunk, points = plan.points, f4 = plan.tile == 4
+    let tilesPerChunk = plan.maxTilesPerChunk, points = plan.points
     pool.parallelFor(plan.chunks) { range, thread in
         let v = scratch.buffer(thread), m = v + points * cin * tilesPerChunk
         let rowBuffer = v + plan.tileFloats + points * cin * cout
@@ -239,14 +216,8 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
             let (n0, n1, rowStart, rows) = plan.chunk(item)
             let tiles = (n1 - n0) * rows * plan.tilesWide
             for n in n0..<n1 {
-                let into = v + (n - n0) * rows * plan.tilesWide
-                if f4 {
-                    transformInputF4(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
-                                     into: into, tiles: tiles, rowBuffer: rowBuffer)
-                } else {
-                    transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
-                                   into: into, tiles: tiles, rowBuffer: rowBuffer)
-                }
+                transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
+                               into: v + (n - n0) * rows * plan.tilesWide, tiles: tiles, rowBuffer: rowBuffer)
             }
             for xi in 0..<points {
                 // M[xi] (Cout x T) = U[xi] (Cout x Cin) * V[xi] (Cin x T)
@@ -255,18 +226,50 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
                             0, m + xi * cout * tiles, Int32(tiles))
             }
             for n in n0..<n1 {
-                let from = m + (n - n0) * rows * plan.tilesWide
-                if f4 {
-                    transformOutputF4(from, tiles: tiles, into: y.sample(n), channels: cout, plan: plan,
-                                      rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
-                                      relu: relu, rowBuffer: rowBuffer)
-                } else {
-                    transformOutput(from, tiles: tiles, into: y.sample(n), channels: cout, plan: plan,
-                                    rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
-                                    relu: relu, rowBuffer: rowBuffer)
-                }
+                transformOutput(m + (n - n0) * rows * plan.tilesWide, tiles: tiles, into: y.sample(n), channels: cout,
+                                plan: plan, rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
+                                relu: relu, rowBuffer: rowBuffer)
             }
         }
+    }
+}
+
+/// The transforms of the plan's tile (F(2x2) or F(4x4)); arguments as for the F2/F4 versions below.
+@inline(__always)
+func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
+                    into v: UnsafeMutablePointer<Float>, tiles: Int, rowBuffer: UnsafeMutablePointer<Float>) {
+    if plan.tile == 4 {
+        transformInputF4(x, channels: channels, plan: plan, rowStart: rowStart, rows: rows, into: v, tiles: tiles,
+                         rowBuffer: rowBuffer)
+    } else {
+        transformInputF2(x, channels: channels, plan: plan, rowStart: rowStart, rows: rows, into: v, tiles: tiles,
+                         rowBuffer: rowBuffer)
+    }
+}
+
+@inline(__always)
+func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>, channels: Int,
+                     plan: WinogradPlan, rowStart: Int, rows: Int, bias: Tensor?, accumulate: Bool, relu: Bool,
+                     rowBuffer: UnsafeMutablePointer<Float>) {
+    if plan.tile == 4 {
+        transformOutputF4(m, tiles: tiles, into: y, channels: channels, plan: plan, rowStart: rowStart, rows: rows,
+                          bias: bias, accumulate: accumulate, relu: relu, rowBuffer: rowBuffer)
+    } else {
+        transformOutputF2(m, tiles: tiles, into: y, channels: channels, plan: plan, rowStart: rowStart, rows: rows,
+                          bias: bias, accumulate: accumulate, relu: relu, rowBuffer: rowBuffer)
+    }
+}
+
+@inline(__always)
+func transformOutputGradient(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan, rowStart: Int,
+                             rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
+                             rowBuffer: UnsafeMutablePointer<Float>) {
+    if plan.tile == 4 {
+        transformOutputGradientF4(dy, channels: channels, plan: plan, rowStart: rowStart, rows: rows, into: dm,
+                                  tiles: tiles, rowBuffer: rowBuffer)
+    } else {
+        transformOutputGradientF2(dy, channels: channels, plan: plan, rowStart: rowStart, rows: rows, into: dm,
+                                  tiles: tiles, rowBuffer: rowBuffer)
     }
 }
 
@@ -409,9 +412,9 @@ func preparePaddedRows(_ rowBuffer: UnsafeMutablePointer<Float>, count: Int, row
 /// their even and odd columns, then B along the row for every tile from those (tile t reads
 /// even[t], odd[t], even[t + 1], odd[t + 1]), so every store is contiguous over tiles.
 @inline(__always)
-func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
-                    rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
-                    rowBuffer: UnsafeMutablePointer<Float>) {
+func transformInputF2(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                      rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
+                      rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide, rs = plan.rowStride
     let stride = channels * tiles
     let phaseLength = tw + 1  // 2 * phaseLength <= rs
@@ -455,9 +458,9 @@ func transformInput(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: Winog
 /// The four results of each tile go to four streams over the tiles, then are interleaved into the
 /// two output rows.
 @inline(__always)
-func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
-                     channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
-                     bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
+func transformOutputF2(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
+                       channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
+                       bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
     // results[(2 r + q) * tw + t]: row r, column q of tile t; then the interleaved line.
@@ -489,9 +492,9 @@ func transformOutput(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: Unsaf
 /// F(2x2): dM[xi][o][t] = (A dy A^T)[xi] for the 2x2 output-gradient tile (zero outside the image),
 /// a tile row at a time: the two rows split into even and odd columns, then 16 streams over the tiles.
 @inline(__always)
-func transformOutputGradient(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
-                             rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
-                             rowBuffer: UnsafeMutablePointer<Float>) {
+func transformOutputGradientF2(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                               rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
+                               rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
     // Two output-gradient rows padded to 2 * tilesWide columns (a zero last column when W is odd),
@@ -721,6 +724,27 @@ func transformOutputGradientF4(_ dy: UnsafeMutablePointer<Float>, channels: Int,
 }
 
 // MARK: - Weight transforms
+
+/// The transformed weights of a (Cout, Cin, 3, 3) kernel, parallel over the rows of U, eight kernels
+/// at a time along a row:
+/// forward         U[xi][o][c] = (G g[o][c] G^T)[xi]
+/// input gradient  U'[xi][c][o] = (G flip(g[o][c]) G^T)[xi]  (Cin and Cout swapped, kernel rotated)
+private func transformAllWeights(_ weight: Tensor, into u: UnsafeMutablePointer<Float>, forInputGradient: Bool,
+                                 tile: Int, pool: WorkerPool) {
+    let cout = weight.n, cin = weight.c
+    // Row r of U, column k: kernel (o, c) = (r, k) forward, (k, r) for the input gradient.
+    let rows = forInputGradient ? cin : cout, columns = forInputGradient ? cout : cin
+    pool.parallelFor(rows) { range, _ in
+        for r in range {
+            forEachLanes(columns) { k, n in
+                transformWeights({ l in
+                    let (o, c) = forInputGradient ? (k + l, r) : (r, k + l)
+                    return UnsafePointer(weight.data + (o * cin + c) * 9)
+                }, count: n, into: u + (r * columns + k), stride: cout * cin, flip: forInputGradient, tile: tile)
+            }
+        }
+    }
+}
 
 /// The weight transform of `count` (<= 8) kernels at once: out[xi * stride + l] = (G g_l G^T)[xi] for
 /// the 3x3 kernel g_l = kernel(l) (flipped 180 degrees when `flip`), F(2x2) or F(4x4). The kernels'
