@@ -216,7 +216,11 @@ func worstScaledDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Do
     var worst = 0.0
     for (name, reference) in b {
         let scale = Double(reference.map { abs($0) }.max() ?? 0)
-        let diff = zip(a[name]!, reference).map { Double(abs($0 - $1)) }.max() ?? 0
+        // A NaN on either side counts as an infinite difference (max() would drop it).
+        let diff = zip(a[name]!, reference).map { x, y -> Double in
+            let d = Double(abs(x - y))
+            return d.isNaN ? .infinity : d
+        }.max() ?? 0
         worst = max(worst, scale > 0 ? diff / scale : diff)
     }
     return worst
