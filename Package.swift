@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
-// segtrain -> SegDistributed -> {CMPI, SegEngine}.
+// segtrain -> SegDistributed -> {CMPI, SegEngine, CSupport}.
 // segtrain -> SegData (PNG and JPEG files, synthetic data) -> {SegEngine, CPNG (libpng), CTurboJPEG (libjpeg-turbo)}.
 // The Swift modules that carry the numeric loops are compiled for a CPU level: on x86_64 `haswell`
 // (AVX2 + FMA, x86-64-v3: Intel since 2013, AMD since 2015), so LLVM vectorizes the Winograd
@@ -73,7 +73,7 @@ let package = Package(
         ),
         .target(
             name: "SegDistributed",
-            dependencies: ["CMPI", "SegEngine"]
+            dependencies: ["CMPI", "SegEngine", "CSupport"]
         ),
         .target(
             name: "SegData",

@@ -71,3 +71,10 @@ static void segtrain_require_avx2(void) {
     _exit(1);
 }
 #endif
+
+#include <malloc.h>
+
+void segtrain_keep_freed_memory_mapped(void) {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+}

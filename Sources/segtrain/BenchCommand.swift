@@ -121,6 +121,7 @@ struct BenchCommand: ParsableCommand {
         let loaderBefore = loader?.statistics()
         let allocationsBefore = heapAllocationCount()
         let largeBefore = heapAllocationCount(large: true)
+        let faultsBefore = minorPageFaults()
         let start = monotonicSeconds()
         var lastLoss = 0.0
         for _ in 0..<steps { lastLoss = try trainStep() }
@@ -135,6 +136,8 @@ struct BenchCommand: ParsableCommand {
             return ((now.waitSeconds - w) / Double(steps),
                     now.samplesLoaded > samples ? (now.loadSeconds - seconds) / Double(now.samplesLoaded - samples) : .nan)
         }
+        // Fresh pages the timed steps touched, on the rank that touched the most.
+        let faultsPerStep = Double(try communicator.allreduce(minorPageFaults() - faultsBefore, .max)) / Double(steps)
         guard isRoot else { return }
         let flopsPerImage = unet.layers.reduce(0) { $0 + $1.trainingFLOPs }
         let gflops = flopsPerImage * imagesPerSecond / 1e9
@@ -148,7 +151,7 @@ struct BenchCommand: ParsableCommand {
                 "\"steps\": \(steps)", "\"conv\": \"\(conv.rawValue)\"", "\"parameters\": \(unet.parameterCount)",
                 "\"images_per_second\": \(imagesPerSecond)", "\"gflops_per_second\": \(gflops)",
                 "\"seconds_per_step\": \(elapsed / Double(steps))", "\"peak_rss_mib\": \(rssMiB)",
-                "\"last_loss\": \(lastLoss)",
+                "\"last_loss\": \(lastLoss)", "\"page_faults_per_step\": \(faultsPerStep)",
             ]
             if let loaderStats {
                 fields.append("\"loader_threads\": \(dataOptions.loaderThreads)")
@@ -172,6 +175,7 @@ struct BenchCommand: ParsableCommand {
         print("  s/step        \(fixed(elapsed / Double(steps), 3))")
         print("  peak RSS      \(fixed(rssMiB, 0)) MiB")
         print("  last loss     \(fixed(lastLoss, 5))")
+        print("  page faults   \(fixed(faultsPerStep, 0)) per step" + (ranks > 1 ? " (the most of any rank)" : ""))
         if let loaderStats {
             print("  data          \(dataOptions.data!), \(dataOptions.loaderThreads) loader thread(s)"
                   + (dataOptions.noAugment ? "" : ", augmented"))
@@ -201,6 +205,13 @@ func heapAllocationCount(large: Bool = false) -> Int? {
 }
 
 /// Peak resident set size of this process in MiB (getrusage; Linux reports KiB).
+/// Minor page faults of this process so far (getrusage).
+func minorPageFaults() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return usage.ru_minflt
+}
+
 func peakResidentMiB() -> Double {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)

@@ -16,3 +16,7 @@ void segtrain_install_stop_handlers(void);
 
 /// The signal number that asked to stop (SIGTERM or SIGUSR1), or 0.
 int segtrain_stop_signal(void);
+
+/// Keeps freed heap memory mapped for reuse (mallopt: no mmap below 32 MiB, no trim below 64 MiB
+/// of free heap top), so buffers freed and allocated again every step fault no fresh pages.
+void segtrain_keep_freed_memory_mapped(void);
