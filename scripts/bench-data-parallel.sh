@@ -1,43 +1,82 @@
 #!/usr/bin/env bash
 # Issue #4's speed targets on this machine, side by side: the default UNet (Adam, BCE, random data)
-# at 128x128 with 4 images per rank, as
-#   1x1   segtrain bench, 1 rank x 1 thread, batch 4
-#   2x1   mpirun -np 2 --bind-to core segtrain bench, 2 ranks x 1 thread, global batch 8
-#   ddp   PyTorch DDP (gloo), 2 processes x 1 thread, global batch 8 (NCHW and channels_last)
-# Runs alternate within each round so load drifts hit all alike; medians are printed, with
-# 2x1 / (2 x 1x1) (target >= 0.97) and 2x1 / best DDP (target >= 1.5).
-# Needs a release build (swift build -c release), Open MPI and torch (pip install torch).
+# at 128x128 with 4 images per rank. Each round runs, one after the other:
+#   1x1 core C   segtrain bench, 1 rank x 1 thread, batch 4, pinned to core C (every core in turn:
+#                on a VM the cores need not be equally fast, and one unpinned run lands on either)
+#   pair         two independent 1x1 runs at once, one per core: what two ranks get from the
+#                shared hardware (caches, memory, the host) before any communication
+#   pair-lockstep  2 x the slower of the pair: the most any synchronous data-parallel run can get
+#                (every step waits for the slower rank), without communication costs
+#   2x1          mpirun -np 2 --bind-to core segtrain bench, 2 ranks x 1 thread, global batch 8
+#   ddp          PyTorch DDP (gloo), 2 processes x 1 thread, global batch 8 (NCHW and channels_last)
+# Runs alternate within each round so load drifts hit all alike. Printed: the median of each run,
+# and per round, then as a median over rounds:
+#   2x1 / (sum of 1x1 over the cores)   the target: >= 0.97 ("twice the 1-rank throughput")
+#   2x1 / pair                          what data-parallel training itself costs
+#   2x1 / pair-lockstep                 what the communication costs (in time per step)
+#   2x1 / best DDP                      the target: >= 1.5
+# Needs a release build (swift build -c release), Open MPI, taskset, and torch (pip install torch)
+# unless NO_DDP=1.
 # Usage: scripts/bench-data-parallel.sh [rounds (3)] [steps (8)] [warmup (3)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}; steps=${2:-8}; warmup=${3:-3}
 bin=${SEGTRAIN_BIN:-.build/release/segtrain}
+ddp=${NO_DDP:-0}; ddp=$((1 - ddp))
 [ -x "$bin" ] || { echo "build first: swift build -c release" >&2; exit 1; }
-python3 -c 'import torch' 2>/dev/null || { echo "PyTorch missing: pip install torch" >&2; exit 1; }
+[ "$ddp" = 0 ] || python3 -c 'import torch' 2>/dev/null || { echo "PyTorch missing: pip install torch (or NO_DDP=1)" >&2; exit 1; }
+[ "$(nproc)" -ge 2 ] || { echo "needs 2 cores, this process may use $(nproc)" >&2; exit 1; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The two cores this process may use (the first two of its affinity list).
+read -r core0 core1 < <(python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(c[0], c[1])')
 
 median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+ratio() { python3 -c "print(round($1 / ($2), 4))"; }
 common=(--image-size 128 --threads 1 --steps "$steps" --warmup "$warmup" --json)
+one() { taskset -c "$1" "$bin" bench "${common[@]}" --batch-size 4; }
 
 declare -A ips=()
+names=("1x1-core$core0" "1x1-core$core1" pair pair-lockstep 2x1)
+[ "$ddp" = 0 ] || names+=(ddp-nchw ddp-channels_last)
 for r in $(seq "$rounds"); do
-  out=$($bin bench "${common[@]}" --batch-size 4)
-  ips[1x1]+=" $(field "$out" images_per_second)"
-  out=$(mpirun -np 2 --bind-to core "$bin" bench "${common[@]}" --batch-size 8 | grep '^{')
+  for c in "$core0" "$core1"; do ips[1x1-core$c]+=" $(field "$(one "$c")" images_per_second)"; done
+  tmp=$(mktemp)
+  one "$core1" > "$tmp" &
+  a=$(field "$(one "$core0")" images_per_second)
+  wait
+  b=$(field "$(cat "$tmp")" images_per_second); rm -f "$tmp"
+  ips[pair]+=" $(python3 -c "print($a + $b)")"
+  ips[pair-lockstep]+=" $(python3 -c "print(2 * min($a, $b))")"
+  out=$(mpirun -np 2 --bind-to core --cpu-set "$core0,$core1" "$bin" bench "${common[@]}" --batch-size 8 | grep '^{')
   ips[2x1]+=" $(field "$out" images_per_second)"
-  for layout in nchw channels_last; do
-    flag=""; [ "$layout" = channels_last ] && flag="--channels-last"
-    out=$(python3 scripts/pytorch_baseline.py --ddp 2 --batch-size 8 "${common[@]}" $flag | grep '^{')
-    ips[ddp-$layout]+=" $(field "$out" images_per_second)"
-  done
-  echo "round $r: 1x1 ${ips[1x1]##* }, 2x1 ${ips[2x1]##* }, ddp-nchw ${ips[ddp-nchw]##* }, ddp-channels_last ${ips[ddp-channels_last]##* }" >&2
+  if [ "$ddp" = 1 ]; then
+    for layout in nchw channels_last; do
+      flag=""; [ "$layout" = channels_last ] && flag="--channels-last"
+      out=$(python3 scripts/pytorch_baseline.py --ddp 2 --batch-size 8 "${common[@]}" $flag | grep '^{')
+      ips[ddp-$layout]+=" $(field "$out" images_per_second)"
+    done
+  fi
+  line="round $r:"
+  for name in "${names[@]}"; do line+=" $name ${ips[$name]##* }"; done
+  echo "$line" >&2
 done
-printf '%-26s %10s   %s\n' run img/s "all rounds"
-for name in 1x1 2x1 ddp-nchw ddp-channels_last; do
-  printf '%-26s %10.2f  %s\n' "$name" "$(median ${ips[$name]})" "${ips[$name]}"
+
+# Per-round ratios, then their medians.
+declare -A per=()
+for r in $(seq "$rounds"); do
+  pick() { echo "${ips[$1]}" | awk -v r="$r" '{print $r}'; }
+  two=$(pick 2x1)
+  per[scaling]+=" $(ratio "$two" "$(pick "1x1-core$core0") + $(pick "1x1-core$core1")")"
+  per[pair]+=" $(ratio "$two" "$(pick pair)")"
+  per[lockstep]+=" $(ratio "$two" "$(pick pair-lockstep)")"
+  [ "$ddp" = 0 ] || per[ddp]+=" $(ratio "$two" "max($(pick ddp-nchw), $(pick ddp-channels_last))")"
 done
-one=$(median ${ips[1x1]}); two=$(median ${ips[2x1]})
-ddp=$(python3 -c "print(max($(median ${ips[ddp-nchw]}), $(median ${ips[ddp-channels_last]})))")
-printf '%-26s %10.3f\n' "2x1 / (2 x 1x1)" "$(python3 -c "print($two / (2 * $one))")"
-printf '%-26s %10.3f\n' "2x1 / best DDP" "$(python3 -c "print($two / $ddp)")"
+printf '%-34s %10s   %s\n' run img/s "all rounds"
+for name in "${names[@]}"; do
+  printf '%-34s %10.2f  %s\n' "$name" "$(median ${ips[$name]})" "${ips[$name]}"
+done
+printf '%-34s %10.3f  %s\n' "2x1 / (1x1 core$core0 + 1x1 core$core1)" "$(median ${per[scaling]})" "${per[scaling]}"
+printf '%-34s %10.3f  %s\n' "2x1 / pair" "$(median ${per[pair]})" "${per[pair]}"
+printf '%-34s %10.3f  %s\n' "2x1 / pair-lockstep" "$(median ${per[lockstep]})" "${per[lockstep]}"
+[ "$ddp" = 0 ] || printf '%-34s %10.3f  %s\n' "2x1 / best DDP" "$(median ${per[ddp]})" "${per[ddp]}"
