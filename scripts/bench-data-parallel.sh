@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue #4's speed targets on this machine, side by side: the default UNet (Adam, BCE, random data)
-# at 128x128 with 4 images per rank. Each round runs, one after the other:
-#   1x1 core C   segtrain bench, 1 rank x 1 thread, batch 4, pinned to core C (every core in turn:
+# at 128x128 with 4 images per rank (PER_RANK=B for another number). Each round runs, one after
+# the other:
+#   1x1 core C   segtrain bench, 1 rank x 1 thread, batch 4 (PER_RANK), pinned to core C (every core in turn:
 #                on a VM the cores need not be equally fast, and one unpinned run lands on either)
 #   pair         two independent 1x1 runs at once, one per core: what two ranks get from the
 #                shared hardware (caches, memory, the host) before any communication
@@ -9,6 +10,7 @@
 #                (every step waits for the slower rank), without communication costs
 #   2x1          mpirun -np 2 --bind-to core segtrain bench, 2 ranks x 1 thread, global batch 8
 #   ddp          PyTorch DDP (gloo), 2 processes x 1 thread, global batch 8 (NCHW and channels_last)
+#                (global batch: 2 x PER_RANK)
 # Runs alternate within each round so load drifts hit all alike. Printed: the median of each run,
 # and per round, then as a median over rounds:
 #   2x1 / (sum of 1x1 over the cores)   the target: >= 0.97 ("twice the 1-rank throughput")
@@ -23,6 +25,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}; steps=${2:-8}; warmup=${3:-3}
 bin=${SEGTRAIN_BIN:-.build/release/segtrain}
 ddp=${NO_DDP:-0}; ddp=$((1 - ddp))
+batch=${PER_RANK:-4}; global=$((2 * batch))
 [ -x "$bin" ] || { echo "build first: swift build -c release" >&2; exit 1; }
 [ "$ddp" = 0 ] || python3 -c 'import torch' 2>/dev/null || { echo "PyTorch missing: pip install torch (or NO_DDP=1)" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 cores, this process may use $(nproc)" >&2; exit 1; }
@@ -34,7 +37,7 @@ median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) f
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 ratio() { python3 -c "print(round($1 / ($2), 4))"; }
 common=(--image-size 128 --threads 1 --steps "$steps" --warmup "$warmup" --json)
-one() { taskset -c "$1" "$bin" bench "${common[@]}" --batch-size 4; }
+one() { taskset -c "$1" "$bin" bench "${common[@]}" --batch-size "$batch"; }
 
 declare -A ips=()
 names=("1x1-core$core0" "1x1-core$core1" pair pair-lockstep 2x1)
@@ -48,12 +51,12 @@ for r in $(seq "$rounds"); do
   b=$(field "$(cat "$tmp")" images_per_second); rm -f "$tmp"
   ips[pair]+=" $(python3 -c "print($a + $b)")"
   ips[pair-lockstep]+=" $(python3 -c "print(2 * min($a, $b))")"
-  out=$(mpirun -np 2 --bind-to core --cpu-set "$core0,$core1" "$bin" bench "${common[@]}" --batch-size 8 | grep '^{')
+  out=$(mpirun -np 2 --bind-to core --cpu-set "$core0,$core1" "$bin" bench "${common[@]}" --batch-size "$global" | grep '^{')
   ips[2x1]+=" $(field "$out" images_per_second)"
   if [ "$ddp" = 1 ]; then
     for layout in nchw channels_last; do
       flag=""; [ "$layout" = channels_last ] && flag="--channels-last"
-      out=$(python3 scripts/pytorch_baseline.py --ddp 2 --batch-size 8 "${common[@]}" $flag | grep '^{')
+      out=$(python3 scripts/pytorch_baseline.py --ddp 2 --batch-size "$global" "${common[@]}" $flag | grep '^{')
       ips[ddp-$layout]+=" $(field "$out" images_per_second)"
     done
   fi
