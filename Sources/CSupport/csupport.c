@@ -78,13 +78,3 @@ void segtrain_keep_freed_memory_mapped(void) {
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
 }
-
-#include <stdatomic.h>
-
-long long segtrain_load_acquire(const long long *p) {
-    return atomic_load_explicit((const _Atomic long long *)p, memory_order_acquire);
-}
-
-void segtrain_store_release(long long *p, long long value) {
-    atomic_store_explicit((_Atomic long long *)p, value, memory_order_release);
-}

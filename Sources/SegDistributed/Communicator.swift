@@ -88,8 +88,6 @@ public final class Communicator {
     private let world: MPI_Comm
     private var node: MPI_Comm?
     private var finalized = false
-    /// Node-shared windows to free before MPI_Finalize.
-    private var sharedWindows: [NodeSharedMemory] = []
 
     private init(world: MPI_Comm, node: MPI_Comm, rank: Int, size: Int, localRank: Int, localSize: Int,
                  hostname: String, chunkElements: Int) {
@@ -159,39 +157,10 @@ public final class Communicator {
     public func finalize() throws {
         if finalized { return }
         finalized = true
-        for shared in sharedWindows { try shared.free() }
-        sharedWindows.removeAll()
         if node != nil {
             try Communicator.check(MPI_Comm_free(&node), "MPI_Comm_free")
         }
         try Communicator.check(MPI_Finalize(), "MPI_Finalize")
-    }
-
-    /// Memory that every rank on this node can read and write: `bytes` of this rank's own, page
-    /// aligned, in one MPI-3 shared window over the node communicator (MPI_Win_allocate_shared;
-    /// Open MPI backs it with a file in /dev/shm). Collective over the node's ranks; freed by
-    /// `finalize`.
-    public func allocateNodeShared(bytes: Int) throws -> NodeSharedMemory {
-        guard let node else { throw CommunicatorError(description: "no node communicator (finalized)") }
-        let own = (max(bytes, 1) + 4095) / 4096 * 4096
-        var base: UnsafeMutableRawPointer? = nil
-        var window: MPI_Win? = nil
-        try check(MPI_Win_allocate_shared(own, 1, cmpi_info_null(), node, &base, &window),
-                  "MPI_Win_allocate_shared (\(own) bytes per rank)")
-        try check(MPI_Win_set_errhandler(window, cmpi_errors_return()), "MPI_Win_set_errhandler")
-        var bases: [UnsafeMutableRawPointer] = []
-        for r in 0..<localSize {
-            var size = 0, unit: Int32 = 0
-            var pointer: UnsafeMutableRawPointer? = nil
-            try check(MPI_Win_shared_query(window, Int32(r), &size, &unit, &pointer), "MPI_Win_shared_query")
-            guard let pointer, size >= own else {
-                throw CommunicatorError(description: "MPI_Win_shared_query: local rank \(r) has \(size) of \(own) bytes")
-            }
-            bases.append(pointer)
-        }
-        let shared = NodeSharedMemory(window: window, bases: bases, bytes: own)
-        sharedWindows.append(shared)
-        return shared
     }
 
     /// Prints `segtrain: rank R: message` on stderr and aborts every rank of the job (MPI_Abort).
@@ -492,26 +461,5 @@ public final class Request {
                                           "MPI_Waitall")
             }
         }
-    }
-}
-
-/// A node-shared window (`Communicator.allocateNodeShared`): `bases[r]` is local rank r's part,
-/// mapped into this process; each part is `bytes` long.
-public final class NodeSharedMemory {
-    fileprivate var window: MPI_Win?
-    public let bases: [UnsafeMutableRawPointer]
-    public let bytes: Int
-
-    fileprivate init(window: MPI_Win?, bases: [UnsafeMutableRawPointer], bytes: Int) {
-        self.window = window
-        self.bases = bases
-        self.bytes = bytes
-    }
-
-    /// MPI_Win_free (collective over the node). Idempotent.
-    fileprivate func free() throws {
-        guard window != nil else { return }
-        try Communicator.check(MPI_Win_free(&window), "MPI_Win_free")
-        window = nil
     }
 }

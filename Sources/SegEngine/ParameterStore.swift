@@ -40,7 +40,7 @@ public final class ParameterStore {
     /// Trainable values, one flat buffer.
     public let values: FloatBuffer
     /// Gradients, same layout as `values`.
-    public private(set) var gradients: FloatBuffer
+    public let gradients: FloatBuffer
     /// Non-trainable state (running statistics), not touched by optimizers or gradient allreduce.
     public let buffers: FloatBuffer
     private let indexByName: [String: Int]
@@ -78,13 +78,4 @@ public final class ParameterStore {
     public func value(named name: String) -> Tensor? { index(of: name).map { value($0) } }
 
     public func zeroGradients() { gradients.tensor.zero() }
-
-    /// Moves the gradients into `buffer` (same count; e.g. memory the ranks of a node share), with
-    /// their current contents. Views taken before point at the old memory: call it before any
-    /// step or plan.
-    public func moveGradients(to buffer: FloatBuffer) {
-        precondition(buffer.count == gradients.count, "gradient buffer of \(buffer.count) floats for \(gradients.count)")
-        buffer.pointer.update(from: gradients.pointer, count: gradients.count)
-        gradients = buffer
-    }
 }

@@ -30,8 +30,6 @@ public struct Shape: Equatable, Hashable, CustomStringConvertible, Sendable {
 public final class FloatBuffer {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int
-    /// What keeps borrowed memory alive (nil: this buffer owns and frees its memory).
-    private let owner: AnyObject?
 
     public init(count: Int) {
         precondition(count >= 0)
@@ -42,19 +40,9 @@ public final class FloatBuffer {
         precondition(status == 0 && raw != nil, "out of memory allocating \(bytes) bytes")
         pointer = raw!.bindMemory(to: Float.self, capacity: max(count, 1))
         pointer.initialize(repeating: 0, count: max(count, 1))
-        owner = nil
     }
 
-    /// `count` floats of memory that `owner` allocated and keeps alive (e.g. an MPI shared
-    /// window); not freed by this buffer.
-    public init(borrowing pointer: UnsafeMutablePointer<Float>, count: Int, owner: AnyObject) {
-        precondition(count >= 0)
-        self.pointer = pointer
-        self.count = count
-        self.owner = owner
-    }
-
-    deinit { if owner == nil { free(pointer) } }
+    deinit { free(pointer) }
 
     /// A view of `shape.count` elements starting at `offset`.
     public func view(_ shape: Shape, offset: Int = 0) -> Tensor {

@@ -50,7 +50,6 @@ struct BenchCommand: ParsableCommand {
         let pool = WorkerPool(threads: threads)
         let config = model.unetConfig
         let unet = UNet(config, pool: pool)
-        let gradientSums = try training.gradientCollectives(communicator, store: unet.store)
         let globalBatch = training.batchSize, size = model.imageSize
         let batch = shareOf(globalBatch, ranks: ranks, rank: communicator.rank).count
 
@@ -104,7 +103,7 @@ struct BenchCommand: ParsableCommand {
                              optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         step.plan(batch: batch, height: size, width: size)
         try communicator.broadcast(unet.store.values.tensor)
-        let parallel = DataParallelStep(local: step, collectives: gradientSums)
+        let parallel = DataParallelStep(local: step, collectives: communicator)
         training.configure(parallel)
         // One rank: the plain local step (what the allocation check measures); several: data-parallel.
         func trainStep() throws -> Double {
@@ -144,12 +143,11 @@ struct BenchCommand: ParsableCommand {
         let gflops = flopsPerImage * imagesPerSecond / 1e9
         let rssMiB = peakResidentMiB()
         let kinds = WorkKind.allCases.filter { unet.profile[$0] > 0 }
-        let sumsLabel = ranks == 1 ? "none" : gradientSums is NodeSums ? "shared-memory" : "mpi"
 
         if json {
             var fields = [
                 "\"image_size\": \(size)", "\"batch_size\": \(globalBatch)", "\"threads\": \(threads)",
-                "\"ranks\": \(ranks)", "\"gradient_sums\": \"\(sumsLabel)\"",
+                "\"ranks\": \(ranks)",
                 "\"steps\": \(steps)", "\"conv\": \"\(conv.rawValue)\"", "\"parameters\": \(unet.parameterCount)",
                 "\"images_per_second\": \(imagesPerSecond)", "\"gflops_per_second\": \(gflops)",
                 "\"seconds_per_step\": \(elapsed / Double(steps))", "\"peak_rss_mib\": \(rssMiB)",
@@ -177,7 +175,6 @@ struct BenchCommand: ParsableCommand {
         print("  s/step        \(fixed(elapsed / Double(steps), 3))")
         print("  peak RSS      \(fixed(rssMiB, 0)) MiB")
         print("  last loss     \(fixed(lastLoss, 5))")
-        if ranks > 1 { print("  gradient sums \(sumsLabel)") }
         print("  page faults   \(fixed(faultsPerStep, 0)) per step" + (ranks > 1 ? " (the most of any rank)" : ""))
         if let loaderStats {
             print("  data          \(dataOptions.data!), \(dataOptions.loaderThreads) loader thread(s)"

@@ -2,7 +2,6 @@ import ArgumentParser
 import SegEngine
 import SegModel
 import SegTraining
-import SegDistributed
 
 extension Upsampling: ExpressibleByArgument {}
 extension Initialization: ExpressibleByArgument {}
@@ -59,11 +58,6 @@ struct ModelOptions: ParsableArguments {
     var threadCount: Int { threads ?? ThreadDefaults.threadsPerRank() }
 }
 
-/// How the ranks sum gradients (--gradient-sums).
-enum GradientSums: String, CaseIterable, ExpressibleByArgument {
-    case auto, mpi
-}
-
 /// Loss and optimizer flags.
 struct TrainingOptions: ParsableArguments {
     @Option(help: "Loss: bce, dice, bce+dice, ce, weighted-ce (default: bce for 1 class, ce otherwise).")
@@ -86,8 +80,6 @@ struct TrainingOptions: ParsableArguments {
     var batchPerRank: Int?
     @Option(help: "Under mpirun: sum gradients in buckets of this many MiB while backward runs (0: one sum after backward).")
     var bucketMb = 1.0
-    @Option(help: "Under mpirun: auto sums gradients through memory shared by the ranks when all are on one node, mpi through MPI messages.")
-    var gradientSums = GradientSums.auto
 
     /// These options with the global batch fixed for `ranks` ranks (--batch-per-rank).
     func resolved(ranks: Int) -> TrainingOptions {
@@ -100,24 +92,6 @@ struct TrainingOptions: ParsableArguments {
     func configure(_ step: DataParallelStep) {
         step.overlap = bucketMb > 0
         step.bucketFloats = max(1, Int(bucketMb * 1024 * 1024 / 4))
-    }
-
-    /// The collectives a data-parallel step sums gradients with: with --gradient-sums auto and
-    /// every rank on this node, `NodeSums` over a node-shared window that `store`'s gradients move
-    /// into (call before any plan or step); otherwise MPI. Collective over the ranks.
-    func gradientCollectives(_ communicator: Communicator, store: ParameterStore) throws -> Collectives {
-        guard gradientSums == .auto, communicator.size > 1, communicator.localSize == communicator.size,
-              communicator.localRank == communicator.rank else { return communicator }
-        let bytes = NodeSums.bytesPerRank(count: store.parameterCount)
-        let shared: NodeSharedMemory
-        do { shared = try communicator.allocateNodeShared(bytes: bytes) } catch {
-            throw UserError("cannot share \(bytes >> 20) MiB per rank between the ranks of this node (\(error)); "
-                            + "--gradient-sums mpi sums through MPI messages instead")
-        }
-        let sums = NodeSums(base: communicator, parts: shared.bases, count: store.parameterCount)
-        store.moveGradients(to: sums.gradientBuffer(owner: shared))
-        try communicator.barrier()  // every rank's counters are zero before any sum starts
-        return sums
     }
 
     func lossKind(classes: Int) -> LossKind { loss ?? (classes == 1 ? .bce : .ce) }

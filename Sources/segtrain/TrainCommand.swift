@@ -175,7 +175,6 @@ struct TrainCommand: ParsableCommand {
         let pool = WorkerPool(threads: model.threadCount)
         let config = model.unetConfig
         let unet = UNet(config, pool: pool)
-        let gradientSums = try training.gradientCollectives(communicator, store: unet.store)
         if let path = initWeights, isRoot {
             do {
                 try SafetensorsFile(path: path).read(into: Safetensors.items(of: unet.store, gradients: false))
@@ -194,7 +193,7 @@ struct TrainCommand: ParsableCommand {
         if (schedule == .plateau || patience != nil) && data.validation == nil {
             throw SharedError(description: "--schedule plateau and --patience watch the validation loss, but there is no validation set")
         }
-        let trainer = Trainer(step: local, collectives: gradientSums, train: data.train, validation: data.validation,
+        let trainer = Trainer(step: local, collectives: communicator, train: data.train, validation: data.validation,
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: config.seed,
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
         if let path = dumpGradients, isRoot {

@@ -20,8 +20,3 @@ int segtrain_stop_signal(void);
 /// Keeps freed heap memory mapped for reuse (mallopt: no mmap below 32 MiB, no trim below 64 MiB
 /// of free heap top), so buffers freed and allocated again every step fault no fresh pages.
 void segtrain_keep_freed_memory_mapped(void);
-
-/// Atomic load with acquire ordering and store with release ordering of a 64-bit counter (also
-/// in memory shared between processes).
-long long segtrain_load_acquire(const long long *p);
-void segtrain_store_release(long long *p, long long value);
