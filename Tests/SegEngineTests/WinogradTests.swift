@@ -186,23 +186,31 @@ final class WinogradTests: XCTestCase {
             .chunksPerImage, 1, "large planes are cut into bands")
     }
 
-    /// Large planes split into several chunks per image.
+    /// Large planes split into several chunks per image (a chunk starting mid-plane reads the rows
+    /// above it), for both tiles and all three passes.
     func testManyChunksPerImage() {
-        let plan = WinogradPlan(inChannels: 64, outChannels: 64, height: 66, width: 67, batch: 1, threads: 2)
-        XCTAssertGreaterThan(plan.chunksPerImage, 1)
         let pool = WorkerPool(threads: 2)
         let x = random(Shape(1, 64, 66, 67), 1), w = random(Shape(64, 64, 3, 3), 2), dy = random(Shape(1, 64, 66, 67), 3)
-        let scratch = Scratch(threads: 2)
-        scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
-        scratch.reserve(sharedFloats: plan.sharedFloats)
-        let fast = OwnedTensor(dy.shape), slow = OwnedTensor(dy.shape)
-        winogradConv3x3Forward(fast.tensor, x.tensor, weight: w.tensor, bias: nil, pool: pool, scratch: scratch)
+        let slow = OwnedTensor(dy.shape), rdx = OwnedTensor(x.shape), rdw = OwnedTensor(w.shape)
         conv2dForwardNaive(slow.tensor, x.tensor, weight: w.tensor, bias: nil)
-        assertClose(fast.tensor, slow.tensor, "forward, many chunks", tolerance: 2e-4)
-        let dw = OwnedTensor(w.shape), rdw = OwnedTensor(w.shape)
-        winogradConv3x3WeightGradient(dweight: dw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor, pool: pool, scratch: scratch)
-        conv2dBackwardNaive(dx: nil, dweight: rdw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor, weight: w.tensor)
-        // Sums of 66*67 products: compare relative to the gradient's scale.
-        assertClose(dw.tensor, rdw.tensor, "dw, many chunks", tolerance: 1e-3)
+        conv2dBackwardNaive(dx: rdx.tensor, dweight: rdw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor, weight: w.tensor)
+        for tile in [2, 4] {
+            let plan = WinogradPlan(inChannels: 64, outChannels: 64, height: 66, width: 67, batch: 1, threads: 2, tile: tile)
+            XCTAssertGreaterThan(plan.chunksPerImage, 1, "F(\(tile))")
+            let scratch = Scratch(threads: 2)
+            scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
+            scratch.reserve(sharedFloats: plan.sharedFloats)
+            let fast = OwnedTensor(dy.shape), dx = OwnedTensor(x.shape), dw = OwnedTensor(w.shape)
+            winogradConv3x3Forward(fast.tensor, x.tensor, weight: w.tensor, bias: nil, tile: tile, pool: pool, scratch: scratch)
+            assertClose(fast.tensor, slow.tensor, "F(\(tile)) forward, many chunks", tolerance: 2e-4)
+            dx.tensor.fill(.nan)  // written, not added into
+            winogradConv3x3InputGradient(dx: dx.tensor, dy: dy.tensor, weight: w.tensor, accumulate: false, tile: tile,
+                                         pool: pool, scratch: scratch)
+            assertClose(dx.tensor, rdx.tensor, "F(\(tile)) dx, many chunks", tolerance: 2e-4)
+            winogradConv3x3WeightGradient(dweight: dw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor, tile: tile,
+                                          pool: pool, scratch: scratch)
+            // Sums of 66*67 products: compare relative to the gradient's scale.
+            assertClose(dw.tensor, rdw.tensor, "F(\(tile)) dw, many chunks", tolerance: 1e-3)
+        }
     }
 }
