@@ -111,7 +111,14 @@ public final class Communicator {
         try check(MPI_Initialized(&flag), "MPI_Initialized")
         if flag != 0 { throw CommunicatorError(description: "MPI is already started; start one Communicator per process") }
 
-        keepFreedMemoryMapped()
+        // Open MPI's non-blocking allreduce (libnbc) mallocs a scratch buffer as large as each
+        // bucket (1 MiB) and frees it when the sum is done. With glibc's defaults those buffers came
+        // now and then from fresh mmaps, or from heap pages trimmed back to the kernel at a free:
+        // `segtrain bench` under `mpirun -np 2` counted 29 to 400 page faults per step on the worse
+        // rank in four runs, and 2,900 (11 MiB of zeroed pages) in one. Buffers below 32 MiB now
+        // come from the heap, and up to 64 MiB of freed heap top stays mapped (0 to 47 in four
+        // runs). The engine allocates its own buffers once (plans, arenas); peak RSS is unchanged.
+        segtrain_keep_freed_memory_mapped()
         var provided: Int32 = 0
         try check(MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided), "MPI_Init_thread")
         let world: MPI_Comm = cmpi_comm_world()
@@ -142,15 +149,6 @@ public final class Communicator {
                             localRank: Int(localRank), localSize: Int(localSize),
                             hostname: hostname, chunkElements: chunk)
     }
-
-    /// Open MPI's non-blocking allreduce (libnbc) mallocs a scratch buffer as large as each
-    /// bucket (1 MiB) and frees it when the sum is done. With glibc's defaults those buffers came
-    /// now and then from fresh mmaps, or from heap pages trimmed back to the kernel at a free:
-    /// `segtrain bench` under `mpirun -np 2` counted 29 to 400 page faults per step on the worse
-    /// rank in four runs, and 2,900 (11 MiB of zeroed pages) in one. Buffers below 32 MiB now
-    /// come from the heap, and up to 64 MiB of freed heap top stays mapped (0 to 47 in four
-    /// runs). The engine allocates its own buffers once (plans, arenas); peak RSS is unchanged.
-    static func keepFreedMemoryMapped() { segtrain_keep_freed_memory_mapped() }
 
     /// Frees the node communicator and calls MPI_Finalize. Every rank must call it. Idempotent.
     /// Never called from deinit: MPI_Finalize is collective and belongs at a known point.

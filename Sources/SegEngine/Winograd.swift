@@ -100,13 +100,11 @@ public struct WinogradPlan {
     public var sharedFloats: Int { points * inChannels * outChannels }
 }
 
-/// y (N, Cout, H, W) = conv3x3(x) + bias (max(., 0) with `relu`), or y += conv3x3(x) when `accumulate`.
+/// y (N, Cout, H, W) = conv3x3(x) + bias (max(., 0) with `relu`).
 /// x: (N, Cin, H, W)  weight: (Cout, Cin, 3, 3)  bias: (Cout,1,1,1) or nil
 /// `tile`: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
 public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?,
-                                   accumulate: Bool = false, relu: Bool = false, tile: Int = 2,
-                                   pool: WorkerPool, scratch: Scratch) {
-    precondition(!(accumulate && relu), "winograd: relu applies to an overwritten output only")
+                                   relu: Bool = false, tile: Int = 2, pool: WorkerPool, scratch: Scratch) {
     let cin = x.c, cout = y.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
     precondition(y.n == x.n && y.h == x.h && y.w == x.w, "winograd: y \(y.shape) vs x \(x.shape)")
@@ -115,7 +113,7 @@ public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bia
     scratch.requireShared(plan.sharedFloats, "winograd forward")
     let u = scratch.shared
     transformAllWeights(weight, into: u, forInputGradient: false, tile: tile, pool: pool)
-    winogradTiles(y, x, transformedWeight: u, bias: bias, accumulate: accumulate, relu: relu, plan: plan,
+    winogradTiles(y, x, transformedWeight: u, bias: bias, accumulate: false, relu: relu, plan: plan,
                   pool: pool, scratch: scratch)
 }
 

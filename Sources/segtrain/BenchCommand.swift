@@ -204,16 +204,15 @@ func heapAllocationCount(large: Bool = false) -> Int? {
     return unsafeBitCast(symbol, to: Counter.self)()
 }
 
-/// Peak resident set size of this process in MiB (getrusage; Linux reports KiB).
-/// Minor page faults of this process so far (getrusage).
-func minorPageFaults() -> Int {
+/// This process's resource usage so far (getrusage).
+private func resourceUsage() -> rusage {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
-    return usage.ru_minflt
+    return usage
 }
 
-func peakResidentMiB() -> Double {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return Double(usage.ru_maxrss) / 1024
-}
+/// Minor page faults of this process so far.
+func minorPageFaults() -> Int { resourceUsage().ru_minflt }
+
+/// Peak resident set size of this process in MiB (Linux reports KiB).
+func peakResidentMiB() -> Double { Double(resourceUsage().ru_maxrss) / 1024 }
