@@ -6,8 +6,9 @@
 #                on a VM the cores need not be equally fast, and one unpinned run lands on either)
 #   pair         two independent 1x1 runs at once, one per core: what two ranks get from the
 #                shared hardware (caches, memory, the host) before any communication
-#   pair-lockstep  2 x the slower of the pair: the most any synchronous data-parallel run can get
-#                (every step waits for the slower rank), without communication costs
+#   pair-lockstep  the pair's images over the sum, step by step, of the slower of its two step
+#                times: what a synchronous data-parallel run gets if every step waits for the
+#                slower rank and communication costs nothing (the ceiling for any such trainer)
 #   2x1          mpirun -np 2 --bind-to core segtrain bench, 2 ranks x 1 thread, global batch 8
 #   ddp          PyTorch DDP (gloo), 2 processes x 1 thread, global batch 8 (NCHW and channels_last)
 #                (global batch: 2 x PER_RANK)
@@ -16,6 +17,7 @@
 #   2x1 / (sum of 1x1 over the cores)   the target: >= 0.97 ("twice the 1-rank throughput")
 #   2x1 / pair                          what data-parallel training itself costs
 #   2x1 / pair-lockstep                 what the communication costs (in time per step)
+#   pair-lockstep / (sum of 1x1)        the ceiling the machine leaves for the target
 #   2x1 / best DDP                      the target: >= 1.5
 # Needs a release build (swift build -c release), Open MPI, taskset, and torch (pip install torch)
 # unless NO_DDP=1.
@@ -46,11 +48,14 @@ for r in $(seq "$rounds"); do
   for c in "$core0" "$core1"; do ips[1x1-core$c]+=" $(field "$(one "$c")" images_per_second)"; done
   tmp=$(mktemp)
   one "$core1" > "$tmp" &
-  a=$(field "$(one "$core0")" images_per_second)
+  ja=$(one "$core0")
   wait
-  b=$(field "$(cat "$tmp")" images_per_second); rm -f "$tmp"
+  jb=$(cat "$tmp"); rm -f "$tmp"
+  a=$(field "$ja" images_per_second); b=$(field "$jb" images_per_second)
   ips[pair]+=" $(python3 -c "print($a + $b)")"
-  ips[pair-lockstep]+=" $(python3 -c "print(2 * min($a, $b))")"
+  ips[pair-lockstep]+=" $(python3 -c 'import json,sys
+a, b = (json.loads(j)["step_seconds"] for j in sys.argv[1:3])
+print(2 * int(sys.argv[3]) * len(a) / sum(max(x, y) for x, y in zip(a, b)))' "$ja" "$jb" "$batch")"
   out=$(mpirun -np 2 --bind-to core --cpu-set "$core0,$core1" "$bin" bench "${common[@]}" --batch-size "$global" | grep '^{')
   ips[2x1]+=" $(field "$out" images_per_second)"
   if [ "$ddp" = 1 ]; then
@@ -73,6 +78,7 @@ for r in $(seq "$rounds"); do
   per[scaling]+=" $(ratio "$two" "$(pick "1x1-core$core0") + $(pick "1x1-core$core1")")"
   per[pair]+=" $(ratio "$two" "$(pick pair)")"
   per[lockstep]+=" $(ratio "$two" "$(pick pair-lockstep)")"
+  per[ceiling]+=" $(ratio "$(pick pair-lockstep)" "$(pick "1x1-core$core0") + $(pick "1x1-core$core1")")"
   [ "$ddp" = 0 ] || per[ddp]+=" $(ratio "$two" "max($(pick ddp-nchw), $(pick ddp-channels_last))")"
 done
 printf '%-34s %10s   %s\n' run img/s "all rounds"
@@ -82,4 +88,5 @@ done
 printf '%-34s %10.3f  %s\n' "2x1 / (1x1 core$core0 + 1x1 core$core1)" "$(median ${per[scaling]})" "${per[scaling]}"
 printf '%-34s %10.3f  %s\n' "2x1 / pair" "$(median ${per[pair]})" "${per[pair]}"
 printf '%-34s %10.3f  %s\n' "2x1 / pair-lockstep" "$(median ${per[lockstep]})" "${per[lockstep]}"
+printf '%-34s %10.3f  %s\n' "pair-lockstep / (1x1 + 1x1)" "$(median ${per[ceiling]})" "${per[ceiling]}"
 [ "$ddp" = 0 ] || printf '%-34s %10.3f  %s\n' "2x1 / best DDP" "$(median ${per[ddp]})" "${per[ddp]}"

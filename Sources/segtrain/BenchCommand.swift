@@ -118,14 +118,24 @@ struct BenchCommand: ParsableCommand {
 
         for _ in 0..<warmup { _ = try trainStep() }
         unet.profile.reset()
+        // Each timed step's seconds (scripts/bench-data-parallel.sh pairs two runs step by step);
+        // reserved here, outside the counted allocations.
+        var stepSeconds: [Double] = []
+        stepSeconds.reserveCapacity(steps)
         let loaderBefore = loader?.statistics()
         let allocationsBefore = heapAllocationCount()
         let largeBefore = heapAllocationCount(large: true)
         let faultsBefore = minorPageFaults()
         let start = monotonicSeconds()
         var lastLoss = 0.0
-        for _ in 0..<steps { lastLoss = try trainStep() }
-        let elapsed = monotonicSeconds() - start
+        var stepStart = start
+        for _ in 0..<steps {
+            lastLoss = try trainStep()
+            let now = monotonicSeconds()
+            stepSeconds.append(now - stepStart)
+            stepStart = now
+        }
+        let elapsed = stepStart - start
         let allocations = heapAllocationCount().map { $0 - allocationsBefore! }
         let large = heapAllocationCount(large: true).map { $0 - largeBefore! }
         let imagesPerSecond = Double(globalBatch * steps) / elapsed
@@ -152,6 +162,7 @@ struct BenchCommand: ParsableCommand {
                 "\"images_per_second\": \(imagesPerSecond)", "\"gflops_per_second\": \(gflops)",
                 "\"seconds_per_step\": \(elapsed / Double(steps))", "\"peak_rss_mib\": \(rssMiB)",
                 "\"last_loss\": \(lastLoss)", "\"page_faults_per_step\": \(faultsPerStep)",
+                "\"step_seconds\": [\(stepSeconds.map { "\($0)" }.joined(separator: ", "))]",
             ]
             if let loaderStats {
                 fields.append("\"loader_threads\": \(dataOptions.loaderThreads)")
