@@ -292,23 +292,28 @@ public final class Communicator {
         try allreduceSum(tensor.buffer)
     }
 
-    /// Starts summing `buffer` over all ranks in place (MPI_Iallreduce, one request per chunk) and
-    /// returns at once. The memory must stay alive and untouched until `wait()` returns.
-    public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> Request {
+    /// Starts summing `source` over all ranks into `buffer` (MPI_Iallreduce, one request per chunk;
+    /// without `source`, `buffer` in place) and returns at once. Both must stay alive and untouched
+    /// until `wait()` returns. With a separate source, Open MPI's non-blocking allreduce neither
+    /// copies the buffer aside first (in place it does, on every rank, when ceil(log2 ranks) is
+    /// odd) nor is held to its binomial tree for 4 ranks or more (in place it always is).
+    public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>,
+                                  from source: UnsafeBufferPointer<Float>? = nil) throws -> Request {
+        precondition(source == nil || source!.count == buffer.count, "the source and the result differ in size")
         let request = Request()
         guard let base = buffer.baseAddress else { return request }
         try forEachChunk(buffer.count) { offset, n in
             var handle: MPI_Request? = cmpi_request_null()
-            try check(MPI_Iallreduce(UnsafeRawPointer(cmpi_in_place()), base + offset, n, cmpi_float(), cmpi_sum(),
-                                     world, &handle), "MPI_Iallreduce")
+            let send = source.map { UnsafeRawPointer($0.baseAddress! + offset) } ?? UnsafeRawPointer(cmpi_in_place())
+            try check(MPI_Iallreduce(send, base + offset, n, cmpi_float(), cmpi_sum(), world, &handle), "MPI_Iallreduce")
             request.handles.append(handle)
         }
         return request
     }
 
-    /// `startAllreduceSum` of a tensor's elements.
-    public func startAllreduceSum(_ tensor: Tensor) throws -> Request {
-        try startAllreduceSum(tensor.buffer)
+    /// `startAllreduceSum` of a tensor's elements (of `source`'s into `tensor`'s, when given).
+    public func startAllreduceSum(_ tensor: Tensor, from source: Tensor? = nil) throws -> Request {
+        try startAllreduceSum(tensor.buffer, from: source.map { UnsafeBufferPointer($0.buffer) })
     }
 
     /// Reduces `count` elements at `pointer` in place, in chunks.

@@ -21,9 +21,10 @@ public protocol Collectives: AnyObject {
     var size: Int { get }
     /// Sums `tensor` over all ranks, in place.
     func sumInPlace(_ tensor: Tensor) throws
-    /// Starts summing `tensor` over all ranks in place and returns at once; the memory must not be
-    /// touched until the sum is done. Every rank must start the same sums in the same order.
-    func startSum(_ tensor: Tensor) throws -> PendingSum
+    /// Starts summing `tensor` over all ranks into `result` (as many elements; `tensor` is only read)
+    /// and returns at once; neither may be touched until the sum is done. Every rank must start the
+    /// same sums in the same order.
+    func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum
     /// Element-wise sums of `values` over all ranks.
     func sum(_ values: [Double]) throws -> [Double]
 }
@@ -44,8 +45,10 @@ public func shareOf(_ count: Int, ranks: Int, rank: Int) -> Range<Int> {
 
 extension Collectives {
     /// Default: the sum at once.
-    public func startSum(_ tensor: Tensor) throws -> PendingSum {
-        try sumInPlace(tensor)
+    public func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum {
+        precondition(tensor.count == result.count, "the tensor and the result differ in size")
+        for i in 0..<tensor.count { result[i] = tensor[i] }
+        try sumInPlace(result)
         return CompletedSum()
     }
 

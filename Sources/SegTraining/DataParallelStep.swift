@@ -1,8 +1,9 @@
 // One data-parallel step over a global batch: each rank runs forward and backward on its share,
 // with the loss divided by the GLOBAL number of terms (pixels, images; summed over ranks first),
 // so that the sum of the ranks' gradients is exactly the gradient of the mean loss over the
-// global batch, also when shares are uneven. One allreduce of the flat gradient buffer, then
-// every rank applies the same update to the same weights.
+// global batch, also when shares are uneven. One allreduce of the flat gradient buffer (in buckets
+// while backward runs: from the store's gradients into a second buffer of the same layout, which
+// the optimizer then reads), then every rank applies the same update to the same weights.
 
 import SegEngine
 import SegModel
@@ -38,6 +39,10 @@ public final class DataParallelStep {
     var bucketsPlannedFor = 0
     var nextBucket = 0
     var pendingSums: [PendingSum] = []
+    /// Where the bucket sums land: the gradient buffer's layout, allocated on the first such step.
+    /// (A sum from one buffer into another spares Open MPI a copy of every bucket and lets it pick
+    /// its algorithm by size; see `Communicator.startAllreduceSum`.)
+    var summed: FloatBuffer?
     /// `advanceBuckets` as the backward pass's per-op hook (made once, not per step).
     private lazy var advanceHook: (Int) throws -> Void = { [unowned self] op in try self.advanceBuckets(op) }
 
@@ -90,16 +95,20 @@ public final class DataParallelStep {
             alsoSummed = Array(totals.dropFirst())
             return totals[0]
         }
-        let norm = model.profile.measure(.optimizer) { local.optimizer.gradientNorm(model.store.gradients.tensor, pool: model.pool) }
+        // The summed gradient: in `summed` after bucket sums, else in place.
+        let gradients = overlapping ? summed!.tensor : model.store.gradients.tensor
+        let norm = model.profile.measure(.optimizer) { local.optimizer.gradientNorm(gradients, pool: model.pool) }
         guard loss.isFinite && norm.isFinite else {
             if skipNonFinite { skippedSteps += 1; return nil }
             throw NonFiniteError(step: stepsTried, loss: loss, gradientNorm: norm)
         }
         if let hook = firstGradientHook {
             firstGradientHook = nil
+            // The hook reads the store: the sum goes there (once).
+            if overlapping { model.store.gradients.pointer.update(from: summed!.pointer, count: gradients.count) }
             try hook(model.store)
         }
-        local.update(learningRate: learningRate, gradientNorm: norm)
+        local.update(learningRate: learningRate, gradients: gradients, gradientNorm: norm)
         return loss
     }
 }
@@ -133,6 +142,7 @@ extension DataParallelStep {
                                                   bucketFloats: bucketFloats)
             bucketsPlannedFor = bucketFloats
         }
+        if summed == nil { summed = FloatBuffer(count: model.store.parameterCount) }
         nextBucket = 0
         pendingSums.removeAll(keepingCapacity: true)
     }
@@ -143,17 +153,22 @@ extension DataParallelStep {
         try model.profile.measure(.communication) {
             if nextBucket < buckets.count && buckets[nextBucket].afterOp == op {
                 let b = buckets[nextBucket]
-                pendingSums.append(try collectives.startSum(model.store.gradients.view(.vector(b.count), offset: b.offset)))
+                pendingSums.append(try collectives.startSum(model.store.gradients.view(.vector(b.count), offset: b.offset),
+                                                            into: summed!.view(.vector(b.count), offset: b.offset)))
                 nextBucket += 1
             }
             for p in pendingSums { _ = try p.test() }
         }
     }
 
-    /// Sums what the buckets left (the start of the buffer) and waits for every sum.
+    /// Sums what the buckets left (the start of the buffer) and waits for every sum: then all of
+    /// `summed` holds the summed gradient.
     func finishBuckets() throws {
         let rest = buckets.last?.offset ?? local.model.store.parameterCount
-        if rest > 0 { pendingSums.append(try collectives.startSum(local.model.store.gradients.view(.vector(rest), offset: 0))) }
+        if rest > 0 {
+            pendingSums.append(try collectives.startSum(local.model.store.gradients.view(.vector(rest), offset: 0),
+                                                        into: summed!.view(.vector(rest), offset: 0)))
+        }
         for p in pendingSums { try p.wait() }
         pendingSums.removeAll(keepingCapacity: true)
     }

@@ -38,12 +38,12 @@ public final class LocalStep {
         return value
     }
 
-    /// Applies the optimizer to the accumulated gradients and returns their global norm
-    /// (`gradientNorm`: already computed by the caller).
+    /// Applies the optimizer to the accumulated gradients (or to `gradients`, a buffer of the same
+    /// layout) and returns their global norm (`gradientNorm`: already computed by the caller).
     @discardableResult
-    public func update(learningRate: Float, gradientNorm: Double? = nil) -> Double {
+    public func update(learningRate: Float, gradients: Tensor? = nil, gradientNorm: Double? = nil) -> Double {
         model.profile.measure(.optimizer) {
-            optimizer.apply(values: model.store.values.tensor, gradients: model.store.gradients.tensor,
+            optimizer.apply(values: model.store.values.tensor, gradients: gradients ?? model.store.gradients.tensor,
                             learningRate: learningRate, pool: model.pool, gradientNorm: gradientNorm)
         }
     }

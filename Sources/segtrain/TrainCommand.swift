@@ -453,7 +453,9 @@ extension Request: PendingSum {}
 
 extension Communicator: Collectives {
     public func sumInPlace(_ tensor: Tensor) throws { try allreduceSum(tensor) }
-    public func startSum(_ tensor: Tensor) throws -> PendingSum { try startAllreduceSum(tensor) }
+    public func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum {
+        try startAllreduceSum(result, from: tensor)
+    }
     public func sum(_ values: [Double]) throws -> [Double] { try allreduce(values, .sum) }
 }
 
