@@ -232,7 +232,9 @@ struct TrainCommand: ParsableCommand {
         let resumedEpoch = try communicator.broadcast(state?.epoch ?? 0)
         let resumedBatch = try communicator.broadcast(state?.batchesDone ?? 0)
         let resumedStep = try communicator.broadcast(state?.step ?? 0)
-        if resumedEpoch > 0 {
+        // Whether rank 0 loaded a checkpoint (also one from the middle of epoch 1: epoch 0 done).
+        let resumed = try communicator.broadcast(state == nil ? 0 : 1) == 1
+        if resumed {
             try communicator.broadcast(unet.store.values.tensor)
             try communicator.broadcast(unet.store.buffers.tensor)
             for buffer in local.optimizer.stateBuffers { try communicator.broadcast(buffer.buffer.tensor) }
@@ -245,7 +247,7 @@ struct TrainCommand: ParsableCommand {
                                  state?.plateau?.rate ?? scheduleConfig.baseRate, state?.plateau?.best ?? .infinity,
                                  Double(state?.plateau?.badEpochs ?? 0), Double(state?.plateau?.cooldownLeft ?? 0)])
         var best = (loss: past[0].isFinite ? Optional(past[0]) : nil, epoch: past[1] > 0 ? Optional(Int(past[1])) : nil)
-        if resumedEpoch > 0 && schedule == .plateau {
+        if resumed && schedule == .plateau {
             trainer.schedule = LearningRateSchedule(scheduleConfig, plateau: PlateauState(
                 rate: past[2], best: past[3].isFinite ? past[3] : nil, badEpochs: Int(past[4]), cooldownLeft: Int(past[5])))
         }

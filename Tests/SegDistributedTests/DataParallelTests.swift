@@ -300,6 +300,31 @@ final class DataParallelTests: XCTestCase {
     /// A NaN in the gradient (injected by a hidden test flag at step 7, epoch 2) stops every rank with
     /// one message and leaves the epoch-1 checkpoint intact; --skip-nonfinite skips that step and
     /// finishes. --init-weights starts from given weights.
+    /// On 2 ranks each rank keeps only its share of Adam's state current; a --checkpoint-every
+    /// checkpoint mid-epoch must still hold all of it. A run stopped by a NaN at step 4 leaves the
+    /// step-2 checkpoint, within epoch 1; resumed on 2 ranks it ends bitwise where an uninterrupted
+    /// run ends (every rank must take the checkpoint, although no epoch was complete).
+    func testPeriodicCheckpointOnTwoRanksHoldsTheWholeOptimizerState() throws {
+        let base = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                    "--batch-size", "4", "--train-samples", "20", "--val-samples", "4", "--epochs", "2", "--optimizer", "adam"]
+        let prefix = ["-np", "2", "--oversubscribe", DataParallelTests.binary]
+        let straight = try Segtrain.run(try mpirun(), prefix + base + ["--out", "\(folder)/straight"],
+                                        environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        XCTAssertEqual(straight.status, 0, straight.stderr)
+        let stopped = try Segtrain.run(try mpirun(), prefix + base + ["--out", "\(folder)/mid", "--checkpoint-every", "2",
+                                                                      "--debug-nan-step", "4"],
+                                       environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        XCTAssertNotEqual(stopped.status, 0, "the NaN at step 4 stops the run")
+        let state = try String(contentsOfFile: "\(folder)/mid/checkpoints/last/state.json", encoding: .utf8)
+        let fields = try JSONSerialization.jsonObject(with: Data(state.utf8)) as? [String: Any]
+        XCTAssertEqual(fields?["step"] as? Int, 2, "the mid-epoch checkpoint: \(state)")
+        XCTAssertEqual(fields?["epoch"] as? Int, 0, "within epoch 1")
+        let resumed = try Segtrain.run(try mpirun(), prefix + base + ["--out", "\(folder)/mid", "--resume", "auto"],
+                                       environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try loadSafetensors("\(folder)/mid/model.safetensors"), try loadSafetensors("\(folder)/straight/model.safetensors"))
+    }
+
     func testNonFiniteGradientStopsOrIsSkippedAndInitWeights() throws {
         let base = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
                     "--batch-size", "4", "--train-samples", "20", "--val-samples", "4", "--epochs", "3"]
