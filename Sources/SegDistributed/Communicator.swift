@@ -87,6 +87,8 @@ public final class Communicator {
 
     private let world: MPI_Comm
     private var node: MPI_Comm?
+    /// `allgatherShares`'s counts and displacements, kept between calls.
+    private var shareCounts: [Int32] = [], shareOffsets: [Int32] = []
     private var finalized = false
 
     private init(world: MPI_Comm, node: MPI_Comm, rank: Int, size: Int, localRank: Int, localSize: Int,
@@ -310,6 +312,41 @@ public final class Communicator {
         }
         return request
     }
+
+    /// Every rank's share of `buffer` (rank r's is `WorkerPool.split(count, parts: size, index: r)`)
+    /// from that rank to all the others, in place (MPI_Allgatherv, in rounds of at most
+    /// `chunkElements` per rank): the sharded optimizer update's exchange of the new weights.
+    public func allgatherShares(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        guard size > 1, let base = buffer.baseAddress else { return }
+        guard buffer.count <= Int(Int32.max) else {
+            throw MPIError(call: "MPI_Allgatherv", code: 0,
+                           message: "\(buffer.count) elements, more than its 32-bit displacements address")
+        }
+        if shareCounts.count != size { shareCounts = Array(repeating: 0, count: size); shareOffsets = shareCounts }
+        var done = 0, left = true
+        while left {
+            // Round `done / chunkElements`: rank r sends up to chunkElements of its share from
+            // share.lowerBound + done; displacements count from base + done.
+            left = false
+            for r in 0..<size {
+                let share = WorkerPool.split(buffer.count, parts: size, index: r)
+                let n = max(0, min(chunkElements, share.count - done))
+                shareCounts[r] = Int32(n)
+                shareOffsets[r] = Int32(share.lowerBound)
+                if share.count - done > chunkElements { left = true }
+            }
+            try shareCounts.withUnsafeMutableBufferPointer { counts in
+                try shareOffsets.withUnsafeMutableBufferPointer { offsets in
+                    try check(MPI_Allgatherv(UnsafeRawPointer(cmpi_in_place()), 0, cmpi_float(), base + done,
+                                             counts.baseAddress, offsets.baseAddress, cmpi_float(), world), "MPI_Allgatherv")
+                }
+            }
+            done += chunkElements
+        }
+    }
+
+    /// `allgatherShares` of a tensor's elements.
+    public func allgatherShares(_ tensor: Tensor) throws { try allgatherShares(tensor.buffer) }
 
     /// `startAllreduceSum` of a tensor's elements (of `source`'s into `tensor`'s, when given).
     public func startAllreduceSum(_ tensor: Tensor, from source: Tensor? = nil) throws -> Request {

@@ -68,6 +68,11 @@ public final class Optimizer {
     /// Updates applied so far (PyTorch's state "step"); the next update is number step + 1.
     public private(set) var step = 0
     public let parameterCount: Int
+    /// The elements `apply` updates (nil: all). Data-parallel ranks each update their share and then
+    /// exchange the results; the state buffers are then valid only inside the shard until gathered.
+    public var shard: Range<Int>? = nil {
+        didSet { precondition(shard.map { $0.lowerBound >= 0 && $0.upperBound <= parameterCount } ?? true, "shard out of range") }
+    }
 
     /// SGD with momentum: the velocity ("momentum_buffer").
     private let momentumBuffer: FloatBuffer?
@@ -113,9 +118,10 @@ public final class Optimizer {
         self.step = step
     }
 
-    /// One update of `values` from `gradients` (both flat, `parameterCount` elements).
-    /// Clips `gradients` in place first when `clipNorm` is set (PyTorch's clip_grad_norm_:
-    /// scale = clipNorm / (norm + 1e-6) when that is below 1).
+    /// One update of `values` from `gradients` (both flat, `parameterCount` elements; only the
+    /// elements of `shard` when set). Clips `gradients` in place first when `clipNorm` is set
+    /// (PyTorch's clip_grad_norm_: scale = clipNorm / (norm + 1e-6) when that is below 1), with
+    /// `norm` over all of `gradients` even with a shard.
     /// - Returns: the global L2 norm of the gradient before clipping.
     @discardableResult
     /// The global L2 norm of `gradients` (thread-count independent), with the optimizer's own
@@ -136,7 +142,7 @@ public final class Optimizer {
             let scale = Float(Double(clip) / (norm + 1e-6))
             if scale < 1 {
                 let g = gradients.data
-                pool.parallelFor(parameterCount) { range, _ in
+                forEachInShard(pool) { range in
                     for i in range { g[i] *= scale }
                 }
             }
@@ -150,12 +156,20 @@ public final class Optimizer {
         return norm
     }
 
+    /// `body` over the shard's elements (all without one), split over the pool's threads.
+    private func forEachInShard(_ pool: WorkerPool, _ body: (Range<Int>) -> Void) {
+        let elements = shard ?? 0..<parameterCount
+        pool.parallelFor(elements.count) { range, _ in
+            body((elements.lowerBound + range.lowerBound)..<(elements.lowerBound + range.upperBound))
+        }
+    }
+
     // g += wd*p; buf = mu*buf + g (= g at the first step); g = nesterov ? g + mu*buf : buf; p -= lr*g.
     private func updateSGD(_ values: Tensor, _ gradients: Tensor, _ learningRate: Double, _ pool: WorkerPool) {
         let p = values.data, g = gradients.data
         let lr = Float(learningRate), wd = Float(weightDecay)
         guard let velocity = momentumBuffer?.pointer else {
-            pool.parallelFor(parameterCount) { range, _ in
+            forEachInShard(pool) { range in
                 for i in range {
                     let d = g[i] + wd * p[i]
                     p[i] = p[i] - lr * d
@@ -165,7 +179,7 @@ public final class Optimizer {
         }
         // PyTorch sets buf = g at the first step; the buffer starts at zero, so mu*0 + g is that.
         let mu = config.momentum, nesterov = config.nesterov
-        pool.parallelFor(parameterCount) { range, _ in
+        forEachInShard(pool) { range in
             for i in range {
                 let d = g[i] + wd * p[i]
                 let b = velocity[i] * mu + d
@@ -188,7 +202,7 @@ public final class Optimizer {
         let bias2Sqrt = Float((1 - pow(beta2, t)).squareRoot())
         let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2)
         let eps = config.epsilon
-        pool.parallelFor(parameterCount) { range, _ in
+        forEachInShard(pool) { range in
             for i in range {
                 let param = p[i] * decay
                 let grad = g[i] + l2 * param
@@ -216,7 +230,7 @@ public final class Optimizer {
         let bias1F = Float(bias1), bias2Sqrt = Float(bias2.squareRoot())
         let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2)
         let eps = config.epsilon
-        pool.parallelFor(parameterCount) { range, _ in
+        forEachInShard(pool) { range in
             for i in range {
                 let param = p[i]
                 let grad = g[i] + l2 * param

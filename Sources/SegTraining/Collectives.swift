@@ -27,6 +27,9 @@ public protocol Collectives: AnyObject {
     func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum
     /// Element-wise sums of `values` over all ranks.
     func sum(_ values: [Double]) throws -> [Double]
+    /// Every rank's share of `tensor` (`shareOf(tensor.count, ranks: size, rank: r)` for rank r)
+    /// from that rank to all the others, in place.
+    func gatherShares(_ tensor: Tensor) throws
 }
 
 public final class SingleProcess: Collectives {
@@ -35,6 +38,7 @@ public final class SingleProcess: Collectives {
     public var size: Int { 1 }
     public func sumInPlace(_ tensor: Tensor) throws {}
     public func sum(_ values: [Double]) throws -> [Double] { values }
+    public func gatherShares(_ tensor: Tensor) throws {}
 }
 
 /// Rank r's part of `count` items split over `ranks`: shares differ by at most one, the first

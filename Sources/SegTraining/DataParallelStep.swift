@@ -3,7 +3,9 @@
 // so that the sum of the ranks' gradients is exactly the gradient of the mean loss over the
 // global batch, also when shares are uneven. One allreduce of the flat gradient buffer (in buckets
 // while backward runs: from the store's gradients into a second buffer of the same layout, which
-// the optimizer then reads), then every rank applies the same update to the same weights.
+// the optimizer then reads). Then each rank updates its share of the weights (and of the
+// optimizer's state) and the ranks exchange the new weights, so they stay bitwise identical while
+// each does 1/N of the optimizer's work; the state is gathered only for checkpoints.
 
 import SegEngine
 import SegModel
@@ -52,6 +54,18 @@ public final class DataParallelStep {
     public init(local: LocalStep, collectives: Collectives) {
         self.local = local
         self.collectives = collectives
+        if collectives.size > 1 {
+            local.optimizer.shard = shareOf(local.model.store.parameterCount, ranks: collectives.size, rank: collectives.rank)
+        }
+    }
+
+    /// Gives every rank the whole optimizer state (each rank keeps only its share current): call on
+    /// every rank before a checkpoint is written.
+    public func gatherOptimizerState() throws {
+        guard local.optimizer.shard != nil else { return }
+        try local.model.profile.measure(.communication) {
+            for state in local.optimizer.stateBuffers { try collectives.gatherShares(state.buffer.tensor) }
+        }
     }
 
     /// Trains on this rank's share (`images` (n, Cin, H, W), `target` (n, 1, H, W)) of a global
@@ -108,7 +122,9 @@ public final class DataParallelStep {
             if overlapping { model.store.gradients.pointer.update(from: summed!.pointer, count: gradients.count) }
             try hook(model.store)
         }
+        // This rank's share of the weights moves (`optimizer.shard`), then every rank sends its share.
         local.update(learningRate: learningRate, gradients: gradients, gradientNorm: norm)
+        try model.profile.measure(.communication) { try collectives.gatherShares(model.store.values.tensor) }
         return loss
     }
 }

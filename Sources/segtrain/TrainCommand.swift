@@ -274,6 +274,7 @@ struct TrainCommand: ParsableCommand {
         let desync = debugDesyncRank == communicator.rank
         let progress = isRoot ? Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery,
                                          style: self.progress) : nil
+        // Rank 0 only, after every rank's `gatherOptimizerState()`.
         func checkpoint(epochsDone: Int, batchesDone: Int?) throws {
             var state = CheckpointState(epoch: epochsDone, step: local.optimizer.step, seed: config.seed, ranks: ranks,
                                         bestValidationLoss: best.loss, bestEpoch: best.epoch,
@@ -287,8 +288,9 @@ struct TrainCommand: ParsableCommand {
         trainer.afterStep = { info in
             if desync && info.optimizerStep == 2 { unet.store.values.tensor[0] += 1e-3 }
             progress?.step(info)
-            if isRoot, let every = checkpointEvery, info.optimizerStep % every == 0, info.batch + 1 < info.batches {
-                try checkpoint(epochsDone: info.epoch - 1, batchesDone: info.batch + 1)
+            if let every = checkpointEvery, info.optimizerStep % every == 0, info.batch + 1 < info.batches {
+                try trainer.step.gatherOptimizerState()
+                if isRoot { try checkpoint(epochsDone: info.epoch - 1, batchesDone: info.batch + 1) }
             }
         }
         // SIGTERM or SIGUSR1 (Slurm pre-emption): finish the step, checkpoint, exit 0.
@@ -308,6 +310,7 @@ struct TrainCommand: ParsableCommand {
             }
             guard let r = outcome.record else {
                 guard case .stopped(let batch) = outcome else { break }
+                try trainer.step.gatherOptimizerState()
                 if isRoot {
                     // The plateau state as at this epoch's start: its end-of-epoch decision is to come.
                     let current = trainer.schedule
@@ -329,6 +332,8 @@ struct TrainCommand: ParsableCommand {
             if improved { best = (r.validationLoss, epoch) }
             let stopEarly = patience.map { p in best.epoch.map { epoch - $0 >= p } ?? false } ?? false
             let stopNow = trainer.stopAfterEpoch && epoch < epochs
+            // Every rank, for rank 0's checkpoint below (each rank keeps only its share current).
+            try trainer.step.gatherOptimizerState()
             guard isRoot else {
                 if stopEarly { break }
                 if stopNow { return }
@@ -459,6 +464,7 @@ extension Communicator: Collectives {
         try startAllreduceSum(result, from: tensor)
     }
     public func sum(_ values: [Double]) throws -> [Double] { try allreduce(values, .sum) }
+    public func gatherShares(_ tensor: Tensor) throws { try allgatherShares(tensor) }
 }
 
 /// FNV-1a, 64 bits: a stable hash of text (the configuration check across ranks).

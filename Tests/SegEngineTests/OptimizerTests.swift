@@ -276,6 +276,50 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// Sharded updates (data-parallel ranks): optimizers that each update one shard (three uneven
+    /// shards, one optimizer per shard, 7 clipped steps) together give bitwise the full update, in
+    /// the values and in each shard's state; outside its shard an optimizer changes nothing.
+    func testShardsTogetherGiveTheFullUpdateBitwise() {
+        let count = 10_007
+        let shards = (0..<3).map { WorkerPool.split(count, parts: 3, index: $0) }
+        for kind in OptimizerKind.allCases {
+            let config = OptimizerConfig(kind: kind, weightDecay: 0.01, clipNorm: 50)
+            let start = randomValues(count, seed: 9)
+            let full = Optimizer(config, parameterCount: count), fullValues = owned(start)
+            let parts = shards.map { shard -> Optimizer in
+                let o = Optimizer(config, parameterCount: count)
+                o.shard = shard
+                return o
+            }
+            let partValues = shards.map { _ in owned(start) }
+            let gradients = OwnedTensor(.vector(count))
+            for step in 0..<7 {
+                let g = stepGradients(count, step: step)
+                for i in 0..<count { gradients.tensor[i] = g[i] }
+                let norm = full.gradientNorm(gradients.tensor, pool: Self.pool)
+                // Clipping scales the gradient in place: each optimizer gets its own copy.
+                for (o, values) in zip(parts, partValues) {
+                    let copy = owned(gradients.tensor.toArray())
+                    o.apply(values: values.tensor, gradients: copy.tensor, learningRate: 0.01, pool: Self.pool, gradientNorm: norm)
+                }
+                full.apply(values: fullValues.tensor, gradients: gradients.tensor, learningRate: 0.01, pool: Self.pool, gradientNorm: norm)
+            }
+            for (r, shard) in shards.enumerated() {
+                for i in 0..<count {
+                    let expected = shard.contains(i) ? fullValues.tensor[i] : start[i]
+                    if partValues[r].tensor[i].bitPattern != expected.bitPattern {
+                        XCTFail("\(kind), shard \(r), element \(i): \(partValues[r].tensor[i]), expected \(expected)")
+                        break
+                    }
+                }
+                for (state, reference) in zip(parts[r].stateBuffers, full.stateBuffers) {
+                    XCTAssertEqual(Array(state.buffer.tensor.toArray()[shard]).map(\.bitPattern),
+                                   Array(reference.buffer.tensor.toArray()[shard]).map(\.bitPattern), "\(kind) \(state.name)")
+                }
+            }
+        }
+    }
+
     /// Checkpoint round trip: load the state buffers into a new optimizer, restore the step, and
     /// the next updates are bitwise those of the uninterrupted run.
     func testStateBuffersAndRestoreContinueTheRun() {
