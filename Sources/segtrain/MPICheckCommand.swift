@@ -104,6 +104,29 @@ struct MPICheckCommand: ParsableCommand {
         let wrongAsync = (0..<n).filter { started.tensor[$0] != Float(($0 % 5) * size * (size + 1) / 2) }.count
         if wrongAsync > 0 { failures.append("non-blocking allreduce: \(wrongAsync) of \(n) sums wrong") }
 
+        // The same from one buffer into another (the gradient buckets' path): the source stays as it was.
+        let into = OwnedTensor(.vector(n))
+        into.tensor.fill(.nan)
+        for i in 0..<n { started.tensor[i] = Float((i % 5) * (rank + 1)) }
+        try comm.startAllreduceSum(into.tensor, from: started.tensor).wait()
+        let wrongInto = (0..<n).filter { into.tensor[$0] != Float(($0 % 5) * size * (size + 1) / 2) }.count
+        if wrongInto > 0 { failures.append("non-blocking allreduce into another buffer: \(wrongInto) of \(n) sums wrong") }
+        if (0..<n).contains(where: { started.tensor[$0] != Float(($0 % 5) * (rank + 1)) }) {
+            failures.append("non-blocking allreduce into another buffer changed its source")
+        }
+
+        // Shares (the sharded optimizer's exchange): rank r fills its share with r + i / n, NaN
+        // elsewhere; afterwards every element holds its owner's value on every rank.
+        let shared = OwnedTensor(.vector(n))
+        let owner = (0..<n).map { i in (0..<size).first { WorkerPool.split(n, parts: size, index: $0).contains(i) }! }
+        for i in 0..<n { shared.tensor[i] = owner[i] == rank ? Float(rank) + Float(i) / Float(n) : .nan }
+        let gatherCallsBefore = comm.callCount
+        try comm.allgatherShares(shared.tensor)
+        let gatherCalls = comm.callCount - gatherCallsBefore
+        let wrongShares = (0..<n).filter { shared.tensor[$0] != Float(owner[$0]) + Float($0) / Float(n) }.count
+        if wrongShares > 0 { failures.append("allgatherShares: \(wrongShares) of \(n) elements wrong") }
+        if rank == 0 { say("allgatherShares: \(n) floats in \(gatherCalls) MPI calls") }
+
         // Scalar and small-array reductions.
         let r = Double(rank)
         if try comm.allreduce(r, .sum) != Double(size * (size - 1) / 2) { failures.append("allreduce Double sum") }

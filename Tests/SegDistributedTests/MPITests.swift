@@ -89,10 +89,13 @@ final class MPITests: XCTestCase {
         let r = try mpiCheck(ranks: 3, ["--elements", "1000", "--chunk-elements", "7"])
         assertPasses(r, ranks: 3)
         XCTAssertTrue(r.stdout.contains("allreduce: 1000 floats in 143 MPI calls of at most 7 elements"), r.stdout)
+        // Shares of 334, 333, 333 elements, 7 per rank per call: 48 rounds.
+        XCTAssertTrue(r.stdout.contains("allgatherShares: 1000 floats in 48 MPI calls"), r.stdout)
         // One element per call, two ranks: every gather round moves one byte per rank.
         let one = try mpiCheck(ranks: 2, ["--elements", "10", "--chunk-elements", "1"])
         assertPasses(one, ranks: 2)
         XCTAssertTrue(one.stdout.contains("allreduce: 10 floats in 10 MPI calls of at most 1 elements"), one.stdout)
+        XCTAssertTrue(one.stdout.contains("allgatherShares: 10 floats in 5 MPI calls"), one.stdout)
     }
 
     /// One rank holds another value: every rank prints the one-line error naming it and the job
