@@ -118,12 +118,6 @@ public final class Optimizer {
         self.step = step
     }
 
-    /// One update of `values` from `gradients` (both flat, `parameterCount` elements; only the
-    /// elements of `shard` when set). Clips `gradients` in place first when `clipNorm` is set
-    /// (PyTorch's clip_grad_norm_: scale = clipNorm / (norm + 1e-6) when that is below 1), with
-    /// `norm` over all of `gradients` even with a shard.
-    /// - Returns: the global L2 norm of the gradient before clipping.
-    @discardableResult
     /// The global L2 norm of `gradients` (thread-count independent), with the optimizer's own
     /// preallocated partial sums: no allocation.
     public func gradientNorm(_ gradients: Tensor, pool: WorkerPool) -> Double {
@@ -131,8 +125,13 @@ public final class Optimizer {
         return globalNorm(gradients, pool: pool, partials: normPartials)
     }
 
-    /// `gradientNorm`: the norm of `gradients` when the caller already computed it (with
-    /// `gradientNorm(_:pool:)`), so it is not computed twice.
+    /// One update of `values` from `gradients` (both flat, `parameterCount` elements; only the
+    /// elements of `shard` when set). Clips `gradients` in place first when `clipNorm` is set
+    /// (PyTorch's clip_grad_norm_: scale = clipNorm / (norm + 1e-6) when that is below 1), with
+    /// `norm` over all of `gradients` even with a shard. `gradientNorm`: that norm when the caller
+    /// already computed it (with `gradientNorm(_:pool:)`), so it is not computed twice.
+    /// - Returns: the global L2 norm of the gradient before clipping.
+    @discardableResult
     public func apply(values: Tensor, gradients: Tensor, learningRate: Float, pool: WorkerPool,
                       gradientNorm known: Double? = nil) -> Double {
         precondition(values.count == parameterCount && gradients.count == parameterCount,
