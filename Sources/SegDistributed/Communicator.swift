@@ -87,8 +87,8 @@ public final class Communicator {
 
     private let world: MPI_Comm
     private var node: MPI_Comm?
-    /// `allgatherShares`'s counts and displacements, kept between calls.
-    private var shareCounts: [Int32] = [], shareOffsets: [Int32] = []
+    /// `allgatherShares`'s counts and displacements (one per rank), kept so a step allocates nothing.
+    private var shareCounts: [Int32], shareOffsets: [Int32]
     private var finalized = false
 
     private init(world: MPI_Comm, node: MPI_Comm, rank: Int, size: Int, localRank: Int, localSize: Int,
@@ -97,6 +97,7 @@ public final class Communicator {
         self.rank = rank; self.size = size
         self.localRank = localRank; self.localSize = localSize
         self.hostname = hostname; self.chunkElements = chunkElements
+        shareCounts = Array(repeating: 0, count: size); shareOffsets = shareCounts
     }
 
     // MARK: - Start and stop
@@ -322,18 +323,14 @@ public final class Communicator {
             throw MPIError(call: "MPI_Allgatherv", code: 0,
                            message: "\(buffer.count) elements, more than its 32-bit displacements address")
         }
-        if shareCounts.count != size { shareCounts = Array(repeating: 0, count: size); shareOffsets = shareCounts }
-        var done = 0, left = true
-        while left {
-            // Round `done / chunkElements`: rank r sends up to chunkElements of its share from
-            // share.lowerBound + done; displacements count from base + done.
-            left = false
+        let count = buffer.count, largest = WorkerPool.split(count, parts: size, index: 0).count
+        // Round k: rank r sends up to chunkElements of its share from share.lowerBound + done, with
+        // displacements counted from base + done (rank 0's share is the largest).
+        for done in stride(from: 0, to: largest, by: chunkElements) {
             for r in 0..<size {
-                let share = WorkerPool.split(buffer.count, parts: size, index: r)
-                let n = max(0, min(chunkElements, share.count - done))
-                shareCounts[r] = Int32(n)
+                let share = WorkerPool.split(count, parts: size, index: r)
+                shareCounts[r] = Int32(max(0, min(chunkElements, share.count - done)))
                 shareOffsets[r] = Int32(share.lowerBound)
-                if share.count - done > chunkElements { left = true }
             }
             try shareCounts.withUnsafeMutableBufferPointer { counts in
                 try shareOffsets.withUnsafeMutableBufferPointer { offsets in
@@ -341,7 +338,6 @@ public final class Communicator {
                                              counts.baseAddress, offsets.baseAddress, cmpi_float(), world), "MPI_Allgatherv")
                 }
             }
-            done += chunkElements
         }
     }
 

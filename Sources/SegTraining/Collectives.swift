@@ -50,8 +50,7 @@ public func shareOf(_ count: Int, ranks: Int, rank: Int) -> Range<Int> {
 extension Collectives {
     /// Default: the sum at once.
     public func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum {
-        precondition(tensor.count == result.count, "the tensor and the result differ in size")
-        for i in 0..<tensor.count { result[i] = tensor[i] }
+        result.copy(from: tensor)
         try sumInPlace(result)
         return CompletedSum()
     }

@@ -44,7 +44,7 @@ public final class DataParallelStep {
     /// Where the bucket sums land: the gradient buffer's layout, allocated on the first such step.
     /// (A sum from one buffer into another spares Open MPI a copy of every bucket and lets it pick
     /// its algorithm by size; see `Communicator.startAllreduceSum`.)
-    var summed: FloatBuffer?
+    private lazy var summed = FloatBuffer(count: local.model.store.parameterCount)
     /// `advanceBuckets` as the backward pass's per-op hook (made once, not per step).
     private lazy var advanceHook: (Int) throws -> Void = { [unowned self] op in try self.advanceBuckets(op) }
 
@@ -110,7 +110,7 @@ public final class DataParallelStep {
             return totals[0]
         }
         // The summed gradient: in `summed` after bucket sums, else in place.
-        let gradients = overlapping ? summed!.tensor : model.store.gradients.tensor
+        let gradients = overlapping ? summed.tensor : model.store.gradients.tensor
         let norm = model.profile.measure(.optimizer) { local.optimizer.gradientNorm(gradients, pool: model.pool) }
         guard loss.isFinite && norm.isFinite else {
             if skipNonFinite { skippedSteps += 1; return nil }
@@ -119,7 +119,7 @@ public final class DataParallelStep {
         if let hook = firstGradientHook {
             firstGradientHook = nil
             // The hook reads the store: the sum goes there (once).
-            if overlapping { model.store.gradients.pointer.update(from: summed!.pointer, count: gradients.count) }
+            if overlapping { model.store.gradients.tensor.copy(from: gradients) }
             try hook(model.store)
         }
         // This rank's share of the weights moves (`optimizer.shard`), then every rank sends its share.
@@ -158,7 +158,6 @@ extension DataParallelStep {
                                                   bucketFloats: bucketFloats)
             bucketsPlannedFor = bucketFloats
         }
-        if summed == nil { summed = FloatBuffer(count: model.store.parameterCount) }
         nextBucket = 0
         pendingSums.removeAll(keepingCapacity: true)
     }
@@ -170,7 +169,7 @@ extension DataParallelStep {
             if nextBucket < buckets.count && buckets[nextBucket].afterOp == op {
                 let b = buckets[nextBucket]
                 pendingSums.append(try collectives.startSum(model.store.gradients.view(.vector(b.count), offset: b.offset),
-                                                            into: summed!.view(.vector(b.count), offset: b.offset)))
+                                                            into: summed.view(.vector(b.count), offset: b.offset)))
                 nextBucket += 1
             }
             for p in pendingSums { _ = try p.test() }
@@ -183,7 +182,7 @@ extension DataParallelStep {
         let rest = buckets.last?.offset ?? local.model.store.parameterCount
         if rest > 0 {
             pendingSums.append(try collectives.startSum(local.model.store.gradients.view(.vector(rest), offset: 0),
-                                                        into: summed!.view(.vector(rest), offset: 0)))
+                                                        into: summed.view(.vector(rest), offset: 0)))
         }
         for p in pendingSums { try p.wait() }
         pendingSums.removeAll(keepingCapacity: true)
