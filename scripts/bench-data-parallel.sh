@@ -8,7 +8,8 @@
 #                shared hardware (caches, memory, the host) before any communication
 #   pair-lockstep  the pair's images over the sum, step by step, of the slower of its two step
 #                times: what a synchronous data-parallel run gets if every step waits for the
-#                slower rank and communication costs nothing (the ceiling for any such trainer)
+#                slower rank, communication costs nothing and each rank does a 1-rank run's work
+#                (segtrain's ranks do less: each updates only its share of the weights)
 #   2x1          mpirun -np 2 --bind-to core segtrain bench, 2 ranks x 1 thread, global batch 8
 #   ddp          PyTorch DDP (gloo), 2 processes x 1 thread, global batch 8 (NCHW and channels_last)
 #                (global batch: 2 x PER_RANK)
@@ -16,8 +17,8 @@
 # and per round, then as a median over rounds:
 #   2x1 / (sum of 1x1 over the cores)   the target: >= 0.97 ("twice the 1-rank throughput")
 #   2x1 / pair                          what data-parallel training itself costs
-#   2x1 / pair-lockstep                 what the communication costs (in time per step)
-#   pair-lockstep / (sum of 1x1)        the ceiling the machine leaves for the target
+#   2x1 / pair-lockstep                 communication against the optimizer work the shards save
+#   pair-lockstep / (sum of 1x1)        what the machine leaves for ranks doing a 1-rank run's work
 #   2x1 / best DDP                      the target: >= 1.5
 # Needs a release build (swift build -c release), Open MPI, taskset, and torch (pip install torch)
 # unless NO_DDP=1.
