@@ -88,8 +88,10 @@ let package = Package(
                 .product(name: "FlyingFox", package: "FlyingFox"),
             ]
         ),
-        .testTarget(name: "SegEngineTests", dependencies: ["SegEngine"]),
-        .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine"]),
+        // Exact (float64) references and the float32 rounding model behind the numeric tolerances; for tests only.
+        .target(name: "SegEngineTestSupport", dependencies: ["SegEngine"], swiftSettings: [.unsafeFlags(["-O"])]),
+        .testTarget(name: "SegEngineTests", dependencies: ["SegEngine", "SegEngineTestSupport"]),
+        .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine", "SegEngineTestSupport"]),
         .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine", "SegData"]),
         // Runs the built binary as a subprocess with a time limit; for test targets only.
         .target(name: "SegTestSupport"),

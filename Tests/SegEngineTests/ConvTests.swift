@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import SegEngine
+import SegEngineTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,21 +22,36 @@ final class ConvTests: XCTestCase {
         return c
     }
 
-    /// max |a - b| / max(1, max |b|).
-    private func scaledDifference(_ a: Tensor, _ b: Tensor) -> Float {
-        precondition(a.shape == b.shape)
-        var diff: Float = 0, scale: Float = 1
-        for i in 0..<a.count {
-            diff = max(diff, abs(a[i] - b[i]))
-            scale = max(scale, abs(b[i]))
-        }
-        return diff / scale
+    private typealias R = ConvolutionReference
+
+    /// The fast and the naive result both within the rounding bound of the exact float64 result
+    /// (SegEngineTestSupport's RoundingModel; the bound of the path each kernel took).
+    private func assertBothWithinRounding(fast: Tensor, _ fastReference: RoundingReference, naive: Tensor,
+                                          _ naiveReference: RoundingReference, _ what: String,
+                                          file: StaticString = #filePath, line: UInt = #line) {
+        OpsTestSupport.assertWithinRounding(fast, fastReference, what, file: file, line: line)
+        OpsTestSupport.assertWithinRounding(naive, naiveReference, "naive " + what, file: file, line: line)
     }
 
-    private func assertClose(_ a: Tensor, _ b: Tensor, _ what: String, tolerance: Float = 1e-4,
-                             file: StaticString = #filePath, line: UInt = #line) {
-        let d = scaledDifference(a, b)
-        XCTAssertLessThanOrEqual(d, tolerance, "\(what): scaled difference \(d)", file: file, line: line)
+    /// The Winograd tile conv2d's dispatcher picks for these sizes (0: im2col + GEMM).
+    private func dispatchedTile(_ x: Tensor, _ weight: Tensor, dilation: Int) -> Int {
+        ConvSettings.winogradTile(kernel: weight.h, dilation: dilation, inChannels: x.c, outChannels: weight.n,
+                                  height: x.h, width: x.w)
+    }
+
+    /// References for conv2dForward / conv2dBackward as dispatched: (forward, dx, dweight).
+    private func conv2dReferences(x: Tensor, weight: Tensor, bias: Tensor?, dy: Tensor, dilation: Int,
+                                  initialDx: Tensor?, initialDw: Tensor?)
+        -> (y: RoundingReference, dx: RoundingReference, dw: RoundingReference) {
+        let tile = dispatchedTile(x, weight, dilation: dilation)
+        if tile > 0 {
+            return (R.winogradForward(x: x, weight: weight, bias: bias, tile: tile),
+                    R.winogradInputGradient(dy: dy, weight: weight, tile: tile, initial: initialDx),
+                    R.winogradWeightGradient(dy: dy, x: x, tile: tile, initial: initialDw))
+        }
+        return (R.forward(x: x, weight: weight, bias: bias, dilation: dilation),
+                R.inputGradient(dy: dy, weight: weight, dilation: dilation, initial: initialDx),
+                R.weightGradient(dy: dy, x: x, kernel: weight.h, dilation: dilation, initial: initialDw))
     }
 
     private struct Case { let n, cin, cout, h, w: Int }
@@ -115,23 +131,38 @@ final class ConvTests: XCTestCase {
                                       dilation: dilation, pool: pool, scratch: scratch)
                         conv2dForwardNaive(yNaive.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor,
                                            dilation: dilation)
-                        assertClose(yFast.tensor, yNaive.tensor, "forward \(what)")
+                        let tile = dispatchedTile(x.tensor, weight.tensor, dilation: dilation)
+                        let direct = R.forward(x: x.tensor, weight: weight.tensor, bias: bias.tensor, dilation: dilation)
+                        let fastY = tile > 0 ? R.winogradForward(x: x.tensor, weight: weight.tensor, bias: bias.tensor, tile: tile) : direct
+                        assertBothWithinRounding(fast: yFast.tensor, fastY, naive: yNaive.tensor, direct, "forward \(what)")
                         conv2dForward(yFast.tensor, x.tensor, weight: weight.tensor, bias: nil,
                                       dilation: dilation, pool: pool, scratch: scratch)
                         conv2dForwardNaive(yNaive.tensor, x.tensor, weight: weight.tensor, bias: nil, dilation: dilation)
-                        assertClose(yFast.tensor, yNaive.tensor, "forward no bias \(what)")
+                        let directNoBias = R.forward(x: x.tensor, weight: weight.tensor, bias: nil, dilation: dilation)
+                        assertBothWithinRounding(
+                            fast: yFast.tensor,
+                            tile > 0 ? R.winogradForward(x: x.tensor, weight: weight.tensor, bias: nil, tile: tile) : directNoBias,
+                            naive: yNaive.tensor, directNoBias, "forward no bias \(what)")
 
                         // Backward adds: start both from the same nonzero gradients.
                         let dxFast = random(x.shape, seed: seed + 5), dxNaive = copy(dxFast.tensor)
                         let dwFast = random(weight.shape, seed: seed + 6), dwNaive = copy(dwFast.tensor)
                         let dbFast = random(bias.shape, seed: seed + 7), dbNaive = copy(dbFast.tensor)
+                        let fastRef = conv2dReferences(x: x.tensor, weight: weight.tensor, bias: bias.tensor, dy: dy.tensor,
+                                                       dilation: dilation, initialDx: dxFast.tensor, initialDw: dwFast.tensor)
+                        let naiveDx = R.inputGradient(dy: dy.tensor, weight: weight.tensor, dilation: dilation,
+                                                      initial: dxFast.tensor)
+                        let naiveDw = R.weightGradient(dy: dy.tensor, x: x.tensor, kernel: k, dilation: dilation,
+                                                       initial: dwFast.tensor)
+                        let exactDb = R.biasGradient(dy: dy.tensor, initial: dbFast.tensor)
                         conv2dBackward(dx: dxFast.tensor, dweight: dwFast.tensor, dbias: dbFast.tensor, dy: dy.tensor,
                                        x: x.tensor, weight: weight.tensor, dilation: dilation, pool: pool, scratch: scratch)
                         conv2dBackwardNaive(dx: dxNaive.tensor, dweight: dwNaive.tensor, dbias: dbNaive.tensor,
                                             dy: dy.tensor, x: x.tensor, weight: weight.tensor, dilation: dilation)
-                        assertClose(dxFast.tensor, dxNaive.tensor, "dx \(what)")
-                        assertClose(dwFast.tensor, dwNaive.tensor, "dweight \(what)")
-                        assertClose(dbFast.tensor, dbNaive.tensor, "dbias \(what)")
+                        assertBothWithinRounding(fast: dxFast.tensor, fastRef.dx, naive: dxNaive.tensor, naiveDx, "dx \(what)")
+                        assertBothWithinRounding(fast: dwFast.tensor, fastRef.dw, naive: dwNaive.tensor, naiveDw,
+                                                 "dweight \(what)")
+                        assertBothWithinRounding(fast: dbFast.tensor, exactDb, naive: dbNaive.tensor, exactDb, "dbias \(what)")
                         compared += 1
                     }
                 }
@@ -158,7 +189,8 @@ final class ConvTests: XCTestCase {
             conv2dForward(yFast.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, dilation: 2,
                           pool: pool, scratch: scratch)
             conv2dForwardNaive(yNaive.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, dilation: 2)
-            assertClose(yFast.tensor, yNaive.tensor, "forward k \(k)")
+            let y = R.forward(x: x.tensor, weight: weight.tensor, bias: bias.tensor, dilation: 2)
+            assertBothWithinRounding(fast: yFast.tensor, y, naive: yNaive.tensor, y, "forward k \(k)")
             let dxF = OwnedTensor(x.shape), dxN = OwnedTensor(x.shape)
             let dwF = OwnedTensor(weight.shape), dwN = OwnedTensor(weight.shape)
             let dbF = OwnedTensor(bias.shape), dbN = OwnedTensor(bias.shape)
@@ -166,9 +198,12 @@ final class ConvTests: XCTestCase {
                            weight: weight.tensor, dilation: 2, pool: pool, scratch: scratch)
             conv2dBackwardNaive(dx: dxN.tensor, dweight: dwN.tensor, dbias: dbN.tensor, dy: dy.tensor, x: x.tensor,
                                 weight: weight.tensor, dilation: 2)
-            assertClose(dxF.tensor, dxN.tensor, "dx k \(k)")
-            assertClose(dwF.tensor, dwN.tensor, "dweight k \(k)")
-            assertClose(dbF.tensor, dbN.tensor, "dbias k \(k)")
+            let rdx = R.inputGradient(dy: dy.tensor, weight: weight.tensor, dilation: 2)
+            let rdw = R.weightGradient(dy: dy.tensor, x: x.tensor, kernel: k, dilation: 2)
+            let rdb = R.biasGradient(dy: dy.tensor)
+            assertBothWithinRounding(fast: dxF.tensor, rdx, naive: dxN.tensor, rdx, "dx k \(k)")
+            assertBothWithinRounding(fast: dwF.tensor, rdw, naive: dwN.tensor, rdw, "dweight k \(k)")
+            assertBothWithinRounding(fast: dbF.tensor, rdb, naive: dbN.tensor, rdb, "dbias k \(k)")
         }
     }
 
@@ -196,21 +231,26 @@ final class ConvTests: XCTestCase {
                 convTranspose2x2Forward(yFast.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor,
                                         pool: pool, scratch: scratch)
                 convTranspose2x2ForwardNaive(yNaive.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor)
-                assertClose(yFast.tensor, yNaive.tensor, "forward \(what)")
+                let ry = R.transposeForward(x: x.tensor, weight: weight.tensor, bias: bias.tensor)
+                assertBothWithinRounding(fast: yFast.tensor, ry, naive: yNaive.tensor, ry, "forward \(what)")
                 convTranspose2x2Forward(yFast.tensor, x.tensor, weight: weight.tensor, bias: nil, pool: pool, scratch: scratch)
                 convTranspose2x2ForwardNaive(yNaive.tensor, x.tensor, weight: weight.tensor, bias: nil)
-                assertClose(yFast.tensor, yNaive.tensor, "forward no bias \(what)")
+                let ryNoBias = R.transposeForward(x: x.tensor, weight: weight.tensor, bias: nil)
+                assertBothWithinRounding(fast: yFast.tensor, ryNoBias, naive: yNaive.tensor, ryNoBias, "forward no bias \(what)")
 
                 let dxFast = random(x.shape, seed: seed + 5), dxNaive = copy(dxFast.tensor)
                 let dwFast = random(weight.shape, seed: seed + 6), dwNaive = copy(dwFast.tensor)
                 let dbFast = random(bias.shape, seed: seed + 7), dbNaive = copy(dbFast.tensor)
+                let rdx = R.transposeInputGradient(dy: dy.tensor, weight: weight.tensor, initial: dxFast.tensor)
+                let rdw = R.transposeWeightGradient(dy: dy.tensor, x: x.tensor, initial: dwFast.tensor)
+                let rdb = R.biasGradient(dy: dy.tensor, initial: dbFast.tensor)
                 convTranspose2x2Backward(dx: dxFast.tensor, dweight: dwFast.tensor, dbias: dbFast.tensor, dy: dy.tensor,
                                          x: x.tensor, weight: weight.tensor, pool: pool, scratch: scratch)
                 convTranspose2x2BackwardNaive(dx: dxNaive.tensor, dweight: dwNaive.tensor, dbias: dbNaive.tensor,
                                               dy: dy.tensor, x: x.tensor, weight: weight.tensor)
-                assertClose(dxFast.tensor, dxNaive.tensor, "dx \(what)")
-                assertClose(dwFast.tensor, dwNaive.tensor, "dweight \(what)")
-                assertClose(dbFast.tensor, dbNaive.tensor, "dbias \(what)")
+                assertBothWithinRounding(fast: dxFast.tensor, rdx, naive: dxNaive.tensor, rdx, "dx \(what)")
+                assertBothWithinRounding(fast: dwFast.tensor, rdw, naive: dwNaive.tensor, rdw, "dweight \(what)")
+                assertBothWithinRounding(fast: dbFast.tensor, rdb, naive: dbNaive.tensor, rdb, "dbias \(what)")
                 compared += 1
             }
         }
@@ -234,32 +274,38 @@ final class ConvTests: XCTestCase {
         let upDy = random(Shape(n, cout, 2 * h, 2 * w), seed: 25)
 
         typealias Backward = (_ dx: Tensor?, _ dw: Tensor, _ db: Tensor?) -> Void
-        let ops: [(String, Shape, Backward)] = [
+        // The exact gradients of one call: (dx, dweight, dbias).
+        let conv = (R.inputGradient(dy: convDy.tensor, weight: convWeight.tensor, dilation: 2),
+                    R.weightGradient(dy: convDy.tensor, x: x.tensor, kernel: 3, dilation: 2),
+                    R.biasGradient(dy: convDy.tensor))
+        let up = (R.transposeInputGradient(dy: upDy.tensor, weight: upWeight.tensor),
+                  R.transposeWeightGradient(dy: upDy.tensor, x: x.tensor), R.biasGradient(dy: upDy.tensor))
+        let ops: [(String, Shape, Backward, (RoundingReference, RoundingReference, RoundingReference))] = [
             ("conv2d", convWeight.shape, { dx, dw, db in
                 conv2dBackward(dx: dx, dweight: dw, dbias: db, dy: convDy.tensor, x: x.tensor,
                                weight: convWeight.tensor, dilation: 2, pool: pool, scratch: scratch)
-            }),
+            }, conv),
             ("convTranspose2x2", upWeight.shape, { dx, dw, db in
                 convTranspose2x2Backward(dx: dx, dweight: dw, dbias: db, dy: upDy.tensor, x: x.tensor,
                                          weight: upWeight.tensor, pool: pool, scratch: scratch)
-            }),
+            }, up),
         ]
-        for (name, weightShape, backward) in ops {
+        for (name, weightShape, backward, exact) in ops {
             let dx = OwnedTensor(x.shape), dw = OwnedTensor(weightShape), db = OwnedTensor(.vector(cout))
             backward(dx.tensor, dw.tensor, db.tensor)
             let once = (copy(dx.tensor), copy(dw.tensor), copy(db.tensor))
             XCTAssertGreaterThan(once.0.tensor.toArray().map(abs).max()!, 0, name)
             XCTAssertGreaterThan(once.1.tensor.toArray().map(abs).max()!, 0, name)
             backward(dx.tensor, dw.tensor, db.tensor)
-            for (twice, single, label) in [(dx, once.0, "dx"), (dw, once.1, "dweight"), (db, once.2, "dbias")] {
-                let doubled = OwnedTensor(single.shape)
-                for i in 0..<single.tensor.count { doubled.tensor[i] = 2 * single.tensor[i] }
-                assertClose(twice.tensor, doubled.tensor, "\(name) \(label) after two calls", tolerance: 1e-5)
+            // Two calls: twice the exact gradient, with one more rounding (the second call's addition).
+            for (twice, reference, label) in [(dx, exact.0, "dx"), (dw, exact.1, "dweight"), (db, exact.2, "dbias")] {
+                OpsTestSupport.assertWithinRounding(twice.tensor, reference.scaled(by: 2, extraRoundings: 1),
+                                                    "\(name) \(label) after two calls")
             }
             // dx and dbias nil: dweight alone is still right.
             let dwOnly = OwnedTensor(weightShape)
             backward(nil, dwOnly.tensor, nil)
-            assertClose(dwOnly.tensor, once.1.tensor, "\(name) dweight with nil dx, dbias", tolerance: 1e-6)
+            OpsTestSupport.assertWithinRounding(dwOnly.tensor, exact.1, "\(name) dweight with nil dx, dbias")
         }
     }
 
@@ -418,11 +464,8 @@ final class ConvTests: XCTestCase {
         } } } }
         let db = OwnedTensor(.vector(5), [1, 2, 3, 4, 5])
         biasBackward(dbias: db.tensor, dy: before.tensor, pool: pool)
-        for c in 0..<5 {
-            var sum = Double(c + 1)
-            for n in 0..<2 { for i in 0..<3 { for j in 0..<4 { sum += Double(before.tensor[n, c, i, j]) } } }
-            XCTAssertEqual(Double(db.tensor[c]), sum, accuracy: 1e-5)
-        }
+        let initial = OwnedTensor(.vector(5), [1, 2, 3, 4, 5])
+        OpsTestSupport.assertWithinRounding(db.tensor, R.biasGradient(dy: before.tensor, initial: initial.tensor), "biasBackward")
     }
 
     // MARK: Determinism

@@ -1,5 +1,6 @@
 import XCTest
 @testable import SegEngine
+import SegEngineTestSupport
 
 /// Helpers shared by the op tests (Elementwise, Pooling, Resize, ShapeOps, BatchNorm).
 enum OpsTestSupport {
@@ -55,6 +56,15 @@ enum OpsTestSupport {
                 return
             }
         }
+    }
+
+    /// Every element of `actual` within the rounding bound of `reference` (SegEngineTestSupport's
+    /// RoundingModel: the exact float64 result, gamma(n) times the magnitude of the algorithm's terms).
+    static func assertWithinRounding(_ actual: Tensor, _ reference: RoundingReference, _ message: String,
+                                     file: StaticString = #filePath, line: UInt = #line) {
+        let check = reference.check(actual)
+        check.report(message)
+        XCTAssertTrue(check.passed, "\(message): \(check)", file: file, line: line)
     }
 
     static func maxAbsDifference(_ a: Tensor, _ b: Tensor) -> Float {
