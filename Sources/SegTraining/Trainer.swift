@@ -116,7 +116,8 @@ public final class Trainer {
         masks = OwnedTensor(Shape(localCapacity, 1, imageSize, imageSize))
         weights = local.loss.config.kind == .weightedCE ? OwnedTensor(masks.shape) : nil
         local.plan(batch: localCapacity, height: imageSize, width: imageSize)
-        step.alsoSum = { [unowned self] in [self.stopRequested() ? 1 : 0] }
+        // The stop flag, and every rank's last step time for the stall watchdog (when there is one).
+        step.alsoSum = { [unowned self] in [self.stopRequested() ? 1 : 0] + (self.watchdog?.stepTimeTerms() ?? []) }
     }
 
     /// The first `n` images, masks and weights of the batch buffers, with the model planned for n
@@ -132,7 +133,13 @@ public final class Trainer {
         -> (images: Tensor, masks: Tensor, weights: Tensor?) {
         let b = batch(indices.count)
         try step.local.model.profile.measure(.data) {
-            try source.fill(images: b.images, masks: b.masks, indices: indices, epoch: epoch)
+            if let watchdog {
+                try watchdog.waiting(for: "the data loader (\(indices.count) sample(s))") {
+                    try source.fill(images: b.images, masks: b.masks, indices: indices, epoch: epoch)
+                }
+            } else {
+                try source.fill(images: b.images, masks: b.masks, indices: indices, epoch: epoch)
+            }
         }
         if let weights = b.weights {
             let config = step.local.loss.config
@@ -147,6 +154,10 @@ public final class Trainer {
     public static func permutation(count: Int, seed: UInt64, epoch: Int) -> [Int] {
         DistributedSampler.permutation(count: count, seed: seed, epoch: epoch)
     }
+
+    /// Marks data waits (and, through `WatchedCollectives`, collective waits) and ends the job when
+    /// one lasts too long; set on every rank or on none (its step times join the per-step sum).
+    public var watchdog: StallWatchdog?
 
     /// Asked after every step whether to stop (e.g. a SIGTERM arrived on this rank). Ranks agree
     /// through one allreduce, so all stop after the same step.
@@ -183,6 +194,7 @@ public final class Trainer {
     public func runEpoch(_ epoch: Int, firstBatch: Int = 0) throws -> EpochOutcome {
         let start = monotonicSeconds()
         stopAfterEpoch = false
+        watchdog?.setEpoch(epoch)
         let order = sampler.order(epoch: epoch)
         let batches = batchesPerEpoch
         var lossSum = 0.0, lossCount = 0
@@ -207,6 +219,7 @@ public final class Trainer {
             }
             let done = step.local.optimizer.step
             guard step.atStepBoundary else { continue }
+            watchdog?.stepFinished(done, everyRank: Array(step.alsoSummed.dropFirst()))
             try afterStep?(StepInfo(epoch: epoch, batch: b, batches: batches, optimizerStep: done, loss: loss,
                                     seconds: monotonicSeconds() - start))
             if let every = checkSyncEvery, done % every == 0 {

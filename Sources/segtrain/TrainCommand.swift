@@ -79,6 +79,12 @@ struct TrainCommand: ParsableCommand {
     var debugNanStep: Int?
     @Flag(help: "Skip a step whose loss or gradient is not finite instead of stopping.")
     var skipNonfinite = false
+    @Option(help: "End the job (exit 124) when a rank waits longer than this many seconds in a collective or for the data loader; the limit grows to 20x the slowest step seen. 0: off.")
+    var stallTimeout = 300.0
+    @Option(help: .hidden)  // tests: this rank sleeps for an hour before the gradient sum of --debug-stall-step
+    var debugStallRank: Int?
+    @Option(help: .hidden)
+    var debugStallStep = 2
     @Flag(help: "Every rank prints where its time went after each epoch (compute, data wait, communication).")
     var verbose = false
     @Flag(help: "Drop the last, smaller global batch of each epoch (default: train it; it is never padded).")
@@ -106,6 +112,9 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one batch (--batch-size \(training.batchSize)) with --drop-last")
         }
         if valSamples < 0 { throw ValidationError("--val-samples must be >= 0 (got \(valSamples))") }
+        if !(stallTimeout >= 0 && stallTimeout <= 7 * 86400) {
+            throw ValidationError("--stall-timeout must be 0 (off) to 604800 seconds (got \(stallTimeout))")
+        }
         if model.classes > 255 { throw ValidationError("--classes must be at most 255 (masks are 8-bit)") }
         if let message = scheduleConfig.validate() { throw ValidationError(message) }
         if let p = patience, p < 1 { throw ValidationError("--patience must be at least 1 (got \(p))") }
@@ -193,9 +202,14 @@ struct TrainCommand: ParsableCommand {
         if (schedule == .plateau || patience != nil) && data.validation == nil {
             throw SharedError(description: "--schedule plateau and --patience watch the validation loss, but there is no validation set")
         }
-        let trainer = Trainer(step: local, collectives: communicator, train: data.train, validation: data.validation,
+        // Every collective and data wait of the training loop is watched (--stall-timeout).
+        let watchdog = stallTimeout > 0
+            ? StallWatchdog(rank: communicator.rank, size: communicator.size, minimumTimeout: stallTimeout) : nil
+        let trainer = Trainer(step: local, collectives: watchdog.map { WatchedCollectives(communicator, watchdog: $0) } ?? communicator,
+                              train: data.train, validation: data.validation,
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: config.seed,
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
+        trainer.watchdog = watchdog
         if let path = dumpGradients, isRoot {
             trainer.step.firstGradientHook = { store in
                 let bytes = Safetensors.encode(Safetensors.items(of: store, gradients: true),
@@ -266,6 +280,10 @@ struct TrainCommand: ParsableCommand {
         if let nanStep = debugNanStep, isRoot {
             trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
         }
+        if debugStallRank == communicator.rank {
+            let stallStep = debugStallStep
+            trainer.step.beforeAllreduce = { step in if step == stallStep { sleep(3600) } }
+        }
         let samples = isRoot && data.validation != nil
             ? SampleGrid(source: data.validation!, count: 4, imageSize: model.imageSize, inChannels: config.inChannels, batch: trainer.localCapacity)
             : nil
@@ -296,6 +314,7 @@ struct TrainCommand: ParsableCommand {
         // SIGTERM or SIGUSR1 (Slurm pre-emption): finish the step, checkpoint, exit 0.
         segtrain_install_stop_handlers()
         trainer.stopRequested = { segtrain_stop_signal() != 0 }
+        watchdog?.start()
         for epoch in stride(from: resumedEpoch + 1, through: epochs, by: 1) {
             let plateauAtEpochStart = trainer.schedule.plateau
             let before = (unet.profile.total, unet.profile[.data], unet.profile[.communication], monotonicSeconds())

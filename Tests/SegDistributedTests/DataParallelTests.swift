@@ -254,6 +254,29 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(resumed.stdout.contains("resumed from"), resumed.stdout)
     }
 
+    /// A rank that stops answering (here: it sleeps for an hour before the gradient sum of step 2)
+    /// ends the job through the other rank's stall watchdog: one line naming what it waited for, in
+    /// which step, and every rank's last step time; exit 124; not a hang.
+    func testStalledRankEndsTheJobWithOneLine() throws {
+        let out = "\(folder)/stalled"
+        let result = try Segtrain.run(try mpirun(), ["-np", "2", "--oversubscribe", DataParallelTests.binary,
+                                      "train", "--image-size", "16", "--base-channels", "4", "--depth", "2",
+                                      "--threads", "1", "--batch-size", "4", "--train-samples", "16", "--val-samples", "4",
+                                      "--epochs", "2", "--out", out, "--stall-timeout", "2",
+                                      "--debug-stall-rank", "1", "--debug-stall-step", "2"],
+                                      environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        XCTAssertFalse(result.timedOut, "the job hung behind the stalled rank")
+        XCTAssertEqual(result.status, 124, result.stderr)
+        XCTAssertLessThan(result.seconds, 30)
+        let line = result.stderr.split(separator: "\n").first { $0.hasPrefix("segtrain: error: rank 0: stalled") }
+        let message = try XCTUnwrap(line, result.stderr)
+        for part in ["for the gradient sum", "in optimizer step 2 (epoch 1)", "on ranks 0...1", "--stall-timeout"] {
+            XCTAssertTrue(message.contains(part), "\(part) missing: \(message)")
+        }
+        // Both ranks' step-1 times are in the line.
+        XCTAssertNotNil(message.range(of: #"step 1 took [0-9.e-]+ s, [0-9.e-]+ s on ranks"#, options: .regularExpression), String(message))
+    }
+
     /// Resume carries the schedule's state: with warm-up and ReduceLROnPlateau decisions on both
     /// sides of the stop, the resumed run still equals the uninterrupted one bitwise; and early
     /// stopping ends the run when the validation loss stops improving.
