@@ -149,7 +149,7 @@ public final class WatchedCollectives: Collectives {
     }
 
     public func sum(_ values: [Double]) throws -> [Double] {
-        try watchdog.waiting(for: "a sum of \(values.count) value(s) (loss, stop flags, counts)") { try inner.sum(values) }
+        try watchdog.waiting(for: "a small sum (loss, stop flags, counts)") { try inner.sum(values) }
     }
 
     public func gatherShares(_ tensor: Tensor) throws {

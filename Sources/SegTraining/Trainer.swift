@@ -134,7 +134,7 @@ public final class Trainer {
         let b = batch(indices.count)
         try step.local.model.profile.measure(.data) {
             if let watchdog {
-                try watchdog.waiting(for: "the data loader (\(indices.count) sample(s))") {
+                try watchdog.waiting(for: "the data loader") {
                     try source.fill(images: b.images, masks: b.masks, indices: indices, epoch: epoch)
                 }
             } else {
