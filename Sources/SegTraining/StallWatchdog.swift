@@ -35,6 +35,7 @@ public final class StallWatchdog: @unchecked Sendable {
     private var lastStepSeconds: [Double]
     private var lastStepEnd: Double? = nil
     private var thread: Thread?
+    private var stopped = false
     /// Called once with the message when a wait passes the limit; the default prints it and exits.
     public var onStall: (String) -> Void = { message in
         fputs("segtrain: error: \(message)\n", stderr)
@@ -61,8 +62,9 @@ public final class StallWatchdog: @unchecked Sendable {
         guard minimumTimeout > 0, thread == nil else { return }
         lock.lock(); if lastStepEnd == nil { lastStepEnd = monotonicSeconds() }; lock.unlock()
         let interval = min(0.5, minimumTimeout / 10)
-        let thread = Thread { [unowned self] in
-            while true {
+        // The thread holds the watchdog until it stops (`stop()`, or after reporting a stall).
+        let thread = Thread { [self] in
+            while !self.isStopped {
                 Thread.sleep(forTimeInterval: interval)
                 if let message = self.stallMessage(now: monotonicSeconds()) {
                     self.onStall(message)
@@ -73,6 +75,16 @@ public final class StallWatchdog: @unchecked Sendable {
         thread.name = "segtrain-watchdog"
         self.thread = thread
         thread.start()
+    }
+
+    /// Ends the checking thread (within one interval).
+    public func stop() {
+        lock.lock(); stopped = true; lock.unlock()
+    }
+
+    private var isStopped: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return stopped
     }
 
     /// Runs `body` marked as waiting for `what`.

@@ -48,8 +48,10 @@ final class StallWatchdogTests: XCTestCase {
         try watched.sumInPlace(t.tensor)
         _ = try watched.sum([1, 2])
         try watched.gatherShares(t.tensor)
-        let pending = try watched.startSum(t.tensor, into: OwnedTensor(.vector(4)).tensor)  // default: sumInPlace
+        let result = OwnedTensor(.vector(4))
+        let pending = try watched.startSum(t.tensor, into: result.tensor)  // the default: copy, then sumInPlace
         try pending.wait()
+        withExtendedLifetime(result) {}
         XCTAssertEqual(probe.seen.count, 4)
         XCTAssertTrue(probe.seen[0].contains("for the gradient sum"), probe.seen[0])
         XCTAssertTrue(probe.seen[1].contains("for a small sum (loss, stop flags, counts)"), probe.seen[1])
@@ -79,5 +81,6 @@ final class StallWatchdogTests: XCTestCase {
         watchdog.onStall = { _ in XCTFail("an off watchdog reported a stall") }
         watchdog.start()
         watchdog.waiting(for: "anything") { XCTAssertNil(watchdog.stallMessage(now: monotonicSeconds() + 1e9)) }
+        watchdog.stop()
     }
 }
