@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
-// segtrain -> SegDistributed -> {CMPI, SegEngine, CSupport}.
+// segtrain -> SegDistributed -> {CMPI, SegEngine, CSupport}. SegEngine's `Collectives` protocol is
+// where the two meet: SegDistributed's Communicator conforms to it, SegTraining sums through it.
 // segtrain -> SegData (PNG and JPEG files, synthetic data) -> {SegEngine, CPNG (libpng), CTurboJPEG (libjpeg-turbo)}.
 // The Swift modules that carry the numeric loops are compiled for a CPU level: on x86_64 `haswell`
 // (AVX2 + FMA, x86-64-v3: Intel since 2013, AMD since 2015), so LLVM vectorizes the Winograd

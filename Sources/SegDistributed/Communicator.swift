@@ -499,3 +499,20 @@ public final class Request {
         }
     }
 }
+
+// MARK: - The training loop's collectives
+
+extension Request: PendingSum {}
+
+/// The communicator is what data-parallel training sums and exchanges through (SegEngine's
+/// `Collectives`, in the same words as the MPI calls above).
+extension Communicator: Collectives {
+    /// MPI_Allreduce(SUM) of a few doubles.
+    public func allreduceSum(_ values: [Double]) throws -> [Double] { try allreduce(values, .sum) }
+
+    /// `startAllreduceSum(_:from:)` above, as the protocol's `PendingSum`.
+    public func startAllreduceSum(_ result: Tensor, from source: Tensor) throws -> PendingSum {
+        let request: Request = try startAllreduceSum(result, from: Optional(source))
+        return request
+    }
+}

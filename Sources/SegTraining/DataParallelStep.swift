@@ -64,7 +64,7 @@ public final class DataParallelStep {
     public func gatherOptimizerState() throws {
         guard local.optimizer.shard != nil else { return }
         try local.model.profile.measure(.communication) {
-            for state in local.optimizer.stateBuffers { try collectives.gatherShares(state.buffer.tensor) }
+            for state in local.optimizer.stateBuffers { try collectives.allgatherShares(state.buffer.tensor) }
         }
     }
 
@@ -82,7 +82,7 @@ public final class DataParallelStep {
             accumulatedLoss = 0
         }
         let terms = target.map { local.loss.terms(target: $0) } ?? LossTerms(pixels: 0, images: 0)
-        let global = try model.profile.measure(.communication) { try collectives.sum([terms.pixels, terms.images]) }
+        let global = try model.profile.measure(.communication) { try collectives.allreduceSum([terms.pixels, terms.images]) }
         let k = Double(accumulate)
         let last = microStep + 1 == accumulate
         // On the last micro-batch the gradient sum starts while backward still runs (buckets).
@@ -103,9 +103,9 @@ public final class DataParallelStep {
         stepsTried += 1
         beforeAllreduce?(stepsTried)
         let loss = try model.profile.measure(.communication) { () -> Double in
-            if overlapping { try finishBuckets() } else { try collectives.sumInPlace(model.store.gradients.tensor) }
+            if overlapping { try finishBuckets() } else { try collectives.allreduceSum(model.store.gradients.tensor) }
             // One small sum for the loss and whatever the caller adds (the trainer's stop flag).
-            let totals = try collectives.sum([accumulatedLoss] + (alsoSum?() ?? []))
+            let totals = try collectives.allreduceSum([accumulatedLoss] + (alsoSum?() ?? []))
             alsoSummed = Array(totals.dropFirst())
             return totals[0]
         }
@@ -124,7 +124,7 @@ public final class DataParallelStep {
         }
         // This rank's share of the weights moves (`optimizer.shard`), then every rank sends its share.
         local.update(learningRate: learningRate, gradients: gradients, gradientNorm: norm)
-        try model.profile.measure(.communication) { try collectives.gatherShares(model.store.values.tensor) }
+        try model.profile.measure(.communication) { try collectives.allgatherShares(model.store.values.tensor) }
         return loss
     }
 }
@@ -168,8 +168,8 @@ extension DataParallelStep {
         try model.profile.measure(.communication) {
             if nextBucket < buckets.count && buckets[nextBucket].afterOp == op {
                 let b = buckets[nextBucket]
-                pendingSums.append(try collectives.startSum(model.store.gradients.view(.vector(b.count), offset: b.offset),
-                                                            into: summed.view(.vector(b.count), offset: b.offset)))
+                pendingSums.append(try collectives.startAllreduceSum(summed.view(.vector(b.count), offset: b.offset),
+                                                                     from: model.store.gradients.view(.vector(b.count), offset: b.offset)))
                 nextBucket += 1
             }
             for p in pendingSums { _ = try p.test() }
@@ -181,8 +181,8 @@ extension DataParallelStep {
     func finishBuckets() throws {
         let rest = buckets.last?.offset ?? local.model.store.parameterCount
         if rest > 0 {
-            pendingSums.append(try collectives.startSum(local.model.store.gradients.view(.vector(rest), offset: 0),
-                                                        into: summed.view(.vector(rest), offset: 0)))
+            pendingSums.append(try collectives.startAllreduceSum(summed.view(.vector(rest), offset: 0),
+                                                                 from: local.model.store.gradients.view(.vector(rest), offset: 0)))
         }
         for p in pendingSums { try p.wait() }
         pendingSums.removeAll(keepingCapacity: true)

@@ -150,23 +150,23 @@ public final class WatchedCollectives: Collectives {
     public var rank: Int { inner.rank }
     public var size: Int { inner.size }
 
-    public func sumInPlace(_ tensor: Tensor) throws {
-        try watchdog.waiting(for: "the gradient sum") { try inner.sumInPlace(tensor) }
+    public func allreduceSum(_ tensor: Tensor) throws {
+        try watchdog.waiting(for: "the gradient sum") { try inner.allreduceSum(tensor) }
     }
 
-    public func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum {
+    public func startAllreduceSum(_ result: Tensor, from source: Tensor) throws -> PendingSum {
         // Starting may block too (a Collectives without non-blocking sums sums at once).
-        WatchedSum(try watchdog.waiting(for: "the gradient sum (buckets)") { try inner.startSum(tensor, into: result) },
+        WatchedSum(try watchdog.waiting(for: "the gradient sum (buckets)") { try inner.startAllreduceSum(result, from: source) },
                    watchdog: watchdog)
     }
 
-    public func sum(_ values: [Double]) throws -> [Double] {
-        try watchdog.waiting(for: "a small sum (loss, stop flags, counts)") { try inner.sum(values) }
+    public func allreduceSum(_ values: [Double]) throws -> [Double] {
+        try watchdog.waiting(for: "a small sum (loss, stop flags, counts)") { try inner.allreduceSum(values) }
     }
 
-    public func gatherShares(_ tensor: Tensor) throws {
+    public func allgatherShares(_ tensor: Tensor) throws {
         try watchdog.waiting(for: "the exchange of the ranks' shares (weights or optimizer state)") {
-            try inner.gatherShares(tensor)
+            try inner.allgatherShares(tensor)
         }
     }
 }

@@ -247,7 +247,7 @@ public final class Trainer {
             let (loss, counts) = try validate(validation)
             // Rank 0's value everywhere (an exact sum with zeros), so every decision taken from it
             // (best model, plateau, early stop) is the same on every rank.
-            record.validationLoss = try collectives.sum([collectives.rank == 0 ? loss : 0])[0]
+            record.validationLoss = try collectives.allreduceSum([collectives.rank == 0 ? loss : 0])[0]
             record.validation = counts
         }
         schedule.endEpoch(validationLoss: record.validationLoss)
@@ -284,7 +284,7 @@ public final class Trainer {
             lossSum += loss * Double(real)
             counts.add(logits: logits, target: b.masks, images: real)
         }
-        let totals = try collectives.sum([lossSum, Double(batches.reduce(0) { $0 + $1.real })] + counts.flat)
+        let totals = try collectives.allreduceSum([lossSum, Double(batches.reduce(0) { $0 + $1.real })] + counts.flat)
         counts = ConfusionCounts(flat: totals[2...], classes: classes)
         return (totals[0] / max(totals[1], 1), counts)
     }

@@ -256,7 +256,7 @@ struct TrainCommand: ParsableCommand {
         }
         // Rank 0's view of the run so far, on every rank (exact sums with zeros): every rank then
         // takes the same best-model, plateau and early-stop decisions.
-        func fromRoot(_ values: [Double]) throws -> [Double] { try communicator.sum(isRoot ? values : values.map { _ in 0 }) }
+        func fromRoot(_ values: [Double]) throws -> [Double] { try communicator.allreduceSum(isRoot ? values : values.map { _ in 0 }) }
         let past = try fromRoot([state?.bestValidationLoss ?? .infinity, Double(state?.bestEpoch ?? 0),
                                  state?.plateau?.rate ?? scheduleConfig.baseRate, state?.plateau?.best ?? .infinity,
                                  Double(state?.plateau?.badEpochs ?? 0), Double(state?.plateau?.cooldownLeft ?? 0)])
@@ -474,17 +474,6 @@ extension ScheduleKind: ExpressibleByArgument {}
 
 /// An error already printed (by rank 0): exit 1 without printing it again.
 struct AlreadyReported: Error {}
-
-extension Request: PendingSum {}
-
-extension Communicator: Collectives {
-    public func sumInPlace(_ tensor: Tensor) throws { try allreduceSum(tensor) }
-    public func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum {
-        try startAllreduceSum(result, from: tensor)
-    }
-    public func sum(_ values: [Double]) throws -> [Double] { try allreduce(values, .sum) }
-    public func gatherShares(_ tensor: Tensor) throws { try allgatherShares(tensor) }
-}
 
 /// FNV-1a, 64 bits: a stable hash of text (the configuration check across ranks).
 func fnv1a(_ text: String) -> UInt64 {

@@ -14,9 +14,9 @@ final class StallWatchdogTests: XCTestCase {
         var rank: Int { 1 }
         var size: Int { 3 }
         private func look() { seen.append(watchdog.stallMessage(now: monotonicSeconds() + 1e6) ?? "nothing") }
-        func sumInPlace(_ tensor: Tensor) throws { look() }
-        func sum(_ values: [Double]) throws -> [Double] { look(); return values }
-        func gatherShares(_ tensor: Tensor) throws { look() }
+        func allreduceSum(_ tensor: Tensor) throws { look() }
+        func allreduceSum(_ values: [Double]) throws -> [Double] { look(); return values }
+        func allgatherShares(_ tensor: Tensor) throws { look() }
     }
 
     func testLimitMessageAndStepTimes() {
@@ -45,11 +45,11 @@ final class StallWatchdogTests: XCTestCase {
         let probe = Probe(watchdog)
         let watched = WatchedCollectives(probe, watchdog: watchdog)
         let t = OwnedTensor(.vector(4))
-        try watched.sumInPlace(t.tensor)
-        _ = try watched.sum([1, 2])
-        try watched.gatherShares(t.tensor)
+        try watched.allreduceSum(t.tensor)
+        _ = try watched.allreduceSum([1, 2])
+        try watched.allgatherShares(t.tensor)
         let result = OwnedTensor(.vector(4))
-        let pending = try watched.startSum(t.tensor, into: result.tensor)  // the default: copy, then sumInPlace
+        let pending = try watched.startAllreduceSum(result.tensor, from: t.tensor)  // the default: copy, then sum
         try pending.wait()
         withExtendedLifetime(result) {}
         XCTAssertEqual(probe.seen.count, 4)

@@ -1,9 +1,10 @@
-// What data-parallel training needs from the ranks: the MPI Communicator provides it (adapted in
-// the CLI), `SingleProcess` is the trivial one-rank version used by tests and tools.
+// What data-parallel training needs from the ranks, in MPI's words: SegDistributed's `Communicator`
+// conforms itself (MPI_Allreduce, MPI_Iallreduce, MPI_Allgatherv); `SingleProcess` is the trivial
+// one-rank version used by tests and tools. It sits in the engine so that training (SegTraining)
+// and MPI (SegDistributed) both build on it without depending on each other.
 
-import SegEngine
 
-/// A sum in progress (`Collectives.startSum`).
+/// A sum in progress (`Collectives.startAllreduceSum`).
 public protocol PendingSum: AnyObject {
     /// True once done; also lets the sum make progress.
     func test() throws -> Bool
@@ -20,25 +21,25 @@ public protocol Collectives: AnyObject {
     var rank: Int { get }
     var size: Int { get }
     /// Sums `tensor` over all ranks, in place.
-    func sumInPlace(_ tensor: Tensor) throws
-    /// Starts summing `tensor` over all ranks into `result` (as many elements; `tensor` is only read)
+    func allreduceSum(_ tensor: Tensor) throws
+    /// Starts summing `source` over all ranks into `result` (as many elements; `source` is only read)
     /// and returns at once; neither may be touched until the sum is done. Every rank must start the
     /// same sums in the same order.
-    func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum
+    func startAllreduceSum(_ result: Tensor, from source: Tensor) throws -> PendingSum
     /// Element-wise sums of `values` over all ranks.
-    func sum(_ values: [Double]) throws -> [Double]
+    func allreduceSum(_ values: [Double]) throws -> [Double]
     /// Every rank's share of `tensor` (`shareOf(tensor.count, ranks: size, rank: r)` for rank r)
     /// from that rank to all the others, in place.
-    func gatherShares(_ tensor: Tensor) throws
+    func allgatherShares(_ tensor: Tensor) throws
 }
 
 public final class SingleProcess: Collectives {
     public init() {}
     public var rank: Int { 0 }
     public var size: Int { 1 }
-    public func sumInPlace(_ tensor: Tensor) throws {}
-    public func sum(_ values: [Double]) throws -> [Double] { values }
-    public func gatherShares(_ tensor: Tensor) throws {}
+    public func allreduceSum(_ tensor: Tensor) throws {}
+    public func allreduceSum(_ values: [Double]) throws -> [Double] { values }
+    public func allgatherShares(_ tensor: Tensor) throws {}
 }
 
 /// Rank r's part of `count` items split over `ranks`: shares differ by at most one, the first
@@ -49,18 +50,18 @@ public func shareOf(_ count: Int, ranks: Int, rank: Int) -> Range<Int> {
 
 extension Collectives {
     /// Default: the sum at once.
-    public func startSum(_ tensor: Tensor, into result: Tensor) throws -> PendingSum {
-        result.copy(from: tensor)
-        try sumInPlace(result)
+    public func startAllreduceSum(_ result: Tensor, from source: Tensor) throws -> PendingSum {
+        result.copy(from: source)
+        try allreduceSum(result)
         return CompletedSum()
     }
 
-    /// True when `value` is the same on every rank, through `sum` alone: the value is cut into
+    /// True when `value` is the same on every rank, through `allreduceSum` alone: the value is cut into
     /// 16-bit chunks c, and N * sum(c^2) == (sum c)^2 holds exactly (all below 2^53) only when every
     /// rank's chunk is the same (Cauchy-Schwarz).
     public func allEqual(_ value: UInt64) throws -> Bool {
         let chunks = (0..<4).map { Double((value >> (16 * UInt64($0))) & 0xffff) }
-        let sums = try sum(chunks + chunks.map { $0 * $0 })
+        let sums = try allreduceSum(chunks + chunks.map { $0 * $0 })
         let n = Double(size)
         return (0..<4).allSatisfy { n * sums[4 + $0] == sums[$0] * sums[$0] }
     }
