@@ -2,7 +2,7 @@
 # The test command: installs what the build needs, builds, runs every test, and ends with one line
 # `tests: N passed, N failed, N skipped` whatever failed on the way (then it exits non-zero).
 #   1. swift test (every XCTest; the CLI and MPI tests run the release binary, as users do)
-#   2. the engine's numeric tests once more under a second OpenBLAS kernel family
+#   2. the numeric tests (engine, model, training, and N ranks against 1) once more under a second OpenBLAS kernel family
 #      (OPENBLAS_CORETYPE, one the CPU supports and the default is not), so a tolerance tuned to one
 #      kernel family fails here and not on the next machine (docs/ENGINE.md, "Numeric tolerances")
 #   3. the allocation check: no memory allocated inside a training step after the first
@@ -49,8 +49,8 @@ second=$(python3 scripts/openblas-coretype.py second)
 if [ -n "$second" ]; then
   echo "test.sh: numeric tests again with OPENBLAS_CORETYPE=$second ($(python3 scripts/openblas-coretype.py default) by default here)"
   set +e
-  OPENBLAS_CORETYPE=$second swift test --skip-build --filter 'SegEngineTests|SegModelTests|SegTrainingTests' \
-    > "$work/coretype.log" 2>&1
+  OPENBLAS_CORETYPE=$second SEGTRAIN_BIN="$PWD/.build/release/segtrain" swift test --skip-build \
+    --filter 'SegEngineTests|SegModelTests|SegTrainingTests|DataParallelTests|DataTrainingTests' > "$work/coretype.log" 2>&1
   rc=$?
   set -e
   grep -E ": error:|Executed [0-9]+ tests" "$work/coretype.log" || true

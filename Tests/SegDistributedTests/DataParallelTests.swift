@@ -7,9 +7,11 @@ import Glibc
 
 /// `segtrain train` alone and under `mpirun -np 1, 2, 3`: the summed gradient of one global batch
 /// (5 images: shares 3+2 and 2+2+1, so uneven) and the weights after k optimizer steps must match
-/// the single process. Tolerances: gradients 1e-5 relative (the issue's bound); weights after 6
-/// Adam steps 1e-5 relative — the only difference between rank counts is the float32 summation
-/// order inside the allreduce (~1e-7 relative per step, measured 2.5e-7 after 6 steps).
+/// the single process. Tolerances: gradients 1e-5 relative per tensor (issue #4's bound; the only
+/// difference between rank counts is the float32 summation order: measured 2e-7 to 2.2e-6 under the
+/// Cooperlake and Sandybridge kernels); weights after SGD steps 1e-5 of the largest weight; weights
+/// after Adam steps `assertAdamWeightsAgree` (DataTrainingTests.swift), which says why Adam needs
+/// another measure.
 final class DataParallelTests: XCTestCase {
     static var binary: String { Segtrain.binary(testBundleOf: DataParallelTests.self) }
     static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
@@ -75,12 +77,8 @@ final class DataParallelTests: XCTestCase {
                       model: model)
             let g = worstScaledDifference(try loadSafetensors("\(folder)/grad\(ranks).safetensors"), gradient)
             XCTAssertLessThanOrEqual(g, 1e-5, "\(ranks) ranks: the first gradient differs by \(g)")
-            let moved = try loadSafetensors("\(folder)/r\(ranks)/model.safetensors")
-            XCTAssertEqual(Set(moved.keys), Set(weights.keys))
-            let largest = Double(weights.values.joined().map { abs($0) }.max() ?? 0)
-            let w = weights.map { name, reference in
-                Double(zip(moved[name] ?? [], reference).map { abs($0 - $1) }.max() ?? .infinity) / largest
-            }.max() ?? .infinity
+            let w = worstDifferenceOfLargest(try loadSafetensors("\(folder)/r\(ranks)/model.safetensors"), weights)
+            print("weights after 4 SGD steps on \(ranks) ranks: \(w) of the largest weight")
             XCTAssertLessThanOrEqual(w, 1e-5, "\(ranks) ranks: the weights after 4 steps differ by \(w) of the largest")
             XCTAssertGreaterThan(w, 0, "\(ranks) ranks sum in another order: bitwise equality would be suspicious")
         }
@@ -113,9 +111,10 @@ final class DataParallelTests: XCTestCase {
         for (ranks, epochs) in [(2, 1), (0, 2), (3, 3)] {
             try train(ranks: ranks, common + ["--epochs", "\(epochs)", "--out", "\(folder)/moved", "--resume", "auto"])
         }
-        let worst = worstScaledDifference(try loadSafetensors("\(folder)/moved/model.safetensors"),
-                                          try loadSafetensors("\(folder)/straight/model.safetensors"))
-        XCTAssertLessThan(worst, 1e-4, "weights after 2 -> 1 -> 3 ranks differ by \(worst)")
+        // 3 epochs of 3 Adam steps (10 samples, batch 4).
+        assertAdamWeightsAgree(try loadSafetensors("\(folder)/moved/model.safetensors"),
+                               try loadSafetensors("\(folder)/straight/model.safetensors"), steps: 9, lr: 1e-3,
+                               "weights after 2 -> 1 -> 3 ranks")
         let epochs = try String(contentsOfFile: "\(folder)/moved/metrics.csv", encoding: .utf8)
             .split(separator: "\n").dropFirst().map { $0.prefix { $0 != "," } }
         XCTAssertEqual(epochs, ["1", "2", "3"])
@@ -156,8 +155,9 @@ final class DataParallelTests: XCTestCase {
         for ranks in [0, 3] {
             try train(ranks: ranks, ["--epochs", "2", "--train-samples", "15", "--optimizer", "adam", "--out", "\(folder)/w\(ranks)"])
         }
-        let worst = worstScaledDifference(try loadSafetensors("\(folder)/w3/model.safetensors"), try loadSafetensors("\(folder)/w0/model.safetensors"))
-        XCTAssertLessThanOrEqual(worst, 1e-5, "weights after 6 steps differ by \(worst)")
+        let w3 = try loadSafetensors("\(folder)/w3/model.safetensors"), w0 = try loadSafetensors("\(folder)/w0/model.safetensors")
+        assertAdamWeightsAgree(w3, w0, steps: 6, lr: 1e-3, "weights after 6 Adam steps on 3 ranks")
+        let worst = worstDifferenceOfLargest(w3, w0)
         XCTAssertGreaterThan(worst, 0, "3 ranks sum in another order: bitwise equality would be suspicious")
     }
 
@@ -410,7 +410,7 @@ final class DataParallelTests: XCTestCase {
     }
 
     /// --accumulate 2 with global batch 4 takes the same steps as batch 8 (the same samples in the
-    /// same order): weights agree within 1e-5 (float summation order only; measured ~2e-7), on one
+    /// same order): the weights agree as `assertAdamWeightsAgree` asks (summation order only), on one
     /// process and on 2 ranks.
     func testAccumulationEqualsTheLargerBatch() throws {
         func run(_ ranks: Int, _ extra: [String], _ out: String) throws {
@@ -428,8 +428,9 @@ final class DataParallelTests: XCTestCase {
         try run(2, ["--batch-size", "4", "--accumulate", "2"], "\(folder)/b4a2r2")
         let reference = try loadSafetensors("\(folder)/b8/model.safetensors")
         for name in ["b4a2", "b4a2r2"] {
-            let worst = worstScaledDifference(try loadSafetensors("\(folder)/\(name)/model.safetensors"), reference)
-            XCTAssertLessThanOrEqual(worst, 1e-5, "\(name): \(worst)")
+            // 2 epochs of 4 Adam steps (32 samples, batch 8).
+            assertAdamWeightsAgree(try loadSafetensors("\(folder)/\(name)/model.safetensors"), reference, steps: 8, lr: 1e-3,
+                                   "accumulation \(name)")
         }
     }
 
