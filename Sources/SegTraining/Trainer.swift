@@ -29,6 +29,12 @@ public struct SyncError: Error, CustomStringConvertible {
     }
 }
 
+/// A request the trainer cannot carry out (a resume position outside the epoch).
+public struct TrainerError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 public enum EpochOutcome {
     case completed(EpochRecord)
     /// A stop was requested; global batches 0...afterBatch of the epoch are trained.
@@ -185,6 +191,9 @@ public final class Trainer {
         stopAfterEpoch = false
         let order = sampler.order(epoch: epoch)
         let batches = batchesPerEpoch
+        guard (0..<max(1, batches)).contains(firstBatch) else {
+            throw TrainerError("epoch \(epoch): cannot start at batch \(firstBatch) of \(batches)")
+        }
         var lossSum = 0.0, lossCount = 0
         var rate = schedule.rate(progress: Double(epoch - 1))
         let remaining = firstBatch..<max(firstBatch, batches)
