@@ -101,7 +101,11 @@ struct TrainCommand: ParsableCommand {
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         let synthetic = dataOptions.data == nil
         if synthetic && model.inChannels != 3 { throw ValidationError("--in-channels must be 3 for the synthetic dataset (RGB)") }
-        if epochs < 1 { throw ValidationError("--epochs must be at least 1 (got \(epochs))") }
+        let maxEpochs = CheckpointState.maximumEpochs, maxSamples = 1 << 40
+        if !(1...maxEpochs).contains(epochs) { throw ValidationError("--epochs must be 1...\(maxEpochs) (got \(epochs))") }
+        if !(1...maxSamples).contains(trainSamples) { throw ValidationError("--train-samples must be 1...2^40 (got \(trainSamples))") }
+        if valSamples > maxSamples { throw ValidationError("--val-samples must be at most 2^40 (got \(valSamples))") }
+        if !(1...(1 << 20)).contains(accumulate) { throw ValidationError("--accumulate must be 1...\(1 << 20) (got \(accumulate))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize && dropLast {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one batch (--batch-size \(training.batchSize)) with --drop-last")
         }
@@ -112,7 +116,6 @@ struct TrainCommand: ParsableCommand {
         if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
-        if accumulate < 1 { throw ValidationError("--accumulate must be at least 1 (got \(accumulate))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
         }
@@ -168,9 +171,15 @@ struct TrainCommand: ParsableCommand {
         if training.batchSize < ranks {
             throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
         }
+        try checkMemory(communicator)
         let metricsPath = out + "/metrics.csv"
         if isRoot, let error = makeDirectories(out + "/checkpoints") ?? makeDirectories(out + "/samples") {
             throw UserError("--out \(out): cannot create folder: \(error)")
+        }
+        if isRoot {
+            // Left by a write that failed or was killed (never by a live process).
+            let stale = try Checkpoint.removeStaleTemporaries(in: out + "/checkpoints")
+            if !stale.isEmpty { print("removed \(stale.count) stale temporary checkpoint folder(s): \(stale.joined(separator: ", "))") }
         }
         let pool = WorkerPool(threads: model.threadCount)
         let config = model.unetConfig
@@ -196,6 +205,7 @@ struct TrainCommand: ParsableCommand {
         let trainer = Trainer(step: local, collectives: communicator, train: data.train, validation: data.validation,
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: config.seed,
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
+        trainer.step.accumulate = accumulate  // before resuming: it sets the epoch's batch count
         if let path = dumpGradients, isRoot {
             trainer.step.firstGradientHook = { store in
                 let bytes = Safetensors.encode(Safetensors.items(of: store, gradients: true),
@@ -213,11 +223,19 @@ struct TrainCommand: ParsableCommand {
             if resume == "auto" && !FileManager.default.fileExists(atPath: folder) {
                 print("--resume auto: no checkpoint in \(checkpoints), starting from scratch")
             } else {
+                let run = ResumeRun(seed: config.seed, model: modelDescription, globalBatch: training.batchSize,
+                                    trainSamples: data.train.count, batchesPerEpoch: trainer.batchesPerEpoch,
+                                    trainListHash: data.trainHash.map { String($0, radix: 16) })
                 do {
-                    state = try Checkpoint.read(from: folder, store: unet.store, optimizer: local.optimizer)
+                    state = try Checkpoint.read(from: folder, store: unet.store, optimizer: local.optimizer, resuming: run)
                 } catch { throw UserError("--resume \(error)") }
-                // Keep the metrics of the epochs the checkpoint has.
-                if let text = try? String(contentsOfFile: out + "/metrics.csv", encoding: .utf8) {
+                // Keep the metrics of the epochs the checkpoint has (a new --out has none yet; an
+                // unreadable file is an error, not a reason to start it afresh).
+                if FileManager.default.fileExists(atPath: metricsPath) {
+                    let text: String
+                    do { text = try String(contentsOfFile: metricsPath, encoding: .utf8) } catch {
+                        throw UserError("\(metricsPath): cannot read the metrics of the resumed run: \(error.localizedDescription)")
+                    }
                     for row in text.split(separator: "\n").dropFirst() {
                         if let epoch = Int(row.prefix { $0 != "," }), epoch <= state!.epoch { csv += row + "\n" }
                     }
@@ -257,11 +275,18 @@ struct TrainCommand: ParsableCommand {
                   + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
                   + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, "
                   + "loss \(lossKind.rawValue)")
-            if resumedEpoch >= epochs { print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs") }
+        }
+        if resumedEpoch >= epochs {
+            // As Keras' fit(initial_epoch=E, epochs=E) and Lightning at max_epochs: a finished run
+            // trains nothing and succeeds; nothing in --out is rewritten.
+            if isRoot {
+                print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs (a larger --epochs trains more); "
+                      + "nothing written")
+            }
+            return
         }
         trainer.checkSyncEvery = checkSync
         trainer.step.skipNonFinite = skipNonfinite
-        trainer.step.accumulate = accumulate
         training.configure(trainer.step)
         if let nanStep = debugNanStep, isRoot {
             trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
@@ -274,6 +299,11 @@ struct TrainCommand: ParsableCommand {
         let desync = debugDesyncRank == communicator.rank
         let progress = isRoot ? Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery,
                                          style: self.progress) : nil
+        /// What a run that stops now leaves (rank 0 knows; it alone prints a shared error).
+        var keptCheckpoint: String {
+            FileManager.default.fileExists(atPath: checkpoints + "/last/state.json")
+                ? "\(checkpoints)/last keeps the previous checkpoint" : "no checkpoint written"
+        }
         // Rank 0 only, after every rank's `gatherOptimizerState()`.
         func checkpoint(epochsDone: Int, batchesDone: Int?) throws {
             var state = CheckpointState(epoch: epochsDone, step: local.optimizer.step, seed: config.seed, ranks: ranks,
@@ -283,6 +313,8 @@ struct TrainCommand: ParsableCommand {
             state.plateau = schedule == .plateau ? trainer.schedule.plateau : nil
             state.trainListHash = data.trainHash.map { String($0, radix: 16) }
             state.model = modelDescription
+            state.globalBatch = training.batchSize
+            state.trainSamples = data.train.count
             try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: state)
         }
         trainer.afterStep = { info in
@@ -324,11 +356,19 @@ struct TrainCommand: ParsableCommand {
                 }
                 return
             }
+            // The same record on every rank: every rank stops here together, before any checkpoint
+            // of this epoch, so checkpoints/last keeps the previous epoch (Keras' TerminateOnNaN).
             if !r.trainLoss.isFinite && r.batchesTrained > 0 {
-                throw UserError("epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr")
+                throw SharedError(description: "epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr; "
+                                  + keptCheckpoint)
             }
-            // Decisions from the validation loss, identical on every rank (see fromRoot).
-            let improved = r.validationLoss.map { loss in best.loss.map { loss < $0 } ?? true } ?? false
+            if let loss = r.validationLoss, !loss.isFinite {
+                throw SharedError(description: "epoch \(epoch): the validation loss is not finite (\(loss)): the model diverged; "
+                                  + "try a lower --lr; " + keptCheckpoint)
+            }
+            // Decisions from the validation loss, identical on every rank (see fromRoot). A loss
+            // that is not finite never gets here, so it is never "best".
+            let improved = r.validationLoss.map { loss in loss.isFinite && (best.loss.map { loss < $0 } ?? true) } ?? false
             if improved { best = (r.validationLoss, epoch) }
             let stopEarly = patience.map { p in best.epoch.map { epoch - $0 >= p } ?? false } ?? false
             let stopNow = trainer.stopAfterEpoch && epoch < epochs
@@ -362,7 +402,12 @@ struct TrainCommand: ParsableCommand {
             }
             if keep > 0 {
                 try Checkpoint.copy(checkpoints + "/last", to: checkpoints + "/" + epochFolderName(epoch))
-                if epoch > keep { try? FileManager.default.removeItem(atPath: checkpoints + "/" + epochFolderName(epoch - keep)) }
+                let old = checkpoints + "/" + epochFolderName(epoch - keep)
+                if epoch > keep && FileManager.default.fileExists(atPath: old) {
+                    do { try FileManager.default.removeItem(atPath: old) } catch {
+                        throw UserError("\(old): cannot remove the checkpoint beyond --keep \(keep): \(error.localizedDescription)")
+                    }
+                }
             }
             print(line)
             fflush(stdout)
@@ -396,6 +441,26 @@ struct TrainCommand: ParsableCommand {
 }
 
 extension TrainCommand {
+    /// Refuses, on every rank with one line, a run whose estimated memory (from the flags: model,
+    /// batch, image size, sample counts, loader) does not fit this node's available memory or
+    /// `ulimit -v`; before the model or any data buffer exists.
+    func checkMemory(_ communicator: Communicator) throws {
+        let ranks = communicator.size
+        var plan = RunMemoryPlan(model: model.unetConfig, imageSize: model.imageSize,
+                                 localBatch: shareOf(training.batchSize, ranks: ranks, rank: 0).count,
+                                 threads: model.threadCount, optimizerBuffers: training.optimizer == .sgd ? 1 : 2,
+                                 trainSamples: dataOptions.data == nil ? trainSamples : 0,
+                                 validationSamples: dataOptions.data == nil ? (valSamples + ranks - 1) / ranks : 0)
+        if dataOptions.data != nil { plan.loaderThreads = dataOptions.loaderThreads }
+        let refusal = plan.refusalHere(ranksOnNode: min(ranks, ThreadDefaults.ranksOnNode()))
+        // Which ranks refuse (one flag each); the lowest one's reason reaches every rank.
+        var mine = [Int](repeating: 0, count: ranks)
+        if refusal != nil { mine[communicator.rank] = 1 }
+        let flags = try communicator.allreduce(mine, .sum)
+        guard let root = flags.firstIndex(where: { $0 > 0 }) else { return }
+        throw SharedError(description: try communicator.broadcast(refusal ?? "", root: root))
+    }
+
     /// The training and validation samples: files (--data) or the synthetic generator.
     func makeSources(communicator: Communicator, pool: WorkerPool)
         throws -> (train: SampleSource, validation: SampleSource?, description: String, trainHash: UInt64?) {
@@ -440,7 +505,10 @@ extension TrainCommand {
                               arguments: Array(CommandLine.arguments.dropFirst()))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data = (try? encoder.encode(summary)) ?? Data()
+        let data: Data
+        do { data = try encoder.encode(summary) } catch {
+            throw UserError("\(out)/summary.json: not written: cannot encode the summary (\(error))")
+        }
         if let error = writeFileAtomically(out + "/summary.json", bytes: [UInt8](data) + Array("\n".utf8)) {
             throw UserError(error)
         }
