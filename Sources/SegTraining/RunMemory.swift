@@ -44,8 +44,12 @@ public struct RunMemoryPlan: Sendable {
                 + (Double(localBatch) + 4) * sampleFloats * 4),
             // values, gradients, the summed gradient, optimizer state
             ("parameters and optimizer state", (parameters * Double(3 + optimizerBuffers) + buffers) * 4),
-            // this epoch's and the next epoch's order and the announced batches: 3 Ints a sample
-            ("sample order", (Double(trainSamples) + Double(validationSamples)) * 3 * 8),
+            // Training: this epoch's and the next epoch's permutation and the announced batches'
+            // indices (3 Ints a sample), the batches themselves (an array header and 3 copies of a
+            // 24-byte entry, ~104 bytes, for every global batch of at least 1): 40 bytes a sample
+            // covers global batches down to 7. Validation: this rank's samples, its batches and the
+            // prefetch copy: 32 bytes a sample.
+            ("sample order", Double(trainSamples) * 40 + Double(validationSamples) * 32),
             ("data loader", Double(loaderThreads == 0 ? 0 : loaderThreads + 1) * Double(localBatch) * sampleFloats * 4
                 + Double(cacheSamples) * Double(model.inChannels + 1) * side),
         ]
