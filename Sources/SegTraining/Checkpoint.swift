@@ -323,8 +323,8 @@ extension CheckpointState {
         guard let done = batchesDone else { return nil }
         let at = "a mid-epoch checkpoint (epoch \(epoch + 1), \(done) batch(es) done)"
         if let g = globalBatch ?? argumentsGlobalBatch, g != run.globalBatch {
-            return "\(at) was trained with a global batch of \(g), but this run has --batch-size \(run.globalBatch): "
-                + "resume with --batch-size \(g) (or from an epoch's end)"
+            return "\(at) was trained with a global batch of \(g), but this run has --batch-size \(run.globalBatch) "
+                + "(--batch-per-rank x ranks): resume with --batch-size \(g) (or from an epoch's end)"
         }
         if let n = trainSamples, n != run.trainSamples {
             return "\(at) was trained on \(n) samples, this run has \(run.trainSamples) (--train-samples / --data): "
@@ -349,7 +349,10 @@ extension CheckpointState {
             }
             return nil
         }
-        if let perRank = value("--batch-per-rank") { return perRank * ranks }
+        if let perRank = value("--batch-per-rank") {
+            let (global, overflow) = perRank.multipliedReportingOverflow(by: ranks)
+            return overflow ? nil : global
+        }
         return value("--batch-size") ?? (arguments.first == "train" ? 8 : nil)
     }
 }

@@ -281,6 +281,22 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/clash/d_png_mask.png"))
     }
 
+    /// A state.json claiming a model no machine holds (16384 px) is refused before it is built.
+    func testPredictRefusesAModelTooLargeForTheMachine() throws {
+        let model = try trainedModel()
+        let state = model + "/checkpoints/best/state.json"
+        var object = try JSONSerialization.jsonObject(with: FileManager.default.contents(atPath: state)!) as! [String: Any]
+        var description = object["model"] as! [String: Any]
+        description["imageSize"] = 16384
+        object["model"] = description
+        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: state))
+        let input = try inputs(["a.png"])
+        let r = try segtrain(["predict", "--model", model, "--input", input, "--output", folder + "/big", "--threads", "1"], timeout: 30)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("state.json: the model needs about") && r.stderr.contains("MemAvailable"), r.stderr)
+    }
+
     /// A full disk (a 4 KiB tmpfs: room for one small PNG): the error is reported, the count is
     /// the files really there, exit 1. Needs mount (root); skipped where it is not allowed.
     func testPredictOnAFullDiskReportsTheFilesWritten() throws {
