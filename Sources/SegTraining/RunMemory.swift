@@ -19,8 +19,9 @@ public struct RunMemoryPlan: Sendable {
     /// validation samples.
     public var trainSamples: Int
     public var validationSamples: Int
-    /// File datasets: loader threads (each with a batch slot, plus one) and whether decoded
-    /// samples are cached; 0 and false for the synthetic set.
+    /// File datasets: loader threads (each with a batch slot, plus one) and the samples --cache
+    /// will hold decoded at the training size (8-bit image and mask; a lower bound in crop mode,
+    /// which keeps whole images); 0 for the synthetic set.
     public var loaderThreads = 0
     public var cacheSamples = 0
     /// Threads the run starts besides the workers (loader, MPI progress): their stacks and malloc

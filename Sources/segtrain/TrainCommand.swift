@@ -196,6 +196,12 @@ struct TrainCommand: ParsableCommand {
         let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         let data = try makeSources(communicator: communicator, pool: pool)
+        if dataOptions.data != nil {
+            // Now that the files are counted: their order arrays, and --cache's decoded samples.
+            let files = data.train.count + (data.validation?.count ?? 0)
+            try checkMemory(communicator, files: (data.train.count, data.validation?.count ?? 0),
+                            cached: dataOptions.cache ? files : 0)
+        }
         let normalization = (try? dataOptions.normalization(channels: config.inChannels)) ?? nil
         let modelDescription = ModelDescription(config: config, imageSize: model.imageSize,
                                                 mean: normalization?.mean, std: normalization?.std)
@@ -444,14 +450,17 @@ extension TrainCommand {
     /// Refuses, on every rank with one line, a run whose estimated memory (from the flags: model,
     /// batch, image size, sample counts, loader) does not fit this node's available memory or
     /// `ulimit -v`; before the model or any data buffer exists.
-    func checkMemory(_ communicator: Communicator) throws {
+    /// With --data it runs twice: before the model (files not yet counted), and once the files are
+    /// listed (`files`: training and validation samples; `cached`: samples --cache will hold).
+    func checkMemory(_ communicator: Communicator, files: (train: Int, validation: Int)? = nil, cached: Int = 0) throws {
         let ranks = communicator.size
+        let counts = dataOptions.data == nil ? (trainSamples, valSamples) : (files ?? (0, 0))
         var plan = RunMemoryPlan(model: model.unetConfig, imageSize: model.imageSize,
                                  localBatch: shareOf(training.batchSize, ranks: ranks, rank: 0).count,
                                  threads: model.threadCount, optimizerBuffers: training.optimizer == .sgd ? 1 : 2,
-                                 trainSamples: dataOptions.data == nil ? trainSamples : 0,
-                                 validationSamples: dataOptions.data == nil ? (valSamples + ranks - 1) / ranks : 0)
+                                 trainSamples: counts.0, validationSamples: (counts.1 + ranks - 1) / ranks)
         if dataOptions.data != nil { plan.loaderThreads = dataOptions.loaderThreads }
+        plan.cacheSamples = cached
         let refusal = plan.refusalHere(ranksOnNode: min(ranks, ThreadDefaults.ranksOnNode()))
         // Which ranks refuse (one flag each); the lowest one's reason reaches every rank.
         var mine = [Int](repeating: 0, count: ranks)

@@ -208,6 +208,20 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertEqual(errorLines(two).count, 1, two.stderr)
     }
 
+    /// --cache keeps every decoded sample: counted once the files are listed (500 files at
+    /// 2048 px: 8.4 GB), refused under a 3 GB address-space limit that the model alone fits.
+    func testCacheOfAListedDatasetIsCountedToo() throws {
+        let data = folder + "/set"
+        XCTAssertEqual(try segtrain(["synth", "--out", data, "--count", "500", "--size", "16"]).status, 0)
+        let shell = "ulimit -v 3000000 && exec \"$0\" \"$@\""
+        let flags = ["train", "--threads", "1", "--image-size", "2048", "--base-channels", "4", "--depth", "2",
+                     "--batch-size", "1", "--epochs", "1", "--data", data, "--out", folder + "/run"]
+        let r = try Segtrain.run("/bin/sh", ["-c", shell, ReliabilityTests.binary] + flags + ["--cache"], timeout: 60)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("data loader") && r.stderr.contains("(ulimit -v)"), r.stderr)
+    }
+
     // MARK: 5. One --threads bound
 
     func testThreadsIsBoundedTheSameInEveryCommand() throws {
