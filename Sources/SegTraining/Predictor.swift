@@ -141,6 +141,10 @@ public final class Predictor {
             throw PredictorError("\(statePath): the model needs about \(SystemMemory.describe(needed)) for one image, but "
                                  + "\(SystemMemory.describe(Double(available))) is available (MemAvailable)")
         }
+        if let limit = SystemMemory.addressSpaceLimit(), needed + Double(SystemMemory.virtualBytes() ?? 0) > Double(limit) {
+            throw PredictorError("\(statePath): the model needs about \(SystemMemory.describe(needed)) for one image, over the "
+                                 + "limit of \(SystemMemory.describe(Double(limit))) (ulimit -v)")
+        }
         self.description = description
         source = folder
         model = UNet(config, pool: pool)

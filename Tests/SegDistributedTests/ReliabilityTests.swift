@@ -187,12 +187,18 @@ final class ReliabilityTests: XCTestCase {
     // MARK: 4. Resource limits
 
     func testImpossibleSizesAreRefusedInSecondsWithTheEstimate() throws {
+        // Under a 16 GB address-space limit, so that a machine with more memory than the 40 GB the
+        // second case needs refuses it too instead of starting it.
+        let capped = "ulimit -v 16000000 && exec \"$0\" \"$@\""
         for flags in [["--image-size", "16384"], ["--train-samples", "1000000000"], ["--val-samples", "100000000000"]] {
-            let r = try segtrain(["train", "--threads", "1", "--out", folder + "/big"] + flags, timeout: 30)
+            let r = try Segtrain.run("/bin/sh", ["-c", capped, ReliabilityTests.binary, "train", "--threads", "1",
+                                                 "--out", folder + "/big"] + flags, timeout: 30)
+            XCTAssertFalse(r.timedOut, "\(flags)")
             XCTAssertEqual(r.status, 1, "\(flags): \(r.stderr)")
             let lines = r.stderr.split(separator: "\n")
             XCTAssertEqual(lines.count, 1, r.stderr)
-            XCTAssertTrue(lines.first?.contains("the run needs about") == true && lines.first?.contains("available") == true, r.stderr)
+            XCTAssertTrue(lines.first?.contains("the run needs about") == true
+                          && (lines.first?.contains("(MemAvailable)") == true || lines.first?.contains("(ulimit -v)") == true), r.stderr)
             XCTAssertLessThan(r.seconds, 10, "\(flags)")
         }
         // Under a lowered address-space limit: refused with the limit, not a trap.
@@ -305,10 +311,14 @@ final class ReliabilityTests: XCTestCase {
         object["model"] = description
         try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: state))
         let input = try inputs(["a.png"])
-        let r = try segtrain(["predict", "--model", model, "--input", input, "--output", folder + "/big", "--threads", "1"], timeout: 30)
+        // Under a 16 GB address-space limit: a machine with more memory than the model's 96 GB refuses too.
+        let capped = "ulimit -v 16000000 && exec \"$0\" \"$@\""
+        let r = try Segtrain.run("/bin/sh", ["-c", capped, ReliabilityTests.binary, "predict", "--model", model, "--input", input,
+                                             "--output", folder + "/big", "--threads", "1"], timeout: 30)
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
-        XCTAssertTrue(r.stderr.contains("state.json: the model needs about") && r.stderr.contains("MemAvailable"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("state.json: the model needs about")
+                      && (r.stderr.contains("(MemAvailable)") || r.stderr.contains("(ulimit -v)")), r.stderr)
     }
 
     /// A full disk (a 4 KiB tmpfs: room for one small PNG): the error is reported, the count is
