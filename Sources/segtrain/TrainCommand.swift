@@ -312,6 +312,11 @@ struct TrainCommand: ParsableCommand {
         }
         // Rank 0 only, after every rank's `gatherOptimizerState()`.
         func checkpoint(epochsDone: Int, batchesDone: Int?) throws {
+            // Mid-epoch no validation loss has vouched for the weights: the last batch's outputs do.
+            if batchesDone != nil && trainer.lastBatchOutputsAreFinite() == false {
+                throw UserError("step \(local.optimizer.step): the model's outputs on the last batch are not finite with the "
+                                + "current weights (the run diverged; try a lower --lr); checkpoint not written; " + keptCheckpoint)
+            }
             var state = CheckpointState(epoch: epochsDone, step: local.optimizer.step, seed: config.seed, ranks: ranks,
                                         bestValidationLoss: best.loss, bestEpoch: best.epoch,
                                         arguments: Array(CommandLine.arguments.dropFirst()))

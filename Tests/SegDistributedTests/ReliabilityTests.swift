@@ -94,6 +94,27 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertTrue(again.stdout.contains("epoch 3/3"), again.stdout)
     }
 
+    /// Mid-epoch checkpoints (--checkpoint-every, signals) have no validation loss: after one step
+    /// at --lr 1e9 the weights are finite but exploded, and the last batch's outputs are not.
+    func testMidEpochCheckpointOfExplodedWeightsIsRefused() throws {
+        let run = folder + "/good"
+        let args = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--threads", "1", "--train-samples", "8",
+                    "--batch-size", "4", "--val-samples", "4"]
+        XCTAssertEqual(try segtrain(["train"] + args + ["--epochs", "1", "--out", run]).status, 0)
+        let last = ["state.json", "model.safetensors", "optimizer.safetensors"].map {
+            FileManager.default.contents(atPath: run + "/checkpoints/last/" + $0)
+        }
+        let r = try segtrain(["train"] + args + ["--epochs", "2", "--lr", "1e9", "--checkpoint-every", "1", "--out", run,
+                                                 "--resume", "auto"])
+        XCTAssertEqual(r.status, 1, r.stdout)
+        XCTAssertEqual(errorLines(r).count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("outputs on the last batch are not finite") && r.stderr.contains("keeps the previous checkpoint"),
+                      r.stderr)
+        XCTAssertEqual(["state.json", "model.safetensors", "optimizer.safetensors"].map {
+            FileManager.default.contents(atPath: run + "/checkpoints/last/" + $0)
+        }, last)
+    }
+
     // MARK: 2. state.json checked on resume
 
     /// A copy of `source` whose state.json has `changes` applied.
