@@ -145,8 +145,14 @@ public enum ThreadDefaults {
     public static let allowed = 1...1024
 
     /// Why `threads` (a --threads value) cannot be used, naming the flag; nil when it can.
+    /// Without the flag, SEGTRAIN_THREADS (which `threadsPerRank` reads) is held to the same bound.
     public static func problem(threads: Int?, flag: String = "--threads") -> String? {
-        guard let t = threads, !allowed.contains(t) else { return nil }
+        guard let t = threads else {
+            guard let text = getenv("SEGTRAIN_THREADS").map({ String(cString: $0) }), !text.isEmpty else { return nil }
+            if let n = Int(text), allowed.contains(n) { return nil }
+            return "SEGTRAIN_THREADS must be \(allowed.lowerBound)...\(allowed.upperBound) (got \(text))"
+        }
+        guard !allowed.contains(t) else { return nil }
         return "\(flag) must be \(allowed.lowerBound)...\(allowed.upperBound) (got \(t))"
     }
 

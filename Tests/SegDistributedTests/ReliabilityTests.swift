@@ -261,6 +261,10 @@ final class ReliabilityTests: XCTestCase {
                 XCTAssertTrue(r.stderr.contains("--threads must be 1...1024"), "\(command[0]): \(r.stderr)")
             }
         }
+        // The environment's default is held to the same bound.
+        let r = try Segtrain.run(ReliabilityTests.binary, ["info"], environment: ["SEGTRAIN_THREADS": "5000"])
+        XCTAssertEqual(r.status, 64, r.stderr)
+        XCTAssertTrue(r.stderr.contains("SEGTRAIN_THREADS must be 1...1024 (got 5000)"), r.stderr)
     }
 
     // MARK: 6. File names with a newline
