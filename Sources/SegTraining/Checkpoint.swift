@@ -92,10 +92,24 @@ public enum Checkpoint {
                                                                     "step": "\(optimizer.step)"])),
             ("state.json", stateBytes),
         ]
-        for (name, bytes) in files {
-            if let error = writeFileAtomically("\(temporary)/\(name)", bytes: bytes) { throw CheckpointError(error) }
+        do {
+            for (name, bytes) in files {
+                if let error = writeFileAtomically("\(temporary)/\(name)", bytes: bytes) { throw CheckpointError(error) }
+            }
+            try install(temporary, as: folder)
+        } catch {
+            discard(temporary)
+            throw error
         }
-        try install(temporary, as: folder)
+    }
+
+    /// Removes the temporary folder of a write that failed (a full disk); when even that fails,
+    /// says so, and the next write or run removes it (`removeStaleTemporaries`).
+    static func discard(_ temporary: String) {
+        guard FileManager.default.fileExists(atPath: temporary) else { return }
+        do { try FileManager.default.removeItem(atPath: temporary) } catch {
+            fputs("segtrain: warning: \(temporary): cannot remove a failed checkpoint's folder: \(error.localizedDescription)\n", stderr)
+        }
     }
 
     /// state.json's bytes (pretty, sorted keys, a final newline); throws for a state JSON cannot
@@ -134,10 +148,14 @@ public enum Checkpoint {
                 }
                 if let error = writeFileAtomically("\(temporary)/\(name)", bytes: [UInt8](data)) { throw CheckpointError(error) }
             }
-        } catch let error as CheckpointError { throw error } catch {
+            try install(temporary, as: folder)
+        } catch let error as CheckpointError {
+            discard(temporary)
+            throw error
+        } catch {
+            discard(temporary)
             throw CheckpointError("\(temporary): \(error.localizedDescription)")
         }
-        try install(temporary, as: folder)
     }
 
     /// A fresh, empty folder beside `folder` where its next version is built; stale temporary

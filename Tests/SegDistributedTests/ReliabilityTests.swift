@@ -205,6 +205,23 @@ final class ReliabilityTests: XCTestCase {
         XCTAssertEqual(left, [])
     }
 
+    /// A checkpoint write that fails (a full 40 KiB tmpfs: metrics.csv and the preview fit, the
+    /// checkpoint does not) stops the run with one line and leaves no temporary folder behind.
+    /// Needs mount (root); skipped where it is not allowed.
+    func testFailedCheckpointWriteLeavesNoTemporaryFolder() throws {
+        let disk = folder + "/disk"
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        let mount = try Segtrain.run("/bin/mount", ["-t", "tmpfs", "-o", "size=40k", "tmpfs", disk], timeout: 10)
+        guard mount.status == 0 else { throw XCTSkip("cannot mount a tmpfs here: \(mount.stderr)") }
+        defer { _ = try? Segtrain.run("/bin/umount", [disk], timeout: 10) }
+        let r = try segtrain(["train"] + ReliabilityTests.tiny + ["--epochs", "1", "--out", disk + "/run"])
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertEqual(errorLines(r).count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("No space left on device"), r.stderr)
+        let left = try FileManager.default.contentsOfDirectory(atPath: disk + "/run/checkpoints").filter { $0.hasPrefix(".tmp-") }
+        XCTAssertEqual(left, [], "a failed write leaves its temporary folder")
+    }
+
     // MARK: 4. Resource limits
 
     func testImpossibleSizesAreRefusedInSecondsWithTheEstimate() throws {
