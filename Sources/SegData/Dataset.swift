@@ -3,7 +3,8 @@
 //   pet    Oxford-IIIT Pet: images/*.jpg with annotations/trimaps/*.png (values 1, 2, 3);
 //   list   list files (train.txt, val.txt) naming the pairs.
 // The listing is a sorted list of (image, mask) paths relative to the dataset root, so that
-// rank 0 alone scans the folders and sends the list to the others as text.
+// rank 0 alone scans the folders and sends the list to the others (NUL-separated: any file name
+// arrives whole).
 
 import SegEngine
 #if canImport(Glibc)
@@ -77,8 +78,26 @@ public struct DatasetListing: Equatable, Sendable {
     public func imagePath(_ i: Int) -> String { path(pairs[i].image) }
     public func maskPath(_ i: Int) -> String { path(pairs[i].mask) }
 
-    /// The listing as text, one `image<TAB>mask` line per sample: what rank 0 sends to the others.
+    /// The listing as text, one `image<TAB>mask` line per sample: what `hash` is taken of (kept
+    /// so that checkpoints' training-list hashes stay comparable). Not a safe transport: a file
+    /// name may hold a newline or a tab; rank 0 sends `wire`.
     public var text: String { pairs.map { $0.image + "\t" + $0.mask + "\n" }.joined() }
+
+    /// The listing as rank 0 sends it to the others: every path followed by a NUL, the one byte
+    /// no file name can hold (image, mask, image, mask, ...), so names with newlines or tabs
+    /// arrive whole.
+    public var wire: String { pairs.map { $0.image + "\0" + $0.mask + "\0" }.joined() }
+
+    /// The listing `wire` describes; throws for text that is not one (an odd number of fields).
+    public init(root: String, wire: String) throws {
+        var fields = wire.split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
+        if fields.last == "" { fields.removeLast() }
+        guard fields.count % 2 == 0 else {
+            throw DatasetError("the file list sent by rank 0 is damaged (\(fields.count) paths, not image/mask pairs)")
+        }
+        self.root = root
+        pairs = stride(from: 0, to: fields.count, by: 2).map { SamplePair(image: fields[$0], mask: fields[$0 + 1]) }
+    }
 
     public init(root: String, text: String) {
         self.root = root

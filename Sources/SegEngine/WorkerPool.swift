@@ -141,6 +141,21 @@ private final class WorkerStart {
 /// Thread-count defaults: the CPUs this process may run on (its affinity mask, as set by
 /// mpirun --bind-to or Slurm's cgroup) divided by the ranks that share this node.
 public enum ThreadDefaults {
+    /// The thread counts a --threads flag accepts, in every command (one place).
+    public static let allowed = 1...1024
+
+    /// Why `threads` (a --threads value) cannot be used, naming the flag; nil when it can.
+    /// Without the flag, SEGTRAIN_THREADS (which `threadsPerRank` reads) is held to the same bound.
+    public static func problem(threads: Int?, flag: String = "--threads") -> String? {
+        guard let t = threads else {
+            guard let text = getenv("SEGTRAIN_THREADS").map({ String(cString: $0) }), !text.isEmpty else { return nil }
+            if let n = Int(text), allowed.contains(n) { return nil }
+            return "SEGTRAIN_THREADS must be \(allowed.lowerBound)...\(allowed.upperBound) (got \(text))"
+        }
+        guard !allowed.contains(t) else { return nil }
+        return "\(flag) must be \(allowed.lowerBound)...\(allowed.upperBound) (got \(t))"
+    }
+
     /// CPUs in this process's affinity mask (sched_getaffinity), at least 1.
     public static func availableCPUs() -> Int {
         let count = Int(segtrain_affinity_cpu_count())

@@ -133,6 +133,18 @@ public final class Predictor {
         if let problem = config.validate(imageSize: description.imageSize) ?? description.inputProblem {
             throw PredictorError("\(statePath): \(problem)")
         }
+        // A state.json may claim a model no machine holds: refuse it before building it.
+        let parameters = config.estimatedParameterCounts
+        let needed = (parameters.parameters * 2 + parameters.buffers) * 4
+            + config.estimatedActivationBytes(batch: 1, imageSize: description.imageSize, threads: pool.threadCount)
+        if let available = SystemMemory.availableBytes(), needed > Double(available) {
+            throw PredictorError("\(statePath): the model needs about \(SystemMemory.describe(needed)) for one image, but "
+                                 + "\(SystemMemory.describe(Double(available))) is available (MemAvailable)")
+        }
+        if let limit = SystemMemory.addressSpaceLimit(), needed + Double(SystemMemory.virtualBytes() ?? 0) > Double(limit) {
+            throw PredictorError("\(statePath): the model needs about \(SystemMemory.describe(needed)) for one image, over the "
+                                 + "limit of \(SystemMemory.describe(Double(limit))) (ulimit -v)")
+        }
         self.description = description
         source = folder
         model = UNet(config, pool: pool)

@@ -29,6 +29,12 @@ public struct SyncError: Error, CustomStringConvertible {
     }
 }
 
+/// A request the trainer cannot carry out (a resume position outside the epoch).
+public struct TrainerError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 public enum EpochOutcome {
     case completed(EpochRecord)
     /// A stop was requested; global batches 0...afterBatch of the epoch are trained.
@@ -197,6 +203,9 @@ public final class Trainer {
         watchdog?.setEpoch(epoch)
         let order = sampler.order(epoch: epoch)
         let batches = batchesPerEpoch
+        guard (0..<max(1, batches)).contains(firstBatch) else {
+            throw TrainerError("epoch \(epoch): cannot start at batch \(firstBatch) of \(batches)")
+        }
         var lossSum = 0.0, lossCount = 0
         var rate = schedule.rate(progress: Double(epoch - 1))
         let remaining = firstBatch..<max(firstBatch, batches)
@@ -209,6 +218,7 @@ public final class Trainer {
             let indices = sampler.indices(order, batch: b)
             // A rank without a sample in a small last batch still takes part in the sums.
             let batch = indices.isEmpty ? nil : try fill(train, indices, epoch: epoch)
+            lastTrainedImages = indices.count
             rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
             let loss = try step.step(images: batch?.images, target: batch?.masks, weights: batch?.weights,
                                      learningRate: Float(rate))
@@ -253,6 +263,21 @@ public final class Trainer {
         schedule.endEpoch(validationLoss: record.validationLoss)
         record.seconds = monotonicSeconds() - start
         return .completed(record)
+    }
+
+    /// Images of this rank's last trained batch (still in the batch buffers); 0 before any.
+    private var lastTrainedImages = 0
+
+    /// Whether the model's outputs on this rank's last trained batch are all finite with the
+    /// current weights; nil when this rank has trained no image yet. A forward pass (inference
+    /// mode, running statistics untouched) between steps: the check before a mid-epoch checkpoint
+    /// that weights which are finite but exploded (one step at a huge rate) are not written.
+    public func lastBatchOutputsAreFinite() -> Bool? {
+        guard lastTrainedImages > 0 else { return nil }
+        let b = batch(lastTrainedImages)
+        let logits = step.local.model.forward(b.images, training: false)
+        for i in 0..<logits.count where !logits[i].isFinite { return false }
+        return true
     }
 
     /// This rank's validation batches of `source`: samples r, r + N, ... in batches of the local

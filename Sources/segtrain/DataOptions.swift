@@ -204,8 +204,8 @@ extension DataOptions {
         if isRoot {
             do {
                 let (train, validation) = try listings(root: root, seed: seed)
-                trainText = train.text
-                validationText = validation.text
+                trainText = train.wire
+                validationText = validation.wire
             } catch {
                 message = "\(error)"
             }
@@ -214,8 +214,11 @@ extension DataOptions {
         if !message.isEmpty { throw SharedError(description: message) }
         trainText = try communicator.broadcast(trainText)
         validationText = try communicator.broadcast(validationText)
-        var train = DatasetListing(root: root, text: trainText)
-        var validation = DatasetListing(root: validationRoot(root), text: validationText)
+        var train: DatasetListing, validation: DatasetListing
+        do {
+            train = try DatasetListing(root: root, wire: trainText)
+            validation = try DatasetListing(root: validationRoot(root), wire: validationText)
+        } catch { throw SharedError(description: "\(error)") }
         try communicator.checkSame(train.hash, what: "the training list")
         try communicator.checkSame(validation.hash, what: "the validation list")
 

@@ -38,6 +38,7 @@ struct EvaluateCommand: ParsableCommand {
     var threads: Int?
 
     func validate() throws {
+        if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if layout == .list && list == nil { throw ValidationError("--layout list needs --list FILE") }
         if let i = ignoreIndex, !(0...255).contains(i) { throw ValidationError("--ignore-index must be 0...255 (got \(i))") }
     }
@@ -75,12 +76,15 @@ struct EvaluateCommand: ParsableCommand {
             do {
                 let listing = layout == .list ? try DatasetScanner.list(root: data, listFile: list!, options: options)
                                               : try DatasetScanner.list(root: data, options: options)
-                text = listing.text
+                text = listing.wire
             } catch { message = "\(error)" }
         }
         message = try communicator.broadcast(message)
         if !message.isEmpty { throw SharedError(description: message) }
-        let listing = DatasetListing(root: data, text: try communicator.broadcast(text))
+        let listing: DatasetListing
+        do { listing = try DatasetListing(root: data, wire: try communicator.broadcast(text)) } catch {
+            throw SharedError(description: "\(error)")
+        }
         try communicator.checkSame(listing.hash, what: "the dataset list")
         var spec = SampleSpec(imageSize: predictor.description.imageSize, inChannels: predictor.description.inChannels, classes: classes)
         spec.maskEncoding = options.maskEncoding

@@ -49,8 +49,7 @@ struct ModelOptions: ParsableArguments {
     }
 
     func validate() throws {
-        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1 (got \(t))") }
-        if let t = threads, t > 1024 { throw ValidationError("--threads must be at most 1024 (got \(t))") }
+        if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if imageSize < 1 { throw ValidationError("--image-size must be positive (got \(imageSize))") }
         if let message = unetConfig.validate(imageSize: imageSize) { throw ValidationError(message) }
     }
@@ -106,8 +105,11 @@ struct TrainingOptions: ParsableArguments {
     }
 
     func validate(classes: Int) throws {
-        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1 (got \(batchSize))") }
-        if let b = batchPerRank, b < 1 { throw ValidationError("--batch-per-rank must be at least 1 (got \(b))") }
+        // Upper bounds keep the arithmetic on them exact; what fits in memory is checked later.
+        if !(1...(1 << 24)).contains(batchSize) { throw ValidationError("--batch-size must be 1...\(1 << 24) (got \(batchSize))") }
+        if let b = batchPerRank, !(1...(1 << 24)).contains(b) {
+            throw ValidationError("--batch-per-rank must be 1...\(1 << 24) (got \(b))")
+        }
         if !(bucketMb >= 0) || bucketMb > 4096 { throw ValidationError("--bucket-mb must be in 0...4096 (got \(bucketMb))") }
         if !(lr > 0) || !lr.isFinite { throw ValidationError("--lr must be a positive number (got \(lr))") }
         if weightDecay < 0 || !weightDecay.isFinite { throw ValidationError("--weight-decay must be >= 0 (got \(weightDecay))") }

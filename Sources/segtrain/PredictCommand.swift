@@ -16,7 +16,10 @@ struct PredictCommand: ParsableCommand {
             Outputs for IMAGE.ext in --output DIR: IMAGE_mask.png (0/255 binary, class indices \
             otherwise), IMAGE_prob.png (8-bit foreground probability; IMAGE_prob_cK.png per class), \
             IMAGE_overlay.png, IMAGE_cutout.png (RGBA, background transparent; RGB on --background). \
-            With one image and one output kind, --output may name the file.
+            Images that share a stem (a.png and a.jpg) are named with their extension (a_png_mask.png, \
+            a_jpg_mask.png) so that no output overwrites another. With one image and one output kind, \
+            --output may name the file. A failed write is reported; the count of files written stays \
+            true and the exit code is 1.
             """)
 
     @Option(help: "A run folder (its checkpoints/best, else last) or a checkpoint folder.")
@@ -57,7 +60,7 @@ struct PredictCommand: ParsableCommand {
 
     func validate() throws {
         if batchSize < 1 { throw ValidationError("--batch-size must be at least 1 (got \(batchSize))") }
-        if let t = threads, !(1...1024).contains(t) { throw ValidationError("--threads must be 1...1024 (got \(t))") }
+        if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if let o = overlap, o < 0 { throw ValidationError("--overlap must be >= 0 (got \(o))") }
         if overlap != nil && !tile { throw ValidationError("--overlap needs --tile") }
         if background != nil && !cutout { throw ValidationError("--background needs --cutout") }
@@ -87,6 +90,9 @@ struct PredictCommand: ParsableCommand {
         } else {
             files = [input]
         }
+        // Output names, distinct before anything is written.
+        let stems: [String]
+        do { stems = try OutputNames.stems(for: files) } catch { throw UserError("--input \(error)") }
         let singleFile = output.lowercased().hasSuffix(".png")
         if singleFile && (isFolder.boolValue || kinds.count > 1) {
             throw UserError("--output \(output): \(isFolder.boolValue ? "a folder of images" : "\(kinds.count) output kinds") need an output folder")
@@ -110,12 +116,12 @@ struct PredictCommand: ParsableCommand {
         var k = 0
         while k < files.count {
             // Read a batch; a file that cannot be read is reported and skipped.
-            var batch: [(path: String, image: Image8)] = []
+            var batch: [(path: String, stem: String, image: Image8)] = []
             while k < files.count && batch.count < (tile ? 1 : batchSize) {
-                let path = files[k]
+                let path = files[k], stem = stems[k]
                 k += 1
                 do {
-                    batch.append((path, try ImageFile.read(path, as: predictor.pixelFormat)))
+                    batch.append((path, stem, try ImageFile.read(path, as: predictor.pixelFormat)))
                 } catch {
                     fputs("segtrain: error: \(error)\n", stderr)
                     failures += 1
@@ -125,9 +131,11 @@ struct PredictCommand: ParsableCommand {
             let predictions = tile
                 ? [predictor.predictTiled(batch[0].image, overlap: overlap ?? d.imageSize / 4)]
                 : predictor.predict(batch.map(\.image))
-            for ((path, image), prediction) in zip(batch, predictions) {
+            for ((path, stem, image), prediction) in zip(batch, predictions) {
                 do {
-                    written += try write(prediction, image: image, path: path, singleFile: singleFile, behind: behind)
+                    // `written` counts every file in place, also those before a failed one.
+                    try write(prediction, image: image, path: path, stem: stem, singleFile: singleFile, behind: behind,
+                              written: &written)
                 } catch {
                     fputs("segtrain: error: \(error)\n", stderr)
                     failures += 1
@@ -136,7 +144,7 @@ struct PredictCommand: ParsableCommand {
         }
         print("predicted \(files.count - failures) of \(files.count) image(s) with \(predictor.source) in "
               + "\(fixed(monotonicSeconds() - start, 2)) s; wrote \(written) file(s) to \(output)")
-        if failures > 0 { throw UserError("\(failures) image(s) failed (see above)") }
+        if failures > 0 { throw UserError("\(failures) image(s) failed (see above); \(written) file(s) written") }
     }
 
     /// What goes behind the object in a cut-out.
@@ -146,15 +154,15 @@ struct PredictCommand: ParsableCommand {
         case colour((UInt8, UInt8, UInt8))
     }
 
-    /// Writes the asked-for outputs of one image; returns how many files.
-    func write(_ prediction: Prediction, image: Image8, path: String, singleFile: Bool, behind: Behind) throws -> Int {
-        let stem = DatasetScanner.stem(path)
+    /// Writes the asked-for outputs of one image (named from `stem`), adding 1 to `written` for
+    /// each file in place.
+    func write(_ prediction: Prediction, image: Image8, path: String, stem: String, singleFile: Bool, behind: Behind,
+               written count: inout Int) throws {
         // Overlays and cut-outs show the image's colours, also for a gray model (as serve does).
         let display = image.channels >= 3 || !(overlay || cutout) ? image : ((try? ImageFile.read(path, as: .rgb)) ?? image)
         func target(_ suffix: String) -> String { singleFile ? output : output + "/" + stem + suffix + ".png" }
         let labels = prediction.labels
         let classes = prediction.classes
-        var count = 0
         let plane = image.width * image.height
         for kind in kinds {
             switch kind {
@@ -201,7 +209,6 @@ struct PredictCommand: ParsableCommand {
                 count += 1
             }
         }
-        return count
     }
 }
 

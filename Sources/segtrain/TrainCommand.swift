@@ -107,7 +107,11 @@ struct TrainCommand: ParsableCommand {
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         let synthetic = dataOptions.data == nil
         if synthetic && model.inChannels != 3 { throw ValidationError("--in-channels must be 3 for the synthetic dataset (RGB)") }
-        if epochs < 1 { throw ValidationError("--epochs must be at least 1 (got \(epochs))") }
+        let maxEpochs = CheckpointState.maximumEpochs, maxSamples = 1 << 40
+        if !(1...maxEpochs).contains(epochs) { throw ValidationError("--epochs must be 1...\(maxEpochs) (got \(epochs))") }
+        if !(1...maxSamples).contains(trainSamples) { throw ValidationError("--train-samples must be 1...2^40 (got \(trainSamples))") }
+        if valSamples > maxSamples { throw ValidationError("--val-samples must be at most 2^40 (got \(valSamples))") }
+        if !(1...(1 << 20)).contains(accumulate) { throw ValidationError("--accumulate must be 1...\(1 << 20) (got \(accumulate))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize && dropLast {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one batch (--batch-size \(training.batchSize)) with --drop-last")
         }
@@ -121,7 +125,6 @@ struct TrainCommand: ParsableCommand {
         if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
-        if accumulate < 1 { throw ValidationError("--accumulate must be at least 1 (got \(accumulate))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
         }
@@ -177,9 +180,15 @@ struct TrainCommand: ParsableCommand {
         if training.batchSize < ranks {
             throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
         }
+        try checkMemory(communicator)
         let metricsPath = out + "/metrics.csv"
         if isRoot, let error = makeDirectories(out + "/checkpoints") ?? makeDirectories(out + "/samples") {
             throw UserError("--out \(out): cannot create folder: \(error)")
+        }
+        if isRoot {
+            // Left by a write that failed or was killed (never by a live process).
+            let stale = try Checkpoint.removeStaleTemporaries(in: out + "/checkpoints")
+            if !stale.isEmpty { print("removed \(stale.count) stale temporary checkpoint folder(s): \(stale.joined(separator: ", "))") }
         }
         let pool = WorkerPool(threads: model.threadCount)
         let config = model.unetConfig
@@ -196,6 +205,12 @@ struct TrainCommand: ParsableCommand {
         let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         let data = try makeSources(communicator: communicator, pool: pool)
+        if dataOptions.data != nil {
+            // Now that the files are counted: their order arrays, and --cache's decoded samples.
+            let files = data.train.count + (data.validation?.count ?? 0)
+            try checkMemory(communicator, files: (data.train.count, data.validation?.count ?? 0),
+                            cached: dataOptions.cache ? files : 0)
+        }
         let normalization = (try? dataOptions.normalization(channels: config.inChannels)) ?? nil
         let modelDescription = ModelDescription(config: config, imageSize: model.imageSize,
                                                 mean: normalization?.mean, std: normalization?.std)
@@ -210,6 +225,7 @@ struct TrainCommand: ParsableCommand {
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: config.seed,
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
         trainer.watchdog = watchdog
+        trainer.step.accumulate = accumulate  // before resuming: it sets the epoch's batch count
         if let path = dumpGradients, isRoot {
             trainer.step.firstGradientHook = { store in
                 let bytes = Safetensors.encode(Safetensors.items(of: store, gradients: true),
@@ -227,11 +243,19 @@ struct TrainCommand: ParsableCommand {
             if resume == "auto" && !FileManager.default.fileExists(atPath: folder) {
                 print("--resume auto: no checkpoint in \(checkpoints), starting from scratch")
             } else {
+                let run = ResumeRun(seed: config.seed, model: modelDescription, globalBatch: training.batchSize,
+                                    trainSamples: data.train.count, batchesPerEpoch: trainer.batchesPerEpoch,
+                                    trainListHash: data.trainHash.map { String($0, radix: 16) })
                 do {
-                    state = try Checkpoint.read(from: folder, store: unet.store, optimizer: local.optimizer)
+                    state = try Checkpoint.read(from: folder, store: unet.store, optimizer: local.optimizer, resuming: run)
                 } catch { throw UserError("--resume \(error)") }
-                // Keep the metrics of the epochs the checkpoint has.
-                if let text = try? String(contentsOfFile: out + "/metrics.csv", encoding: .utf8) {
+                // Keep the metrics of the epochs the checkpoint has (a new --out has none yet; an
+                // unreadable file is an error, not a reason to start it afresh).
+                if FileManager.default.fileExists(atPath: metricsPath) {
+                    let text: String
+                    do { text = try String(contentsOfFile: metricsPath, encoding: .utf8) } catch {
+                        throw UserError("\(metricsPath): cannot read the metrics of the resumed run: \(error.localizedDescription)")
+                    }
                     for row in text.split(separator: "\n").dropFirst() {
                         if let epoch = Int(row.prefix { $0 != "," }), epoch <= state!.epoch { csv += row + "\n" }
                     }
@@ -271,11 +295,18 @@ struct TrainCommand: ParsableCommand {
                   + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
                   + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, "
                   + "loss \(lossKind.rawValue)")
-            if resumedEpoch >= epochs { print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs") }
+        }
+        if resumedEpoch >= epochs {
+            // As Keras' fit(initial_epoch=E, epochs=E) and Lightning at max_epochs: a finished run
+            // trains nothing and succeeds; nothing in --out is rewritten.
+            if isRoot {
+                print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs (a larger --epochs trains more); "
+                      + "nothing written")
+            }
+            return
         }
         trainer.checkSyncEvery = checkSync
         trainer.step.skipNonFinite = skipNonfinite
-        trainer.step.accumulate = accumulate
         training.configure(trainer.step)
         if let nanStep = debugNanStep, isRoot {
             trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
@@ -292,8 +323,18 @@ struct TrainCommand: ParsableCommand {
         let desync = debugDesyncRank == communicator.rank
         let progress = isRoot ? Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery,
                                          style: self.progress) : nil
+        /// What a run that stops now leaves (rank 0 knows; it alone prints a shared error).
+        var keptCheckpoint: String {
+            FileManager.default.fileExists(atPath: checkpoints + "/last/state.json")
+                ? "\(checkpoints)/last keeps the previous checkpoint" : "no checkpoint written"
+        }
         // Rank 0 only, after every rank's `gatherOptimizerState()`.
         func checkpoint(epochsDone: Int, batchesDone: Int?) throws {
+            // Mid-epoch no validation loss has vouched for the weights: the last batch's outputs do.
+            if batchesDone != nil && trainer.lastBatchOutputsAreFinite() == false {
+                throw UserError("step \(local.optimizer.step): the model's outputs on the last batch are not finite with the "
+                                + "current weights (the run diverged; try a lower --lr); checkpoint not written; " + keptCheckpoint)
+            }
             var state = CheckpointState(epoch: epochsDone, step: local.optimizer.step, seed: config.seed, ranks: ranks,
                                         bestValidationLoss: best.loss, bestEpoch: best.epoch,
                                         arguments: Array(CommandLine.arguments.dropFirst()))
@@ -301,6 +342,8 @@ struct TrainCommand: ParsableCommand {
             state.plateau = schedule == .plateau ? trainer.schedule.plateau : nil
             state.trainListHash = data.trainHash.map { String($0, radix: 16) }
             state.model = modelDescription
+            state.globalBatch = training.batchSize
+            state.trainSamples = data.train.count
             try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: state)
         }
         trainer.afterStep = { info in
@@ -343,11 +386,19 @@ struct TrainCommand: ParsableCommand {
                 }
                 return
             }
+            // The same record on every rank: every rank stops here together, before any checkpoint
+            // of this epoch, so checkpoints/last keeps the previous epoch (Keras' TerminateOnNaN).
             if !r.trainLoss.isFinite && r.batchesTrained > 0 {
-                throw UserError("epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr")
+                throw SharedError(description: "epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr; "
+                                  + keptCheckpoint)
             }
-            // Decisions from the validation loss, identical on every rank (see fromRoot).
-            let improved = r.validationLoss.map { loss in best.loss.map { loss < $0 } ?? true } ?? false
+            if let loss = r.validationLoss, !loss.isFinite {
+                throw SharedError(description: "epoch \(epoch): the validation loss is not finite (\(loss)): the model diverged; "
+                                  + "try a lower --lr; " + keptCheckpoint)
+            }
+            // Decisions from the validation loss, identical on every rank (see fromRoot). A loss
+            // that is not finite never gets here, so it is never "best".
+            let improved = r.validationLoss.map { loss in loss.isFinite && (best.loss.map { loss < $0 } ?? true) } ?? false
             if improved { best = (r.validationLoss, epoch) }
             let stopEarly = patience.map { p in best.epoch.map { epoch - $0 >= p } ?? false } ?? false
             let stopNow = trainer.stopAfterEpoch && epoch < epochs
@@ -381,7 +432,12 @@ struct TrainCommand: ParsableCommand {
             }
             if keep > 0 {
                 try Checkpoint.copy(checkpoints + "/last", to: checkpoints + "/" + epochFolderName(epoch))
-                if epoch > keep { try? FileManager.default.removeItem(atPath: checkpoints + "/" + epochFolderName(epoch - keep)) }
+                let old = checkpoints + "/" + epochFolderName(epoch - keep)
+                if epoch > keep && FileManager.default.fileExists(atPath: old) {
+                    do { try FileManager.default.removeItem(atPath: old) } catch {
+                        throw UserError("\(old): cannot remove the checkpoint beyond --keep \(keep): \(error.localizedDescription)")
+                    }
+                }
             }
             print(line)
             fflush(stdout)
@@ -415,6 +471,29 @@ struct TrainCommand: ParsableCommand {
 }
 
 extension TrainCommand {
+    /// Refuses, on every rank with one line, a run whose estimated memory (from the flags: model,
+    /// batch, image size, sample counts, loader) does not fit this node's available memory or
+    /// `ulimit -v`; before the model or any data buffer exists.
+    /// With --data it runs twice: before the model (files not yet counted), and once the files are
+    /// listed (`files`: training and validation samples; `cached`: samples --cache will hold).
+    func checkMemory(_ communicator: Communicator, files: (train: Int, validation: Int)? = nil, cached: Int = 0) throws {
+        let ranks = communicator.size
+        let counts = dataOptions.data == nil ? (trainSamples, valSamples) : (files ?? (0, 0))
+        var plan = RunMemoryPlan(model: model.unetConfig, imageSize: model.imageSize,
+                                 localBatch: shareOf(training.batchSize, ranks: ranks, rank: 0).count,
+                                 threads: model.threadCount, optimizerBuffers: training.optimizer == .sgd ? 1 : 2,
+                                 trainSamples: counts.0, validationSamples: (counts.1 + ranks - 1) / ranks)
+        if dataOptions.data != nil { plan.loaderThreads = dataOptions.loaderThreads }
+        plan.cacheSamples = cached
+        let refusal = plan.refusalHere(ranksOnNode: min(ranks, ThreadDefaults.ranksOnNode()))
+        // Which ranks refuse (one flag each); the lowest one's reason reaches every rank.
+        var mine = [Int](repeating: 0, count: ranks)
+        if refusal != nil { mine[communicator.rank] = 1 }
+        let flags = try communicator.allreduce(mine, .sum)
+        guard let root = flags.firstIndex(where: { $0 > 0 }) else { return }
+        throw SharedError(description: try communicator.broadcast(refusal ?? "", root: root))
+    }
+
     /// The training and validation samples: files (--data) or the synthetic generator.
     func makeSources(communicator: Communicator, pool: WorkerPool)
         throws -> (train: SampleSource, validation: SampleSource?, description: String, trainHash: UInt64?) {
@@ -459,7 +538,10 @@ extension TrainCommand {
                               arguments: Array(CommandLine.arguments.dropFirst()))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data = (try? encoder.encode(summary)) ?? Data()
+        let data: Data
+        do { data = try encoder.encode(summary) } catch {
+            throw UserError("\(out)/summary.json: not written: cannot encode the summary (\(error))")
+        }
         if let error = writeFileAtomically(out + "/summary.json", bytes: [UInt8](data) + Array("\n".utf8)) {
             throw UserError(error)
         }

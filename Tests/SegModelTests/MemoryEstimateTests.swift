@@ -1,0 +1,31 @@
+// The memory estimate made from a configuration alone (what `segtrain train` refuses runs with)
+// against what UNet.init and UNet.plan really allocate: never below it, and not far above.
+
+import XCTest
+import SegEngine
+import SegModel
+
+final class MemoryEstimateTests: XCTestCase {
+    func testEstimateBoundsWhatThePlanAllocates() {
+        var configs: [(UNetConfig, Int, Int)] = []
+        for (base, depth, batchNorm, up, classes, size, batch) in [
+            (4, 2, false, Upsampling.bilinear, 1, 32, 4), (8, 3, true, .transpose, 3, 64, 2),
+            (16, 4, false, .bilinear, 1, 48, 3), (8, 3, false, .bilinear, 2, 37, 5), (32, 4, true, .bilinear, 1, 128, 2),
+        ] {
+            var c = UNetConfig()
+            c.baseChannels = base; c.depth = depth; c.batchNorm = batchNorm; c.upsampling = up; c.classes = classes
+            configs.append((c, size, batch))
+        }
+        for (config, size, batch) in configs {
+            let unet = UNet(config, pool: WorkerPool(threads: 2))
+            let counts = config.estimatedParameterCounts
+            XCTAssertEqual(Int(counts.parameters), unet.parameterCount, "\(config)")
+            XCTAssertEqual(Int(counts.buffers), unet.store.buffers.count, "\(config)")
+            unet.plan(batch: batch, height: size, width: size)
+            let planned = Double(unet.plannedActivationBytes)
+            let estimate = config.estimatedActivationBytes(batch: batch, imageSize: size, threads: 2)
+            XCTAssertGreaterThanOrEqual(estimate, planned, "base \(config.baseChannels) depth \(config.depth) size \(size)")
+            XCTAssertLessThanOrEqual(estimate, 1.35 * planned, "base \(config.baseChannels) depth \(config.depth) size \(size)")
+        }
+    }
+}
