@@ -4,8 +4,11 @@
 //   ArrivalHandler (bytes)  ->  HTTP/1.1 decoder (NIO, llhttp: linear, header and URL size limited)
 //   -> HTTP types codec -> RequestGuard (request parts) -> Hummingbird's idle timeout -> the responder
 //
+// - A connection with no request on it (no byte since the last response, or since it opened) is
+//   closed after the idle timeout.
 // - A request must arrive in full (head and body) within the request timeout, counted from its first
-//   byte: else 408 as JSON (or, once a response has started, the connection is closed).
+//   byte: else 408 as JSON (or, once a response has started, the connection is closed). The idle
+//   timeout does not apply meanwhile, so a slow request gets the 408 whichever timeout is shorter.
 // - A framing error the decoder finds (header too large: 431; bad or duplicate Content-Length, bad
 //   chunk sizes, an unknown method, a request line that is not HTTP/1.x, TLS or HTTP/2 bytes: 400) is
 //   answered as JSON and the connection closed, instead of Hummingbird's empty 400.
@@ -26,10 +29,14 @@ struct GuardedHTTP1Channel: ServerChildChannel {
     let inner: HTTP1Channel
 
     init(responder: @escaping HTTPChannelHandler.Responder, limits: ServeLimits) {
-        let timeout = TimeAmount.nanoseconds(Int64(limits.requestTimeout * 1e9))
+        let requestTimeout = TimeAmount.nanoseconds(Int64(limits.requestTimeout * 1e9))
+        let idleTimeout = TimeAmount.nanoseconds(Int64(limits.idleTimeout * 1e9))
+        // Hummingbird's own idle timeout is not used: it would close a request that trickles in
+        // (its clock runs from the last complete header or body part) before the 408.
         let configuration = HTTP1Channel.Configuration(
-            additionalChannelHandlers: [RequestGuard(requestTimeout: timeout, maxHeaderBytes: limits.maxHeaderBytes)],
-            idleTimeout: .nanoseconds(Int64(limits.idleTimeout * 1e9)),
+            additionalChannelHandlers: [RequestGuard(requestTimeout: requestTimeout, idleTimeout: idleTimeout,
+                                                     maxHeaderBytes: limits.maxHeaderBytes)],
+            idleTimeout: nil,
             httpDecoderConfiguration: .init(maxHeaderFieldSize: limits.maxHeaderBytes, maxHeaderListSize: limits.maxHeaderBytes,
                                             maxHeaderFieldCount: 200))
         inner = HTTP1Channel(responder: responder, configuration: configuration)
@@ -63,7 +70,7 @@ final class ArrivalHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// The request timeout and the JSON answers to framing errors (see the top of the file).
+/// The idle and request timeouts and the JSON answers to framing errors (see the top of the file).
 final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -80,6 +87,7 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     let requestTimeout: TimeAmount
+    let idleTimeout: TimeAmount
     let maxHeaderBytes: Int
     private var phase = Phase.idle
     /// A final response's head is written and its end not yet.
@@ -90,8 +98,9 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var closing = false
     private var timer: Scheduled<Void>?
 
-    init(requestTimeout: TimeAmount, maxHeaderBytes: Int) {
+    init(requestTimeout: TimeAmount, idleTimeout: TimeAmount, maxHeaderBytes: Int) {
         self.requestTimeout = requestTimeout
+        self.idleTimeout = idleTimeout
         self.maxHeaderBytes = maxHeaderBytes
     }
 
@@ -125,7 +134,12 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
             break
         case .end:
             responseOpen = false
-            if phase == .handling { phase = .idle } else if phase == .receiving { answeredEarly = true }
+            if phase == .handling {
+                phase = .idle
+                waitIdle(context)
+            } else if phase == .receiving {
+                answeredEarly = true
+            }
         }
         context.write(data, promise: promise)
     }
@@ -143,6 +157,15 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireErrorCaught(error)
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive && phase == .idle { waitIdle(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if phase == .idle && timer == nil { waitIdle(context) }
+        context.fireChannelActive()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
@@ -152,6 +175,17 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+    }
+
+    /// No request on the connection: it is closed if none begins within the idle timeout.
+    private func waitIdle(_ context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: idleTimeout) { [self] in
+            timer = nil
+            guard phase == .idle, !closing else { return }
+            closing = true
+            context.close(promise: nil)
+        }
     }
 
     /// A request's first bytes: its clock starts.
