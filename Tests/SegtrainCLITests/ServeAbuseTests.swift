@@ -292,25 +292,25 @@ extension ServeTests {
         XCTAssertEqual(try HTTP.request(server.port, "POST", "/v1/segment", contentType: "image/png", body: png).status, 200)
     }
 
-    /// ~1,000 idle connections under `ulimit -n 1024`: the server stays up (connections beyond the
-    /// cap wait in the backlog, an EMFILE on accept is retried), closes idle ones after
-    /// --idle-timeout, and answers /healthz once they are gone.
+    /// 1,100 idle connections under `ulimit -n 1024`, more than the server has descriptors for: it
+    /// stays up (connections beyond its cap wait in the backlog; an EMFILE on accept is retried),
+    /// closes idle ones after --idle-timeout, and answers /healthz once they are gone.
     func testManyIdleConnectionsUnderDescriptorLimit() throws {
         let server = try Server(binary: "/bin/sh", arguments: ["-c", "ulimit -n 1024 && exec \"$0\" \"$@\"", ServeTests.binary,
                                                                "serve", "--model", model, "--port", "0", "--threads", "1", "--idle-timeout", "2"])
         addTeardownBlock { server.kill() }
         var sockets: [Int32] = []
         defer { for fd in sockets { close(fd) } }
-        for _ in 0..<1_000 {
+        for _ in 0..<1_100 {
             guard let fd = try? ServeTests.connect(server.port) else { break }
             sockets.append(fd)
         }
-        XCTAssertGreaterThanOrEqual(sockets.count, 900, "connections made")
+        XCTAssertEqual(sockets.count, 1_100, "connections made")
         usleep(1_000_000)
-        XCTAssertTrue(server.process.isRunning, "the server ended with 1,000 idle connections open: \(server.stderr)")
+        XCTAssertTrue(server.process.isRunning, "the server ended with 1,100 idle connections open: \(server.stderr)")
         for fd in sockets { close(fd) }
         sockets = []
-        assertHealthy(server.port, within: 10, "after 1,000 idle connections")
+        assertHealthy(server.port, within: 10, "after 1,100 idle connections")
         XCTAssertTrue(server.process.isRunning, server.stderr)
         // Idle connections are closed by the server after --idle-timeout.
         let idle = try ServeTests.connect(server.port)
@@ -335,6 +335,10 @@ extension ServeTests {
         final class Tally: @unchecked Sendable {
             let lock = NSLock()
             var ok = 0, failures: [String] = [], health: [Double] = [], healthFailures = 0
+            /// Abuse that got something other than a JSON 4xx and a closed connection within 2 s.
+            var badRefusals: [String] = []
+            /// Slow clients answered 408.
+            var timedOut = 0
         }
         let abuse: [[UInt8]] = [
             head("GET", "/healthz", "X-Big: " + String(repeating: "h", count: 100_000) + "\r\n"),
@@ -373,8 +377,9 @@ extension ServeTests {
                 group.enter()
                 Thread {
                     defer { group.leave() }
-                    _ = try? self.exchange(port, self.head("GET", "/healthz", "X-Slow-\(k): " + String(repeating: "z", count: 40) + "\r\n"),
-                                           pace: 0.1, timeout: 3)
+                    let e = try? self.exchange(port, self.head("GET", "/healthz", "X-Slow-\(k): " + String(repeating: "z", count: 40) + "\r\n"),
+                                               pace: 0.1, timeout: 3)
+                    if e?.reply?.status == 408 { tally.lock.withLock { tally.timedOut += 1 } }
                 }.start()
             }
             group.enter()
@@ -389,7 +394,14 @@ extension ServeTests {
                 defer { group.leave() }
                 var k = 0
                 while Date() < stop {
-                    _ = try? self.exchange(port, abuse[k % abuse.count], timeout: 2)
+                    let e = try? self.exchange(port, abuse[k % abuse.count], timeout: 2)
+                    let refused = e.map { e in
+                        e.closed && (e.reply.map { (400..<500).contains($0.status) && $0.headers["content-type"] == "application/json" } ?? true)
+                    } ?? false
+                    if !refused {
+                        let what = "abuse #\(k % abuse.count): \(e.map { String(decoding: $0.raw.prefix(80), as: UTF8.self) } ?? "no connection")"
+                        tally.lock.withLock { tally.badRefusals.append(what) }
+                    }
                     k += 1
                 }
             }.start()
@@ -416,6 +428,8 @@ extension ServeTests {
             XCTAssertGreaterThan(tally.ok, 20, "\(name) phase: valid requests answered")
             XCTAssertEqual(tally.healthFailures, 0, "\(name) phase: /healthz did not answer 200 within 2 s")
             XCTAssertGreaterThan(tally.health.count, 10, "\(name) phase: /healthz probes")
+            XCTAssertEqual(tally.badRefusals, [], "\(name) phase: abuse not refused with a JSON 4xx and a close within 2 s")
+            XCTAssertEqual(tally.timedOut, 2, "\(name) phase: slow clients answered 408")
         }
         XCTAssertGreaterThan(afterFirst, 0, "VmRSS not read")
         XCTAssertLessThan(afterSecond - afterFirst, 16 * 1024,
