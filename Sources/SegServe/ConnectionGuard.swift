@@ -2,8 +2,13 @@
 // are slow, malformed or hostile:
 //
 //   ArrivalHandler (bytes)  ->  HTTP/1.1 decoder (NIO, llhttp: linear, header and URL size limited)
-//   -> HTTP types codec -> RequestGuard (request parts) -> Hummingbird's idle timeout -> the responder
+//   -> PersistenceHandler (HTTP/1 heads) -> HTTP types codec -> RequestGuard (request parts)
+//   -> Hummingbird's connection state (its quiescing on stop) -> the responder
 //
+// - HTTP/1.0 without keep-alive (and HTTP/1.1 with `Connection: close`) gets its response and then
+//   the close it expects: the version does not survive the HTTP types codec, so PersistenceHandler
+//   marks such a request `Connection: close` for Hummingbird, and says `keep-alive` to an HTTP/1.0
+//   client that asked for it.
 // - A connection with no request on it (no byte since the last response, or since it opened) is
 //   closed after the idle timeout.
 // - A request must arrive in full (head and body) within the request timeout, counted from its first
@@ -48,7 +53,12 @@ struct GuardedHTTP1Channel: ServerChildChannel {
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
         }
-        return inner.setup(channel: channel, logger: logger)
+        return inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            let operations = channel.pipeline.syncOperations
+            let codec = try operations.handler(type: HTTP1ToHTTPServerCodec.self)
+            try operations.addHandler(PersistenceHandler(), position: .before(codec))
+            return value
+        }
     }
 
     func handle(value: Value, logger: Logger) async {
@@ -67,6 +77,55 @@ final class ArrivalHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         context.fireUserInboundEventTriggered(BytesArrived())
         context.fireChannelRead(data)
+    }
+}
+
+/// Between NIO's HTTP/1 codec and the HTTP types codec: a request that does not keep its connection
+/// alive (HTTP/1.0 without `Connection: keep-alive`, or `Connection: close`) is marked
+/// `Connection: close`, so Hummingbird closes the connection after its response; the response says
+/// `Connection: close`, or `keep-alive` to an HTTP/1.0 client that keeps its connection.
+final class PersistenceHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// For each request not yet answered in full (pipelining): (HTTP/1.0, keeps the connection).
+    private var pending: [(old: Bool, keepAlive: Bool)] = []
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(var head) = unwrapInboundIn(data) else {
+            context.fireChannelRead(data)
+            return
+        }
+        let keepAlive = head.isKeepAlive
+        pending.append((head.version.major == 1 && head.version.minor == 0, keepAlive))
+        if !keepAlive {
+            head.headers.replaceOrAdd(name: "connection", value: "close")
+            context.fireChannelRead(wrapInboundOut(.head(head)))
+        } else {
+            context.fireChannelRead(data)
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(var head) where head.status.code >= 200:
+            if let request = pending.first {
+                if !request.keepAlive {
+                    head.headers.replaceOrAdd(name: "connection", value: "close")
+                } else if request.old {
+                    head.headers.replaceOrAdd(name: "connection", value: "keep-alive")
+                }
+                context.write(wrapOutboundOut(.head(head)), promise: promise)
+                return
+            }
+        case .end:
+            if !pending.isEmpty { pending.removeFirst() }
+        default:
+            break
+        }
+        context.write(data, promise: promise)
     }
 }
 

@@ -139,6 +139,20 @@ extension ServeTests {
         XCTAssertTrue(text.hasSuffix("\"status\":\"ok\"}"), text)
     }
 
+    /// HTTP/1.0: without keep-alive the connection is closed after the response (a client such as
+    /// ab waits for the close); with `Connection: keep-alive` it stays open and the response says so.
+    func testHTTP10ConnectionsCloseUnlessKeptAlive() throws {
+        let server = try startServer()
+        var e = try exchange(server.port, Array("GET /healthz HTTP/1.0\r\n\r\n".utf8), timeout: 3)
+        XCTAssertEqual(e.reply?.status, 200)
+        XCTAssertTrue(e.closed && e.seconds < 1, "HTTP/1.0 without keep-alive: not closed at once (\(e.seconds) s)")
+        e = try exchange(server.port, Array("GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.0\r\n\r\n".utf8), timeout: 3)
+        let text = String(decoding: e.raw, as: UTF8.self)
+        XCTAssertEqual(e.reply?.headers["connection"], "keep-alive", text)
+        XCTAssertTrue(text.contains("<!DOCTYPE html>"), "the second request on the kept connection: \(text)")
+        XCTAssertTrue(e.closed && e.seconds < 1, "HTTP/1.0: not closed after the second response (\(e.seconds) s)")
+    }
+
     /// `Expect: 100-continue`: `100 Continue` at once when the request passes the checks (so a
     /// client such as curl need not wait a second before sending a body over 1 MiB); a final answer
     /// instead when it does not (413 from the declared length, 404, 415).
