@@ -334,6 +334,9 @@ final class ServeTests: XCTestCase {
             (["--model", model, "--host", "example.org"], "--host example.org"),
             (["--model", model, "--port", "70000"], "--port"),
             (["--model", model, "--max-body-bytes", "0"], "--max-body-bytes"),
+            (["--model", model, "--queue-depth", "100001"], "--queue-depth"),
+            (["--model", model, "--idle-timeout", "0"], "--idle-timeout"),
+            (["--model", model, "--request-timeout", "nan"], "--request-timeout"),
         ]
         for (arguments, expected) in cases {
             let r = try run(["serve"] + arguments)
