@@ -9,7 +9,8 @@
 # requests at concurrency C (BENCH_N, default 4000; BENCH_C, default 4), first on a new connection
 # per request, then kept alive (-k). Binaries alternate within each round, so that load from other
 # work on the machine spreads over all of them. One line per run: requests/s, mean and p50/p99 ms,
-# failed requests. The machine is shared: compare medians over rounds, not single runs.
+# failed requests, and the server's CPU time per request (user + system from /proc/PID/stat, which
+# other work on a shared machine disturbs far less than the rate). Compare medians over rounds.
 set -euo pipefail
 rounds=3
 if [[ ${1:-} =~ ^[0-9]+$ ]]; then rounds=$1; shift; fi
@@ -41,14 +42,18 @@ for round in $(seq 1 "$rounds"); do
         ab -q -n 200 -c "$c" -p "$png" -T image/png "$url" >/dev/null  # warm-up
         for mode in new keepalive; do
             flag=(); [[ $mode == keepalive ]] && flag=(-k)
+            cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
             ab -q "${flag[@]}" -n "$n" -c "$c" -p "$png" -T image/png "$url" >"$work/ab" 2>&1 || true
+            cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            ticks=$(getconf CLK_TCK)
+            cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v t="$ticks" -v n="$n" 'BEGIN {printf "%.0f", (b - a) / t / n * 1e6}')
             rate=$(awk '/^Requests per second/ {print $4}' "$work/ab")
             mean=$(awk '/^Time per request:.*\(mean\)$/ {print $4}' "$work/ab")
             p50=$(awk '$1 == "50%" {print $2}' "$work/ab")
             p99=$(awk '$1 == "99%" {print $2}' "$work/ab")
             failed=$(awk '/^Failed requests/ {print $3}' "$work/ab")
-            printf 'round %d  %-48s %-9s %8s req/s  mean %6s ms  p50 %3s ms  p99 %3s ms  failed %s\n' \
-                "$round" "$binary" "$mode" "${rate:-?}" "${mean:-?}" "${p50:-?}" "${p99:-?}" "${failed:-?}"
+            printf 'round %d  %-40s %-9s %8s req/s  mean %6s ms  p50 %3s ms  p99 %3s ms  failed %s  server CPU %s us/request\n' \
+                "$round" "$binary" "$mode" "${rate:-?}" "${mean:-?}" "${p50:-?}" "${p99:-?}" "${failed:-?}" "$cpu"
         done
         kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
     done
