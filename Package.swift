@@ -109,6 +109,7 @@ let package = Package(
         .testTarget(name: "SegEngineTests", dependencies: ["SegEngine"]),
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine"]),
         .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine", "SegData"]),
+        .testTarget(name: "SegServeTests", dependencies: ["SegServe", .product(name: "HTTPTypes", package: "swift-http-types")]),
         // Runs the built binary as a subprocess with a time limit; for test targets only.
         .target(name: "SegTestSupport"),
         .testTarget(name: "SegtrainCLITests", dependencies: ["SegTestSupport", "SegData"]),
