@@ -305,6 +305,10 @@ final class RequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
             return (.badRequest, "malformed request: the request target is not a URL path")
         case .invalidHeaderToken, .lfExpected, .invalidConstant, .strictModeAssertion:
             return (.badRequest, "malformed request: the request line or a header is not valid HTTP/1.1")
+        case .unknown:
+            // llhttp's other framing errors: a Transfer-Encoding it cannot frame (or one beside
+            // Content-Length), a missing CR.
+            return (.badRequest, "malformed request: the framing is not valid HTTP/1.1 (Transfer-Encoding with Content-Length, or line endings)")
         default:
             return (.badRequest, "malformed request: \(error)")
         }

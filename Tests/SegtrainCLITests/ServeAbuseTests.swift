@@ -196,7 +196,7 @@ extension ServeTests {
             ("non-numeric Content-Length", head("POST", "/v1/segment", "Content-Type: image/png\r\nContent-Length: 12abc\r\n"), 400, "Content-Length"),
             ("conflicting Content-Lengths", head("POST", "/v1/segment", "Content-Type: image/png\r\nContent-Length: 5\r\nContent-Length: 7\r\n") + Array("abcdefg".utf8),
              400, "more than one Content-Length"),
-            ("Content-Length with chunked", head("POST", "/v1/segment", "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n") + Array("0\r\n\r\n".utf8), 400, "malformed"),
+            ("Content-Length with chunked", head("POST", "/v1/segment", "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n") + Array("0\r\n\r\n".utf8), 400, "Transfer-Encoding with Content-Length"),
             ("bad chunk size", head("POST", "/v1/segment", "Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n") + Array("zz\r\nhello\r\n".utf8), 400, "chunk size"),
             ("garbage request line", Array("\u{01}\u{02}hello there\r\n\r\n".utf8), 400, "malformed"),
             ("unknown method", head("FROB", "/healthz"), 400, "malformed"),
