@@ -337,6 +337,33 @@ extension ServeTests {
         XCTAssertGreaterThan(Date().timeIntervalSince(start), 1.5)
     }
 
+    /// Accept failing with EMFILE is retried (after a second), never fatal: the running server's
+    /// descriptor limit is lowered (prlimit) to 4 above what it has open, below its connection cap,
+    /// and 20 clients connect. FlyingFox ended with "cannot listen ...: Too many open files".
+    func testAcceptFailuresAreRetried() throws {
+        let prlimit = "/usr/bin/prlimit"
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: prlimit), "no \(prlimit) (util-linux)")
+        let server = try startServer()
+        let pid = server.process.processIdentifier
+        func descriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0 }
+        let open = descriptors()
+        let limit = Process()
+        limit.executableURL = URL(fileURLWithPath: prlimit)
+        limit.arguments = ["--pid", "\(pid)", "--nofile=\(open + 4):\(open + 4)"]
+        try limit.run()
+        limit.waitUntilExit()
+        XCTAssertEqual(limit.terminationStatus, 0, "prlimit failed")
+        var sockets: [Int32] = []
+        defer { for fd in sockets { close(fd) } }
+        for _ in 0..<20 { sockets.append(try ServeTests.connect(server.port)) }
+        usleep(2_500_000)  // accepts fail with EMFILE and are retried
+        XCTAssertGreaterThanOrEqual(descriptors(), open + 3, "the server never reached its descriptor limit")
+        XCTAssertTrue(server.process.isRunning, "the server ended on EMFILE: \(server.stderr)")
+        for fd in sockets { close(fd) }
+        sockets = []
+        assertHealthy(server.port, within: 10, "after accepts failed with EMFILE")
+    }
+
     /// The load and abuse test: two identical phases of concurrent valid requests, slow and idle
     /// clients, oversized heads and bodies and malformed framing. /healthz answers throughout (every
     /// 100 ms, each within 2 s), every valid request gets 200, and the server's resident memory after
