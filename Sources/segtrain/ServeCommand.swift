@@ -93,7 +93,8 @@ struct ServeCommand: ParsableCommand {
             }
             outcome.finish()
         }
-        // On a stop signal: new requests get 503, running ones finish (30 s at most), then the
+        // On a stop signal: new requests get 503, running ones finish (30 s at most; one still
+        // arriving then has until its request timeout, when RequestGuard answers 408), then the
         // server closes its sockets.
         Thread {
             let number = StopSignal.wait()
