@@ -1,10 +1,12 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
 // segtrain -> SegDistributed -> {CMPI, SegEngine, CSupport}. SegEngine's `Collectives` protocol is
 // where the two meet: SegDistributed's Communicator conforms to it, SegTraining sums through it.
 // segtrain -> SegData (PNG and JPEG files, synthetic data) -> {SegEngine, CPNG (libpng), CTurboJPEG (libjpeg-turbo)}.
+// segtrain -> SegServe (`segtrain serve`'s HTTP service) -> {SegTraining (Predictor), SegData, SegEngine,
+// HummingbirdCore (Hummingbird 2's HTTP/1.1 server on SwiftNIO)}.
 // The Swift modules that carry the numeric loops are compiled for a CPU level: on x86_64 `haswell`
 // (AVX2 + FMA, x86-64-v3: Intel since 2013, AMD since 2015), so LLVM vectorizes the Winograd
 // transforms and elementwise ops 8 floats wide. A binary built so refuses, with one line, to start
@@ -30,7 +32,11 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/swhitty/FlyingFox", exact: "0.27.1"),  // segtrain serve's HTTP server
+        // segtrain serve's HTTP server (SegServe). No default traits: swift-configuration is not needed.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0", traits: []),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.30.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -81,12 +87,24 @@ let package = Package(
             dependencies: ["CPNG", "CTurboJPEG", "SegEngine"],
             swiftSettings: [.unsafeFlags(numericFlags)]
         ),
+        .target(
+            name: "SegServe",
+            dependencies: [
+                "SegTraining", "SegData", "SegEngine",
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ]
+        ),
         .executableTarget(
             name: "segtrain",
             dependencies: [
-                "SegTraining", "SegModel", "SegEngine", "SegDistributed", "SegData",
+                "SegTraining", "SegModel", "SegEngine", "SegDistributed", "SegData", "SegServe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "FlyingFox", package: "FlyingFox"),
             ]
         ),
         // Exact (float64) references and the float32 rounding model behind the numeric tolerances; for tests only.
@@ -94,6 +112,7 @@ let package = Package(
         .testTarget(name: "SegEngineTests", dependencies: ["SegEngine", "SegEngineTestSupport"]),
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine", "SegEngineTestSupport"]),
         .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine", "SegData"]),
+        .testTarget(name: "SegServeTests", dependencies: ["SegServe", .product(name: "HTTPTypes", package: "swift-http-types")]),
         // Runs the built binary as a subprocess with a time limit; for test targets only.
         .target(name: "SegTestSupport"),
         .testTarget(name: "SegtrainCLITests", dependencies: ["SegTestSupport", "SegData"]),

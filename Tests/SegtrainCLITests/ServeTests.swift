@@ -310,7 +310,7 @@ final class ServeTests: XCTestCase {
         var x: UInt32 = 12345
         for i in noise.pixels.indices { x = x &* 1_103_515_245 &+ 12345; noise.pixels[i] = UInt8(truncatingIfNeeded: x >> 16) }
         let png = try ImageFile.encode(noise)
-        XCTAssertGreaterThan(png.count, 8192, "FlyingFox reads bodies of up to 4 KiB before the handler runs")
+        XCTAssertGreaterThan(png.count, 8192, "a body large enough to arrive in more than one read")
         let running = try HTTP.Connection(port: server.port)
         let request = HTTP.requestBytes("POST", "/v1/segment", contentType: "image/png", body: png, close: true)
         let split = request.count - png.count / 2
@@ -334,6 +334,9 @@ final class ServeTests: XCTestCase {
             (["--model", model, "--host", "example.org"], "--host example.org"),
             (["--model", model, "--port", "70000"], "--port"),
             (["--model", model, "--max-body-bytes", "0"], "--max-body-bytes"),
+            (["--model", model, "--queue-depth", "100001"], "--queue-depth"),
+            (["--model", model, "--idle-timeout", "0"], "--idle-timeout"),
+            (["--model", model, "--request-timeout", "nan"], "--request-timeout"),
         ]
         for (arguments, expected) in cases {
             let r = try run(["serve"] + arguments)

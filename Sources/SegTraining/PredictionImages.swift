@@ -1,0 +1,62 @@
+// The images made from a prediction's labels: the mask as written, the cut-out (RGBA, background
+// transparent) and the composite on another background; shared by `segtrain predict` and the HTTP
+// service (SegServe). Images are Image8, pixels interleaved; labels one channel of class indices.
+
+import SegData
+
+/// The images made from a prediction, shared by `segtrain predict` and `segtrain serve`.
+public enum PredictionImages {
+    /// The label mask as written: 0/255 for a binary model, class indices otherwise.
+    public static func mask(_ labels: Image8, classes: Int) -> Image8 {
+        var m = labels
+        if classes == 1 { for i in m.pixels.indices { m.pixels[i] = m.pixels[i] == 0 ? 0 : 255 } }
+        return m
+    }
+
+    /// RGBA: the image's colours, opaque where the label is not 0 (background), transparent elsewhere.
+    public static func cutout(_ image: Image8, labels: Image8) -> Image8 {
+        let rgb = image.channels >= 3 ? image : PredictionImages.rgb(image)
+        var o = Image8(width: image.width, height: image.height, channels: 4)
+        for i in 0..<(image.width * image.height) {
+            for ch in 0..<3 { o.pixels[i * 4 + ch] = rgb.pixels[i * rgb.channels + ch] }
+            o.pixels[i * 4 + 3] = labels.pixels[i] == 0 ? 0 : 255
+        }
+        return o
+    }
+
+    /// RGB: the image where the label is not 0, `behind` (RGB, the image's size) elsewhere.
+    public static func composite(_ image: Image8, labels: Image8, behind: Image8) -> Image8 {
+        let rgb = image.channels >= 3 ? image : PredictionImages.rgb(image)
+        var o = Image8(width: image.width, height: image.height, channels: 3)
+        for i in 0..<(image.width * image.height) {
+            let front = labels.pixels[i] != 0
+            for ch in 0..<3 { o.pixels[i * 3 + ch] = front ? rgb.pixels[i * rgb.channels + ch] : behind.pixels[i * 3 + ch] }
+        }
+        return o
+    }
+
+    /// An RGB image of one colour.
+    public static func solid(_ colour: (UInt8, UInt8, UInt8), width: Int, height: Int) -> Image8 {
+        var solid = Image8(width: width, height: height, channels: 3)
+        for i in 0..<(width * height) {
+            solid.pixels[3 * i] = colour.0; solid.pixels[3 * i + 1] = colour.1; solid.pixels[3 * i + 2] = colour.2
+        }
+        return solid
+    }
+
+    /// Gray (+ alpha) replicated to RGB; alpha dropped.
+    public static func rgb(_ image: Image8) -> Image8 {
+        var out = Image8(width: image.width, height: image.height, channels: 3)
+        for i in 0..<(image.width * image.height) {
+            for ch in 0..<3 { out.pixels[i * 3 + ch] = image.pixels[i * image.channels] }
+        }
+        return out
+    }
+
+    /// `#RRGGBB` as bytes, or nil.
+    public static func colour(_ text: String) -> (UInt8, UInt8, UInt8)? {
+        guard text.count == 7, text.hasPrefix("#"), text.dropFirst().allSatisfy(\.isHexDigit),
+              let v = UInt32(text.dropFirst(), radix: 16) else { return nil }
+        return (UInt8(v >> 16), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF))
+    }
+}
