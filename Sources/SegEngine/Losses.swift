@@ -81,6 +81,17 @@ public struct LossFunction {
         self.classes = classes
     }
 
+    /// The loss for masks described by `labels`: its class count, and its ignore value as the
+    /// config's `ignoreIndex` (whatever the config held), so data and loss agree on what is ignored.
+    public init(_ config: LossConfig, labels: LabelSpec) {
+        var config = config
+        config.ignoreIndex = labels.ignoreIndex
+        self.init(config, classes: labels.classes)
+    }
+
+    /// The labels this loss reads: its classes and ignore index.
+    public var labels: LabelSpec { LabelSpec(classes: classes, ignoreIndex: config.ignoreIndex) }
+
     /// nil if `config` works with `classes` outputs, else a one-line error for the CLI.
     public static func validate(_ config: LossConfig, classes: Int) -> String? {
         if classes < 1 { return "--classes must be >= 1 (got \(classes))" }
