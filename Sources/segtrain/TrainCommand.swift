@@ -193,12 +193,14 @@ struct TrainCommand: ParsableCommand {
         try communicator.broadcast(unet.store.values.tensor)
         try communicator.broadcast(unet.store.buffers.tensor)
         let lossKind = training.lossKind(classes: config.classes)
-        let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
+        let labels = dataOptions.labels(classes: config.classes)
+        let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), labels: labels),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         let data = try makeSources(communicator: communicator, pool: pool)
         let normalization = (try? dataOptions.normalization(channels: config.inChannels)) ?? nil
-        let modelDescription = ModelDescription(config: config, imageSize: model.imageSize,
+        var modelDescription = ModelDescription(config: config, imageSize: model.imageSize,
                                                 mean: normalization?.mean, std: normalization?.std)
+        modelDescription.ignoreIndex = labels.ignoreIndex
         if (schedule == .plateau || patience != nil) && data.validation == nil {
             throw SharedError(description: "--schedule plateau and --patience watch the validation loss, but there is no validation set")
         }
