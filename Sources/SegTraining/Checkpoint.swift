@@ -142,6 +142,9 @@ public enum Checkpoint {
             throw CheckpointError("\(statePath): not a segtrain checkpoint state (\(error))")
         }
         guard state.format == 1 else { throw CheckpointError("\(statePath): unknown format \(state.format)") }
+        guard state.epoch >= 0 && state.step >= 0 && (state.batchesDone ?? 0) >= 0 else {
+            throw CheckpointError("\(statePath): negative epoch, step or batch count (epoch \(state.epoch), step \(state.step))")
+        }
         try SafetensorsFile(path: "\(folder)/model.safetensors").read(into: Safetensors.items(of: store, gradients: false))
         let optimizerFile = try SafetensorsFile(path: "\(folder)/optimizer.safetensors")
         if let kind = optimizerFile.metadata["optimizer"], kind != optimizer.config.kind.rawValue {

@@ -107,6 +107,8 @@ struct TrainCommand: ParsableCommand {
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         let synthetic = dataOptions.data == nil
         if synthetic && model.inChannels != 3 { throw ValidationError("--in-channels must be 3 for the synthetic dataset (RGB)") }
+        if synthetic, let problem = SyntheticGenerator.problem(size: model.imageSize, classes: model.classes) { throw ValidationError(problem) }
+        if synthetic && trainSamples < 1 { throw ValidationError("--train-samples must be at least 1 (got \(trainSamples))") }
         if epochs < 1 { throw ValidationError("--epochs must be at least 1 (got \(epochs))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize && dropLast {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one batch (--batch-size \(training.batchSize)) with --drop-last")

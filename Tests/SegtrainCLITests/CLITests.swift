@@ -128,8 +128,17 @@ extension CLITests {
         for (arguments, flag) in [(["train", "--epochs", "0"], "--epochs"),
                                   (["train", "--train-samples", "4", "--batch-size", "8"], "--train-samples"),
                                   (["train", "--out", "/proc/forbidden/x", "--image-size", "16", "--depth", "2",
-                                    "--epochs", "1", "--train-samples", "8"], "--out")] {
-            let r = try run(arguments)
+                                    "--epochs", "1", "--train-samples", "8"], "--out"),
+                                  // These stopped with a trap and a backtrace before.
+                                  (["train", "--image-size", "4", "--depth", "2"], "--image-size"),
+                                  (["train", "--train-samples", "0", "--batch-per-rank", "1"], "--train-samples"),
+                                  // An ignore value that is a class, also without --data.
+                                  (["train", "--ignore-index", "1"], "--ignore-index"),
+                                  (["train", "--classes", "3", "--ignore-index", "2"], "--ignore-index"),
+                                  (["train", "--ignore-index", "256"], "--ignore-index")] {
+            // Tiny, so that a regression (the flags accepted) fails in seconds, not by timing out.
+            let tiny = ["--image-size", "16", "--depth", "2", "--base-channels", "4", "--threads", "1", "--val-samples", "0"]
+            let r = try run(arguments + (arguments.contains("--epochs") || arguments.contains("--image-size") ? [] : tiny))
             XCTAssertNotEqual(r.status, 0, "\(arguments)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(arguments): \(r.stderr)")
             XCTAssertTrue(r.stderr.contains(flag), "\(arguments): \(r.stderr)")
