@@ -57,6 +57,7 @@ final class CLITests: XCTestCase {
             (["bench", "--batch-size", "0"], "--batch-size"),
             (["bench", "--lr", "-1"], "--lr"),
             (["bench", "--loss", "ce", "--classes", "1"], "--classes"),
+            (["evaluate", "--model", "run", "--data", "set", "--threads", "0"], "--threads"),  // trapped before
         ]
         for (arguments, flag) in cases {
             let r = try run(arguments)
