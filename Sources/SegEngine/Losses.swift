@@ -1,6 +1,7 @@
 // Losses, computed from logits, with PyTorch's reduction='mean' semantics: BCE with logits, soft
-// Dice, BCE + Dice, softmax cross-entropy (ignore index) and weighted cross-entropy (the UNet
-// paper's weight map, built by `unetWeightMap`).
+// Dice, BCE + Dice, softmax cross-entropy and weighted cross-entropy (the UNet paper's weight map,
+// built by `unetWeightMap`). Every kind skips pixels whose target is the ignore index (PyTorch's
+// `ignore_index`): no value, no gradient, not counted in the normalizers.
 //
 // Every loss is a sum of per-sample terms divided by normalizers (counted pixels, images). The
 // distributed trainer allreduces `terms(target:)` first and passes the global counts as
