@@ -6,8 +6,9 @@
 // the image is sampled bilinearly and the mask by nearest neighbour, with the same map and the
 // same border rule (reflect-101, OpenCV's BORDER_REFLECT_101 = Albumentations' default), so they
 // stay aligned; with an ignore value the mask takes it beyond the edge instead (mmsegmentation's
-// seg_pad_val), so the loss skips mirrored, made-up content. Photometric ops (brightness/contrast, grayscale, channel shuffle, Gaussian blur)
-// touch the image only, never the mask, and never an alpha channel. See docs/DATA.md.
+// seg_pad_val), so the loss skips mirrored, made-up content. Photometric ops (brightness/contrast,
+// grayscale, channel shuffle, Gaussian blur) touch the image only, never the mask, and never an
+// alpha channel. See docs/DATA.md.
 
 import SegEngine
 #if canImport(Glibc)
