@@ -125,6 +125,21 @@ extension CLITests {
         }
     }
 
+    /// A model too large for the machine's memory ends with one line, not a trap and a backtrace
+    /// (it stopped in a precondition before). Needs the kernel's heuristic overcommit (mode 0 or
+    /// 2), which refuses a single 2 TB allocation at once.
+    func testOutOfMemoryGivesOneLine() throws {
+        let mode = (try? String(contentsOfFile: "/proc/sys/vm/overcommit_memory", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard mode == "0" || mode == "2" else { throw XCTSkip("overcommit mode \(mode ?? "unknown"): a huge allocation may succeed") }
+        let out = NSTemporaryDirectory() + "segtrain-oom-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let r = try run(["train", "--image-size", "16384", "--batch-size", "64", "--train-samples", "64", "--val-samples", "0",
+                         "--epochs", "1", "--threads", "1", "--out", out])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("out of memory") && r.stderr.contains("--batch-size"), r.stderr)
+    }
+
     func testTrainBadFlags() throws {
         for (arguments, flag) in [(["train", "--epochs", "0"], "--epochs"),
                                   (["train", "--train-samples", "4", "--batch-size", "8"], "--train-samples"),
