@@ -454,7 +454,7 @@ final class DataParallelTests: XCTestCase {
                 var state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
                 state["epoch"] = -3
                 try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: path))
-             }, "state.json: negative epoch"),
+             }, "epoch -3"),
             ("missing state", { try FileManager.default.removeItem(atPath: "\(last)/state.json") }, "state.json: no such file"),
         ]
         for (what, damage, expected) in damages {
