@@ -146,6 +146,11 @@ final class IgnoreIndexTests: XCTestCase {
         let lines = try evaluate(run, data, [], out: folder + "/scores.csv")
         XCTAssertEqual(lines.first?.hasPrefix("image,mask,accuracy,precision_0"), true, lines.first ?? "")
         XCTAssertEqual(try evaluate(run, data, ["--ignore-index", "255"], out: folder + "/scores-flag.csv"), lines)
+        // Sharded over 2 ranks: the same file (every rank reads the model's ignore index).
+        let sharded = try segtrain(["evaluate", "--model", run, "--data", data, "--out", folder + "/scores-2.csv", "--threads", "1"],
+                                   ranks: 2)
+        XCTAssertEqual(sharded.status, 0, sharded.stderr)
+        XCTAssertEqual(try String(contentsOfFile: folder + "/scores-2.csv", encoding: .utf8).split(separator: "\n").map(String.init), lines)
         for line in lines.dropFirst() {
             let values = line.split(separator: ",", omittingEmptySubsequences: false).dropFirst(2).map { Double($0)! }
             XCTAssertTrue(values.allSatisfy { (0...1).contains($0) }, line)
