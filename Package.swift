@@ -117,7 +117,7 @@ let package = Package(
         .target(name: "SegTestSupport"),
         .testTarget(name: "SegtrainCLITests", dependencies: ["SegTestSupport", "SegData"]),
         // Runs the built segtrain binary (mpi-check) alone and under mpirun.
-        .testTarget(name: "SegDistributedTests", dependencies: ["SegTestSupport"]),
+        .testTarget(name: "SegDistributedTests", dependencies: ["SegTestSupport", "SegData"]),
         .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG", "CTurboJPEG", "SegTestSupport"]),
     ],
     swiftLanguageModes: [.v5]

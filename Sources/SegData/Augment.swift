@@ -5,8 +5,10 @@
 // Geometric ops (flips, rotation, scale, shift) are composed into ONE affine map, applied once:
 // the image is sampled bilinearly and the mask by nearest neighbour, with the same map and the
 // same border rule (reflect-101, OpenCV's BORDER_REFLECT_101 = Albumentations' default), so they
-// stay aligned. Photometric ops (brightness/contrast, grayscale, channel shuffle, Gaussian blur)
-// touch the image only, never the mask, and never an alpha channel. See docs/DATA.md.
+// stay aligned; with an ignore value the mask takes it beyond the edge instead (mmsegmentation's
+// seg_pad_val), so the loss skips mirrored, made-up content. Photometric ops (brightness/contrast,
+// grayscale, channel shuffle, Gaussian blur) touch the image only, never the mask, and never an
+// alpha channel. See docs/DATA.md.
 
 import SegEngine
 #if canImport(Glibc)
@@ -257,16 +259,21 @@ public struct Augmenter: Sendable {
         return p
     }
 
-    /// Augments sample `index` of `epoch`: `plan(seed:epoch:index:)` applied to image and mask.
-    public func apply(image: inout Image8, mask: inout Image8, seed: UInt64, epoch: Int, index: Int) {
-        Augmenter.apply(plan(seed: seed, epoch: epoch, index: index), image: &image, mask: &mask)
+    /// Augments sample `index` of `epoch`: `plan(seed:epoch:index:)` applied to image and mask
+    /// (`maskOutside`: see `apply(_:image:mask:maskOutside:)`).
+    public func apply(image: inout Image8, mask: inout Image8, seed: UInt64, epoch: Int, index: Int,
+                      maskOutside: UInt8? = nil) {
+        Augmenter.apply(plan(seed: seed, epoch: epoch, index: index), image: &image, mask: &mask, maskOutside: maskOutside)
     }
 
     /// Applies `plan`: the geometric part as one affine map (image bilinear, mask nearest, both
     /// reflect-101), then brightness/contrast, grayscale, channel shuffle and blur on the image.
     /// Image and mask must have the same width and height; the image has 1-4 channels (the
     /// last of 2 or 4 is alpha: warped, never recoloured), the mask any (usually 1, class indices).
-    public static func apply(_ plan: AugmentPlan, image: inout Image8, mask: inout Image8) {
+    /// `maskOutside` (an ignore value): mask pixels whose source lies beyond the mask's edge get
+    /// this value instead of the mirrored label, so the loss skips what the warp made up; the
+    /// image still mirrors there. nil: the mask mirrors like the image.
+    public static func apply(_ plan: AugmentPlan, image: inout Image8, mask: inout Image8, maskOutside: UInt8? = nil) {
         precondition(image.width == mask.width && image.height == mask.height,
                      "image \(image.width)x\(image.height) and mask \(mask.width)x\(mask.height) differ in size")
         if !plan.isGeometricIdentity {
@@ -276,7 +283,7 @@ public struct Augmenter: Sendable {
                 mask = copy(mask, map: map)
             } else {
                 image = warpImage(image, map: map)
-                mask = warpMask(mask, map: map)
+                mask = warpMask(mask, map: map, outside: maskOutside)
             }
         }
         if plan.contrast != 1 || plan.brightness != 0 {
@@ -337,17 +344,18 @@ public struct Augmenter: Sendable {
     /// (floor(x + 0.5), floor(y + 0.5)), mirrored with reflect-101 when outside; values copied
     /// exactly. The source point is computed exactly as `warpImage` computes it, so the mask takes
     /// the pixel the image's bilinear weights favour (the larger weight; on a tie the one to the right /
-    /// below, as floor(x + 0.5) picks).
-    public static func warpMask(_ mask: Image8, map: AffineMap) -> Image8 {
+    /// below, as floor(x + 0.5) picks). With `outside`, a pixel whose nearest source pixel is
+    /// beyond the edge gets that value in every channel instead of a mirrored one.
+    public static func warpMask(_ mask: Image8, map: AffineMap, outside: UInt8? = nil) -> Image8 {
         var pixels = [UInt8](repeating: 0, count: mask.pixels.count)
         mask.pixels.withUnsafeBufferPointer { src in
             pixels.withUnsafeMutableBufferPointer { dst in
                 let s = src.baseAddress!, d = dst.baseAddress!, w = mask.width, h = mask.height
                 switch mask.channels {
-                case 1: warpNearest(Channels1.self, s, d, width: w, height: h, map: map)
-                case 2: warpNearest(Channels2.self, s, d, width: w, height: h, map: map)
-                case 3: warpNearest(Channels3.self, s, d, width: w, height: h, map: map)
-                default: warpNearest(Channels4.self, s, d, width: w, height: h, map: map)
+                case 1: warpNearest(Channels1.self, s, d, width: w, height: h, map: map, outside: outside)
+                case 2: warpNearest(Channels2.self, s, d, width: w, height: h, map: map, outside: outside)
+                case 3: warpNearest(Channels3.self, s, d, width: w, height: h, map: map, outside: outside)
+                default: warpNearest(Channels4.self, s, d, width: w, height: h, map: map, outside: outside)
                 }
             }
         }
@@ -399,7 +407,7 @@ public struct Augmenter: Sendable {
     }
 
     static func warpNearest<C: FixedChannels>(_: C.Type, _ src: UnsafePointer<UInt8>, _ dst: UnsafeMutablePointer<UInt8>,
-                                               width w: Int, height h: Int, map: AffineMap) {
+                                               width w: Int, height h: Int, map: AffineMap, outside: UInt8?) {
         let ch = C.count
         // floor(x + 0.5) on the same 11-bit-fraction point as the image: add half of its unit.
         let rounding = Int64(1) << (pointBits - 1)
@@ -411,6 +419,13 @@ public struct Augmenter: Sendable {
                 var xi = Int(truncatingIfNeeded: ((x & truncate) &+ rounding) >> pointBits)
                 var yi = Int(truncatingIfNeeded: ((y & truncate) &+ rounding) >> pointBits)
                 x &+= dx; y &+= dy
+                if UInt(bitPattern: xi) >= UInt(bitPattern: w) || UInt(bitPattern: yi) >= UInt(bitPattern: h) {
+                    if let outside {
+                        for k in 0..<ch { out[k] = outside }
+                        out += ch
+                        continue
+                    }
+                }
                 if UInt(bitPattern: xi) >= UInt(bitPattern: w) { xi = reflect101(xi, w) }
                 if UInt(bitPattern: yi) >= UInt(bitPattern: h) { yi = reflect101(yi, h) }
                 let p = src + (yi &* w &+ xi) &* ch

@@ -24,7 +24,9 @@ public struct SampleSpec: Sendable {
     public var inChannels: Int
     /// 1: binary (sigmoid); >= 2: softmax classes.
     public var classes: Int
-    /// A mask value kept as is (not a class; the loss ignores it), e.g. 255.
+    /// A mask value kept as is (not a class; the loss and the metrics skip it), e.g. 255. When
+    /// set, it also fills what a crop pads and what an augmentation brings in from outside the
+    /// mask, so that no made-up pixel is trained on (see `load`).
     public var ignoreValue: UInt8?
     public var maskEncoding: MaskEncoding = .classIndices
     public var geometry: Geometry = .resize
@@ -42,6 +44,12 @@ public struct SampleSpec: Sendable {
     }
 
     var pixelFormat: PixelFormat { PixelFormat(rawValue: inChannels) ?? .rgb }
+
+    /// The masks' labels (classes and ignore value) as the loss and the metrics take them.
+    public var labels: LabelSpec {
+        get { LabelSpec(classes: classes, ignoreIndex: ignoreValue.map(Int.init)) }
+        set { classes = newValue.classes; ignoreValue = newValue.ignoreValue }
+    }
 }
 
 /// The samples of one listing (the training set, or the validation set).
@@ -185,6 +193,10 @@ public final class FileDataset: @unchecked Sendable {
 
     /// Sample `i` as the model sees it: sized, augmented (for a training `epoch`; nil: validation),
     /// normalised into `image` (Cin planes of S x S floats) and `mask` (S x S class indices).
+    /// Made-up mask pixels — a crop's padding, and what a rotation, scaling or shift brings in from
+    /// beyond the mask's edge — are the ignore value when there is one (the image pads with 0 and
+    /// mirrors at its edges as always); without one, padding is background (0) and the mask
+    /// mirrors with the image.
     public func load(_ i: Int, epoch: Int?, image: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>) throws {
         var (picture, labels) = try base(i)
         let s = spec.imageSize
@@ -201,7 +213,8 @@ public final class FileDataset: @unchecked Sendable {
             }
         }
         if let epoch {
-            augmenter.apply(image: &picture, mask: &labels, seed: spec.seed, epoch: epoch, index: i)
+            augmenter.apply(image: &picture, mask: &labels, seed: spec.seed, epoch: epoch, index: i,
+                            maskOutside: spec.ignoreValue)
         }
         Preprocess.normalize(picture, into: image, mean: spec.mean, std: spec.std)
         Preprocess.maskToFloat(labels, into: mask)

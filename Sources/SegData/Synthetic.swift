@@ -21,6 +21,13 @@ public struct SyntheticGenerator: Sendable {
     public let classes: Int
     public let seed: UInt64
 
+    /// Why a generator of this size and class count cannot be made (one line naming the flag), or nil.
+    public static func problem(size: Int, classes: Int) -> String? {
+        if size < 8 { return "--image-size must be at least 8 for the synthetic dataset (got \(size)); use --data DIR for smaller images" }
+        if !(1...255).contains(classes) { return "--classes must be 1...255 for the synthetic dataset (got \(classes))" }
+        return nil
+    }
+
     public init(size: Int, classes: Int, seed: UInt64) {
         precondition(size >= 8, "synthetic size must be at least 8 (got \(size))")
         precondition((1...255).contains(classes), "synthetic classes must be 1...255 (got \(classes))")

@@ -1,6 +1,7 @@
 // Losses, computed from logits, with PyTorch's reduction='mean' semantics: BCE with logits, soft
-// Dice, BCE + Dice, softmax cross-entropy (ignore index) and weighted cross-entropy (the UNet
-// paper's weight map, built by `unetWeightMap`).
+// Dice, BCE + Dice, softmax cross-entropy and weighted cross-entropy (the UNet paper's weight map,
+// built by `unetWeightMap`). Every kind skips pixels whose target is the ignore index (PyTorch's
+// `ignore_index`): no value, no gradient, not counted in the normalizers.
 //
 // Every loss is a sum of per-sample terms divided by normalizers (counted pixels, images). The
 // distributed trainer allreduces `terms(target:)` first and passes the global counts as
@@ -80,6 +81,17 @@ public struct LossFunction {
         self.config = config
         self.classes = classes
     }
+
+    /// The loss for masks described by `labels`: its class count, and its ignore value as the
+    /// config's `ignoreIndex` (whatever the config held), so data and loss agree on what is ignored.
+    public init(_ config: LossConfig, labels: LabelSpec) {
+        var config = config
+        config.ignoreIndex = labels.ignoreIndex
+        self.init(config, classes: labels.classes)
+    }
+
+    /// The labels this loss reads: its classes and ignore index.
+    public var labels: LabelSpec { LabelSpec(classes: classes, ignoreIndex: config.ignoreIndex) }
 
     /// nil if `config` works with `classes` outputs, else a one-line error for the CLI.
     public static func validate(_ config: LossConfig, classes: Int) -> String? {

@@ -37,12 +37,20 @@ public final class FloatBuffer {
         var raw: UnsafeMutableRawPointer? = nil
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
         let status = posix_memalign(&raw, 64, bytes)
-        precondition(status == 0 && raw != nil, "out of memory allocating \(bytes) bytes")
+        if status != 0 || raw == nil { FloatBuffer.outOfMemory(bytes) }
         pointer = raw!.bindMemory(to: Float.self, capacity: max(count, 1))
         pointer.initialize(repeating: 0, count: max(count, 1))
     }
 
     deinit { free(pointer) }
+
+    /// Memory that cannot be had is no bug but a request too large for the machine (flags such as
+    /// --image-size, --batch-size, --base-channels): one line and exit 1, not a trap and a backtrace.
+    /// Under mpirun the other ranks are ended by mpirun when this one exits.
+    static func outOfMemory(_ bytes: Int) -> Never {
+        fputs("segtrain: error: out of memory: cannot allocate \(bytes) bytes; use a smaller --batch-size, --image-size or --base-channels\n", stderr)
+        exit(1)
+    }
 
     /// A view of `shape.count` elements starting at `offset`.
     public func view(_ shape: Shape, offset: Int = 0) -> Tensor {

@@ -20,6 +20,9 @@ public struct ModelDescription: Codable, Equatable, Sendable {
     /// Per-channel normalisation after x / 255 (nil: x / 255 only).
     public var mean: [Float]?
     public var std: [Float]?
+    /// The mask value training ignored (`--ignore-index`); `evaluate` skips it too unless told
+    /// otherwise. nil (also in older checkpoints): none.
+    public var ignoreIndex: Int?
 
     public init(config: UNetConfig, imageSize: Int, mean: [Float]?, std: [Float]?) {
         self.imageSize = imageSize

@@ -307,7 +307,8 @@ public final class Trainer {
                                                 weights: b.weights.map { $0.batchSlice(0, real) },
                                                 dlogits: nil, normalizers: nil, pool: model.pool)
             lossSum += loss * Double(real)
-            counts.add(logits: logits, target: b.masks, images: real)
+            // The loss's labels: pixels it ignores are not scored either.
+            counts.add(logits: logits, target: b.masks, ignoreIndex: step.local.loss.config.ignoreIndex, images: real)
         }
         let totals = try collectives.allreduceSum([lossSum, Double(batches.reduce(0) { $0 + $1.real })] + counts.flat)
         counts = ConfusionCounts(flat: totals[2...], classes: classes)

@@ -99,7 +99,7 @@ struct BenchCommand: ParsableCommand {
             if let weights { unetWeightMap(weights.tensor, mask: target.tensor, classes: config.classes, w0: 10, sigma: 5) }
         }
         try prepareBatch()
-        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
+        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), labels: dataOptions.labels(classes: config.classes)),
                              optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         step.plan(batch: batch, height: size, width: size)
         try communicator.broadcast(unet.store.values.tensor)

@@ -58,7 +58,7 @@ struct DataOptions: ParsableArguments {
     var mean: String?
     @Option(help: "Per-channel standard deviation, e.g. 0.229,0.224,0.225, or 'imagenet'.")
     var std: String?
-    @Option(help: "A mask value that is no class (the loss ignores those pixels), e.g. 255.")
+    @Option(help: "A mask value that is no class, e.g. 255: those pixels count in neither the loss (value, gradient, pixel counts) nor the metrics, and pad crops and augmented masks.")
     var ignoreIndex: Int?
     @Flag(help: "Turn every augmentation off.")
     var noAugment = false
@@ -81,6 +81,7 @@ struct DataOptions: ParsableArguments {
     var petBinary: Bool { files.petBinary }
 
     func validate(classes: Int, inChannels: Int) throws {
+        if let message = labels(classes: classes).validate() { throw ValidationError(message) }
         guard data != nil else {
             for (flag, set) in [("--layout", files.layout != nil), ("--train-list", trainList != nil), ("--val-list", valList != nil),
                                 ("--val-split", valSplit != nil), ("--val-data", valData != nil), ("--cache", cache),
@@ -107,8 +108,6 @@ struct DataOptions: ParsableArguments {
         } else if petBinary {
             throw ValidationError("--pet-binary needs --layout pet")
         }
-        if let i = ignoreIndex, !(0...255).contains(i) { throw ValidationError("--ignore-index must be 0...255 (got \(i))") }
-        if let i = ignoreIndex, i < classes { throw ValidationError("--ignore-index \(i) is a class (below --classes \(classes))") }
         if !(1...4).contains(inChannels) { throw ValidationError("--in-channels must be 1...4 with --data (got \(inChannels))") }
         _ = try normalization(channels: inChannels)
         if augment != nil && noAugment { throw ValidationError("--augment and --no-augment contradict each other") }
@@ -168,9 +167,12 @@ struct DataOptions: ParsableArguments {
 
     var datasetOptions: DatasetOptions { files.datasetOptions(layout: layoutValue) }
 
+    /// The one label spec of the run: the loss, the metrics and the samples take it.
+    func labels(classes: Int) -> LabelSpec { LabelSpec(classes: classes, ignoreIndex: ignoreIndex) }
+
     func spec(imageSize: Int, inChannels: Int, classes: Int, seed: UInt64) throws -> SampleSpec {
         var spec = SampleSpec(imageSize: imageSize, inChannels: inChannels, classes: classes)
-        spec.ignoreValue = ignoreIndex.map { UInt8($0) }
+        spec.labels = labels(classes: classes)
         spec.maskEncoding = datasetOptions.maskEncoding
         spec.geometry = geometry
         if let n = try normalization(channels: inChannels) { spec.mean = n.mean; spec.std = n.std }

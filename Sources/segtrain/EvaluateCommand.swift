@@ -30,7 +30,7 @@ struct EvaluateCommand: ParsableCommand {
 
     var layout: DatasetLayout { files.layout ?? (list != nil ? .list : .pairs) }
     var petBinary: Bool { files.petBinary }
-    @Option(help: "A mask value that is no class (not scored).")
+    @Option(help: "A mask value that is no class (not scored); default: the --ignore-index the model was trained with.")
     var ignoreIndex: Int?
     @Option(help: "The per-image scores (CSV).")
     var out = "scores.csv"
@@ -41,6 +41,7 @@ struct EvaluateCommand: ParsableCommand {
         if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if layout == .list && list == nil { throw ValidationError("--layout list needs --list FILE") }
         if let i = ignoreIndex, !(0...255).contains(i) { throw ValidationError("--ignore-index must be 0...255 (got \(i))") }
+        if let t = threads, !(1...1024).contains(t) { throw ValidationError("--threads must be 1...1024 (got \(t))") }
     }
 
     func run() throws {
@@ -88,7 +89,11 @@ struct EvaluateCommand: ParsableCommand {
         try communicator.checkSame(listing.hash, what: "the dataset list")
         var spec = SampleSpec(imageSize: predictor.description.imageSize, inChannels: predictor.description.inChannels, classes: classes)
         spec.maskEncoding = options.maskEncoding
-        spec.ignoreValue = ignoreIndex.map(UInt8.init)
+        spec.labels = LabelSpec(classes: classes, ignoreIndex: ignoreIndex ?? predictor.description.ignoreIndex)
+        if let problem = spec.labels.validate(flag: ignoreIndex != nil ? "--ignore-index" : "the model's ignore index") {
+            throw SharedError(description: problem)
+        }
+        let ignoreIndex = spec.labels.ignoreIndex
         let dataset = FileDataset(listing: listing, spec: spec)
 
         // This rank's samples; per image the confusion counts, then one sum over ranks.

@@ -21,9 +21,11 @@ final class SampleGrid {
         masks = OwnedTensor(Shape(batch, 1, imageSize, imageSize))
     }
 
-    /// Class k's colour: black background, then distinct bright colours.
+    /// Class k's colour: black background, then distinct bright colours; a value that is no
+    /// class (the ignore index) mid grey.
     static func colour(_ k: Int, classes: Int) -> (UInt8, UInt8, UInt8) {
         if k == 0 { return (0, 0, 0) }
+        if k >= max(classes, 2) { return (128, 128, 128) }
         if classes <= 2 { return (255, 255, 255) }
         let palette: [(UInt8, UInt8, UInt8)] = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
                                                 (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]

@@ -107,6 +107,7 @@ struct TrainCommand: ParsableCommand {
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         let synthetic = dataOptions.data == nil
         if synthetic && model.inChannels != 3 { throw ValidationError("--in-channels must be 3 for the synthetic dataset (RGB)") }
+        if synthetic, let problem = SyntheticGenerator.problem(size: model.imageSize, classes: model.classes) { throw ValidationError(problem) }
         let maxEpochs = CheckpointState.maximumEpochs, maxSamples = 1 << 40
         if !(1...maxEpochs).contains(epochs) { throw ValidationError("--epochs must be 1...\(maxEpochs) (got \(epochs))") }
         if !(1...maxSamples).contains(trainSamples) { throw ValidationError("--train-samples must be 1...2^40 (got \(trainSamples))") }
@@ -202,7 +203,8 @@ struct TrainCommand: ParsableCommand {
         try communicator.broadcast(unet.store.values.tensor)
         try communicator.broadcast(unet.store.buffers.tensor)
         let lossKind = training.lossKind(classes: config.classes)
-        let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), classes: config.classes),
+        let labels = dataOptions.labels(classes: config.classes)
+        let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), labels: labels),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         let data = try makeSources(communicator: communicator, pool: pool)
         if dataOptions.data != nil {
@@ -212,8 +214,9 @@ struct TrainCommand: ParsableCommand {
                             cached: dataOptions.cache ? files : 0)
         }
         let normalization = (try? dataOptions.normalization(channels: config.inChannels)) ?? nil
-        let modelDescription = ModelDescription(config: config, imageSize: model.imageSize,
+        var modelDescription = ModelDescription(config: config, imageSize: model.imageSize,
                                                 mean: normalization?.mean, std: normalization?.std)
+        modelDescription.ignoreIndex = labels.ignoreIndex
         if (schedule == .plateau || patience != nil) && data.validation == nil {
             throw SharedError(description: "--schedule plateau and --patience watch the validation loss, but there is no validation set")
         }

@@ -240,6 +240,41 @@ final class AugmentTests: XCTestCase {
         }
     }
 
+    /// With `maskOutside` (an ignore value) a rotated mask takes it wherever its nearest source
+    /// pixel lies beyond the edge, and keeps the mirrored-warp labels everywhere else; the image is
+    /// warped exactly as without it. 200 x 100 rotated by 90 degrees: columns 0..<50 and 150..<200
+    /// read source rows beyond 0..<100.
+    func testMaskOutsideFillsWhatTheWarpBringsInFromBeyondTheEdge() {
+        let sample = CoordinateSample(width: 200, height: 100, cell: 16)
+        var plan = AugmentPlan()
+        plan.degrees = 90
+        var mirroredImage = sample.image, mirroredMask = sample.mask
+        Augmenter.apply(plan, image: &mirroredImage, mask: &mirroredMask)
+        var image = sample.image, mask = sample.mask
+        Augmenter.apply(plan, image: &image, mask: &mask, maskOutside: 255)
+        XCTAssertEqual(image, mirroredImage, "the image does not depend on the mask's fill")
+        var filled = 0
+        for v in 0..<100 {
+            for u in 0..<200 {
+                // Source row (see testNonSquareRotationKeepsTheCentreAndMirrorsBorders): u - 50.
+                let sy = 50 + (Double(u) + 0.5 - 100) - 0.5
+                if sy < -0.5 || sy >= 99.5 {
+                    XCTAssertEqual(mask[u, v, 0], 255, "(\(u), \(v)) reads source row \(sy)")
+                    filled += 1
+                } else {
+                    XCTAssertEqual(mask[u, v, 0], mirroredMask[u, v, 0], "(\(u), \(v)) reads source row \(sy)")
+                }
+            }
+        }
+        XCTAssertEqual(filled, 100 * 100)
+        // Flips never read beyond the edge: nothing is filled.
+        var flip = AugmentPlan()
+        flip.hflip = true
+        var flippedImage = sample.image, flippedMask = sample.mask
+        Augmenter.apply(flip, image: &flippedImage, mask: &flippedMask, maskOutside: 255)
+        XCTAssertFalse(flippedMask.pixels.contains(255))
+    }
+
     // MARK: Determinism
 
     func testTheSameSeedEpochAndIndexGiveTheSameResult() {

@@ -159,6 +159,39 @@ final class DatasetTests: XCTestCase {
         XCTAssertEqual(DatasetListing(root: "/d", pairs: Array(listing.pairs.prefix(3))).split(validationFraction: 0.1, seed: 1).validation.count, 1)
     }
 
+    /// The spec's ignore value fills the made-up mask pixels of a training sample (what a rotation
+    /// brings in from beyond the edge) and a validation crop's padding; without one, the rotated
+    /// mask mirrors and the padding is background.
+    func testIgnoreValueFillsAugmentedAndPaddedMaskPixels() throws {
+        try writePair(root, image: "images/s.png", mask: "masks/s.png", width: 12, height: 10) { _, _ in 1 }
+        let listing = try DatasetScanner.list(root: root, options: DatasetOptions())
+        func values(ignore: UInt8?, geometry: SampleSpec.Geometry, size: Int, epochs: [Int?]) throws -> Set<Float> {
+            var spec = SampleSpec(imageSize: size, inChannels: 3, classes: 3)
+            spec.labels = LabelSpec(classes: 3, ignoreIndex: ignore.map(Int.init))
+            spec.geometry = geometry
+            var augment = AugmentConfig.none
+            augment.rotateProbability = 1
+            augment.rotateDegrees = 45
+            spec.augment = augment
+            let dataset = FileDataset(listing: listing, spec: spec)
+            var image = [Float](repeating: 0, count: 3 * size * size), mask = [Float](repeating: 0, count: size * size)
+            var seen = Set<Float>()
+            for epoch in epochs {
+                try dataset.load(0, epoch: epoch, image: &image, mask: &mask)
+                seen.formUnion(mask)
+            }
+            return seen
+        }
+        let epochs = Array(1...6)
+        XCTAssertEqual(try values(ignore: 255, geometry: .resize, size: 8, epochs: epochs), [1, 255])
+        XCTAssertEqual(try values(ignore: nil, geometry: .resize, size: 8, epochs: epochs), [1])
+        // Validation (no augmentation): a 16 x 16 centre crop of the 12 x 10 sample pads.
+        XCTAssertEqual(try values(ignore: 255, geometry: .crop, size: 16, epochs: [nil]), [1, 255])
+        XCTAssertEqual(try values(ignore: nil, geometry: .crop, size: 16, epochs: [nil]), [0, 1])
+        // Validation without padding: nothing ignored.
+        XCTAssertEqual(try values(ignore: 255, geometry: .resize, size: 8, epochs: [nil]), [1])
+    }
+
     func testMaskValueRules() throws {
         func decode(classes: Int, ignore: UInt8? = nil, width: Int = 12, maskWidth: Int? = nil,
                     value: @escaping (Int, Int) -> UInt8) throws -> Image8 {

@@ -449,6 +449,13 @@ final class DataParallelTests: XCTestCase {
                 for (i, c) in "\"shape\":[3,4,3,3]".utf8.enumerated() { bytes[offset + i] = c }
                 try Data(bytes).write(to: URL(fileURLWithPath: "\(last)/model.safetensors"))
              }, "has shape [3, 4, 3, 3], expected [4, 3, 3, 3]"),
+            // A hand-edited state with a negative epoch stopped with a trap before.
+            ("negative epoch", {
+                let path = "\(last)/state.json"
+                var state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+                state["epoch"] = -3
+                try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: path))
+             }, "epoch -3"),
             ("missing state", { try FileManager.default.removeItem(atPath: "\(last)/state.json") }, "state.json: no such file"),
         ]
         for (what, damage, expected) in damages {

@@ -40,8 +40,8 @@ final class LossTests: XCTestCase {
     }
 
     func config(_ kind: LossKind, classes: Int) -> LossConfig {
-        // Ignore pixels wherever the targets are class indices (ce, weighted-ce and dice with 3 classes).
-        LossConfig(kind: kind, bceWeight: 0.7, diceWeight: 1.3, ignoreIndex: classes > 1 ? LossTests.ignore : nil)
+        // Ignore pixels for every kind (the batches mark ~20% of the targets with it), binary ones too.
+        LossConfig(kind: kind, bceWeight: 0.7, diceWeight: 1.3, ignoreIndex: LossTests.ignore)
     }
 
     func evaluate(_ loss: LossFunction, _ batch: Batch, dlogits: Tensor?, normalizers: LossTerms?,
@@ -328,6 +328,75 @@ final class LossTests: XCTestCase {
                 for c in 0..<classes { batch.logits.tensor.plane(i / plane, c)[i % plane] = 50 * Float(c + 1) }
             }
             XCTAssertEqual(evaluate(loss, batch, dlogits: nil, normalizers: nil, pool: pool), value, "\(kind.rawValue)")
+        }
+    }
+
+    /// An ignore region (a border of 1, 2, 3 pixels in images 0, 1, 2) gives, for every loss kind,
+    /// the value and gradient of the same loss computed on the other pixels alone: each image's
+    /// inner rectangle cut out and evaluated without an ignore index (as the parts of a split
+    /// batch, with the counted pixels and the images as normalizers). The border gets no gradient.
+    /// The larger size spans two of the loss's chunks.
+    func testIgnoreRegionEqualsTheLossOverTheOtherPixels() {
+        let pool = WorkerPool(threads: 2)
+        for (h, w) in [(9, 11), (68, 70)] {
+            for (kind, classes) in LossTests.cases {
+                let n = 3
+                let batch = Batch(n: n, classes: classes, h: h, w: w, ignore: nil, seed: 63)
+                func border(_ image: Int) -> Int { image + 1 }
+                for image in 0..<n {
+                    for y in 0..<h {
+                        for x in 0..<w where min(x, y, w - 1 - x, h - 1 - y) < border(image) {
+                            batch.target.tensor[image, 0, y, x] = Float(LossTests.ignore)
+                        }
+                    }
+                }
+                let name = "\(kind.rawValue) classes \(classes) \(h)x\(w)"
+                let withIgnore = LossFunction(config(kind, classes: classes), classes: classes)
+                let grad = OwnedTensor(batch.logits.shape)
+                let value = evaluate(withIgnore, batch, dlogits: grad.tensor, normalizers: nil, pool: pool)
+
+                var plain = config(kind, classes: classes)
+                plain.ignoreIndex = nil
+                let inner = LossFunction(plain, classes: classes)
+                let counted = (0..<n).reduce(0) { $0 + (h - 2 * border($1)) * (w - 2 * border($1)) }
+                XCTAssertEqual(withIgnore.terms(target: batch.target.tensor), LossTerms(pixels: Double(counted), images: Double(n)), name)
+                let global = LossTerms(pixels: Double(counted), images: Double(n))
+                var sum = 0.0
+                var worst: Float = 0, largest: Float = 0
+                for image in 0..<n {
+                    let b = border(image), ih = h - 2 * b, iw = w - 2 * b
+                    let logits = OwnedTensor(Shape(1, classes, ih, iw)), target = OwnedTensor(Shape(1, 1, ih, iw))
+                    let weights = OwnedTensor(Shape(1, 1, ih, iw)), g = OwnedTensor(logits.shape)
+                    for y in 0..<ih {
+                        for x in 0..<iw {
+                            for c in 0..<classes { logits.tensor[0, c, y, x] = batch.logits.tensor[image, c, y + b, x + b] }
+                            target.tensor[0, 0, y, x] = batch.target.tensor[image, 0, y + b, x + b]
+                            weights.tensor[0, 0, y, x] = batch.weights.tensor[image, 0, y + b, x + b]
+                        }
+                    }
+                    sum += inner.evaluate(logits: logits.tensor, target: target.tensor, weights: weights.tensor,
+                                          dlogits: g.tensor, normalizers: global, pool: pool)
+                    for c in 0..<classes {
+                        for y in 0..<h {
+                            for x in 0..<w {
+                                let full = grad.tensor[image, c, y, x]
+                                let inside = y >= b && y < h - b && x >= b && x < w - b
+                                if !inside {
+                                    XCTAssertEqual(full, 0, "\(name): ignored pixel (\(image), \(c), \(y), \(x)) has a gradient")
+                                    continue
+                                }
+                                let cut = g.tensor[0, c, y - b, x - b]
+                                worst = max(worst, abs(full - cut))
+                                largest = max(largest, abs(cut))
+                            }
+                        }
+                    }
+                }
+                XCTAssertEqual(value, sum, accuracy: 1e-12 * max(1, abs(sum)), name)
+                XCTAssertGreaterThan(largest, 0, name)
+                // Float gradients, summed in another chunk order: a few float roundings apart.
+                XCTAssertLessThanOrEqual(worst, 1e-6 * largest, "\(name): gradients differ by \(worst) (largest \(largest))")
+            }
         }
     }
 

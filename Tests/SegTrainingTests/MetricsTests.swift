@@ -95,14 +95,31 @@ struct ToySource: SampleSource {
     }
 }
 
+/// `ToySource` with a border of `border` pixels marked `ignore` in every mask.
+struct BorderedSource: SampleSource {
+    let toy: ToySource
+    let border: Int
+    let ignore: Float
+    var count: Int { toy.count }
+    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) {
+        toy.fill(images: images, masks: masks, indices: indices, epoch: epoch)
+        let s = toy.size
+        for n in 0..<indices.count {
+            for y in 0..<s {
+                for x in 0..<s where min(x, y, s - 1 - x, s - 1 - y) < border { masks.sample(n)[y * s + x] = ignore }
+            }
+        }
+    }
+}
+
 final class TrainerTests: XCTestCase {
-    private func makeTrainer(validationCount: Int) -> Trainer {
+    private func makeTrainer(validationCount: Int, labels: LabelSpec = LabelSpec(classes: 1)) -> Trainer {
         var config = UNetConfig()
         config.baseChannels = 4
         config.depth = 2
         config.seed = 2
         let unet = UNet(config, pool: WorkerPool(threads: 2))
-        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), labels: labels),
                              optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
         return Trainer(step: step, train: ToySource(count: 40, size: 16, seed: 1),
                        validation: ToySource(count: validationCount, size: 16, seed: 99),
@@ -116,6 +133,34 @@ final class TrainerTests: XCTestCase {
         let total = counts.truePositive[0] + counts.falsePositive[0] + counts.falseNegative[0] + counts.trueNegative[0]
         XCTAssertEqual(total, Double(13 * 16 * 16))
         XCTAssertTrue(loss.isFinite && loss > 0)
+    }
+
+    /// The loss's ignore index reaches the validation metrics: a 3-pixel border of 255 in every
+    /// mask is neither counted nor scored, and the loss stays a loss (BCE on a target of 255 would
+    /// be hugely negative).
+    func testValidationSkipsTheIgnoredPixels() throws {
+        let trainer = makeTrainer(validationCount: 13, labels: LabelSpec(classes: 1, ignoreIndex: 255))
+        let source = BorderedSource(toy: ToySource(count: 13, size: 16, seed: 99), border: 3, ignore: 255)
+        let (loss, counts) = try trainer.validate(source)
+        let total = counts.truePositive[0] + counts.falsePositive[0] + counts.falseNegative[0] + counts.trueNegative[0]
+        XCTAssertEqual(total, Double(13 * 10 * 10), "only the 10 x 10 inner pixels of each image are scored")
+        XCTAssertTrue(loss.isFinite && loss > 0 && loss < 5, "validation loss \(loss)")
+        // The same as the metrics of the inner pixels, counted directly from the model's logits.
+        let model = trainer.step.local.model
+        let images = OwnedTensor(Shape(8, 3, 16, 16)), masks = OwnedTensor(Shape(8, 1, 16, 16))
+        var expected = ConfusionCounts(classes: 1)
+        for start in stride(from: 0, to: 13, by: 8) {
+            let indices = (0..<8).map { min(start + $0, 12) }, real = min(8, 13 - start)
+            source.fill(images: images.tensor, masks: masks.tensor, indices: indices, epoch: nil)
+            model.plan(batch: 8, height: 16, width: 16)
+            let logits = model.forward(images.tensor, training: false)
+            for n in 0..<real {
+                for p in 0..<256 where masks.tensor.sample(n)[p] != 255 {
+                    expected.add(predicted: [logits.sample(n)[p] > 0 ? 1 : 0], truth: [UInt8(masks.tensor.sample(n)[p])])
+                }
+            }
+        }
+        XCTAssertEqual(counts, expected)
     }
 
     func testTrainingImprovesValidationDice() throws {

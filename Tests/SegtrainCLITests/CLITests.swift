@@ -57,6 +57,7 @@ final class CLITests: XCTestCase {
             (["bench", "--batch-size", "0"], "--batch-size"),
             (["bench", "--lr", "-1"], "--lr"),
             (["bench", "--loss", "ce", "--classes", "1"], "--classes"),
+            (["evaluate", "--model", "run", "--data", "set", "--threads", "0"], "--threads"),  // trapped before
         ]
         for (arguments, flag) in cases {
             let r = try run(arguments)
@@ -124,12 +125,36 @@ extension CLITests {
         }
     }
 
+    /// A model too large for the machine's memory ends with one line, not a trap and a backtrace
+    /// (it stopped in a precondition before). Needs the kernel's heuristic overcommit (mode 0 or
+    /// 2), which refuses a single 2 TB allocation at once.
+    func testOutOfMemoryGivesOneLine() throws {
+        let mode = (try? String(contentsOfFile: "/proc/sys/vm/overcommit_memory", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard mode == "0" || mode == "2" else { throw XCTSkip("overcommit mode \(mode ?? "unknown"): a huge allocation may succeed") }
+        let out = NSTemporaryDirectory() + "segtrain-oom-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let r = try run(["train", "--image-size", "16384", "--batch-size", "64", "--train-samples", "64", "--val-samples", "0",
+                         "--epochs", "1", "--threads", "1", "--out", out])
+        XCTAssertNotEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("memory"), r.stderr)
+    }
+
     func testTrainBadFlags() throws {
         for (arguments, flag) in [(["train", "--epochs", "0"], "--epochs"),
                                   (["train", "--train-samples", "4", "--batch-size", "8"], "--train-samples"),
                                   (["train", "--out", "/proc/forbidden/x", "--image-size", "16", "--depth", "2",
-                                    "--epochs", "1", "--train-samples", "8"], "--out")] {
-            let r = try run(arguments)
+                                    "--epochs", "1", "--train-samples", "8"], "--out"),
+                                  // These stopped with a trap and a backtrace before.
+                                  (["train", "--image-size", "4", "--depth", "2"], "--image-size"),
+                                  (["train", "--train-samples", "0", "--batch-per-rank", "1"], "--train-samples"),
+                                  // An ignore value that is a class, also without --data.
+                                  (["train", "--ignore-index", "1"], "--ignore-index"),
+                                  (["train", "--classes", "3", "--ignore-index", "2"], "--ignore-index"),
+                                  (["train", "--ignore-index", "256"], "--ignore-index")] {
+            // Tiny, so that a regression (the flags accepted) fails in seconds, not by timing out.
+            let tiny = ["--image-size", "16", "--depth", "2", "--base-channels", "4", "--threads", "1", "--val-samples", "0"]
+            let r = try run(arguments + (arguments.contains("--epochs") || arguments.contains("--image-size") ? [] : tiny))
             XCTAssertNotEqual(r.status, 0, "\(arguments)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(arguments): \(r.stderr)")
             XCTAssertTrue(r.stderr.contains(flag), "\(arguments): \(r.stderr)")
