@@ -87,8 +87,14 @@ public final class SegmentService: @unchecked Sendable {
     static func json(_ value: some Encodable) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Only strings and integers are encoded here, which cannot fail.
-        return (try? encoder.encode(value)).map { [UInt8]($0) } ?? Array("{}".utf8)
+        // Only strings and integers are encoded here, which cannot fail; if it ever did, the client
+        // still gets JSON and the server says why on stderr.
+        do {
+            return [UInt8](try encoder.encode(value))
+        } catch {
+            fputs("segtrain serve: error: cannot encode a JSON response: \(error)\n", stderr)
+            return Array(#"{"error": "internal error: the response could not be encoded", "status": 500}"#.utf8)
+        }
     }
 
     /// Requests being handled.

@@ -41,7 +41,6 @@ struct EvaluateCommand: ParsableCommand {
         if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if layout == .list && list == nil { throw ValidationError("--layout list needs --list FILE") }
         if let i = ignoreIndex, !(0...255).contains(i) { throw ValidationError("--ignore-index must be 0...255 (got \(i))") }
-        if let t = threads, !(1...1024).contains(t) { throw ValidationError("--threads must be 1...1024 (got \(t))") }
     }
 
     func run() throws {

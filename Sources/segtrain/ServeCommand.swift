@@ -56,7 +56,7 @@ struct ServeCommand: ParsableCommand {
         if !(requestTimeout >= 0.1 && requestTimeout <= 86_400) {
             throw ValidationError("--request-timeout must be 0.1...86400 seconds (got \(requestTimeout))")
         }
-        if let t = threads, !(1...1024).contains(t) { throw ValidationError("--threads must be 1...1024 (got \(t))") }
+        if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
     }
 
     func run() throws {
