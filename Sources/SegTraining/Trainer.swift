@@ -1,6 +1,7 @@
-// The single-process training loop: epochs of shuffled batches, then validation with loss and
-// confusion-count metrics. (The distributed trainer of issue #4 shards the same loop over ranks
-// and reduces the same sums.)
+// The training loop of one rank: epochs of batches in the order every rank computes alike (its
+// share of each global batch through `DistributedSampler`), one `DataParallelStep` each, then
+// validation sharded over the ranks with loss and confusion counts summed through `Collectives`.
+// With `SingleProcess` it is the plain single-process loop.
 
 import SegData
 import SegEngine

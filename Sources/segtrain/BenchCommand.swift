@@ -27,7 +27,7 @@ struct BenchCommand: ParsableCommand {
     var warmup = 1
     @Flag(help: "Print one JSON object instead of the table.")
     var json = false
-    @Option(help: "3x3 convolution kernel: auto, gemm (im2col + GEMM) or winograd (F(2x2,3x3)).")
+    @Option(help: "3x3 convolution kernel: auto, gemm (im2col + GEMM), winograd (F(2x2,3x3)) or winograd4 (F(4x4,3x3)).")
     var conv = ConvAlgorithm.auto
 
     func validate() throws {

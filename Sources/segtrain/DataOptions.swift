@@ -192,8 +192,6 @@ struct SharedError: Error, CustomStringConvertible {
 struct LoadedData {
     var train: DatasetListing
     var validation: DatasetListing
-    /// Files left out by --skip-invalid.
-    var skipped: Int
 }
 
 extension DataOptions {
@@ -260,7 +258,7 @@ extension DataOptions {
             validation = validation.removing(Set(bad.filter { $0 >= trainCount }.map { $0 - trainCount }))
         }
         if train.count == 0 { throw SharedError(description: "--data \(root): no valid training samples left") }
-        return LoadedData(train: train, validation: validation, skipped: bad.count)
+        return LoadedData(train: train, validation: validation)
     }
 
     func validationRoot(_ root: String) -> String { valData ?? root }

@@ -23,7 +23,6 @@ struct MetricsTable {
 
     /// Parses metrics.csv text; throws the reason (without the file name).
     static func parse(_ text: String) throws -> MetricsTable {
-        struct Garbled: Error { let reason: String }
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map {
             $0.hasSuffix("\r") ? $0.dropLast() : $0
         }

@@ -25,7 +25,7 @@ struct SyntheticSource: SampleSource {
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train the UNet on the built-in synthetic dataset, alone or as `mpirun -np N segtrain train`.",
+        abstract: "Train a UNet on a dataset folder (--data) or the built-in synthetic data, alone or as `mpirun -np N segtrain train`.",
         discussion: """
             Training and validation samples are drawn by the synthetic generator from --seed (validation \
             samples are different images). --batch-size is the global batch: each rank takes its share \

@@ -31,12 +31,18 @@ final class WorkerPoolTests: XCTestCase {
         }
     }
 
+    /// A nested run finishes (it runs inline); a deadlock fails after 30 s instead of hanging the suite.
     func testNestedRunDoesNotDeadlock() {
         let pool = WorkerPool(threads: 3)
         let out = OwnedTensor(.vector(9))
-        pool.run { outer in
-            pool.run { inner in out.tensor[outer * 3 + inner] = Float(outer * 3 + inner) }
-        }
+        let done = expectation(description: "the nested run finished")
+        Thread {
+            pool.run { outer in
+                pool.run { inner in out.tensor[outer * 3 + inner] = Float(outer * 3 + inner) }
+            }
+            done.fulfill()
+        }.start()
+        wait(for: [done], timeout: 30)
         XCTAssertEqual(out.tensor.toArray(), (0..<9).map(Float.init))
     }
 }
