@@ -12,3 +12,9 @@ $bin info --image-size 64 --base-channels 16 | tail -4
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 mpirun -np 2 --oversubscribe $bin train --image-size 64 --base-channels 16 --epochs 8 --train-samples 512 \
   --val-samples 64 --loss bce+dice --lr 2e-3 --threads 1 --out runs/demo "$@"
+# What to look at next: the report, and the trained model on images it has not seen.
+$bin synth --out runs/demo-images --count 4 --size 64 --seed 99 > /dev/null
+echo
+echo "report (curves, scores, sample grids): runs/demo/report.html"
+echo "try the model on new images:"
+echo "  $bin predict --model runs/demo --input runs/demo-images/images --output runs/demo-predicted --overlay"

@@ -455,12 +455,12 @@ struct ReportPage {
             var size = ""
             var pixelated = ""
             if let info = try? ImageFile.info(runDirectory + "/samples/" + grid.file), case let (w, h) = (info.width, info.height) {
-                let scale = max(1, min(8, 360 / w))
+                let scale = max(1, min(8, 768 / w))  // large enough to judge: about 768 px wide
                 size = " width=\"\(w * scale)\" height=\"\(h * scale)\""
                 if scale > 1 { pixelated = " class=\"pixelated\"" }
             }
             html += "<figure><img src=\"\(htmlEscaped(src))\"\(size)\(pixelated) alt=\"sample predictions, "
-                + "\(htmlEscaped(caption))\"/><figcaption>\(htmlEscaped(caption)): image | truth | prediction"
+                + "\(htmlEscaped(caption))\"/><figcaption>\(htmlEscaped(caption)): image (predicted outline in yellow) | truth | prediction"
                 + "</figcaption></figure>\n"
         }
         html += "</div>\n"

@@ -95,11 +95,11 @@ final class IgnoreIndexTests: XCTestCase {
             }
         }
         XCTAssertLessThan(rows[2]["train_loss"]!, rows[0]["train_loss"]!, "\(loss): the training loss does not fall")
-        // The sample grid (image | truth | prediction, 16 px each) shows the ignored border grey.
+        // The sample grid (image | truth | prediction, 16 px each, 2 px separators) shows the ignored border grey.
         let grid = try ImageFile.read(run + "/samples/epoch-003.png", as: .rgb)
         var grey = 0
         for y in 0..<grid.height {
-            for x in 16..<32 where (0..<3).allSatisfy({ grid[x, y, $0] == 128 }) { grey += 1 }
+            for x in 18..<34 where (0..<3).allSatisfy({ grid[x, y, $0] == 128 }) { grey += 1 }
         }
         XCTAssertGreaterThan(grey, 0, "\(loss): no grey (ignored) pixel in the truth column")
         let state = try String(contentsOfFile: run + "/checkpoints/last/state.json", encoding: .utf8)

@@ -103,12 +103,13 @@ extension CLITests {
         XCTAssertEqual(summary?["parameters"] as? Int, 3_505)
         XCTAssertNotNil(summary?["best_val_loss"] as? Double)
 
-        // samples/epoch-003.png: 4 of the 5 validation images, rows of image | truth | prediction.
+        // samples/epoch-003.png: 4 of the 5 validation images, rows of image | truth | prediction,
+        // under an 11-pixel label band, 2-pixel separators.
         let png = try Data(contentsOf: URL(fileURLWithPath: out + "/samples/epoch-003.png"))
         XCTAssertEqual(Array(png.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
         let bigEndian = { (o: Int) in png[o..<(o + 4)].reduce(0) { $0 << 8 | Int($1) } }
-        XCTAssertEqual(bigEndian(16), 3 * 16, "width")
-        XCTAssertEqual(bigEndian(20), 4 * 16, "height")
+        XCTAssertEqual(bigEndian(16), 3 * 16 + 2 * 2, "width")
+        XCTAssertEqual(bigEndian(20), 11 + 4 * 16 + 3 * 2, "height")
     }
 
     /// Every loss trains end to end, with the weight map weighted-ce needs (it once crashed).
