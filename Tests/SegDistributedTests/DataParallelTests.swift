@@ -12,21 +12,8 @@ import Glibc
 /// Cooperlake and Sandybridge kernels); weights after SGD steps 1e-5 of the largest weight; weights
 /// after Adam steps `assertAdamWeightsAgree` (DataTrainingTests.swift), which says why Adam needs
 /// another measure.
-final class DataParallelTests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: DataParallelTests.self) }
-    static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
-    var folder = ""
-
-    override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: DataParallelTests.binary) else {
-            XCTFail("segtrain not built at \(DataParallelTests.binary)")
-            throw XCTSkip("no binary")
-        }
-        folder = NSTemporaryDirectory() + "segtrain-dp-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: folder) }
+final class DataParallelTests: BinaryTestCase {
+    override class var folderTag: String { "dp" }
 
     private func mpirun() throws -> String {
         guard let path = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }

@@ -7,21 +7,8 @@ import Glibc
 
 /// `segtrain train --data DIR`, alone and under mpirun: a dataset written by `segtrain synth`,
 /// and every kind of bad input giving one line naming the file and the reason.
-final class DataTrainingTests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: DataTrainingTests.self) }
-    static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
-    var folder = ""
-
-    override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: DataTrainingTests.binary) else {
-            XCTFail("segtrain not built at \(DataTrainingTests.binary)")
-            throw XCTSkip("no binary")
-        }
-        folder = NSTemporaryDirectory() + "segtrain-data-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: folder) }
+final class DataTrainingTests: BinaryTestCase {
+    override class var folderTag: String { "data" }
 
     static let tiny = ["--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1", "--batch-size", "4",
                        "--epochs", "1", "--seed", "3"]

@@ -7,20 +7,8 @@ import Foundation
 import SegData
 import SegTestSupport
 
-final class IgnoreIndexTests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: IgnoreIndexTests.self) }
-    var folder = ""
-
-    override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: IgnoreIndexTests.binary) else {
-            XCTFail("segtrain not built at \(IgnoreIndexTests.binary)")
-            throw XCTSkip("no binary")
-        }
-        folder = NSTemporaryDirectory() + "segtrain-ignore-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: folder) }
+final class IgnoreIndexTests: BinaryTestCase {
+    override class var folderTag: String { "ignore" }
 
     /// `count` samples of `size` x `size` in the pairs layout: vertical bands of the classes
     /// (binary: 0/1 masks, not 0/255), each class its own colour, and a border of 1 + (i % 3)

@@ -13,21 +13,8 @@ import SegTestSupport
 import Glibc
 #endif
 
-final class ReliabilityTests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: ReliabilityTests.self) }
-    static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
-    var folder = ""
-
-    override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: ReliabilityTests.binary) else {
-            XCTFail("segtrain not built at \(ReliabilityTests.binary)")
-            throw XCTSkip("no binary")
-        }
-        folder = NSTemporaryDirectory() + "segtrain-reliability-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: folder) }
+final class ReliabilityTests: BinaryTestCase {
+    override class var folderTag: String { "reliability" }
 
     /// The reproduction: 32 px, 4 base channels, depth 2, one step per epoch.
     static let tiny = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--threads", "1",
