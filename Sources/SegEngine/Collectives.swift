@@ -26,6 +26,8 @@ public protocol Collectives: AnyObject {
     /// and returns at once; neither may be touched until the sum is done. Every rank must start the
     /// same sums in the same order.
     func startAllreduceSum(_ result: Tensor, from source: Tensor) throws -> PendingSum
+    /// Waits for every sum in `sums` (default: each one's `wait`, in order).
+    func waitAll(_ sums: [PendingSum]) throws
     /// Element-wise sums of `values` over all ranks.
     func allreduceSum(_ values: [Double]) throws -> [Double]
     /// Every rank's share of `tensor` (`shareOf(tensor.count, ranks: size, rank: r)` for rank r)
@@ -54,6 +56,10 @@ extension Collectives {
         result.copy(from: source)
         try allreduceSum(result)
         return CompletedSum()
+    }
+
+    public func waitAll(_ sums: [PendingSum]) throws {
+        for sum in sums { try sum.wait() }
     }
 
     /// True when `value` is the same on every rank, through `allreduceSum` alone: the value is cut into

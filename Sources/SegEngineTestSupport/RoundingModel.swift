@@ -93,7 +93,7 @@ public struct RoundingReference {
             check.largestBound = max(check.largestBound, bound)
             check.largestExact = max(check.largestExact, abs(exact[i]))
             check.largestError = max(check.largestError, error.isNaN ? .infinity : error)
-            if ratio > check.worstRatio || (i == 0 && check.index < 0) {
+            if ratio > check.worstRatio || check.index < 0 {
                 check.worstRatio = ratio
                 check.index = i
                 check.actual = actual[i]

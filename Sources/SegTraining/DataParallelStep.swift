@@ -184,7 +184,7 @@ extension DataParallelStep {
             pendingSums.append(try collectives.startAllreduceSum(summed.view(.vector(rest), offset: 0),
                                                                  from: local.model.store.gradients.view(.vector(rest), offset: 0)))
         }
-        for p in pendingSums { try p.wait() }
+        try collectives.waitAll(pendingSums)
         pendingSums.removeAll(keepingCapacity: true)
     }
 }

@@ -156,8 +156,13 @@ public final class WatchedCollectives: Collectives {
 
     public func startAllreduceSum(_ result: Tensor, from source: Tensor) throws -> PendingSum {
         // Starting may block too (a Collectives without non-blocking sums sums at once).
-        WatchedSum(try watchdog.waiting(for: "the gradient sum (buckets)") { try inner.startAllreduceSum(result, from: source) },
-                   watchdog: watchdog)
+        try watchdog.waiting(for: "the gradient sum (buckets)") { try inner.startAllreduceSum(result, from: source) }
+    }
+
+    /// The waits for the bucket sums, marked once for all of them (no wrapper object per bucket:
+    /// nothing is allocated in the step).
+    public func waitAll(_ sums: [PendingSum]) throws {
+        try watchdog.waiting(for: "the gradient sum (buckets)") { try inner.waitAll(sums) }
     }
 
     public func allreduceSum(_ values: [Double]) throws -> [Double] {
@@ -169,13 +174,4 @@ public final class WatchedCollectives: Collectives {
             try inner.allgatherShares(tensor)
         }
     }
-}
-
-/// A bucket sum whose `wait` is marked on the watchdog.
-final class WatchedSum: PendingSum {
-    let inner: PendingSum
-    let watchdog: StallWatchdog
-    init(_ inner: PendingSum, watchdog: StallWatchdog) { self.inner = inner; self.watchdog = watchdog }
-    func test() throws -> Bool { try inner.test() }
-    func wait() throws { try watchdog.waiting(for: "the gradient sum (buckets)") { try inner.wait() } }
 }

@@ -17,6 +17,7 @@ final class StallWatchdogTests: XCTestCase {
         func allreduceSum(_ tensor: Tensor) throws { look() }
         func allreduceSum(_ values: [Double]) throws -> [Double] { look(); return values }
         func allgatherShares(_ tensor: Tensor) throws { look() }
+        func waitAll(_ sums: [PendingSum]) throws { look(); for sum in sums { try sum.wait() } }
     }
 
     func testLimitMessageAndStepTimes() {
@@ -50,13 +51,14 @@ final class StallWatchdogTests: XCTestCase {
         try watched.allgatherShares(t.tensor)
         let result = OwnedTensor(.vector(4))
         let pending = try watched.startAllreduceSum(result.tensor, from: t.tensor)  // the default: copy, then sum
-        try pending.wait()
+        try watched.waitAll([pending])
         withExtendedLifetime(result) {}
-        XCTAssertEqual(probe.seen.count, 4)
+        XCTAssertEqual(probe.seen.count, 5)
         XCTAssertTrue(probe.seen[0].contains("for the gradient sum"), probe.seen[0])
         XCTAssertTrue(probe.seen[1].contains("for a small sum (loss, stop flags, counts)"), probe.seen[1])
         XCTAssertTrue(probe.seen[2].contains("for the exchange of the ranks' shares"), probe.seen[2])
-        XCTAssertTrue(probe.seen[3].contains("for the gradient sum"), probe.seen[3])
+        XCTAssertTrue(probe.seen[3].contains("for the gradient sum (buckets)"), probe.seen[3])
+        XCTAssertTrue(probe.seen[4].contains("for the gradient sum (buckets)"), probe.seen[4])
         XCTAssertEqual(watched.rank, 1)
         XCTAssertEqual(watched.size, 3)
     }
