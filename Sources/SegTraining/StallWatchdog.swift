@@ -112,12 +112,12 @@ public final class StallWatchdog: @unchecked Sendable {
 
     /// After optimizer step `step`, with the summed `stepTimeTerms` of every rank: that step's time
     /// on each rank, up to its loss sum.
-    public func stepFinished(_ step: Int, everyRank: [Double]? = nil, now: Double = monotonicSeconds()) {
+    public func stepFinished(_ step: Int, everyRank: ArraySlice<Double>? = nil, now: Double = monotonicSeconds()) {
         lock.lock(); defer { lock.unlock() }
         lastStepEnd = now
         self.step = step
         if let everyRank, everyRank.count == size {
-            lastStepSeconds = everyRank
+            for (r, seconds) in everyRank.enumerated() { lastStepSeconds[r] = seconds }
             slowestStep = max(slowestStep, everyRank.max() ?? 0)
         }
     }

@@ -230,7 +230,7 @@ public final class Trainer {
             }
             let done = step.local.optimizer.step
             guard step.atStepBoundary else { continue }
-            watchdog?.stepFinished(done, everyRank: Array(step.alsoSummed.dropFirst()))
+            watchdog?.stepFinished(done, everyRank: step.alsoSummed.dropFirst())
             try afterStep?(StepInfo(epoch: epoch, batch: b, batches: batches, optimizerStep: done, loss: loss,
                                     seconds: monotonicSeconds() - start))
             if let every = checkSyncEvery, done % every == 0 {
