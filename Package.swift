@@ -70,12 +70,17 @@ let package = Package(
         ),
         .target(
             name: "SegModel",
-            dependencies: ["SegEngine"],
+            dependencies: ["SegEngine", "CSupport"],
+            swiftSettings: [.unsafeFlags(numericFlags)]
+        ),
+        .target(
+            name: "SegInference",
+            dependencies: ["SegModel", "SegData", "SegEngine"],
             swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(
             name: "SegTraining",
-            dependencies: ["SegModel", "SegEngine", "SegData", "CSupport"],  // training data arrives through SampleSource
+            dependencies: ["SegInference", "SegModel", "SegData", "SegEngine", "CSupport"],
             swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(
@@ -90,7 +95,7 @@ let package = Package(
         .target(
             name: "SegServe",
             dependencies: [
-                "SegTraining", "SegData", "SegEngine",
+                "SegInference", "SegData", "SegEngine",
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -103,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "segtrain",
             dependencies: [
-                "SegTraining", "SegModel", "SegEngine", "SegDistributed", "SegData", "SegServe",
+                "SegTraining", "SegInference", "SegModel", "SegEngine", "SegDistributed", "SegData", "SegServe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -111,7 +116,7 @@ let package = Package(
         .target(name: "SegEngineTestSupport", dependencies: ["SegEngine"], swiftSettings: [.unsafeFlags(["-O"])]),
         .testTarget(name: "SegEngineTests", dependencies: ["SegEngine", "SegEngineTestSupport"]),
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine", "SegEngineTestSupport"]),
-        .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegModel", "SegEngine", "SegData"]),
+        .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegInference", "SegModel", "SegEngine", "SegData"]),
         .testTarget(name: "SegServeTests", dependencies: ["SegServe", .product(name: "HTTPTypes", package: "swift-http-types")]),
         // Runs the built binary as a subprocess with a time limit; for test targets only.
         .target(name: "SegTestSupport"),

@@ -108,11 +108,7 @@ public struct DatasetListing: Equatable, Sendable {
     }
 
     /// FNV-1a 64 of `text`: equal listings, equal hashes (checked across ranks, kept in checkpoints).
-    public var hash: UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        return h
-    }
+    public var hash: UInt64 { FNV1a.hash(text) }
 
     /// The listing without the samples at `indices`.
     public func removing(_ indices: Set<Int>) -> DatasetListing {
@@ -175,7 +171,7 @@ public enum DatasetScanner {
     public static func list(root: String, listFile: String, options: DatasetOptions) throws -> DatasetListing {
         try requireFolder(root, what: "--data")
         let listPath = listFile.hasPrefix("/") ? listFile : join(root, listFile)
-        let text = try readText(listPath)
+        let text = try readTextFile(listPath)
         let (imagesDir, masksDir) = options.folders
         var pairs: [SamplePair] = []
         var masksByStem: [String: [String]]? = nil
@@ -262,29 +258,6 @@ public enum DatasetScanner {
         }
         if others > 0 { notes?("\(path): \(others) file(s) that are not .png/.jpg/.jpeg, not used") }
         return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
-    }
-
-    /// A UTF-8 text file (at most `limit` bytes); errors name the file.
-    public static func readText(_ path: String, limit: Int = 1 << 30) throws -> String {
-        guard let file = fopen(path, "rb") else {
-            throw DatasetError("\(path): cannot open: \(String(cString: strerror(errno)))")
-        }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, file)
-            if n > 0 { bytes += chunk[0..<n] }
-            if n < chunk.count {
-                if ferror(file) != 0 { throw DatasetError("\(path): cannot read: \(String(cString: strerror(errno)))") }
-                break
-            }
-            if bytes.count > limit { throw DatasetError("\(path): larger than \(limit) bytes") }
-        }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw DatasetError("\(path): not UTF-8 text")
-        }
-        return text
     }
 }
 

@@ -31,7 +31,7 @@ public struct MPIError: Error, CustomStringConvertible {
 
 /// Ranks hold different values of something that must be the same everywhere (`checkSame`).
 /// Thrown on every rank, so no rank is left waiting.
-public struct RankMismatchError: Error, CustomStringConvertible {
+public struct RankMismatchError: RaisedOnEveryRank, CustomStringConvertible {
     public let what: String
     public let minimum: UInt64
     public let maximum: UInt64

@@ -33,6 +33,32 @@ public protocol Collectives: AnyObject {
     /// Every rank's share of `tensor` (`shareOf(tensor.count, ranks: size, rank: r)` for rank r)
     /// from that rank to all the others, in place.
     func allgatherShares(_ tensor: Tensor) throws
+    /// `root`'s elements of `tensor` on every rank (MPI_Bcast); every rank passes as many elements.
+    func broadcast(_ tensor: Tensor, root: Int) throws
+    /// `root`'s bytes on every rank; the other ranks' arrays are replaced (any length on entry).
+    func broadcast(_ bytes: inout [UInt8], root: Int) throws
+    /// Throws on every rank unless every rank passes the same `value` (a configuration hash, a
+    /// list's hash); `what` names it in the message. Default: through `allEqual`.
+    func checkSame(_ value: UInt64, what: String) throws
+}
+
+/// An error every rank throws at the same moment (a bad dataset, weights out of sync, ranks whose
+/// configurations differ): rank 0 prints it once and every rank ends cleanly, instead of one rank
+/// aborting the job.
+public protocol RaisedOnEveryRank: Error {}
+
+/// A problem every rank knows about at the same moment (a bad dataset, a bad flag found after the
+/// ranks started).
+public struct SharedError: RaisedOnEveryRank, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
+}
+
+/// The ranks hold different values where they must agree (`Collectives.checkSame`).
+public struct RanksDifferError: RaisedOnEveryRank, CustomStringConvertible {
+    public let what: String
+    public init(what: String) { self.what = what }
+    public var description: String { "the ranks differ in \(what); every rank must run the same configuration on the same data" }
 }
 
 public final class SingleProcess: Collectives {
@@ -42,6 +68,8 @@ public final class SingleProcess: Collectives {
     public func allreduceSum(_ tensor: Tensor) throws {}
     public func allreduceSum(_ values: [Double]) throws -> [Double] { values }
     public func allgatherShares(_ tensor: Tensor) throws {}
+    public func broadcast(_ tensor: Tensor, root: Int) throws {}
+    public func broadcast(_ bytes: inout [UInt8], root: Int) throws {}
 }
 
 /// Rank r's part of `count` items split over `ranks`: shares differ by at most one, the first
@@ -62,6 +90,25 @@ extension Collectives {
         for sum in sums { try sum.wait() }
     }
 
+    public func checkSame(_ value: UInt64, what: String) throws {
+        if try !allEqual(value) { throw RanksDifferError(what: what) }
+    }
+
+    /// Rank 0's elements of `tensor` on every rank.
+    public func broadcast(_ tensor: Tensor) throws { try broadcast(tensor, root: 0) }
+
+    /// `root`'s text on every rank.
+    public func broadcast(_ text: String, root: Int = 0) throws -> String {
+        var bytes = Array(text.utf8)
+        try broadcast(&bytes, root: root)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// `root`'s integer on every rank (exact up to 2^53, through a sum with zeros).
+    public func broadcast(_ value: Int, root: Int = 0) throws -> Int {
+        Int(try allreduceSum([rank == root ? Double(value) : 0])[0])
+    }
+
     /// True when `value` is the same on every rank, through `allreduceSum` alone: the value is cut into
     /// 16-bit chunks c, and N * sum(c^2) == (sum c)^2 holds exactly (all below 2^53) only when every
     /// rank's chunk is the same (Cauchy-Schwarz).
@@ -73,17 +120,29 @@ extension Collectives {
     }
 }
 
-/// FNV-1a over the bytes of float buffers: the weights' fingerprint for --check-sync.
+/// FNV-1a, 64 bits: a stable hash of bytes (the weights' fingerprint for --check-sync, the
+/// configuration check across ranks, the hash of a dataset listing).
+public struct FNV1a: Sendable {
+    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    public init() {}
+    public mutating func add(_ byte: UInt8) { value = (value ^ UInt64(byte)) &* 0x100_0000_01b3 }
+    public mutating func add<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 { for b in bytes { add(b) } }
+    public mutating func add(_ text: String) { add(text.utf8) }
+    /// The hash of `text`'s UTF-8 bytes.
+    public static func hash(_ text: String) -> UInt64 { var h = FNV1a(); h.add(text); return h.value }
+}
+
+/// FNV-1a over the bytes (little-endian) of float buffers: the weights' fingerprint for --check-sync.
 public func fingerprint(_ tensors: [Tensor]) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    var hash = FNV1a()
     for t in tensors {
         for i in 0..<t.count {
             var bits = t[i].bitPattern
             for _ in 0..<4 {
-                hash = (hash ^ UInt64(bits & 0xff)) &* 0x100_0000_01b3
+                hash.add(UInt8(bits & 0xff))
                 bits >>= 8
             }
         }
     }
-    return hash
+    return hash.value
 }

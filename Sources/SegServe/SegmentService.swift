@@ -20,7 +20,7 @@ import HummingbirdCore
 import NIOCore
 import SegData
 import SegEngine
-import SegTraining
+import SegInference
 
 /// A request that gets an error: JSON `{"error": message, "status": code}`.
 public struct ServeFailure: Error {

@@ -197,7 +197,7 @@ struct Bucket: Equatable {
 }
 
 /// A step whose loss or gradient is not finite; the weights were not touched.
-public struct NonFiniteError: Error, CustomStringConvertible {
+public struct NonFiniteError: RaisedOnEveryRank, CustomStringConvertible {
     public let step: Int, loss: Double, gradientNorm: Double
     public var description: String {
         "step \(step): the loss (\(loss)) or the gradient norm (\(gradientNorm)) is not finite; stopped without "

@@ -174,4 +174,18 @@ public final class WatchedCollectives: Collectives {
             try inner.allgatherShares(tensor)
         }
     }
+
+    public func broadcast(_ tensor: Tensor, root: Int) throws {
+        try watchdog.waiting(for: "a broadcast from rank \(root)") { try inner.broadcast(tensor, root: root) }
+    }
+
+    public func broadcast(_ bytes: inout [UInt8], root: Int) throws {
+        var copy = bytes
+        try watchdog.waiting(for: "a broadcast from rank \(root)") { try inner.broadcast(&copy, root: root) }
+        bytes = copy
+    }
+
+    public func checkSame(_ value: UInt64, what: String) throws {
+        try watchdog.waiting(for: "the check of \(what)") { try inner.checkSame(value, what: what) }
+    }
 }

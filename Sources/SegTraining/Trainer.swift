@@ -7,23 +7,8 @@ import SegData
 import SegEngine
 import SegModel
 
-/// Where samples come from: `fill` writes images (N, Cin, S, S) (normalised) and masks
-/// (N, 1, S, S) of class indices for the given sample indices, N = indices.count.
-public protocol SampleSource {
-    var count: Int { get }
-    /// `epoch`: the training epoch, which seeds augmentation; nil for validation (no augmentation).
-    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) throws
-    /// The batches `fill` will be asked for next, in order, each with its epoch (a loader may
-    /// prepare them ahead); replaces whatever was announced before.
-    func prefetch(_ batches: [BatchLoader.Batch])
-}
-
-extension SampleSource {
-    public func prefetch(_ batches: [BatchLoader.Batch]) {}
-}
-
 /// The ranks' weights differ (found by --check-sync): every rank throws it at the same step.
-public struct SyncError: Error, CustomStringConvertible {
+public struct SyncError: RaisedOnEveryRank, CustomStringConvertible {
     public let step: Int
     public var description: String {
         "--check-sync: the weights differ between ranks after optimizer step \(step); stopping"

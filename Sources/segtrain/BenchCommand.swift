@@ -72,7 +72,7 @@ struct BenchCommand: ParsableCommand {
             do {
                 spec = try dataOptions.spec(imageSize: size, inChannels: config.inChannels, classes: config.classes, seed: config.seed)
             } catch { throw UserError("\(error)") }
-            let loaded = try dataOptions.load(root: root, communicator: communicator, pool: pool, spec: spec, seed: config.seed)
+            let loaded = try dataOptions.load(root: root, collectives: communicator, pool: pool, spec: spec, seed: config.seed)
             let sampler = DistributedSampler(count: loaded.train.count, globalBatch: globalBatch, ranks: ranks,
                                              rank: communicator.rank, dropLast: true, seed: config.seed)
             guard sampler.batchesPerEpoch > 0 else {

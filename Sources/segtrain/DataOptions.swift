@@ -182,83 +182,29 @@ struct DataOptions: ParsableArguments {
     }
 }
 
-/// A problem every rank knows about at the same moment (a bad dataset): rank 0 prints it, every
-/// rank ends cleanly with exit code 1.
-struct SharedError: Error, CustomStringConvertible {
-    let description: String
-}
-
-/// The training and validation listings, made by rank 0 and sent to every rank, then checked.
+/// The training and validation listings every rank agrees on, every file checked.
 struct LoadedData {
     var train: DatasetListing
     var validation: DatasetListing
 }
 
 extension DataOptions {
-    /// Rank 0 lists the dataset (no other rank touches the folders) and broadcasts the lists;
-    /// every rank checks it holds the same (hash). Then every file is checked, the work spread
-    /// over ranks and threads. Errors reach every rank as `SharedError`.
-    func load(root: String, communicator: Communicator, pool: WorkerPool, spec: SampleSpec, seed: UInt64) throws -> LoadedData {
-        let isRoot = communicator.rank == 0
-        var message = "", trainText = "", validationText = ""
-        if isRoot {
-            do {
-                let (train, validation) = try listings(root: root, seed: seed)
-                trainText = train.wire
-                validationText = validation.wire
-            } catch {
-                message = "\(error)"
-            }
+    /// Rank 0 lists the dataset and every rank receives and checks the lists and the files
+    /// (`SharedListing`). Errors reach every rank as `SharedError`.
+    func load(root: String, collectives: Collectives, pool: WorkerPool, spec: SampleSpec, seed: UInt64) throws -> LoadedData {
+        let received = try SharedListing.receive(roots: [root, validationRoot(root)], collectives: collectives) {
+            let (train, validation) = try listings(root: root, seed: seed)
+            return [train, validation]
         }
-        message = try communicator.broadcast(message)
-        if !message.isEmpty { throw SharedError(description: message) }
-        trainText = try communicator.broadcast(trainText)
-        validationText = try communicator.broadcast(validationText)
-        var train: DatasetListing, validation: DatasetListing
-        do {
-            train = try DatasetListing(root: root, wire: trainText)
-            validation = try DatasetListing(root: validationRoot(root), wire: validationText)
-        } catch { throw SharedError(description: "\(error)") }
-        try communicator.checkSame(train.hash, what: "the training list")
-        try communicator.checkSame(validation.hash, what: "the validation list")
-
-        // Check every file: sample i (training first, then validation) by rank i % N.
-        let all = [(train, "training"), (validation, "validation")]
-        let total = train.count + validation.count
-        let ranks = communicator.size, rank = communicator.rank
-        var reasons = [String?](repeating: nil, count: total)
-        let mine = Array(stride(from: rank, to: total, by: ranks))
-        reasons.withUnsafeMutableBufferPointer { out in
-            let datasets = all.map { FileDataset(listing: $0.0, spec: spec) }
-            pool.run { t in
-                for k in WorkerPool.split(mine.count, parts: pool.threadCount, index: t) {
-                    let i = mine[k]
-                    out[i] = i < train.count ? datasets[0].check(i, full: scan == .full)
-                                             : datasets[1].check(i - train.count, full: scan == .full)
-                }
-            }
+        let checked = try SharedListing.checkFiles(received, spec: spec, full: scan == .full, skipInvalid: skipInvalid,
+                                                   collectives: collectives, pool: pool) {
+            fputs("segtrain: warning: skipped: \($0)\n", stderr)
         }
-        let flags = try communicator.allreduce(reasons.map { $0 == nil ? 0 : 1 }, .sum)
-        let bad = flags.indices.filter { flags[$0] > 0 }
-        if !bad.isEmpty {
-            // The reasons travel from the rank that found them.
-            let shown = skipInvalid ? bad : [bad[0]]
-            var texts: [String] = []
-            for i in shown { texts.append(try communicator.broadcast(reasons[i] ?? "", root: i % ranks)) }
-            if !skipInvalid {
-                let more = bad.count > 1 ? " (and \(bad.count - 1) more invalid sample(s); --skip-invalid trains without them)" : ""
-                throw SharedError(description: texts[0] + more)
-            }
-            if isRoot {
-                for text in texts { fputs("segtrain: warning: skipped: \(text)\n", stderr) }
-                print("--skip-invalid: left out \(bad.count) of \(total) samples")
-            }
-            let trainCount = train.count
-            train = train.removing(Set(bad.filter { $0 < trainCount }))
-            validation = validation.removing(Set(bad.filter { $0 >= trainCount }.map { $0 - trainCount }))
+        if checked.skipped > 0 && collectives.rank == 0 {
+            print("--skip-invalid: left out \(checked.skipped) of \(received[0].count + received[1].count) samples")
         }
-        if train.count == 0 { throw SharedError(description: "--data \(root): no valid training samples left") }
-        return LoadedData(train: train, validation: validation)
+        if checked.listings[0].count == 0 { throw SharedError(description: "--data \(root): no valid training samples left") }
+        return LoadedData(train: checked.listings[0], validation: checked.listings[1])
     }
 
     func validationRoot(_ root: String) -> String { valData ?? root }
@@ -279,15 +225,4 @@ extension DataOptions {
         if let valData { return (all, try DatasetScanner.list(root: valData, options: options, notes: notes)) }
         return all.split(validationFraction: valSplit ?? 0.1, seed: seed)
     }
-}
-
-/// Files as a sample source: the loader threads prepare the announced batches.
-final class FileSource: SampleSource {
-    let loader: BatchLoader
-    init(loader: BatchLoader) { self.loader = loader }
-    var count: Int { loader.dataset.count }
-    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) throws {
-        try loader.next(indices, epoch: epoch, images: images, masks: masks)
-    }
-    func prefetch(_ batches: [BatchLoader.Batch]) { loader.schedule(batches) }
 }

@@ -3,6 +3,7 @@ import Foundation
 import SegData
 import SegDistributed
 import SegEngine
+import SegInference
 import SegTraining
 
 /// `segtrain evaluate`: per-image scores of a trained model on a dataset, like the person-
@@ -70,22 +71,11 @@ struct EvaluateCommand: ParsableCommand {
         if layout == .pet && classes != (petBinary ? 1 : 3) {
             throw SharedError(description: "--layout pet\(petBinary ? " --pet-binary" : "") needs a \(petBinary ? 1 : 3)-class model; \(model) has \(classes)")
         }
-        // Rank 0 lists, every rank receives the list.
-        var message = "", text = ""
-        if isRoot {
-            do {
-                let listing = layout == .list ? try DatasetScanner.list(root: data, listFile: list!, options: options)
-                                              : try DatasetScanner.list(root: data, options: options)
-                text = listing.wire
-            } catch { message = "\(error)" }
-        }
-        message = try communicator.broadcast(message)
-        if !message.isEmpty { throw SharedError(description: message) }
-        let listing: DatasetListing
-        do { listing = try DatasetListing(root: data, wire: try communicator.broadcast(text)) } catch {
-            throw SharedError(description: "\(error)")
-        }
-        try communicator.checkSame(listing.hash, what: "the dataset list")
+        // Rank 0 lists, every rank receives the list (each file is checked as it is scored).
+        let listing = try SharedListing.receive(roots: [data], collectives: communicator) {
+            [layout == .list ? try DatasetScanner.list(root: data, listFile: list!, options: options)
+                             : try DatasetScanner.list(root: data, options: options)]
+        }[0]
         var spec = SampleSpec(imageSize: predictor.description.imageSize, inChannels: predictor.description.inChannels, classes: classes)
         spec.maskEncoding = options.maskEncoding
         spec.labels = LabelSpec(classes: classes, ignoreIndex: ignoreIndex ?? predictor.description.ignoreIndex)

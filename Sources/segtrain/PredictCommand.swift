@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import SegData
 import SegEngine
+import SegInference
 import SegTraining
 
 /// `segtrain predict`: masks, probabilities, overlays and cut-outs for images of any size.

@@ -1,4 +1,6 @@
 import ArgumentParser
+import SegInference
+import SegModel
 
 struct ReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,7 +19,7 @@ struct ReportCommand: ParsableCommand {
     var out: String?
 
     func run() throws {
-        let path = try writeReport(runDirectory: runDir, to: out)
+        let path = try writeReport(RunDirectory(runDir), to: out)
         print("report: \(path)")
     }
 }

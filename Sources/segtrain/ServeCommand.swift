@@ -6,6 +6,7 @@ import ArgumentParser
 import Foundation
 import SegData
 import SegEngine
+import SegInference
 import SegServe
 import SegTraining
 #if canImport(Glibc)

@@ -3,24 +3,13 @@ import Foundation
 import SegData
 import SegDistributed
 import SegEngine
+import SegInference
 import SegModel
 import SegTraining
 import CSupport
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// The synthetic dataset as a sample source: samples [offset, offset + count) of the generator.
-struct SyntheticSource: SampleSource {
-    let generator: SyntheticGenerator
-    let offset: Int
-    let count: Int
-    let pool: WorkerPool
-
-    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) {
-        generator.fill(images: images, masks: masks, indices: indices.map { $0 + offset }, pool: pool)
-    }
-}
 
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -161,7 +150,7 @@ struct TrainCommand: ParsableCommand {
         } catch {
             // Failures every rank detects together (weights out of sync, configurations that
             // differ) end each rank cleanly; anything else may be one rank's alone: abort the job.
-            if error is SyncError || error is RankMismatchError || error is NonFiniteError || error is SharedError {
+            if error is RaisedOnEveryRank {
                 // Rank 0 speaks before MPI_Finalize, which no rank leaves before all have entered:
                 // no rank can exit (and make mpirun kill the job) before the message is out.
                 if communicator.rank == 0 { fputs("segtrain: error: \(error)\n", stderr) }
@@ -176,7 +165,7 @@ struct TrainCommand: ParsableCommand {
     private func train(_ communicator: Communicator) throws {
         let ranks = communicator.size, isRoot = communicator.rank == 0
         // Every rank must run the same configuration: compare a hash of the command line.
-        try communicator.checkSame(fnv1a(CommandLine.arguments.dropFirst().joined(separator: "\u{1}")),
+        try communicator.checkSame(FNV1a.hash(CommandLine.arguments.dropFirst().joined(separator: "\u{1}")),
                                    what: "the command line (configuration)")
         if training.batchSize < ranks {
             throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
@@ -214,7 +203,7 @@ struct TrainCommand: ParsableCommand {
                             cached: dataOptions.cache ? files : 0)
         }
         let normalization = (try? dataOptions.normalization(channels: config.inChannels)) ?? nil
-        var modelDescription = ModelDescription(config: config, imageSize: model.imageSize,
+        var modelDescription = ModelDescription(.unet(config), imageSize: model.imageSize,
                                                 mean: normalization?.mean, std: normalization?.std)
         modelDescription.ignoreIndex = labels.ignoreIndex
         if (schedule == .plateau || patience != nil) && data.validation == nil {
@@ -422,8 +411,7 @@ struct TrainCommand: ParsableCommand {
             records.append(r)
             if let error = writeFileAtomically(metricsPath, csv) { throw UserError(error) }
             if let samples {
-                let name = "epoch-" + String(repeating: "0", count: max(0, 3 - String(epoch).count)) + "\(epoch).png"
-                do { try samples.write(model: unet, to: out + "/samples/" + name) } catch { throw UserError("\(error)") }
+                do { try samples.write(model: unet, to: RunDirectory(out).sampleGrid(epoch: epoch)) } catch { throw UserError("\(error)") }
             }
             // Checkpoints: last after every epoch; best when the validation loss improves; epoch-NNN
             // for the last --keep epochs.
@@ -434,8 +422,8 @@ struct TrainCommand: ParsableCommand {
                 line += "  (best)"
             }
             if keep > 0 {
-                try Checkpoint.copy(checkpoints + "/last", to: checkpoints + "/" + epochFolderName(epoch))
-                let old = checkpoints + "/" + epochFolderName(epoch - keep)
+                try Checkpoint.copy(checkpoints + "/last", to: checkpoints + "/" + RunDirectory.epochName(epoch))
+                let old = checkpoints + "/" + RunDirectory.epochName(epoch - keep)
                 if epoch > keep && FileManager.default.fileExists(atPath: old) {
                     do { try FileManager.default.removeItem(atPath: old) } catch {
                         throw UserError("\(old): cannot remove the checkpoint beyond --keep \(keep): \(error.localizedDescription)")
@@ -467,7 +455,7 @@ struct TrainCommand: ParsableCommand {
             let bytes = Safetensors.encode(Safetensors.items(of: unet.store, gradients: false),
                                            metadata: ["format": "pt", "epochs": "\(epochs)", "ranks": "\(ranks)"])
             if let error = writeFileAtomically(modelPath, bytes: bytes) { throw UserError(error) }
-            let report = try writeReport(runDirectory: out)
+            let report = try writeReport(RunDirectory(out))
             print("metrics: \(metricsPath)\nweights: \(modelPath)\nreport: \(report)")
         }
     }
@@ -512,7 +500,7 @@ extension TrainCommand {
             spec = try dataOptions.spec(imageSize: model.imageSize, inChannels: config.inChannels, classes: config.classes,
                                         seed: config.seed)
         } catch { throw UserError("\(error)") }
-        let loaded = try dataOptions.load(root: root, communicator: communicator, pool: pool, spec: spec, seed: config.seed)
+        let loaded = try dataOptions.load(root: root, collectives: communicator, pool: pool, spec: spec, seed: config.seed)
         let capacity = shareOf(training.batchSize, ranks: communicator.size, rank: communicator.rank).count
         func source(_ listing: DatasetListing) -> FileSource {
             FileSource(loader: BatchLoader(dataset: FileDataset(listing: listing, spec: spec, cache: dataOptions.cache),
@@ -551,30 +539,9 @@ extension TrainCommand {
     }
 }
 
-func epochFolderName(_ epoch: Int) -> String {
-    "epoch-" + String(repeating: "0", count: max(0, 3 - String(epoch).count)) + String(epoch)
-}
 
 extension ScheduleKind: ExpressibleByArgument {}
+extension ProgressStyle: ExpressibleByArgument {}
 
 /// An error already printed (by rank 0): exit 1 without printing it again.
 struct AlreadyReported: Error {}
-
-/// FNV-1a, 64 bits: a stable hash of text (the configuration check across ranks).
-func fnv1a(_ text: String) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-    return hash
-}
-
-/// mkdir -p: creates `path` and its missing parents; returns the failure's reason, or nil.
-func makeDirectories(_ path: String) -> String? {
-    var prefix = path.hasPrefix("/") ? "/" : ""
-    for component in path.split(separator: "/") {
-        prefix += component + "/"
-        if mkdir(prefix, 0o755) != 0 && errno != EEXIST { return String(cString: strerror(errno)) }
-    }
-    var info = stat()
-    if stat(path, &info) != 0 || (info.st_mode & S_IFMT) != S_IFDIR { return "not a folder" }
-    return nil
-}

@@ -8,6 +8,7 @@ import Foundation
 import SegEngine
 import SegModel
 import SegTraining
+import SegData
 
 final class CheckpointTests: XCTestCase {
     var folder = ""
@@ -118,7 +119,7 @@ final class CheckpointTests: XCTestCase {
         var config = UNetConfig()
         config.baseChannels = 4
         config.depth = 2
-        let model = ModelDescription(config: config, imageSize: 32, mean: nil, std: nil)
+        let model = ModelDescription(.unet(config), imageSize: 32)
         var s = state()
         s.model = model
         s.globalBatch = 4

@@ -2,6 +2,7 @@ import XCTest
 import SegEngine
 import SegModel
 import SegTraining
+import SegData
 
 final class LocalStepTests: XCTestCase {
     private func makeStep(threads: Int, seed: UInt64, batchNorm: Bool = false,

@@ -2,6 +2,7 @@ import XCTest
 import SegEngine
 import SegModel
 import SegTraining
+import SegData
 
 final class MetricsTests: XCTestCase {
     /// Binary: logits > 0 predict foreground. 2 TP, 1 FP, 1 FN, 4 TN by construction.

@@ -1,6 +1,7 @@
 import XCTest
 import SegEngine
 import SegModel
+import SegData
 @testable import SegTraining
 
 final class SamplerTests: XCTestCase {

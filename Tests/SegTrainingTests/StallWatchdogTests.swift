@@ -18,6 +18,8 @@ final class StallWatchdogTests: XCTestCase {
         func allreduceSum(_ values: [Double]) throws -> [Double] { look(); return values }
         func allgatherShares(_ tensor: Tensor) throws { look() }
         func waitAll(_ sums: [PendingSum]) throws { look(); for sum in sums { try sum.wait() } }
+        func broadcast(_ tensor: Tensor, root: Int) throws { look() }
+        func broadcast(_ bytes: inout [UInt8], root: Int) throws { look() }
     }
 
     func testLimitMessageAndStepTimes() {

@@ -238,7 +238,7 @@ public enum Checkpoint {
                             resuming run: ResumeRun? = nil) throws -> CheckpointState {
         let state = try readState(from: folder)
         if let run, let problem = state.resumeProblem(run) { throw CheckpointError("\(folder)/state.json: \(problem)") }
-        try SafetensorsFile(path: "\(folder)/model.safetensors").read(into: Safetensors.items(of: store, gradients: false))
+        try readWeights(from: folder, into: store)
         let optimizerFile = try SafetensorsFile(path: "\(folder)/optimizer.safetensors")
         if let kind = optimizerFile.metadata["optimizer"], kind != optimizer.config.kind.rawValue {
             throw CheckpointError("\(folder)/optimizer.safetensors: state of \(kind), but training uses \(optimizer.config.kind.rawValue)")
@@ -258,11 +258,27 @@ public enum Checkpoint {
             throw CheckpointError("\(statePath): no such file (not a checkpoint folder?)")
         }
         let state: CheckpointState
-        do { state = try JSONDecoder().decode(CheckpointState.self, from: data) } catch {
+        do { state = try JSONDecoder().decode(CheckpointState.self, from: data) } catch let error as ModelDescriptionError {
+            throw CheckpointError("\(statePath): \(error)")
+        } catch {
             throw CheckpointError("\(statePath): not a segtrain checkpoint state (\(error))")
         }
         if let problem = state.rangeProblem { throw CheckpointError("\(statePath): \(problem)") }
         return state
+    }
+
+    /// The model a checkpoint holds (state.json's "model"), for building it before its weights are read.
+    public static func readModelDescription(from folder: String) throws -> ModelDescription {
+        guard let description = try readState(from: folder).model else {
+            throw CheckpointError("\(folder)/state.json: no model description (a checkpoint from before segtrain predict); "
+                                  + "retrain or resume once to write one")
+        }
+        return description
+    }
+
+    /// The checkpoint's weights and buffers into `store` (names and shapes checked).
+    public static func readWeights(from folder: String, into store: ParameterStore) throws {
+        try SafetensorsFile(path: "\(folder)/model.safetensors").read(into: Safetensors.items(of: store, gradients: false))
     }
 }
 
@@ -316,7 +332,7 @@ extension CheckpointState {
         }
         if let g = globalBatch, !(1...(1 << 30)).contains(g) { return "globalBatch \(g) is out of range 1...2^30" }
         if let n = trainSamples, !(1...(1 << 40)).contains(n) { return "trainSamples \(n) is out of range 1...2^40" }
-        if let m = model, let problem = m.inputProblem { return "model: \(problem)" }
+        if let m = model, let problem = m.problem { return "model: \(problem)" }
         return nil
     }
 
@@ -327,15 +343,9 @@ extension CheckpointState {
     public func resumeProblem(_ run: ResumeRun) -> String? {
         if seed != run.seed { return "seed \(seed), but this run has --seed \(run.seed) (resume with --seed \(seed))" }
         if let m = model {
-            let r = run.model
-            let flags: [(String, String, String)] = [
-                ("--image-size", "\(m.imageSize)", "\(r.imageSize)"), ("--in-channels", "\(m.inChannels)", "\(r.inChannels)"),
-                ("--classes", "\(m.classes)", "\(r.classes)"), ("--base-channels", "\(m.baseChannels)", "\(r.baseChannels)"),
-                ("--depth", "\(m.depth)", "\(r.depth)"), ("--batchnorm", "\(m.batchNorm)", "\(r.batchNorm)"),
-                ("--upsample", m.upsampling, r.upsampling), ("--head-kernel", "\(m.headKernel)", "\(r.headKernel)"),
-            ]
-            for (flag, saved, now) in flags where saved != now {
-                return "the checkpoint was trained with \(flag) \(saved), but this run has \(flag) \(now)"
+            let now = Dictionary(run.model.flagValues, uniquingKeysWith: { a, _ in a })
+            for (flag, saved) in m.flagValues where now[flag] != saved {
+                return "the checkpoint was trained with \(flag) \(saved), but this run has \(flag) \(now[flag] ?? "unset")"
             }
         }
         guard let done = batchesDone else { return nil }

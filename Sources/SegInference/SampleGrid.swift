@@ -1,12 +1,11 @@
 import SegData
 import SegEngine
 import SegModel
-import SegTraining
 
 /// For a few fixed validation images, one row each of image (with the predicted regions' outline in
 /// yellow) | truth | prediction, under a band of column labels, with light grey separators;
 /// written as OUT/samples/epoch-NNN.png by rank 0.
-final class SampleGrid {
+public final class SampleGrid {
     let source: SampleSource
     let indices: [Int]
     let images: OwnedTensor
@@ -14,7 +13,7 @@ final class SampleGrid {
     let batch: Int
 
     /// `batch`: the model's planned batch (forward runs in chunks of it, padded).
-    init(source: SampleSource, count: Int, imageSize: Int, inChannels: Int, batch: Int) {
+    public init(source: SampleSource, count: Int, imageSize: Int, inChannels: Int, batch: Int) {
         self.source = source
         indices = Array(0..<min(count, source.count))
         self.batch = batch
@@ -24,7 +23,7 @@ final class SampleGrid {
 
     /// Class k's colour: black background, then distinct bright colours; a value that is no
     /// class (the ignore index) mid grey.
-    static func colour(_ k: Int, classes: Int) -> (UInt8, UInt8, UInt8) {
+    public static func colour(_ k: Int, classes: Int) -> (UInt8, UInt8, UInt8) {
         if k == 0 { return (0, 0, 0) }
         if k >= max(classes, 2) { return (128, 128, 128) }
         if classes <= 2 { return (255, 255, 255) }
@@ -43,8 +42,8 @@ final class SampleGrid {
         (column * (size + separator), headerHeight + row * (size + separator))
     }
 
-    func write(model: UNet, to path: String) throws {
-        let size = images.shape.h, classes = model.config.classes, sep = SampleGrid.separator
+    public func write(model: any SegmentationModel, to path: String) throws {
+        let size = images.shape.h, classes = model.classes, sep = SampleGrid.separator
         var grid = Image8(width: 3 * size + 2 * sep, height: SampleGrid.headerHeight + indices.count * (size + sep) - sep,
                           channels: 3)
         grid.fill(x: 0, y: 0, width: grid.width, height: grid.height, rgb: SampleGrid.separatorColour)

@@ -1,18 +1,19 @@
-import ArgumentParser
+// Rank 0's progress display during training: a bar redrawn on a terminal, a line every few
+// seconds in a log (Slurm, pipes).
+
 import SegEngine
-import SegTraining
 #if canImport(Glibc)
 import Glibc
 #endif
 
-enum ProgressStyle: String, CaseIterable, ExpressibleByArgument {
+public enum ProgressStyle: String, CaseIterable, Sendable {
     /// The bar on a terminal outside a launcher, lines otherwise.
     case auto, bar, lines
 }
 
 /// Rank 0's progress during an epoch: on a terminal a bar redrawn in place after every step; else
 /// (Slurm logs, pipes) a plain line every `logEvery` seconds.
-final class Progress {
+public final class Progress {
     let epochs: Int
     let globalBatch: Int
     let logEvery: Double
@@ -28,14 +29,14 @@ final class Progress {
     private var lastLine = monotonicSeconds()
     private var drawn = false
 
-    init(epochs: Int, globalBatch: Int, logEvery: Double, style: ProgressStyle) {
+    public init(epochs: Int, globalBatch: Int, logEvery: Double, style: ProgressStyle) {
         self.epochs = epochs
         self.globalBatch = globalBatch
         self.logEvery = logEvery
         terminal = style == .bar || (style == .auto && Progress.onTerminal)
     }
 
-    func step(_ info: Trainer.StepInfo) {
+    public func step(_ info: Trainer.StepInfo) {
         let done = info.batch + 1
         let perStep = info.seconds / Double(max(done, 1))
         let eta = Int((Double(info.batches - done) * perStep).rounded())
@@ -57,7 +58,7 @@ final class Progress {
     }
 
     /// Clears the bar before the epoch's summary line.
-    func endEpoch() {
+    public func endEpoch() {
         if drawn { print("\r" + String(repeating: " ", count: 100) + "\r", terminator: "") }
         drawn = false
         lastLine = monotonicSeconds()

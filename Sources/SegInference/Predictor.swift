@@ -7,64 +7,6 @@ import SegData
 import SegEngine
 import SegModel
 
-/// What a model needs to be rebuilt and fed as in training; kept in every checkpoint's state.json.
-public struct ModelDescription: Codable, Equatable, Sendable {
-    public var imageSize: Int
-    public var inChannels: Int
-    public var classes: Int
-    public var baseChannels: Int
-    public var depth: Int
-    public var batchNorm: Bool
-    public var upsampling: String
-    public var headKernel: Int
-    /// Per-channel normalisation after x / 255 (nil: x / 255 only).
-    public var mean: [Float]?
-    public var std: [Float]?
-    /// The mask value training ignored (`--ignore-index`); `evaluate` skips it too unless told
-    /// otherwise. nil (also in older checkpoints): none.
-    public var ignoreIndex: Int?
-
-    public init(config: UNetConfig, imageSize: Int, mean: [Float]?, std: [Float]?) {
-        self.imageSize = imageSize
-        inChannels = config.inChannels
-        classes = config.classes
-        baseChannels = config.baseChannels
-        depth = config.depth
-        batchNorm = config.batchNorm
-        upsampling = config.upsampling.rawValue
-        headKernel = config.headKernel
-        self.mean = mean
-        self.std = std
-    }
-
-    /// Why images cannot be fed as described (a damaged or hand-edited state.json), or nil.
-    var inputProblem: String? {
-        if !(1...4).contains(inChannels) { return "model input has \(inChannels) channels; images have 1 to 4" }
-        if !(1...255).contains(classes) { return "model has \(classes) classes; masks hold 1 to 255" }
-        if (mean == nil) != (std == nil) { return "mean and std must be given together" }
-        for (name, values) in [("mean", mean), ("std", std)] {
-            if let values, values.count != inChannels || !values.allSatisfy(\.isFinite) {
-                return "\(name) has \(values.count) values for \(inChannels) channels (or one not finite)"
-            }
-        }
-        if let std, !std.allSatisfy({ $0 > 0 }) { return "std values must be positive" }
-        return nil
-    }
-
-    public var unetConfig: UNetConfig? {
-        guard let up = Upsampling(rawValue: upsampling) else { return nil }
-        var c = UNetConfig()
-        c.inChannels = inChannels
-        c.classes = classes
-        c.baseChannels = baseChannels
-        c.depth = depth
-        c.batchNorm = batchNorm
-        c.upsampling = up
-        c.headKernel = headKernel
-        return c
-    }
-}
-
 /// Per-pixel class probabilities of one image, and the labels they give.
 public struct Prediction: Sendable {
     public let width: Int
@@ -101,7 +43,7 @@ public struct PredictorError: Error, CustomStringConvertible {
 }
 
 public final class Predictor {
-    public let model: UNet
+    public let model: any SegmentationModel
     public let description: ModelDescription
     /// The checkpoint folder the weights came from.
     public let source: String
@@ -110,36 +52,15 @@ public final class Predictor {
     /// Loads `path`: a checkpoint folder (state.json + model.safetensors), or a run folder (its
     /// checkpoints/best, else checkpoints/last).
     public init(path: String, pool: WorkerPool) throws {
-        var folder = path
-        let fm = FileManager.default
-        if !fm.fileExists(atPath: path + "/state.json") {
-            if fm.fileExists(atPath: path + "/checkpoints/best/state.json") {
-                folder = path + "/checkpoints/best"
-            } else if fm.fileExists(atPath: path + "/checkpoints/last/state.json") {
-                folder = path + "/checkpoints/last"
-            } else {
-                throw PredictorError("--model \(path): not a checkpoint or run folder (no state.json, checkpoints/best or checkpoints/last)")
-            }
+        guard let folder = RunDirectory.checkpointFolder(named: path) else {
+            throw PredictorError("--model \(path): not a checkpoint or run folder (no state.json, checkpoints/best or checkpoints/last)")
         }
         let statePath = folder + "/state.json"
-        guard let data = fm.contents(atPath: statePath) else { throw PredictorError("\(statePath): cannot read") }
-        let state: CheckpointState
-        do { state = try JSONDecoder().decode(CheckpointState.self, from: data) } catch {
-            throw PredictorError("\(statePath): not a segtrain checkpoint state (\(error))")
-        }
-        guard let description = state.model else {
-            throw PredictorError("\(statePath): no model description (a checkpoint from before segtrain predict); retrain or resume once to write one")
-        }
-        guard let config = description.unetConfig else {
-            throw PredictorError("\(statePath): unknown upsampling \(description.upsampling) (bilinear or transpose)")
-        }
-        if let problem = config.validate(imageSize: description.imageSize) ?? description.inputProblem {
-            throw PredictorError("\(statePath): \(problem)")
-        }
+        let description: ModelDescription
+        do { description = try Checkpoint.readModelDescription(from: folder) } catch { throw PredictorError("\(error)") }
+        if let problem = description.problem { throw PredictorError("\(statePath): \(problem)") }
         // A state.json may claim a model no machine holds: refuse it before building it.
-        let parameters = config.estimatedParameterCounts
-        let needed = (parameters.parameters * 2 + parameters.buffers) * 4
-            + config.estimatedActivationBytes(batch: 1, imageSize: description.imageSize, threads: pool.threadCount)
+        let needed = description.estimatedBytesForOneImage(threads: pool.threadCount)
         if let available = SystemMemory.availableBytes(), needed > Double(available) {
             throw PredictorError("\(statePath): the model needs about \(SystemMemory.describe(needed)) for one image, but "
                                  + "\(SystemMemory.describe(Double(available))) is available (MemAvailable)")
@@ -150,12 +71,10 @@ public final class Predictor {
         }
         self.description = description
         source = folder
-        model = UNet(config, pool: pool)
-        do {
-            try SafetensorsFile(path: folder + "/model.safetensors").read(into: Safetensors.items(of: model.store, gradients: false))
-        } catch { throw PredictorError("\(error)") }
+        model = description.architecture.build(pool: pool)
+        do { try Checkpoint.readWeights(from: folder, into: model.store) } catch { throw PredictorError("\(error)") }
         let s = description.imageSize
-        input = OwnedTensor(Shape(1, config.inChannels, s, s))
+        input = OwnedTensor(Shape(1, description.inChannels, s, s))
         model.plan(batch: 1, height: s, width: s)
     }
 
@@ -241,24 +160,10 @@ public final class Predictor {
     /// Forward in eval mode; the logits turned into probabilities in place (sigmoid or softmax).
     private func forwardProbabilities() -> Tensor {
         let logits = model.forward(input.tensor, training: false)
-        let n = logits.shape.n, c = logits.shape.c, plane = logits.shape.h * logits.shape.w
-        for b in 0..<n {
-            if c == 1 {
-                let p = logits.sample(b)
-                for i in 0..<plane { p[i] = 1 / (1 + Foundation.exp(-p[i])) }
-                continue
-            }
-            for i in 0..<plane {
-                var top = -Float.infinity
-                for k in 0..<c { top = max(top, logits.plane(b, k)[i]) }
-                var total: Float = 0
-                for k in 0..<c {
-                    let e = Foundation.exp(logits.plane(b, k)[i] - top)
-                    logits.plane(b, k)[i] = e
-                    total += e
-                }
-                for k in 0..<c { logits.plane(b, k)[i] /= total }
-            }
+        if logits.shape.c == 1 {
+            sigmoidForward(logits, logits, pool: model.pool)
+        } else {
+            softmaxForward(logits, logits, pool: model.pool)
         }
         return logits
     }

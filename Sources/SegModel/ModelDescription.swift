@@ -1,0 +1,179 @@
+// What a trained model is, as kept in every checkpoint's state.json: the architecture family with
+// its configuration, the training image size, and the input normalisation. `predict`, `evaluate`,
+// `serve` and `resume` rebuild the model from it alone. A new family is a new case of
+// `Architecture` (with its coding and `build`), not a fork of every command.
+//
+// On disk the UNet keeps the flat form older checkpoints have ("inChannels", "classes",
+// "baseChannels", ...) plus "architecture": "unet"; a description without "architecture" is a UNet.
+
+import SegEngine
+
+/// The model families segtrain builds.
+public enum Architecture: Equatable, Sendable {
+    case unet(UNetConfig)
+
+    /// The family's name in state.json ("architecture") and in messages.
+    public var name: String {
+        switch self {
+        case .unet: return "unet"
+        }
+    }
+
+    public var inChannels: Int {
+        switch self {
+        case .unet(let c): return c.inChannels
+        }
+    }
+
+    public var classes: Int {
+        switch self {
+        case .unet(let c): return c.classes
+        }
+    }
+
+    /// A one-line reason the configuration cannot be built at `imageSize`, or nil.
+    public func problem(imageSize: Int?) -> String? {
+        switch self {
+        case .unet(let c): return c.validate(imageSize: imageSize)
+        }
+    }
+
+    /// The model with its parameters initialised from the configuration's seed.
+    public func build(pool: WorkerPool) -> any SegmentationModel {
+        switch self {
+        case .unet(let c): return UNet(c, pool: pool)
+        }
+    }
+
+    /// Trainable parameters and buffers, before the model exists (for memory checks).
+    public var estimatedParameterCounts: (parameters: Double, buffers: Double) {
+        switch self {
+        case .unet(let c): return c.estimatedParameterCounts
+        }
+    }
+
+    /// Bytes of activations, their gradients and scratch for one planned batch (an upper bound).
+    public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
+        switch self {
+        case .unet(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
+        }
+    }
+}
+
+/// A state.json model description that cannot be read (an unknown family or setting).
+public struct ModelDescriptionError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// What a model needs to be rebuilt and fed as in training; kept in every checkpoint's state.json.
+public struct ModelDescription: Equatable, Sendable {
+    public var architecture: Architecture
+    public var imageSize: Int
+    /// Per-channel normalisation after x / 255 (nil: x / 255 only).
+    public var mean: [Float]?
+    public var std: [Float]?
+    /// The mask value training ignored (`--ignore-index`); `evaluate` skips it too unless told
+    /// otherwise. nil (also in older checkpoints): none.
+    public var ignoreIndex: Int?
+
+    public init(_ architecture: Architecture, imageSize: Int, mean: [Float]? = nil, std: [Float]? = nil) {
+        self.architecture = architecture
+        self.imageSize = imageSize
+        self.mean = mean
+        self.std = std
+    }
+
+    public var inChannels: Int { architecture.inChannels }
+    public var classes: Int { architecture.classes }
+
+    /// Why the model cannot be built or fed as described (a damaged or hand-edited state.json), or nil.
+    public var problem: String? {
+        if let problem = architecture.problem(imageSize: imageSize) { return problem }
+        if !(1...4).contains(inChannels) { return "model input has \(inChannels) channels; images have 1 to 4" }
+        if !(1...255).contains(classes) { return "model has \(classes) classes; masks hold 1 to 255" }
+        if (mean == nil) != (std == nil) { return "mean and std must be given together" }
+        for (name, values) in [("mean", mean), ("std", std)] {
+            if let values, values.count != inChannels || !values.allSatisfy(\.isFinite) {
+                return "\(name) has \(values.count) values for \(inChannels) channels (or one not finite)"
+            }
+        }
+        if let std, !std.allSatisfy({ $0 > 0 }) { return "std values must be positive" }
+        return nil
+    }
+
+    /// The command-line flags that make this model, with their values ("--arch" first): a resumed
+    /// run must give the same.
+    public var flagValues: [(flag: String, value: String)] {
+        var values = [("--arch", architecture.name), ("--image-size", "\(imageSize)")]
+        switch architecture {
+        case .unet(let u):
+            values += [("--in-channels", "\(u.inChannels)"), ("--classes", "\(u.classes)"),
+                       ("--base-channels", "\(u.baseChannels)"), ("--depth", "\(u.depth)"),
+                       ("--batchnorm", "\(u.batchNorm)"), ("--upsample", u.upsampling.rawValue),
+                       ("--head-kernel", "\(u.headKernel)")]
+        }
+        return values
+    }
+
+    /// Bytes to build the model and run one image through it (parameters, their gradients, buffers
+    /// and one image's activations): what `predict` needs at least.
+    public func estimatedBytesForOneImage(threads: Int) -> Double {
+        let counts = architecture.estimatedParameterCounts
+        return (counts.parameters * 2 + counts.buffers) * 4
+            + architecture.estimatedActivationBytes(batch: 1, imageSize: imageSize, threads: threads)
+    }
+}
+
+extension ModelDescription: Codable {
+    private enum Key: String, CodingKey {
+        case architecture, imageSize, mean, std, ignoreIndex
+        case inChannels, classes, baseChannels, depth, batchNorm, upsampling, headKernel
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        imageSize = try c.decode(Int.self, forKey: .imageSize)
+        mean = try c.decodeIfPresent([Float].self, forKey: .mean)
+        std = try c.decodeIfPresent([Float].self, forKey: .std)
+        ignoreIndex = try c.decodeIfPresent(Int.self, forKey: .ignoreIndex)
+        let family = try c.decodeIfPresent(String.self, forKey: .architecture) ?? "unet"
+        switch family {
+        case "unet":
+            var u = UNetConfig()
+            u.inChannels = try c.decode(Int.self, forKey: .inChannels)
+            u.classes = try c.decode(Int.self, forKey: .classes)
+            u.baseChannels = try c.decode(Int.self, forKey: .baseChannels)
+            u.depth = try c.decode(Int.self, forKey: .depth)
+            u.batchNorm = try c.decode(Bool.self, forKey: .batchNorm)
+            let upsampling = try c.decode(String.self, forKey: .upsampling)
+            guard let up = Upsampling(rawValue: upsampling) else {
+                throw ModelDescriptionError("unknown upsampling \(upsampling) (bilinear or transpose)")
+            }
+            u.upsampling = up
+            u.headKernel = try c.decode(Int.self, forKey: .headKernel)
+            architecture = .unet(u)
+        default:
+            throw ModelDescriptionError("unknown architecture \(family) (this segtrain builds: unet)")
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(architecture.name, forKey: .architecture)
+        try c.encode(imageSize, forKey: .imageSize)
+        try c.encodeIfPresent(mean, forKey: .mean)
+        try c.encodeIfPresent(std, forKey: .std)
+        try c.encodeIfPresent(ignoreIndex, forKey: .ignoreIndex)
+        switch architecture {
+        case .unet(let u):
+            try c.encode(u.inChannels, forKey: .inChannels)
+            try c.encode(u.classes, forKey: .classes)
+            try c.encode(u.baseChannels, forKey: .baseChannels)
+            try c.encode(u.depth, forKey: .depth)
+            try c.encode(u.batchNorm, forKey: .batchNorm)
+            try c.encode(u.upsampling.rawValue, forKey: .upsampling)
+            try c.encode(u.headKernel, forKey: .headKernel)
+        }
+    }
+}

@@ -1,0 +1,52 @@
+// What training, inference and the tools need of a model family: its parameters in one flat store
+// (gradients in a second with the same layout), a plan for one batch shape, forward, and backward
+// as a tape whose ops report how far the parameter gradients are final (so the bucket sums can
+// start while backward goes on). `UNet` is the first family; `Architecture.build` makes one from
+// a `ModelDescription`.
+
+import SegEngine
+
+public protocol SegmentationModel: AnyObject {
+    var store: ParameterStore { get }
+    var pool: WorkerPool { get }
+    /// Where each step's time goes (forward, backward, data, communication...).
+    var profile: Profile { get }
+    var inChannels: Int { get }
+    /// 1: one sigmoid output (binary); >= 2: softmax over classes.
+    var classes: Int { get }
+    var parameterCount: Int { get }
+    /// The planned batch shape (N, Cin, H, W), nil before `plan`.
+    var batchShape: Shape? { get }
+    /// One row per layer for the planned shape (`segtrain info`, FLOP counts).
+    var layers: [LayerInfo] { get }
+    /// After backward op k, the parameter gradients at flat offsets >= gradientFrontiers[k] are
+    /// final; ends at 0; the same on every rank.
+    var gradientFrontiers: [Int] { get }
+    /// The last forward's output (N, classes, H, W) and its gradient, which the loss writes.
+    var logits: Tensor { get }
+    var logitsGradient: Tensor { get }
+    /// Activation-gradient floats (shared by lifetime, and not shared), for memory reports.
+    var activationGradientFloats: (shared: Int, unshared: Int) { get }
+
+    /// Re-initialises every parameter from the configuration's seed (buffers reset).
+    func initializeParameters()
+    /// Allocates activations, gradients and scratch for batches of this shape (again only when it changes).
+    func plan(batch: Int, height: Int, width: Int)
+    /// Runs the model on `images` (N, Cin, H, W) as planned; returns the logits. `training`: batch
+    /// statistics (and updated running statistics) for BatchNorm, and what backward needs is kept.
+    func forward(_ images: Tensor, training: Bool) -> Tensor
+    /// Zeroes what backward accumulates into (before the loss writes `logitsGradient`).
+    func zeroActivationGradients()
+    /// Backward through the last training forward, adding to the store's gradients; `afterOp(k)`
+    /// runs after op k (see `gradientFrontiers`).
+    func backward(afterOp: ((Int) throws -> Void)?) rethrows
+}
+
+extension SegmentationModel {
+    public func backward() { backward(afterOp: nil) }
+}
+
+extension UNet: SegmentationModel {
+    public var inChannels: Int { config.inChannels }
+    public var classes: Int { config.classes }
+}
