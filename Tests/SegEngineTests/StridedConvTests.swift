@@ -7,6 +7,9 @@
 import XCTest
 @testable import SegEngine
 import SegEngineTestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Exact (float64) strided convolution passes and the magnitudes their rounding scales with.
 enum StridedConvReference {
@@ -369,5 +372,69 @@ final class StridedConvTests: XCTestCase {
         stridedConvBackward(dx: nil, dweight: nil, dbias: db.tensor, dy: dy.tensor, x: x.tensor, weight: weight.tensor,
                             geometry: g, pool: pool, scratch: s)
         XCTAssertTrue(dx.tensor.toArray().allSatisfy { $0 == 3 } && dw.tensor.toArray().allSatisfy { $0 == 3 })
+    }
+
+    // MARK: Speed (skipped unless SEGTRAIN_BENCH=1; prints only)
+
+    /// ResNet-shaped layers at a 256x256 input, batch 4: forward and backward (dx, dweight) GFLOP/s of
+    /// the fast kernel, and fast against naive on one small layer.
+    func testStridedConvSpeed() throws {
+        try XCTSkipUnless(getenv("SEGTRAIN_BENCH") != nil, "set SEGTRAIN_BENCH=1 to measure speed")
+        let threads = Int(getenv("SEGTRAIN_BENCH_THREADS").map { String(cString: $0) } ?? "2") ?? 2
+        let pool = WorkerPool(threads: threads)
+        let n = 4
+        // (name, cin, cout, input side, geometry)
+        let layers: [(String, Int, Int, Int, ConvGeometry)] = [
+            ("stem 7x7/s2", 3, 64, 256, ConvGeometry(kernel: 7, stride: 2, padding: 3)),
+            ("3x3/s2 64->128", 64, 128, 64, ConvGeometry(kernel: 3, stride: 2, padding: 1)),
+            ("1x1/s2 64->128", 64, 128, 64, ConvGeometry(kernel: 1, stride: 2)),
+            ("1x1 256->64", 256, 64, 64, ConvGeometry(kernel: 1)),
+            ("3x3/d2 256->256", 256, 256, 16, ConvGeometry(kernel: 3, stride: 1, padding: 2, dilation: 2)),
+        ]
+        for (name, cin, cout, side, g) in layers {
+            let s = scratch(threads: threads, batch: n, cin: cin, cout: cout, h: side, w: side, g)
+            let x = S.random(Shape(n, cin, side, side), seed: 1), weight = S.random(Shape(cout, cin, g.kernel, g.kernel), seed: 2)
+            let out = Shape(n, cout, g.output(side), g.output(side))
+            let y = OwnedTensor(out), dy = S.random(out, seed: 3), dx = OwnedTensor(x.shape), dw = OwnedTensor(weight.shape)
+            let flops = 2.0 * Double(out.count * cin * g.kernel * g.kernel)
+            let fwd = bestSeconds { stridedConvForward(y.tensor, x.tensor, weight: weight.tensor, bias: nil, geometry: g, pool: pool, scratch: s) }
+            let bwd = bestSeconds {
+                stridedConvBackward(dx: dx.tensor, dweight: dw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor,
+                                    weight: weight.tensor, geometry: g, pool: pool, scratch: s)
+            }
+            print(String(format: "stridedConv %@ N=%d %dx%d threads %d: forward %.2f ms (%.1f GFLOP/s), backward %.2f ms (%.1f GFLOP/s)",
+                         name, n, side, side, threads, fwd * 1e3, flops / fwd / 1e9, bwd * 1e3, 2 * flops / bwd / 1e9))
+        }
+        // Fast against naive: 3x3/s2, 32 -> 64 channels, 32x32, batch 2.
+        let g = ConvGeometry(kernel: 3, stride: 2, padding: 1)
+        let s = scratch(threads: threads, batch: 2, cin: 32, cout: 64, h: 32, w: 32, g)
+        let x = S.random(Shape(2, 32, 32, 32), seed: 4), weight = S.random(Shape(64, 32, 3, 3), seed: 5)
+        let out = Shape(2, 64, 16, 16)
+        let y = OwnedTensor(out), dy = S.random(out, seed: 6), dx = OwnedTensor(x.shape), dw = OwnedTensor(weight.shape)
+        let fast = bestSeconds {
+            stridedConvForward(y.tensor, x.tensor, weight: weight.tensor, bias: nil, geometry: g, pool: pool, scratch: s)
+            stridedConvBackward(dx: dx.tensor, dweight: dw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor,
+                                weight: weight.tensor, geometry: g, pool: pool, scratch: s)
+        }
+        let naive = bestSeconds {
+            stridedConvForwardNaive(y.tensor, x.tensor, weight: weight.tensor, bias: nil, geometry: g)
+            stridedConvBackwardNaive(dx: dx.tensor, dweight: dw.tensor, dbias: nil, dy: dy.tensor, x: x.tensor,
+                                     weight: weight.tensor, geometry: g)
+        }
+        print(String(format: "stridedConv 3x3/s2 32->64 N=2 32x32 forward+backward: fast %.2f ms (threads %d), naive %.2f ms (1 thread), %.1fx",
+                     fast * 1e3, threads, naive * 1e3, naive / fast))
+    }
+
+    private func bestSeconds(_ body: () -> Void) -> Double {
+        body()
+        var best = Double.infinity
+        for _ in 0..<3 {
+            var t0 = timespec(), t1 = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            body()
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+            best = min(best, Double(t1.tv_sec - t0.tv_sec) + Double(t1.tv_nsec - t0.tv_nsec) * 1e-9)
+        }
+        return best
     }
 }
