@@ -124,3 +124,80 @@ public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Te
         }
     }
 }
+
+/// Evaluation-mode backward (PyTorch model.eval(): the forward normalised with the running
+/// statistics, which do not depend on x). With invStd = 1 / sqrt(runningVar + eps) and
+/// xhat = (x - runningMean) * invStd per channel:
+/// dx += dy * gamma * invStd, dgamma += sum(dy * xhat), dbeta += sum(dy).
+/// A frozen layer (fine-tuning with --freeze-encoder: weights and statistics fixed) passes nil for
+/// dgamma and dbeta and gets only dx; nil dx skips the input gradient. Nothing else is written.
+/// Split over channels; each channel's sums run in Double over (n, h, w) in one fixed order, so the
+/// results are bitwise the same for any thread count.
+/// x, dx, dy: (N, C, H, W)  gamma, runningMean, runningVar, dgamma, dbeta: C elements.
+public func batchNormEvalBackward(dx: Tensor?, dgamma: Tensor?, dbeta: Tensor?, dy: Tensor, x: Tensor, gamma: Tensor,
+                                  runningMean: Tensor, runningVar: Tensor, epsilon: Float = 1e-5, pool: WorkerPool) {
+    let who: StaticString = "batchNormEvalBackward"
+    precondition(dy.shape == x.shape, "\(who): dy \(dy.shape) differs from x \(x.shape)")
+    if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) differs from x \(x.shape)") }
+    let channels = x.c, plane = x.shape.plane, batch = x.n
+    if let dgamma { checkChannelVector(dgamma, channels, "dgamma", who) }
+    if let dbeta { checkChannelVector(dbeta, channels, "dbeta", who) }
+    checkChannelVector(gamma, channels, "gamma", who)
+    checkChannelVector(runningMean, channels, "runningMean", who)
+    checkChannelVector(runningVar, channels, "runningVar", who)
+
+    pool.parallelFor(channels) { channelRange, _ in
+        for c in channelRange {
+            // The same float expression as the evaluation forward's scale, divided by gamma.
+            let invStd = 1 / (runningVar[c] + epsilon).squareRoot()
+            let mean = runningMean[c]
+            if dgamma != nil || dbeta != nil {
+                var sumDy = 0.0, sumDyXhat = 0.0
+                for n in 0..<batch {
+                    let up = dy.plane(n, c), src = x.plane(n, c)
+                    for i in 0..<plane {
+                        let g = Double(up[i])
+                        sumDy += g
+                        sumDyXhat += g * Double((src[i] - mean) * invStd)
+                    }
+                }
+                if let dbeta { dbeta[c] += Float(sumDy) }
+                if let dgamma { dgamma[c] += Float(sumDyXhat) }
+            }
+            guard let dx else { continue }
+            let scale = gamma[c] / (runningVar[c] + epsilon).squareRoot()
+            for n in 0..<batch {
+                let up = dy.plane(n, c), grad = dx.plane(n, c)
+                for i in 0..<plane { grad[i] += up[i] * scale }
+            }
+        }
+    }
+}
+
+/// Reference evaluation-mode forward and backward: plain loops, Double arithmetic throughout.
+/// Writes y = gamma (x - runningMean) / sqrt(runningVar + eps) + beta and, when dy is given, adds the
+/// gradients batchNormEvalBackward adds (each output if given). Shapes as batchNormEvalBackward.
+public func batchNormEvalNaive(y: Tensor, dx: Tensor?, dgamma: Tensor?, dbeta: Tensor?, dy: Tensor?, x: Tensor,
+                               gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor,
+                               epsilon: Float = 1e-5) {
+    precondition(y.shape == x.shape, "batchNormEvalNaive: y \(y.shape) differs from x \(x.shape)")
+    for c in 0..<x.c {
+        let invStd = 1 / (Double(runningVar[c]) + Double(epsilon)).squareRoot()
+        var sumDy = 0.0, sumDyXhat = 0.0
+        for n in 0..<x.n {
+            for i in 0..<x.h {
+                for j in 0..<x.w {
+                    let xhat = (Double(x[n, c, i, j]) - Double(runningMean[c])) * invStd
+                    y[n, c, i, j] = Float(Double(gamma[c]) * xhat + Double(beta[c]))
+                    guard let dy else { continue }
+                    let g = Double(dy[n, c, i, j])
+                    sumDy += g
+                    sumDyXhat += g * xhat
+                    if let dx { dx[n, c, i, j] = Float(Double(dx[n, c, i, j]) + g * Double(gamma[c]) * invStd) }
+                }
+            }
+        }
+        if let dbeta { dbeta[c] = Float(Double(dbeta[c]) + sumDy) }
+        if let dgamma { dgamma[c] = Float(Double(dgamma[c]) + sumDyXhat) }
+    }
+}

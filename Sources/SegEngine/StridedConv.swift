@@ -1,0 +1,433 @@
+// General 2-D convolution for the pretrained encoders (issue #16): kernel k (1, 3, 7, ...), stride s,
+// padding p, dilation d, optional bias, PyTorch's Conv2d semantics (cross-correlation, zero padding,
+// weight OIHW) and output size floor((H + 2p - d(k-1) - 1) / s) + 1. A fast kernel (im2col + sgemm;
+// for 1x1, stride 1, padding 0 the GEMMs read x and dy in place, no copy) and a naive twin in plain
+// loops. conv2d in Conv.swift stays the UNet's stride-1 "same" kernel (with Winograd); this file does
+// not touch it.
+//
+// Bitwise the same result for ANY thread count (not only for a given one): the work plan depends on
+// the shapes alone, every GEMM call has the same sizes and operands whichever thread runs it, and
+// every sum that crosses work items runs in a fixed order:
+//   forward      item = (image, band of output rows): Y[:, band] = W (Cout x Cin k k) * col(x) (+ bias).
+//   weight grad  the items are cut into `weightGroups` fixed groups (shape-dependent, <= 4); group g
+//                sums its items' dY * col^T into its own partial (shared scratch), and the partials
+//                are added into dweight in group order.
+//   input grad   item = (image, band of INPUT rows): dcol = W^T (Cin k k x Cout) * dY over the output
+//                rows that reach the band, then col2im adds into the band's rows only, so no two items
+//                write the same dx element and each element gets its taps in (ci, a, b) order.
+//   bias grad    per channel in Double, images and pixels in order (biasBackward).
+
+import CBLAS
+
+/// Output side of a convolution or pooling along one axis, as PyTorch: floor((input + 2p - d(k-1) - 1)/s) + 1.
+public func convOutputSize(_ input: Int, kernel: Int, stride: Int, padding: Int, dilation: Int = 1) -> Int {
+    precondition(kernel >= 1 && stride >= 1 && padding >= 0 && dilation >= 1,
+                 "convOutputSize: kernel \(kernel) stride \(stride) padding \(padding) dilation \(dilation)")
+    let span = input + 2 * padding - dilation * (kernel - 1) - 1
+    return span < 0 ? 0 : span / stride + 1
+}
+
+/// Kernel side, stride, padding and dilation of a square convolution.
+public struct ConvGeometry: Equatable, Sendable, CustomStringConvertible {
+    public var kernel: Int, stride: Int, padding: Int, dilation: Int
+
+    public init(kernel: Int, stride: Int = 1, padding: Int = 0, dilation: Int = 1) {
+        precondition(kernel >= 1 && stride >= 1 && padding >= 0 && dilation >= 1,
+                     "ConvGeometry: kernel \(kernel) stride \(stride) padding \(padding) dilation \(dilation)")
+        self.kernel = kernel; self.stride = stride; self.padding = padding; self.dilation = dilation
+    }
+
+    /// Output side for an input side (PyTorch's formula).
+    public func output(_ input: Int) -> Int {
+        convOutputSize(input, kernel: kernel, stride: stride, padding: padding, dilation: dilation)
+    }
+
+    /// 1x1, stride 1, no padding: the convolution is a plain GEMM on the image as it lies in memory.
+    public var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
+
+    public var description: String { "k\(kernel) s\(stride) p\(padding) d\(dilation)" }
+}
+
+/// Floats an im2col buffer of one work item aims for (as conv2d: stays in cache beside sgemm's panels)...
+private let stridedColumnTargetFloats = 1 << 18
+/// ...but never fewer pixels than this per item, so the GEMMs stay wide.
+private let stridedMinimumItemPixels = 256
+/// Items per batch the plan aims for when the images are small, so up to this many threads find work.
+/// A constant, not the thread count: the plan must not depend on the pool.
+private let stridedSpreadItems = 8
+/// Most weight-gradient partials (each weight-sized, in shared scratch).
+private let stridedMaximumWeightGroups = 4
+
+@inline(__always)
+private func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                   b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                blasint(m), blasint(n), blasint(k), 1, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+}
+
+/// The work plan of the strided convolution. It depends on the shapes only (never on the thread
+/// count), which is what makes the results thread-count independent. Internal so tests can check coverage.
+struct StridedConvPlan {
+    let batch: Int, inChannels: Int, outChannels: Int
+    let height: Int, width: Int, outHeight: Int, outWidth: Int
+    let geometry: ConvGeometry
+    /// Output rows per forward / weight-gradient band and bands per image.
+    let outRows: Int, outBands: Int
+    /// Input rows per input-gradient band and bands per image.
+    let inRows: Int, inBands: Int
+    /// Groups of forward items whose weight-gradient partials are summed separately.
+    let weightGroups: Int
+
+    init(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int, geometry g: ConvGeometry) {
+        self.batch = batch; self.inChannels = inChannels; self.outChannels = outChannels
+        self.height = height; self.width = width; geometry = g
+        outHeight = g.output(height); outWidth = g.output(width)
+        let depth = inChannels * g.kernel * g.kernel
+        let budgetPixels = max(stridedColumnTargetFloats / max(1, depth), stridedMinimumItemPixels)
+        let spreadBands = max(1, (stridedSpreadItems + max(batch, 1) - 1) / max(batch, 1))
+        if outHeight > 0 && outWidth > 0 {
+            var rows = max(1, budgetPixels / outWidth)
+            rows = min(rows, max(1, (outHeight + spreadBands - 1) / spreadBands))
+            rows = min(rows, outHeight)
+            outRows = rows
+            outBands = (outHeight + rows - 1) / rows
+            // Input bands: about outRows * stride input rows each (their dcol then has about outRows rows).
+            var input = max(1, rows * g.stride)
+            input = min(input, height)
+            inRows = input
+            inBands = (height + input - 1) / input
+        } else {
+            outRows = 1; outBands = 0; inRows = max(1, height); inBands = 0
+        }
+        weightGroups = max(1, min(batch * outBands, stridedMaximumWeightGroups))
+    }
+
+    var forwardItems: Int { batch * outBands }
+    var inputItems: Int { batch * inBands }
+
+    /// Image and output rows [r0, r1) of forward item `item`.
+    @inline(__always) func forwardItem(_ item: Int) -> (n: Int, r0: Int, r1: Int) {
+        let n = item / outBands, band = item % outBands
+        return (n, band * outRows, min(outHeight, (band + 1) * outRows))
+    }
+
+    /// Image, input rows [r0, r1) of input-gradient item `item`, and the output rows [o0, o1) whose
+    /// taps reach them (o1 <= o0 when none do, e.g. odd rows of a 1x1 stride-2 convolution).
+    @inline(__always) func inputItem(_ item: Int) -> (n: Int, r0: Int, r1: Int, o0: Int, o1: Int) {
+        let n = item / inBands, band = item % inBands
+        let r0 = band * inRows, r1 = min(height, (band + 1) * inRows)
+        let (o0, o1) = outputRows(reaching: r0, r1)
+        return (n, r0, r1, o0, o1)
+    }
+
+    /// Output rows oi with some tap oi*s - p + a*d (0 <= a < k) in [r0, r1).
+    func outputRows(reaching r0: Int, _ r1: Int) -> (Int, Int) {
+        let s = geometry.stride, p = geometry.padding, reach = geometry.dilation * (geometry.kernel - 1)
+        // Smallest oi with oi*s - p + reach >= r0; largest with oi*s - p <= r1 - 1.
+        let low = r0 + p - reach
+        let o0 = low <= 0 ? 0 : (low + s - 1) / s
+        let o1 = min(outHeight, (r1 - 1 + p) / s + 1)
+        return (o0, o1)
+    }
+
+    /// The most pixels (GEMM columns) of a forward item and of an input-gradient item's dcol.
+    var maxForwardPixels: Int { outRows * outWidth }
+    var maxInputPixels: Int {
+        var most = 0
+        for band in 0..<inBands {
+            let (o0, o1) = outputRows(reaching: band * inRows, min(height, (band + 1) * inRows))
+            most = max(most, max(0, o1 - o0) * outWidth)
+        }
+        return most
+    }
+
+    /// Floats of per-thread scratch: the column buffer (forward, weight gradient) or dcol (input gradient).
+    var scratchFloats: Int {
+        if geometry.isPointwise { return 0 }
+        let depth = inChannels * geometry.kernel * geometry.kernel
+        return depth * max(maxForwardPixels, maxInputPixels)
+    }
+
+    var sharedFloats: Int { weightGroups * outChannels * inChannels * geometry.kernel * geometry.kernel }
+}
+
+/// Floats of per-thread scratch stridedConvForward/Backward need for these sizes or any smaller batch
+/// (the plan does not depend on the thread count, so neither does this).
+/// Height and width are the input's.
+public func stridedConvScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
+                                     geometry: ConvGeometry) -> Int {
+    var most = 0
+    for images in 1...max(1, batch) {
+        most = max(most, StridedConvPlan(batch: images, inChannels: inChannels, outChannels: outChannels,
+                                         height: height, width: width, geometry: geometry).scratchFloats)
+    }
+    return most
+}
+
+/// Floats of shared scratch stridedConvBackward needs (weight-gradient partials, at most four
+/// weight-sized blocks) for these sizes or any smaller batch.
+public func stridedConvSharedScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
+                                           geometry: ConvGeometry) -> Int {
+    var most = 0
+    for images in 1...max(1, batch) {
+        most = max(most, StridedConvPlan(batch: images, inChannels: inChannels, outChannels: outChannels,
+                                         height: height, width: width, geometry: geometry).sharedFloats)
+    }
+    return most
+}
+
+private func checkStridedConv(_ y: Tensor, _ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ g: ConvGeometry,
+                              _ who: StaticString) {
+    precondition(weight.h == g.kernel && weight.w == g.kernel,
+                 "\(who): weight \(weight.shape) for a \(g.kernel)x\(g.kernel) kernel")
+    precondition(weight.n == y.c && weight.c == x.c, "\(who): weight \(weight.shape) for x \(x.shape), y \(y.shape)")
+    precondition(y.n == x.n && y.h == g.output(x.h) && y.w == g.output(x.w),
+                 "\(who): y \(y.shape) for x \(x.shape) and \(g) (want \(g.output(x.h))x\(g.output(x.w)))")
+    if let bias { precondition(bias.count == y.c, "\(who): bias has \(bias.count) values for \(y.c) channels") }
+}
+
+/// Valid output columns [lo, hi) for tap offset `offset` (= b*d - p): those with 0 <= oj*s + offset < width.
+@inline(__always)
+private func validColumns(offset: Int, stride s: Int, width: Int, outWidth: Int) -> (Int, Int) {
+    let lo = offset >= 0 ? 0 : (-offset + s - 1) / s
+    let last = width - 1 - offset  // oj*s <= last
+    let hi = last < 0 ? 0 : min(outWidth, last / s + 1)
+    return (lo, max(lo, hi))
+}
+
+/// col[(c*k + a)*k + b][(oi - r0)*outW + oj] = x[c, oi*s - p + a*d, oj*s - p + b*d] (0 outside),
+/// for output rows [r0, r1) of one image `src` (C, H, W).
+private func stridedIm2col(_ col: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, channels: Int,
+                           plan: StridedConvPlan, r0: Int, r1: Int) {
+    let g = plan.geometry, (s, p, d, k) = (g.stride, g.padding, g.dilation, g.kernel)
+    let (h, w, outW) = (plan.height, plan.width, plan.outWidth)
+    let pixels = (r1 - r0) * outW
+    var dst = col
+    for c in 0..<channels {
+        let plane = src + c * h * w
+        for a in 0..<k {
+            for b in 0..<k {
+                let offset = b * d - p
+                let (lo, hi) = validColumns(offset: offset, stride: s, width: w, outWidth: outW)
+                for oi in r0..<r1 {
+                    let row = dst + (oi - r0) * outW
+                    let i = oi * s - p + a * d
+                    if i < 0 || i >= h || lo >= hi { row.update(repeating: 0, count: outW); continue }
+                    if lo > 0 { row.update(repeating: 0, count: lo) }
+                    let source = plane + i * w + offset
+                    if s == 1 {
+                        (row + lo).update(from: source + lo, count: hi - lo)
+                    } else {
+                        for oj in lo..<hi { row[oj] = source[oj * s] }
+                    }
+                    if hi < outW { (row + hi).update(repeating: 0, count: outW - hi) }
+                }
+                dst += pixels
+            }
+        }
+    }
+}
+
+/// dx[c, i, j] += dcol[(c*k + a)*k + b][(oi - o0)*outW + oj] for every tap landing on rows [r0, r1)
+/// of one image `dst` (C, H, W); dcol covers output rows [o0, o1). Taps in (a, b) order.
+private func stridedCol2imBand(_ dst: UnsafeMutablePointer<Float>, _ dcol: UnsafePointer<Float>, channels: Int,
+                               plan: StridedConvPlan, r0: Int, r1: Int, o0: Int, o1: Int) {
+    let g = plan.geometry, (s, p, d, k) = (g.stride, g.padding, g.dilation, g.kernel)
+    let (h, w, outW) = (plan.height, plan.width, plan.outWidth)
+    let pixels = (o1 - o0) * outW
+    var src = dcol
+    for c in 0..<channels {
+        let plane = dst + c * h * w
+        for a in 0..<k {
+            for b in 0..<k {
+                let offset = b * d - p
+                let (lo, hi) = validColumns(offset: offset, stride: s, width: w, outWidth: outW)
+                if lo < hi {
+                    for oi in o0..<o1 {
+                        let i = oi * s - p + a * d
+                        if i < r0 || i >= r1 { continue }
+                        let row = src + (oi - o0) * outW, target = plane + i * w + offset
+                        if s == 1 {
+                            for oj in lo..<hi { target[oj] += row[oj] }
+                        } else {
+                            for oj in lo..<hi { target[oj * s] += row[oj] }
+                        }
+                    }
+                }
+                src += pixels
+            }
+        }
+    }
+}
+
+/// 2-D convolution as PyTorch's Conv2d(Cin, Cout, k, stride, padding, dilation, bias). Overwrites y:
+/// y[n, co, oi, oj] = bias[co] + sum_{ci, a, b} weight[co, ci, a, b] * x[n, ci, oi*s - p + a*d, oj*s - p + b*d]
+/// (zero outside x). Bitwise the same for any thread count.
+/// y: (N, Cout, Ho, Wo), Ho = geometry.output(H)  x: (N, Cin, H, W)  weight: (Cout, Cin, k, k)  bias: (Cout, 1, 1, 1) or nil
+/// scratch: stridedConvScratchFloats per thread.
+public func stridedConvForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?, geometry: ConvGeometry,
+                               pool: WorkerPool, scratch: Scratch) {
+    checkStridedConv(y, x, weight, bias, geometry, "stridedConvForward")
+    precondition(scratch.threadCount >= pool.threadCount, "stridedConvForward: scratch has fewer threads than the pool")
+    let plan = StridedConvPlan(batch: x.n, inChannels: x.c, outChannels: y.c, height: x.h, width: x.w, geometry: geometry)
+    scratch.require(plan.scratchFloats, "stridedConv")
+    let (cin, cout, k) = (x.c, y.c, geometry.kernel)
+    let depth = cin * k * k, outPlane = y.shape.plane, outW = plan.outWidth
+    pool.parallelFor(plan.forwardItems) { range, t in
+        let col = scratch.buffer(t)
+        for item in range {
+            let (n, r0, r1) = plan.forwardItem(item)
+            let pixels = (r1 - r0) * outW
+            let band = y.sample(n) + r0 * outW
+            var b = UnsafePointer(x.sample(n) + r0 * x.w), ldb = x.shape.plane
+            if !geometry.isPointwise {
+                stridedIm2col(col, x.sample(n), channels: cin, plan: plan, r0: r0, r1: r1)
+                b = UnsafePointer(col); ldb = pixels
+            }
+            var beta: Float = 0
+            if let bias {
+                for c in 0..<cout { (band + c * outPlane).update(repeating: bias.data[c], count: pixels) }
+                beta = 1
+            }
+            sgemm(transA: false, transB: false, m: cout, n: pixels, k: depth, a: weight.data, lda: depth,
+                  b: b, ldb: ldb, beta: beta, c: band, ldc: outPlane)
+        }
+    }
+}
+
+/// Backward of stridedConvForward. Adds dL/dx into dx, dL/dweight into dweight, dL/dbias into dbias;
+/// a nil one is not computed. Bitwise the same for any thread count.
+/// dx, x: (N, Cin, H, W)  dy: (N, Cout, Ho, Wo)  dweight, weight: (Cout, Cin, k, k)  dbias: (Cout, 1, 1, 1)
+/// scratch: stridedConvScratchFloats per thread and stridedConvSharedScratchFloats shared.
+public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
+                                geometry: ConvGeometry, pool: WorkerPool, scratch: Scratch) {
+    let who: StaticString = "stridedConvBackward"
+    checkStridedConv(dy, x, weight, dbias, geometry, who)
+    if let dweight { precondition(dweight.shape == weight.shape, "\(who): dweight \(dweight.shape) for weight \(weight.shape)") }
+    if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) for x \(x.shape)") }
+    precondition(scratch.threadCount >= pool.threadCount, "\(who): scratch has fewer threads than the pool")
+    let plan = StridedConvPlan(batch: x.n, inChannels: x.c, outChannels: dy.c, height: x.h, width: x.w, geometry: geometry)
+    scratch.require(plan.scratchFloats, "stridedConv")
+    let (cin, cout, k) = (x.c, dy.c, geometry.kernel)
+    let depth = cin * k * k, outPlane = dy.shape.plane, outW = plan.outWidth
+    let weightFloats = cout * depth
+
+    if let dweight, plan.forwardItems > 0 {
+        scratch.requireShared(plan.sharedFloats, "stridedConv")
+        let groups = plan.weightGroups
+        let partials = scratch.shared
+        pool.parallelFor(groups) { groupRange, t in
+            let col = scratch.buffer(t)
+            for group in groupRange {
+                let partial = partials + group * weightFloats
+                var beta: Float = 0
+                for item in WorkerPool.split(plan.forwardItems, parts: groups, index: group) {
+                    let (n, r0, r1) = plan.forwardItem(item)
+                    let pixels = (r1 - r0) * outW
+                    var b = UnsafePointer(x.sample(n) + r0 * x.w), ldb = x.shape.plane
+                    if !geometry.isPointwise {
+                        stridedIm2col(col, x.sample(n), channels: cin, plan: plan, r0: r0, r1: r1)
+                        b = UnsafePointer(col); ldb = pixels
+                    }
+                    // partial (Cout x Cin k k) (+)= dY band (Cout x P) * col^T (P x Cin k k)
+                    sgemm(transA: false, transB: true, m: cout, n: depth, k: pixels,
+                          a: dy.sample(n) + r0 * outW, lda: outPlane, b: b, ldb: ldb,
+                          beta: beta, c: partial, ldc: depth)
+                    beta = 1
+                }
+            }
+        }
+        pool.parallelFor(weightFloats) { range, _ in
+            for i in range {
+                var sum = partials[i]
+                for group in 1..<max(groups, 1) { sum += partials[group * weightFloats + i] }
+                dweight.data[i] += sum
+            }
+        }
+    }
+
+    if let dbias { biasBackward(dbias: dbias, dy: dy, pool: pool) }
+
+    guard let dx else { return }
+    if geometry.isPointwise {
+        // dX band (Cin x P) += W^T (Cin x Cout) * dY band (Cout x P), in place.
+        pool.parallelFor(plan.forwardItems) { range, _ in
+            for item in range {
+                let (n, r0, r1) = plan.forwardItem(item)
+                sgemm(transA: true, transB: false, m: cin, n: (r1 - r0) * outW, k: cout, a: weight.data, lda: cin,
+                      b: dy.sample(n) + r0 * outW, ldb: outPlane, beta: 1, c: dx.sample(n) + r0 * x.w, ldc: x.shape.plane)
+            }
+        }
+        return
+    }
+    pool.parallelFor(plan.inputItems) { range, t in
+        let dcol = scratch.buffer(t)
+        for item in range {
+            let (n, r0, r1, o0, o1) = plan.inputItem(item)
+            if o1 <= o0 { continue }
+            let pixels = (o1 - o0) * outW
+            // dcol (Cin k k x P) = W^T * dY rows [o0, o1)
+            sgemm(transA: true, transB: false, m: depth, n: pixels, k: cout, a: weight.data, lda: depth,
+                  b: dy.sample(n) + o0 * outW, ldb: outPlane, beta: 0, c: dcol, ldc: pixels)
+            stridedCol2imBand(dx.sample(n), dcol, channels: cin, plan: plan, r0: r0, r1: r1, o0: o0, o1: o1)
+        }
+    }
+}
+
+/// Reference forward: direct loops, double accumulation. Same contract as stridedConvForward.
+public func stridedConvForwardNaive(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?, geometry g: ConvGeometry) {
+    checkStridedConv(y, x, weight, bias, g, "stridedConvForwardNaive")
+    let (s, p, d, k) = (g.stride, g.padding, g.dilation, g.kernel)
+    for n in 0..<y.n {
+        for co in 0..<y.c {
+            for oi in 0..<y.h {
+                for oj in 0..<y.w {
+                    var sum = Double(bias?[co] ?? 0)
+                    for ci in 0..<x.c {
+                        for a in 0..<k {
+                            let i = oi * s - p + a * d
+                            if i < 0 || i >= x.h { continue }
+                            for b in 0..<k {
+                                let j = oj * s - p + b * d
+                                if j < 0 || j >= x.w { continue }
+                                sum += Double(weight[co, ci, a, b]) * Double(x[n, ci, i, j])
+                            }
+                        }
+                    }
+                    y[n, co, oi, oj] = Float(sum)
+                }
+            }
+        }
+    }
+}
+
+/// Reference backward: direct loops in float. Adds into dx, dweight, dbias (each if given).
+public func stridedConvBackwardNaive(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor,
+                                     weight: Tensor, geometry g: ConvGeometry) {
+    checkStridedConv(dy, x, weight, dbias, g, "stridedConvBackwardNaive")
+    if let dweight { precondition(dweight.shape == weight.shape, "stridedConvBackwardNaive: dweight \(dweight.shape)") }
+    if let dx { precondition(dx.shape == x.shape, "stridedConvBackwardNaive: dx \(dx.shape) for x \(x.shape)") }
+    let (s, p, d, k) = (g.stride, g.padding, g.dilation, g.kernel)
+    for n in 0..<dy.n {
+        for co in 0..<dy.c {
+            for oi in 0..<dy.h {
+                for oj in 0..<dy.w {
+                    let grad = dy[n, co, oi, oj]
+                    if let dbias { dbias[co] += grad }
+                    for ci in 0..<x.c {
+                        for a in 0..<k {
+                            let i = oi * s - p + a * d
+                            if i < 0 || i >= x.h { continue }
+                            for b in 0..<k {
+                                let j = oj * s - p + b * d
+                                if j < 0 || j >= x.w { continue }
+                                if let dweight { dweight[co, ci, a, b] += grad * x[n, ci, i, j] }
+                                if let dx { dx[n, ci, i, j] += grad * weight[co, ci, a, b] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
