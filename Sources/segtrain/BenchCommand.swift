@@ -29,16 +29,28 @@ struct BenchCommand: ParsableCommand {
     var json = false
     @Option(help: "3x3 convolution kernel: auto, gemm (im2col + GEMM), winograd (F(2x2,3x3)) or winograd4 (F(4x4,3x3)).")
     var conv = ConvAlgorithm.auto
+    @Option(help: "Floats of transformed tiles per Winograd chunk (tuning; docs/PERFORMANCE.md).")
+    var winogradChunkFloats = ConvPolicy.standard.winogradTargetChunkFloats
+
+    /// The convolution policy the flags ask for: --conv and --winograd-chunk-floats over the standard one.
+    var convPolicy: ConvPolicy {
+        var policy = ConvPolicy.standard
+        policy.algorithm = conv
+        policy.winogradTargetChunkFloats = winogradChunkFloats
+        return policy
+    }
 
     func validate() throws {
         try training.validate(classes: model.classes)
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         if steps < 1 { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         if warmup < 0 { throw ValidationError("--warmup must be >= 0 (got \(warmup))") }
+        if !(1...(1 << 30)).contains(winogradChunkFloats) {
+            throw ValidationError("--winograd-chunk-floats must be 1...\(1 << 30) (got \(winogradChunkFloats))")
+        }
     }
 
     func run() throws {
-        ConvSettings.algorithm = conv
         // Under mpirun: data-parallel steps over the ranks, --batch-size global; alone: one process.
         let communicator: Communicator
         do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
@@ -49,7 +61,7 @@ struct BenchCommand: ParsableCommand {
         let threads = model.threadCount
         let pool = WorkerPool(threads: threads)
         let config = model.unetConfig
-        let unet = UNet(config, pool: pool)
+        let unet = UNet(config, convPolicy: convPolicy, pool: pool)
         let globalBatch = training.batchSize, size = model.imageSize
         let batch = shareOf(globalBatch, ranks: ranks, rank: communicator.rank).count
 

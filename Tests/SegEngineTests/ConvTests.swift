@@ -35,8 +35,8 @@ final class ConvTests: XCTestCase {
 
     /// The Winograd tile conv2d's dispatcher picks for these sizes (0: im2col + GEMM).
     private func dispatchedTile(_ x: Tensor, _ weight: Tensor, dilation: Int) -> Int {
-        ConvSettings.winogradTile(kernel: weight.h, dilation: dilation, inChannels: x.c, outChannels: weight.n,
-                                  height: x.h, width: x.w)
+        ConvPolicy.standard.winogradTile(kernel: weight.h, dilation: dilation, inChannels: x.c, outChannels: weight.n,
+                                         height: x.h, width: x.w)
     }
 
     /// References for conv2dForward / conv2dBackward as dispatched: (forward, dx, dweight).
@@ -553,8 +553,6 @@ final class ConvTests: XCTestCase {
         let n = 8
         let layers = [(3, 32, 128), (32, 32, 128), (32, 64, 64), (64, 64, 64), (64, 128, 32), (128, 128, 32),
                       (128, 256, 16), (256, 256, 16), (512, 256, 16), (384, 128, 32), (192, 64, 64), (96, 32, 128)]
-        let saved = ConvSettings.algorithm
-        defer { ConvSettings.algorithm = saved }
         var totals = [String: Double]()
         for (cin, cout, size) in layers {
             scratch.reserve(floatsPerThread: conv2dScratchFloats(batch: n, inChannels: cin, outChannels: cout,
@@ -567,15 +565,15 @@ final class ConvTests: XCTestCase {
             let flops = 2.0 * Double(n * size * size * cin * cout * 9)
             var line = String(format: "%4d -> %4d at %3d:", cin, cout, size)
             for algorithm in [ConvAlgorithm.gemm, .winograd, .winograd4] {
-                ConvSettings.algorithm = algorithm
-                let fwd = bestSeconds { conv2dForward(y.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, pool: pool, scratch: scratch) }
+                let policy = ConvPolicy(algorithm: algorithm)
+                let fwd = bestSeconds { conv2dForward(y.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, policy: policy, pool: pool, scratch: scratch) }
                 let dwt = bestSeconds {
                     conv2dBackward(dx: nil, dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor,
-                                   weight: weight.tensor, pool: pool, scratch: scratch)
+                                   weight: weight.tensor, policy: policy, pool: pool, scratch: scratch)
                 }
                 let dxt = bestSeconds {
                     conv2dBackward(dx: dx.tensor, dweight: nil, dbias: nil, dy: dy.tensor, x: x.tensor,
-                                   weight: weight.tensor, pool: pool, scratch: scratch)
+                                   weight: weight.tensor, policy: policy, pool: pool, scratch: scratch)
                 }
                 totals[algorithm.rawValue, default: 0] += fwd + dwt + dxt
                 line += String(format: "  %@ fwd %6.1f dW %6.1f dX %6.1f ms (%3.0f/%3.0f/%3.0f GF/s)", algorithm.rawValue,
