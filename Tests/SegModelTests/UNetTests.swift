@@ -82,6 +82,20 @@ final class UNetTests: XCTestCase {
         config = UNetConfig(); config.headKernel = 5
         XCTAssertTrue(config.validate()!.hasPrefix("--head-kernel"))
     }
+    /// The distinct 3x3 layers `segtrain bench --conv-layers` times: for the default UNet at 128 px,
+    /// the twelve rows of docs/PERFORMANCE.md's per-layer table, in its order.
+    func testConvLayerShapesOfTheDefaultUNet() {
+        let expected = [(3, 32, 128), (32, 32, 128), (32, 64, 64), (64, 64, 64), (64, 128, 32), (128, 128, 32),
+                        (128, 256, 16), (256, 256, 16), (512, 256, 16), (384, 128, 32), (192, 64, 64), (96, 32, 128)]
+        XCTAssertEqual(UNetConfig().convLayerShapes(imageSize: 128),
+                       expected.map { ConvLayerShape(inChannels: $0.0, outChannels: $0.1, side: $0.2) })
+        var transposed = UNetConfig()
+        transposed.upsampling = .transpose
+        transposed.depth = 2
+        XCTAssertEqual(transposed.convLayerShapes(imageSize: 40).map(\.description),
+                       ["3 -> 32 @40", "32 -> 32 @40", "32 -> 64 @20", "64 -> 64 @20", "128 -> 64 @20", "96 -> 32 @40"])
+    }
+
     /// The convolution policy a UNet is built with is the one its convolutions run with: the same
     /// weights under GEMM and under F(2x2) (auto's choice for the 8-channel layers at 16 px) give
     /// logits and gradients equal within rounding but not bit for bit, and one policy repeats exactly.
