@@ -305,7 +305,8 @@ extension ImageFile {
         try writeAtomically(encodeJPEG(image, quality: quality, name: path), to: path)
     }
 
-    static func encodeJPEG(_ image: Image8, quality: Int, name: String) throws -> [UInt8] {
+    /// `chroma420`: RGB with 4:2:0 chroma subsampling (what cameras write; `segtrain bench --jpeg-decode`).
+    static func encodeJPEG(_ image: Image8, quality: Int, name: String, chroma420: Bool = false) throws -> [UInt8] {
         guard (1...100).contains(quality) else {
             throw ImageFileError(name, "JPEG quality must be 1...100 (got \(quality))")
         }
@@ -316,7 +317,7 @@ extension ImageFile {
         // Gray+alpha: the gray samples alone (no TurboJPEG format skips every other byte).
         let samples = image.channels == 2 ? stride(from: 0, to: image.pixels.count, by: 2).map { image.pixels[$0] } : image.pixels
         let pixelFormat = gray ? TJPF_GRAY : image.channels == 4 ? TJPF_RGBX : TJPF_RGB  // RGBX: the 4th byte is ignored
-        let subsampling = gray ? TJSAMP_GRAY : TJSAMP_444
+        let subsampling = gray ? TJSAMP_GRAY : chroma420 ? TJSAMP_420 : TJSAMP_444
         guard let handle = tjInitCompress() else {
             throw ImageFileError(name, "cannot start the JPEG encoder: \(turboMessage(nil))")
         }

@@ -258,17 +258,20 @@ private struct Conv2dLayout {
 
 /// Floats of scratch per thread that conv2dForward/Backward need for these sizes (max of both):
 /// a column buffer, a temporary for small images grouped into one GEMM, and one weight-sized block
-/// (weight-gradient partial, flipped kernel). Covers any smaller batch too.
+/// (weight-gradient partial, flipped kernel). Covers any smaller batch too. `policy`: the one the
+/// convolutions will run with (its Winograd chunk sizes set the Winograd scratch).
 public func conv2dScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
-                                kernel: Int, dilation: Int = 1, threads: Int) -> Int {
+                                kernel: Int, dilation: Int = 1, policy: ConvPolicy = .standard, threads: Int) -> Int {
     // The maximum over every batch up to `batch`, so a smaller last batch always fits, and over
-    // both algorithms, so switching `ConvSettings.algorithm` never outgrows the plan.
+    // every algorithm and tile whatever `policy.algorithm` picks, so the figure (and the memory
+    // estimates built on it) does not depend on the algorithm.
     var most = 0
     if kernel == 3 && dilation == 1 {
         for (cin, cout) in [(inChannels, outChannels), (outChannels, inChannels)] {
             for tile in [2, 4] {
                 most = max(most, WinogradPlan(inChannels: cin, outChannels: cout, height: height, width: width,
-                                              batch: batch, threads: threads, tile: tile).scratchFloatsPerThread)
+                                              batch: batch, threads: threads, tile: tile,
+                                              policy: policy).scratchFloatsPerThread)
             }
         }
     }
@@ -290,27 +293,54 @@ public func conv2dSharedScratchFloats(inChannels: Int, outChannels: Int, kernel:
 /// measurements (docs/PERFORMANCE.md), the same for all three passes.
 public enum ConvAlgorithm: String, CaseIterable, Sendable { case auto, gemm, winograd, winograd4 }
 
-public enum ConvSettings {
-    /// Process-wide choice (set once, before training, e.g. by `segtrain bench --conv`).
-    nonisolated(unsafe) public static var algorithm = ConvAlgorithm.auto
-    nonisolated(unsafe) public static var winogradMinimumChannels = 8
-    /// Planes at least this high and wide take F(4x4) when Cin + Cout is at least
+/// How 3x3 convolutions are computed: the algorithm (or the rule `auto` picks it by) and the
+/// Winograd chunk sizes. A value, chosen when a model is built (`UNet(_:convPolicy:pool:)`, `segtrain
+/// bench --conv`) and passed to every conv2d call and scratch-size query, so two models in one process
+/// can differ and nothing global changes under a running step. Changing it never changes what a
+/// layer computes, only the rounding of the result (each path is checked against the exact result).
+public struct ConvPolicy: Sendable, Equatable {
+    public var algorithm: ConvAlgorithm
+    /// `auto`: a layer with fewer input or output channels than this takes im2col + GEMM (the first
+    /// layer with 3 input channels, the head).
+    public var winogradMinimumChannels: Int
+    /// `auto`: planes at least this high and wide take F(4x4) when Cin + Cout is at least
     /// `winogradLargeTileMinimumChannels`; others F(2x2), whose tile count gives wider GEMMs and whose
     /// transforms are cheaper per value (it wins on thin layers, whose GEMMs are short anyway).
-    nonisolated(unsafe) public static var winogradLargeTileMinimumSide = 32
-    nonisolated(unsafe) public static var winogradLargeTileMinimumChannels = 96
+    public var winogradLargeTileMinimumSide: Int
+    public var winogradLargeTileMinimumChannels: Int
+    /// Floats of transformed tiles (V + M) one Winograd chunk aims at: about a core's L2 (1 MiB here),
+    /// so the transforms and GEMMs of a chunk stay in cache; tuned with `segtrain bench` (docs/PERFORMANCE.md).
+    public var winogradTargetChunkFloats: Int
+    /// ...but at least this many tiles (GEMM columns) per chunk, so deep layers keep wide GEMMs.
+    public var winogradMinimumTilesPerChunk: Int
+
+    public init(algorithm: ConvAlgorithm = .auto, winogradMinimumChannels: Int = 8,
+                winogradLargeTileMinimumSide: Int = 32, winogradLargeTileMinimumChannels: Int = 96,
+                winogradTargetChunkFloats: Int = 1 << 18, winogradMinimumTilesPerChunk: Int = 64) {
+        precondition(winogradTargetChunkFloats >= 1 && winogradMinimumTilesPerChunk >= 1,
+                     "ConvPolicy: Winograd chunk sizes must be positive")
+        self.algorithm = algorithm
+        self.winogradMinimumChannels = winogradMinimumChannels
+        self.winogradLargeTileMinimumSide = winogradLargeTileMinimumSide
+        self.winogradLargeTileMinimumChannels = winogradLargeTileMinimumChannels
+        self.winogradTargetChunkFloats = winogradTargetChunkFloats
+        self.winogradMinimumTilesPerChunk = winogradMinimumTilesPerChunk
+    }
+
+    /// `auto` with the measured thresholds and chunk sizes: what every model uses unless told otherwise.
+    public static let standard = ConvPolicy()
 
     /// The Winograd output tile (2 or 4) for this layer's three passes, or 0 for im2col + GEMM.
-    public static func winogradTile(kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,
-                                    height: Int, width: Int) -> Int {
+    public func winogradTile(kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,
+                             height: Int, width: Int) -> Int {
         guard kernel == 3 && dilation == 1 else { return 0 }
         switch algorithm {
         case .gemm: return 0
         case .winograd: return 2
         case .winograd4: return 4
         case .auto:
-            // From `SEGTRAIN_BENCH=1 swift test --filter testConvSpeedUNetLayers` (docs/PERFORMANCE.md):
-            // the first layer (3 input channels) and the head take GEMM.
+            // From `segtrain bench --conv-layers` (docs/PERFORMANCE.md): the first layer (3 input
+            // channels) and the head take GEMM.
             guard min(inChannels, outChannels) >= winogradMinimumChannels else { return 0 }
             let large = min(height, width) >= winogradLargeTileMinimumSide
                 && inChannels + outChannels >= winogradLargeTileMinimumChannels
@@ -323,13 +353,14 @@ public enum ConvSettings {
 /// Overwrites y; with `relu`, y = max(conv + bias, 0) (fused: no second pass over y).
 /// y: (N, Cout, H, W)  x: (N, Cin, H, W)  weight: (Cout, Cin, k, k) (OIHW)  bias: (Cout, 1, 1, 1) or nil
 public func conv2dForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?, dilation: Int = 1,
-                          relu: Bool = false, pool: WorkerPool, scratch: Scratch) {
+                          relu: Bool = false, policy: ConvPolicy = .standard, pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(y, x, weight, dilation, "conv2dForward")
     checkBias(bias, y.c, "conv2dForward")
-    let tile = ConvSettings.winogradTile(kernel: k, dilation: dilation, inChannels: x.c, outChannels: y.c,
-                                         height: x.h, width: x.w)
+    let tile = policy.winogradTile(kernel: k, dilation: dilation, inChannels: x.c, outChannels: y.c,
+                                   height: x.h, width: x.w)
     if tile > 0 {
-        winogradConv3x3Forward(y, x, weight: weight, bias: bias, relu: relu, tile: tile, pool: pool, scratch: scratch)
+        winogradConv3x3Forward(y, x, weight: weight, bias: bias, relu: relu, tile: tile, policy: policy,
+                               pool: pool, scratch: scratch)
         return
     }
     let cin = x.c, kk = k * k
@@ -388,25 +419,27 @@ private func gemmConvolution(_ out: Tensor, _ input: Tensor, weights: UnsafePoin
 /// nothing has written yet: saves zeroing it and reading it back).
 /// dx, x: (N, Cin, H, W)  dy: (N, Cout, H, W)  dweight, weight: (Cout, Cin, k, k)  dbias: (Cout, 1, 1, 1)
 public func conv2dBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
-                           dilation: Int = 1, overwriteInputGradient: Bool = false, pool: WorkerPool, scratch: Scratch) {
+                           dilation: Int = 1, overwriteInputGradient: Bool = false, policy: ConvPolicy = .standard,
+                           pool: WorkerPool, scratch: Scratch) {
     let k = checkConv2d(dy, x, weight, dilation, "conv2dBackward")
     if let dweight {
         precondition(dweight.shape == weight.shape, "conv2dBackward: dweight \(dweight.shape) for weight \(weight.shape)")
     }
     if let dx { precondition(dx.shape == x.shape, "conv2dBackward: dx \(dx.shape) for x \(x.shape)") }
     checkBias(dbias, dy.c, "conv2dBackward")
-    let tile = ConvSettings.winogradTile(kernel: k, dilation: dilation, inChannels: x.c, outChannels: dy.c,
-                                         height: x.h, width: x.w)
+    let tile = policy.winogradTile(kernel: k, dilation: dilation, inChannels: x.c, outChannels: dy.c,
+                                   height: x.h, width: x.w)
     let winogradInput = tile > 0
     // Winograd takes the weight gradient (with the bias gradient) and/or the input gradient;
     // im2col + GEMM below does whatever it left.
     let weightsByWinograd = tile > 0 && dweight != nil
     if weightsByWinograd, let dweight {
-        winogradConv3x3WeightGradient(dweight: dweight, dbias: dbias, dy: dy, x: x, tile: tile, pool: pool, scratch: scratch)
+        winogradConv3x3WeightGradient(dweight: dweight, dbias: dbias, dy: dy, x: x, tile: tile, policy: policy,
+                                      pool: pool, scratch: scratch)
     }
     if winogradInput, let dx {
         winogradConv3x3InputGradient(dx: dx, dy: dy, weight: weight, accumulate: !overwriteInputGradient, tile: tile,
-                                     pool: pool, scratch: scratch)
+                                     policy: policy, pool: pool, scratch: scratch)
     }
     let gemmWeight = weightsByWinograd ? nil : dweight
     let gemmBias = weightsByWinograd ? nil : dbias

@@ -32,14 +32,10 @@ public struct WinogradPlan {
     /// Chunks in the batch.
     public let chunks: Int
 
-    /// Floats of transformed tiles (V + M) one chunk aims at: about a core's L2 (1 MiB here), so the
-    /// transforms and GEMMs of a chunk stay in cache; tuned with `segtrain bench` (docs/PERFORMANCE.md).
-    nonisolated(unsafe) public static var targetChunkFloats = 1 << 18
-    /// ...but at least this many tiles (GEMM columns) per chunk, so deep layers keep wide GEMMs.
-    nonisolated(unsafe) public static var minimumTilesPerChunk = 64
-
+    /// Chunk sizes come from `policy` (`winogradTargetChunkFloats` of V + M per chunk, at least
+    /// `winogradMinimumTilesPerChunk` tiles); its algorithm is not read (the tile is given).
     public init(inChannels: Int, outChannels: Int, height: Int, width: Int, batch: Int = 1, threads: Int = 1,
-                tile: Int = 2) {
+                tile: Int = 2, policy: ConvPolicy) {
         precondition(tile == 2 || tile == 4, "winograd: tile \(tile) (2 or 4)")
         self.inChannels = inChannels
         self.outChannels = outChannels
@@ -51,7 +47,7 @@ public struct WinogradPlan {
         tilesWide = (width + tile - 1) / tile
         let points = (tile + 2) * (tile + 2)
         let floatsPerTile = points * (inChannels + outChannels)
-        let targetTiles = max(WinogradPlan.minimumTilesPerChunk, WinogradPlan.targetChunkFloats / floatsPerTile)
+        let targetTiles = max(policy.winogradMinimumTilesPerChunk, policy.winogradTargetChunkFloats / floatsPerTile)
         let tilesPerImage = tilesHigh * tilesWide
         if tilesPerImage >= targetTiles || batch <= 1 {
             tileRowsPerChunk = max(1, min(tilesHigh, targetTiles / max(tilesWide, 1)))
@@ -104,12 +100,13 @@ public struct WinogradPlan {
 /// x: (N, Cin, H, W)  weight: (Cout, Cin, 3, 3)  bias: (Cout,1,1,1) or nil
 /// `tile`: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
 public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?,
-                                   relu: Bool = false, tile: Int = 2, pool: WorkerPool, scratch: Scratch) {
+                                   relu: Bool = false, tile: Int = 2, policy: ConvPolicy = .standard,
+                                   pool: WorkerPool, scratch: Scratch) {
     let cin = x.c, cout = y.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
     precondition(y.n == x.n && y.h == x.h && y.w == x.w, "winograd: y \(y.shape) vs x \(x.shape)")
     let plan = WinogradPlan(inChannels: cin, outChannels: cout, height: x.h, width: x.w, batch: x.n,
-                            threads: pool.threadCount, tile: tile)
+                            threads: pool.threadCount, tile: tile, policy: policy)
     scratch.requireShared(plan.sharedFloats, "winograd forward")
     let u = scratch.shared
     transformAllWeights(weight, into: u, forInputGradient: false, tile: tile, pool: pool)
@@ -120,12 +117,12 @@ public func winogradConv3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bia
 /// dx (N, Cin, H, W) += the input gradient of a 3x3 same convolution for dy (N, Cout, H, W)
 /// (dx = it, when not `accumulate`).
 public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor, accumulate: Bool = true, tile: Int = 2,
-                                         pool: WorkerPool, scratch: Scratch) {
+                                         policy: ConvPolicy = .standard, pool: WorkerPool, scratch: Scratch) {
     let cin = dx.c, cout = dy.c
     precondition(weight.shape == Shape(cout, cin, 3, 3), "winograd: weight \(weight.shape) for \(cin) -> \(cout)")
     // A forward convolution from Cout to Cin channels with the flipped, transposed kernel.
     let plan = WinogradPlan(inChannels: cout, outChannels: cin, height: dy.h, width: dy.w, batch: dy.n,
-                            threads: pool.threadCount, tile: tile)
+                            threads: pool.threadCount, tile: tile, policy: policy)
     scratch.requireShared(plan.sharedFloats, "winograd input gradient")
     let u = scratch.shared
     transformAllWeights(weight, into: u, forInputGradient: true, tile: tile, pool: pool)
@@ -136,11 +133,11 @@ public func winogradConv3x3InputGradient(dx: Tensor, dy: Tensor, weight: Tensor,
 /// dweight (Cout, Cin, 3, 3) += dL/dweight and dbias += sum of dy, for y = conv3x3(x).
 /// Each thread sums its chunks into a private dU; the partials are added in thread order.
 public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: Tensor, x: Tensor, tile: Int = 2,
-                                          pool: WorkerPool, scratch: Scratch) {
+                                          policy: ConvPolicy = .standard, pool: WorkerPool, scratch: Scratch) {
     let cin = x.c, cout = dy.c
     precondition(dweight.shape == Shape(cout, cin, 3, 3), "winograd: dweight \(dweight.shape) for \(cin) -> \(cout)")
     let plan = WinogradPlan(inChannels: cin, outChannels: cout, height: x.h, width: x.w, batch: x.n,
-                            threads: pool.threadCount, tile: tile)
+                            threads: pool.threadCount, tile: tile, policy: policy)
     scratch.require(plan.scratchFloatsPerThread, "winograd weight gradient")
     let points = plan.points
     let tilesPerChunk = plan.maxTilesPerChunk

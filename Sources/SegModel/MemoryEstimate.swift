@@ -33,8 +33,10 @@ extension UNetConfig {
     }
 
     /// Bytes of activations, activation gradients and convolution scratch for a batch of `batch`
-    /// images of `imageSize` px on `threads` threads: an upper bound of what `UNet.plan` allocates.
-    public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
+    /// images of `imageSize` px on `threads` threads: an upper bound of what `UNet.plan` allocates
+    /// for a model built with `convPolicy`.
+    public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int,
+                                         convPolicy: ConvPolicy = .standard) -> Double {
         let b = Double(batch)
         var values = 0.0, withGradient = 0.0
         func add(_ c: Double, _ side: Double, gradient: Bool = true) {
@@ -72,7 +74,8 @@ extension UNetConfig {
                 let c = baseChannels << i
                 for (a, o) in [(cin, c), (c, c)] {
                     perThread = max(perThread, conv2dScratchFloats(batch: batch, inChannels: a, outChannels: o, height: s,
-                                                                    width: s, kernel: 3, threads: threads))
+                                                                    width: s, kernel: 3, policy: convPolicy,
+                                                                    threads: threads))
                     shared = max(shared, conv2dSharedScratchFloats(inChannels: a, outChannels: o, kernel: 3))
                 }
                 cin = c
@@ -88,14 +91,15 @@ extension UNetConfig {
                 }
                 for (a, o) in [(c + belowChannels, c), (c, c)] {
                     perThread = max(perThread, conv2dScratchFloats(batch: batch, inChannels: a, outChannels: o, height: side,
-                                                                    width: side, kernel: 3, threads: threads))
+                                                                    width: side, kernel: 3, policy: convPolicy,
+                                                                    threads: threads))
                     shared = max(shared, conv2dSharedScratchFloats(inChannels: a, outChannels: o, kernel: 3))
                 }
                 belowChannels = c
             }
             perThread = max(perThread, conv2dScratchFloats(batch: batch, inChannels: baseChannels, outChannels: classes,
                                                             height: imageSize, width: imageSize, kernel: headKernel,
-                                                            threads: threads))
+                                                            policy: convPolicy, threads: threads))
             bytes += Double(perThread * threads + shared) * 4
         }
         return bytes

@@ -59,6 +59,9 @@ public struct LayerInfo: Sendable {
 
 public final class UNet {
     public let config: UNetConfig
+    /// How every convolution of this model runs (algorithm per layer, Winograd chunk sizes): fixed
+    /// when the model is built, used by `plan` for the scratch and by forward and backward.
+    public let convPolicy: ConvPolicy
     public let store: ParameterStore
     public let pool: WorkerPool
     public let profile = Profile()
@@ -87,9 +90,10 @@ public final class UNet {
     private var input: Tensor? = nil
     public private(set) var layers: [LayerInfo] = []
 
-    public init(_ config: UNetConfig, pool: WorkerPool) {
+    public init(_ config: UNetConfig, convPolicy: ConvPolicy = .standard, pool: WorkerPool) {
         precondition(config.validate() == nil, config.validate() ?? "")
         self.config = config
+        self.convPolicy = convPolicy
         self.pool = pool
         scratch = Scratch(threads: pool.threadCount)
 
@@ -198,7 +202,7 @@ public final class UNet {
             unit.output = plan.add(out)
             scratchFloats = max(scratchFloats, conv2dScratchFloats(
                 batch: batch, inChannels: c.inChannels, outChannels: c.outChannels,
-                height: h, width: w, kernel: c.kernel, threads: threads))
+                height: h, width: w, kernel: c.kernel, policy: convPolicy, threads: threads))
             sharedFloats = max(sharedFloats, conv2dSharedScratchFloats(
                 inChannels: c.inChannels, outChannels: c.outChannels, kernel: c.kernel))
             rows.append(convRow(name, c, h: h, w: w, firstLayer: firstLayer,
@@ -249,7 +253,7 @@ public final class UNet {
         logitsSlot = plan.add(logitsShape)
         scratchFloats = max(scratchFloats, conv2dScratchFloats(
             batch: batch, inChannels: head.inChannels, outChannels: head.outChannels,
-            height: height, width: width, kernel: head.kernel, threads: threads))
+            height: height, width: width, kernel: head.kernel, policy: convPolicy, threads: threads))
         sharedFloats = max(sharedFloats, conv2dSharedScratchFloats(
             inChannels: head.inChannels, outChannels: head.outChannels, kernel: head.kernel))
         rows.append(convRow("head", head, h: height, w: width, firstLayer: false,
@@ -355,7 +359,7 @@ public final class UNet {
         let out = logits
         profile.measure(.convForward) {
             conv2dForward(out, x, weight: store.value(head.weight), bias: head.bias.map { store.value($0) },
-                          pool: pool, scratch: scratch)
+                          policy: convPolicy, pool: pool, scratch: scratch)
         }
         return out
     }
@@ -396,7 +400,8 @@ public final class UNet {
         if let bn = unit.bn {
             let z = arena.value(unit.preNorm)
             profile.measure(.convForward) {
-                conv2dForward(z, x, weight: store.value(c.weight), bias: nil, pool: pool, scratch: scratch)
+                conv2dForward(z, x, weight: store.value(c.weight), bias: nil, policy: convPolicy, pool: pool,
+                              scratch: scratch)
             }
             profile.measure(.batchNorm) {
                 batchNormForward(out, z, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
@@ -409,7 +414,7 @@ public final class UNet {
             // Bias and ReLU fused into the convolution's output pass.
             profile.measure(.convForward) {
                 conv2dForward(out, x, weight: store.value(c.weight), bias: c.bias.map { store.value($0) },
-                              relu: true, pool: pool, scratch: scratch)
+                              relu: true, policy: convPolicy, pool: pool, scratch: scratch)
             }
         }
         return out
@@ -511,12 +516,13 @@ public final class UNet {
             let weight = store.value(c.weight), gradient = arena.gradient(dy)
             profile.measure(.convWeightGradient) {
                 conv2dBackward(dx: nil, dweight: store.gradient(c.weight), dbias: c.bias.map { store.gradient($0) },
-                               dy: gradient, x: input, weight: weight, pool: pool, scratch: scratch)
+                               dy: gradient, x: input, weight: weight, policy: convPolicy, pool: pool, scratch: scratch)
             }
             if let dx {
                 profile.measure(.convInputGradient) {
                     conv2dBackward(dx: arena.gradient(dx), dweight: nil, dbias: nil, dy: gradient, x: input,
-                                   weight: weight, overwriteInputGradient: fresh, pool: pool, scratch: scratch)
+                                   weight: weight, overwriteInputGradient: fresh, policy: convPolicy, pool: pool,
+                                   scratch: scratch)
                 }
             }
         }

@@ -16,6 +16,10 @@ struct BenchCommand: ParsableCommand {
             With --data, batches come from the dataset through the loader threads (with augmentation \
             unless --no-augment), and the report adds the loader: seconds per sample per loader thread \
             (decode, resize, augment) and how long the steps waited for data.
+
+            --conv-layers, --conv-kernels, --jpeg-decode, --augment-speed and --synthetic time one part \
+            alone instead of training steps (one of them at a time, no MPI): e.g. \
+            `segtrain bench --conv-layers --threads 2` prints the per-layer table of docs/PERFORMANCE.md.
             """)
 
     @OptionGroup var model: ModelOptions
@@ -29,16 +33,98 @@ struct BenchCommand: ParsableCommand {
     var json = false
     @Option(help: "3x3 convolution kernel: auto, gemm (im2col + GEMM), winograd (F(2x2,3x3)) or winograd4 (F(4x4,3x3)).")
     var conv = ConvAlgorithm.auto
+    @Option(help: "Floats of transformed tiles per Winograd chunk (tuning; docs/PERFORMANCE.md).")
+    var winogradChunkFloats = ConvPolicy.standard.winogradTargetChunkFloats
+
+    @Flag(help: "Time each distinct 3x3 layer of the model (--image-size, --in-channels, --base-channels, --depth; batch --batch-size) in each pass under every algorithm; * marks what --conv runs.")
+    var convLayers = false
+    @Flag(help: "Time conv2d (3x3 and 1x1, --base-channels in and out, --image-size px, batch --batch-size) and convTranspose2x2 to that size.")
+    var convKernels = false
+    @Option(help: "Time decoding JPEG (4:4:4, 4:2:0) and PNG images of these sizes on one thread, e.g. 128x128,512x512,1918x1280.")
+    var jpegDecode: String?
+    @Option(help: "Time resizing a 1918x1280 photo to these sides and augmenting at them on one thread, e.g. 128,512.")
+    var augmentSpeed: String?
+    @Flag(help: "Time generating synthetic samples (--image-size, --classes) on one thread.")
+    var synthetic = false
+
+    /// The convolution policy the flags ask for: --conv and --winograd-chunk-floats over the standard one.
+    var convPolicy: ConvPolicy {
+        var policy = ConvPolicy.standard
+        policy.algorithm = conv
+        policy.winogradTargetChunkFloats = winogradChunkFloats
+        return policy
+    }
 
     func validate() throws {
         try training.validate(classes: model.classes)
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         if steps < 1 { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         if warmup < 0 { throw ValidationError("--warmup must be >= 0 (got \(warmup))") }
+        let parts = [convLayers, convKernels, jpegDecode != nil, augmentSpeed != nil, synthetic].filter { $0 }.count
+        if parts > 1 { throw ValidationError("--conv-layers, --conv-kernels, --jpeg-decode, --augment-speed and --synthetic: one at a time") }
+        if parts > 0 && dataOptions.data != nil { throw ValidationError("--data trains; it does not go with --conv-layers, --jpeg-decode, ...") }
+        _ = try jpegDecodeSizes()
+        _ = try augmentSides()
+        if !(1...(1 << 30)).contains(winogradChunkFloats) {
+            throw ValidationError("--winograd-chunk-floats must be 1...\(1 << 30) (got \(winogradChunkFloats))")
+        }
+    }
+
+    /// --jpeg-decode's WIDTHxHEIGHT list (empty without the option).
+    func jpegDecodeSizes() throws -> [(width: Int, height: Int)] {
+        guard let jpegDecode else { return [] }
+        return try jpegDecode.split(separator: ",", omittingEmptySubsequences: false).map { item in
+            let sides = item.split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
+            guard sides.count == 2, let w = sides[0], let h = sides[1], (1...16384).contains(w), (1...16384).contains(h) else {
+                throw ValidationError("--jpeg-decode: '\(item)' is not WIDTHxHEIGHT with sides 1...16384 (e.g. 128x128,1918x1280)")
+            }
+            return (w, h)
+        }
+    }
+
+    /// --augment-speed's list of sides (empty without the option).
+    func augmentSides() throws -> [Int] {
+        guard let augmentSpeed else { return [] }
+        return try augmentSpeed.split(separator: ",", omittingEmptySubsequences: false).map { item in
+            guard let side = Int(item), (1...4096).contains(side) else {
+                throw ValidationError("--augment-speed: '\(item)' is not a side of 1...4096 px (e.g. 128,512)")
+            }
+            return side
+        }
+    }
+
+    /// Runs the one-part timing the flags ask for, if any; false when there is none (train steps).
+    func runPartTiming() throws -> Bool {
+        let report: (String) -> Void = { print($0) }
+        if convLayers {
+            let pool = WorkerPool(threads: model.threadCount), policy = convPolicy
+            let batch = training.batchPerRank ?? training.batchSize
+            print("segtrain bench --conv-layers: batch \(batch), \(pool.threadCount) thread(s), ms best of 3; * = what --conv \(conv.rawValue) runs")
+            var timings: [ConvLayerTiming] = []
+            for layer in model.unetConfig.convLayerShapes(imageSize: model.imageSize) {
+                let timing = ConvBenchmark.timeLayer(layer, batch: batch, policy: policy, pool: pool)
+                print(ConvBenchmark.line(timing))
+                timings.append(timing)
+            }
+            print(ConvBenchmark.totalsLine(timings))
+        } else if convKernels {
+            ConvBenchmark.kernels(batch: training.batchPerRank ?? training.batchSize, channels: model.baseChannels,
+                                  side: model.imageSize, policy: convPolicy, pool: WorkerPool(threads: model.threadCount),
+                                  report: report)
+        } else if jpegDecode != nil {
+            do { try DataBenchmark.jpegDecode(sizes: try jpegDecodeSizes(), report: report) } catch { throw UserError("\(error)") }
+        } else if augmentSpeed != nil {
+            DataBenchmark.augment(sizes: try augmentSides(), report: report)
+        } else if synthetic {
+            DataBenchmark.synthetic(size: model.imageSize, classes: model.classes, report: report)
+        } else {
+            return false
+        }
+        return true
     }
 
     func run() throws {
-        ConvSettings.algorithm = conv
+        if try runPartTiming() { return }
         // Under mpirun: data-parallel steps over the ranks, --batch-size global; alone: one process.
         let communicator: Communicator
         do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
@@ -49,7 +135,7 @@ struct BenchCommand: ParsableCommand {
         let threads = model.threadCount
         let pool = WorkerPool(threads: threads)
         let config = model.unetConfig
-        let unet = UNet(config, pool: pool)
+        let unet = UNet(config, convPolicy: convPolicy, pool: pool)
         let globalBatch = training.batchSize, size = model.imageSize
         let batch = shareOf(globalBatch, ranks: ranks, rank: communicator.rank).count
 

@@ -491,35 +491,6 @@ final class JPEGTests: XCTestCase {
         }
         return bytes
     }
-
-    // MARK: Throughput (opt-in)
-
-    /// Decode time per image, one thread: `SEGDATA_BENCH=1 swift test -c release --filter
-    /// SegDataTests.JPEGTests/testDecodeThroughput` (results in docs/DATA.md).
-    func testDecodeThroughput() throws {
-        try XCTSkipUnless(ProcessInfo.processInfo.environment["SEGDATA_BENCH"] == "1", "set SEGDATA_BENCH=1 to measure")
-        for (width, height) in [(128, 128), (512, 512), (1918, 1280)] {
-            let image = smoothImage(width: width, height: height, channels: 3, seed: 40)
-            let files: [(String, [UInt8])] = try [
-                ("JPEG q90 4:4:4 (encodeJPEG)", ImageFile.encodeJPEG(image, quality: 90)),
-                ("JPEG q90 4:2:0", turboEncode(image, pixelFormat: TJPF_RGB, subsampling: TJSAMP_420, quality: 90)),
-                ("PNG (encode)", ImageFile.encode(image)),
-            ]
-            for (tag, bytes) in files {
-                let repeats = max(5, 40_000_000 / (width * height))
-                _ = try ImageFile.decode(bytes, name: tag, as: .rgb)
-                var best = Double.infinity, total = 0.0
-                for _ in 0..<repeats {
-                    let t0 = DispatchTime.now().uptimeNanoseconds
-                    _ = try ImageFile.decode(bytes, name: tag, as: .rgb)
-                    let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-                    best = min(best, ms); total += ms
-                }
-                print("decode \(width)x\(height) \(tag.padding(toLength: 28, withPad: " ", startingAt: 0))"
-                      + String(format: "%8d bytes  best %7.2f ms  mean %7.2f ms (%d runs)", bytes.count, best, total / Double(repeats), repeats))
-            }
-        }
-    }
 }
 
 // MARK: Helpers

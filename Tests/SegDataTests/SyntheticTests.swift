@@ -87,13 +87,4 @@ final class SyntheticTests: XCTestCase {
             }
         }
     }
-
-    /// A timing, not a test: opt-in (SEGDATA_BENCH=1), as the other speed measurements.
-    func testSpeed() throws {
-        try XCTSkipUnless(ProcessInfo.processInfo.environment["SEGDATA_BENCH"] != nil, "timing; set SEGDATA_BENCH=1")
-        let generator = SyntheticGenerator(size: 128, classes: 3, seed: 1)
-        let start = Date()
-        for index in 0..<50 { _ = generator.sample(index) }
-        print(String(format: "synthetic 128x128 sample: %.2f ms", Date().timeIntervalSince(start) * 1000 / 50))
-    }
 }

@@ -35,8 +35,8 @@ final class ConvTests: XCTestCase {
 
     /// The Winograd tile conv2d's dispatcher picks for these sizes (0: im2col + GEMM).
     private func dispatchedTile(_ x: Tensor, _ weight: Tensor, dilation: Int) -> Int {
-        ConvSettings.winogradTile(kernel: weight.h, dilation: dilation, inChannels: x.c, outChannels: weight.n,
-                                  height: x.h, width: x.w)
+        ConvPolicy.standard.winogradTile(kernel: weight.h, dilation: dilation, inChannels: x.c, outChannels: weight.n,
+                                         height: x.h, width: x.w)
     }
 
     /// References for conv2dForward / conv2dBackward as dispatched: (forward, dx, dweight).
@@ -501,102 +501,5 @@ final class ConvTests: XCTestCase {
                 XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern), "threads \(threads) output \(i)")
             }
         }
-    }
-
-    // MARK: Speed (skipped unless SEGTRAIN_BENCH=1)
-
-    func testConvSpeed() throws {
-        try XCTSkipUnless(getenv("SEGTRAIN_BENCH") != nil, "set SEGTRAIN_BENCH=1 to measure conv speed")
-        let threads = Int(getenv("SEGTRAIN_BENCH_THREADS").map { String(cString: $0) } ?? "2") ?? 2
-        let (n, c, h, w) = (8, 64, 64, 64)
-        let pool = WorkerPool(threads: threads), scratch = Scratch(threads: threads)
-        scratch.reserve(floatsPerThread: max(
-            conv2dScratchFloats(batch: n, inChannels: c, outChannels: c, height: h, width: w, kernel: 3, threads: threads),
-            convTranspose2x2ScratchFloats(batch: n, inChannels: c, outChannels: c, height: h / 2, width: w / 2,
-                                          threads: threads)))
-        let x = random(Shape(n, c, h, w), seed: 71), weight = random(Shape(c, c, 3, 3), seed: 72)
-        let bias = random(.vector(c), seed: 73), y = OwnedTensor(x.shape), dy = random(x.shape, seed: 74)
-        let dx = OwnedTensor(x.shape), dw = OwnedTensor(weight.shape), db = OwnedTensor(bias.shape)
-        let seconds = bestSeconds
-        for k in [3, 1] {
-            let wk = k == 3 ? weight.tensor : weight.tensor.reshaped(Shape(c, c * 9, 1, 1))
-            let kw = Tensor(wk.data, Shape(c, c, k, k))
-            let flops = 2.0 * Double(n * h * w * c * c * k * k)
-            let fwd = seconds { conv2dForward(y.tensor, x.tensor, weight: kw, bias: bias.tensor, pool: pool, scratch: scratch) }
-            let bwd = seconds {
-                conv2dBackward(dx: dx.tensor, dweight: Tensor(dw.tensor.data, kw.shape), dbias: db.tensor, dy: dy.tensor,
-                               x: x.tensor, weight: kw, pool: pool, scratch: scratch)
-            }
-            print(String(format: "conv2d k=%d N=%d C=%d %dx%d threads %d: forward %.1f ms (%.1f GFLOP/s), backward %.1f ms (%.1f GFLOP/s)",
-                         k, n, c, h, w, threads, fwd * 1e3, flops / fwd / 1e9, bwd * 1e3, 2 * flops / bwd / 1e9))
-        }
-        // UNet up-convolution: 64 -> 64 channels, 32x32 -> 64x64.
-        let xs = random(Shape(n, c, h / 2, w / 2), seed: 75), upW = random(Shape(c, c, 2, 2), seed: 76)
-        let dxs = OwnedTensor(xs.shape), dupW = OwnedTensor(upW.shape)
-        let upFlops = 2.0 * Double(n * (h / 2) * (w / 2) * c * c * 4)
-        let fwd = seconds { convTranspose2x2Forward(y.tensor, xs.tensor, weight: upW.tensor, bias: bias.tensor, pool: pool, scratch: scratch) }
-        let bwd = seconds {
-            convTranspose2x2Backward(dx: dxs.tensor, dweight: dupW.tensor, dbias: db.tensor, dy: dy.tensor, x: xs.tensor,
-                                     weight: upW.tensor, pool: pool, scratch: scratch)
-        }
-        print(String(format: "convTranspose2x2 N=%d C=%d %dx%d->%dx%d threads %d: forward %.1f ms (%.1f GFLOP/s), backward %.1f ms (%.1f GFLOP/s)",
-                     n, c, h / 2, w / 2, h, w, threads, fwd * 1e3, upFlops / fwd / 1e9, bwd * 1e3, 2 * upFlops / bwd / 1e9))
-    }
-
-    /// conv2d 3x3 forward + backward (dx, dweight, dbias) on the layers of a UNet for a 4 x 128 x 128
-    /// batch (channel widths 64 ... 512, plus a 1024 bottom), to see where small planes cost.
-    /// The default UNet's 3x3 layers at 128x128, batch 8: each pass, both algorithms (prints only).
-    func testConvSpeedUNetLayers() throws {
-        try XCTSkipUnless(getenv("SEGTRAIN_BENCH") != nil, "set SEGTRAIN_BENCH=1 to measure conv speed")
-        let threads = Int(getenv("SEGTRAIN_BENCH_THREADS").map { String(cString: $0) } ?? "2") ?? 2
-        let pool = WorkerPool(threads: threads), scratch = Scratch(threads: threads)
-        let n = 8
-        let layers = [(3, 32, 128), (32, 32, 128), (32, 64, 64), (64, 64, 64), (64, 128, 32), (128, 128, 32),
-                      (128, 256, 16), (256, 256, 16), (512, 256, 16), (384, 128, 32), (192, 64, 64), (96, 32, 128)]
-        let saved = ConvSettings.algorithm
-        defer { ConvSettings.algorithm = saved }
-        var totals = [String: Double]()
-        for (cin, cout, size) in layers {
-            scratch.reserve(floatsPerThread: conv2dScratchFloats(batch: n, inChannels: cin, outChannels: cout,
-                                                                 height: size, width: size, kernel: 3, threads: threads))
-            scratch.reserve(sharedFloats: conv2dSharedScratchFloats(inChannels: cin, outChannels: cout, kernel: 3))
-            let x = random(Shape(n, cin, size, size), seed: 81), weight = random(Shape(cout, cin, 3, 3), seed: 82)
-            let bias = random(.vector(cout), seed: 83), dy = random(Shape(n, cout, size, size), seed: 84)
-            let y = OwnedTensor(dy.shape), dx = OwnedTensor(x.shape)
-            let dw = OwnedTensor(weight.shape), db = OwnedTensor(bias.shape)
-            let flops = 2.0 * Double(n * size * size * cin * cout * 9)
-            var line = String(format: "%4d -> %4d at %3d:", cin, cout, size)
-            for algorithm in [ConvAlgorithm.gemm, .winograd, .winograd4] {
-                ConvSettings.algorithm = algorithm
-                let fwd = bestSeconds { conv2dForward(y.tensor, x.tensor, weight: weight.tensor, bias: bias.tensor, pool: pool, scratch: scratch) }
-                let dwt = bestSeconds {
-                    conv2dBackward(dx: nil, dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor,
-                                   weight: weight.tensor, pool: pool, scratch: scratch)
-                }
-                let dxt = bestSeconds {
-                    conv2dBackward(dx: dx.tensor, dweight: nil, dbias: nil, dy: dy.tensor, x: x.tensor,
-                                   weight: weight.tensor, pool: pool, scratch: scratch)
-                }
-                totals[algorithm.rawValue, default: 0] += fwd + dwt + dxt
-                line += String(format: "  %@ fwd %6.1f dW %6.1f dX %6.1f ms (%3.0f/%3.0f/%3.0f GF/s)", algorithm.rawValue,
-                               fwd * 1e3, dwt * 1e3, dxt * 1e3, flops / fwd / 1e9, flops / dwt / 1e9, flops / dxt / 1e9)
-            }
-            print(line)
-        }
-        print(totals.map { "\($0.key): \(String(format: "%.1f", $0.value * 1e3)) ms" }.sorted().joined(separator: ", "))
-    }
-
-    /// Best of three timed runs after one warm-up, in seconds.
-    private func bestSeconds(_ body: () -> Void) -> Double {
-        body()
-        var best = Double.infinity
-        for _ in 0..<3 {
-            var t0 = timespec(), t1 = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &t0)
-            body()
-            clock_gettime(CLOCK_MONOTONIC, &t1)
-            best = min(best, Double(t1.tv_sec - t0.tv_sec) + Double(t1.tv_nsec - t0.tv_nsec) * 1e-9)
-        }
-        return best
     }
 }

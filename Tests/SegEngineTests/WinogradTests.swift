@@ -34,7 +34,7 @@ final class WinogradTests: XCTestCase {
                 let w = random(Shape(s.cout, s.cin, 3, 3), UInt64(100 + k))
                 let b = random(.vector(s.cout), UInt64(200 + k))
                 let plan = WinogradPlan(inChannels: s.cin, outChannels: s.cout, height: s.h, width: s.w,
-                                        batch: s.n, threads: threads, tile: tile)
+                                        batch: s.n, threads: threads, tile: tile, policy: .standard)
                 let scratch = Scratch(threads: threads)
                 scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
                 scratch.reserve(sharedFloats: plan.sharedFloats)
@@ -63,9 +63,9 @@ final class WinogradTests: XCTestCase {
                 let dy = random(Shape(s.n, s.cout, s.h, s.w), UInt64(300 + k))
                 let scratch = Scratch(threads: threads)
                 for plan in [WinogradPlan(inChannels: s.cin, outChannels: s.cout, height: s.h, width: s.w,
-                                          batch: s.n, threads: threads, tile: tile),
+                                          batch: s.n, threads: threads, tile: tile, policy: .standard),
                              WinogradPlan(inChannels: s.cout, outChannels: s.cin, height: s.h, width: s.w,
-                                          batch: s.n, threads: threads, tile: tile)] {
+                                          batch: s.n, threads: threads, tile: tile, policy: .standard)] {
                     scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
                     scratch.reserve(sharedFloats: plan.sharedFloats)
                 }
@@ -100,29 +100,27 @@ final class WinogradTests: XCTestCase {
     /// channels, F(2x2) on small planes or thin layers, F(4x4) from 32 x 32 and 96 channels in and
     /// out together), equal the naive kernels; bias added once.
     func testDispatchInEveryModeMatchesNaive() {
-        let saved = ConvSettings.algorithm
-        defer { ConvSettings.algorithm = saved }
         let pool = WorkerPool(threads: 2)
-        ConvSettings.algorithm = .auto
-        func autoTile(_ cin: Int, _ cout: Int, _ h: Int, _ w: Int) -> Int {
-            ConvSettings.winogradTile(kernel: 3, dilation: 1, inChannels: cin, outChannels: cout, height: h, width: w)
+        func chosenTile(_ policy: ConvPolicy, _ cin: Int, _ cout: Int, _ h: Int, _ w: Int) -> Int {
+            policy.winogradTile(kernel: 3, dilation: 1, inChannels: cin, outChannels: cout, height: h, width: w)
         }
+        func autoTile(_ cin: Int, _ cout: Int, _ h: Int, _ w: Int) -> Int { chosenTile(.standard, cin, cout, h, w) }
         XCTAssertEqual(autoTile(16, 16, 9, 7), 2)
         XCTAssertEqual(autoTile(160, 144, 9, 7), 2)
         XCTAssertEqual(autoTile(3, 16, 9, 7), 0)
         XCTAssertEqual(autoTile(48, 56, 33, 35), 4)
         XCTAssertEqual(autoTile(48, 56, 31, 64), 2, "a side under 32")
         XCTAssertEqual(autoTile(40, 40, 64, 64), 2, "thin: Cin + Cout < 96")
-        XCTAssertEqual(ConvSettings.winogradTile(kernel: 3, dilation: 2, inChannels: 16, outChannels: 16,
-                                                 height: 64, width: 64), 0, "dilated: GEMM")
+        XCTAssertEqual(ConvPolicy.standard.winogradTile(kernel: 3, dilation: 2, inChannels: 16, outChannels: 16,
+                                                        height: 64, width: 64), 0, "dilated: GEMM")
         for (cin, cout, h, width) in [(16, 16, 9, 7), (3, 16, 9, 7), (160, 144, 9, 7), (48, 56, 33, 35)] {
             let shape = Shape(2, cin, h, width)
             let x = random(shape, 1), w = random(Shape(cout, cin, 3, 3), 2), b = random(.vector(cout), 3)
             let dy = random(Shape(2, cout, h, width), 4)
             for mode in ConvAlgorithm.allCases {
-                ConvSettings.algorithm = mode
+                let policy = ConvPolicy(algorithm: mode)
                 // The bound of the path the dispatcher takes (the exact values are the same for all).
-                let tile = autoTile(cin, cout, h, width)
+                let tile = chosenTile(policy, cin, cout, h, width)
                 let ry = tile > 0 ? R.winogradForward(x: x.tensor, weight: w.tensor, bias: b.tensor, tile: tile)
                     : R.forward(x: x.tensor, weight: w.tensor, bias: b.tensor)
                 let rdx = tile > 0 ? R.winogradInputGradient(dy: dy.tensor, weight: w.tensor, tile: tile)
@@ -132,12 +130,13 @@ final class WinogradTests: XCTestCase {
                 let rdb = R.biasGradient(dy: dy.tensor)
                 let scratch = Scratch(threads: 2)
                 scratch.reserve(floatsPerThread: conv2dScratchFloats(batch: 2, inChannels: cin, outChannels: cout,
-                                                                     height: h, width: width, kernel: 3, threads: 2))
+                                                                     height: h, width: width, kernel: 3, policy: policy,
+                                                                     threads: 2))
                 scratch.reserve(sharedFloats: conv2dSharedScratchFloats(inChannels: cin, outChannels: cout, kernel: 3))
                 let y = OwnedTensor(dy.shape), dx = OwnedTensor(shape), dw = OwnedTensor(w.shape), db = OwnedTensor(b.shape)
-                conv2dForward(y.tensor, x.tensor, weight: w.tensor, bias: b.tensor, pool: pool, scratch: scratch)
+                conv2dForward(y.tensor, x.tensor, weight: w.tensor, bias: b.tensor, policy: policy, pool: pool, scratch: scratch)
                 conv2dBackward(dx: dx.tensor, dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor,
-                               weight: w.tensor, pool: pool, scratch: scratch)
+                               weight: w.tensor, policy: policy, pool: pool, scratch: scratch)
                 let what = "\(mode) (tile \(tile)) \(cin)->\(cout)"
                 S.assertWithinRounding(y.tensor, ry, "y " + what)
                 S.assertWithinRounding(dx.tensor, rdx, "dx " + what)
@@ -147,17 +146,34 @@ final class WinogradTests: XCTestCase {
                 let fresh = OwnedTensor(shape)
                 fresh.tensor.fill(.nan)
                 conv2dBackward(dx: fresh.tensor, dweight: nil, dbias: nil, dy: dy.tensor, x: x.tensor, weight: w.tensor,
-                               overwriteInputGradient: true, pool: pool, scratch: scratch)
+                               overwriteInputGradient: true, policy: policy, pool: pool, scratch: scratch)
                 S.assertWithinRounding(fresh.tensor, rdx, "overwritten dx " + what)
             }
         }
     }
 
+    /// The standard policy picks, for each 3x3 layer of the default UNet at 128 x 128, the algorithm
+    /// docs/PERFORMANCE.md's per-layer table marks in bold as what `auto` runs (GEMM under 8
+    /// channels, F(4x4) from 32 x 32 planes with Cin + Cout >= 96, F(2x2) otherwise).
+    func testStandardPolicyPicksWhatThePerformanceTableShows() {
+        let table: [(cin: Int, cout: Int, side: Int, tile: Int)] = [
+            (3, 32, 128, 0), (32, 32, 128, 2), (32, 64, 64, 4), (64, 64, 64, 4), (64, 128, 32, 4), (128, 128, 32, 4),
+            (128, 256, 16, 2), (256, 256, 16, 2), (512, 256, 16, 2), (384, 128, 32, 4), (192, 64, 64, 4), (96, 32, 128, 4),
+        ]
+        for row in table {
+            XCTAssertEqual(ConvPolicy.standard.winogradTile(kernel: 3, dilation: 1, inChannels: row.cin, outChannels: row.cout,
+                                                            height: row.side, width: row.side),
+                           row.tile, "\(row.cin) -> \(row.cout) @\(row.side)")
+        }
+        XCTAssertEqual(ConvPolicy.standard, ConvPolicy(), "the standard policy is auto with the default thresholds")
+        XCTAssertEqual(ConvPolicy.standard.algorithm, .auto)
+        XCTAssertEqual(ConvPolicy.standard.winogradTargetChunkFloats, 1 << 18)
+        XCTAssertEqual(ConvPolicy.standard.winogradMinimumTilesPerChunk, 64)
+    }
+
     /// relu: true gives max(conv + bias, 0) on every path: GEMM bands, GEMM groups of small images,
     /// Winograd.
     func testFusedReLUMatchesNaiveOnEveryPath() {
-        let saved = ConvSettings.algorithm
-        defer { ConvSettings.algorithm = saved }
         let pool = WorkerPool(threads: 2)
         for (n, cin, cout, h, w) in [(2, 16, 12, 37, 30), (6, 16, 12, 4, 5), (3, 9, 8, 7, 9)] {
             let x = random(Shape(n, cin, h, w), 1), wt = random(Shape(cout, cin, 3, 3), 2), b = random(.vector(cout), 3)
@@ -170,7 +186,7 @@ final class WinogradTests: XCTestCase {
             let direct = clipped(R.forward(x: x.tensor, weight: wt.tensor, bias: b.tensor))
             XCTAssertTrue(direct.exact.contains(0) && direct.exact.contains { $0 > 0 })
             for (mode, tile) in [(ConvAlgorithm.gemm, 0), (.winograd, 2), (.winograd4, 4)] {
-                ConvSettings.algorithm = mode
+                let policy = ConvPolicy(algorithm: mode)
                 let reference = tile == 0 ? direct
                     : clipped(R.winogradForward(x: x.tensor, weight: wt.tensor, bias: b.tensor, tile: tile))
                 let scratch = Scratch(threads: 2)
@@ -179,7 +195,8 @@ final class WinogradTests: XCTestCase {
                 scratch.reserve(sharedFloats: conv2dSharedScratchFloats(inChannels: cin, outChannels: cout, kernel: 3))
                 let y = OwnedTensor(Shape(n, cout, h, w))
                 y.tensor.fill(.nan)
-                conv2dForward(y.tensor, x.tensor, weight: wt.tensor, bias: b.tensor, relu: true, pool: pool, scratch: scratch)
+                conv2dForward(y.tensor, x.tensor, weight: wt.tensor, bias: b.tensor, relu: true, policy: policy,
+                              pool: pool, scratch: scratch)
                 S.assertWithinRounding(y.tensor, reference, "relu \(mode) \(n)x\(cin)x\(h)x\(w)")
             }
         }
@@ -187,7 +204,8 @@ final class WinogradTests: XCTestCase {
 
     func testChunkingCoversEveryTileOnceInBothModes() {
         for (batch, h, w, threads) in [(8, 16, 16, 2), (8, 128, 128, 2), (3, 9, 4, 2), (5, 7, 7, 3), (1, 40, 41, 1)] {
-            let plan = WinogradPlan(inChannels: 32, outChannels: 32, height: h, width: w, batch: batch, threads: threads)
+            let plan = WinogradPlan(inChannels: 32, outChannels: 32, height: h, width: w, batch: batch, threads: threads,
+                                    policy: .standard)
             var seen = [Int](repeating: 0, count: batch * plan.tilesHigh)
             for i in 0..<plan.chunks {
                 let (n0, n1, rowStart, rows) = plan.chunk(i)
@@ -197,10 +215,10 @@ final class WinogradTests: XCTestCase {
             XCTAssertEqual(seen, [Int](repeating: 1, count: seen.count), "\(batch)x\(h)x\(w)")
             XCTAssertGreaterThanOrEqual(plan.chunks, min(threads, batch), "every thread gets work")
         }
-        XCTAssertGreaterThan(WinogradPlan(inChannels: 32, outChannels: 32, height: 16, width: 16, batch: 8, threads: 2)
-            .imagesPerChunk, 1, "small planes group whole images")
-        XCTAssertGreaterThan(WinogradPlan(inChannels: 32, outChannels: 32, height: 128, width: 128, batch: 8, threads: 2)
-            .chunksPerImage, 1, "large planes are cut into bands")
+        XCTAssertGreaterThan(WinogradPlan(inChannels: 32, outChannels: 32, height: 16, width: 16, batch: 8, threads: 2,
+                                          policy: .standard).imagesPerChunk, 1, "small planes group whole images")
+        XCTAssertGreaterThan(WinogradPlan(inChannels: 32, outChannels: 32, height: 128, width: 128, batch: 8, threads: 2,
+                                          policy: .standard).chunksPerImage, 1, "large planes are cut into bands")
     }
 
     /// Large planes split into several chunks per image (a chunk starting mid-plane reads the rows
@@ -209,7 +227,8 @@ final class WinogradTests: XCTestCase {
         let pool = WorkerPool(threads: 2)
         let x = random(Shape(1, 64, 66, 67), 1), w = random(Shape(64, 64, 3, 3), 2), dy = random(Shape(1, 64, 66, 67), 3)
         for tile in [2, 4] {
-            let plan = WinogradPlan(inChannels: 64, outChannels: 64, height: 66, width: 67, batch: 1, threads: 2, tile: tile)
+            let plan = WinogradPlan(inChannels: 64, outChannels: 64, height: 66, width: 67, batch: 1, threads: 2, tile: tile,
+                                    policy: .standard)
             XCTAssertGreaterThan(plan.chunksPerImage, 1, "F(\(tile))")
             let scratch = Scratch(threads: 2)
             scratch.reserve(floatsPerThread: plan.scratchFloatsPerThread)
@@ -229,5 +248,39 @@ final class WinogradTests: XCTestCase {
             S.assertWithinRounding(dw.tensor, R.winogradWeightGradient(dy: dy.tensor, x: x.tensor, tile: tile),
                                    "F(\(tile)) dw, many chunks")
         }
+    }
+
+    /// The chunk sizes are the policy's, not fixed: a smaller target cuts each plane into more
+    /// chunks with less scratch, and conv2d run with that policy (its scratch asked with it too)
+    /// still matches the reference in all three passes.
+    func testChunkSizesComeFromThePolicy() {
+        var small = ConvPolicy(algorithm: .winograd)
+        small.winogradTargetChunkFloats = 1024
+        small.winogradMinimumTilesPerChunk = 4
+        let (n, c, h, w) = (2, 16, 40, 41)
+        let standardPlan = WinogradPlan(inChannels: c, outChannels: c, height: h, width: w, batch: n, threads: 2,
+                                        tile: 2, policy: .standard)
+        let smallPlan = WinogradPlan(inChannels: c, outChannels: c, height: h, width: w, batch: n, threads: 2,
+                                     tile: 2, policy: small)
+        XCTAssertEqual(standardPlan.chunks, 2, "one image per chunk under the standard policy")
+        XCTAssertEqual(smallPlan.chunks, 2 * smallPlan.tilesHigh, "one tile row per chunk under the small one")
+        XCTAssertLessThan(smallPlan.scratchFloatsPerThread, standardPlan.scratchFloatsPerThread)
+
+        let pool = WorkerPool(threads: 2), scratch = Scratch(threads: 2)
+        scratch.reserve(floatsPerThread: conv2dScratchFloats(batch: n, inChannels: c, outChannels: c, height: h, width: w,
+                                                             kernel: 3, policy: small, threads: 2))
+        scratch.reserve(sharedFloats: conv2dSharedScratchFloats(inChannels: c, outChannels: c, kernel: 3))
+        let x = random(Shape(n, c, h, w), 1), wt = random(Shape(c, c, 3, 3), 2), b = random(.vector(c), 3)
+        let dy = random(Shape(n, c, h, w), 4)
+        let y = OwnedTensor(dy.shape), dx = OwnedTensor(x.shape), dw = OwnedTensor(wt.shape), db = OwnedTensor(b.shape)
+        conv2dForward(y.tensor, x.tensor, weight: wt.tensor, bias: b.tensor, policy: small, pool: pool, scratch: scratch)
+        conv2dBackward(dx: dx.tensor, dweight: dw.tensor, dbias: db.tensor, dy: dy.tensor, x: x.tensor, weight: wt.tensor,
+                       policy: small, pool: pool, scratch: scratch)
+        S.assertWithinRounding(y.tensor, R.winogradForward(x: x.tensor, weight: wt.tensor, bias: b.tensor, tile: 2),
+                               "forward, small chunks")
+        S.assertWithinRounding(dx.tensor, R.winogradInputGradient(dy: dy.tensor, weight: wt.tensor, tile: 2),
+                               "dx, small chunks")
+        S.assertWithinRounding(dw.tensor, R.winogradWeightGradient(dy: dy.tensor, x: x.tensor, tile: 2),
+                               "dw, small chunks")
     }
 }

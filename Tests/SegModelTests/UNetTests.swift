@@ -82,6 +82,51 @@ final class UNetTests: XCTestCase {
         config = UNetConfig(); config.headKernel = 5
         XCTAssertTrue(config.validate()!.hasPrefix("--head-kernel"))
     }
+    /// The distinct 3x3 layers `segtrain bench --conv-layers` times: for the default UNet at 128 px,
+    /// the twelve rows of docs/PERFORMANCE.md's per-layer table, in its order.
+    func testConvLayerShapesOfTheDefaultUNet() {
+        let expected = [(3, 32, 128), (32, 32, 128), (32, 64, 64), (64, 64, 64), (64, 128, 32), (128, 128, 32),
+                        (128, 256, 16), (256, 256, 16), (512, 256, 16), (384, 128, 32), (192, 64, 64), (96, 32, 128)]
+        XCTAssertEqual(UNetConfig().convLayerShapes(imageSize: 128),
+                       expected.map { ConvLayerShape(inChannels: $0.0, outChannels: $0.1, side: $0.2) })
+        var transposed = UNetConfig()
+        transposed.upsampling = .transpose
+        transposed.depth = 2
+        XCTAssertEqual(transposed.convLayerShapes(imageSize: 40).map(\.description),
+                       ["3 -> 32 @40", "32 -> 32 @40", "32 -> 64 @20", "64 -> 64 @20", "128 -> 64 @20", "96 -> 32 @40"])
+    }
+
+    /// The convolution policy a UNet is built with is the one its convolutions run with: the same
+    /// weights under GEMM and under F(2x2) (auto's choice for the 8-channel layers at 16 px) give
+    /// logits and gradients equal within rounding but not bit for bit, and one policy repeats exactly.
+    func testConvPolicyChosenAtBuildReachesEveryConvolution() {
+        var config = UNetConfig()
+        config.baseChannels = 8
+        config.depth = 1
+        let images = OwnedTensor(Shape(2, 3, 16, 16))
+        var rng = SplitMix64(seed: 5)
+        for i in 0..<images.tensor.count { images.tensor[i] = rng.nextUnitFloat() }
+        func run(_ policy: ConvPolicy) -> (logits: [Float], gradients: [Float]) {
+            let unet = UNet(config, convPolicy: policy, pool: WorkerPool(threads: 2))
+            XCTAssertEqual(unet.convPolicy, policy)
+            unet.plan(batch: 2, height: 16, width: 16)
+            let logits = unet.forward(images.tensor, training: true)
+            unet.zeroActivationGradients()
+            for i in 0..<unet.logitsGradient.count { unet.logitsGradient[i] = Float(i % 7) / 7 - 0.5 }
+            unet.store.zeroGradients()
+            unet.backward()
+            let g = unet.store.gradients.tensor
+            return ((0..<logits.count).map { logits[$0] }, (0..<g.count).map { g[$0] })
+        }
+        XCTAssertEqual(ConvPolicy.standard.winogradTile(kernel: 3, dilation: 1, inChannels: 8, outChannels: 8,
+                                                        height: 16, width: 16), 2)
+        let auto = run(.standard), gemm = run(ConvPolicy(algorithm: .gemm))
+        XCTAssertEqual(run(.standard).logits.map(\.bitPattern), auto.logits.map(\.bitPattern))
+        XCTAssertTrue(auto.logits.map(\.bitPattern) != gemm.logits.map(\.bitPattern), "the policy changed no forward kernel")
+        XCTAssertTrue(auto.gradients.map(\.bitPattern) != gemm.gradients.map(\.bitPattern), "the policy changed no backward kernel")
+        for (a, b) in zip(auto.logits, gemm.logits) { XCTAssertEqual(a, b, accuracy: 1e-4) }
+        for (a, b) in zip(auto.gradients, gemm.gradients) { XCTAssertEqual(a, b, accuracy: 1e-3 * max(1, abs(b))) }
+    }
 }
 
 final class ActivationArenaTests: XCTestCase {
@@ -116,6 +161,7 @@ final class ActivationArenaTests: XCTestCase {
         let (shared, unshared) = unet.activationGradientFloats
         XCTAssertLessThan(Double(shared), 0.5 * Double(unshared), "shared \(shared) of \(unshared) floats")
     }
+
 }
 
 /// The backward tape's frontiers: which gradients are final while backward still runs.

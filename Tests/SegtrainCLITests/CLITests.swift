@@ -57,6 +57,10 @@ final class CLITests: XCTestCase {
             (["bench", "--batch-size", "0"], "--batch-size"),
             (["bench", "--lr", "-1"], "--lr"),
             (["bench", "--loss", "ce", "--classes", "1"], "--classes"),
+            (["bench", "--winograd-chunk-floats", "0"], "--winograd-chunk-floats"),
+            (["bench", "--jpeg-decode", "16"], "--jpeg-decode"),
+            (["bench", "--augment-speed", "128,0"], "--augment-speed"),
+            (["bench", "--conv-layers", "--synthetic"], "--conv-layers"),
             (["evaluate", "--model", "run", "--data", "set", "--threads", "0"], "--threads"),  // trapped before
         ]
         for (arguments, flag) in cases {
@@ -81,6 +85,36 @@ final class CLITests: XCTestCase {
             XCTAssertNotNil(split?[key], "missing \(key) in \(r.stdout)")
         }
         XCTAssertEqual(object?["threads"] as? Int, 2)
+    }
+
+    /// The part timings (once skipped XCTests) print their tables: one row per distinct 3x3 layer
+    /// with `*` on what the policy runs, the kernel lines, decode, augmentation and synthetic lines.
+    func testBenchPartTimingsPrintTheirTables() throws {
+        let model = ["--image-size", "16", "--base-channels", "8", "--depth", "1", "--batch-size", "1", "--threads", "1"]
+        let layers = try run(["bench", "--conv-layers"] + model)
+        XCTAssertEqual(layers.status, 0, layers.stderr)
+        let rows = layers.stdout.split(separator: "\n").filter { $0.contains(" at  16:") }
+        XCTAssertEqual(rows.count, 3, "3 -> 8, 8 -> 8, 16 -> 8: \(layers.stdout)")
+        XCTAssertTrue(rows[0].hasPrefix("   3 ->    8 at  16:") && rows[0].contains("*gemm"), "\(rows)")
+        XCTAssertTrue(rows[1].hasPrefix("   8 ->    8 at  16:") && rows[1].contains("*winograd "), "\(rows)")
+        XCTAssertTrue(layers.stdout.contains("sum over the layers: gemm "), layers.stdout)
+        let forced = try run(["bench", "--conv-layers", "--conv", "winograd4"] + model)
+        XCTAssertEqual(forced.stdout.split(separator: "\n").filter { $0.contains("*winograd4") }.count, 3, forced.stdout)
+
+        let kernels = try run(["bench", "--conv-kernels"] + model)
+        XCTAssertEqual(kernels.status, 0, kernels.stderr)
+        for prefix in ["conv2d k=3 N=1 C=8 16x16", "conv2d k=1 N=1 C=8 16x16", "convTranspose2x2 N=1 C=8 8x8->16x16"] {
+            XCTAssertTrue(kernels.stdout.contains(prefix), "\(prefix): \(kernels.stdout)")
+        }
+        let decode = try run(["bench", "--jpeg-decode", "32x24"])
+        XCTAssertEqual(decode.status, 0, decode.stderr)
+        XCTAssertEqual(decode.stdout.split(separator: "\n").filter { $0.hasPrefix("decode 32x24 ") }.count, 3, decode.stdout)
+        let augment = try run(["bench", "--augment-speed", "32"])
+        XCTAssertEqual(augment.status, 0, augment.stderr)
+        XCTAssertTrue(augment.stdout.contains("augment every op, p = 1 32x32"), augment.stdout)
+        let synthetic = try run(["bench", "--synthetic", "--image-size", "32", "--classes", "3"])
+        XCTAssertEqual(synthetic.status, 0, synthetic.stderr)
+        XCTAssertTrue(synthetic.stdout.hasPrefix("synthetic 32x32 sample, 3 classes: "), synthetic.stdout)
     }
 }
 
