@@ -513,32 +513,19 @@ extension TrainCommand {
     /// OUT/summary.json: the run at a glance (this invocation's epochs; metrics.csv has them all).
     func writeSummary(records: [EpochRecord], best: (loss: Double?, epoch: Int?), seconds: Double, ranks: Int,
                       threads: Int, parameters: Int) throws {
-        struct Summary: Encodable {
-            var epochs_trained: Int, last_epoch: Int?, best_epoch: Int?, best_val_loss: Double?
-            var last_val_dice: Double?, last_val_iou: Double?, last_train_loss: Double?
-            var mean_images_per_second: Double?, seconds: Double, ranks: Int, threads_per_rank: Int
-            var parameters: Int, arguments: [String]
-        }
+        var summary = RunSummary(epochsTrained: records.count, seconds: seconds, ranks: ranks, threadsPerRank: threads,
+                                 parameters: parameters, arguments: Array(CommandLine.arguments.dropFirst()))
         let last = records.last
-        let summary = Summary(epochs_trained: records.count, last_epoch: last?.epoch, best_epoch: best.epoch,
-                              best_val_loss: best.loss, last_val_dice: last?.validation?.meanDice,
-                              last_val_iou: last?.validation?.meanIoU, last_train_loss: last?.trainLoss,
-                              mean_images_per_second: records.isEmpty ? nil
-                                : records.map(\.imagesPerSecond).reduce(0, +) / Double(records.count),
-                              seconds: seconds, ranks: ranks, threads_per_rank: threads, parameters: parameters,
-                              arguments: Array(CommandLine.arguments.dropFirst()))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data: Data
-        do { data = try encoder.encode(summary) } catch {
-            throw UserError("\(out)/summary.json: not written: cannot encode the summary (\(error))")
-        }
-        if let error = writeFileAtomically(out + "/summary.json", bytes: [UInt8](data) + Array("\n".utf8)) {
-            throw UserError(error)
-        }
+        summary.lastEpoch = last?.epoch
+        summary.bestEpoch = best.epoch
+        summary.bestValidationLoss = best.loss
+        summary.lastValidationDice = last?.validation?.meanDice
+        summary.lastValidationIoU = last?.validation?.meanIoU
+        summary.lastTrainLoss = last?.trainLoss
+        summary.meanImagesPerSecond = records.isEmpty ? nil : records.map(\.imagesPerSecond).reduce(0, +) / Double(records.count)
+        try RunDirectory(out).writeSummary(summary)
     }
 }
-
 
 extension ScheduleKind: ExpressibleByArgument {}
 extension ProgressStyle: ExpressibleByArgument {}
