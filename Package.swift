@@ -1,12 +1,10 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Dependencies point one way: segtrain (CLI) -> SegTraining -> SegModel -> SegEngine -> {CBLAS, CSupport};
-// segtrain -> SegDistributed -> {CMPI, SegEngine, CSupport}. SegEngine's `Collectives` protocol is
-// where the two meet: SegDistributed's Communicator conforms to it, SegTraining sums through it.
-// segtrain -> SegData (PNG and JPEG files, synthetic data) -> {SegEngine, CPNG (libpng), CTurboJPEG (libjpeg-turbo)}.
-// segtrain -> SegServe (`segtrain serve`'s HTTP service) -> {SegTraining (Predictor), SegData, SegEngine,
-// HummingbirdCore (Hummingbird 2's HTTP/1.1 server on SwiftNIO)}.
+// Dependencies point one way (docs/ARCHITECTURE.md): segtrain (CLI) -> {SegTraining, SegServe, SegDistributed};
+// SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CSupport}; SegServe -> SegInference;
+// SegDistributed -> {CMPI, SegEngine}. SegEngine's `Collectives` protocol is where training and MPI meet:
+// SegDistributed's Communicator conforms to it, SegTraining sums through it. SegData -> {CPNG, CTurboJPEG}.
 // The Swift modules that carry the numeric loops are compiled for a CPU level: on x86_64 `haswell`
 // (AVX2 + FMA, x86-64-v3: Intel since 2013, AMD since 2015), so LLVM vectorizes the Winograd
 // transforms and elementwise ops 8 floats wide. A binary built so refuses, with one line, to start
