@@ -1,8 +1,6 @@
 // Segmentation metrics from confusion counts. Counts are sums, so ranks (or batches) add them
 // before any ratio is taken: the metrics of a sharded validation equal those of a single pass.
 
-import SegEngine
-
 /// Per-class pixel counts: true/false positives/negatives. For one sigmoid output (classes = 1)
 /// the counts are of the foreground class.
 public struct ConfusionCounts: Equatable, Sendable {

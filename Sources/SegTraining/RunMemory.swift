@@ -92,4 +92,16 @@ public struct RunMemoryPlan: Sendable {
         refusal(available: SystemMemory.availableBytes(), addressLimit: SystemMemory.addressSpaceLimit(),
                 mapped: SystemMemory.virtualBytes(), ranksOnNode: ranksOnNode)
     }
+
+    /// Refuses, on every rank with one line, a run that does not fit where some rank runs: each
+    /// rank checks its node (`refusalHere`), and the lowest refusing rank's reason reaches every
+    /// rank as a `SharedError`.
+    public func checkOnEveryRank(_ collectives: Collectives, ranksOnNode: Int) throws {
+        let refusal = refusalHere(ranksOnNode: ranksOnNode)
+        var mine = [Double](repeating: 0, count: collectives.size)
+        if refusal != nil { mine[collectives.rank] = 1 }
+        let flags = try collectives.allreduceSum(mine)
+        guard let root = flags.firstIndex(where: { $0 > 0 }) else { return }
+        throw SharedError(description: try collectives.broadcast(refusal ?? "", root: root))
+    }
 }

@@ -82,65 +82,12 @@ struct EvaluateCommand: ParsableCommand {
         if let problem = spec.labels.validate(flag: ignoreIndex != nil ? "--ignore-index" : "the model's ignore index") {
             throw SharedError(description: problem)
         }
-        let ignoreIndex = spec.labels.ignoreIndex
-        let dataset = FileDataset(listing: listing, spec: spec)
-
-        // This rank's samples; per image the confusion counts, then one sum over ranks.
-        let k = max(classes, 1), width = 4 * k + 1
-        var table = [Double](repeating: 0, count: listing.count * width)
-        var failure = ""
-        for i in stride(from: communicator.rank, to: listing.count, by: ranks) {
-            do {
-                let image = try ImageFile.read(listing.imagePath(i), as: predictor.pixelFormat, limits: spec.limits)
-                let truth = try dataset.decodeMask(listing.maskPath(i))
-                guard truth.width == image.width && truth.height == image.height else {
-                    throw ImageFileError(listing.maskPath(i), "mask is \(truth.width)x\(truth.height) but its image is \(image.width)x\(image.height)")
-                }
-                let labels = predictor.predict([image])[0].labels
-                var counts = ConfusionCounts(classes: classes)
-                counts.add(predicted: labels.pixels, truth: truth.pixels, ignoreIndex: ignoreIndex)
-                table.replaceSubrange((i * width)..<((i + 1) * width), with: [1] + counts.flat)
-            } catch {
-                failure = "\(error)"
-                break
-            }
-        }
-        // A bad file on any rank stops every rank with its message.
-        let failed = try communicator.allreduce([failure.isEmpty ? 0 : communicator.rank + 1], .max)[0]
-        if failed > 0 { throw SharedError(description: try communicator.broadcast(failure, root: failed - 1)) }
-        let sums = try communicator.allreduce(table, .sum)
+        let scores = try Evaluation.score(listing: listing, spec: spec, predictor: predictor, collectives: communicator)
         guard isRoot else { return }
-
-        // One row per image; per class for multi-class models.
-        let names = classes == 1 ? ["precision", "recall", "f1", "iou"]
-            : (0..<classes).flatMap { c in ["precision_\(c)", "recall_\(c)", "f1_\(c)", "iou_\(c)"] } + ["mean_f1", "mean_iou"]
-        var csv = "image,mask,accuracy," + names.joined(separator: ",") + "\n"
-        var rows: [[Double]] = []
-        for i in 0..<listing.count {
-            let counts = ConfusionCounts(flat: sums[(i * width + 1)..<((i + 1) * width)], classes: classes)
-            var row = [counts.accuracy]
-            if classes == 1 {
-                row += [counts.precision(0), counts.recall(0), counts.dice(0), counts.iou(0)]
-            } else {
-                for c in 0..<classes { row += [counts.precision(c), counts.recall(c), counts.dice(c), counts.iou(c)] }
-                row += [counts.meanDice, counts.meanIoU]
-            }
-            rows.append(row)
-            csv += csvField(listing.pairs[i].image) + "," + csvField(listing.pairs[i].mask) + ","
-                + row.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
-        }
-        let means = (0..<rows[0].count).map { j in rows.map { $0[j] }.reduce(0, +) / Double(rows.count) }
-        csv += "mean,," + means.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
-        if let error = writeFileAtomically(out, csv) { throw UserError("--out \(error)") }
-
+        if let error = writeFileAtomically(out, scores.csv) { throw UserError("--out \(error)") }
+        let (names, means) = (scores.columns, scores.means)
         print("segtrain evaluate: \(listing.count) image(s) of \(data) with \(predictor.source) on \(ranks) rank(s)")
-        let header = ["accuracy"] + names
-        for (name, value) in zip(header, means) { print("  " + pad(name, 14) + lpad(String(format: "%.4f", value), 8)) }
+        for (name, value) in zip(names, means) { print("  " + pad(name, 14) + lpad(String(format: "%.4f", value), 8)) }
         print("scores: \(out)")
-    }
-
-    /// A CSV field, quoted when it holds a comma, quote or newline.
-    func csvField(_ text: String) -> String {
-        text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : text
     }
 }

@@ -476,13 +476,7 @@ extension TrainCommand {
                                  trainSamples: counts.0, validationSamples: (counts.1 + ranks - 1) / ranks)
         if dataOptions.data != nil { plan.loaderThreads = dataOptions.loaderThreads }
         plan.cacheSamples = cached
-        let refusal = plan.refusalHere(ranksOnNode: min(ranks, ThreadDefaults.ranksOnNode()))
-        // Which ranks refuse (one flag each); the lowest one's reason reaches every rank.
-        var mine = [Int](repeating: 0, count: ranks)
-        if refusal != nil { mine[communicator.rank] = 1 }
-        let flags = try communicator.allreduce(mine, .sum)
-        guard let root = flags.firstIndex(where: { $0 > 0 }) else { return }
-        throw SharedError(description: try communicator.broadcast(refusal ?? "", root: root))
+        try plan.checkOnEveryRank(communicator, ranksOnNode: min(ranks, ThreadDefaults.ranksOnNode()))
     }
 
     /// The training and validation samples: files (--data) or the synthetic generator.

@@ -167,8 +167,8 @@ final class PredictEvaluateTests: XCTestCase {
         let meanOnly = try edited("mean-only") { var m = $0; m["mean"] = [0.5, 0.5, 0.5]; return m }
         let upsampling = try edited("upsampling") { var m = $0; m["upsampling"] = "cubic"; return m }
         let cases: [([String], String)] = [
-            (["--model", shortMean, "--input", inputs, "--output", folder + "/o"], shortMean + "/state.json: mean has 1 values for 3 channels"),
-            (["--model", meanOnly, "--input", inputs, "--output", folder + "/o"], meanOnly + "/state.json: mean and std must be given together"),
+            (["--model", shortMean, "--input", inputs, "--output", folder + "/o"], shortMean + "/state.json: model: mean has 1 values for 3 channels"),
+            (["--model", meanOnly, "--input", inputs, "--output", folder + "/o"], meanOnly + "/state.json: model: mean and std must be given together"),
             (["--model", upsampling, "--input", inputs, "--output", folder + "/o"], upsampling + "/state.json: unknown upsampling cubic"),
             (["--model", folder + "/nothing", "--input", inputs, "--output", folder + "/o"], folder + "/nothing: not a checkpoint"),
             (["--model", folder + "/run-binary", "--input", folder + "/none", "--output", folder + "/o"], "--input"),
