@@ -12,7 +12,6 @@
 import CSupport
 import Foundation
 import SegEngine
-import SegModel
 
 public struct CheckpointState: Codable, Equatable, Sendable {
     public var format = 1

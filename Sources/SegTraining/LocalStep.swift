@@ -5,11 +5,11 @@ import SegEngine
 import SegModel
 
 public final class LocalStep {
-    public let model: UNet
+    public let model: any SegmentationModel
     public let loss: LossFunction
     public let optimizer: Optimizer
 
-    public init(model: UNet, loss: LossFunction, optimizer: Optimizer) {
+    public init(model: any SegmentationModel, loss: LossFunction, optimizer: Optimizer) {
         self.model = model
         self.loss = loss
         self.optimizer = optimizer

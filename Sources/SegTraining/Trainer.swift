@@ -103,8 +103,7 @@ public final class Trainer {
         self.imageSize = imageSize
         self.seed = seed
         self.schedule = schedule
-        let config = local.model.config
-        images = OwnedTensor(Shape(localCapacity, config.inChannels, imageSize, imageSize))
+        images = OwnedTensor(Shape(localCapacity, local.model.inChannels, imageSize, imageSize))
         masks = OwnedTensor(Shape(localCapacity, 1, imageSize, imageSize))
         weights = local.loss.config.kind == .weightedCE ? OwnedTensor(masks.shape) : nil
         local.plan(batch: localCapacity, height: imageSize, width: imageSize)
@@ -135,7 +134,7 @@ public final class Trainer {
         }
         if let weights = b.weights {
             let config = step.local.loss.config
-            unetWeightMap(weights, mask: b.masks, classes: step.local.model.config.classes,
+            unetWeightMap(weights, mask: b.masks, classes: step.local.model.classes,
                           w0: config.w0, sigma: config.sigma)
         }
         return b
@@ -281,7 +280,7 @@ public final class Trainer {
     /// batch of a rank is padded with its last sample, which is not counted.
     public func validate(_ source: SampleSource) throws -> (loss: Double, counts: ConfusionCounts) {
         let model = step.local.model
-        let classes = model.config.classes
+        let classes = model.classes
         var counts = ConfusionCounts(classes: classes)
         var lossSum = 0.0
         let batches = validationBatches(source)

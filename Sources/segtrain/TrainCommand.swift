@@ -171,15 +171,6 @@ struct TrainCommand: ParsableCommand {
             throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
         }
         try checkMemory(communicator)
-        let metricsPath = out + "/metrics.csv"
-        if isRoot, let error = makeDirectories(out + "/checkpoints") ?? makeDirectories(out + "/samples") {
-            throw UserError("--out \(out): cannot create folder: \(error)")
-        }
-        if isRoot {
-            // Left by a write that failed or was killed (never by a live process).
-            let stale = try Checkpoint.removeStaleTemporaries(in: out + "/checkpoints")
-            if !stale.isEmpty { print("removed \(stale.count) stale temporary checkpoint folder(s): \(stale.joined(separator: ", "))") }
-        }
         let pool = WorkerPool(threads: model.threadCount)
         let config = model.unetConfig
         let unet = UNet(config, pool: pool)
@@ -218,245 +209,51 @@ struct TrainCommand: ParsableCommand {
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
         trainer.watchdog = watchdog
         trainer.step.accumulate = accumulate  // before resuming: it sets the epoch's batch count
-        if let path = dumpGradients, isRoot {
+        trainer.checkSyncEvery = checkSync
+        trainer.step.skipNonFinite = skipNonfinite
+        training.configure(trainer.step)
+        try addDebugHooks(trainer, rank: communicator.rank)
+
+        var policy = RunPolicy(epochs: epochs)
+        (policy.patience, policy.checkpointEvery, policy.keep, policy.verbose) = (patience, checkpointEvery, keep, verbose)
+        let run = TrainingRun(directory: RunDirectory(out), trainer: trainer, policy: policy, identity: RunIdentity(
+            model: modelDescription, arguments: Array(CommandLine.arguments.dropFirst()), trainListHash: data.trainHash,
+            rankName: "rank \(communicator.rank)/\(ranks) (\(communicator.hostname))"))
+        try run.prepareDirectory()
+        try run.resume(from: resume)
+        if isRoot {
+            print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
+                  + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
+                  + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, "
+                  + "loss \(lossKind.rawValue)")
+            run.progress = Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery, style: progress)
+            if let validation = data.validation {
+                run.samples = SampleGrid(source: validation, count: 4, imageSize: model.imageSize, inChannels: config.inChannels,
+                                         batch: trainer.localCapacity)
+            }
+        }
+        if debugDesyncRank == communicator.rank {
+            run.afterStep = { info in if info.optimizerStep == 2 { unet.store.values.tensor[0] += 1e-3 } }
+        }
+        try run.run()
+    }
+
+    /// The hidden test flags: --dump-gradients, --debug-nan-step, --debug-stall-rank.
+    private func addDebugHooks(_ trainer: Trainer, rank: Int) throws {
+        let store = trainer.step.local.model.store, ranks = trainer.step.collectives.size
+        if let path = dumpGradients, rank == 0 {
             trainer.step.firstGradientHook = { store in
                 let bytes = Safetensors.encode(Safetensors.items(of: store, gradients: true),
                                                metadata: ["what": "summed gradient of the first step", "ranks": "\(ranks)"])
                 if let error = writeFileAtomically(path, bytes: bytes) { throw UserError("--dump-gradients \(error)") }
             }
         }
-
-        // Resume: rank 0 reads the checkpoint and every rank receives it (the files are read once).
-        let checkpoints = out + "/checkpoints"
-        var state: CheckpointState? = nil
-        var csv = EpochRecord.csvHeader + "\n"
-        if isRoot, let resume {
-            let folder = resume == "auto" ? checkpoints + "/last" : resume
-            if resume == "auto" && !FileManager.default.fileExists(atPath: folder) {
-                print("--resume auto: no checkpoint in \(checkpoints), starting from scratch")
-            } else {
-                let run = ResumeRun(seed: config.seed, model: modelDescription, globalBatch: training.batchSize,
-                                    trainSamples: data.train.count, batchesPerEpoch: trainer.batchesPerEpoch,
-                                    trainListHash: data.trainHash.map { String($0, radix: 16) })
-                do {
-                    state = try Checkpoint.read(from: folder, store: unet.store, optimizer: local.optimizer, resuming: run)
-                } catch { throw UserError("--resume \(error)") }
-                // Keep the metrics of the epochs the checkpoint has (a new --out has none yet; an
-                // unreadable file is an error, not a reason to start it afresh).
-                if FileManager.default.fileExists(atPath: metricsPath) {
-                    let text: String
-                    do { text = try String(contentsOfFile: metricsPath, encoding: .utf8) } catch {
-                        throw UserError("\(metricsPath): cannot read the metrics of the resumed run: \(error.localizedDescription)")
-                    }
-                    for row in text.split(separator: "\n").dropFirst() {
-                        if let epoch = Int(row.prefix { $0 != "," }), epoch <= state!.epoch { csv += row + "\n" }
-                    }
-                }
-                print("resumed from \(folder): epoch \(state!.epoch), optimizer step \(state!.step)")
-                if let saved = state!.trainListHash, let now = data.trainHash.map({ String($0, radix: 16) }), saved != now {
-                    print("warning: the training list differs from the checkpoint's (hash \(now), was \(saved)): "
-                          + "the dataset changed, so the sample order differs from the interrupted run")
-                }
-            }
+        if let nanStep = debugNanStep, rank == 0 {
+            trainer.step.beforeAllreduce = { step in if step == nanStep { store.gradients.tensor[0] = .nan } }
         }
-        let resumedEpoch = try communicator.broadcast(state?.epoch ?? 0)
-        let resumedBatch = try communicator.broadcast(state?.batchesDone ?? 0)
-        let resumedStep = try communicator.broadcast(state?.step ?? 0)
-        // Whether rank 0 loaded a checkpoint (also one from the middle of epoch 1: epoch 0 done).
-        let resumed = try communicator.broadcast(state == nil ? 0 : 1) == 1
-        if resumed {
-            try communicator.broadcast(unet.store.values.tensor)
-            try communicator.broadcast(unet.store.buffers.tensor)
-            for buffer in local.optimizer.stateBuffers { try communicator.broadcast(buffer.buffer.tensor) }
-            if !isRoot { local.optimizer.restore(step: resumedStep) }
-        }
-        // Rank 0's view of the run so far, on every rank (exact sums with zeros): every rank then
-        // takes the same best-model, plateau and early-stop decisions.
-        func fromRoot(_ values: [Double]) throws -> [Double] { try communicator.allreduceSum(isRoot ? values : values.map { _ in 0 }) }
-        let past = try fromRoot([state?.bestValidationLoss ?? .infinity, Double(state?.bestEpoch ?? 0),
-                                 state?.plateau?.rate ?? scheduleConfig.baseRate, state?.plateau?.best ?? .infinity,
-                                 Double(state?.plateau?.badEpochs ?? 0), Double(state?.plateau?.cooldownLeft ?? 0)])
-        var best = (loss: past[0].isFinite ? Optional(past[0]) : nil, epoch: past[1] > 0 ? Optional(Int(past[1])) : nil)
-        if resumed && schedule == .plateau {
-            trainer.schedule = LearningRateSchedule(scheduleConfig, plateau: PlateauState(
-                rate: past[2], best: past[3].isFinite ? past[3] : nil, badEpochs: Int(past[4]), cooldownLeft: Int(past[5])))
-        }
-
-        if isRoot {
-            print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
-                  + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
-                  + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, "
-                  + "loss \(lossKind.rawValue)")
-        }
-        if resumedEpoch >= epochs {
-            // As Keras' fit(initial_epoch=E, epochs=E) and Lightning at max_epochs: a finished run
-            // trains nothing and succeeds; nothing in --out is rewritten.
-            if isRoot {
-                print("nothing to train: the checkpoint has \(resumedEpoch) of \(epochs) epochs (a larger --epochs trains more); "
-                      + "nothing written")
-            }
-            return
-        }
-        trainer.checkSyncEvery = checkSync
-        trainer.step.skipNonFinite = skipNonfinite
-        training.configure(trainer.step)
-        if let nanStep = debugNanStep, isRoot {
-            trainer.step.beforeAllreduce = { step in if step == nanStep { unet.store.gradients.tensor[0] = .nan } }
-        }
-        if debugStallRank == communicator.rank {
+        if debugStallRank == rank {
             let stallStep = debugStallStep
             trainer.step.beforeAllreduce = { step in if step == stallStep { sleep(3600) } }
-        }
-        let samples = isRoot && data.validation != nil
-            ? SampleGrid(source: data.validation!, count: 4, imageSize: model.imageSize, inChannels: config.inChannels, batch: trainer.localCapacity)
-            : nil
-        var records: [EpochRecord] = []
-        let runStart = monotonicSeconds()
-        let desync = debugDesyncRank == communicator.rank
-        let progress = isRoot ? Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery,
-                                         style: self.progress) : nil
-        /// What a run that stops now leaves (rank 0 knows; it alone prints a shared error).
-        var keptCheckpoint: String {
-            FileManager.default.fileExists(atPath: checkpoints + "/last/state.json")
-                ? "\(checkpoints)/last keeps the previous checkpoint" : "no checkpoint written"
-        }
-        // Rank 0 only, after every rank's `gatherOptimizerState()`.
-        func checkpoint(epochsDone: Int, batchesDone: Int?) throws {
-            // Mid-epoch no validation loss has vouched for the weights: the last batch's outputs do.
-            if batchesDone != nil && trainer.lastBatchOutputsAreFinite() == false {
-                throw UserError("step \(local.optimizer.step): the model's outputs on the last batch are not finite with the "
-                                + "current weights (the run diverged; try a lower --lr); checkpoint not written; " + keptCheckpoint)
-            }
-            var state = CheckpointState(epoch: epochsDone, step: local.optimizer.step, seed: config.seed, ranks: ranks,
-                                        bestValidationLoss: best.loss, bestEpoch: best.epoch,
-                                        arguments: Array(CommandLine.arguments.dropFirst()))
-            state.batchesDone = batchesDone
-            state.plateau = schedule == .plateau ? trainer.schedule.plateau : nil
-            state.trainListHash = data.trainHash.map { String($0, radix: 16) }
-            state.model = modelDescription
-            state.globalBatch = training.batchSize
-            state.trainSamples = data.train.count
-            try Checkpoint.write(to: checkpoints + "/last", store: unet.store, optimizer: local.optimizer, state: state)
-        }
-        trainer.afterStep = { info in
-            if desync && info.optimizerStep == 2 { unet.store.values.tensor[0] += 1e-3 }
-            progress?.step(info)
-            if let every = checkpointEvery, info.optimizerStep % every == 0, info.batch + 1 < info.batches {
-                try trainer.step.gatherOptimizerState()
-                if isRoot { try checkpoint(epochsDone: info.epoch - 1, batchesDone: info.batch + 1) }
-            }
-        }
-        // SIGTERM or SIGUSR1 (Slurm pre-emption): finish the step, checkpoint, exit 0.
-        segtrain_install_stop_handlers()
-        trainer.stopRequested = { segtrain_stop_signal() != 0 }
-        watchdog?.start()
-        for epoch in stride(from: resumedEpoch + 1, through: epochs, by: 1) {
-            let plateauAtEpochStart = trainer.schedule.plateau
-            let before = (unet.profile.total, unet.profile[.data], unet.profile[.communication], monotonicSeconds())
-            let outcome = try trainer.runEpoch(epoch, firstBatch: epoch == resumedEpoch + 1 ? resumedBatch : 0)
-            if verbose {
-                // Every rank: where its time went this epoch (the other ranks are quiet otherwise).
-                let p = unet.profile
-                print("rank \(communicator.rank)/\(ranks) (\(communicator.hostname)): epoch \(epoch): "
-                      + "\(fixed(monotonicSeconds() - before.3, 2)) s, compute \(fixed(p.total - before.0 - (p[.data] - before.1) - (p[.communication] - before.2), 2)) s, "
-                      + "waiting for data \(fixed(p[.data] - before.1, 3)) s, communication \(fixed(p[.communication] - before.2, 3)) s")
-                fflush(stdout)
-            }
-            guard let r = outcome.record else {
-                guard case .stopped(let batch) = outcome else { break }
-                try trainer.step.gatherOptimizerState()
-                if isRoot {
-                    // The plateau state as at this epoch's start: its end-of-epoch decision is to come.
-                    let current = trainer.schedule
-                    trainer.schedule = LearningRateSchedule(scheduleConfig, plateau: plateauAtEpochStart)
-                    try checkpoint(epochsDone: epoch - 1, batchesDone: batch + 1)
-                    trainer.schedule = current
-                    let signal = [SIGUSR1: "SIGUSR1", SIGTERM: "SIGTERM"][segtrain_stop_signal()] ?? "a signal to another rank"
-                    print("stopped by \(signal) after batch \(batch + 1)/\(trainer.batchesPerEpoch) of epoch \(epoch); "
-                          + "checkpoint written to \(checkpoints)/last; continue with --resume auto")
-                    fflush(stdout)
-                }
-                return
-            }
-            // The same record on every rank: every rank stops here together, before any checkpoint
-            // of this epoch, so checkpoints/last keeps the previous epoch (Keras' TerminateOnNaN).
-            if !r.trainLoss.isFinite && r.batchesTrained > 0 {
-                throw SharedError(description: "epoch \(epoch): the training loss is not finite (\(r.trainLoss)); try a lower --lr; "
-                                  + keptCheckpoint)
-            }
-            if let loss = r.validationLoss, !loss.isFinite {
-                throw SharedError(description: "epoch \(epoch): the validation loss is not finite (\(loss)): the model diverged; "
-                                  + "try a lower --lr; " + keptCheckpoint)
-            }
-            // Decisions from the validation loss, identical on every rank (see fromRoot). A loss
-            // that is not finite never gets here, so it is never "best".
-            let improved = r.validationLoss.map { loss in loss.isFinite && (best.loss.map { loss < $0 } ?? true) } ?? false
-            if improved { best = (r.validationLoss, epoch) }
-            let stopEarly = patience.map { p in best.epoch.map { epoch - $0 >= p } ?? false } ?? false
-            let stopNow = trainer.stopAfterEpoch && epoch < epochs
-            // Every rank, for rank 0's checkpoint below (each rank keeps only its share current).
-            try trainer.step.gatherOptimizerState()
-            guard isRoot else {
-                if stopEarly { break }
-                if stopNow { return }
-                continue
-            }
-            var line = "epoch \(epoch)/\(epochs)  train_loss \(fixed(r.trainLoss, 4))"
-            if let loss = r.validationLoss, let v = r.validation {
-                line += "  val_loss \(fixed(loss, 4))  val_acc \(fixed(v.accuracy, 3))  val_dice \(fixed(v.meanDice, 3))"
-                    + "  val_iou \(fixed(v.meanIoU, 3))"
-            }
-            line += "  \(fixed(r.imagesPerSecond, 1)) img/s  \(fixed(r.seconds, 1)) s"
-            csv += r.csvLine + "\n"
-            records.append(r)
-            if let error = writeFileAtomically(metricsPath, csv) { throw UserError(error) }
-            if let samples {
-                do { try samples.write(model: unet, to: RunDirectory(out).sampleGrid(epoch: epoch)) } catch { throw UserError("\(error)") }
-            }
-            // Checkpoints: last after every epoch; best when the validation loss improves; epoch-NNN
-            // for the last --keep epochs.
-            progress?.endEpoch()
-            try checkpoint(epochsDone: epoch, batchesDone: nil)
-            if improved {
-                try Checkpoint.copy(checkpoints + "/last", to: checkpoints + "/best")
-                line += "  (best)"
-            }
-            if keep > 0 {
-                try Checkpoint.copy(checkpoints + "/last", to: checkpoints + "/" + RunDirectory.epochName(epoch))
-                let old = checkpoints + "/" + RunDirectory.epochName(epoch - keep)
-                if epoch > keep && FileManager.default.fileExists(atPath: old) {
-                    do { try FileManager.default.removeItem(atPath: old) } catch {
-                        throw UserError("\(old): cannot remove the checkpoint beyond --keep \(keep): \(error.localizedDescription)")
-                    }
-                }
-            }
-            print(line)
-            fflush(stdout)
-            if stopEarly {
-                print("early stop: no better validation loss for \(patience!) epochs (best \(fixed(best.loss!, 4)) at epoch \(best.epoch!))")
-                break
-            }
-            if stopNow {
-                let signal = [SIGUSR1: "SIGUSR1", SIGTERM: "SIGTERM"][segtrain_stop_signal()] ?? "a signal to another rank"
-                print("stopped by \(signal) after the last batch of epoch \(epoch) (the epoch is complete); checkpoint "
-                      + "written to \(checkpoints)/last; continue with --resume auto")
-                fflush(stdout)
-                return
-            }
-        }
-        if isRoot && trainer.step.skippedSteps > 0 {
-            print("skipped \(trainer.step.skippedSteps) step(s) with a non-finite loss or gradient (--skip-nonfinite)")
-        }
-        if isRoot {
-            try writeSummary(records: records, best: best, seconds: monotonicSeconds() - runStart, ranks: ranks,
-                             threads: pool.threadCount, parameters: unet.parameterCount)
-            // The trained weights (and BN running statistics) under the model's tensor names.
-            let modelPath = out + "/model.safetensors"
-            let bytes = Safetensors.encode(Safetensors.items(of: unet.store, gradients: false),
-                                           metadata: ["format": "pt", "epochs": "\(epochs)", "ranks": "\(ranks)"])
-            if let error = writeFileAtomically(modelPath, bytes: bytes) { throw UserError(error) }
-            let report = try writeReport(RunDirectory(out))
-            print("metrics: \(metricsPath)\nweights: \(modelPath)\nreport: \(report)")
         }
     }
 }
@@ -502,22 +299,6 @@ extension TrainCommand {
         }
         return (source(loaded.train), loaded.validation.count > 0 ? source(loaded.validation) : nil,
                 "\(root) (layout \(dataOptions.layoutValue.rawValue))", loaded.train.hash)
-    }
-
-    /// OUT/summary.json: the run at a glance (this invocation's epochs; metrics.csv has them all).
-    func writeSummary(records: [EpochRecord], best: (loss: Double?, epoch: Int?), seconds: Double, ranks: Int,
-                      threads: Int, parameters: Int) throws {
-        var summary = RunSummary(epochsTrained: records.count, seconds: seconds, ranks: ranks, threadsPerRank: threads,
-                                 parameters: parameters, arguments: Array(CommandLine.arguments.dropFirst()))
-        let last = records.last
-        summary.lastEpoch = last?.epoch
-        summary.bestEpoch = best.epoch
-        summary.bestValidationLoss = best.loss
-        summary.lastValidationDice = last?.validation?.meanDice
-        summary.lastValidationIoU = last?.validation?.meanIoU
-        summary.lastTrainLoss = last?.trainLoss
-        summary.meanImagesPerSecond = records.isEmpty ? nil : records.map(\.imagesPerSecond).reduce(0, +) / Double(records.count)
-        try RunDirectory(out).writeSummary(summary)
     }
 }
 
