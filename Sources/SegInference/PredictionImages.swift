@@ -35,6 +35,33 @@ public enum PredictionImages {
         return o
     }
 
+    /// One class's probability (plane `c`; the foreground for a binary model) as 8-bit gray.
+    public static func probability(_ prediction: Prediction, plane c: Int) -> Image8 {
+        var p = Image8(width: prediction.labels.width, height: prediction.labels.height, channels: 1)
+        let plane = p.width * p.height
+        for i in 0..<plane {
+            p.pixels[i] = UInt8(max(0, min(255, (prediction.probabilities[c * plane + i] * 255).rounded())))
+        }
+        return p
+    }
+
+    /// RGB: the image with every labelled pixel (label > 0) averaged with its class colour (red
+    /// for a binary model; `SampleGrid.colour` otherwise).
+    public static func overlay(_ image: Image8, labels: Image8, classes: Int) -> Image8 {
+        let rgb = image.channels >= 3 ? image : PredictionImages.rgb(image)
+        var o = Image8(width: image.width, height: image.height, channels: 3)
+        for i in 0..<(image.width * image.height) {
+            let label = Int(labels.pixels[i])
+            let tint: (UInt8, UInt8, UInt8)? = label == 0 ? nil : (classes == 1 ? (255, 40, 40) : SampleGrid.colour(label, classes: classes))
+            for ch in 0..<3 {
+                let v = Int(rgb.pixels[i * rgb.channels + ch])
+                guard let tint else { o.pixels[i * 3 + ch] = UInt8(v); continue }
+                o.pixels[i * 3 + ch] = UInt8((v + Int([tint.0, tint.1, tint.2][ch])) / 2)
+            }
+        }
+        return o
+    }
+
     /// An RGB image of one colour.
     public static func solid(_ colour: (UInt8, UInt8, UInt8), width: Int, height: Int) -> Image8 {
         var solid = Image8(width: width, height: height, channels: 3)

@@ -48,14 +48,9 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "Worker threads (default: the CPUs available).")
     var threads: Int?
 
-    enum Kind: String, CaseIterable { case mask, prob, overlay, cutout }
-
-    var kinds: [Kind] {
-        var list: [Kind] = []
-        if mask { list.append(.mask) }
-        if probabilities { list.append(.prob) }
-        if overlay { list.append(.overlay) }
-        if cutout { list.append(.cutout) }
+    var kinds: [PredictionWriter.Kind] {
+        let chosen: [(Bool, PredictionWriter.Kind)] = [(mask, .mask), (probabilities, .prob), (overlay, .overlay), (cutout, .cutout)]
+        let list = chosen.filter(\.0).map(\.1)
         return list.isEmpty ? [.mask] : list
     }
 
@@ -102,113 +97,21 @@ struct PredictCommand: ParsableCommand {
         if singleFile && probabilities && d.classes > 1 {
             throw UserError("--output \(output): \(d.classes) probability files need an output folder")
         }
+        var writer = PredictionWriter(kinds: kinds, output: output, singleFile: singleFile)
         // What goes behind a cut-out: transparency, an image, or a colour (checked in validate()).
-        var behind = Behind.transparent
         if let b = background {
             if let colour = PredictionImages.colour(b) {
-                behind = .colour(colour)
+                writer.backdrop = .colour(colour)
             } else {
-                do { behind = .image(try ImageFile.read(b, as: .rgb)) } catch { throw UserError("--background \(error)") }
+                do { writer.backdrop = .image(try ImageFile.read(b, as: .rgb)) } catch { throw UserError("--background \(error)") }
             }
         }
-
-        var failures = 0, written = 0
         let start = monotonicSeconds()
-        var k = 0
-        while k < files.count {
-            // Read a batch; a file that cannot be read is reported and skipped.
-            var batch: [(path: String, stem: String, image: Image8)] = []
-            while k < files.count && batch.count < (tile ? 1 : batchSize) {
-                let path = files[k], stem = stems[k]
-                k += 1
-                do {
-                    batch.append((path, stem, try ImageFile.read(path, as: predictor.pixelFormat)))
-                } catch {
-                    fputs("segtrain: error: \(error)\n", stderr)
-                    failures += 1
-                }
-            }
-            if batch.isEmpty { continue }
-            let predictions = tile
-                ? [predictor.predictTiled(batch[0].image, overlap: overlap ?? d.imageSize / 4)]
-                : predictor.predict(batch.map(\.image))
-            for ((path, stem, image), prediction) in zip(batch, predictions) {
-                do {
-                    // `written` counts every file in place, also those before a failed one.
-                    try write(prediction, image: image, path: path, stem: stem, singleFile: singleFile, behind: behind,
-                              written: &written)
-                } catch {
-                    fputs("segtrain: error: \(error)\n", stderr)
-                    failures += 1
-                }
-            }
-        }
+        let (written, failures) = writer.predictAll(files, stems: stems, predictor: predictor, batchSize: batchSize,
+                                                    tileOverlap: tile ? overlap ?? d.imageSize / 4 : nil,
+                                                    report: { fputs("segtrain: error: \($0)\n", stderr) })
         print("predicted \(files.count - failures) of \(files.count) image(s) with \(predictor.source) in "
               + "\(fixed(monotonicSeconds() - start, 2)) s; wrote \(written) file(s) to \(output)")
         if failures > 0 { throw UserError("\(failures) image(s) failed (see above); \(written) file(s) written") }
-    }
-
-    /// What goes behind the object in a cut-out.
-    enum Behind {
-        case transparent
-        case image(Image8)
-        case colour((UInt8, UInt8, UInt8))
-    }
-
-    /// Writes the asked-for outputs of one image (named from `stem`), adding 1 to `written` for
-    /// each file in place.
-    func write(_ prediction: Prediction, image: Image8, path: String, stem: String, singleFile: Bool, behind: Behind,
-               written count: inout Int) throws {
-        // Overlays and cut-outs show the image's colours, also for a gray model (as serve does).
-        let display = image.channels >= 3 || !(overlay || cutout) ? image : ((try? ImageFile.read(path, as: .rgb)) ?? image)
-        func target(_ suffix: String) -> String { singleFile ? output : output + "/" + stem + suffix + ".png" }
-        let labels = prediction.labels
-        let classes = prediction.classes
-        let plane = image.width * image.height
-        for kind in kinds {
-            switch kind {
-            case .mask:
-                try ImageFile.write(PredictionImages.mask(labels, classes: classes), to: target("_mask"))
-                count += 1
-            case .prob:
-                let planes = classes == 1 ? 1 : classes
-                for c in 0..<planes {
-                    var p = Image8(width: image.width, height: image.height, channels: 1)
-                    for i in 0..<plane {
-                        p.pixels[i] = UInt8(max(0, min(255, (prediction.probabilities[c * plane + i] * 255).rounded())))
-                    }
-                    try ImageFile.write(p, to: target(planes == 1 ? "_prob" : "_prob_c\(c)"))
-                    count += 1
-                }
-            case .overlay:
-                let rgb = display.channels >= 3 ? display : PredictionImages.rgb(display)
-                var o = Image8(width: image.width, height: image.height, channels: 3)
-                for i in 0..<plane {
-                    let label = Int(labels.pixels[i])
-                    let tint: (UInt8, UInt8, UInt8)? = label == 0 ? nil : (classes == 1 ? (255, 40, 40) : SampleGrid.colour(label, classes: classes))
-                    for ch in 0..<3 {
-                        let v = Int(rgb.pixels[i * rgb.channels + ch])
-                        guard let tint else { o.pixels[i * 3 + ch] = UInt8(v); continue }
-                        let t = Int([tint.0, tint.1, tint.2][ch])
-                        o.pixels[i * 3 + ch] = UInt8((v + t) / 2)
-                    }
-                }
-                try ImageFile.write(o, to: target("_overlay"))
-                count += 1
-            case .cutout:
-                switch behind {
-                case .transparent:
-                    try ImageFile.write(PredictionImages.cutout(display, labels: labels), to: target("_cutout"))
-                case .image(let picture):
-                    let sized = picture.width == image.width && picture.height == image.height
-                        ? picture : Preprocess.resizeImage(picture, width: image.width, height: image.height)
-                    try ImageFile.write(PredictionImages.composite(display, labels: labels, behind: sized), to: target("_cutout"))
-                case .colour(let colour):
-                    let solid = PredictionImages.solid(colour, width: image.width, height: image.height)
-                    try ImageFile.write(PredictionImages.composite(display, labels: labels, behind: solid), to: target("_cutout"))
-                }
-                count += 1
-            }
-        }
     }
 }
