@@ -86,7 +86,14 @@ public final class TrainingRun {
     public var samples: SampleGrid?
     /// Runs first after every optimizer step (tests perturb weights here).
     public var afterStep: ((Trainer.StepInfo) throws -> Void)?
-    public private(set) var decisions = RunDecisions()
+    /// The decisions so far: the best epoch, and the schedule's plateau state (--schedule plateau).
+    public var decisions: RunDecisions {
+        var d = best
+        d.plateau = trainer.schedule.config.kind == .plateau ? trainer.schedule.plateau : nil
+        return d
+    }
+    /// The best validation loss and epoch so far (the plateau state lives in `trainer.schedule`).
+    private var best = RunDecisions()
     /// Epochs done and global batches done of the next epoch, from the checkpoint resumed.
     public private(set) var resumedEpoch = 0, resumedBatch = 0
     /// This invocation's epoch records (rank 0).
@@ -142,12 +149,13 @@ public final class TrainingRun {
             }
         }
         try collectives.broadcast(&bytes, root: 0)
-        do { decisions = try JSONDecoder().decode(RunDecisions.self, from: Data(bytes)) } catch {
+        do { best = try JSONDecoder().decode(RunDecisions.self, from: Data(bytes)) } catch {
             throw TrainingRunError("--resume: cannot decode rank 0's decisions (\(error))")
         }
         if trainer.schedule.config.kind == .plateau {
-            trainer.schedule = LearningRateSchedule(trainer.schedule.config, plateau: decisions.plateau)
+            trainer.schedule = LearningRateSchedule(trainer.schedule.config, plateau: best.plateau)
         }
+        best.plateau = nil
     }
 
     /// Rank 0: the checkpoint's state (nil for "auto" without one), checked against this run, and
@@ -239,8 +247,8 @@ public final class TrainingRun {
                               + "try a lower --lr; " + keptCheckpoint)
         }
         // Decisions from the validation loss, identical on every rank.
-        let improved = decisions.record(validationLoss: r.validationLoss, epoch: epoch)
-        let stopEarly = policy.patience.map { p in decisions.bestEpoch.map { epoch - $0 >= p } ?? false } ?? false
+        let improved = best.record(validationLoss: r.validationLoss, epoch: epoch)
+        let stopEarly = policy.patience.map { p in best.bestEpoch.map { epoch - $0 >= p } ?? false } ?? false
         let stopNow = trainer.stopAfterEpoch && epoch < policy.epochs
         // Every rank, for rank 0's checkpoint below (each rank keeps only its share current).
         try trainer.step.gatherOptimizerState()
@@ -266,7 +274,7 @@ public final class TrainingRun {
         log(line)
         if stopEarly {
             log("early stop: no better validation loss for \(policy.patience!) epochs "
-                + "(best \(fixed(decisions.bestValidationLoss!, 4)) at epoch \(decisions.bestEpoch!))")
+                + "(best \(fixed(best.bestValidationLoss!, 4)) at epoch \(best.bestEpoch!))")
             return .earlyStop
         }
         if stopNow {
@@ -318,11 +326,12 @@ public final class TrainingRun {
             throw TrainingRunError("step \(optimizer.step): the model's outputs on the last batch are not finite with the "
                                    + "current weights (the run diverged; try a lower --lr); checkpoint not written; " + keptCheckpoint)
         }
+        let decisions = self.decisions
         var state = CheckpointState(epoch: epochsDone, step: optimizer.step, seed: trainer.seed, ranks: ranks,
                                     bestValidationLoss: decisions.bestValidationLoss, bestEpoch: decisions.bestEpoch,
                                     arguments: identity.arguments)
         state.batchesDone = batchesDone
-        state.plateau = trainer.schedule.config.kind == .plateau ? trainer.schedule.plateau : nil
+        state.plateau = decisions.plateau
         state.trainListHash = hashText
         state.model = identity.model
         state.globalBatch = trainer.globalBatch
@@ -353,8 +362,8 @@ public final class TrainingRun {
                                  arguments: identity.arguments)
         let last = records.last
         summary.lastEpoch = last?.epoch
-        summary.bestEpoch = decisions.bestEpoch
-        summary.bestValidationLoss = decisions.bestValidationLoss
+        summary.bestEpoch = best.bestEpoch
+        summary.bestValidationLoss = best.bestValidationLoss
         summary.lastValidationDice = last?.validation?.meanDice
         summary.lastValidationIoU = last?.validation?.meanIoU
         summary.lastTrainLoss = last?.trainLoss

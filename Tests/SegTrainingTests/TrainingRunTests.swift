@@ -1,0 +1,119 @@
+// TrainingRun in-process, on one rank: what it writes, the decisions it keeps (best, early stop,
+// plateau) and a resume that ends bitwise where the uninterrupted run ends.
+
+import Foundation
+import SegData
+import SegEngine
+import SegModel
+import SegTraining
+import XCTest
+
+final class TrainingRunTests: XCTestCase {
+    private var folders: [String] = []
+
+    override func tearDown() {
+        for folder in folders { try? FileManager.default.removeItem(atPath: folder) }
+    }
+
+    private func temporaryFolder() -> String {
+        let path = NSTemporaryDirectory() + "segtrain-run-\(UUID().uuidString)"
+        folders.append(path)
+        return path
+    }
+
+    /// A tiny UNet on synthetic 16x16 samples (24 train, 8 validation), batch 8, Adam; the
+    /// schedule `kind` (plateau with patience 0 reduces after every epoch without improvement).
+    private func makeRun(out: String, epochs: Int, patience: Int? = nil, schedule kind: ScheduleKind = .constant,
+                         learningRate: Double = 1e-3) -> TrainingRun {
+        var config = UNetConfig()
+        config.baseChannels = 4
+        config.depth = 2
+        let pool = WorkerPool(threads: 1)
+        let unet = UNet(config, pool: pool)
+        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+                             optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
+        let generator = SyntheticGenerator(size: 16, classes: 1, seed: 3)
+        var schedule = ScheduleConfig(kind: kind, baseRate: learningRate, epochs: epochs)
+        schedule.plateauPatience = 0
+        let trainer = Trainer(step: step, train: SyntheticSource(generator: generator, offset: 0, count: 24, pool: pool),
+                              validation: SyntheticSource(generator: generator, offset: 24, count: 8, pool: pool),
+                              imageSize: 16, batchSize: 8, seed: 3, schedule: LearningRateSchedule(schedule))
+        var policy = RunPolicy(epochs: epochs)
+        policy.patience = patience
+        let identity = RunIdentity(model: ModelDescription(.unet(config), imageSize: 16, mean: nil, std: nil),
+                                   arguments: ["test"], trainListHash: nil, rankName: "rank 0/1")
+        return TrainingRun(directory: RunDirectory(out), trainer: trainer, policy: policy, identity: identity)
+    }
+
+    /// Runs `run` to its end (from `resume`, if given); returns it.
+    @discardableResult
+    private func finish(_ run: TrainingRun, resume: String? = nil) throws -> TrainingRun {
+        try run.prepareDirectory()
+        try run.resume(from: resume)
+        try run.run()
+        return run
+    }
+
+    private func weights(_ run: TrainingRun) -> [Float] { run.trainer.step.local.model.store.values.tensor.toArray() }
+
+    func testWritesTheRunFolderAndKeepsTheBestEpoch() throws {
+        let out = temporaryFolder()
+        let run = try finish(makeRun(out: out, epochs: 3))
+        let dir = RunDirectory(out)
+        for file in [dir.metricsFile, dir.summaryFile, dir.modelFile, dir.reportFile, dir.lastCheckpoint + "/state.json",
+                     dir.bestCheckpoint + "/state.json"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: file), file)
+        }
+        XCTAssertEqual(try dir.readMetrics().epochs, [1, 2, 3])
+        // The best epoch is the one of the lowest validation loss, in the decisions, the
+        // summary and checkpoints/best.
+        let losses = run.records.map { $0.validationLoss! }
+        let bestEpoch = losses.indices.min { losses[$0] < losses[$1] }! + 1
+        XCTAssertEqual(run.decisions.bestEpoch, bestEpoch)
+        XCTAssertEqual(run.decisions.bestValidationLoss, losses[bestEpoch - 1])
+        XCTAssertEqual(try dir.readSummary()?.bestEpoch, bestEpoch)
+        XCTAssertEqual(try Checkpoint.readState(from: dir.bestCheckpoint).epoch, bestEpoch)
+        XCTAssertEqual(try Checkpoint.readState(from: dir.lastCheckpoint).epoch, 3)
+    }
+
+    func testResumeEndsBitwiseWhereTheUninterruptedRunEnds() throws {
+        let whole = try finish(makeRun(out: temporaryFolder(), epochs: 3, schedule: .plateau))
+
+        let out = temporaryFolder()
+        let first = try finish(makeRun(out: out, epochs: 2, schedule: .plateau))
+        let second = makeRun(out: out, epochs: 3, schedule: .plateau)
+        try second.prepareDirectory()
+        try second.resume(from: "auto")
+        XCTAssertEqual(second.resumedEpoch, 2)
+        // The decisions come back from the checkpoint, named.
+        XCTAssertEqual(second.decisions, first.decisions)
+        XCTAssertNotNil(second.decisions.plateau)
+        XCTAssertEqual(second.trainer.schedule.plateau, first.trainer.schedule.plateau)
+        try second.run()
+        XCTAssertEqual(weights(second), weights(whole))
+        XCTAssertEqual(second.decisions, whole.decisions)
+        XCTAssertEqual(try RunDirectory(out).readMetrics().epochs, [1, 2, 3])
+    }
+
+    func testEarlyStopAfterPatienceEpochsWithoutABetterLoss() throws {
+        // Learning rate 0 and no BatchNorm: the weights and so the validation loss stay as they
+        // are; epoch 1 is the best (a loss must be lower to be better), and patience 1 stops
+        // after epoch 2.
+        let run = try finish(makeRun(out: temporaryFolder(), epochs: 6, patience: 1, learningRate: 0))
+        XCTAssertEqual(run.records.count, 2)
+        XCTAssertEqual(run.decisions.bestEpoch, 1)
+        XCTAssertEqual(run.records[0].validationLoss, run.records[1].validationLoss)
+    }
+
+    func testAFinishedRunTrainsNothing() throws {
+        let out = temporaryFolder()
+        let first = try finish(makeRun(out: out, epochs: 1))
+        let before = try String(contentsOfFile: RunDirectory(out).metricsFile, encoding: .utf8)
+        let again = makeRun(out: out, epochs: 1)
+        try again.resume(from: "auto")
+        try again.run()
+        XCTAssertTrue(again.records.isEmpty)
+        XCTAssertEqual(weights(again), weights(first))
+        XCTAssertEqual(try String(contentsOfFile: RunDirectory(out).metricsFile, encoding: .utf8), before)
+    }
+}
