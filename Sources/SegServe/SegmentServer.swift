@@ -52,6 +52,8 @@ public struct ListenError: Error, CustomStringConvertible {
 /// Hummingbird's server with the SegmentService; see the top of the file.
 public final class SegmentServer: @unchecked Sendable {
     public let service: SegmentService
+    /// The address and port as asked for (port 0: a free one).
+    public let host: String, port: Int
     let server: Server<GuardedHTTP1Channel>
     private let bound = AsyncStream<Result<Int, any Error>>.makeStream()
     private var runTask: Task<Void, any Error>?
@@ -59,6 +61,7 @@ public final class SegmentServer: @unchecked Sendable {
     /// `host`: an IPv4 or IPv6 address (or localhost); `port` 0: a free one.
     public init(service: SegmentService, host: String, port: Int) {
         self.service = service
+        (self.host, self.port) = (host, port)
         let limits = service.limits
         let responder: HTTPChannelHandler.Responder = { request, writer, channel in
             try await service.respond(to: request, writer: writer, channel: channel)

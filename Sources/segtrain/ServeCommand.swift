@@ -62,9 +62,9 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
-        let address = host == "localhost" ? "127.0.0.1" : host
-        guard ServeCommand.isAddress(address) else { throw UserError("--host \(host): not an IPv4 or IPv6 address") }
-
+        guard SegmentServer.isAddress(host == "localhost" ? "127.0.0.1" : host) else {
+            throw UserError("--host \(host): not an IPv4 or IPv6 address")
+        }
         let pool = WorkerPool(threads: threads ?? ThreadDefaults.threadsPerRank())
         let predictor: Predictor
         do { predictor = try Predictor(path: model, pool: pool) } catch { throw UserError("\(error)") }
@@ -74,90 +74,15 @@ struct ServeCommand: ParsableCommand {
         limits.idleTimeout = idleTimeout
         limits.requestTimeout = requestTimeout
         let service = SegmentService(predictor: predictor, limits: limits, log: { line in fputs(line + "\n", stderr) })
-        let server = SegmentServer(service: service, host: address, port: port)
-
-        // The server runs on Swift tasks; this thread waits for its end (or a failure to listen).
-        let outcome = ServeOutcome()
-        StopSignal.install()
-        let model = self.model, host = self.host, port = self.port
-        Task.detached {
-            do {
-                let bound = try await server.start()
-                let shown = host.contains(":") ? "[\(host)]" : host
+        let server = SegmentServer(service: service, host: host, port: port)
+        let model = self.model, shown = host.contains(":") ? "[\(host)]" : host
+        let stoppedBy: Int32?
+        do {
+            stoppedBy = try server.serveUntilStopped { bound in
                 print("serving \(model) on http://\(shown):\(bound)")
                 fflush(stdout)
-                try await server.wait()
-            } catch let error as ListenError {
-                outcome.fail("cannot listen on \(host):\(port): \(error)")
-            } catch {
-                outcome.fail("\(error)")
             }
-            outcome.finish()
-        }
-        // On a stop signal: new requests get 503, running ones finish (30 s at most; one still
-        // arriving then has until its request timeout, when RequestGuard answers 408), then the
-        // server closes its sockets.
-        Thread {
-            let number = StopSignal.wait()
-            outcome.stop(signal: number)
-            Task.detached { await server.stop(drainSeconds: 30) }
-        }.start()
-        outcome.waitUntilFinished()
-        if let number = outcome.stoppedBy {
-            fputs("segtrain serve: stopped (\(number == SIGINT ? "SIGINT" : "SIGTERM"))\n", stderr)
-            return
-        }
-        if let failure = outcome.failure { throw UserError(failure) }
+        } catch { throw UserError("\(error)") }
+        if let number = stoppedBy { fputs("segtrain serve: stopped (\(number == SIGINT ? "SIGINT" : "SIGTERM"))\n", stderr) }
     }
-
-    /// An IPv4 or IPv6 address in numeric form.
-    static func isAddress(_ text: String) -> Bool {
-        var v4 = in_addr(), v6 = in6_addr()
-        return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1
-    }
-}
-
-/// SIGINT and SIGTERM caught with a handler that only posts a semaphore (async-signal-safe), for
-/// `wait` on an ordinary thread; a second signal ends the process at once. (Blocking the signals instead would not do: threads started before
-/// `main`, such as OpenBLAS's, would still take them and die.)
-enum StopSignal {
-    private static let semaphore: UnsafeMutablePointer<sem_t> = {
-        let s = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
-        sem_init(s, 0, 0)
-        return s
-    }()
-    private static let received = UnsafeMutablePointer<sig_atomic_t>.allocate(capacity: 1)
-
-    static func install() {
-        _ = semaphore  // initialised here, not in the handler
-        received.pointee = 0
-        for number in [SIGINT, SIGTERM] {
-            signal(number) { number in
-                if StopSignal.received.pointee != 0 { _exit(128 + number) }  // a second one: now
-                StopSignal.received.pointee = number
-                sem_post(StopSignal.semaphore)
-            }
-        }
-    }
-
-    /// Waits for the first stop signal; returns its number.
-    static func wait() -> Int32 {
-        while sem_wait(semaphore) != 0 {}  // EINTR
-        return received.pointee
-    }
-}
-
-/// How the server's run ended, shared with the signal thread.
-final class ServeOutcome: @unchecked Sendable {
-    private let lock = NSLock()
-    private let done = DispatchSemaphore(value: 0)
-    private var signalNumber: Int32?
-    private var message: String?
-
-    func stop(signal: Int32) { lock.lock(); signalNumber = signal; lock.unlock() }
-    var stoppedBy: Int32? { lock.lock(); defer { lock.unlock() }; return signalNumber }
-    var failure: String? { lock.lock(); defer { lock.unlock() }; return message }
-    func fail(_ message: String) { lock.lock(); self.message = message; lock.unlock() }
-    func finish() { done.signal() }
-    func waitUntilFinished() { done.wait() }
 }
