@@ -10,6 +10,7 @@
 // grayscale, channel shuffle, Gaussian blur) touch the image only, never the mask, and never an
 // alpha channel. See docs/DATA.md.
 
+import Foundation
 import SegEngine
 #if canImport(Glibc)
 import Glibc
@@ -569,5 +570,34 @@ public struct Augmenter: Sendable {
                 }
             }
         }
+    }
+}
+
+extension AugmentConfig {
+    /// Settings from JSON, inline (starting with `{`) or the path of a .json file: the keys given
+    /// over the defaults. An unknown key (a typo), a value out of range or bad JSON throws
+    /// (the message starts with what is wrong, for the caller to prefix with its flag).
+    public static func parse(_ text: String) throws -> AugmentConfig {
+        let text = text.trimmingCharacters(in: .whitespaces)
+        let json: Data
+        if text.hasPrefix("{") {
+            json = Data(text.utf8)
+        } else {
+            guard let data = FileManager.default.contents(atPath: text) else {
+                throw DatasetError("\(text): neither JSON (starting with {) nor a readable file")
+            }
+            json = data
+        }
+        if let given = (try? JSONSerialization.jsonObject(with: json)) as? [String: Any],
+           let known = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(AugmentConfig.default))) as? [String: Any],
+           let unknown = given.keys.sorted().first(where: { known[$0] == nil }) {
+            throw DatasetError("unknown key \(unknown) (known: \(known.keys.sorted().joined(separator: ", ")))")
+        }
+        let config: AugmentConfig
+        do { config = try JSONDecoder().decode(AugmentConfig.self, from: json) } catch {
+            throw DatasetError("not valid settings: \(error)")
+        }
+        if let problem = config.problems.first { throw DatasetError(problem) }
+        return config
     }
 }

@@ -134,6 +134,23 @@ public enum DatasetScanner {
     /// Image file extensions looked at (case-insensitive); other files are not samples.
     public static let imageExtensions = ["png", "jpg", "jpeg"]
 
+    /// The training and validation listings of a run: `trainList` (list layout) or every sample
+    /// under `root`; validation from `valList`, a separate `valData` folder, or a `valSplit`
+    /// fraction (default 0.1) held out by `seed`.
+    public static func trainAndValidation(root: String, options: DatasetOptions, trainList: String?, valList: String?,
+                                          valData: String?, valSplit: Double?, seed: UInt64,
+                                          notes: ((String) -> Void)? = nil) throws -> (DatasetListing, DatasetListing) {
+        let train: DatasetListing
+        if options.layout == .list {
+            train = try list(root: root, listFile: trainList ?? "", options: options)
+            if let valList { return (train, try list(root: valData ?? root, listFile: valList, options: options)) }
+        } else {
+            train = try list(root: root, options: options, notes: notes)
+        }
+        if let valData { return (train, try list(root: valData, options: options, notes: notes)) }
+        return train.split(validationFraction: valSplit ?? 0.1, seed: seed)
+    }
+
     /// Lists the dataset under `root` (layouts pairs and pet): every image of the images folder,
     /// sorted, with its mask. Errors: a missing or empty folder, an image without a mask, an image
     /// with two candidate masks. Hidden files (`.name`, e.g. macOS `._` files) are skipped.

@@ -117,52 +117,16 @@ struct DataOptions: ParsableArguments {
 
     /// (mean, std) per channel, or nil for x / 255 only.
     func normalization(channels: Int) throws -> (mean: [Float], std: [Float])? {
-        if mean == nil && std == nil { return nil }
-        func parse(_ text: String?, flag: String, imagenet: [Float], fallback: Float) throws -> [Float] {
-            guard let text else { return [Float](repeating: fallback, count: channels) }
-            if text == "imagenet" {
-                guard channels == 3 else { throw ValidationError("\(flag) imagenet is for 3 channels (got --in-channels \(channels))") }
-                return imagenet
-            }
-            let values = text.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
-            guard values.allSatisfy({ $0 != nil && $0!.isFinite }) else { throw ValidationError("\(flag) \(text): not a list of numbers") }
-            let v = values.map { $0! }
-            if v.count == 1 { return [Float](repeating: v[0], count: channels) }
-            guard v.count == channels else { throw ValidationError("\(flag) has \(v.count) values for \(channels) channels") }
-            return v
+        do { return try Normalization.parse(mean: mean, std: std, channels: channels) } catch {
+            throw ValidationError("\(error)")
         }
-        let m = try parse(mean, flag: "--mean", imagenet: [0.485, 0.456, 0.406], fallback: 0)
-        let s = try parse(std, flag: "--std", imagenet: [0.229, 0.224, 0.225], fallback: 1)
-        if !s.allSatisfy({ $0 > 0 }) { throw ValidationError("--std values must be positive") }
-        return (m, s)
     }
 
     /// --augment's settings over the defaults; .none with --no-augment.
     func augmentConfig() throws -> AugmentConfig {
         if noAugment { return .none }
         guard let augment else { return .default }
-        let text = augment.trimmingCharacters(in: .whitespaces)
-        let json: Data
-        if text.hasPrefix("{") {
-            json = Data(text.utf8)
-        } else {
-            guard let data = FileManager.default.contents(atPath: text) else {
-                throw ValidationError("--augment \(text): neither JSON (starting with {) nor a readable file")
-            }
-            json = data
-        }
-        // Unknown keys (a typo) are an error, not silently ignored.
-        if let given = (try? JSONSerialization.jsonObject(with: json)) as? [String: Any],
-           let known = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(AugmentConfig.default))) as? [String: Any],
-           let unknown = given.keys.sorted().first(where: { known[$0] == nil }) {
-            throw ValidationError("--augment: unknown key \(unknown) (known: \(known.keys.sorted().joined(separator: ", ")))")
-        }
-        let config: AugmentConfig
-        do { config = try JSONDecoder().decode(AugmentConfig.self, from: json) } catch {
-            throw ValidationError("--augment: not valid settings: \(error)")
-        }
-        if let problem = config.problems.first { throw ValidationError("--augment: \(problem)") }
-        return config
+        do { return try AugmentConfig.parse(augment) } catch { throw ValidationError("--augment: \(error)") }
     }
 
     var datasetOptions: DatasetOptions { files.datasetOptions(layout: layoutValue) }
@@ -211,18 +175,8 @@ extension DataOptions {
 
     /// Rank 0's listing of the training and validation samples.
     func listings(root: String, seed: UInt64) throws -> (DatasetListing, DatasetListing) {
-        let options = datasetOptions
-        let notes: (String) -> Void = { print("note: \($0)") }
-        if options.layout == .list {
-            let train = try DatasetScanner.list(root: root, listFile: trainList!, options: options)
-            if let valList {
-                return (train, try DatasetScanner.list(root: valData ?? root, listFile: valList, options: options))
-            }
-            if let valData { return (train, try DatasetScanner.list(root: valData, options: options, notes: notes)) }
-            return train.split(validationFraction: valSplit ?? 0.1, seed: seed)
-        }
-        let all = try DatasetScanner.list(root: root, options: options, notes: notes)
-        if let valData { return (all, try DatasetScanner.list(root: valData, options: options, notes: notes)) }
-        return all.split(validationFraction: valSplit ?? 0.1, seed: seed)
+        try DatasetScanner.trainAndValidation(root: root, options: datasetOptions, trainList: trainList, valList: valList,
+                                              valData: valData, valSplit: valSplit, seed: seed,
+                                              notes: { print("note: \($0)") })
     }
 }
