@@ -45,19 +45,7 @@ struct EvaluateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let communicator: Communicator
-        do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
-        do {
-            try evaluate(communicator)
-            try communicator.finalize()
-        } catch let error as SharedError {
-            if communicator.rank == 0 { fputs("segtrain: error: \(error)\n", stderr) }
-            try? communicator.finalize()
-            throw AlreadyReported()
-        } catch {
-            if communicator.size > 1 { communicator.abort(code: 1, message: "\(error)") }
-            throw error
-        }
+        try Communicator.runJob { try evaluate($0) }
     }
 
     private func evaluate(_ communicator: Communicator) throws {

@@ -139,26 +139,11 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        let communicator: Communicator
-        do { communicator = try Communicator.start() } catch { throw UserError("cannot start MPI: \(error)") }
-        do {
+        try Communicator.runJob { communicator in
             // --batch-per-rank: the global batch follows from the number of ranks.
             var command = self
             command.training = training.resolved(ranks: communicator.size)
             try command.train(communicator)
-            try communicator.finalize()
-        } catch {
-            // Failures every rank detects together (weights out of sync, configurations that
-            // differ) end each rank cleanly; anything else may be one rank's alone: abort the job.
-            if error is RaisedOnEveryRank {
-                // Rank 0 speaks before MPI_Finalize, which no rank leaves before all have entered:
-                // no rank can exit (and make mpirun kill the job) before the message is out.
-                if communicator.rank == 0 { fputs("segtrain: error: \(error)\n", stderr) }
-                try? communicator.finalize()
-                throw AlreadyReported()
-            }
-            if communicator.size > 1 { communicator.abort(code: 1, message: "\(error)") }
-            throw error
         }
     }
 
@@ -304,6 +289,3 @@ extension TrainCommand {
 
 extension ScheduleKind: ExpressibleByArgument {}
 extension ProgressStyle: ExpressibleByArgument {}
-
-/// An error already printed (by rank 0): exit 1 without printing it again.
-struct AlreadyReported: Error {}

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SegDistributed
 #if canImport(Glibc)
 import Glibc
 #endif
