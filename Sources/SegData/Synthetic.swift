@@ -3,6 +3,7 @@
 // solves it and a model has to learn shapes. Each sample depends only on (seed, index).
 // See docs/DATA.md.
 
+import Foundation
 import SegEngine
 #if canImport(Glibc)
 import Glibc
@@ -371,6 +372,29 @@ enum Figure {
         case let .patch(cx, cy, r, noise):
             let dx = (x - cx) / r, dy = (y - cy) / r
             return noise.at(x - cx + r, y - cy + r) - 0.6 * (dx * dx + dy * dy) > 0.3
+        }
+    }
+}
+
+extension SyntheticGenerator {
+    /// Writes samples 0..<count as a dataset folder of the pairs layout: `folder`/images/NNNNN.png
+    /// (or .jpg, JPEG quality 95) and `folder`/masks/NNNNN.png; binary masks as 0/255 so that they
+    /// are viewable (read back as {0, 1}). Errors name the file or folder.
+    public func writeDataset(to folder: String, count: Int, jpeg: Bool = false) throws {
+        let images = folder + "/images", masks = folder + "/masks"
+        for path in [images, masks] {
+            if let error = makeDirectories(path) { throw DatasetError("\(path): cannot create folder: \(error)") }
+        }
+        for index in 0..<count {
+            var (image, mask) = sample(index)
+            if classes == 1 { mask.pixels = mask.pixels.map { $0 == 0 ? 0 : 255 } }
+            let name = String(format: "%05d", index)
+            if jpeg {
+                try ImageFile.writeJPEG(image, to: images + "/" + name + ".jpg", quality: 95)
+            } else {
+                try ImageFile.write(image, to: images + "/" + name + ".png")
+            }
+            try ImageFile.write(mask, to: masks + "/" + name + ".png")
         }
     }
 }

@@ -1,7 +1,8 @@
 // Files that must never be seen half-written (metrics, checkpoints): written to a temporary name
 // in the same folder, flushed to disk, then renamed over the target in one step. Also reading a
-// text file and creating folders, with errors that name the path.
+// text file, creating folders and checking that one can be, with errors that name the path.
 
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -72,4 +73,22 @@ public func makeDirectories(_ path: String) -> String? {
     var info = stat()
     if stat(path, &info) != 0 || (info.st_mode & S_IFMT) != S_IFDIR { return "not a folder" }
     return nil
+}
+
+/// Why `path` cannot become a writable folder, or nil: its deepest existing ancestor must be a
+/// writable directory.
+public func unwritableFolderProblem(_ path: String) -> String? {
+    if path.isEmpty { return "empty path" }
+    var url = URL(fileURLWithPath: path)
+    let files = FileManager.default
+    while true {
+        var isDirectory: ObjCBool = false
+        if files.fileExists(atPath: url.path, isDirectory: &isDirectory) {
+            if !isDirectory.boolValue { return "\(url.path) is not a directory" }
+            return files.isWritableFile(atPath: url.path) ? nil : "\(url.path) is not writable"
+        }
+        let parent = url.deletingLastPathComponent()
+        if parent.path == url.path { return "no existing parent folder" }
+        url = parent
+    }
 }
