@@ -8,7 +8,7 @@ import SegEngine
 import SegModel
 
 public struct RunMemoryPlan: Sendable {
-    public var model: UNetConfig
+    public var model: Architecture
     public var imageSize: Int
     /// Images this rank trains per step (its share of the global batch).
     public var localBatch: Int
@@ -28,7 +28,7 @@ public struct RunMemoryPlan: Sendable {
     /// arenas count against `ulimit -v`.
     public var extraThreads = 2
 
-    public init(model: UNetConfig, imageSize: Int, localBatch: Int, threads: Int, optimizerBuffers: Int,
+    public init(model: Architecture, imageSize: Int, localBatch: Int, threads: Int, optimizerBuffers: Int,
                 trainSamples: Int, validationSamples: Int) {
         self.model = model; self.imageSize = imageSize; self.localBatch = localBatch; self.threads = threads
         self.optimizerBuffers = optimizerBuffers; self.trainSamples = trainSamples; self.validationSamples = validationSamples

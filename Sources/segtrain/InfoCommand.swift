@@ -4,27 +4,27 @@ import SegModel
 
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "info", abstract: "Print the UNet's layer table and totals (like Keras' model.summary()).")
+        commandName: "info", abstract: "Print the model's layer table and totals (like Keras' model.summary()).")
 
     @OptionGroup var model: ModelOptions
 
     func run() throws {
         let pool = WorkerPool(threads: 1)
-        let unet = UNet(model.unetConfig, pool: pool)
-        unet.plan(batch: 1, height: model.imageSize, width: model.imageSize)
+        let net = model.architecture.build(pool: pool)
+        net.plan(batch: 1, height: model.imageSize, width: model.imageSize)
         print(pad("layer", 18) + pad("kind", 18) + pad("output (C, H, W)", 20) + lpad("params", 12) + lpad("GFLOP fwd", 12))
         print(String(repeating: "-", count: 80))
-        for row in unet.layers {
+        for row in net.layers {
             let s = row.outputShape
             print(pad(row.name, 18) + pad(row.kind, 18) + pad("(\(s.c), \(s.h), \(s.w))", 20)
                   + lpad(grouped(row.parameters), 12) + lpad(fixed(row.forwardFLOPs / 1e9, 3), 12))
         }
         print(String(repeating: "-", count: 80))
-        let forward = unet.layers.reduce(0) { $0 + $1.forwardFLOPs }
-        let training = unet.layers.reduce(0) { $0 + $1.trainingFLOPs }
-        print("parameters:            \(grouped(unet.parameterCount))")
+        let forward = net.layers.reduce(0) { $0 + $1.forwardFLOPs }
+        let training = net.layers.reduce(0) { $0 + $1.trainingFLOPs }
+        print("parameters:            \(grouped(net.parameterCount))")
         print("forward GFLOP/image:   \(fixed(forward / 1e9, 2))   (\(model.imageSize)x\(model.imageSize), convolutions)")
         print("training GFLOP/image:  \(fixed(training / 1e9, 2))   (forward + weight and input gradients)")
-        print("parameter memory:      \(fixed(Double(unet.parameterCount * 4) / 1_048_576, 1)) MiB (+ the same for gradients)")
+        print("parameter memory:      \(fixed(Double(net.parameterCount * 4) / 1_048_576, 1)) MiB (+ the same for gradients)")
     }
 }

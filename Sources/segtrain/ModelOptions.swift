@@ -48,6 +48,9 @@ struct ModelOptions: ParsableArguments {
         return c
     }
 
+    /// The model family and its configuration these flags describe.
+    var architecture: Architecture { .unet(unetConfig) }
+
     func validate() throws {
         if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if imageSize < 1 { throw ValidationError("--image-size must be positive (got \(imageSize))") }

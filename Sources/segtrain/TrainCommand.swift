@@ -157,20 +157,20 @@ struct TrainCommand: ParsableCommand {
         }
         try checkMemory(communicator)
         let pool = WorkerPool(threads: model.threadCount)
-        let config = model.unetConfig
-        let unet = UNet(config, pool: pool)
+        let architecture = model.architecture
+        let net = architecture.build(pool: pool)
         if let path = initWeights, isRoot {
             do {
-                try SafetensorsFile(path: path).read(into: Safetensors.items(of: unet.store, gradients: false))
+                try SafetensorsFile(path: path).read(into: Safetensors.items(of: net.store, gradients: false))
             } catch { throw UserError("--init-weights \(error)") }
         }
         // The same start on every rank: rank 0's weights and buffers.
-        try communicator.broadcast(unet.store.values.tensor)
-        try communicator.broadcast(unet.store.buffers.tensor)
-        let lossKind = training.lossKind(classes: config.classes)
-        let labels = dataOptions.labels(classes: config.classes)
-        let local = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), labels: labels),
-                              optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
+        try communicator.broadcast(net.store.values.tensor)
+        try communicator.broadcast(net.store.buffers.tensor)
+        let lossKind = training.lossKind(classes: architecture.classes)
+        let labels = dataOptions.labels(classes: architecture.classes)
+        let local = LocalStep(model: net, loss: LossFunction(LossConfig(kind: lossKind), labels: labels),
+                              optimizer: Optimizer(training.optimizerConfig, parameterCount: net.parameterCount))
         let data = try makeSources(communicator: communicator, pool: pool)
         if dataOptions.data != nil {
             // Now that the files are counted: their order arrays, and --cache's decoded samples.
@@ -178,8 +178,8 @@ struct TrainCommand: ParsableCommand {
             try checkMemory(communicator, files: (data.train.count, data.validation?.count ?? 0),
                             cached: dataOptions.cache ? files : 0)
         }
-        let normalization = (try? dataOptions.normalization(channels: config.inChannels)) ?? nil
-        var modelDescription = ModelDescription(.unet(config), imageSize: model.imageSize,
+        let normalization = (try? dataOptions.normalization(channels: architecture.inChannels)) ?? nil
+        var modelDescription = ModelDescription(architecture, imageSize: model.imageSize,
                                                 mean: normalization?.mean, std: normalization?.std)
         modelDescription.ignoreIndex = labels.ignoreIndex
         if (schedule == .plateau || patience != nil) && data.validation == nil {
@@ -190,7 +190,7 @@ struct TrainCommand: ParsableCommand {
             ? StallWatchdog(rank: communicator.rank, size: communicator.size, minimumTimeout: stallTimeout) : nil
         let trainer = Trainer(step: local, collectives: watchdog.map { WatchedCollectives(communicator, watchdog: $0) } ?? communicator,
                               train: data.train, validation: data.validation,
-                              imageSize: model.imageSize, batchSize: training.batchSize, seed: config.seed,
+                              imageSize: model.imageSize, batchSize: training.batchSize, seed: model.seed,
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
         trainer.watchdog = watchdog
         trainer.step.accumulate = accumulate  // before resuming: it sets the epoch's batch count
@@ -207,18 +207,18 @@ struct TrainCommand: ParsableCommand {
         try run.prepareDirectory()
         try run.resume(from: resume)
         if isRoot {
-            print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(config.classes) class(es), "
+            print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(architecture.classes) class(es), "
                   + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
-                  + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(unet.parameterCount)) parameters, "
+                  + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(net.parameterCount)) parameters, "
                   + "loss \(lossKind.rawValue)")
             run.progress = Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery, style: progress)
             if let validation = data.validation {
-                run.samples = SampleGrid(source: validation, count: 4, imageSize: model.imageSize, inChannels: config.inChannels,
+                run.samples = SampleGrid(source: validation, count: 4, imageSize: model.imageSize, inChannels: architecture.inChannels,
                                          batch: trainer.localCapacity)
             }
         }
         if debugDesyncRank == communicator.rank {
-            run.afterStep = { info in if info.optimizerStep == 2 { unet.store.values.tensor[0] += 1e-3 } }
+            run.afterStep = { info in if info.optimizerStep == 2 { net.store.values.tensor[0] += 1e-3 } }
         }
         try run.run()
     }
@@ -252,7 +252,7 @@ extension TrainCommand {
     func checkMemory(_ communicator: Communicator, files: (train: Int, validation: Int)? = nil, cached: Int = 0) throws {
         let ranks = communicator.size
         let counts = dataOptions.data == nil ? (trainSamples, valSamples) : (files ?? (0, 0))
-        var plan = RunMemoryPlan(model: model.unetConfig, imageSize: model.imageSize,
+        var plan = RunMemoryPlan(model: model.architecture, imageSize: model.imageSize,
                                  localBatch: shareOf(training.batchSize, ranks: ranks, rank: 0).count,
                                  threads: model.threadCount, optimizerBuffers: training.optimizer == .sgd ? 1 : 2,
                                  trainSamples: counts.0, validationSamples: (counts.1 + ranks - 1) / ranks)
@@ -264,19 +264,19 @@ extension TrainCommand {
     /// The training and validation samples: files (--data) or the synthetic generator.
     func makeSources(communicator: Communicator, pool: WorkerPool)
         throws -> (train: SampleSource, validation: SampleSource?, description: String, trainHash: UInt64?) {
-        let config = model.unetConfig
+        let architecture = model.architecture
         guard let root = dataOptions.data else {
-            let generator = SyntheticGenerator(size: model.imageSize, classes: config.classes, seed: config.seed)
+            let generator = SyntheticGenerator(size: model.imageSize, classes: architecture.classes, seed: model.seed)
             return (SyntheticSource(generator: generator, offset: 0, count: trainSamples, pool: pool),
                     valSamples > 0 ? SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool) : nil,
                     "synthetic", nil)
         }
         let spec: SampleSpec
         do {
-            spec = try dataOptions.spec(imageSize: model.imageSize, inChannels: config.inChannels, classes: config.classes,
-                                        seed: config.seed)
+            spec = try dataOptions.spec(imageSize: model.imageSize, inChannels: architecture.inChannels, classes: architecture.classes,
+                                        seed: model.seed)
         } catch { throw UserError("\(error)") }
-        let loaded = try dataOptions.load(root: root, collectives: communicator, pool: pool, spec: spec, seed: config.seed)
+        let loaded = try dataOptions.load(root: root, collectives: communicator, pool: pool, spec: spec, seed: model.seed)
         let capacity = shareOf(training.batchSize, ranks: communicator.size, rank: communicator.rank).count
         func source(_ listing: DatasetListing) -> FileSource {
             FileSource(loader: BatchLoader(dataset: FileDataset(listing: listing, spec: spec, cache: dataOptions.cache),
