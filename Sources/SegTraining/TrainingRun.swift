@@ -60,8 +60,13 @@ public struct RunIdentity: Sendable {
     public var trainListHash: UInt64?
     /// This rank's name in --verbose lines ("rank 1/2 (host)").
     public var rankName: String
+    /// Class names for metrics.csv's per-class columns and confusion.csv (--class-names); nil:
+    /// the class indices.
+    public var classNames: [String]?
 
-    public init(model: ModelDescription, arguments: [String], trainListHash: UInt64?, rankName: String) {
+    public init(model: ModelDescription, arguments: [String], trainListHash: UInt64?, rankName: String,
+                classNames: [String]? = nil) {
+        self.classNames = classNames
         self.model = model
         self.arguments = arguments
         self.trainListHash = trainListHash
@@ -260,14 +265,16 @@ public final class TrainingRun {
                 + "  val_iou \(fixed(v.meanIoU, 3))"
         }
         line += "  \(fixed(r.imagesPerSecond, 1)) img/s  \(fixed(r.seconds, 1)) s"
-        metricsRows.append(r.csvLine)
+        let classes = model.classes, names = identity.classNames ?? (0..<classes).map(String.init)
+        metricsRows.append(r.csvLine(classes: classes))
         records.append(r)
-        try directory.writeMetrics(header: EpochRecord.csvHeader, rows: metricsRows)
+        try directory.writeMetrics(header: EpochRecord.csvHeader(classNames: classes >= 2 ? names : []), rows: metricsRows)
         try samples?.write(model: model, to: directory.sampleGrid(epoch: epoch))
         progress?.endEpoch()
         try checkpoint(epochsDone: epoch, batchesDone: nil)
         if improved {
             try Checkpoint.copy(directory.lastCheckpoint, to: directory.bestCheckpoint)
+            if let v = r.validation, classes >= 2 { try directory.writeConfusion(v, classNames: names, epoch: epoch) }
             line += "  (best)"
         }
         if policy.keep > 0 { try keepEpochCheckpoint(epoch) }

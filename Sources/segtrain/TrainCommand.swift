@@ -203,7 +203,7 @@ struct TrainCommand: ParsableCommand {
         (policy.patience, policy.checkpointEvery, policy.keep, policy.verbose) = (patience, checkpointEvery, keep, verbose)
         let run = TrainingRun(directory: RunDirectory(out), trainer: trainer, policy: policy, identity: RunIdentity(
             model: modelDescription, arguments: Array(CommandLine.arguments.dropFirst()), trainListHash: data.trainHash,
-            rankName: "rank \(communicator.rank)/\(ranks) (\(communicator.hostname))"))
+            rankName: "rank \(communicator.rank)/\(ranks) (\(communicator.hostname))", classNames: dataOptions.classNameList))
         try run.prepareDirectory()
         try run.resume(from: resume)
         if isRoot {

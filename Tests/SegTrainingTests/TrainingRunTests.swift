@@ -24,15 +24,16 @@ final class TrainingRunTests: XCTestCase {
     /// A tiny UNet on synthetic 16x16 samples (24 train, 8 validation), batch 8, Adam; the
     /// schedule `kind` (plateau with patience 0 reduces after every epoch without improvement).
     private func makeRun(out: String, epochs: Int, patience: Int? = nil, schedule kind: ScheduleKind = .constant,
-                         learningRate: Double = 1e-3) -> TrainingRun {
+                         learningRate: Double = 1e-3, classes: Int = 1, classNames: [String]? = nil) -> TrainingRun {
         var config = UNetConfig()
         config.baseChannels = 4
         config.depth = 2
+        config.classes = classes
         let pool = WorkerPool(threads: 1)
         let unet = UNet(config, pool: pool)
-        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: classes == 1 ? .bce : .ce), classes: classes),
                              optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
-        let generator = SyntheticGenerator(size: 16, classes: 1, seed: 3)
+        let generator = SyntheticGenerator(size: 16, classes: classes, seed: 3)
         var schedule = ScheduleConfig(kind: kind, baseRate: learningRate, epochs: epochs)
         schedule.plateauPatience = 0
         let trainer = Trainer(step: step, train: SyntheticSource(generator: generator, offset: 0, count: 24, pool: pool),
@@ -41,7 +42,7 @@ final class TrainingRunTests: XCTestCase {
         var policy = RunPolicy(epochs: epochs)
         policy.patience = patience
         let identity = RunIdentity(model: ModelDescription(.unet(config), imageSize: 16, mean: nil, std: nil),
-                                   arguments: ["test"], trainListHash: nil, rankName: "rank 0/1")
+                                   arguments: ["test"], trainListHash: nil, rankName: "rank 0/1", classNames: classNames)
         return TrainingRun(directory: RunDirectory(out), trainer: trainer, policy: policy, identity: identity)
     }
 
@@ -115,5 +116,29 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertTrue(again.records.isEmpty)
         XCTAssertEqual(weights(again), weights(first))
         XCTAssertEqual(try String(contentsOfFile: RunDirectory(out).metricsFile, encoding: .utf8), before)
+    }
+
+    func testMultiClassRunWritesPerClassScoresAndTheBestEpochsConfusionMatrix() throws {
+        let out = temporaryFolder()
+        let run = try finish(makeRun(out: out, epochs: 2, classes: 3, classNames: ["bg", "disc", "square"]))
+        let dir = RunDirectory(out)
+        let table = try dir.readMetrics()
+        let confusion = try XCTUnwrap(try dir.readConfusion())
+        XCTAssertEqual(confusion.epoch, run.decisions.bestEpoch)
+        XCTAssertEqual(confusion.classNames, ["bg", "disc", "square"])
+        // Every validation pixel once (8 images of 16x16), and the per-class IoU of the best
+        // epoch's row follows from the matrix: M[k][k] / (row k + column k - M[k][k]).
+        XCTAssertEqual(confusion.matrix.joined().reduce(0, +), 8 * 16 * 16)
+        let row = try XCTUnwrap(table.epochs.firstIndex(of: confusion.epoch))
+        for (k, name) in confusion.classNames.enumerated() {
+            let m = confusion.matrix
+            let hit = m[k][k], truth = m[k].reduce(0, +), predicted = m.map { $0[k] }.reduce(0, +)
+            let iou = truth + predicted - hit == 0 ? 1 : hit / (truth + predicted - hit)
+            XCTAssertEqual(try XCTUnwrap(table.values("val_iou_" + name)[row]), iou, accuracy: 1e-12, name)
+            XCTAssertNotNil(table.values("val_dice_" + name)[row])
+        }
+        let report = try String(contentsOfFile: dir.reportFile, encoding: .utf8)
+        XCTAssertTrue(report.contains("Validation IoU per class"))
+        XCTAssertTrue(report.contains("Confusion matrix, validation of epoch \(confusion.epoch)"))
     }
 }
