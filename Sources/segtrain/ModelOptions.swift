@@ -1,5 +1,6 @@
 import ArgumentParser
 import SegEngine
+import SegInference
 import SegModel
 import SegTraining
 
@@ -8,6 +9,7 @@ extension Initialization: ExpressibleByArgument {}
 extension LossKind: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension ConvAlgorithm: ExpressibleByArgument {}
+extension TestTimeAugmentation: ExpressibleByArgument {}
 
 /// The flags every subcommand that builds a model shares.
 struct ModelOptions: ParsableArguments {
