@@ -188,6 +188,9 @@ public final class Trainer {
     /// the caller should stop after its end-of-epoch work.
     public private(set) var stopAfterEpoch = false
 
+    /// --ema: the weight average, updated after every optimizer step; validation runs on it.
+    public var average: WeightAverage?
+
     /// Called after every step, on every rank.
     public var afterStep: ((StepInfo) throws -> Void)? = nil
 
@@ -231,6 +234,7 @@ public final class Trainer {
             }
             let done = step.local.optimizer.step
             guard step.atStepBoundary else { continue }
+            if loss != nil { average?.update(from: step.local.model.store) }
             watchdog?.stepFinished(done, everyRank: step.alsoSummed.dropFirst())
             try afterStep?(StepInfo(epoch: epoch, batch: b, batches: batches, optimizerStep: done, loss: loss,
                                     seconds: monotonicSeconds() - start))
@@ -256,7 +260,9 @@ public final class Trainer {
                                  imagesPerSecond: Double(trainedImages) / trainSeconds, seconds: 0)
         record.batchesTrained = max(0, batches - firstBatch)
         if let validation {
-            let (loss, counts) = try validate(validation)
+            let store = step.local.model.store
+            let (loss, counts) = try average.map { a in try a.withAverage(in: store) { try validate(validation) } }
+                ?? validate(validation)
             // Rank 0's value everywhere (an exact sum with zeros), so every decision taken from it
             // (best model, plateau, early stop) is the same on every rank.
             record.validationLoss = try collectives.allreduceSum([collectives.rank == 0 ? loss : 0])[0]
