@@ -55,13 +55,24 @@ final class DataParallelStepTests: XCTestCase {
         XCTAssertEqual(local.optimizer.step, 3)
     }
 
-    /// A global batch of 5 on 3 ranks (shares 2 + 2 + 1), the gradient summed in buckets of 64 floats
-    /// while backward runs.
+    /// A global batch of 5 on 3 ranks (shares 2 + 2 + 1), the gradient summed while backward runs in
+    /// buckets of 64 floats (the last bucket ends at 0), of 1,000 (a rest is summed after backward)
+    /// and of 2^18 (no bucket closes: all of it after backward).
     func testThreeRanksHoldTheSumOfTheSharesGradients() throws {
+        for bucketFloats in [64, 1000, 1 << 18] { try checkThreeRanks(bucketFloats: bucketFloats) }
+    }
+
+    func checkThreeRanks(bucketFloats: Int) throws {
         let ranks = 3, global = 5, rate: Float = 1e-2
         let shares = (0..<ranks).map { shareOf(global, ranks: ranks, rank: $0) }
         let world = ThreadRanks(size: ranks)
         let steps = shares.map { makeStep(batch: $0.count) }
+        let model = steps[0].model
+        let plan = DataParallelStep.bucketPlan(frontiers: model.gradientFrontiers, parameterCount: model.store.parameterCount,
+                                               bucketFloats: bucketFloats)
+        let rest = plan.last?.offset ?? model.store.parameterCount
+        XCTAssertEqual([plan.count > 1, rest > 0], bucketFloats == 64 ? [true, false] : bucketFloats == 1000 ? [true, true] : [false, true],
+                       "buckets of \(bucketFloats): \(plan.count) buckets, \(rest) floats after backward")
         /// What each rank's thread reports.
         final class Reports: @unchecked Sendable {
             let lock = NSLock()
@@ -74,7 +85,7 @@ final class DataParallelStepTests: XCTestCase {
             Thread {
                 defer { done.leave() }
                 let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
-                parallel.bucketFloats = 64
+                parallel.bucketFloats = bucketFloats
                 parallel.firstGradientHook = { store in
                     reports.lock.withLock { reports.summed[rank] = store.gradients.tensor.toArray() }
                 }
@@ -109,9 +120,10 @@ final class DataParallelStepTests: XCTestCase {
         let expectedWeights = reference.model.store.values.tensor.toArray()
         XCTAssertNotEqual(expectedWeights, makeStep(batch: 1).model.store.values.tensor.toArray(), "the step moved the weights")
         for rank in 0..<ranks {
-            XCTAssertEqual(reports.summed[rank], expectedGradient, "rank \(rank): the summed gradient")
-            XCTAssertEqual(reports.losses[rank], expectedLoss, "rank \(rank): the loss")
-            XCTAssertEqual(steps[rank].model.store.values.tensor.toArray(), expectedWeights, "rank \(rank): the weights")
+            let at = "buckets of \(bucketFloats), rank \(rank)"
+            XCTAssertEqual(reports.summed[rank], expectedGradient, "\(at): the summed gradient")
+            XCTAssertEqual(reports.losses[rank], expectedLoss, "\(at): the loss")
+            XCTAssertEqual(steps[rank].model.store.values.tensor.toArray(), expectedWeights, "\(at): the weights")
         }
     }
 
