@@ -61,7 +61,7 @@ final class CLITests: SegtrainTestCase {
 
     func testBenchJSONReportsThroughputAndSplit() throws {
         let r = try segtrain(["bench", "--image-size", "16", "--batch-size", "2", "--base-channels", "4", "--depth", "2",
-                         "--steps", "2", "--threads", "2", "--json"])
+                              "--steps", "2", "--threads", "2", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
         let ips = object?["images_per_second"] as? Double
@@ -110,7 +110,7 @@ extension CLITests {
         let out = NSTemporaryDirectory() + "segtrain-train-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: out) }
         let r = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "3",
-                         "--train-samples", "16", "--val-samples", "5", "--batch-size", "4", "--threads", "2", "--out", out])
+                              "--train-samples", "16", "--val-samples", "5", "--batch-size", "4", "--threads", "2", "--out", out])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count, 3, r.stdout)
         let csv = try String(contentsOfFile: out + "/metrics.csv", encoding: .utf8).split(separator: "\n")
@@ -140,8 +140,8 @@ extension CLITests {
             let out = NSTemporaryDirectory() + "segtrain-loss-\(getpid())"
             defer { try? FileManager.default.removeItem(atPath: out) }
             let r = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "1",
-                             "--train-samples", "8", "--val-samples", "3", "--batch-size", "4", "--threads", "1",
-                             "--loss", loss, "--classes", "\(classes)", "--out", out])
+                                  "--train-samples", "8", "--val-samples", "3", "--batch-size", "4", "--threads", "1",
+                                  "--loss", loss, "--classes", "\(classes)", "--out", out])
             XCTAssertEqual(r.status, 0, "\(loss), \(classes) classes: \(r.stderr)")
             XCTAssertTrue(r.stdout.contains("epoch 1/1  train_loss"), "\(loss): \(r.stdout)")
         }
@@ -156,7 +156,7 @@ extension CLITests {
         let out = NSTemporaryDirectory() + "segtrain-oom-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: out) }
         let r = try segtrain(["train", "--image-size", "16384", "--batch-size", "64", "--train-samples", "64", "--val-samples", "0",
-                         "--epochs", "1", "--threads", "1", "--out", out])
+                              "--epochs", "1", "--threads", "1", "--out", out])
         XCTAssertNotEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
         // Refused up front by the memory estimate (MemAvailable or ulimit -v), or, past it, by the

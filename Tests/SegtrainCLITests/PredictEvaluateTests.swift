@@ -20,12 +20,12 @@ final class PredictEvaluateTests: SegtrainTestCase {
             var r = try segtrain(["synth", "--out", data, "--count", "20", "--size", "32", "--classes", "\(classes)"])
             XCTAssertEqual(r.status, 0, r.stderr)
             r = try segtrain(["train", "--data", data, "--out", folder + "/run-" + name, "--epochs", "2", "--image-size", "32",
-                         "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--classes", "\(classes)"])
+                              "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--classes", "\(classes)"])
             XCTAssertEqual(r.status, 0, r.stderr)
         }
         // A gray model (1 input channel) on the binary data.
         let g = try segtrain(["train", "--data", folder + "/binary", "--out", folder + "/run-gray", "--epochs", "1", "--image-size", "32",
-                         "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--in-channels", "1"])
+                              "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--in-channels", "1"])
         XCTAssertEqual(g.status, 0, g.stderr)
         PredictEvaluateTests.trained = true
     }
@@ -43,7 +43,7 @@ final class PredictEvaluateTests: SegtrainTestCase {
         let inputs = try makeInputs("inputs")
         let out = folder + "/out"
         let r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", inputs, "--output", out,
-                         "--mask", "--probabilities", "--overlay", "--cutout"])
+                              "--mask", "--probabilities", "--overlay", "--cutout"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("predicted 4 of 4 image(s)"), r.stdout)
         var foregroundSeen = 0
@@ -71,7 +71,7 @@ final class PredictEvaluateTests: SegtrainTestCase {
         // A new background colour behind the object.
         let green = folder + "/green.png"
         let g = try segtrain(["predict", "--model", folder + "/run-binary", "--input", inputs + "/00000.jpg", "--output", green,
-                         "--cutout", "--background", "#00ff00"])
+                              "--cutout", "--background", "#00ff00"])
         XCTAssertEqual(g.status, 0, g.stderr)
         let composite = try ImageFile.read(green, as: .rgb)
         let mask = try ImageFile.readMask("\(out)/00000_mask.png")
@@ -90,7 +90,7 @@ final class PredictEvaluateTests: SegtrainTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         r = try segtrain(["synth", "--out", inputs + "/exact", "--count", "1", "--size", "32", "--seed", "5"])
         r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", inputs + "/images/00000.png",
-                     "--output", folder + "/tiled.png", "--tile", "--overlap", "8"])
+                          "--output", folder + "/tiled.png", "--tile", "--overlap", "8"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let tiled = try ImageFile.readMask(folder + "/tiled.png")
         XCTAssertEqual([tiled.width, tiled.height], [90, 90])
@@ -106,7 +106,7 @@ final class PredictEvaluateTests: SegtrainTestCase {
         let inputs = try makeInputs("inputs3")
         let out = folder + "/out3"
         let r = try segtrain(["predict", "--model", folder + "/run-multi/checkpoints/last", "--input", inputs, "--output", out,
-                         "--mask", "--probabilities"])
+                              "--mask", "--probabilities"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let mask = try ImageFile.readMask(out + "/00001_mask.png")
         XCTAssertTrue(mask.pixels.allSatisfy { $0 < 3 })
@@ -124,7 +124,7 @@ final class PredictEvaluateTests: SegtrainTestCase {
         let inputs = try makeInputs("inputs-gray")
         let out = folder + "/out-gray"
         let r = try segtrain(["predict", "--model", folder + "/run-gray", "--input", inputs + "/00000.jpg", "--output", out,
-                         "--mask", "--cutout"])
+                              "--mask", "--cutout"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let colour = try ImageFile.read(inputs + "/00000.jpg", as: .rgb)
         let cutout = try ImageFile.read(out + "/00000_cutout.png", as: .rgba)
@@ -184,7 +184,7 @@ final class PredictEvaluateTests: SegtrainTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("iou"), r.stdout)
         r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", data + "/images", "--output", folder + "/eval-masks",
-                     "--threads", "1", "--batch-size", "1"])
+                          "--threads", "1", "--batch-size", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let lines = try String(contentsOfFile: csvPath, encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.first, "image,mask,accuracy,precision,recall,f1,iou")

@@ -26,8 +26,8 @@ final class ReportTests: SegtrainTestCase {
     func train(valSamples: Int, _ name: String) throws -> String {
         let out = temporaryFolder(name)
         let r = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "3",
-                         "--train-samples", "16", "--val-samples", "\(valSamples)", "--batch-size", "4",
-                         "--threads", "2", "--out", out])
+                              "--train-samples", "16", "--val-samples", "\(valSamples)", "--batch-size", "4",
+                              "--threads", "2", "--out", out])
         XCTAssertEqual(r.status, 0, r.stderr)
         return out
     }

@@ -24,7 +24,7 @@ final class ServeTests: SegtrainTestCase {
         var r = try segtrain(["synth", "--out", folder + "/data", "--count", "20", "--size", "32", "--classes", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         r = try segtrain(["train", "--data", folder + "/data", "--out", model, "--epochs", "2", "--image-size", "32",
-                     "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1"])
+                          "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         // Inputs of several sizes and formats: JPEG 50x50, gray PNG 37x29, RGBA PNG 20x45.
         _ = try writeMixedInputs(to: folder + "/inputs")
