@@ -17,8 +17,8 @@ struct BenchCommand: ParsableCommand {
             unless --no-augment), and the report adds the loader: seconds per sample per loader thread \
             (decode, resize, augment) and how long the steps waited for data.
 
-            --conv-layers, --conv-kernels, --jpeg-decode, --augment-speed and --synthetic time one part \
-            alone instead of training steps (one of them at a time, no MPI): e.g. \
+            --conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, --augment-speed and --synthetic \
+            time one part alone instead of training steps (one of them at a time, no MPI): e.g. \
             `segtrain bench --conv-layers --threads 2` prints the per-layer table of docs/PERFORMANCE.md.
             """)
 
@@ -40,6 +40,8 @@ struct BenchCommand: ParsableCommand {
     var convLayers = false
     @Flag(help: "Time conv2d (3x3 and 1x1, --base-channels in and out, --image-size px, batch --batch-size) and convTranspose2x2 to that size.")
     var convKernels = false
+    @Flag(help: "Time the encoder ops at a 256x256 input, batch --batch-size: strided convolution (ResNet-shaped layers) and depthwise 3x3 (MobileNetV2-shaped), forward and backward, against their naive twins.")
+    var encoderOps = false
     @Option(help: "Time decoding JPEG (4:4:4, 4:2:0) and PNG images of these sizes on one thread, e.g. 128x128,512x512,1918x1280.")
     var jpegDecode: String?
     @Option(help: "Time resizing a 1918x1280 photo to these sides and augmenting at them on one thread, e.g. 128,512.")
@@ -60,8 +62,10 @@ struct BenchCommand: ParsableCommand {
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         if steps < 1 { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         if warmup < 0 { throw ValidationError("--warmup must be >= 0 (got \(warmup))") }
-        let parts = [convLayers, convKernels, jpegDecode != nil, augmentSpeed != nil, synthetic].filter { $0 }.count
-        if parts > 1 { throw ValidationError("--conv-layers, --conv-kernels, --jpeg-decode, --augment-speed and --synthetic: one at a time") }
+        let parts = [convLayers, convKernels, encoderOps, jpegDecode != nil, augmentSpeed != nil, synthetic].filter { $0 }.count
+        if parts > 1 {
+            throw ValidationError("--conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, --augment-speed and --synthetic: one at a time")
+        }
         if parts > 0 && dataOptions.data != nil { throw ValidationError("--data trains; it does not go with --conv-layers, --jpeg-decode, ...") }
         _ = try jpegDecodeSizes()
         _ = try augmentSides()
@@ -111,6 +115,10 @@ struct BenchCommand: ParsableCommand {
             ConvBenchmark.kernels(batch: training.batchPerRank ?? training.batchSize, channels: model.baseChannels,
                                   side: model.imageSize, policy: convPolicy, pool: WorkerPool(threads: model.threadCount),
                                   report: report)
+        } else if encoderOps {
+            let batch = training.batchPerRank ?? training.batchSize, pool = WorkerPool(threads: model.threadCount)
+            EncoderOpsBenchmark.stridedConv(batch: batch, pool: pool, report: report)
+            EncoderOpsBenchmark.depthwise(batch: batch, pool: pool, report: report)
         } else if jpegDecode != nil {
             do { try DataBenchmark.jpegDecode(sizes: try jpegDecodeSizes(), report: report) } catch { throw UserError("\(error)") }
         } else if augmentSpeed != nil {
