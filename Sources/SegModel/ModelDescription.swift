@@ -38,10 +38,11 @@ public enum Architecture: Equatable, Sendable {
         }
     }
 
-    /// The model with its parameters initialised from the configuration's seed.
-    public func build(pool: WorkerPool) -> any SegmentationModel {
+    /// The model with its parameters initialised from the configuration's seed; `convPolicy`:
+    /// the convolution algorithms and chunk sizes (bench's --conv).
+    public func build(pool: WorkerPool, convPolicy: ConvPolicy = .standard) -> any SegmentationModel {
         switch self {
-        case .unet(let c): return UNet(c, pool: pool)
+        case .unet(let c): return UNet(c, convPolicy: convPolicy, pool: pool)
         }
     }
 
