@@ -132,4 +132,15 @@ final class CommunicatorTests: XCTestCase {
         // The communicator still works after the errors.
         XCTAssertEqual(try comm.broadcast(42, root: 0), 42)
     }
+
+    /// mpi-check's sequence in process: every check passes on one rank (the mismatch and failure
+    /// paths need several ranks: MPITests runs them under mpirun).
+    func testSelfCheckPassesOnOneRank() throws {
+        let comm = try self.comm
+        var lines: [String] = []
+        XCTAssertEqual(try MPISelfCheck(elements: 100).run(comm, say: { lines.append($0) }), [])
+        XCTAssertTrue(lines.contains { $0.hasPrefix("allreduce: 100 floats in 15 MPI calls") }, "\(lines)")
+        XCTAssertEqual(try MPISelfCheck(elements: 5, failRank: 3).run(comm, say: { _ in }),
+                       ["--fail-rank 3 but the job has 1 ranks"])
+    }
 }
