@@ -93,10 +93,7 @@ public final class EncoderUNet {
     private var logitsSlot: Int { slots[slots.count - 1]! }
 
     /// Bytes of activations, activation gradients and scratch planned for the batch.
-    public var plannedActivationBytes: Int {
-        (arena.valueCount + arena.gradientCount
-         + scratch.floatsPerThread * scratch.threadCount + scratch.sharedFloats) * MemoryLayout<Float>.stride
-    }
+    public var plannedActivationBytes: Int { arena.plannedBytes(with: scratch) }
 
     public var activationGradientFloats: (shared: Int, unshared: Int) { (arena.gradientCount, arena.unsharedGradientCount) }
 
@@ -106,11 +103,7 @@ public final class EncoderUNet {
     public var logitsGradient: Tensor { arena.gradient(logitsSlot) }
 
     public func zeroActivationGradients() {
-        profile.measure(.other) { parallelZero(logitsGradient) }
-    }
-
-    private func parallelZero(_ t: Tensor) {
-        pool.parallelFor(t.count) { range, _ in (t.data + range.lowerBound).update(repeating: 0, count: range.count) }
+        profile.measure(.other) { zeroInParallel(logitsGradient, pool: pool) }
     }
 
     /// The value of tensor t (the images for t = 0).
@@ -165,7 +158,7 @@ public final class EncoderUNet {
     public func backward(afterOp: ((Int) throws -> Void)? = nil) rethrows {
         precondition(input != nil, "backward before forward")
         for (op, step) in tape.enumerated() {
-            if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { parallelZero(arena.gradient(slot)) } } }
+            if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { zeroInParallel(arena.gradient(slot), pool: pool) } } }
             step.run(false)
             try afterOp?(op)
         }
