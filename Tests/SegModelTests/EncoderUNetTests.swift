@@ -24,6 +24,9 @@ final class EncoderUNetTests: XCTestCase {
                 XCTAssertEqual(layout.bufferCount - counters, buffers, "\(encoder.rawValue): running statistics")
                 let estimate = EncoderUNetConfig(encoder: encoder, classes: classes).estimatedParameterCounts
                 XCTAssertEqual(estimate.parameters, Double(count))
+                // The layer table of `segtrain info` adds up to the same total.
+                let plan = GraphPlan(EncoderUNetConfig(encoder: encoder, classes: classes).graph(), batch: 1, height: 64, width: 64)
+                XCTAssertEqual(plan.rows.reduce(0) { $0 + $1.parameters }, count, "\(encoder.rawValue): layer table")
             }
         }
     }
