@@ -36,14 +36,23 @@ public enum Safetensors {
     /// The parameters' values (and buffers, e.g. BN running statistics), or with `gradients` the
     /// parameters' gradients, under the model's tensor names.
     public static func items(of store: ParameterStore, gradients: Bool) -> [Item] {
-        store.entries.indices.compactMap { i in
-            let e = store.entries[i]
-            if gradients && e.kind == .buffer { return nil }
-            if e.kind == .buffer && e.name.hasSuffix(".\(batchCounterSuffix)") && e.shape.count == 1 {
-                return Item(name: e.name, shape: [], values: store.value(i), isInteger: true)
-            }
-            return Item(name: e.name, shape: torchShape(e.shape), values: gradients ? store.gradient(i) : store.value(i))
+        gradients ? items(of: store, values: store.gradients, buffers: nil) : items(of: store, values: store.values, buffers: store.buffers)
+    }
+
+    /// The store's tensors under its names, read from `values` (the parameters' layout) and
+    /// `buffers` (the buffers' layout; nil: parameters only), e.g. a weight average's copies.
+    public static func items(of store: ParameterStore, values: FloatBuffer, buffers: FloatBuffer?) -> [Item] {
+        store.entries.compactMap { e in
+            guard let source = e.kind == .parameter ? values : buffers else { return nil }
+            let tensor = source.view(e.shape, offset: e.offset)
+            if isBatchCounter(e) { return Item(name: e.name, shape: [], values: tensor, isInteger: true) }
+            return Item(name: e.name, shape: torchShape(e.shape), values: tensor)
         }
+    }
+
+    /// Whether the entry is a BatchNorm batch counter (an int64 scalar in PyTorch).
+    public static func isBatchCounter(_ e: ParameterEntry) -> Bool {
+        e.kind == .buffer && e.name.hasSuffix(".\(batchCounterSuffix)") && e.shape.count == 1
     }
 
     /// The file's bytes. `metadata` becomes the header's `__metadata__` (string values).

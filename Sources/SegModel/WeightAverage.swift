@@ -1,6 +1,6 @@
 // --ema: an exponential moving average of a model's weights and BatchNorm running statistics
-// (as timm's ModelEmaV2 averages the whole state dict), updated after every optimizer step:
-// average = decay x average + (1 - decay) x weights. Every rank holds the same weights after a
+// (as timm's ModelEmaV2 averages the whole state dict; BatchNorm batch counters are copied),
+// updated after every optimizer step: average = decay x average + (1 - decay) x weights. Every rank holds the same weights after a
 // step, so every rank's average is the same without communication. Validation, the best-model
 // choice, the sample grids and the exported model use the average; checkpoints keep it beside
 // the weights (ema.safetensors) so that a resume continues it bitwise.
@@ -14,9 +14,13 @@ public final class WeightAverage {
     public let buffers: FloatBuffer
 
     /// An average that starts at the store's current weights and buffers.
+    /// Offsets of the BatchNorm batch counters in `buffers` (copied, not averaged).
+    private let counters: [Int]
+
     public init(of store: ParameterStore, decay: Double) {
         precondition(decay > 0 && decay < 1, "--ema must be in (0, 1)")
         self.decay = decay
+        counters = store.entries.filter(Safetensors.isBatchCounter).map(\.offset)
         values = FloatBuffer(count: store.values.count)
         buffers = FloatBuffer(count: store.buffers.count)
         values.pointer.update(from: store.values.pointer, count: values.count)
@@ -30,6 +34,7 @@ public final class WeightAverage {
         for (average, current) in [(values, store.values), (buffers, store.buffers)] {
             for i in 0..<average.count { average.pointer[i] = d * average.pointer[i] + e * current.pointer[i] }
         }
+        for i in counters { buffers.pointer[i] = store.buffers.pointer[i] }
     }
 
     /// Exchanges the store's weights and buffers with the average (twice restores both).
@@ -48,9 +53,6 @@ public final class WeightAverage {
 
     /// The average as safetensors items under the store's tensor names.
     public func items(for store: ParameterStore) -> [Safetensors.Item] {
-        store.entries.map { e in
-            Safetensors.Item(name: e.name, shape: Safetensors.torchShape(e.shape),
-                             values: (e.kind == .parameter ? values : buffers).view(e.shape, offset: e.offset))
-        }
+        Safetensors.items(of: store, values: values, buffers: buffers)
     }
 }

@@ -259,6 +259,7 @@ public final class Trainer {
                                  validation: nil, learningRate: rate,
                                  imagesPerSecond: Double(trainedImages) / trainSeconds, seconds: 0)
         record.batchesTrained = max(0, batches - firstBatch)
+        try shareRootBuffers()
         if let validation {
             let store = step.local.model.store
             let (loss, counts) = try average.map { a in try a.withAverage(in: store) { try validate(validation) } }
@@ -271,6 +272,17 @@ public final class Trainer {
         schedule.endEpoch(validationLoss: record.validationLoss)
         record.seconds = monotonicSeconds() - start
         return .completed(record)
+    }
+
+    /// Each rank's BatchNorm running statistics follow its own share of the batches: at the end of
+    /// every epoch every rank takes rank 0's (and its average's, with --ema), as PyTorch DDP's
+    /// broadcast_buffers does, so that validation, the checkpoint rank 0 writes and a run resumed
+    /// from it all see the same statistics on every rank.
+    private func shareRootBuffers() throws {
+        let store = step.local.model.store
+        guard collectives.size > 1 && store.buffers.count > 0 else { return }
+        try collectives.broadcast(store.buffers.tensor)
+        if let average { try collectives.broadcast(average.buffers.tensor) }
     }
 
     /// Images of this rank's last trained batch (still in the batch buffers); 0 before any.

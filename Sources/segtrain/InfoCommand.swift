@@ -12,14 +12,15 @@ struct InfoCommand: ParsableCommand {
         let pool = WorkerPool(threads: 1)
         let net = model.architecture.build(pool: pool)
         net.plan(batch: 1, height: model.imageSize, width: model.imageSize)
-        print(pad("layer", 18) + pad("kind", 18) + pad("output (C, H, W)", 20) + lpad("params", 12) + lpad("GFLOP fwd", 12))
-        print(String(repeating: "-", count: 80))
+        let width = max(18, (net.layers.map(\.name.count).max() ?? 0) + 2)
+        print(pad("layer", width) + pad("kind", 18) + pad("output (C, H, W)", 20) + lpad("params", 12) + lpad("GFLOP fwd", 12))
+        print(String(repeating: "-", count: width + 62))
         for row in net.layers {
             let s = row.outputShape
-            print(pad(row.name, 18) + pad(row.kind, 18) + pad("(\(s.c), \(s.h), \(s.w))", 20)
+            print(pad(row.name, width) + pad(row.kind, 18) + pad("(\(s.c), \(s.h), \(s.w))", 20)
                   + lpad(grouped(row.parameters), 12) + lpad(fixed(row.forwardFLOPs / 1e9, 3), 12))
         }
-        print(String(repeating: "-", count: 80))
+        print(String(repeating: "-", count: width + 62))
         let forward = net.layers.reduce(0) { $0 + $1.forwardFLOPs }
         let training = net.layers.reduce(0) { $0 + $1.trainingFLOPs }
         print("parameters:            \(grouped(net.parameterCount))")

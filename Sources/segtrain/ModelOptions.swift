@@ -19,6 +19,9 @@ struct ModelOptions: ParsableArguments {
     var inChannels = 3
     @Option(help: "Output classes: 1 = binary (sigmoid), >= 2 = softmax.")
     var classes = 1
+    @Option(help: ArgumentHelp("Encoder: none (the plain UNet below), or resnet18, resnet34, resnet50, mobilenet_v2: segmentation_models_pytorch's Unet on that encoder (its tensor names and decoder 256-128-64-32-16; --image-size a multiple of 32).",
+                               discussion: "With an encoder, --base-channels, --depth, --batchnorm, --upsample, --head-kernel and --init do not apply."))
+    var encoder = "none"
     @Option(help: "Channels of the first level; doubled at each level.")
     var baseChannels = 32
     @Option(help: "Encoder levels (each ends in a 2x2 max-pool).")
@@ -51,12 +54,20 @@ struct ModelOptions: ParsableArguments {
     }
 
     /// The model family and its configuration these flags describe.
-    var architecture: Architecture { .unet(unetConfig) }
+    var architecture: Architecture {
+        guard let kind = EncoderKind(rawValue: encoder) else { return .unet(unetConfig) }
+        var c = EncoderUNetConfig(encoder: kind, inChannels: inChannels, classes: classes)
+        c.seed = seed
+        return .encoderUNet(c)
+    }
 
     func validate() throws {
         if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if imageSize < 1 { throw ValidationError("--image-size must be positive (got \(imageSize))") }
-        if let message = unetConfig.validate(imageSize: imageSize) { throw ValidationError(message) }
+        if encoder != "none" && EncoderKind(rawValue: encoder) == nil {
+            throw ValidationError("--encoder \(encoder): not none, " + EncoderKind.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        if let message = architecture.problem(imageSize: imageSize) { throw ValidationError(message) }
     }
 
     var threadCount: Int { threads ?? ThreadDefaults.threadsPerRank() }

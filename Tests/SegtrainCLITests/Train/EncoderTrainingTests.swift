@@ -1,0 +1,64 @@
+// Encoder UNets (--encoder, issue #16) through every command, as a user runs them: train alone and
+// on 2 ranks with a bitwise resume (with --ema, whose average every rank must hold alike), info's
+// parameter counts (segmentation_models_pytorch's), predict, evaluate.
+
+import Foundation
+import XCTest
+
+final class EncoderTrainingTests: TemporaryFolderTestCase {
+    override class var folderTag: String { "encoder" }
+
+    private let model = ["--encoder", "resnet18", "--image-size", "32", "--threads", "1"]
+
+    private func train(ranks: Int, _ extra: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let arguments = ["train"] + model + ["--batch-size", "4", "--train-samples", "8", "--val-samples", "4",
+                                             "--seed", "3", "--ema", "0.9"] + extra
+        let result = try segtrain(arguments, ranks: ranks, timeout: 300, file: file, line: line)
+        XCTAssertEqual(result.status, 0, "ranks \(ranks): \(result.stderr)", file: file, line: line)
+    }
+
+    func testTwoRanksResumeBitwiseWithTheWeightAverage() throws {
+        try train(ranks: 2, ["--epochs", "2", "--out", "\(folder)/straight"])
+        try train(ranks: 2, ["--epochs", "1", "--out", "\(folder)/stopped"])
+        try train(ranks: 2, ["--epochs", "2", "--out", "\(folder)/stopped", "--resume", "auto"])
+        for file in ["model.safetensors", "checkpoints/last/model.safetensors", "checkpoints/last/ema.safetensors",
+                     "checkpoints/last/optimizer.safetensors"] {
+            XCTAssertEqual(try loadSafetensors("\(folder)/stopped/\(file)"), try loadSafetensors("\(folder)/straight/\(file)"), file)
+        }
+        // The exported model is the average, with smp's tensor names and BatchNorm counters.
+        let exported = try loadSafetensors("\(folder)/straight/model.safetensors")
+        XCTAssertEqual(exported, try loadSafetensors("\(folder)/straight/checkpoints/last/ema.safetensors"))
+        XCTAssertNotEqual(exported, try loadSafetensors("\(folder)/straight/checkpoints/last/model.safetensors"))
+        XCTAssertNotNil(exported["encoder.layer4.1.bn2.num_batches_tracked"])
+        XCTAssertNotNil(exported["segmentation_head.0.weight"])
+        let metrics = try String(contentsOfFile: "\(folder)/stopped/metrics.csv", encoding: .utf8)
+        let straight = try String(contentsOfFile: "\(folder)/straight/metrics.csv", encoding: .utf8)
+        // The validation losses (on the average) agree: every rank validated on the same average.
+        func losses(_ text: String) -> [Substring] { text.split(separator: "\n").dropFirst().map { $0.split(separator: ",")[2] } }
+        XCTAssertEqual(losses(metrics), losses(straight))
+    }
+
+    func testInfoPredictAndEvaluateTakeTheEncoderModel() throws {
+        for (encoder, count) in [("resnet18", "14,328,209"), ("resnet34", "24,436,369"), ("resnet50", "32,521,105"),
+                                 ("mobilenet_v2", "6,628,945")] {
+            let info = try segtrain(["info", "--encoder", encoder, "--image-size", "64"])
+            XCTAssertEqual(info.status, 0, info.stderr)
+            XCTAssertTrue(info.stdout.contains("parameters:            \(count)"), "\(encoder): \(info.stdout)")
+        }
+        let bad = try segtrain(["info", "--encoder", "resnet18", "--image-size", "48"])
+        XCTAssertEqual(bad.stderr, "segtrain: error: --image-size 48 does not suit --encoder resnet18: it must be a multiple of 32\n")
+        XCTAssertNotEqual(bad.status, 0)
+
+        try train(ranks: 0, ["--epochs", "1", "--out", "\(folder)/run"])
+        let data = "\(folder)/data"
+        XCTAssertEqual(try segtrain(["synth", "--out", data, "--count", "3", "--size", "40"]).status, 0)
+        let predicted = try segtrain(["predict", "--model", "\(folder)/run", "--input", "\(data)/images", "--output",
+                                      "\(folder)/out", "--tta", "flip"])
+        XCTAssertEqual(predicted.status, 0, predicted.stderr)
+        XCTAssertTrue(predicted.stdout.contains("predicted 3 of 3 image(s)"), predicted.stdout)
+        let evaluated = try segtrain(["evaluate", "--model", "\(folder)/run", "--data", data, "--out", "\(folder)/scores.csv"])
+        XCTAssertEqual(evaluated.status, 0, evaluated.stderr)
+        let rows = try String(contentsOfFile: "\(folder)/scores.csv", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(rows.filter { $0.hasPrefix("images/") }.count, 3, "\(rows)")
+    }
+}
