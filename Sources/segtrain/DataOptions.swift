@@ -126,8 +126,12 @@ struct DataOptions: ParsableArguments {
         if loaderThreads < 0 || loaderThreads > 64 { throw ValidationError("--loader-threads must be 0...64 (got \(loaderThreads))") }
     }
 
-    /// (mean, std) per channel, or nil for x / 255 only.
-    func normalization(channels: Int) throws -> (mean: [Float], std: [Float])? {
+    /// (mean, std) per channel, or nil for x / 255 only. `imagenetByDefault` (--encoder-weights):
+    /// without --mean/--std, a 3-channel dataset gets ImageNet's, which the weights were trained with.
+    func normalization(channels: Int, imagenetByDefault: Bool = false) throws -> (mean: [Float], std: [Float])? {
+        if imagenetByDefault && mean == nil && std == nil && data != nil && channels == 3 {
+            return (Normalization.imagenetMean, Normalization.imagenetStd)
+        }
         do { return try Normalization.parse(mean: mean, std: std, channels: channels) } catch {
             throw ValidationError("\(error)")
         }
@@ -148,12 +152,12 @@ struct DataOptions: ParsableArguments {
     /// The one label spec of the run: the loss, the metrics and the samples take it.
     func labels(classes: Int) -> LabelSpec { LabelSpec(classes: classes, ignoreIndex: ignoreIndex) }
 
-    func spec(imageSize: Int, inChannels: Int, classes: Int, seed: UInt64) throws -> SampleSpec {
+    func spec(imageSize: Int, inChannels: Int, classes: Int, seed: UInt64, imagenetByDefault: Bool = false) throws -> SampleSpec {
         var spec = SampleSpec(imageSize: imageSize, inChannels: inChannels, classes: classes)
         spec.labels = labels(classes: classes)
         spec.maskEncoding = datasetOptions.maskEncoding
         spec.geometry = geometry
-        if let n = try normalization(channels: inChannels) { spec.mean = n.mean; spec.std = n.std }
+        if let n = try normalization(channels: inChannels, imagenetByDefault: imagenetByDefault) { spec.mean = n.mean; spec.std = n.std }
         spec.augment = try augmentConfig()
         spec.seed = seed
         return spec

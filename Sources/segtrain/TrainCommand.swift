@@ -92,6 +92,8 @@ struct TrainCommand: ParsableCommand {
     var ema: Double?
     @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
     var initWeights: String?
+    @Option(help: "Load the encoder from an ImageNet classification checkpoint in torchvision's naming, as safetensors (scripts/convert-weights.py makes one from a .pth); with --data, ImageNet normalisation becomes the default.")
+    var encoderWeights: String?
 
     func validate() throws {
         try training.validate(classes: model.classes)
@@ -117,6 +119,8 @@ struct TrainCommand: ParsableCommand {
         if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
+        if encoderWeights != nil && model.encoder == "none" { throw ValidationError("--encoder-weights needs --encoder (resnet18, resnet34, resnet50 or mobilenet_v2)") }
+        if encoderWeights != nil && initWeights != nil { throw ValidationError("--encoder-weights and --init-weights both set the weights; give one") }
         if let d = ema, !(d > 0 && d < 1) { throw ValidationError("--ema must be a decay in (0, 1), e.g. 0.999 (got \(d))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
@@ -167,6 +171,14 @@ struct TrainCommand: ParsableCommand {
                 try SafetensorsFile(path: path).read(into: Safetensors.items(of: net.store, gradients: false))
             } catch { throw UserError("--init-weights \(error)") }
         }
+        if let path = encoderWeights, isRoot {
+            do { try EncoderWeights.load(path, into: net.store) } catch { throw UserError("--encoder-weights \(error)") }
+            if let n = try? dataOptions.normalization(channels: architecture.inChannels), n.mean != Normalization.imagenetMean
+                || n.std != Normalization.imagenetStd {
+                print("warning: --encoder-weights: ImageNet weights expect ImageNet normalisation (--mean imagenet --std imagenet); "
+                      + "this run uses mean \(n.mean), std \(n.std)")
+            }
+        }
         // The same start on every rank: rank 0's weights and buffers.
         try communicator.broadcast(net.store.values.tensor)
         try communicator.broadcast(net.store.buffers.tensor)
@@ -181,7 +193,8 @@ struct TrainCommand: ParsableCommand {
             try checkMemory(communicator, files: (data.train.count, data.validation?.count ?? 0),
                             cached: dataOptions.cache ? files : 0)
         }
-        let normalization = (try? dataOptions.normalization(channels: architecture.inChannels)) ?? nil
+        let normalization = (try? dataOptions.normalization(channels: architecture.inChannels,
+                                                             imagenetByDefault: encoderWeights != nil)) ?? nil
         var modelDescription = ModelDescription(architecture, imageSize: model.imageSize,
                                                 mean: normalization?.mean, std: normalization?.std)
         modelDescription.ignoreIndex = labels.ignoreIndex
@@ -278,7 +291,7 @@ extension TrainCommand {
         let spec: SampleSpec
         do {
             spec = try dataOptions.spec(imageSize: model.imageSize, inChannels: architecture.inChannels, classes: architecture.classes,
-                                        seed: model.seed)
+                                        seed: model.seed, imagenetByDefault: encoderWeights != nil)
         } catch { throw UserError("\(error)") }
         let loaded = try dataOptions.load(root: root, collectives: communicator, pool: pool, spec: spec, seed: model.seed)
         let capacity = shareOf(training.batchSize, ranks: communicator.size, rank: communicator.rank).count
