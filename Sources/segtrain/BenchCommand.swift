@@ -147,9 +147,9 @@ struct BenchCommand: ParsableCommand {
         for i in 0..<target.tensor.count {
             target.tensor[i] = config.classes == 1 ? Float(rng.next() & 1) : Float(rng.next() % UInt64(config.classes))
         }
-        let lossKind = training.lossKind(classes: config.classes)
+        let lossConfig = try training.lossConfig(classes: config.classes)
         var weights: OwnedTensor? = nil
-        if lossKind == .weightedCE { weights = OwnedTensor(target.shape) }
+        if lossConfig.needsWeightMap { weights = OwnedTensor(target.shape) }
         // --data: each step's batch comes from the loader (announced an epoch at a time).
         var loader: BatchLoader? = nil
         var nextBatch: () throws -> Void = {}
@@ -185,7 +185,7 @@ struct BenchCommand: ParsableCommand {
             if let weights { unetWeightMap(weights.tensor, mask: target.tensor, classes: config.classes, w0: 10, sigma: 5) }
         }
         try prepareBatch()
-        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: lossKind), labels: dataOptions.labels(classes: config.classes)),
+        let step = LocalStep(model: unet, loss: LossFunction(lossConfig, labels: dataOptions.labels(classes: config.classes)),
                              optimizer: Optimizer(training.optimizerConfig, parameterCount: unet.parameterCount))
         step.plan(batch: batch, height: size, width: size)
         try communicator.broadcast(unet.store.values.tensor)
