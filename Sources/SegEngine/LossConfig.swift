@@ -85,9 +85,11 @@ public struct LossConfig: Sendable {
     /// The loss needs the UNet weight map (`unetWeightMap`) as `weights`.
     public var needsWeightMap: Bool { weight(of: .weightedCE) != nil }
 
-    /// How the loss is written on the command line: one kind alone at weight 1, else kind:weight,...
+    /// How the loss is written on the command line: one kind alone at weight 1 (bce and dice at 1:
+    /// bce+dice), else kind:weight,...
     public var name: String {
         if components.count == 1 && components[0].weight == 1 { return components[0].kind.rawValue }
+        if components == [LossComponent(.bce, 1), LossComponent(.dice, 1)] { return LossKind.bceDice.rawValue }
         return components.map { "\($0.kind.rawValue):\(formatWeight($0.weight))" }.joined(separator: ",")
     }
 

@@ -325,6 +325,8 @@ final class ImbalanceLossTests: XCTestCase {
                        [LossComponent(.bce, 2), LossComponent(.dice, 2), LossComponent(.lovasz, 0.25)])
         XCTAssertEqual(LossConfig(components: parsed).name, "ce:1,dice:0.5")
         XCTAssertEqual(LossConfig(kind: .weightedCE).name, "weighted-ce")
+        XCTAssertEqual(LossConfig(kind: .bceDice).name, "bce+dice")
+        XCTAssertEqual(LossConfig(kind: .bceDice, diceWeight: 2).name, "bce:1,dice:2")
         for kind in LossKind.allCases { XCTAssertNotNil(try? LossConfig.parseComponents(kind.rawValue).get(), kind.rawValue) }
         for bad in ["", "cee", "ce:x", "ce:-1", "ce:inf", "ce:1:2", "dice,dice:2", "bce+dice,bce", "ce,,dice"] {
             guard case .failure(let error) = LossConfig.parseComponents(bad) else { XCTFail("'\(bad)' parsed"); continue }
