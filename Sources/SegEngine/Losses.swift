@@ -93,22 +93,46 @@ public struct LossFunction {
     /// Counted pixels (target != ignore index), images and (class-weighted ce) counted pixels per
     /// class of a target (N, 1, H, W).
     public func terms(target: Tensor) -> LossTerms {
-        let hasIgnore = config.ignoreIndex != nil, ignore = ignoreValue ?? 0
         var terms = noTerms
         terms.images = Double(target.n)
-        var pixels = 0
         if countsClasses {
-            var counts = [Int](repeating: 0, count: classes)
-            for i in 0..<target.count where !(hasIgnore && target[i] == ignore) { counts[classIndex(target[i], classes)] += 1 }
-            terms.classPixels = counts.map(Double.init)
-            pixels = counts.reduce(0, +)
-        } else if hasIgnore {
-            for i in 0..<target.count where target[i] != ignore { pixels += 1 }
+            terms.pixels = terms.classPixels.withUnsafeMutableBufferPointer { countPixels(target, perClass: $0.baseAddress) }
         } else {
-            pixels = target.count
+            terms.pixels = countPixels(target, perClass: nil)
         }
-        terms.pixels = Double(pixels)
         return terms
+    }
+
+    /// The counted pixels of `target`; with `perClass` (class-weighted ce), also those of each
+    /// class, written there.
+    private func countPixels(_ target: Tensor, perClass: UnsafeMutablePointer<Double>?) -> Double {
+        let hasIgnore = config.ignoreIndex != nil, ignore = ignoreValue ?? 0
+        if let perClass {
+            perClass.initialize(repeating: 0, count: classes)
+            for i in 0..<target.count where !(hasIgnore && target[i] == ignore) { perClass[classIndex(target[i], classes)] += 1 }
+            var pixels = 0.0
+            for c in 0..<classes { pixels += perClass[c] }
+            return pixels
+        }
+        if !hasIgnore { return Double(target.count) }
+        var pixels = 0
+        for i in 0..<target.count where target[i] != ignore { pixels += 1 }
+        return Double(pixels)
+    }
+
+    /// The denominators of this batch alone (`terms(target:)` without its arrays: the training
+    /// step allocates nothing): pixels, images, and class-weighted ce's sum_c w_c count_c.
+    private func ownDenominators(_ target: Tensor) -> Denominators {
+        guard countsClasses, let weights = config.classWeights else {
+            let pixels = countPixels(target, perClass: nil)
+            return Denominators(pixels: pixels, images: Double(target.n), weightedPixels: pixels)
+        }
+        workspace.classCounts.reserve(classes)
+        let counts = workspace.classCounts.pointer
+        let pixels = countPixels(target, perClass: counts)
+        var weighted = 0.0
+        for c in 0..<classes { weighted += weights[c] * counts[c] }   // as LossTerms.weightedPixels
+        return Denominators(pixels: pixels, images: Double(target.n), weightedPixels: weighted)
     }
 
     /// The loss of a batch, and optionally its gradient.
@@ -137,7 +161,9 @@ public struct LossFunction {
             guard let wt = weights else { fatalError("loss: weighted-ce needs a weight map") }
             requireValid(wt.shape == sampleShape, "loss: weights \(wt.shape) do not match logits \(logits.shape)")
         }
-        let norm = normalizers ?? terms(target: target)
+        let norm = normalizers.map {
+            Denominators(pixels: $0.pixels, images: $0.images, weightedPixels: $0.weightedPixels(config.classWeights))
+        } ?? ownDenominators(target)
         let scales = PixelScales(config, slots, norm)
         let usesPixel = slots.count > 0, usesRegion = config.components.contains { $0.kind.isRegionRatio }
 
@@ -162,16 +188,19 @@ public struct LossFunction {
         }
 
         // Combine each image's chunks in order, then the images in order.
-        var pixelSums = [Double](repeating: 0, count: slots.count)
-        var regionSum = 0.0
-        let regionScale = norm.images > 0 ? 1 / norm.images : 0
-        for image in 0..<n {
-            for k in 0..<slots.count {
+        var total = 0.0
+        for (k, kind) in slots.kinds.enumerated() {
+            var sum = 0.0
+            for image in 0..<n {
                 var imageSum = 0.0
                 for chunk in 0..<chunks { imageSum += partials[(image * chunks + chunk) * stride + k] }
-                pixelSums[k] += imageSum
+                sum += imageSum
             }
-            guard usesRegion else { continue }
+            total += sum * scales[kind]
+        }
+        var regionSum = 0.0
+        let regionScale = norm.images > 0 ? 1 / norm.images : 0
+        for image in 0..<n where usesRegion {
             regionSum += regionTermsOfImage(partials + image * chunks * stride + slots.count, chunks: chunks, stride: stride,
                                             coefficients: coefficients + image * classes * 2, scale: regionScale)
         }
@@ -186,8 +215,6 @@ public struct LossFunction {
                 }
             }
         }
-        var total = 0.0
-        for (k, sum) in pixelSums.enumerated() { total += sum * scales.valueScale[k] }
         total += regionSum * regionScale
         if let weight = config.weight(of: .lovasz) {
             total += lovasz(logits: logits, target: target, dlogits: dlogits, scale: weight * regionScale, pool: pool)
@@ -230,22 +257,34 @@ struct PixelSlots {
     }
 }
 
+/// What the loss divides by: counted pixels, images, and class-weighted ce's summed weights.
+struct Denominators {
+    var pixels: Double, images: Double, weightedPixels: Double
+}
+
 /// Per pixel-mean kind: its weight over its normalizer (the loss value's factor and the gradient's).
 struct PixelScales {
     var bce = 0.0, ce = 0.0, weightedCE = 0.0, focal = 0.0
-    var valueScale: [Double] = []
 
-    init(_ config: LossConfig, _ slots: PixelSlots, _ norm: LossTerms) {
+    init(_ config: LossConfig, _ slots: PixelSlots, _ norm: Denominators) {
         for kind in slots.kinds {
-            let denominator = kind == .ce ? norm.weightedPixels(config.classWeights) : norm.pixels
+            let denominator = kind == .ce ? norm.weightedPixels : norm.pixels
             let scale = denominator > 0 ? config.weight(of: kind)! / denominator : 0
-            valueScale.append(scale)
             switch kind {
             case .bce: bce = scale
             case .ce: ce = scale
             case .weightedCE: weightedCE = scale
             default: focal = scale
             }
+        }
+    }
+
+    subscript(kind: LossKind) -> Double {
+        switch kind {
+        case .bce: return bce
+        case .ce: return ce
+        case .weightedCE: return weightedCE
+        default: return focal
         }
     }
 }
@@ -269,6 +308,7 @@ final class GrowableBuffer<Element> {
 /// buffer (softmax probabilities, then their gradients) and per-thread sort buffers.
 final class LossWorkspace {
     let partials = GrowableBuffer<Double>()
+    let classCounts = GrowableBuffer<Double>()
     let lovaszValues = GrowableBuffer<Double>()
     let planes = GrowableBuffer<Double>()
     let errors = GrowableBuffer<Double>()
