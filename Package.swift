@@ -113,15 +113,17 @@ let package = Package(
         // Exact (float64) references and the float32 rounding model behind the numeric tolerances; for tests only.
         .target(name: "SegEngineTestSupport", dependencies: ["SegEngine"], swiftSettings: [.unsafeFlags(["-O"])]),
         .testTarget(name: "SegEngineTests", dependencies: ["SegEngine", "SegEngineTestSupport"]),
+        // One test target per module, in process; SegtrainCLITests runs the built binary (docs/ARCHITECTURE.md, "Tests").
         .testTarget(name: "SegModelTests", dependencies: ["SegModel", "SegEngine", "SegEngineTestSupport"]),
+        .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG", "CTurboJPEG"]),
+        .testTarget(name: "SegDistributedTests", dependencies: ["SegDistributed", "SegEngine"]),
+        .testTarget(name: "SegInferenceTests", dependencies: ["SegInference", "SegModel", "SegData", "SegEngine", "SegEngineTestSupport"]),
         .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegInference", "SegModel", "SegEngine", "SegData"]),
         .testTarget(name: "SegServeTests", dependencies: ["SegServe", .product(name: "HTTPTypes", package: "swift-http-types")]),
         // Runs the built binary as a subprocess with a time limit; for test targets only.
         .target(name: "SegTestSupport"),
+        // Every segtrain command run as a user would: the built binary, alone and under mpirun.
         .testTarget(name: "SegtrainCLITests", dependencies: ["SegTestSupport", "SegData"]),
-        // Runs the built segtrain binary (mpi-check) alone and under mpirun.
-        .testTarget(name: "SegDistributedTests", dependencies: ["SegTestSupport", "SegData"]),
-        .testTarget(name: "SegDataTests", dependencies: ["SegData", "SegEngine", "CPNG", "CTurboJPEG", "SegTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

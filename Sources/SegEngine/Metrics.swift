@@ -2,17 +2,24 @@
 // before any ratio is taken: the metrics of a sharded validation equal those of a single pass.
 
 /// Per-class pixel counts: true/false positives/negatives. For one sigmoid output (classes = 1)
-/// the counts are of the foreground class.
+/// the counts are of the foreground class. With `matrix`, a multi-class count also keeps the
+/// confusion matrix (pixels of true class i predicted as j).
 public struct ConfusionCounts: Equatable, Sendable {
     public var truePositive: [Double], falsePositive: [Double], falseNegative: [Double], trueNegative: [Double]
+    /// classes x classes, row = true class, column = predicted (empty unless asked for, and for one class).
+    public var matrix: [Double]
 
-    public init(classes: Int) {
+    public init(classes: Int, matrix: Bool = false) {
         let k = max(classes, 1)
         truePositive = [Double](repeating: 0, count: k)
         falsePositive = truePositive
         falseNegative = truePositive
         trueNegative = truePositive
+        self.matrix = matrix && k > 1 ? [Double](repeating: 0, count: k * k) : []
     }
+
+    /// Pixels of true class `truth` predicted as `predicted` (needs `matrix`).
+    public func confusion(truth: Int, predicted: Int) -> Double { matrix[truth * classes + predicted] }
 
     public var classes: Int { truePositive.count }
 
@@ -69,6 +76,9 @@ public struct ConfusionCounts: Equatable, Sendable {
 
     /// One multi-class pixel: a hit, miss or correct rejection for every class.
     @inline(__always) private mutating func countClasses(predicted: Int, actual: Int) {
+        if !matrix.isEmpty && (0..<classes).contains(actual) && (0..<classes).contains(predicted) {
+            matrix[actual * classes + predicted] += 1
+        }
         for c in 0..<classes {
             let isPredicted = predicted == c, isActual = actual == c
             if isPredicted && isActual { truePositive[c] += 1 }
@@ -78,20 +88,22 @@ public struct ConfusionCounts: Equatable, Sendable {
         }
     }
 
-    /// The counts as one flat array (tp, fp, fn, tn per class), and back: what ranks sum.
-    public var flat: [Double] { truePositive + falsePositive + falseNegative + trueNegative }
-    public init(flat: ArraySlice<Double>, classes: Int) {
-        self.init(classes: classes)
+    /// The counts as one flat array (tp, fp, fn, tn per class, then the matrix), and back: what ranks sum.
+    public var flat: [Double] { truePositive + falsePositive + falseNegative + trueNegative + matrix }
+    public init(flat: ArraySlice<Double>, classes: Int, matrix: Bool = false) {
+        self.init(classes: classes, matrix: matrix)
         let k = self.classes, b = flat.startIndex
         truePositive = Array(flat[b..<(b + k)])
         falsePositive = Array(flat[(b + k)..<(b + 2 * k)])
         falseNegative = Array(flat[(b + 2 * k)..<(b + 3 * k)])
         trueNegative = Array(flat[(b + 3 * k)..<(b + 4 * k)])
+        if !self.matrix.isEmpty { self.matrix = Array(flat[(b + 4 * k)..<(b + 4 * k + k * k)]) }
     }
 
     public static func + (a: ConfusionCounts, b: ConfusionCounts) -> ConfusionCounts {
-        precondition(a.classes == b.classes)
+        precondition(a.classes == b.classes && a.matrix.count == b.matrix.count)
         var sum = a
+        for i in a.matrix.indices { sum.matrix[i] += b.matrix[i] }
         for k in 0..<a.classes {
             sum.truePositive[k] += b.truePositive[k]
             sum.falsePositive[k] += b.falsePositive[k]

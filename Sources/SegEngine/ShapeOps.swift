@@ -1,5 +1,6 @@
 // Shape ops of the UNet decoder: channel concatenation (skip + upsampled) and zero padding of the
-// upsampled map to the skip's size. Work is split over the N*C planes of the larger tensor.
+// upsampled map to the skip's size; flips for test-time augmentation. Work is split over the N*C
+// planes of the larger tensor.
 
 // MARK: - Concatenation along channels
 
@@ -86,6 +87,23 @@ public func padToBackward(dx: Tensor, dy: Tensor, pool: WorkerPool) {
             for i in 0..<h {
                 let row = grad + i * w, upRow = up + (top + i) * bigW + left
                 for j in 0..<w { row[j] += upRow[j] }
+            }
+        }
+    }
+}
+
+// MARK: - Flips (test-time augmentation)
+
+/// Mirrors every plane of `x` in place: left-right (`horizontal`) or top-bottom. Its own inverse.
+public func flipInPlace(_ x: Tensor, horizontal: Bool, pool: WorkerPool) {
+    let h = x.h, w = x.w
+    pool.parallelFor(x.n * x.c) { planes, _ in
+        for q in planes {
+            let p = x.data + q * h * w
+            if horizontal {
+                for y in 0..<h { for i in 0..<(w / 2) { swap(&p[y * w + i], &p[y * w + w - 1 - i]) } }
+            } else {
+                for y in 0..<(h / 2) { for i in 0..<w { swap(&p[y * w + i], &p[(h - 1 - y) * w + i]) } }
             }
         }
     }

@@ -42,8 +42,16 @@ public struct PredictorError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
+/// Test-time augmentation: `flip` predicts the image, its left-right and its top-bottom mirror
+/// image, and averages the three probability maps (each mirrored back): 3x the inference time.
+public enum TestTimeAugmentation: String, CaseIterable, Sendable {
+    case none, flip
+}
+
 public final class Predictor {
     public let model: any SegmentationModel
+    /// --tta: predictions averaged over flips (predict, predictTiled and so evaluate and serve).
+    public var tta = TestTimeAugmentation.none
     public let description: ModelDescription
     /// The checkpoint folder the weights came from.
     public let source: String
@@ -157,8 +165,25 @@ public final class Predictor {
         }
     }
 
-    /// Forward in eval mode; the logits turned into probabilities in place (sigmoid or softmax).
+    /// Forward in eval mode; the logits turned into probabilities in place (sigmoid or softmax);
+    /// with `tta` the mean over the input and its mirror images, each mirrored back.
     private func forwardProbabilities() -> Tensor {
+        let probabilities = probabilitiesOfInput()
+        guard tta == .flip else { return probabilities }
+        let sum = OwnedTensor(probabilities.shape)
+        sum.tensor.copy(from: probabilities)
+        for horizontal in [true, false] {
+            flipInPlace(input.tensor, horizontal: horizontal, pool: model.pool)
+            let mirrored = probabilitiesOfInput()
+            flipInPlace(mirrored, horizontal: horizontal, pool: model.pool)
+            flipInPlace(input.tensor, horizontal: horizontal, pool: model.pool)
+            for i in 0..<sum.tensor.count { sum.tensor[i] += mirrored[i] }
+        }
+        for i in 0..<sum.tensor.count { probabilities.data[i] = sum.tensor[i] / 3 }
+        return probabilities
+    }
+
+    private func probabilitiesOfInput() -> Tensor {
         let logits = model.forward(input.tensor, training: false)
         if logits.shape.c == 1 {
             sigmoidForward(logits, logits, pool: model.pool)

@@ -23,6 +23,8 @@ struct RunFacts {
     var parameters: Int?
     var seconds: Double?
     var epochsTrained: Int?
+    /// confusion.csv (multi-class runs): the best epoch's validation confusion matrix.
+    var confusion: (epoch: Int, classNames: [String], matrix: [[Double]])?
     var notes: [String] = []
 
     static func read(_ run: RunDirectory) -> RunFacts {
@@ -39,6 +41,7 @@ struct RunFacts {
         } catch {
             facts.notes.append("\(error); ignored")
         }
+        do { facts.confusion = try run.readConfusion() } catch { facts.notes.append("\(error); ignored") }
         if facts.arguments == nil || facts.ranks == nil,
            let data = FileManager.default.contents(atPath: run.lastCheckpoint + "/state.json") {
             if let state = try? JSONDecoder().decode(CheckpointState.self, from: data) {
@@ -334,12 +337,44 @@ struct ReportPage {
                                    Series(key: "val_iou", label: "IoU", colour: "#9467bd", values: table.values("val_iou"))],
                           best: best, allowLog: false, unitInterval: true).figure()
         }
+        // Multi-class runs: each class's validation IoU (a class never predicted shows as a flat 0).
+        let perClass = table.columnNames.filter { $0.hasPrefix("val_iou_") }
+        if hasValidation && !perClass.isEmpty {
+            let series = perClass.enumerated().map { i, key in
+                Series(key: key, label: "IoU " + key.dropFirst(8), colour: ReportPage.palette[i % ReportPage.palette.count],
+                       values: table.values(key))
+            }
+            html += Chart(id: "iou-per-class", title: "Validation IoU per class", yTitle: "IoU", epochs: table.epochs,
+                          series: series, best: best, allowLog: false, unitInterval: true).figure()
+        }
         if table.columns["lr"] != nil {
             html += Chart(id: "lr", title: "Learning rate", yTitle: "learning rate", epochs: table.epochs,
                           series: [Series(key: "lr", label: "learning rate", colour: "#d62728", values: table.values("lr"))],
                           best: best, allowLog: true).figure()
         }
-        return html + "</div>\n"
+        return html + "</div>\n" + confusionTable()
+    }
+
+    static let palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                          "#bcbd22", "#17becf"]
+
+    /// The best epoch's validation confusion matrix: pixels per true class (rows) and predicted
+    /// class (columns), each cell shaded by its share of the row (recall on the diagonal).
+    private func confusionTable() -> String {
+        guard let c = facts.confusion else { return "" }
+        var html = "<h3 id=\"confusion\">Confusion matrix, validation of epoch \(c.epoch) (the best)</h3>\n"
+            + "<table class=\"epochs confusion\">\n<tr><th>true \\ predicted</th>"
+            + c.classNames.map { "<th>\(htmlEscaped($0))</th>" }.joined() + "<th>recall</th></tr>\n"
+        for (t, row) in c.matrix.enumerated() {
+            let total = row.reduce(0, +)
+            html += "<tr><th>\(htmlEscaped(c.classNames[t]))</th>"
+            for value in row {
+                let share = total > 0 ? value / total : 0
+                html += "<td style=\"background: rgba(31, 119, 180, \(fixed(0.6 * share, 3)))\">\(grouped(Int(value)))</td>"
+            }
+            html += "<td>\(total > 0 ? fixed(row[t] / total, 3) : "—")</td></tr>\n"
+        }
+        return html + "</table>\n"
     }
 
     // MARK: Samples

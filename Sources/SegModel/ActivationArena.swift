@@ -80,3 +80,16 @@ struct ActivationArena {
         return gradients.view(shapes[slot], offset: offset)
     }
 }
+
+extension ActivationArena {
+    /// Bytes of the values, the (shared) gradients and `scratch`, for memory reports.
+    func plannedBytes(with scratch: Scratch) -> Int {
+        (valueCount + gradientCount + scratch.floatsPerThread * scratch.threadCount + scratch.sharedFloats)
+            * MemoryLayout<Float>.stride
+    }
+}
+
+/// Zeroes a tensor, split over the pool's threads (a gradient right before its first write).
+func zeroInParallel(_ t: Tensor, pool: WorkerPool) {
+    pool.parallelFor(t.count) { range, _ in (t.data + range.lowerBound).update(repeating: 0, count: range.count) }
+}

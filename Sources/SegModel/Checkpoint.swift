@@ -1,7 +1,8 @@
 // Checkpoints: a folder with model.safetensors (weights and BN running statistics, the model's
 // tensor names), optimizer.safetensors (the optimizer's state per tensor, e.g.
 // "down.0.conv1.weight.exp_avg") and state.json (epoch, optimizer step, best metric, the command
-// line). A checkpoint is written into a temporary folder — every file fsynced — and then swapped
+// line), and with --ema ema.safetensors (the weight average, same names; what inference loads when
+// it is there). A checkpoint is written into a temporary folder — every file fsynced — and then swapped
 // with the old one in one atomic rename (renameat2 RENAME_EXCHANGE), so a crash at any moment leaves
 // either the old or the new checkpoint whole, never a mixture. A checkpoint is never written with
 // weights, running statistics or optimizer state that are not finite, nor with a state that cannot
@@ -39,6 +40,8 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     /// (nil in checkpoints written before they were recorded).
     public var globalBatch: Int?
     public var trainSamples: Int?
+    /// --ema's decay when the checkpoint holds a weight average (ema.safetensors); nil: none.
+    public var ema: Double?
 
     public init(epoch: Int, step: Int, seed: UInt64, ranks: Int, bestValidationLoss: Double?, bestEpoch: Int?,
                 arguments: [String]) {
@@ -72,12 +75,15 @@ public enum Checkpoint {
     /// as it was, when a weight, running statistic or optimizer state is not finite (a diverged
     /// run: the previous checkpoint is worth more) or the state cannot be encoded.
     public static func write(to folder: String, store: ParameterStore, optimizer: Optimizer,
-                             state: CheckpointState) throws {
+                             state: CheckpointState, average: WeightAverage? = nil) throws {
+        var state = state
+        state.ema = average?.decay
         let stateBytes = try encode(state, for: folder)
-        for (what, buffer) in [("weights", store.values), ("running statistics", store.buffers)]
+        let averaged = average.map { [("weight average", $0.values), ("averaged running statistics", $0.buffers)] } ?? []
+        for (what, buffer) in [("weights", store.values), ("running statistics", store.buffers)] + averaged
             + optimizer.stateBuffers.map({ ("optimizer state \($0.name)", $0.buffer) }) {
             if let index = firstNonFinite(buffer) {
-                let name = tensorName(at: index, kind: what == "running statistics" ? .buffer : .parameter, store: store)
+                let name = tensorName(at: index, kind: what.hasSuffix("running statistics") ? .buffer : .parameter, store: store)
                 throw CheckpointError("\(folder): not written: the \(what) are not finite (\(name) holds \(buffer.pointer[index])); "
                                       + "the run diverged (try a lower --lr); the previous checkpoint is kept")
             }
@@ -90,7 +96,9 @@ public enum Checkpoint {
                                                          metadata: ["optimizer": optimizer.config.kind.rawValue,
                                                                     "step": "\(optimizer.step)"])),
             ("state.json", stateBytes),
-        ]
+        ] + (average.map { a in
+            [("ema.safetensors", Safetensors.encode(a.items(for: store), metadata: ["format": "pt", "ema": "\(a.decay)"]))]
+        } ?? [])
         do {
             for (name, bytes) in files {
                 if let error = writeFileAtomically("\(temporary)/\(name)", bytes: bytes) { throw CheckpointError(error) }
@@ -141,7 +149,8 @@ public enum Checkpoint {
         let fm = FileManager.default
         let temporary = try temporaryFolder(for: folder)
         do {
-            for name in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+            let optional = fm.fileExists(atPath: "\(source)/ema.safetensors") ? ["ema.safetensors"] : []
+            for name in ["model.safetensors", "optimizer.safetensors", "state.json"] + optional {
                 guard let data = fm.contents(atPath: "\(source)/\(name)") else {
                     throw CheckpointError("\(source)/\(name): cannot be read")
                 }
@@ -234,10 +243,16 @@ public enum Checkpoint {
     /// against `run` when given (the run that resumes it), before any tensor is read: one line
     /// naming the field or the flag.
     public static func read(from folder: String, store: ParameterStore, optimizer: Optimizer,
-                            resuming run: ResumeRun? = nil) throws -> CheckpointState {
+                            resuming run: ResumeRun? = nil, average: WeightAverage? = nil) throws -> CheckpointState {
         let state = try readState(from: folder)
         if let run, let problem = state.resumeProblem(run) { throw CheckpointError("\(folder)/state.json: \(problem)") }
-        try readWeights(from: folder, into: store)
+        try SafetensorsFile(path: "\(folder)/model.safetensors").read(into: Safetensors.items(of: store, gradients: false))
+        if let average {
+            guard state.ema != nil else {
+                throw CheckpointError("\(folder): no weight average (trained without --ema); resume without --ema, or start anew")
+            }
+            try SafetensorsFile(path: "\(folder)/ema.safetensors").read(into: average.items(for: store))
+        }
         let optimizerFile = try SafetensorsFile(path: "\(folder)/optimizer.safetensors")
         if let kind = optimizerFile.metadata["optimizer"], kind != optimizer.config.kind.rawValue {
             throw CheckpointError("\(folder)/optimizer.safetensors: state of \(kind), but training uses \(optimizer.config.kind.rawValue)")
@@ -275,9 +290,11 @@ public enum Checkpoint {
         return description
     }
 
-    /// The checkpoint's weights and buffers into `store` (names and shapes checked).
+    /// The checkpoint's weights and buffers for inference into `store` (names and shapes
+    /// checked): the weight average when the run kept one (--ema), else the weights.
     public static func readWeights(from folder: String, into store: ParameterStore) throws {
-        try SafetensorsFile(path: "\(folder)/model.safetensors").read(into: Safetensors.items(of: store, gradients: false))
+        let file = FileManager.default.fileExists(atPath: "\(folder)/ema.safetensors") ? "ema.safetensors" : "model.safetensors"
+        try SafetensorsFile(path: "\(folder)/\(file)").read(into: Safetensors.items(of: store, gradients: false))
     }
 }
 
@@ -331,6 +348,7 @@ extension CheckpointState {
         }
         if let g = globalBatch, !(1...(1 << 30)).contains(g) { return "globalBatch \(g) is out of range 1...2^30" }
         if let n = trainSamples, !(1...(1 << 40)).contains(n) { return "trainSamples \(n) is out of range 1...2^40" }
+        if let d = ema, !(d > 0 && d < 1) { return "ema \(d) is not a decay in (0, 1)" }
         if let m = model, let problem = m.problem { return "model: \(problem)" }
         return nil
     }

@@ -5,29 +5,35 @@
 //
 // On disk the UNet keeps the flat form older checkpoints have ("inChannels", "classes",
 // "baseChannels", ...) plus "architecture": "unet"; a description without "architecture" is a UNet.
+// A UNet on an encoder (issue #16) is "architecture": "unet" with "encoder": "resnet34" (...),
+// "inChannels", "classes" and "decoderChannels"; one without "encoder" (or with "none") is the plain UNet.
 
 import SegEngine
 
 /// The model families segtrain builds.
 public enum Architecture: Equatable, Sendable {
     case unet(UNetConfig)
+    /// smp's Unet on a ResNet or MobileNetV2 encoder (issue #16).
+    case encoderUNet(EncoderUNetConfig)
 
     /// The family's name in state.json ("architecture") and in messages.
     public var name: String {
         switch self {
-        case .unet: return "unet"
+        case .unet, .encoderUNet: return "unet"
         }
     }
 
     public var inChannels: Int {
         switch self {
         case .unet(let c): return c.inChannels
+        case .encoderUNet(let c): return c.inChannels
         }
     }
 
     public var classes: Int {
         switch self {
         case .unet(let c): return c.classes
+        case .encoderUNet(let c): return c.classes
         }
     }
 
@@ -35,13 +41,16 @@ public enum Architecture: Equatable, Sendable {
     public func problem(imageSize: Int?) -> String? {
         switch self {
         case .unet(let c): return c.validate(imageSize: imageSize)
+        case .encoderUNet(let c): return c.validate(imageSize: imageSize)
         }
     }
 
-    /// The model with its parameters initialised from the configuration's seed.
-    public func build(pool: WorkerPool) -> any SegmentationModel {
+    /// The model with its parameters initialised from the configuration's seed; `convPolicy`:
+    /// the convolution algorithms and chunk sizes (bench's --conv).
+    public func build(pool: WorkerPool, convPolicy: ConvPolicy = .standard) -> any SegmentationModel {
         switch self {
-        case .unet(let c): return UNet(c, pool: pool)
+        case .unet(let c): return UNet(c, convPolicy: convPolicy, pool: pool)
+        case .encoderUNet(let c): return EncoderUNet(c, pool: pool)  // strided kernels only: no policy yet
         }
     }
 
@@ -49,6 +58,7 @@ public enum Architecture: Equatable, Sendable {
     public var estimatedParameterCounts: (parameters: Double, buffers: Double) {
         switch self {
         case .unet(let c): return c.estimatedParameterCounts
+        case .encoderUNet(let c): return c.estimatedParameterCounts
         }
     }
 
@@ -56,6 +66,7 @@ public enum Architecture: Equatable, Sendable {
     public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
         switch self {
         case .unet(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
+        case .encoderUNet(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
         }
     }
 }
@@ -112,6 +123,9 @@ public struct ModelDescription: Equatable, Sendable {
                        ("--base-channels", "\(u.baseChannels)"), ("--depth", "\(u.depth)"),
                        ("--batchnorm", "\(u.batchNorm)"), ("--upsample", u.upsampling.rawValue),
                        ("--head-kernel", "\(u.headKernel)")]
+        case .encoderUNet(let e):
+            values += [("--encoder", e.encoder.rawValue), ("--in-channels", "\(e.inChannels)"),
+                       ("--classes", "\(e.classes)")]
         }
         return values
     }
@@ -129,6 +143,7 @@ extension ModelDescription: Codable {
     private enum Key: String, CodingKey {
         case architecture, imageSize, mean, std, ignoreIndex
         case inChannels, classes, baseChannels, depth, batchNorm, upsampling, headKernel
+        case encoder, decoderChannels
     }
 
     public init(from decoder: Decoder) throws {
@@ -138,7 +153,18 @@ extension ModelDescription: Codable {
         std = try c.decodeIfPresent([Float].self, forKey: .std)
         ignoreIndex = try c.decodeIfPresent(Int.self, forKey: .ignoreIndex)
         let family = try c.decodeIfPresent(String.self, forKey: .architecture) ?? "unet"
+        let encoderName = try c.decodeIfPresent(String.self, forKey: .encoder) ?? "none"
         switch family {
+        case "unet" where encoderName != "none":
+            guard let encoder = EncoderKind(rawValue: encoderName) else {
+                throw ModelDescriptionError("unknown encoder \(encoderName) (this segtrain builds: none, "
+                                            + EncoderKind.allCases.map(\.rawValue).joined(separator: ", ") + ")")
+            }
+            var e = EncoderUNetConfig(encoder: encoder)
+            e.inChannels = try c.decode(Int.self, forKey: .inChannels)
+            e.classes = try c.decode(Int.self, forKey: .classes)
+            e.decoderChannels = try c.decodeIfPresent([Int].self, forKey: .decoderChannels) ?? e.decoderChannels
+            architecture = .encoderUNet(e)
         case "unet":
             var u = UNetConfig()
             u.inChannels = try c.decode(Int.self, forKey: .inChannels)
@@ -174,6 +200,11 @@ extension ModelDescription: Codable {
             try c.encode(u.batchNorm, forKey: .batchNorm)
             try c.encode(u.upsampling.rawValue, forKey: .upsampling)
             try c.encode(u.headKernel, forKey: .headKernel)
+        case .encoderUNet(let e):
+            try c.encode(e.encoder.rawValue, forKey: .encoder)
+            try c.encode(e.inChannels, forKey: .inChannels)
+            try c.encode(e.classes, forKey: .classes)
+            try c.encode(e.decoderChannels, forKey: .decoderChannels)
         }
     }
 }

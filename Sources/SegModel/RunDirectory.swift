@@ -5,6 +5,7 @@
 //   RUN/model.safetensors        the final weights under the model's tensor names
 //   RUN/report.html              the training report
 //   RUN/samples/epoch-NNN.png    a validation sample grid per epoch
+//   RUN/confusion.csv            multi-class runs: the best epoch's validation confusion matrix
 //   RUN/checkpoints/last         the latest checkpoint (see Checkpoint.swift), after every epoch
 //   RUN/checkpoints/best         the checkpoint of the lowest validation loss
 //   RUN/checkpoints/epoch-NNN    the last --keep epochs' checkpoints
@@ -28,6 +29,7 @@ public struct RunDirectory: Sendable {
     public var summaryFile: String { path + "/summary.json" }
     public var modelFile: String { path + "/model.safetensors" }
     public var reportFile: String { path + "/report.html" }
+    public var confusionFile: String { path + "/confusion.csv" }
     public var samplesFolder: String { path + "/samples" }
     public var checkpointsFolder: String { path + "/checkpoints" }
     public var lastCheckpoint: String { checkpointsFolder + "/last" }
@@ -111,6 +113,37 @@ public struct RunDirectory: Sendable {
         do { return try JSONDecoder().decode(RunSummary.self, from: data) } catch {
             throw FileError("summary.json is not a segtrain run summary")
         }
+    }
+
+    // MARK: confusion.csv
+
+    /// Writes confusion.csv: a header `truth\predicted,NAME...`, then per true class its name and
+    /// the pixels predicted as each class (validation of `epoch`, in the header's first cell).
+    public func writeConfusion(_ counts: ConfusionCounts, classNames: [String], epoch: Int) throws {
+        let k = counts.classes
+        precondition(counts.matrix.count == k * k && classNames.count == k, "a confusion matrix of \(k) named classes")
+        var lines = ["epoch \(epoch): truth\\predicted," + classNames.joined(separator: ",")]
+        for t in 0..<k {
+            lines.append(classNames[t] + "," + (0..<k).map { String(Int(counts.confusion(truth: t, predicted: $0))) }.joined(separator: ","))
+        }
+        if let error = writeFileAtomically(confusionFile, lines.joined(separator: "\n") + "\n") { throw FileError(error) }
+    }
+
+    /// confusion.csv, or nil when there is none: the epoch, class names and matrix (row = truth).
+    public func readConfusion() throws -> (epoch: Int, classNames: [String], matrix: [[Double]])? {
+        guard FileManager.default.fileExists(atPath: confusionFile) else { return nil }
+        let rows = try readTextFile(confusionFile).split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        func bad(_ why: String) -> FileError { FileError("\(confusionFile): \(why)") }
+        guard let header = rows.first, header.count >= 3, header[0].hasPrefix("epoch "),
+              let epoch = Int(header[0].dropFirst(6).prefix { $0 != ":" }) else { throw bad("not a confusion matrix") }
+        let names = header.dropFirst().map(String.init)
+        guard rows.count == names.count + 1 else { throw bad("\(rows.count - 1) rows for \(names.count) classes") }
+        let matrix = try rows.dropFirst().map { row -> [Double] in
+            let values = row.dropFirst().compactMap { Double($0) }
+            guard values.count == names.count else { throw bad("a row of \(row.count - 1) counts for \(names.count) classes") }
+            return values
+        }
+        return (epoch, names, matrix)
     }
 
     // MARK: samples

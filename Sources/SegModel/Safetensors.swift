@@ -1,6 +1,9 @@
 // The safetensors format (the checkpoint format, readable by PyTorch's safetensors.torch.load_file):
 // an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and byte
 // range, then the raw little-endian data. Tensors keep the model's names and PyTorch's layouts.
+// Values are F32, except BatchNorm's batch counters ("*.num_batches_tracked"), which PyTorch keeps
+// as int64 scalars: the store holds each as one float (exact up to 2^24) and the file as I64 with
+// shape [], so a state dict loads with strict=True on either side.
 
 import SegEngine
 import Foundation
@@ -11,13 +14,19 @@ public enum Safetensors {
         public let name: String
         public let shape: [Int]
         public let values: Tensor
-        public init(name: String, shape: [Int], values: Tensor) {
+        /// Written as int64 (a batch counter) instead of float32.
+        public let isInteger: Bool
+        public init(name: String, shape: [Int], values: Tensor, isInteger: Bool = false) {
             precondition(shape.reduce(1, *) == values.count, "\(name): shape \(shape) for \(values.count) values")
             self.name = name
             self.shape = shape
             self.values = values
+            self.isInteger = isInteger
         }
     }
+
+    /// The name ending of PyTorch's BatchNorm batch counters (int64 scalars).
+    public static let batchCounterSuffix = "num_batches_tracked"
 
     /// PyTorch's shape of a store entry: vectors (C, 1, 1, 1) are 1-D.
     public static func torchShape(_ shape: Shape) -> [Int] {
@@ -30,6 +39,9 @@ public enum Safetensors {
         store.entries.indices.compactMap { i in
             let e = store.entries[i]
             if gradients && e.kind == .buffer { return nil }
+            if e.kind == .buffer && e.name.hasSuffix(".\(batchCounterSuffix)") && e.shape.count == 1 {
+                return Item(name: e.name, shape: [], values: store.value(i), isInteger: true)
+            }
             return Item(name: e.name, shape: torchShape(e.shape), values: gradients ? store.gradient(i) : store.value(i))
         }
     }
@@ -43,8 +55,8 @@ public enum Safetensors {
         }
         var offset = 0
         for item in items {
-            let bytes = item.values.count * 4
-            entries.append("\(quoted(item.name)):{\"dtype\":\"F32\",\"shape\":[\(item.shape.map(String.init).joined(separator: ","))],"
+            let bytes = item.values.count * (item.isInteger ? 8 : 4)
+            entries.append("\(quoted(item.name)):{\"dtype\":\"\(item.isInteger ? "I64" : "F32")\",\"shape\":[\(item.shape.map(String.init).joined(separator: ","))],"
                            + "\"data_offsets\":[\(offset),\(offset + bytes)]}")
             offset += bytes
         }
@@ -57,6 +69,11 @@ public enum Safetensors {
         out.append(contentsOf: header)
         for item in items {
             for i in 0..<item.values.count {
+                if item.isInteger {
+                    var count = Int64(item.values[i]).littleEndian
+                    withUnsafeBytes(of: &count) { out.append(contentsOf: $0) }
+                    continue
+                }
                 var bits = item.values[i].bitPattern.littleEndian
                 withUnsafeBytes(of: &bits) { out.append(contentsOf: $0) }
             }
@@ -83,7 +100,12 @@ public enum Safetensors {
 /// touched (length within the file, JSON object, F32 dtype, non-negative shape, offsets inside the
 /// data and matching the shape, no overlaps).
 public struct SafetensorsFile {
-    public struct Entry { public let shape: [Int]; let range: Range<Int> }
+    public struct Entry {
+        public let shape: [Int]
+        let range: Range<Int>
+        /// I64 (read as floats, exact up to 2^24) rather than F32.
+        public let isInteger: Bool
+    }
     public let path: String
     public let metadata: [String: String]
     public let entries: [String: Entry]
@@ -133,7 +155,9 @@ public struct SafetensorsFile {
                   let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int], offsets.count == 2 else {
                 throw SafetensorsError(name, "tensor \(key): malformed entry")
             }
-            guard dtype == "F32" else { throw SafetensorsError(name, "tensor \(key): dtype \(dtype), expected F32") }
+            guard dtype == "F32" || dtype == "I64" else {
+                throw SafetensorsError(name, "tensor \(key): dtype \(dtype), expected F32 (or I64 for a batch counter)")
+            }
             guard shape.allSatisfy({ $0 >= 0 }), shape.count <= 8 else { throw SafetensorsError(name, "tensor \(key): bad shape \(shape)") }
             let (elements, overflow) = shape.reduce((1, false)) { acc, d in
                 let (p, o) = acc.0.multipliedReportingOverflow(by: d); return (p, acc.1 || o)
@@ -141,10 +165,11 @@ public struct SafetensorsFile {
             guard !overflow, offsets[0] >= 0, offsets[0] <= offsets[1], offsets[1] <= dataCount else {
                 throw SafetensorsError(name, "tensor \(key): data offsets \(offsets) outside the \(dataCount) data bytes")
             }
-            guard offsets[1] - offsets[0] == 4 * elements else {
-                throw SafetensorsError(name, "tensor \(key): \(offsets[1] - offsets[0]) bytes for shape \(shape)")
+            let elementBytes = dtype == "I64" ? 8 : 4
+            guard offsets[1] - offsets[0] == elementBytes * elements else {
+                throw SafetensorsError(name, "tensor \(key): \(offsets[1] - offsets[0]) bytes for shape \(shape) of \(dtype)")
             }
-            entries[key] = Entry(shape: shape, range: offsets[0]..<offsets[1])
+            entries[key] = Entry(shape: shape, range: offsets[0]..<offsets[1], isInteger: dtype == "I64")
         }
         let ranges = entries.values.map(\.range).filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
         for (a, b) in zip(ranges, ranges.dropFirst()) where a.overlaps(b) {
@@ -158,8 +183,18 @@ public struct SafetensorsFile {
     public func read(_ name: String, into destination: Tensor, shape: [Int]) throws {
         guard let entry = entries[name] else { throw SafetensorsError(path, "tensor \(name) is missing") }
         guard entry.shape == shape else { throw SafetensorsError(path, "tensor \(name) has shape \(entry.shape), expected \(shape)") }
-        precondition(destination.count * 4 == entry.range.count)
         let base = dataStart + entry.range.lowerBound
+        if entry.isInteger {
+            precondition(destination.count * 8 == entry.range.count)
+            for i in 0..<destination.count {
+                var value: UInt64 = 0
+                for b in 0..<8 { value |= UInt64(bytes[base + 8 * i + b]) << (8 * UInt64(b)) }
+                // A count beyond 2^24 rounds; PyTorch uses it only when BatchNorm's momentum is None.
+                destination[i] = Float(Int64(bitPattern: value))
+            }
+            return
+        }
+        precondition(destination.count * 4 == entry.range.count)
         for i in 0..<destination.count {
             let o = base + 4 * i
             let bits = UInt32(bytes[o]) | UInt32(bytes[o + 1]) << 8 | UInt32(bytes[o + 2]) << 16 | UInt32(bytes[o + 3]) << 24

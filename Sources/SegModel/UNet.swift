@@ -293,10 +293,7 @@ public final class UNet {
     }
 
     /// Bytes of activations, activation gradients and scratch planned for the batch.
-    public var plannedActivationBytes: Int {
-        (arena.valueCount + arena.gradientCount
-         + scratch.floatsPerThread * scratch.threadCount + scratch.sharedFloats) * MemoryLayout<Float>.stride
-    }
+    public var plannedActivationBytes: Int { arena.plannedBytes(with: scratch) }
 
     /// Floats of activation gradients: with sharing, and what one buffer per activation would take.
     public var activationGradientFloats: (shared: Int, unshared: Int) { (arena.gradientCount, arena.unsharedGradientCount) }
@@ -311,11 +308,7 @@ public final class UNet {
     /// Zeroes the logits gradient, which the loss adds into before `backward()`. (Every other
     /// activation gradient is zeroed by backward right before its first write.)
     public func zeroActivationGradients() {
-        profile.measure(.other) { parallelZero(logitsGradient) }
-    }
-
-    private func parallelZero(_ t: Tensor) {
-        pool.parallelFor(t.count) { range, _ in (t.data + range.lowerBound).update(repeating: 0, count: range.count) }
+        profile.measure(.other) { zeroInParallel(logitsGradient, pool: pool) }
     }
 
     /// Runs the network on `images` (N, inChannels, H, W), planned with `plan`. Training mode uses
@@ -370,7 +363,7 @@ public final class UNet {
     public func backward(afterOp: ((Int) throws -> Void)? = nil) rethrows {
         precondition(input != nil, "backward before forward")
         for (op, step) in tape.enumerated() {
-            if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { parallelZero(arena.gradient(slot)) } } }
+            if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { zeroInParallel(arena.gradient(slot), pool: pool) } } }
             step.run(overwritesFirst[op])
             try afterOp?(op)
         }

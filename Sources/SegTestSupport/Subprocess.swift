@@ -58,42 +58,85 @@ public enum Segtrain {
     /// Runs `executable` with `arguments` and extra `environment`; see the file comment.
     public static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
                            timeout: Double = 120, whileRunning: ((Process) -> Void)? = nil) throws -> ProcessResult {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("segtrain-tests-\(UUID().uuidString)")
+        let start = Date()
+        let running = try RunningProcess(executable, arguments, environment: environment)
+        defer { running.removeFiles() }
+        whileRunning?(running.process)
+        let timedOut = !running.waitForExit(within: timeout)
+        if timedOut { running.stop() }
+        return ProcessResult(status: running.process.terminationStatus, stdout: running.stdout, stderr: running.stderr,
+                             seconds: Date().timeIntervalSince(start), timedOut: timedOut)
+    }
+}
+
+/// A started process whose stdout and stderr go to files in a temporary folder of its own: what
+/// `Segtrain.run` waits for, and what a test talks to while it runs (`segtrain serve`).
+public final class RunningProcess: @unchecked Sendable {
+    public let process = Process()
+    private let directory: URL
+    private let finished = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var exited = false
+
+    /// Starts `executable` with `arguments`, this process's environment and `environment` over it.
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("segtrain-tests-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
         let outURL = directory.appendingPathComponent("stdout"), errURL = directory.appendingPathComponent("stderr")
         for url in [outURL, errURL] where !FileManager.default.createFile(atPath: url.path, contents: nil) {
             throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: url.path])
         }
         let out = try FileHandle(forWritingTo: outURL), err = try FileHandle(forWritingTo: errURL)
-
-        let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         process.standardOutput = out
         process.standardError = err
-        let finished = DispatchSemaphore(value: 0)
-        process.terminationHandler = { _ in finished.signal() }
-        let start = Date()
+        process.terminationHandler = { [finished] _ in finished.signal() }
         try process.run()
-        whileRunning?(process)
-        var timedOut = false
-        if finished.wait(timeout: .now() + timeout) == .timedOut {
-            timedOut = true
-            process.terminate()
-            if finished.wait(timeout: .now() + 5) == .timedOut {
-                kill(process.processIdentifier, SIGKILL)
-                finished.wait()
-            }
-        }
-        let seconds = Date().timeIntervalSince(start)
+        // The child holds its own copies of the descriptors.
         try out.close()
         try err.close()
-        return ProcessResult(status: process.terminationStatus,
-                             stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                             stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
-                             seconds: seconds, timedOut: timedOut)
+    }
+
+    /// What the process wrote so far.
+    public var stdout: String { read("stdout") }
+    public var stderr: String { read("stderr") }
+
+    private func read(_ name: String) -> String {
+        (try? String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8)) ?? ""
+    }
+
+    /// True once the process has ended, waiting at most `seconds` for it (nil: as long as it takes).
+    @discardableResult
+    public func waitForExit(within seconds: Double?) -> Bool {
+        if lock.withLock({ exited }) { return true }
+        if let seconds {
+            if finished.wait(timeout: .now() + seconds) == .timedOut { return false }
+        } else {
+            finished.wait()
+        }
+        lock.withLock { exited = true }
+        return true
+    }
+
+    /// Sends `signal`; the exit status once the process has ended, nil if it outlives `within` seconds.
+    public func signal(_ signal: Int32, within seconds: Double) -> Int32? {
+        if !waitForExit(within: 0) { kill(process.processIdentifier, signal) }
+        return waitForExit(within: seconds) ? process.terminationStatus : nil
+    }
+
+    /// Ends the process if it still runs: SIGTERM (mpirun forwards it to its ranks), then SIGKILL
+    /// after `grace` seconds; returns once it has ended.
+    public func stop(grace: Double = 5) {
+        if signal(SIGTERM, within: grace) == nil {
+            kill(process.processIdentifier, SIGKILL)
+            waitForExit(within: nil)
+        }
+    }
+
+    /// Removes the output files (read `stdout` and `stderr` first).
+    public func removeFiles() {
+        try? FileManager.default.removeItem(at: directory)
     }
 }

@@ -13,7 +13,7 @@ public struct RunMemoryPlan: Sendable {
     /// Images this rank trains per step (its share of the global batch).
     public var localBatch: Int
     public var threads: Int
-    /// Optimizer state buffers per parameter (sgd with momentum 1, adam 2).
+    /// Optimizer state buffers per parameter (sgd with momentum 1, adam 2; --ema's average adds 1).
     public var optimizerBuffers: Int
     /// Samples in an epoch's permutation (every rank holds all of them), and this rank's
     /// validation samples.

@@ -47,6 +47,23 @@ public struct EpochRecord: Sendable {
 
     public static let csvHeader = "epoch,train_loss,val_loss,val_accuracy,val_precision,val_recall,val_dice,val_iou,lr,images_per_second,seconds"
 
+    /// metrics.csv's header: `csvHeader`, and for a multi-class run (two or more names) each
+    /// class's validation IoU and Dice, `val_iou_NAME` and `val_dice_NAME`.
+    public static func csvHeader(classNames: [String]) -> String {
+        guard classNames.count >= 2 else { return csvHeader }
+        return csvHeader + "," + classNames.map { "val_iou_\($0)" }.joined(separator: ",") + ","
+            + classNames.map { "val_dice_\($0)" }.joined(separator: ",")
+    }
+
+    /// One row under `csvHeader(classNames:)` (empty fields where there was no validation).
+    public func csvLine(classes: Int) -> String {
+        guard classes >= 2 else { return csvLine }
+        let v = validation
+        let perClass = (0..<classes).map { k in v.map { "\($0.iou(k))" } ?? "" }
+            + (0..<classes).map { k in v.map { "\($0.dice(k))" } ?? "" }
+        return csvLine + "," + perClass.joined(separator: ",")
+    }
+
     public var csvLine: String {
         let v = validation
         let fields: [String] = [
@@ -171,6 +188,9 @@ public final class Trainer {
     /// the caller should stop after its end-of-epoch work.
     public private(set) var stopAfterEpoch = false
 
+    /// --ema: the weight average, updated after every optimizer step; validation runs on it.
+    public var average: WeightAverage?
+
     /// Called after every step, on every rank.
     public var afterStep: ((StepInfo) throws -> Void)? = nil
 
@@ -214,6 +234,7 @@ public final class Trainer {
             }
             let done = step.local.optimizer.step
             guard step.atStepBoundary else { continue }
+            if loss != nil { average?.update(from: step.local.model.store) }
             watchdog?.stepFinished(done, everyRank: step.alsoSummed.dropFirst())
             try afterStep?(StepInfo(epoch: epoch, batch: b, batches: batches, optimizerStep: done, loss: loss,
                                     seconds: monotonicSeconds() - start))
@@ -239,7 +260,9 @@ public final class Trainer {
                                  imagesPerSecond: Double(trainedImages) / trainSeconds, seconds: 0)
         record.batchesTrained = max(0, batches - firstBatch)
         if let validation {
-            let (loss, counts) = try validate(validation)
+            let store = step.local.model.store
+            let (loss, counts) = try average.map { a in try a.withAverage(in: store) { try validate(validation) } }
+                ?? validate(validation)
             // Rank 0's value everywhere (an exact sum with zeros), so every decision taken from it
             // (best model, plateau, early stop) is the same on every rank.
             record.validationLoss = try collectives.allreduceSum([collectives.rank == 0 ? loss : 0])[0]
@@ -281,7 +304,7 @@ public final class Trainer {
     public func validate(_ source: SampleSource) throws -> (loss: Double, counts: ConfusionCounts) {
         let model = step.local.model
         let classes = model.classes
-        var counts = ConfusionCounts(classes: classes)
+        var counts = ConfusionCounts(classes: classes, matrix: true)
         var lossSum = 0.0
         let batches = validationBatches(source)
         source.prefetch(batches.map { BatchLoader.Batch($0.indices, epoch: nil) })
@@ -296,7 +319,7 @@ public final class Trainer {
             counts.add(logits: logits, target: b.masks, ignoreIndex: step.local.loss.config.ignoreIndex, images: real)
         }
         let totals = try collectives.allreduceSum([lossSum, Double(batches.reduce(0) { $0 + $1.real })] + counts.flat)
-        counts = ConfusionCounts(flat: totals[2...], classes: classes)
+        counts = ConfusionCounts(flat: totals[2...], classes: classes, matrix: true)
         return (totals[0] / max(totals[1], 1), counts)
     }
 }

@@ -60,8 +60,13 @@ public struct RunIdentity: Sendable {
     public var trainListHash: UInt64?
     /// This rank's name in --verbose lines ("rank 1/2 (host)").
     public var rankName: String
+    /// Class names for metrics.csv's per-class columns and confusion.csv (--class-names); nil:
+    /// the class indices.
+    public var classNames: [String]?
 
-    public init(model: ModelDescription, arguments: [String], trainListHash: UInt64?, rankName: String) {
+    public init(model: ModelDescription, arguments: [String], trainListHash: UInt64?, rankName: String,
+                classNames: [String]? = nil) {
+        self.classNames = classNames
         self.model = model
         self.arguments = arguments
         self.trainListHash = trainListHash
@@ -138,6 +143,10 @@ public final class TrainingRun {
         try collectives.broadcast(model.store.values.tensor)
         try collectives.broadcast(model.store.buffers.tensor)
         for buffer in optimizer.stateBuffers { try collectives.broadcast(buffer.buffer.tensor) }
+        if let average = trainer.average {
+            try collectives.broadcast(average.values.tensor)
+            try collectives.broadcast(average.buffers.tensor)
+        }
         if !isRoot { optimizer.restore(step: step) }
         // Rank 0's decisions so far on every rank: every rank then takes the same best-model,
         // plateau and early-stop decisions.
@@ -170,7 +179,10 @@ public final class TrainingRun {
                             trainSamples: trainer.train.count, batchesPerEpoch: trainer.batchesPerEpoch,
                             trainListHash: hashText)
         let state: CheckpointState
-        do { state = try Checkpoint.read(from: folder, store: model.store, optimizer: optimizer, resuming: run) } catch {
+        do {
+            state = try Checkpoint.read(from: folder, store: model.store, optimizer: optimizer, resuming: run,
+                                        average: trainer.average)
+        } catch {
             throw TrainingRunError("--resume \(error)")
         }
         // Keep the metrics of the epochs the checkpoint has (a new --out has none yet; an
@@ -260,14 +272,16 @@ public final class TrainingRun {
                 + "  val_iou \(fixed(v.meanIoU, 3))"
         }
         line += "  \(fixed(r.imagesPerSecond, 1)) img/s  \(fixed(r.seconds, 1)) s"
-        metricsRows.append(r.csvLine)
+        let classes = model.classes, names = identity.classNames ?? (0..<classes).map(String.init)
+        metricsRows.append(r.csvLine(classes: classes))
         records.append(r)
-        try directory.writeMetrics(header: EpochRecord.csvHeader, rows: metricsRows)
-        try samples?.write(model: model, to: directory.sampleGrid(epoch: epoch))
+        try directory.writeMetrics(header: EpochRecord.csvHeader(classNames: classes >= 2 ? names : []), rows: metricsRows)
+        try withAverage { try samples?.write(model: model, to: directory.sampleGrid(epoch: epoch)) }
         progress?.endEpoch()
         try checkpoint(epochsDone: epoch, batchesDone: nil)
         if improved {
             try Checkpoint.copy(directory.lastCheckpoint, to: directory.bestCheckpoint)
+            if let v = r.validation, classes >= 2 { try directory.writeConfusion(v, classNames: names, epoch: epoch) }
             line += "  (best)"
         }
         if policy.keep > 0 { try keepEpochCheckpoint(epoch) }
@@ -336,7 +350,8 @@ public final class TrainingRun {
         state.model = identity.model
         state.globalBatch = trainer.globalBatch
         state.trainSamples = trainer.train.count
-        try Checkpoint.write(to: directory.lastCheckpoint, store: model.store, optimizer: optimizer, state: state)
+        try Checkpoint.write(to: directory.lastCheckpoint, store: model.store, optimizer: optimizer, state: state,
+                             average: trainer.average)
     }
 
     /// Every rank: where its time went this epoch (the other ranks are quiet otherwise).
@@ -369,11 +384,20 @@ public final class TrainingRun {
         summary.lastTrainLoss = last?.trainLoss
         summary.meanImagesPerSecond = records.isEmpty ? nil : records.map(\.imagesPerSecond).reduce(0, +) / Double(records.count)
         try directory.writeSummary(summary)
-        let bytes = Safetensors.encode(Safetensors.items(of: model.store, gradients: false),
-                                       metadata: ["format": "pt", "epochs": "\(policy.epochs)", "ranks": "\(ranks)"])
+        // With --ema the exported model is the average (what validation chose the best epoch by).
+        let bytes = withAverage {
+            Safetensors.encode(Safetensors.items(of: model.store, gradients: false),
+                               metadata: ["format": "pt", "epochs": "\(policy.epochs)", "ranks": "\(ranks)"])
+        }
         if let error = writeFileAtomically(directory.modelFile, bytes: bytes) { throw TrainingRunError(error) }
         let report = try writeReport(directory)
         log("metrics: \(directory.metricsFile)\nweights: \(directory.modelFile)\nreport: \(report)")
+    }
+
+    /// `body` with the weight average in the model (--ema), else with the weights.
+    private func withAverage<T>(_ body: () throws -> T) rethrows -> T {
+        guard let average = trainer.average else { return try body() }
+        return try average.withAverage(in: model.store, body)
     }
 
     /// Rank 0 speaks.

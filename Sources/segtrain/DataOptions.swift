@@ -60,6 +60,8 @@ struct DataOptions: ParsableArguments {
     var std: String?
     @Option(help: "A mask value that is no class, e.g. 255: those pixels count in neither the loss (value, gradient, pixel counts) nor the metrics, and pad crops and augmented masks.")
     var ignoreIndex: Int?
+    @Option(help: "Names of the classes, comma-separated (multi-class runs): metrics.csv's per-class columns val_iou_NAME and val_dice_NAME, and confusion.csv (default: the class indices).")
+    var classNames: String?
     @Flag(help: "Turn every augmentation off.")
     var noAugment = false
     @Option(help: ArgumentHelp("Augmentation settings as JSON, inline or a .json file; keys not given keep their defaults.",
@@ -82,6 +84,15 @@ struct DataOptions: ParsableArguments {
 
     func validate(classes: Int, inChannels: Int) throws {
         if let message = labels(classes: classes).validate() { throw ValidationError(message) }
+        if let text = classNames {
+            let names = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            if classes < 2 { throw ValidationError("--class-names is for multi-class runs (--classes 2 or more)") }
+            if names.count != classes { throw ValidationError("--class-names has \(names.count) names for \(classes) classes") }
+            if let bad = names.first(where: { $0.isEmpty || !$0.allSatisfy { $0.isLetter || $0.isNumber || "_-.".contains($0) } }) {
+                throw ValidationError("--class-names: '\(bad)' is not a name of letters, digits, '_', '-' or '.'")
+            }
+            if Set(names).count != names.count { throw ValidationError("--class-names: a name appears twice") }
+        }
         guard data != nil else {
             for (flag, set) in [("--layout", files.layout != nil), ("--train-list", trainList != nil), ("--val-list", valList != nil),
                                 ("--val-split", valSplit != nil), ("--val-data", valData != nil), ("--cache", cache),
@@ -130,6 +141,9 @@ struct DataOptions: ParsableArguments {
     }
 
     var datasetOptions: DatasetOptions { files.datasetOptions(layout: layoutValue) }
+
+    /// --class-names as a list, or nil.
+    var classNameList: [String]? { classNames.map { $0.split(separator: ",").map(String.init) } }
 
     /// The one label spec of the run: the loss, the metrics and the samples take it.
     func labels(classes: Int) -> LabelSpec { LabelSpec(classes: classes, ignoreIndex: ignoreIndex) }

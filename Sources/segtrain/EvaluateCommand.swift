@@ -37,6 +37,8 @@ struct EvaluateCommand: ParsableCommand {
     var out = "scores.csv"
     @Option(help: "Worker threads (default: CPUs available / ranks on this node).")
     var threads: Int?
+    @Option(help: "Test-time augmentation: none, or flip (the mean over the image and its left-right and top-bottom mirror images; 3x the time).")
+    var tta = TestTimeAugmentation.none
 
     func validate() throws {
         if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
@@ -54,6 +56,7 @@ struct EvaluateCommand: ParsableCommand {
         // Every rank loads the model (a failure here is the same everywhere).
         let predictor: Predictor
         do { predictor = try Predictor(path: model, pool: pool) } catch { throw SharedError(description: "\(error)") }
+        predictor.tta = tta
         let classes = predictor.description.classes
         let options = files.datasetOptions(layout: layout)
         if layout == .pet && classes != (petBinary ? 1 : 3) {

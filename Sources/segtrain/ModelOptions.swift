@@ -1,5 +1,6 @@
 import ArgumentParser
 import SegEngine
+import SegInference
 import SegModel
 import SegTraining
 
@@ -7,6 +8,7 @@ extension Upsampling: ExpressibleByArgument {}
 extension Initialization: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension ConvAlgorithm: ExpressibleByArgument {}
+extension TestTimeAugmentation: ExpressibleByArgument {}
 
 /// The flags every subcommand that builds a model shares.
 struct ModelOptions: ParsableArguments {

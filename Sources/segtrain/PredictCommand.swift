@@ -43,6 +43,8 @@ struct PredictCommand: ParsableCommand {
     var tile = false
     @Option(help: "With --tile: pixels shared by neighbouring tiles (default: a quarter of the training size).")
     var overlap: Int?
+    @Option(help: "Test-time augmentation: none, or flip (the mean over the image and its left-right and top-bottom mirror images; 3x the time).")
+    var tta = TestTimeAugmentation.none
     @Option(help: "Images per forward pass when predicting a folder.")
     var batchSize = 4
     @Option(help: "Worker threads (default: the CPUs available).")
@@ -69,6 +71,7 @@ struct PredictCommand: ParsableCommand {
         let pool = WorkerPool(threads: threads ?? ThreadDefaults.threadsPerRank())
         let predictor: Predictor
         do { predictor = try Predictor(path: model, pool: pool) } catch { throw UserError("\(error)") }
+        predictor.tta = tta
         let d = predictor.description
         if let o = overlap, o >= d.imageSize { throw UserError("--overlap \(o) must be smaller than the training size \(d.imageSize)") }
 

@@ -46,6 +46,8 @@ struct ServeCommand: ParsableCommand {
     var idleTimeout = 30.0
     @Option(help: "Seconds a request may take to arrive in full (head and body) from its first byte; then 408.")
     var requestTimeout = 60.0
+    @Option(help: "Test-time augmentation: none, or flip (the mean over the image and its left-right and top-bottom mirror images; 3x the time).")
+    var tta = TestTimeAugmentation.none
     @Option(help: "Worker threads for each inference (default: the CPUs available).")
     var threads: Int?
 
@@ -68,6 +70,7 @@ struct ServeCommand: ParsableCommand {
         let pool = WorkerPool(threads: threads ?? ThreadDefaults.threadsPerRank())
         let predictor: Predictor
         do { predictor = try Predictor(path: model, pool: pool) } catch { throw UserError("\(error)") }
+        predictor.tta = tta
         var limits = ServeLimits()
         limits.maxBodyBytes = maxBodyBytes
         limits.queueDepth = queueDepth

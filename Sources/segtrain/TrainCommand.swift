@@ -88,6 +88,8 @@ struct TrainCommand: ParsableCommand {
     var logEvery = 30.0
     @Option(help: "Progress display: auto (a bar on a terminal outside mpirun/Slurm), bar, lines.")
     var progress = ProgressStyle.auto
+    @Option(help: "Keep an exponential moving average of the weights with this decay (e.g. 0.999; timm's ModelEmaV2): validation, the best model, samples and the exported model use it.")
+    var ema: Double?
     @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
     var initWeights: String?
 
@@ -115,6 +117,7 @@ struct TrainCommand: ParsableCommand {
         if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
+        if let d = ema, !(d > 0 && d < 1) { throw ValidationError("--ema must be a decay in (0, 1), e.g. 0.999 (got \(d))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
         }
@@ -193,6 +196,7 @@ struct TrainCommand: ParsableCommand {
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: model.seed,
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
         trainer.watchdog = watchdog
+        trainer.average = ema.map { WeightAverage(of: net.store, decay: $0) }  // from rank 0's start
         trainer.step.accumulate = accumulate  // before resuming: it sets the epoch's batch count
         trainer.checkSyncEvery = checkSync
         trainer.step.skipNonFinite = skipNonfinite
@@ -203,7 +207,7 @@ struct TrainCommand: ParsableCommand {
         (policy.patience, policy.checkpointEvery, policy.keep, policy.verbose) = (patience, checkpointEvery, keep, verbose)
         let run = TrainingRun(directory: RunDirectory(out), trainer: trainer, policy: policy, identity: RunIdentity(
             model: modelDescription, arguments: Array(CommandLine.arguments.dropFirst()), trainListHash: data.trainHash,
-            rankName: "rank \(communicator.rank)/\(ranks) (\(communicator.hostname))"))
+            rankName: "rank \(communicator.rank)/\(ranks) (\(communicator.hostname))", classNames: dataOptions.classNameList))
         try run.prepareDirectory()
         try run.resume(from: resume)
         if isRoot {
@@ -254,7 +258,7 @@ extension TrainCommand {
         let counts = dataOptions.data == nil ? (trainSamples, valSamples) : (files ?? (0, 0))
         var plan = RunMemoryPlan(model: model.architecture, imageSize: model.imageSize,
                                  localBatch: shareOf(training.batchSize, ranks: ranks, rank: 0).count,
-                                 threads: model.threadCount, optimizerBuffers: training.optimizer == .sgd ? 1 : 2,
+                                 threads: model.threadCount, optimizerBuffers: (training.optimizer == .sgd ? 1 : 2) + (ema == nil ? 0 : 1),
                                  trainSamples: counts.0, validationSamples: (counts.1 + ranks - 1) / ranks)
         if dataOptions.data != nil { plan.loaderThreads = dataOptions.loaderThreads }
         plan.cacheSamples = cached

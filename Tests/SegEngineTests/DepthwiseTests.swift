@@ -181,48 +181,4 @@ final class DepthwiseTests: XCTestCase {
         depthwise3x3Backward(dx: dx.tensor, dweight: nil, dy: dy.tensor, x: x.tensor, weight: weight.tensor, stride: 2,
                              pool: pool, scratch: Scratch(threads: 2))
     }
-
-    // MARK: Speed (skipped unless SEGTRAIN_BENCH=1; prints only)
-
-    /// MobileNetV2-shaped depthwise layers at a 256x256 input, batch 4: time and memory traffic
-    /// (bytes of x, y, dy, dx each read or written once) of forward and backward, fast against naive.
-    func testDepthwiseSpeed() throws {
-        try XCTSkipUnless(getenv("SEGTRAIN_BENCH") != nil, "set SEGTRAIN_BENCH=1 to measure speed")
-        let threads = Int(getenv("SEGTRAIN_BENCH_THREADS").map { String(cString: $0) } ?? "2") ?? 2
-        let pool = WorkerPool(threads: threads)
-        let n = 4
-        for (c, side, s) in [(32, 128, 1), (96, 128, 2), (144, 64, 1), (144, 64, 2), (384, 16, 1), (960, 8, 1)] {
-            let shape = Shape(n, c, side, side), out = outShape(shape, s, 1, 1)
-            let sc = scratch(threads: threads, width: side, s, 1, 1)
-            let x = S.random(shape, seed: 1), weight = S.random(Shape(c, 1, 3, 3), seed: 2), dy = S.random(out, seed: 3)
-            let y = OwnedTensor(out), dx = OwnedTensor(shape), dw = OwnedTensor(weight.shape)
-            let fwd = bestSeconds { depthwise3x3Forward(y.tensor, x.tensor, weight: weight.tensor, stride: s, pool: pool) }
-            let bwd = bestSeconds {
-                depthwise3x3Backward(dx: dx.tensor, dweight: dw.tensor, dy: dy.tensor, x: x.tensor, weight: weight.tensor,
-                                     stride: s, pool: pool, scratch: sc)
-            }
-            let naive = bestSeconds {
-                depthwise3x3ForwardNaive(y.tensor, x.tensor, weight: weight.tensor, stride: s)
-                depthwise3x3BackwardNaive(dx: dx.tensor, dweight: dw.tensor, dy: dy.tensor, x: x.tensor, weight: weight.tensor, stride: s)
-            }
-            let forwardBytes = 4.0 * Double(shape.count + out.count)
-            let backwardBytes = 4.0 * Double(2 * shape.count + 2 * out.count + shape.count)  // dx read+write, dy twice, x
-            print(String(format: "depthwise3x3 C=%d %dx%d s%d N=%d threads %d: forward %.2f ms (%.1f GB/s), backward %.2f ms (%.1f GB/s); naive f+b %.2f ms (%.1fx)",
-                         c, side, side, s, n, threads, fwd * 1e3, forwardBytes / fwd / 1e9, bwd * 1e3, backwardBytes / bwd / 1e9,
-                         naive * 1e3, naive / (fwd + bwd)))
-        }
-    }
-
-    private func bestSeconds(_ body: () -> Void) -> Double {
-        body()
-        var best = Double.infinity
-        for _ in 0..<3 {
-            var t0 = timespec(), t1 = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &t0)
-            body()
-            clock_gettime(CLOCK_MONOTONIC, &t1)
-            best = min(best, Double(t1.tv_sec - t0.tv_sec) + Double(t1.tv_nsec - t0.tv_nsec) * 1e-9)
-        }
-        return best
-    }
 }

@@ -1,3 +1,6 @@
+// The distributed sampler in process: every sample once per epoch for any rank count, the order a
+// function of seed and epoch, and the trainer training the last, smaller batch.
+
 import XCTest
 import SegEngine
 import SegModel
@@ -70,73 +73,6 @@ final class SamplerTests: XCTestCase {
                 source.epochs = []
             }
             XCTAssertEqual(step.optimizer.step, dropLast ? 10 : 12)
-        }
-    }
-}
-
-/// A stop requested during an epoch's last batch completes the epoch (validation included) and
-/// says so; earlier, it stops after that batch.
-final class StopTests: XCTestCase {
-    func testAStopAtTheLastBatchCompletesTheEpoch() throws {
-        for stopAt in [2, 5] {  // 5 batches of 8 in 40 samples: batch index 4 is the last
-            let source = RecordingSource(count: 40, size: 16)
-            let trainer = tinyTrainer(train: source, validation: RecordingSource(count: 4, size: 16))
-            trainer.stopRequested = { source.filled.count >= stopAt }
-            let outcome = try trainer.runEpoch(1)
-            if stopAt == 5 {
-                XCTAssertNotNil(outcome.record, "the epoch is completed")
-                XCTAssertNotNil(outcome.record?.validationLoss)
-                XCTAssertTrue(trainer.stopAfterEpoch)
-                XCTAssertEqual(outcome.record?.batchesTrained, 5)
-            } else {
-                guard case .stopped(let batch) = outcome else { return XCTFail("expected a stop") }
-                XCTAssertEqual(batch, 1)
-                XCTAssertFalse(trainer.stopAfterEpoch)
-            }
-        }
-    }
-}
-
-final class BucketPlanTests: XCTestCase {
-    /// Buckets are contiguous, run from the end of the buffer down, close only where the
-    /// frontier allows, and hold at least a bucket's worth (the first a quarter of one).
-    func testBucketsFollowTheFrontiers() {
-        let frontiers = [990, 990, 900, 700, 650, 300, 120, 0]
-        let plan = DataParallelStep.bucketPlan(frontiers: frontiers, parameterCount: 1000, bucketFloats: 200)
-        XCTAssertEqual(plan, [Bucket(afterOp: 2, offset: 900, count: 100), Bucket(afterOp: 3, offset: 700, count: 200),
-                              Bucket(afterOp: 5, offset: 300, count: 400), Bucket(afterOp: 7, offset: 0, count: 300)])
-        for b in plan { XCTAssertEqual(b.offset, frontiers[b.afterOp]) }
-        XCTAssertEqual(DataParallelStep.bucketPlan(frontiers: frontiers, parameterCount: 1000, bucketFloats: 5000), [])
-    }
-}
-
-/// A depth-2, 4-channel binary UNet trainer on 16 px samples, global batch 8, one process.
-func tinyTrainer(train: SampleSource, validation: SampleSource?, dropLast: Bool = false) -> Trainer {
-    var config = UNetConfig()
-    config.baseChannels = 4
-    config.depth = 2
-    let unet = UNet(config, pool: WorkerPool(threads: 1))
-    let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
-                         optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
-    return Trainer(step: step, train: train, validation: validation, imageSize: 16, batchSize: 8, seed: 1,
-                   learningRate: 1e-3, dropLast: dropLast)
-}
-
-/// Records what it was asked to fill.
-final class RecordingSource: SampleSource {
-    let count: Int
-    let size: Int
-    var filled: [[Int]] = []
-    var epochs: Set<Int?> = []
-    init(count: Int, size: Int) { self.count = count; self.size = size }
-    func fill(images: Tensor, masks: Tensor, indices: [Int], epoch: Int?) {
-        XCTAssertEqual(images.shape.n, indices.count)
-        filled.append(indices)
-        epochs.insert(epoch)
-        for (n, index) in indices.enumerated() {
-            var rng = SplitMix64(seed: 4, stream: UInt64(index))
-            for c in 0..<3 { for p in 0..<(size * size) { images.plane(n, c)[p] = rng.nextUnitFloat() } }
-            for p in 0..<(size * size) { masks.sample(n)[p] = images.plane(n, 0)[p] > 0.5 ? 1 : 0 }
         }
     }
 }

@@ -24,24 +24,27 @@ final class TrainingRunTests: XCTestCase {
     /// A tiny UNet on synthetic 16x16 samples (24 train, 8 validation), batch 8, Adam; the
     /// schedule `kind` (plateau with patience 0 reduces after every epoch without improvement).
     private func makeRun(out: String, epochs: Int, patience: Int? = nil, schedule kind: ScheduleKind = .constant,
-                         learningRate: Double = 1e-3) -> TrainingRun {
+                         learningRate: Double = 1e-3, classes: Int = 1, classNames: [String]? = nil,
+                         ema: Double? = nil) -> TrainingRun {
         var config = UNetConfig()
         config.baseChannels = 4
         config.depth = 2
+        config.classes = classes
         let pool = WorkerPool(threads: 1)
         let unet = UNet(config, pool: pool)
-        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+        let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: classes == 1 ? .bce : .ce), classes: classes),
                              optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
-        let generator = SyntheticGenerator(size: 16, classes: 1, seed: 3)
+        let generator = SyntheticGenerator(size: 16, classes: classes, seed: 3)
         var schedule = ScheduleConfig(kind: kind, baseRate: learningRate, epochs: epochs)
         schedule.plateauPatience = 0
         let trainer = Trainer(step: step, train: SyntheticSource(generator: generator, offset: 0, count: 24, pool: pool),
                               validation: SyntheticSource(generator: generator, offset: 24, count: 8, pool: pool),
                               imageSize: 16, batchSize: 8, seed: 3, schedule: LearningRateSchedule(schedule))
+        trainer.average = ema.map { WeightAverage(of: unet.store, decay: $0) }
         var policy = RunPolicy(epochs: epochs)
         policy.patience = patience
         let identity = RunIdentity(model: ModelDescription(.unet(config), imageSize: 16, mean: nil, std: nil),
-                                   arguments: ["test"], trainListHash: nil, rankName: "rank 0/1")
+                                   arguments: ["test"], trainListHash: nil, rankName: "rank 0/1", classNames: classNames)
         return TrainingRun(directory: RunDirectory(out), trainer: trainer, policy: policy, identity: identity)
     }
 
@@ -115,5 +118,87 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertTrue(again.records.isEmpty)
         XCTAssertEqual(weights(again), weights(first))
         XCTAssertEqual(try String(contentsOfFile: RunDirectory(out).metricsFile, encoding: .utf8), before)
+    }
+
+    func testMultiClassRunWritesPerClassScoresAndTheBestEpochsConfusionMatrix() throws {
+        let out = temporaryFolder()
+        let run = try finish(makeRun(out: out, epochs: 2, classes: 3, classNames: ["bg", "disc", "square"]))
+        let dir = RunDirectory(out)
+        let table = try dir.readMetrics()
+        let confusion = try XCTUnwrap(try dir.readConfusion())
+        XCTAssertEqual(confusion.epoch, run.decisions.bestEpoch)
+        XCTAssertEqual(confusion.classNames, ["bg", "disc", "square"])
+        // Every validation pixel once (8 images of 16x16), and the per-class IoU of the best
+        // epoch's row follows from the matrix: M[k][k] / (row k + column k - M[k][k]).
+        XCTAssertEqual(confusion.matrix.joined().reduce(0, +), 8 * 16 * 16)
+        let row = try XCTUnwrap(table.epochs.firstIndex(of: confusion.epoch))
+        for (k, name) in confusion.classNames.enumerated() {
+            let m = confusion.matrix
+            let hit = m[k][k], truth = m[k].reduce(0, +), predicted = m.map { $0[k] }.reduce(0, +)
+            let iou = truth + predicted - hit == 0 ? 1 : hit / (truth + predicted - hit)
+            XCTAssertEqual(try XCTUnwrap(table.values("val_iou_" + name)[row]), iou, accuracy: 1e-12, name)
+            XCTAssertNotNil(table.values("val_dice_" + name)[row])
+        }
+        let report = try String(contentsOfFile: dir.reportFile, encoding: .utf8)
+        XCTAssertTrue(report.contains("Validation IoU per class"))
+        XCTAssertTrue(report.contains("Confusion matrix, validation of epoch \(confusion.epoch)"))
+    }
+
+    func testEMAIsWhatValidationExportAndInferenceUseAndResumesBitwise() throws {
+        let decay = 0.9
+        let whole = try finish(makeRun(out: temporaryFolder(), epochs: 3, ema: decay))
+        let average = try XCTUnwrap(whole.trainer.average)
+        let store = whole.trainer.step.local.model.store
+        // The average differs from the weights, and it is what was exported.
+        XCTAssertNotEqual(average.values.tensor.toArray(), store.values.tensor.toArray())
+        let exported = UNet((whole.trainer.step.local.model as! UNet).config, pool: WorkerPool(threads: 1))
+        try SafetensorsFile(path: whole.directory.modelFile).read(into: Safetensors.items(of: exported.store, gradients: false))
+        XCTAssertEqual(exported.store.values.tensor.toArray(), average.values.tensor.toArray())
+        // Inference from a checkpoint loads the average.
+        try Checkpoint.readWeights(from: whole.directory.lastCheckpoint, into: exported.store)
+        XCTAssertEqual(exported.store.values.tensor.toArray(), average.values.tensor.toArray())
+        // Validation ran on the average: the last epoch's loss is the average's.
+        let last = try XCTUnwrap(whole.records.last?.validationLoss)
+        let (withAverage, _) = try average.withAverage(in: store) { try whole.trainer.validate(whole.trainer.validation!) }
+        let (withWeights, _) = try whole.trainer.validate(whole.trainer.validation!)
+        XCTAssertEqual(last, withAverage)
+        XCTAssertNotEqual(last, withWeights)
+
+        // Resumed after epoch 2: weights and average end bitwise where the whole run's do.
+        let out = temporaryFolder()
+        try finish(makeRun(out: out, epochs: 2, ema: decay))
+        let second = try finish(makeRun(out: out, epochs: 3, ema: decay), resume: "auto")
+        XCTAssertEqual(weights(second), weights(whole))
+        XCTAssertEqual(second.trainer.average?.values.tensor.toArray(), average.values.tensor.toArray())
+        XCTAssertEqual(second.trainer.average?.buffers.tensor.toArray(), average.buffers.tensor.toArray())
+        // A run with --ema cannot resume a checkpoint that has no average.
+        let plain = temporaryFolder()
+        try finish(makeRun(out: plain, epochs: 1))
+        XCTAssertThrowsError(try finish(makeRun(out: plain, epochs: 2, ema: decay), resume: "auto")) {
+            XCTAssertTrue("\($0)".contains("no weight average"), "\($0)")
+        }
+    }
+
+    func testWeightAverageStep() {
+        var config = UNetConfig()
+        config.baseChannels = 4
+        config.depth = 2
+        config.batchNorm = true
+        let unet = UNet(config, pool: WorkerPool(threads: 1))
+        let average = WeightAverage(of: unet.store, decay: 0.75)
+        let before = unet.store.values.tensor.toArray(), beforeBuffers = unet.store.buffers.tensor.toArray()
+        for i in 0..<unet.store.values.count { unet.store.values.pointer[i] += 1 }
+        for i in 0..<unet.store.buffers.count { unet.store.buffers.pointer[i] += 2 }
+        average.update(from: unet.store)
+        for i in [0, 7, unet.store.values.count - 1] {
+            XCTAssertEqual(average.values.pointer[i], 0.75 * before[i] + 0.25 * (before[i] + 1), accuracy: 1e-6)
+        }
+        XCTAssertEqual(average.buffers.pointer[0], 0.75 * beforeBuffers[0] + 0.25 * (beforeBuffers[0] + 2), accuracy: 1e-6)
+        // swap twice restores both.
+        let weightsNow = unet.store.values.tensor.toArray(), averageNow = average.values.tensor.toArray()
+        average.swap(with: unet.store)
+        XCTAssertEqual(unet.store.values.tensor.toArray(), averageNow)
+        average.swap(with: unet.store)
+        XCTAssertEqual(unet.store.values.tensor.toArray(), weightsNow)
     }
 }

@@ -3,22 +3,9 @@ import Foundation
 import SegTestSupport
 
 /// Runs the built `segtrain` binary as a user would.
-final class CLITests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: CLITests.self) }
-
-    func run(_ arguments: [String]) throws -> ProcessResult {
-        let result = try Segtrain.run(CLITests.binary, arguments)
-        XCTAssertFalse(result.timedOut, "segtrain \(arguments.joined(separator: " ")) timed out and was killed")
-        return result
-    }
-
-    override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: CLITests.binary),
-                          "segtrain not built at \(CLITests.binary); run scripts/test.sh")
-    }
-
+final class CLITests: SegtrainTestCase {
     func testInfoPrintsTheDefaultModel() throws {
-        let r = try run(["info"])
+        let r = try segtrain(["info"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("3,717,121"), r.stdout)
         XCTAssertTrue(r.stdout.contains("forward GFLOP/image:   6.23"), r.stdout)
@@ -33,13 +20,13 @@ final class CLITests: XCTestCase {
     func testOlderCPUGetsOneLineInsteadOfACrash() throws {
         let qemu = "/usr/bin/qemu-x86_64"
         try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: qemu), "qemu-user not installed")
-        let old = try Segtrain.run(qemu, ["-cpu", "Nehalem", CLITests.binary, "info"])
+        let old = try run(qemu, ["-cpu", "Nehalem", CLITests.binary, "info"])
         XCTAssertEqual(old.status, 1, old.stderr)
         XCTAssertEqual(old.stderr, "segtrain: error: this CPU lacks AVX2/FMA, which this build of segtrain needs; "
                            + "rebuild with SEGTRAIN_TARGET_CPU=x86-64 swift build -c release\n")
         XCTAssertEqual(old.stdout, "")
-        let capable = try Segtrain.run(qemu, ["-cpu", "Haswell", CLITests.binary, "info", "--image-size", "16",
-                                              "--base-channels", "4", "--depth", "2"])
+        let capable = try run(qemu, ["-cpu", "Haswell", CLITests.binary, "info", "--image-size", "16",
+                                     "--base-channels", "4", "--depth", "2"])
         XCTAssertEqual(capable.status, 0, capable.stderr)
         XCTAssertTrue(capable.stdout.contains("parameters:"), capable.stdout)
     }
@@ -64,7 +51,7 @@ final class CLITests: XCTestCase {
             (["evaluate", "--model", "run", "--data", "set", "--threads", "0"], "--threads"),  // trapped before
         ]
         for (arguments, flag) in cases {
-            let r = try run(arguments)
+            let r = try segtrain(arguments)
             XCTAssertNotEqual(r.status, 0, "\(arguments)")
             let lines = r.stderr.split(separator: "\n")
             XCTAssertEqual(lines.count, 1, "\(arguments): \(r.stderr)")
@@ -73,8 +60,8 @@ final class CLITests: XCTestCase {
     }
 
     func testBenchJSONReportsThroughputAndSplit() throws {
-        let r = try run(["bench", "--image-size", "16", "--batch-size", "2", "--base-channels", "4", "--depth", "2",
-                         "--steps", "2", "--threads", "2", "--json"])
+        let r = try segtrain(["bench", "--image-size", "16", "--batch-size", "2", "--base-channels", "4", "--depth", "2",
+                              "--steps", "2", "--threads", "2", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
         let ips = object?["images_per_second"] as? Double
@@ -91,28 +78,28 @@ final class CLITests: XCTestCase {
     /// with `*` on what the policy runs, the kernel lines, decode, augmentation and synthetic lines.
     func testBenchPartTimingsPrintTheirTables() throws {
         let model = ["--image-size", "16", "--base-channels", "8", "--depth", "1", "--batch-size", "1", "--threads", "1"]
-        let layers = try run(["bench", "--conv-layers"] + model)
+        let layers = try segtrain(["bench", "--conv-layers"] + model)
         XCTAssertEqual(layers.status, 0, layers.stderr)
         let rows = layers.stdout.split(separator: "\n").filter { $0.contains(" at  16:") }
         XCTAssertEqual(rows.count, 3, "3 -> 8, 8 -> 8, 16 -> 8: \(layers.stdout)")
         XCTAssertTrue(rows[0].hasPrefix("   3 ->    8 at  16:") && rows[0].contains("*gemm"), "\(rows)")
         XCTAssertTrue(rows[1].hasPrefix("   8 ->    8 at  16:") && rows[1].contains("*winograd "), "\(rows)")
         XCTAssertTrue(layers.stdout.contains("sum over the layers: gemm "), layers.stdout)
-        let forced = try run(["bench", "--conv-layers", "--conv", "winograd4"] + model)
+        let forced = try segtrain(["bench", "--conv-layers", "--conv", "winograd4"] + model)
         XCTAssertEqual(forced.stdout.split(separator: "\n").filter { $0.contains("*winograd4") }.count, 3, forced.stdout)
 
-        let kernels = try run(["bench", "--conv-kernels"] + model)
+        let kernels = try segtrain(["bench", "--conv-kernels"] + model)
         XCTAssertEqual(kernels.status, 0, kernels.stderr)
         for prefix in ["conv2d k=3 N=1 C=8 16x16", "conv2d k=1 N=1 C=8 16x16", "convTranspose2x2 N=1 C=8 8x8->16x16"] {
             XCTAssertTrue(kernels.stdout.contains(prefix), "\(prefix): \(kernels.stdout)")
         }
-        let decode = try run(["bench", "--jpeg-decode", "32x24"])
+        let decode = try segtrain(["bench", "--jpeg-decode", "32x24"])
         XCTAssertEqual(decode.status, 0, decode.stderr)
         XCTAssertEqual(decode.stdout.split(separator: "\n").filter { $0.hasPrefix("decode 32x24 ") }.count, 3, decode.stdout)
-        let augment = try run(["bench", "--augment-speed", "32"])
+        let augment = try segtrain(["bench", "--augment-speed", "32"])
         XCTAssertEqual(augment.status, 0, augment.stderr)
         XCTAssertTrue(augment.stdout.contains("augment every op, p = 1 32x32"), augment.stdout)
-        let synthetic = try run(["bench", "--synthetic", "--image-size", "32", "--classes", "3"])
+        let synthetic = try segtrain(["bench", "--synthetic", "--image-size", "32", "--classes", "3"])
         XCTAssertEqual(synthetic.status, 0, synthetic.stderr)
         XCTAssertTrue(synthetic.stdout.hasPrefix("synthetic 32x32 sample, 3 classes: "), synthetic.stdout)
     }
@@ -122,8 +109,8 @@ extension CLITests {
     func testTrainWritesMetricsForEveryEpoch() throws {
         let out = NSTemporaryDirectory() + "segtrain-train-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let r = try run(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "3",
-                         "--train-samples", "16", "--val-samples", "5", "--batch-size", "4", "--threads", "2", "--out", out])
+        let r = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "3",
+                              "--train-samples", "16", "--val-samples", "5", "--batch-size", "4", "--threads", "2", "--out", out])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout.split(separator: "\n").filter { $0.hasPrefix("epoch ") }.count, 3, r.stdout)
         let csv = try String(contentsOfFile: out + "/metrics.csv", encoding: .utf8).split(separator: "\n")
@@ -152,9 +139,9 @@ extension CLITests {
                                 ("ce", 3), ("dice", 3), ("weighted-ce", 3)] {
             let out = NSTemporaryDirectory() + "segtrain-loss-\(getpid())"
             defer { try? FileManager.default.removeItem(atPath: out) }
-            let r = try run(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "1",
-                             "--train-samples", "8", "--val-samples", "3", "--batch-size", "4", "--threads", "1",
-                             "--loss", loss, "--classes", "\(classes)", "--out", out])
+            let r = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "1",
+                                  "--train-samples", "8", "--val-samples", "3", "--batch-size", "4", "--threads", "1",
+                                  "--loss", loss, "--classes", "\(classes)", "--out", out])
             XCTAssertEqual(r.status, 0, "\(loss), \(classes) classes: \(r.stderr)")
             XCTAssertTrue(r.stdout.contains("epoch 1/1  train_loss"), "\(loss): \(r.stdout)")
         }
@@ -168,8 +155,8 @@ extension CLITests {
         guard mode == "0" || mode == "2" else { throw XCTSkip("overcommit mode \(mode ?? "unknown"): a huge allocation may succeed") }
         let out = NSTemporaryDirectory() + "segtrain-oom-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: out) }
-        let r = try run(["train", "--image-size", "16384", "--batch-size", "64", "--train-samples", "64", "--val-samples", "0",
-                         "--epochs", "1", "--threads", "1", "--out", out])
+        let r = try segtrain(["train", "--image-size", "16384", "--batch-size", "64", "--train-samples", "64", "--val-samples", "0",
+                              "--epochs", "1", "--threads", "1", "--out", out])
         XCTAssertNotEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
         // Refused up front by the memory estimate (MemAvailable or ulimit -v), or, past it, by the
@@ -191,7 +178,7 @@ extension CLITests {
                                   (["train", "--ignore-index", "256"], "--ignore-index")] {
             // Tiny, so that a regression (the flags accepted) fails in seconds, not by timing out.
             let tiny = ["--image-size", "16", "--depth", "2", "--base-channels", "4", "--threads", "1", "--val-samples", "0"]
-            let r = try run(arguments + (arguments.contains("--epochs") || arguments.contains("--image-size") ? [] : tiny))
+            let r = try segtrain(arguments + (arguments.contains("--epochs") || arguments.contains("--image-size") ? [] : tiny))
             XCTAssertNotEqual(r.status, 0, "\(arguments)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(arguments): \(r.stderr)")
             XCTAssertTrue(r.stderr.contains(flag), "\(arguments): \(r.stderr)")

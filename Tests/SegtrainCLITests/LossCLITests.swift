@@ -6,23 +6,10 @@ import Foundation
 import SegTestSupport
 import XCTest
 
-final class LossCLITests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: LossCLITests.self) }
-
-    override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: LossCLITests.binary),
-                          "segtrain not built at \(LossCLITests.binary); run scripts/test.sh")
-    }
-
+final class LossCLITests: SegtrainTestCase {
     /// A tiny model and data set, one epoch.
     static let tiny = ["--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "1",
                        "--train-samples", "8", "--val-samples", "3", "--batch-size", "4", "--threads", "1"]
-
-    func run(_ arguments: [String]) throws -> ProcessResult {
-        let result = try Segtrain.run(LossCLITests.binary, arguments)
-        XCTAssertFalse(result.timedOut, "segtrain \(arguments.joined(separator: " ")) timed out and was killed")
-        return result
-    }
 
     func testWeightedSumsClassWeightsAndFocalTrain() throws {
         let runs: [(flags: [String], name: String)] = [
@@ -36,7 +23,7 @@ final class LossCLITests: XCTestCase {
         for (flags, name) in runs {
             let out = NSTemporaryDirectory() + "segtrain-losscli-\(UUID().uuidString)"
             defer { try? FileManager.default.removeItem(atPath: out) }
-            let r = try run(["train"] + LossCLITests.tiny + flags + ["--out", out])
+            let r = try segtrain(["train"] + LossCLITests.tiny + flags + ["--out", out])
             let label = flags.joined(separator: " ")
             XCTAssertEqual(r.status, 0, "\(label): \(r.stderr)")
             XCTAssertTrue(r.stdout.contains("loss \(name)\n") || r.stdout.contains("loss \(name)\r"), "\(label): \(r.stdout)")
@@ -70,7 +57,7 @@ final class LossCLITests: XCTestCase {
             (["--loss", "focal-tversky", "--tversky-gamma", "0"], "--tversky-gamma"),
         ]
         for (flags, flag) in cases {
-            let r = try run(["train"] + LossCLITests.tiny + flags + ["--out", NSTemporaryDirectory() + "segtrain-losscli-bad"])
+            let r = try segtrain(["train"] + LossCLITests.tiny + flags + ["--out", NSTemporaryDirectory() + "segtrain-losscli-bad"])
             XCTAssertNotEqual(r.status, 0, "\(flags)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(flags): \(r.stderr)")
             XCTAssertTrue(r.stderr.contains(flag), "\(flags): \(r.stderr)")

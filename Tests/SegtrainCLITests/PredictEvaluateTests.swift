@@ -4,37 +4,28 @@ import SegTestSupport
 import XCTest
 
 /// `segtrain predict` and `segtrain evaluate` on tiny models trained here, run as a user would.
-final class PredictEvaluateTests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: PredictEvaluateTests.self) }
-    static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+final class PredictEvaluateTests: SegtrainTestCase {
     /// Trained once for the whole class: a binary and a 3-class model on 32 px synthetic data.
     static var folder = ""
     static var trained = false
 
     var folder: String { PredictEvaluateTests.folder }
 
-    func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> ProcessResult {
-        let r = try Segtrain.run(PredictEvaluateTests.binary, arguments, timeout: 120)
-        XCTAssertFalse(r.timedOut, "timed out: \(arguments)", file: file, line: line)
-        return r
-    }
-
     override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: PredictEvaluateTests.binary),
-                          "segtrain not built at \(PredictEvaluateTests.binary)")
+        try super.setUpWithError()
         if PredictEvaluateTests.trained { return }
         PredictEvaluateTests.folder = NSTemporaryDirectory() + "segtrain-predict-\(UUID().uuidString)"
         for (name, classes) in [("binary", 1), ("multi", 3)] {
             let data = folder + "/" + name
-            var r = try run(["synth", "--out", data, "--count", "20", "--size", "32", "--classes", "\(classes)"])
+            var r = try segtrain(["synth", "--out", data, "--count", "20", "--size", "32", "--classes", "\(classes)"])
             XCTAssertEqual(r.status, 0, r.stderr)
-            r = try run(["train", "--data", data, "--out", folder + "/run-" + name, "--epochs", "2", "--image-size", "32",
-                         "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--classes", "\(classes)"])
+            r = try segtrain(["train", "--data", data, "--out", folder + "/run-" + name, "--epochs", "2", "--image-size", "32",
+                              "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--classes", "\(classes)"])
             XCTAssertEqual(r.status, 0, r.stderr)
         }
         // A gray model (1 input channel) on the binary data.
-        let g = try run(["train", "--data", folder + "/binary", "--out", folder + "/run-gray", "--epochs", "1", "--image-size", "32",
-                         "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--in-channels", "1"])
+        let g = try segtrain(["train", "--data", folder + "/binary", "--out", folder + "/run-gray", "--epochs", "1", "--image-size", "32",
+                              "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--in-channels", "1"])
         XCTAssertEqual(g.status, 0, g.stderr)
         PredictEvaluateTests.trained = true
     }
@@ -45,14 +36,14 @@ final class PredictEvaluateTests: XCTestCase {
 
     /// Inputs of several sizes and formats: JPEG 50x50, gray PNG 37x29, RGBA PNG 20x45.
     func makeInputs(_ name: String) throws -> String {
-        try writeMixedInputs(to: folder + "/" + name, binary: PredictEvaluateTests.binary)
+        try writeMixedInputs(to: folder + "/" + name)
     }
 
     func testEveryOutputKindForImagesOfSeveralSizesAndFormats() throws {
         let inputs = try makeInputs("inputs")
         let out = folder + "/out"
-        let r = try run(["predict", "--model", folder + "/run-binary", "--input", inputs, "--output", out,
-                         "--mask", "--probabilities", "--overlay", "--cutout"])
+        let r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", inputs, "--output", out,
+                              "--mask", "--probabilities", "--overlay", "--cutout"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("predicted 4 of 4 image(s)"), r.stdout)
         var foregroundSeen = 0
@@ -79,8 +70,8 @@ final class PredictEvaluateTests: XCTestCase {
 
         // A new background colour behind the object.
         let green = folder + "/green.png"
-        let g = try run(["predict", "--model", folder + "/run-binary", "--input", inputs + "/00000.jpg", "--output", green,
-                         "--cutout", "--background", "#00ff00"])
+        let g = try segtrain(["predict", "--model", folder + "/run-binary", "--input", inputs + "/00000.jpg", "--output", green,
+                              "--cutout", "--background", "#00ff00"])
         XCTAssertEqual(g.status, 0, g.stderr)
         let composite = try ImageFile.read(green, as: .rgb)
         let mask = try ImageFile.readMask("\(out)/00000_mask.png")
@@ -95,17 +86,17 @@ final class PredictEvaluateTests: XCTestCase {
     /// which must equal the plain prediction.
     func testTiledPrediction() throws {
         let inputs = folder + "/tiles"
-        var r = try run(["synth", "--out", inputs, "--count", "1", "--size", "90", "--seed", "4"])
+        var r = try segtrain(["synth", "--out", inputs, "--count", "1", "--size", "90", "--seed", "4"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        r = try run(["synth", "--out", inputs + "/exact", "--count", "1", "--size", "32", "--seed", "5"])
-        r = try run(["predict", "--model", folder + "/run-binary", "--input", inputs + "/images/00000.png",
-                     "--output", folder + "/tiled.png", "--tile", "--overlap", "8"])
+        r = try segtrain(["synth", "--out", inputs + "/exact", "--count", "1", "--size", "32", "--seed", "5"])
+        r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", inputs + "/images/00000.png",
+                          "--output", folder + "/tiled.png", "--tile", "--overlap", "8"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let tiled = try ImageFile.readMask(folder + "/tiled.png")
         XCTAssertEqual([tiled.width, tiled.height], [90, 90])
         let exact = inputs + "/exact/images/00000.png"
         for (extra, name) in [(["--tile"], "a.png"), ([], "b.png")] {
-            r = try run(["predict", "--model", folder + "/run-binary", "--input", exact, "--output", folder + "/" + name] + extra)
+            r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", exact, "--output", folder + "/" + name] + extra)
             XCTAssertEqual(r.status, 0, r.stderr)
         }
         XCTAssertEqual(try ImageFile.readMask(folder + "/a.png"), try ImageFile.readMask(folder + "/b.png"))
@@ -114,8 +105,8 @@ final class PredictEvaluateTests: XCTestCase {
     func testMultiClassMasksAndProbabilities() throws {
         let inputs = try makeInputs("inputs3")
         let out = folder + "/out3"
-        let r = try run(["predict", "--model", folder + "/run-multi/checkpoints/last", "--input", inputs, "--output", out,
-                         "--mask", "--probabilities"])
+        let r = try segtrain(["predict", "--model", folder + "/run-multi/checkpoints/last", "--input", inputs, "--output", out,
+                              "--mask", "--probabilities"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let mask = try ImageFile.readMask(out + "/00001_mask.png")
         XCTAssertTrue(mask.pixels.allSatisfy { $0 < 3 })
@@ -132,8 +123,8 @@ final class PredictEvaluateTests: XCTestCase {
     func testGrayModelKeepsColoursInCutouts() throws {
         let inputs = try makeInputs("inputs-gray")
         let out = folder + "/out-gray"
-        let r = try run(["predict", "--model", folder + "/run-gray", "--input", inputs + "/00000.jpg", "--output", out,
-                         "--mask", "--cutout"])
+        let r = try segtrain(["predict", "--model", folder + "/run-gray", "--input", inputs + "/00000.jpg", "--output", out,
+                              "--mask", "--cutout"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let colour = try ImageFile.read(inputs + "/00000.jpg", as: .rgb)
         let cutout = try ImageFile.read(out + "/00000_cutout.png", as: .rgba)
@@ -148,7 +139,7 @@ final class PredictEvaluateTests: XCTestCase {
     func testPredictErrors() throws {
         let inputs = try makeInputs("inputs-bad")
         try Data("not an image".utf8).write(to: URL(fileURLWithPath: inputs + "/broken.png"))
-        var r = try run(["predict", "--model", folder + "/run-binary", "--input", inputs, "--output", folder + "/out-bad"])
+        var r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", inputs, "--output", folder + "/out-bad"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains(inputs + "/broken.png: "), r.stderr)
         XCTAssertTrue(r.stdout.contains("predicted 4 of 5"), r.stdout)
@@ -176,7 +167,7 @@ final class PredictEvaluateTests: XCTestCase {
             (["--model", folder + "/run-binary", "--input", inputs, "--output", folder + "/o", "--cutout", "--background", "#12"], "--background"),
         ]
         for (arguments, expected) in cases {
-            r = try run(["predict"] + arguments)
+            r = try segtrain(["predict"] + arguments)
             XCTAssertNotEqual(r.status, 0, "\(arguments)")
             XCTAssertTrue(r.stderr.contains(expected), "\(arguments): \(r.stderr)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
@@ -189,11 +180,11 @@ final class PredictEvaluateTests: XCTestCase {
         let data = folder + "/binary"
         let csvPath = folder + "/scores.csv"
         // One thread and one image per pass everywhere, so the same arithmetic gives the same labels.
-        var r = try run(["evaluate", "--model", folder + "/run-binary", "--data", data, "--out", csvPath, "--threads", "1"])
+        var r = try segtrain(["evaluate", "--model", folder + "/run-binary", "--data", data, "--out", csvPath, "--threads", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("iou"), r.stdout)
-        r = try run(["predict", "--model", folder + "/run-binary", "--input", data + "/images", "--output", folder + "/eval-masks",
-                     "--threads", "1", "--batch-size", "1"])
+        r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", data + "/images", "--output", folder + "/eval-masks",
+                          "--threads", "1", "--batch-size", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let lines = try String(contentsOfFile: csvPath, encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(lines.first, "image,mask,accuracy,precision,recall,f1,iou")
@@ -224,10 +215,8 @@ final class PredictEvaluateTests: XCTestCase {
         XCTAssertEqual(mean[0], "mean")
         for j in 0..<5 { XCTAssertEqual(Double(mean[j + 2])!, sums[j] / 20, accuracy: 1e-5) }
 
-        guard let mpirun = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }
-        let r2 = try Segtrain.run(mpirun, ["-np", "2", "--oversubscribe", PredictEvaluateTests.binary, "evaluate", "--model",
-                                           folder + "/run-binary", "--data", data, "--out", folder + "/scores2.csv", "--threads", "1"],
-                                  environment: PredictEvaluateTests.mpiEnvironment, timeout: 120)
+        let r2 = try segtrain(["evaluate", "--model", folder + "/run-binary", "--data", data, "--out", folder + "/scores2.csv",
+                               "--threads", "1"], ranks: 2)
         XCTAssertEqual(r2.status, 0, r2.stderr)
         XCTAssertEqual(try String(contentsOfFile: folder + "/scores2.csv", encoding: .utf8),
                        try String(contentsOfFile: csvPath, encoding: .utf8))

@@ -8,23 +8,11 @@ import SegTestSupport
 /// `segtrain report RUN_DIR`: the page is well-formed XML (parsed strictly here), each chart has one
 /// polyline per curve with a point per epoch, drawn in the metrics' order, the best epoch marked,
 /// the sample grids linked relatively; bad run folders give one line and exit 1.
-final class ReportTests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: ReportTests.self) }
+final class ReportTests: SegtrainTestCase {
     var folders: [String] = []
-
-    override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: ReportTests.binary),
-                          "segtrain not built at \(ReportTests.binary); run scripts/test.sh")
-    }
 
     override func tearDown() {
         for folder in folders { try? FileManager.default.removeItem(atPath: folder) }
-    }
-
-    func run(_ arguments: [String]) throws -> ProcessResult {
-        let result = try Segtrain.run(ReportTests.binary, arguments)
-        XCTAssertFalse(result.timedOut, "segtrain \(arguments.joined(separator: " ")) timed out and was killed")
-        return result
     }
 
     func temporaryFolder(_ name: String) -> String {
@@ -37,15 +25,15 @@ final class ReportTests: XCTestCase {
     /// A tiny 3-epoch training run into a new folder.
     func train(valSamples: Int, _ name: String) throws -> String {
         let out = temporaryFolder(name)
-        let r = try run(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "3",
-                         "--train-samples", "16", "--val-samples", "\(valSamples)", "--batch-size", "4",
-                         "--threads", "2", "--out", out])
+        let r = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--epochs", "3",
+                              "--train-samples", "16", "--val-samples", "\(valSamples)", "--batch-size", "4",
+                              "--threads", "2", "--out", out])
         XCTAssertEqual(r.status, 0, r.stderr)
         return out
     }
 
     func report(_ arguments: [String]) throws -> Element {
-        let r = try run(["report"] + arguments)
+        let r = try segtrain(["report"] + arguments)
         XCTAssertEqual(r.status, 0, r.stderr)
         let path = arguments.count >= 3 ? arguments[2] : arguments[0] + "/report.html"
         XCTAssertEqual(r.stdout, "report: \(path)\n")
@@ -247,7 +235,7 @@ final class ReportTests: XCTestCase {
         try csv.write(toFile: runFolder + "/metrics.csv", atomically: true, encoding: .utf8)
         _ = try report([runFolder])
         try "epoch,train_loss\n100000000000000000,0.5\n".write(toFile: runFolder + "/metrics.csv", atomically: true, encoding: .utf8)
-        let r = try run(["report", runFolder])
+        let r = try segtrain(["report", runFolder])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("is not a whole number in 1...1000000000"), r.stderr)
     }
@@ -269,7 +257,7 @@ final class ReportTests: XCTestCase {
             let path = folder + "/metrics.csv"
             try? FileManager.default.removeItem(atPath: path)
             if let contents { try Data(contents.utf8).write(to: URL(fileURLWithPath: path)) }
-            let r = try run(["report", folder])
+            let r = try segtrain(["report", folder])
             XCTAssertEqual(r.status, 1, "\(contents ?? "no file"): \(r.stdout)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
             XCTAssertTrue(r.stderr.hasPrefix("segtrain: error: \(folder)/metrics.csv: "), r.stderr)
@@ -277,10 +265,10 @@ final class ReportTests: XCTestCase {
             XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/report.html"))
         }
         try Data([0x31, 0xFF]).write(to: URL(fileURLWithPath: folder + "/metrics.csv"))
-        XCTAssertTrue(try run(["report", folder]).stderr.contains("not UTF-8"))
+        XCTAssertTrue(try segtrain(["report", folder]).stderr.contains("not UTF-8"))
 
         let missing = folder + "/no-such-run"
-        let r = try run(["report", missing])
+        let r = try segtrain(["report", missing])
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.stderr, "segtrain: error: \(missing)/metrics.csv: cannot read: the folder \(missing) does not exist\n")
     }

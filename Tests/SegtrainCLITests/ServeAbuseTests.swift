@@ -1,5 +1,6 @@
 import Foundation
 import SegData
+import SegTestSupport
 import XCTest
 #if canImport(Glibc)
 import Glibc
@@ -347,12 +348,8 @@ extension ServeTests {
         let pid = server.process.processIdentifier
         func descriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0 }
         let open = descriptors()
-        let limit = Process()
-        limit.executableURL = URL(fileURLWithPath: prlimit)
-        limit.arguments = ["--pid", "\(pid)", "--nofile=\(open + 4):\(open + 4)"]
-        try limit.run()
-        limit.waitUntilExit()
-        XCTAssertEqual(limit.terminationStatus, 0, "prlimit failed")
+        let limit = try run(prlimit, ["--pid", "\(pid)", "--nofile=\(open + 4):\(open + 4)"], timeout: 10)
+        XCTAssertEqual(limit.status, 0, "prlimit failed: \(limit.stderr)")
         var sockets: [Int32] = []
         defer { for fd in sockets { close(fd) } }
         for _ in 0..<20 { sockets.append(try ServeTests.connect(server.port)) }

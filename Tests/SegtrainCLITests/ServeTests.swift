@@ -9,8 +9,7 @@ import Glibc
 /// `segtrain serve` run as a subprocess and called over real sockets on 127.0.0.1 with a small
 /// HTTP/1.1 client (below), so that every byte on the wire is the test's: raw, multipart and
 /// chunked bodies, a Content-Length without its body, bad requests of every kind.
-final class ServeTests: XCTestCase {
-    static var binary: String { Segtrain.binary(testBundleOf: ServeTests.self) }
+final class ServeTests: SegtrainTestCase {
     /// Trained once for the whole class: a binary model on 32 px synthetic data.
     static var folder = ""
     static var trained = false
@@ -18,23 +17,17 @@ final class ServeTests: XCTestCase {
     var folder: String { ServeTests.folder }
     var model: String { ServeTests.folder + "/run" }
 
-    func run(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> ProcessResult {
-        let r = try Segtrain.run(ServeTests.binary, arguments, timeout: 120)
-        XCTAssertFalse(r.timedOut, "timed out: \(arguments)", file: file, line: line)
-        return r
-    }
-
     override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: ServeTests.binary), "segtrain not built at \(ServeTests.binary)")
+        try super.setUpWithError()
         if ServeTests.trained { return }
         ServeTests.folder = NSTemporaryDirectory() + "segtrain-serve-\(UUID().uuidString)"
-        var r = try run(["synth", "--out", folder + "/data", "--count", "20", "--size", "32", "--classes", "1"])
+        var r = try segtrain(["synth", "--out", folder + "/data", "--count", "20", "--size", "32", "--classes", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        r = try run(["train", "--data", folder + "/data", "--out", model, "--epochs", "2", "--image-size", "32",
-                     "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1"])
+        r = try segtrain(["train", "--data", folder + "/data", "--out", model, "--epochs", "2", "--image-size", "32",
+                          "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         // Inputs of several sizes and formats: JPEG 50x50, gray PNG 37x29, RGBA PNG 20x45.
-        _ = try writeMixedInputs(to: folder + "/inputs", binary: ServeTests.binary)
+        _ = try writeMixedInputs(to: folder + "/inputs")
         ServeTests.trained = true
     }
 
@@ -92,7 +85,7 @@ final class ServeTests: XCTestCase {
     func testSegmentEqualsPredict() throws {
         let server = try startServer()
         for input in inputs {
-            let r = try run(["predict", "--model", model, "--input", input.path, "--output", folder + "/expected.png", "--mask", "--threads", "1"])
+            let r = try segtrain(["predict", "--model", model, "--input", input.path, "--output", folder + "/expected.png", "--mask", "--threads", "1"])
             XCTAssertEqual(r.status, 0, r.stderr)
             let expected = try ImageFile.readMask(folder + "/expected.png")
             let raw = try HTTP.request(server.port, "POST", "/v1/segment", contentType: input.type, body: bytes(input.path))
@@ -339,14 +332,14 @@ final class ServeTests: XCTestCase {
             (["--model", model, "--request-timeout", "nan"], "--request-timeout"),
         ]
         for (arguments, expected) in cases {
-            let r = try run(["serve"] + arguments)
+            let r = try segtrain(["serve"] + arguments)
             XCTAssertNotEqual(r.status, 0, "\(arguments)")
             XCTAssertTrue(r.stderr.contains(expected), "\(arguments): \(r.stderr)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
         }
         // A port in use.
         let server = try startServer()
-        let r = try run(["serve", "--model", model, "--port", "\(server.port)"])
+        let r = try segtrain(["serve", "--model", model, "--port", "\(server.port)"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("cannot listen on 127.0.0.1:\(server.port)"), r.stderr)
     }
@@ -366,23 +359,15 @@ final class ServeTests: XCTestCase {
     }
 }
 
-/// `segtrain serve` as a subprocess: started, its port read from the line it prints, and killed.
+/// `segtrain serve` as a subprocess (SegTestSupport's `RunningProcess`): started, its port read from
+/// the line it prints, and stopped.
 final class Server: @unchecked Sendable {
-    let process = Process()
-    let directory: URL
+    let running: RunningProcess
+    var process: Process { running.process }
     private(set) var port = 0
 
     init(binary: String, arguments: [String]) throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("segtrain-serve-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        for name in ["stdout", "stderr"] where !FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: nil) {
-            throw HTTP.Failure("cannot create \(directory.path)/\(name)")
-        }
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        process.standardOutput = try FileHandle(forWritingTo: directory.appendingPathComponent("stdout"))
-        process.standardError = try FileHandle(forWritingTo: directory.appendingPathComponent("stderr"))
-        try process.run()
+        running = try RunningProcess(binary, arguments)
         // "serving MODEL on http://127.0.0.1:PORT"
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline && process.isRunning {
@@ -393,33 +378,26 @@ final class Server: @unchecked Sendable {
             }
             usleep(20_000)
         }
+        let output = "\(stdout) \(stderr)"
         kill()
-        throw HTTP.Failure("segtrain serve did not start listening: \(stdout) \(stderr)")
+        throw HTTP.Failure("segtrain serve did not start listening: \(output)")
     }
 
-    var stdout: String { (try? String(contentsOf: directory.appendingPathComponent("stdout"), encoding: .utf8)) ?? "" }
-    var stderr: String { (try? String(contentsOf: directory.appendingPathComponent("stderr"), encoding: .utf8)) ?? "" }
+    var stdout: String { running.stdout }
+    var stderr: String { running.stderr }
 
     /// Sends `signal`; the exit status once the process has ended, nil if it outlives `within` seconds.
-    func stop(signal: Int32, within seconds: Double) -> Int32? {
-        Glibc.kill(process.processIdentifier, signal)
-        return exitStatus(within: seconds)
-    }
+    func stop(signal: Int32, within seconds: Double) -> Int32? { running.signal(signal, within: seconds) }
 
     /// The exit status once the process has ended, nil if it outlives `within` seconds.
     func exitStatus(within seconds: Double) -> Int32? {
-        let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        return process.isRunning ? nil : process.terminationStatus
+        running.waitForExit(within: seconds) ? process.terminationStatus : nil
     }
 
     /// SIGTERM, then SIGKILL after 5 s; the files removed.
     func kill() {
-        if process.isRunning && stop(signal: SIGTERM, within: 5) == nil {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(at: directory)
+        running.stop()
+        running.removeFiles()
     }
 }
 

@@ -7,29 +7,19 @@ import Glibc
 
 /// `segtrain train --data DIR`, alone and under mpirun: a dataset written by `segtrain synth`,
 /// and every kind of bad input giving one line naming the file and the reason.
-final class DataTrainingTests: BinaryTestCase {
+final class DataTrainingTests: TemporaryFolderTestCase {
     override class var folderTag: String { "data" }
 
     static let tiny = ["--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1", "--batch-size", "4",
                        "--epochs", "1", "--seed", "3"]
 
     func synth(_ out: String, count: Int, size: Int = 20, classes: Int = 1) throws {
-        let r = try Segtrain.run(DataTrainingTests.binary, ["synth", "--out", out, "--count", "\(count)", "--size", "\(size)",
-                                                            "--classes", "\(classes)"])
+        let r = try segtrain(["synth", "--out", out, "--count", "\(count)", "--size", "\(size)", "--classes", "\(classes)"])
         XCTAssertEqual(r.status, 0, r.stderr)
     }
 
     func train(_ arguments: [String], ranks: Int = 0, timeout: Double = 120) throws -> ProcessResult {
-        let result: ProcessResult
-        if ranks == 0 {
-            result = try Segtrain.run(DataTrainingTests.binary, ["train"] + arguments, timeout: timeout)
-        } else {
-            guard let mpirun = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }
-            result = try Segtrain.run(mpirun, ["-np", "\(ranks)", "--oversubscribe", DataTrainingTests.binary, "train"] + arguments,
-                                      environment: DataTrainingTests.mpiEnvironment, timeout: timeout)
-        }
-        XCTAssertFalse(result.timedOut, "timed out: \(arguments)")
-        return result
+        try segtrain(["train"] + arguments, ranks: ranks, timeout: timeout)
     }
 
     func testTrainsOnAFolderAndHoldsOutTenPercent() throws {
@@ -46,7 +36,7 @@ final class DataTrainingTests: BinaryTestCase {
     /// JPEG images (`synth --format jpg`), augmentation settings from --augment, and its errors.
     func testJPEGDatasetAndAugmentSettings() throws {
         let data = folder + "/jpeg"
-        let r0 = try Segtrain.run(DataTrainingTests.binary, ["synth", "--out", data, "--count", "9", "--size", "24", "--format", "jpg"])
+        let r0 = try segtrain(["synth", "--out", data, "--count", "9", "--size", "24", "--format", "jpg"])
         XCTAssertEqual(r0.status, 0, r0.stderr)
         XCTAssertTrue(FileManager.default.fileExists(atPath: data + "/images/00008.jpg"))
         let r = try train(DataTrainingTests.tiny + ["--data", data, "--out", folder + "/run",

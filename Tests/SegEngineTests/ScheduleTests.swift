@@ -1,8 +1,5 @@
 import XCTest
-import SegTraining
-import SegModel
 import SegEngine
-import SegData
 
 final class ScheduleTests: XCTestCase {
     private func schedule(_ kind: ScheduleKind, _ edit: (inout ScheduleConfig) -> Void = { _ in }) -> LearningRateSchedule {

@@ -4,28 +4,13 @@ import SegTestSupport
 import XCTest
 
 /// `segtrain synth` run as a user would (the built binary).
-final class SynthCLITests: XCTestCase {
-    var folder = ""
-
-    static var binary: String { Segtrain.binary(testBundleOf: SynthCLITests.self) }
-
-    func run(_ arguments: [String]) throws -> ProcessResult {
-        let result = try Segtrain.run(SynthCLITests.binary, arguments)
-        XCTAssertFalse(result.timedOut, "segtrain \(arguments.joined(separator: " ")) timed out and was killed")
-        return result
-    }
-
-    override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: SynthCLITests.binary),
-                          "segtrain not built at \(SynthCLITests.binary); run scripts/test.sh")
-        folder = try makeTemporaryFolder("synth")
-    }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: folder) }
+final class SynthCLITests: TemporaryFolderTestCase {
+    override class var folderTag: String { "synth" }
 
     func testWritesReadablePairsEqualToTheGenerator() throws {
         for classes in [1, 3] {
             let out = folder + "/set\(classes)/nested"
-            let r = try run(["synth", "--out", out, "--count", "4", "--size", "40", "--classes", "\(classes)", "--seed", "5"])
+            let r = try segtrain(["synth", "--out", out, "--count", "4", "--size", "40", "--classes", "\(classes)", "--seed", "5"])
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertTrue(r.stdout.contains("wrote 4 samples"), r.stdout)
             let generator = SyntheticGenerator(size: 40, classes: classes, seed: 5)
@@ -57,12 +42,12 @@ final class SynthCLITests: XCTestCase {
             (["--count", "x"], "--count"),
         ]
         for (arguments, flag) in cases {
-            let r = try run(["synth", "--out", folder + "/bad"] + arguments)
+            let r = try segtrain(["synth", "--out", folder + "/bad"] + arguments)
             XCTAssertNotEqual(r.status, 0, "\(arguments)")
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, "\(arguments): \(r.stderr)")
             XCTAssertTrue(r.stderr.contains(flag), "\(arguments): \(r.stderr)")
         }
-        let r = try run(["synth", "--out", blocker + "/sub", "--count", "1"])
+        let r = try segtrain(["synth", "--out", blocker + "/sub", "--count", "1"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
         XCTAssertTrue(r.stderr.contains("--out") && r.stderr.contains("a-file is not a directory"), r.stderr)

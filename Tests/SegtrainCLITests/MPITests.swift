@@ -7,46 +7,13 @@ import Glibc
 
 /// Runs the built `segtrain mpi-check` alone (a singleton MPI job) and under `mpirun`, as a
 /// subprocess with a time limit: a hang is killed and fails the test.
-final class MPITests: XCTestCase {
+final class MPITests: SegtrainTestCase {
     typealias Result = ProcessResult
-
-    static var binary: String { Segtrain.binary(testBundleOf: MPITests.self) }
-
-    /// `mpirun` found on PATH, or nil.
-    static var mpirun: String? { Segtrain.onPath("mpirun") }
-
-    /// Open MPI refuses root without these (tests run as root in CI containers).
-    static let mpiEnvironment = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
-
-    /// Runs `executable` with a time limit (SegTestSupport); a process still running after
-    /// `timeout` seconds is killed and fails the test.
-    func run(_ executable: String, _ arguments: [String], timeout: Double = 60) throws -> Result {
-        let result = try Segtrain.run(executable, arguments, environment: MPITests.mpiEnvironment, timeout: timeout)
-        if result.timedOut {
-            XCTFail("\(executable) \(arguments.joined(separator: " ")) still running after \(timeout) s: killed\n"
-                    + "stdout:\n\(result.stdout)\nstderr:\n\(result.stderr)")
-        }
-        return result
-    }
+    override class var timeLimit: Double { 60 }
 
     /// `mpirun -np N --oversubscribe segtrain mpi-check extra...`; skips without mpirun.
     func mpiCheck(ranks: Int, _ extra: [String] = [], timeout: Double = 60) throws -> Result {
-        guard let mpirun = MPITests.mpirun else {
-            throw XCTSkip("mpirun is not on PATH; install openmpi-bin (scripts/install-deps.sh)")
-        }
-        // Open MPI counts slots by physical cores; the other engineer's 2 cores may be 1 core with 2
-        // hardware threads, so always allow more ranks than slots.
-        return try run(mpirun, ["-np", "\(ranks)", "--oversubscribe", MPITests.binary, "mpi-check"] + extra,
-                       timeout: timeout)
-    }
-
-    struct MissingBinary: Error, CustomStringConvertible {
-        var description: String { "segtrain not built at \(MPITests.binary); run swift build or set SEGTRAIN_BIN" }
-    }
-
-    /// A missing binary fails (only a missing mpirun skips).
-    override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: MPITests.binary) else { throw MissingBinary() }
+        try segtrain(["mpi-check"] + extra, ranks: ranks, timeout: timeout)
     }
 
     /// Every rank reports itself, the checks pass, rank 0 alone prints `mpi-check ok`.
@@ -64,13 +31,13 @@ final class MPITests: XCTestCase {
     }
 
     func testSingletonWithoutMpirun() throws {
-        let r = try run(MPITests.binary, ["mpi-check", "--elements", "333"])
+        let r = try segtrain(["mpi-check", "--elements", "333"])
         assertPasses(r, ranks: 1)
         XCTAssertTrue(r.stdout.contains("allreduce: 333 floats in 1 MPI calls"), r.stdout)
     }
 
     func testSingletonRejectsARankItDoesNotHave() throws {
-        let r = try run(MPITests.binary, ["mpi-check", "--mismatch-rank", "1"])
+        let r = try segtrain(["mpi-check", "--mismatch-rank", "1"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("--mismatch-rank 1 but the job has 1 ranks"), r.stderr)
     }

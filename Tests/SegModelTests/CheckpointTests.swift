@@ -1,5 +1,6 @@
-// Checkpoint writing and reading in process (issue 14): a diverged model or a state JSON cannot
-// hold is refused and the previous checkpoint stays byte for byte; stale temporary folders of dead
+// Checkpoint writing and reading in process (issue 14): what is written (weights, running
+// statistics, optimizer state and step, state.json) is what is read; a diverged model, a state JSON
+// cannot hold or a write that fails halfway is refused and the previous checkpoint stays byte for byte; stale temporary folders of dead
 // processes are removed, live ones kept; every state.json field is range-checked and checked
 // against the resuming run, naming the field or the flag.
 
@@ -7,8 +8,9 @@ import XCTest
 import Foundation
 import SegEngine
 import SegModel
-import SegTraining
-import SegData
+#if canImport(Glibc)
+import Glibc
+#endif
 
 final class CheckpointTests: XCTestCase {
     var folder = ""
@@ -20,10 +22,12 @@ final class CheckpointTests: XCTestCase {
 
     override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: folder) }
 
-    private func tinyModel() -> (UNet, Optimizer) {
+    private func tinyModel(batchNorm: Bool = false, seed: UInt64 = 0) -> (UNet, Optimizer) {
         var config = UNetConfig()
         config.baseChannels = 4
         config.depth = 2
+        config.batchNorm = batchNorm
+        config.seed = seed
         let unet = UNet(config, pool: WorkerPool(threads: 1))
         return (unet, Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))
     }
@@ -34,6 +38,75 @@ final class CheckpointTests: XCTestCase {
 
     private func files(_ checkpoint: String) -> [Data?] {
         ["model.safetensors", "optimizer.safetensors", "state.json"].map { FileManager.default.contents(atPath: checkpoint + "/" + $0) }
+    }
+
+    /// Every weight and running statistic, every optimizer state buffer and its step, and every
+    /// field of state.json come back bitwise into a model and optimizer that held other values.
+    func testWriteThenReadRestoresStoreOptimizerAndState() throws {
+        let (unet, optimizer) = tinyModel(batchNorm: true, seed: 1)
+        var rng = SplitMix64(seed: 12)
+        for i in 0..<unet.store.buffers.count { unet.store.buffers.pointer[i] = rng.nextFloat(in: 0.5...2) }
+        let gradients = OwnedTensor(.vector(unet.parameterCount))
+        for _ in 0..<3 {
+            for i in 0..<gradients.tensor.count { gradients.tensor[i] = rng.nextFloat(in: -1...1) }
+            _ = optimizer.apply(values: unet.store.values.tensor, gradients: gradients.tensor, learningRate: 1e-2, pool: unet.pool)
+        }
+        var written = state(epoch: 4)
+        written.step = 3
+        written.batchesDone = 2
+        written.plateau = PlateauState(rate: 0.05, best: 0.25, badEpochs: 1, cooldownLeft: 2)
+        written.trainListHash = "00c0ffee"
+        written.globalBatch = 8
+        written.trainSamples = 100
+        var described = unet.config
+        described.seed = 0  // the seed is state.json's own field, not the model description's
+        written.model = ModelDescription(.unet(described), imageSize: 32, mean: [0.5, 0.4, 0.3], std: [0.2, 0.2, 0.25])
+        let path = folder + "/last"
+        try Checkpoint.write(to: path, store: unet.store, optimizer: optimizer, state: written)
+
+        let (other, otherOptimizer) = tinyModel(batchNorm: true, seed: 2)
+        XCTAssertNotEqual(other.store.values.tensor.toArray(), unet.store.values.tensor.toArray(), "another start")
+        let read = try Checkpoint.read(from: path, store: other.store, optimizer: otherOptimizer)
+        XCTAssertEqual(read, written)
+        XCTAssertEqual(other.store.values.tensor.toArray(), unet.store.values.tensor.toArray())
+        XCTAssertEqual(other.store.buffers.tensor.toArray(), unet.store.buffers.tensor.toArray())
+        XCTAssertEqual(otherOptimizer.step, 3)
+        XCTAssertEqual(otherOptimizer.stateBuffers.map(\.name), optimizer.stateBuffers.map(\.name))
+        for (a, b) in zip(otherOptimizer.stateBuffers, optimizer.stateBuffers) {
+            XCTAssertEqual(a.buffer.tensor.toArray(), b.buffer.tensor.toArray(), a.name)
+            XCTAssertTrue(b.buffer.tensor.toArray().contains { $0 != 0 }, "\(b.name) holds something")
+        }
+        XCTAssertEqual(try Checkpoint.readModelDescription(from: path), written.model)
+    }
+
+    /// A write stopped halfway (the file-size limit ends model.safetensors at 4 KiB, as a full disk
+    /// would) throws naming the file, and leaves the previous checkpoint byte for byte and no
+    /// temporary folder.
+    func testAWriteThatFailsHalfwayLeavesThePreviousCheckpointWhole() throws {
+        let (unet, optimizer) = tinyModel()
+        let last = folder + "/last"
+        try Checkpoint.write(to: last, store: unet.store, optimizer: optimizer, state: state())
+        let before = files(last)
+        XCTAssertGreaterThan(before[0]?.count ?? 0, 4096, "the model file is larger than the limit below")
+        unet.store.values.tensor[0] += 1
+        let resource = __rlimit_resource_t(RLIMIT_FSIZE.rawValue)
+        var saved = rlimit()
+        XCTAssertEqual(getrlimit(resource, &saved), 0)
+        let previousHandler = signal(SIGXFSZ, SIG_IGN)  // a write past the limit then fails with EFBIG
+        var limited = saved
+        limited.rlim_cur = 4096
+        XCTAssertEqual(setrlimit(resource, &limited), 0)
+        let outcome = Result { try Checkpoint.write(to: last, store: unet.store, optimizer: optimizer, state: state(epoch: 2)) }
+        XCTAssertEqual(setrlimit(resource, &saved), 0)
+        signal(SIGXFSZ, previousHandler)
+        XCTAssertThrowsError(try outcome.get()) {
+            XCTAssertTrue("\($0)".contains("model.safetensors: write failed"), "\($0)")
+        }
+        XCTAssertEqual(files(last), before)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder), ["last"], "no temporary folder is left behind")
+        // Without the limit the same write succeeds.
+        try Checkpoint.write(to: last, store: unet.store, optimizer: optimizer, state: state(epoch: 2))
+        XCTAssertNotEqual(files(last), before)
     }
 
     func testNonFiniteWeightsOrStateAreRefusedAndThePreviousCheckpointStays() throws {

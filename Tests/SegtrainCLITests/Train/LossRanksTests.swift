@@ -7,11 +7,10 @@ import Foundation
 import SegTestSupport
 import XCTest
 
-final class LossRanksTests: BinaryTestCase {
+final class LossRanksTests: TemporaryFolderTestCase {
     override class var folderTag: String { "lossranks" }
 
     func testWeightedLossesGiveTheSingleProcessGradientOnTwoAndThreeRanks() throws {
-        guard let mpirun = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }
         let losses: [[String]] = [
             ["--classes", "3", "--loss", "ce:1,focal:0.5,lovasz:0.5,tversky:0.3", "--class-weights", "0.3,2,1.2"],
             ["--classes", "1", "--loss", "bce:1,focal-tversky:0.5,lovasz:0.4", "--class-weights", "2.5"],
@@ -22,11 +21,7 @@ final class LossRanksTests: BinaryTestCase {
                 let arguments = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
                                  "--batch-size", "5", "--train-samples", "5", "--val-samples", "4", "--epochs", "1", "--seed", "3",
                                  "--dump-gradients", "\(folder)/grad\(index)-\(ranks).safetensors", "--out", "\(folder)/run\(index)-\(ranks)"] + loss
-                let result = ranks == 0
-                    ? try Segtrain.run(LossRanksTests.binary, arguments, timeout: 120)
-                    : try Segtrain.run(mpirun, ["-np", "\(ranks)", "--oversubscribe", LossRanksTests.binary] + arguments,
-                                       environment: LossRanksTests.mpiEnvironment, timeout: 120)
-                XCTAssertFalse(result.timedOut, "\(loss) ranks \(ranks) timed out")
+                let result = try segtrain(arguments, ranks: ranks)
                 XCTAssertEqual(result.status, 0, "\(loss) ranks \(ranks): \(result.stderr)")
             }
             let single = try loadSafetensors("\(folder)/grad\(index)-0.safetensors")

@@ -7,8 +7,9 @@ import Foundation
 import SegData
 import SegTestSupport
 
-final class IgnoreIndexTests: BinaryTestCase {
+final class IgnoreIndexTests: TemporaryFolderTestCase {
     override class var folderTag: String { "ignore" }
+    override class var timeLimit: Double { 180 }
 
     /// `count` samples of `size` x `size` in the pairs layout: vertical bands of the classes
     /// (binary: 0/1 masks, not 0/255), each class its own colour, and a border of 1 + (i % 3)
@@ -38,20 +39,6 @@ final class IgnoreIndexTests: BinaryTestCase {
     }
 
     static let tiny = ["--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1", "--seed", "3"]
-
-    func segtrain(_ arguments: [String], ranks: Int = 0) throws -> ProcessResult {
-        let result: ProcessResult
-        if ranks == 0 {
-            result = try Segtrain.run(IgnoreIndexTests.binary, arguments, timeout: 180)
-        } else {
-            guard let mpirun = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }
-            result = try Segtrain.run(mpirun, ["-np", "\(ranks)", "--oversubscribe", IgnoreIndexTests.binary] + arguments,
-                                      environment: DataTrainingTests.mpiEnvironment, timeout: 180)
-        }
-        XCTAssertFalse(result.timedOut, "timed out: \(arguments)")
-        XCTAssertFalse(result.stderr.contains("Fatal error"), result.stderr)
-        return result
-    }
 
     /// metrics.csv as rows of named numbers.
     func metrics(_ run: String) throws -> [[String: Double]] {

@@ -12,24 +12,15 @@ import Glibc
 /// Cooperlake and Sandybridge kernels); weights after SGD steps 1e-5 of the largest weight; weights
 /// after Adam steps `assertAdamWeightsAgree` (DataTrainingTests.swift), which says why Adam needs
 /// another measure.
-final class DataParallelTests: BinaryTestCase {
+final class DataParallelTests: TemporaryFolderTestCase {
     override class var folderTag: String { "dp" }
-
-    private func mpirun() throws -> String {
-        guard let path = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }
-        return path
-    }
 
     /// Runs `segtrain train` on `ranks` ranks (0: without mpirun) with a tiny model.
     private func train(ranks: Int, _ extra: [String], model: [String] = ["--image-size", "16", "--base-channels", "4"],
                        file: StaticString = #filePath, line: UInt = #line) throws {
         let arguments = ["train"] + model + ["--depth", "2", "--threads", "1",
                          "--batch-size", "5", "--val-samples", "4", "--seed", "3"] + extra
-        let result = ranks == 0
-            ? try Segtrain.run(DataParallelTests.binary, arguments, timeout: 120)
-            : try Segtrain.run(try mpirun(), ["-np", "\(ranks)", "--oversubscribe", DataParallelTests.binary] + arguments,
-                               environment: DataParallelTests.mpiEnvironment, timeout: 120)
-        XCTAssertFalse(result.timedOut, "ranks \(ranks) timed out", file: file, line: line)
+        let result = try segtrain(arguments, ranks: ranks, timeout: 120, file: file, line: line)
         XCTAssertEqual(result.status, 0, "ranks \(ranks): \(result.stderr)", file: file, line: line)
     }
 
@@ -110,11 +101,10 @@ final class DataParallelTests: BinaryTestCase {
     /// --batch-per-rank: the global batch is that times the ranks (the same first gradient as
     /// --batch-size 4 on 2 ranks); --verbose: every rank reports its epoch.
     func testBatchPerRankAndVerbose() throws {
-        let r = try Segtrain.run(try mpirun(), ["-np", "2", "--oversubscribe", DataParallelTests.binary, "train", "--image-size", "16",
-                                               "--base-channels", "4", "--depth", "2", "--threads", "1", "--batch-per-rank", "2",
-                                               "--train-samples", "8", "--val-samples", "2", "--epochs", "1", "--verbose", "--seed", "3",
-                                               "--dump-gradients", "\(folder)/per-rank.safetensors", "--out", "\(folder)/pr"],
-                                 environment: DataParallelTests.mpiEnvironment, timeout: 120)
+        let r = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                              "--batch-per-rank", "2", "--train-samples", "8", "--val-samples", "2", "--epochs", "1", "--verbose",
+                              "--seed", "3", "--dump-gradients", "\(folder)/per-rank.safetensors", "--out", "\(folder)/pr"],
+                             ranks: 2, timeout: 120)
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("global batch 4 on 2 rank(s)"), r.stdout)
         for rank in 0..<2 { XCTAssertTrue(r.stdout.contains("rank \(rank)/2 ("), r.stdout) }
@@ -174,24 +164,20 @@ final class DataParallelTests: BinaryTestCase {
         let common = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
                       "--batch-size", "4", "--train-samples", "200", "--val-samples", "4", "--epochs", "6", "--seed", "5"]
         for ranks in [0, 2] {
-            let (executable, prefix): (String, [String]) = ranks == 0
-                ? (DataParallelTests.binary, [])
-                : (try mpirun(), ["-np", "\(ranks)", "--oversubscribe", DataParallelTests.binary])
+            let (executable, prefix) = try command(ranks: ranks)
             let straight = "\(folder)/straight\(ranks)", stopped = "\(folder)/stopped\(ranks)"
-            let full = try Segtrain.run(executable, prefix + common + ["--out", straight],
-                                        environment: DataParallelTests.mpiEnvironment)
+            let full = try segtrain(common + ["--out", straight], ranks: ranks)
             XCTAssertEqual(full.status, 0, full.stderr)
             let metrics = "\(stopped)/metrics.csv"
             let (interrupted, signalled) = try Segtrain.runAndSignal(
-                executable, prefix + common + ["--out", stopped], environment: DataParallelTests.mpiEnvironment,
+                executable, prefix + common + ["--out", stopped], environment: Self.mpiEnvironment,
                 signal: ranks == 0 ? SIGTERM : SIGUSR1,
                 when: { ((try? String(contentsOfFile: metrics, encoding: .utf8))?.split(separator: "\n").count ?? 0) >= 2 })
             XCTAssertTrue(signalled, "the run ended before the signal; nothing was tested")
             XCTAssertEqual(interrupted.status, 0, "ranks \(ranks): \(interrupted.stderr)")
             XCTAssertTrue(interrupted.stdout.contains("stopped by SIG"), interrupted.stdout)
             XCTAssertFalse(interrupted.stdout.contains("epoch 6/6"), "stopped before the end")
-            let resumed = try Segtrain.run(executable, prefix + common + ["--out", stopped, "--resume", "auto"],
-                                           environment: DataParallelTests.mpiEnvironment)
+            let resumed = try segtrain(common + ["--out", stopped, "--resume", "auto"], ranks: ranks)
             XCTAssertEqual(resumed.status, 0, resumed.stderr)
             XCTAssertTrue(resumed.stdout.contains("epoch 6/6"), resumed.stdout)
             XCTAssertEqual(try loadSafetensors("\(stopped)/model.safetensors"), try loadSafetensors("\(straight)/model.safetensors"),
@@ -218,9 +204,7 @@ final class DataParallelTests: BinaryTestCase {
         let out = "\(folder)/killed", metrics = "\(out)/metrics.csv"
         var killed = false
         let start = Date()
-        let result = try Segtrain.run(try mpirun(), ["-np", "2", "--oversubscribe", DataParallelTests.binary] + common
-                                      + ["--epochs", "500", "--out", out],
-                                      environment: DataParallelTests.mpiEnvironment, timeout: 120) { process in
+        let result = try segtrain(common + ["--epochs", "500", "--out", out], ranks: 2, timeout: 120) { process in
             while process.isRunning {
                 let rows = (try? String(contentsOfFile: metrics, encoding: .utf8))?.split(separator: "\n").count ?? 0
                 if rows >= 2, let rank = self.children(of: process.processIdentifier).last {
@@ -236,7 +220,7 @@ final class DataParallelTests: BinaryTestCase {
         XCTAssertNotEqual(result.status, 0, "a dead rank must fail the job")
         XCTAssertLessThan(Date().timeIntervalSince(start), 60)
         XCTAssertFalse(result.stdout.contains("epoch 500/500"))
-        let resumed = try Segtrain.run(DataParallelTests.binary, common + ["--epochs", "3", "--out", out, "--resume", "auto"])
+        let resumed = try segtrain(common + ["--epochs", "3", "--out", out, "--resume", "auto"])
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertTrue(resumed.stdout.contains("resumed from"), resumed.stdout)
     }
@@ -246,12 +230,10 @@ final class DataParallelTests: BinaryTestCase {
     /// which step, and every rank's last step time; exit 124; not a hang.
     func testStalledRankEndsTheJobWithOneLine() throws {
         let out = "\(folder)/stalled"
-        let result = try Segtrain.run(try mpirun(), ["-np", "2", "--oversubscribe", DataParallelTests.binary,
-                                      "train", "--image-size", "16", "--base-channels", "4", "--depth", "2",
-                                      "--threads", "1", "--batch-size", "4", "--train-samples", "16", "--val-samples", "4",
-                                      "--epochs", "2", "--out", out, "--stall-timeout", "2",
-                                      "--debug-stall-rank", "1", "--debug-stall-step", "2"],
-                                      environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        let result = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2",
+                                   "--threads", "1", "--batch-size", "4", "--train-samples", "16", "--val-samples", "4",
+                                   "--epochs", "2", "--out", out, "--stall-timeout", "2",
+                                   "--debug-stall-rank", "1", "--debug-stall-step", "2"], ranks: 2, timeout: 60)
         XCTAssertFalse(result.timedOut, "the job hung behind the stalled rank")
         XCTAssertEqual(result.status, 124, result.stderr)
         XCTAssertLessThan(result.seconds, 30)
@@ -280,11 +262,10 @@ final class DataParallelTests: BinaryTestCase {
         XCTAssertGreaterThan(Set(try rates("\(folder)/p1/metrics.csv")).count, 2, "warm-up and at least one reduction")
         XCTAssertEqual(try loadSafetensors("\(folder)/p2/model.safetensors"), try loadSafetensors("\(folder)/p1/model.safetensors"))
 
-        let early = try Segtrain.run(DataParallelTests.binary,
-                                     ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
-                                      "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "10",
-                                      "--epochs", "200", "--lr", "0.5", "--optimizer", "sgd", "--patience", "2",
-                                      "--out", "\(folder)/early"])
+        let early = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                                  "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "10",
+                                  "--epochs", "200", "--lr", "0.5", "--optimizer", "sgd", "--patience", "2",
+                                  "--out", "\(folder)/early"])
         XCTAssertEqual(early.status, 0, early.stderr)
         XCTAssertTrue(early.stdout.contains("early stop: no better validation loss for 2 epochs"), early.stdout)
         XCTAssertFalse(early.stdout.contains("epoch 200/200"))
@@ -295,11 +276,9 @@ final class DataParallelTests: BinaryTestCase {
     func testCheckSyncPassesAndCatchesADesynchronisedRank() throws {
         let base = ["--train-samples", "20", "--epochs", "2", "--check-sync", "1"]
         try train(ranks: 3, base + ["--out", "\(folder)/sync"])
-        let broken = try Segtrain.run(try mpirun(), ["-np", "3", "--oversubscribe", DataParallelTests.binary, "train",
-                                                     "--image-size", "16", "--base-channels", "4", "--depth", "2",
-                                                     "--threads", "1", "--batch-size", "5", "--val-samples", "4"]
-                                      + base + ["--out", "\(folder)/desync", "--debug-desync-rank", "1"],
-                                      environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        let broken = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2",
+                                   "--threads", "1", "--batch-size", "5", "--val-samples", "4"]
+                                  + base + ["--out", "\(folder)/desync", "--debug-desync-rank", "1"], ranks: 3, timeout: 60)
         XCTAssertFalse(broken.timedOut)
         XCTAssertNotEqual(broken.status, 0)
         XCTAssertTrue(broken.stderr.contains("--check-sync: the weights differ between ranks after optimizer step 2"),
@@ -317,20 +296,16 @@ final class DataParallelTests: BinaryTestCase {
     func testPeriodicCheckpointOnTwoRanksHoldsTheWholeOptimizerState() throws {
         let base = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
                     "--batch-size", "4", "--train-samples", "20", "--val-samples", "4", "--epochs", "2", "--optimizer", "adam"]
-        let prefix = ["-np", "2", "--oversubscribe", DataParallelTests.binary]
-        let straight = try Segtrain.run(try mpirun(), prefix + base + ["--out", "\(folder)/straight"],
-                                        environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        let straight = try segtrain(base + ["--out", "\(folder)/straight"], ranks: 2, timeout: 60)
         XCTAssertEqual(straight.status, 0, straight.stderr)
-        let stopped = try Segtrain.run(try mpirun(), prefix + base + ["--out", "\(folder)/mid", "--checkpoint-every", "2",
-                                                                      "--debug-nan-step", "4"],
-                                       environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        let stopped = try segtrain(base + ["--out", "\(folder)/mid", "--checkpoint-every", "2", "--debug-nan-step", "4"],
+                                   ranks: 2, timeout: 60)
         XCTAssertNotEqual(stopped.status, 0, "the NaN at step 4 stops the run")
         let state = try String(contentsOfFile: "\(folder)/mid/checkpoints/last/state.json", encoding: .utf8)
         let fields = try JSONSerialization.jsonObject(with: Data(state.utf8)) as? [String: Any]
         XCTAssertEqual(fields?["step"] as? Int, 2, "the mid-epoch checkpoint: \(state)")
         XCTAssertEqual(fields?["epoch"] as? Int, 0, "within epoch 1")
-        let resumed = try Segtrain.run(try mpirun(), prefix + base + ["--out", "\(folder)/mid", "--resume", "auto"],
-                                       environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        let resumed = try segtrain(base + ["--out", "\(folder)/mid", "--resume", "auto"], ranks: 2, timeout: 60)
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertEqual(try loadSafetensors("\(folder)/mid/model.safetensors"), try loadSafetensors("\(folder)/straight/model.safetensors"))
     }
@@ -338,31 +313,28 @@ final class DataParallelTests: BinaryTestCase {
     func testNonFiniteGradientStopsOrIsSkippedAndInitWeights() throws {
         let base = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
                     "--batch-size", "4", "--train-samples", "20", "--val-samples", "4", "--epochs", "3"]
-        let stopped = try Segtrain.run(try mpirun(), ["-np", "2", "--oversubscribe", DataParallelTests.binary] + base
-                                       + ["--out", "\(folder)/nan", "--debug-nan-step", "7"],
-                                       environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        let stopped = try segtrain(base + ["--out", "\(folder)/nan", "--debug-nan-step", "7"], ranks: 2, timeout: 60)
         XCTAssertNotEqual(stopped.status, 0)
         XCTAssertEqual(stopped.stderr.components(separatedBy: "step 7: the loss").count - 1, 1, stopped.stderr)
         let state = try String(contentsOfFile: "\(folder)/nan/checkpoints/last/state.json", encoding: .utf8)
         XCTAssertTrue(state.contains("\"epoch\" : 1,"), state)
-        let resumed = try Segtrain.run(DataParallelTests.binary, base + ["--out", "\(folder)/nan", "--resume", "auto"])
+        let resumed = try segtrain(base + ["--out", "\(folder)/nan", "--resume", "auto"])
         XCTAssertEqual(resumed.status, 0, "the checkpoint before the NaN loads: \(resumed.stderr)")
 
-        let skipped = try Segtrain.run(DataParallelTests.binary, base + ["--out", "\(folder)/skip", "--debug-nan-step", "7",
-                                                                         "--skip-nonfinite"])
+        let skipped = try segtrain(base + ["--out", "\(folder)/skip", "--debug-nan-step", "7", "--skip-nonfinite"])
         XCTAssertEqual(skipped.status, 0, skipped.stderr)
         XCTAssertTrue(skipped.stdout.contains("skipped 1 step(s)"), skipped.stdout)
         XCTAssertTrue(skipped.stdout.contains("epoch 3/3"))
 
         // Starting from trained weights with a negligible learning rate ends (almost) where it began.
-        let again = try Segtrain.run(DataParallelTests.binary, base.map { $0 == "3" ? "1" : $0 }
-                                     + ["--out", "\(folder)/init", "--init-weights", "\(folder)/skip/model.safetensors",
-                                        "--lr", "1e-12", "--optimizer", "sgd"])
+        let again = try segtrain(base.map { $0 == "3" ? "1" : $0 }
+                                 + ["--out", "\(folder)/init", "--init-weights", "\(folder)/skip/model.safetensors",
+                                    "--lr", "1e-12", "--optimizer", "sgd"])
         XCTAssertEqual(again.status, 0, again.stderr)
         let before = try loadSafetensors("\(folder)/skip/model.safetensors"), after = try loadSafetensors("\(folder)/init/model.safetensors")
         XCTAssertLessThan(worstScaledDifference(after, before), 1e-6)
-        let wrong = try Segtrain.run(DataParallelTests.binary, base + ["--out", "\(folder)/wrong", "--init-weights",
-                                                                       "\(folder)/skip/checkpoints/last/optimizer.safetensors"])
+        let wrong = try segtrain(base + ["--out", "\(folder)/wrong", "--init-weights",
+                                         "\(folder)/skip/checkpoints/last/optimizer.safetensors"])
         XCTAssertNotEqual(wrong.status, 0)
         XCTAssertTrue(wrong.stderr.contains("--init-weights") && wrong.stderr.contains("unexpected tensor"), wrong.stderr)
     }
@@ -373,11 +345,10 @@ final class DataParallelTests: BinaryTestCase {
         let base = ["--train-samples", "20", "--epochs", "4"]
         try train(ranks: 0, base + ["--out", "\(folder)/full"])
         // Every 3 steps with 4 steps per epoch: the last one is mid-epoch 3 (step 9 = batch 1 of epoch 3).
-        let run = try Segtrain.run(DataParallelTests.binary,
-                                   ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
-                                    "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "20",
-                                    "--epochs", "2", "--checkpoint-every", "3", "--keep", "1", "--log-every", "0.000001",
-                                    "--out", "\(folder)/part"])
+        let run = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                                "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "20",
+                                "--epochs", "2", "--checkpoint-every", "3", "--keep", "1", "--log-every", "0.000001",
+                                "--out", "\(folder)/part"])
         XCTAssertEqual(run.status, 0, run.stderr)
         XCTAssertTrue(run.stdout.contains("epoch 1/2 step 4/4  loss"), "plain progress lines: \(run.stdout)")
         let kept = try FileManager.default.contentsOfDirectory(atPath: "\(folder)/part/checkpoints").sorted()
@@ -387,10 +358,9 @@ final class DataParallelTests: BinaryTestCase {
         try train(ranks: 0, base + ["--out", "\(folder)/part", "--resume", "auto"])
         XCTAssertEqual(try loadSafetensors("\(folder)/part/model.safetensors"), try loadSafetensors("\(folder)/full/model.safetensors"))
         // A mid-epoch checkpoint from --checkpoint-every resumes exactly too.
-        let midRun = try Segtrain.run(DataParallelTests.binary,
-                                      ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
-                                       "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "20",
-                                       "--epochs", "4", "--checkpoint-every", "3", "--out", "\(folder)/mid"])
+        let midRun = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
+                                   "--batch-size", "5", "--val-samples", "4", "--seed", "3", "--train-samples", "20",
+                                   "--epochs", "4", "--checkpoint-every", "3", "--out", "\(folder)/mid"])
         XCTAssertEqual(midRun.status, 0, midRun.stderr)
         let midState = try String(contentsOfFile: "\(folder)/mid/checkpoints/last/state.json", encoding: .utf8)
         XCTAssertTrue(midState.contains("\"epoch\" : 4"), "the epoch-end checkpoint is the last one: \(midState)")
@@ -400,19 +370,16 @@ final class DataParallelTests: BinaryTestCase {
     /// same order): the weights agree as `assertAdamWeightsAgree` asks (summation order only), on one
     /// process and on 2 ranks.
     func testAccumulationEqualsTheLargerBatch() throws {
-        func run(_ ranks: Int, _ extra: [String], _ out: String) throws {
+        func trainAdam(_ ranks: Int, _ extra: [String], _ out: String) throws {
             let arguments = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
                              "--train-samples", "32", "--val-samples", "4", "--epochs", "2", "--optimizer", "adam",
                              "--out", out] + extra
-            let result = ranks == 0
-                ? try Segtrain.run(DataParallelTests.binary, arguments)
-                : try Segtrain.run(try mpirun(), ["-np", "\(ranks)", "--oversubscribe", DataParallelTests.binary] + arguments,
-                                   environment: DataParallelTests.mpiEnvironment)
+            let result = try segtrain(arguments, ranks: ranks)
             XCTAssertEqual(result.status, 0, result.stderr)
         }
-        try run(0, ["--batch-size", "8"], "\(folder)/b8")
-        try run(0, ["--batch-size", "4", "--accumulate", "2"], "\(folder)/b4a2")
-        try run(2, ["--batch-size", "4", "--accumulate", "2"], "\(folder)/b4a2r2")
+        try trainAdam(0, ["--batch-size", "8"], "\(folder)/b8")
+        try trainAdam(0, ["--batch-size", "4", "--accumulate", "2"], "\(folder)/b4a2")
+        try trainAdam(2, ["--batch-size", "4", "--accumulate", "2"], "\(folder)/b4a2r2")
         let reference = try loadSafetensors("\(folder)/b8/model.safetensors")
         for name in ["b4a2", "b4a2r2"] {
             // 2 epochs of 4 Adam steps (32 samples, batch 8).
@@ -447,10 +414,9 @@ final class DataParallelTests: BinaryTestCase {
         ]
         for (what, damage, expected) in damages {
             try damage()
-            let result = try Segtrain.run(DataParallelTests.binary,
-                                          ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2",
-                                           "--threads", "1", "--batch-size", "5", "--val-samples", "4", "--seed", "3",
-                                           "--epochs", "2", "--train-samples", "5", "--out", "\(folder)/c", "--resume", "auto"])
+            let result = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2",
+                                       "--threads", "1", "--batch-size", "5", "--val-samples", "4", "--seed", "3",
+                                       "--epochs", "2", "--train-samples", "5", "--out", "\(folder)/c", "--resume", "auto"])
             XCTAssertNotEqual(result.status, 0, what)
             XCTAssertEqual(result.stderr.split(separator: "\n").count, 1, "\(what): \(result.stderr)")
             XCTAssertTrue(result.stderr.contains(expected) && result.stderr.contains("--resume"), "\(what): \(result.stderr)")
@@ -463,10 +429,8 @@ final class DataParallelTests: BinaryTestCase {
     func testConfigurationMismatchStopsEveryRank() throws {
         let common = ["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--threads", "1",
                       "--epochs", "1", "--train-samples", "4", "--batch-size", "2", "--out", "\(folder)/m"]
-        let result = try Segtrain.run(try mpirun(),
-                                      ["--oversubscribe", "-np", "1", DataParallelTests.binary] + common
-                                      + [":", "-np", "1", DataParallelTests.binary] + common + ["--lr", "0.002"],
-                                      environment: DataParallelTests.mpiEnvironment, timeout: 60)
+        let result = try run(try mpirun(), ["--oversubscribe", "-np", "1", DataParallelTests.binary] + common
+                             + [":", "-np", "1", DataParallelTests.binary] + common + ["--lr", "0.002"], timeout: 60)
         XCTAssertFalse(result.timedOut, "a configuration mismatch must not hang")
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.stderr.contains("ranks disagree on the command line"), result.stderr)

@@ -13,25 +13,12 @@ import SegTestSupport
 import Glibc
 #endif
 
-final class ReliabilityTests: BinaryTestCase {
+final class ReliabilityTests: TemporaryFolderTestCase {
     override class var folderTag: String { "reliability" }
 
     /// The reproduction: 32 px, 4 base channels, depth 2, one step per epoch.
     static let tiny = ["--image-size", "32", "--base-channels", "4", "--depth", "2", "--threads", "1",
                        "--train-samples", "4", "--batch-size", "4", "--val-samples", "8"]
-
-    func segtrain(_ arguments: [String], ranks: Int = 0, timeout: Double = 120) throws -> ProcessResult {
-        let result: ProcessResult
-        if ranks == 0 {
-            result = try Segtrain.run(ReliabilityTests.binary, arguments, timeout: timeout)
-        } else {
-            guard let mpirun = Segtrain.onPath("mpirun") else { throw XCTSkip("mpirun is not on PATH") }
-            result = try Segtrain.run(mpirun, ["-np", "\(ranks)", "--oversubscribe", ReliabilityTests.binary] + arguments,
-                                      environment: ReliabilityTests.mpiEnvironment, timeout: timeout)
-        }
-        XCTAssertFalse(result.timedOut, "timed out: \(arguments)")
-        return result
-    }
 
     /// segtrain's own error lines on stderr (mpirun adds its banner around them).
     func errorLines(_ r: ProcessResult) -> [Substring] {
@@ -198,9 +185,9 @@ final class ReliabilityTests: BinaryTestCase {
     func testFailedCheckpointWriteLeavesNoTemporaryFolder() throws {
         let disk = folder + "/disk"
         try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
-        let mount = try Segtrain.run("/bin/mount", ["-t", "tmpfs", "-o", "size=40k", "tmpfs", disk], timeout: 10)
+        let mount = try run("/bin/mount", ["-t", "tmpfs", "-o", "size=40k", "tmpfs", disk], timeout: 10)
         guard mount.status == 0 else { throw XCTSkip("cannot mount a tmpfs here: \(mount.stderr)") }
-        defer { _ = try? Segtrain.run("/bin/umount", [disk], timeout: 10) }
+        defer { _ = try? run("/bin/umount", [disk], timeout: 10) }
         let r = try segtrain(["train"] + ReliabilityTests.tiny + ["--epochs", "1", "--out", disk + "/run"])
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
         XCTAssertEqual(errorLines(r).count, 1, r.stderr)
@@ -216,8 +203,8 @@ final class ReliabilityTests: BinaryTestCase {
         // second case needs refuses it too instead of starting it.
         let capped = "ulimit -v 16000000 && exec \"$0\" \"$@\""
         for flags in [["--image-size", "16384"], ["--train-samples", "1000000000"], ["--val-samples", "100000000000"]] {
-            let r = try Segtrain.run("/bin/sh", ["-c", capped, ReliabilityTests.binary, "train", "--threads", "1",
-                                                 "--out", folder + "/big"] + flags, timeout: 30)
+            let r = try run("/bin/sh", ["-c", capped, ReliabilityTests.binary, "train", "--threads", "1",
+                                        "--out", folder + "/big"] + flags, timeout: 30)
             XCTAssertFalse(r.timedOut, "\(flags)")
             XCTAssertEqual(r.status, 1, "\(flags): \(r.stderr)")
             let lines = r.stderr.split(separator: "\n")
@@ -228,8 +215,8 @@ final class ReliabilityTests: BinaryTestCase {
         }
         // Under a lowered address-space limit: refused with the limit, not a trap.
         let shell = "ulimit -v 1000000 && exec \"$0\" \"$@\""
-        let r = try Segtrain.run("/bin/sh", ["-c", shell, ReliabilityTests.binary, "train", "--threads", "1", "--image-size", "512",
-                                             "--batch-size", "16", "--train-samples", "16", "--out", folder + "/limited"], timeout: 30)
+        let r = try run("/bin/sh", ["-c", shell, ReliabilityTests.binary, "train", "--threads", "1", "--image-size", "512",
+                                    "--batch-size", "16", "--train-samples", "16", "--out", folder + "/limited"], timeout: 30)
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
         XCTAssertTrue(r.stderr.contains("(ulimit -v)") && r.stderr.contains("1.0 GB"), r.stderr)
@@ -247,7 +234,7 @@ final class ReliabilityTests: BinaryTestCase {
         let shell = "ulimit -v 3000000 && exec \"$0\" \"$@\""
         let flags = ["train", "--threads", "1", "--image-size", "2048", "--base-channels", "4", "--depth", "2",
                      "--batch-size", "1", "--epochs", "1", "--data", data, "--out", folder + "/run"]
-        let r = try Segtrain.run("/bin/sh", ["-c", shell, ReliabilityTests.binary] + flags + ["--cache"], timeout: 60)
+        let r = try run("/bin/sh", ["-c", shell, ReliabilityTests.binary] + flags + ["--cache"], timeout: 60)
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
         XCTAssertTrue(r.stderr.contains("data loader") && r.stderr.contains("(ulimit -v)"), r.stderr)
@@ -266,7 +253,7 @@ final class ReliabilityTests: BinaryTestCase {
             }
         }
         // The environment's default is held to the same bound.
-        let r = try Segtrain.run(ReliabilityTests.binary, ["info"], environment: ["SEGTRAIN_THREADS": "5000"])
+        let r = try segtrain(["info"], environment: ["SEGTRAIN_THREADS": "5000"])
         XCTAssertEqual(r.status, 64, r.stderr)
         XCTAssertTrue(r.stderr.contains("SEGTRAIN_THREADS must be 1...1024 (got 5000)"), r.stderr)
     }
@@ -342,8 +329,8 @@ final class ReliabilityTests: BinaryTestCase {
         let input = try inputs(["a.png"])
         // Under a 16 GB address-space limit: a machine with more memory than the model's 96 GB refuses too.
         let capped = "ulimit -v 16000000 && exec \"$0\" \"$@\""
-        let r = try Segtrain.run("/bin/sh", ["-c", capped, ReliabilityTests.binary, "predict", "--model", model, "--input", input,
-                                             "--output", folder + "/big", "--threads", "1"], timeout: 30)
+        let r = try run("/bin/sh", ["-c", capped, ReliabilityTests.binary, "predict", "--model", model, "--input", input,
+                                    "--output", folder + "/big", "--threads", "1"], timeout: 30)
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
         XCTAssertTrue(r.stderr.contains("state.json: the model needs about")
@@ -357,9 +344,9 @@ final class ReliabilityTests: BinaryTestCase {
         let input = try inputs(["a.png", "b.png"])
         let disk = folder + "/disk"
         try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
-        let mount = try Segtrain.run("/bin/mount", ["-t", "tmpfs", "-o", "size=4k", "tmpfs", disk], timeout: 10)
+        let mount = try run("/bin/mount", ["-t", "tmpfs", "-o", "size=4k", "tmpfs", disk], timeout: 10)
         guard mount.status == 0 else { throw XCTSkip("cannot mount a tmpfs here: \(mount.stderr)") }
-        defer { _ = try? Segtrain.run("/bin/umount", [disk], timeout: 10) }
+        defer { _ = try? run("/bin/umount", [disk], timeout: 10) }
         let r = try segtrain(["predict", "--model", model, "--input", input, "--output", disk, "--threads", "1", "--mask", "--overlay"])
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
         let there = try FileManager.default.contentsOfDirectory(atPath: disk).filter { $0.hasSuffix(".png") }

@@ -1,0 +1,234 @@
+// A UNet on a ResNet or MobileNetV2 encoder with the tensor names, parameter counts and numerics of
+// segmentation_models_pytorch 0.6's smp.Unet (issue #16). The layers are a `LayerGraph`
+// (ResNetEncoder.swift, MobileNetV2Encoder.swift, UNetDecoder.swift); this class runs it: plan
+// allocates every activation once, forward runs the layers in order, backward runs a tape of the
+// layers in reverse whose activation gradients share memory where their lifetimes do not overlap
+// (as UNet.swift). Every op it uses gives bitwise the same result for any thread count, so the
+// whole model does too.
+//
+// BatchNorm follows PyTorch: training mode normalises with the batch statistics, updates the
+// running ones (momentum 0.1, unbiased variance) and counts num_batches_tracked; evaluation mode
+// normalises with the running statistics. Backward follows the mode of the last forward.
+
+import SegEngine
+
+public final class EncoderUNet {
+    public let config: EncoderUNetConfig
+    public let store: ParameterStore
+    public let pool: WorkerPool
+    public let profile = Profile()
+    let graph: LayerGraph
+
+    // Planned for one batch shape.
+    public private(set) var batchShape: Shape? = nil
+    public private(set) var layers: [LayerInfo] = []
+    public private(set) var gradientFrontiers: [Int] = []
+    private var arena = ActivationArena()
+    private var scratch: Scratch
+    /// Arena slot of every tensor (nil for the images, tensor 0).
+    private var slots: [Int?] = []
+    /// Per layer: the slots of BatchNorm's saved mean and 1/std (BatchNorm layers only).
+    private var statSlots: [(mean: Int, invStd: Int)?] = []
+    private var tape: [TapeOp] = []
+    /// Per op, the gradient slots it writes first: zeroed just before it runs.
+    private var zeroFirst: [[Int]] = []
+    private var input: Tensor? = nil
+    private var lastForwardTraining = true
+
+    public init(_ config: EncoderUNetConfig, pool: WorkerPool) {
+        precondition(config.validate() == nil, config.validate() ?? "")
+        self.config = config
+        self.pool = pool
+        graph = config.graph()
+        store = ParameterStore(graph.layout)
+        scratch = Scratch(threads: pool.threadCount)
+        initializeParameters()
+    }
+
+    public var inChannels: Int { config.inChannels }
+    public var classes: Int { config.classes }
+    public var parameterCount: Int { store.parameterCount }
+
+    /// torchvision's initialisation for the encoder (He normal, fan_out), smp's for the decoder (He
+    /// uniform, fan_in) and head (Glorot uniform); zero biases; BN weight 1, bias 0, running mean 0,
+    /// running var 1, counter 0.
+    public func initializeParameters() { graph.initialize(store, seed: config.seed) }
+
+    // MARK: - Planning
+
+    public func plan(batch: Int, height: Int, width: Int) {
+        let shape = Shape(batch, config.inChannels, height, width)
+        if batchShape == shape { return }
+        let m = EncoderUNetConfig.sizeMultiple
+        precondition(height >= m && width >= m && height % m == 0 && width % m == 0,
+                     "image \(height)x\(width): sides must be multiples of \(m)")
+        let p = GraphPlan(graph, batch: batch, height: height, width: width)
+        var a = ActivationArena()
+        slots = p.shapes.indices.map { $0 == 0 ? nil : a.add(p.shapes[$0]) }
+        statSlots = graph.layers.map { layer in
+            guard case .batchNorm = layer.op else { return nil }
+            let c = p.shapes[layer.output].c
+            return (a.add(.vector(c), gradient: false), a.add(.vector(c), gradient: false))
+        }
+        arena = a
+        tape = buildBackwardTape()
+        let logits = logitsSlot
+        for (op, step) in tape.enumerated() {
+            for slot in step.reads where slot != logits {
+                precondition(tape[..<op].contains { $0.writes.contains(slot) }, "backward tape reads slot \(slot) before writing it")
+            }
+        }
+        arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
+                                                                     slots: arena.shapes.count, liveBefore: [logits]))
+        zeroFirst = tape.indices.map { op in
+            tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
+        }
+        gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
+        scratch.reserve(floatsPerThread: p.scratchFloatsPerThread)
+        scratch.reserve(sharedFloats: p.sharedScratchFloats)
+        layers = p.rows
+        batchShape = shape
+    }
+
+    private var logitsSlot: Int { slots[slots.count - 1]! }
+
+    /// Bytes of activations, activation gradients and scratch planned for the batch.
+    public var plannedActivationBytes: Int { arena.plannedBytes(with: scratch) }
+
+    public var activationGradientFloats: (shared: Int, unshared: Int) { (arena.gradientCount, arena.unsharedGradientCount) }
+
+    // MARK: - Forward
+
+    public var logits: Tensor { arena.value(logitsSlot) }
+    public var logitsGradient: Tensor { arena.gradient(logitsSlot) }
+
+    public func zeroActivationGradients() {
+        profile.measure(.other) { zeroInParallel(logitsGradient, pool: pool) }
+    }
+
+    /// The value of tensor t (the images for t = 0).
+    private func value(_ t: Int) -> Tensor { slots[t].map { arena.value($0) } ?? input! }
+
+    @discardableResult
+    public func forward(_ images: Tensor, training: Bool) -> Tensor {
+        precondition(images.shape == batchShape, "forward on \(images.shape) but planned for \(batchShape.map(\.description) ?? "nothing")")
+        input = images
+        lastForwardTraining = training
+        for (index, layer) in graph.layers.enumerated() {
+            let x = value(layer.inputs[0]), y = value(layer.output)
+            switch layer.op {
+            case .conv(let weight, let bias, let geometry):
+                profile.measure(.convForward) {
+                    stridedConvForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
+                                       geometry: geometry, pool: pool, scratch: scratch)
+                }
+            case .depthwise(let weight, let stride):
+                profile.measure(.convForward) {
+                    depthwise3x3Forward(y, x, weight: store.value(weight), stride: stride, pool: pool)
+                }
+            case .batchNorm(let bn, let counter, let relu):
+                let stats = statSlots[index]!
+                profile.measure(.batchNorm) {
+                    batchNormForward(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
+                                     runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
+                                     saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
+                                     training: training, pool: pool)
+                }
+                if training { store.value(counter)[0] += 1 }
+                if relu { profile.measure(.elementwise) { reluForward(y, y, pool: pool) } }
+            case .relu6:
+                profile.measure(.elementwise) { relu6Forward(y, x, pool: pool) }
+            case .maxPool:
+                profile.measure(.pool) { maxPoolForward(y, x, pool: pool) }
+            case .add(let relu):
+                profile.measure(.elementwise) { residualAddForward(y, x, value(layer.inputs[1]), relu: relu, pool: pool) }
+            case .upsampleNearest:
+                profile.measure(.upsample) { upsampleNearest2xForward(y, x, pool: pool) }
+            case .concat:
+                profile.measure(.elementwise) { concatChannelsForward(y, x, value(layer.inputs[1]), pool: pool) }
+            }
+        }
+        return logits
+    }
+
+    // MARK: - Backward
+
+    /// Backward through the last forward (BatchNorm in that forward's mode) from `logitsGradient`,
+    /// adding into the store's gradients; `afterOp(k)` runs after op k (see `gradientFrontiers`).
+    public func backward(afterOp: ((Int) throws -> Void)? = nil) rethrows {
+        precondition(input != nil, "backward before forward")
+        for (op, step) in tape.enumerated() {
+            if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { zeroInParallel(arena.gradient(slot), pool: pool) } } }
+            step.run(false)
+            try afterOp?(op)
+        }
+    }
+
+    /// The layers in reverse, each reading its output's gradient and adding into its inputs'
+    /// (none for the images).
+    private func buildBackwardTape() -> [TapeOp] {
+        graph.layers.indices.reversed().map { index in
+            let layer = graph.layers[index]
+            let out = slots[layer.output]!
+            let inputSlots = layer.inputs.map { slots[$0] }
+            var finalizes: [Int] = []
+            var writes = inputSlots.compactMap { $0 }
+            switch layer.op {
+            case .conv(let weight, let bias, _): finalizes = [weight] + (bias.map { [$0] } ?? [])
+            case .depthwise(let weight, _): finalizes = [weight]
+            case .batchNorm(let bn, _, let relu):
+                finalizes = [bn.gamma, bn.beta]
+                if relu { writes.append(out) }  // the ReLU's mask is applied to the gradient in place
+            default: break
+            }
+            return TapeOp(reads: [out], writes: writes, finalizes: finalizes) { [unowned self] in
+                layerBackward(index, dx: inputSlots.map { $0.map { arena.gradient($0) } }, dy: arena.gradient(out))
+            }
+        }
+    }
+
+    private func layerBackward(_ index: Int, dx: [Tensor?], dy: Tensor) {
+        let layer = graph.layers[index]
+        let x = value(layer.inputs[0]), y = value(layer.output)
+        switch layer.op {
+        case .conv(let weight, let bias, let geometry):
+            profile.measure(.convWeightGradient) {
+                stridedConvBackward(dx: dx[0], dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
+                                    dy: dy, x: x, weight: store.value(weight), geometry: geometry, pool: pool,
+                                    scratch: scratch)
+            }
+        case .depthwise(let weight, let stride):
+            profile.measure(.convWeightGradient) {
+                depthwise3x3Backward(dx: dx[0], dweight: store.gradient(weight), dy: dy, x: x,
+                                     weight: store.value(weight), stride: stride, pool: pool, scratch: scratch)
+            }
+        case .batchNorm(let bn, _, let relu):
+            if relu { profile.measure(.elementwise) { reluBackwardInPlace(dy, y: y, pool: pool) } }
+            let stats = statSlots[index]!
+            profile.measure(.batchNorm) {
+                if lastForwardTraining {
+                    batchNormBackward(dx: dx[0], dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
+                                      dy: dy, x: x, gamma: store.value(bn.gamma), saveMean: arena.value(stats.mean),
+                                      saveInvStd: arena.value(stats.invStd), pool: pool)
+                } else {
+                    batchNormEvalBackward(dx: dx[0], dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
+                                          dy: dy, x: x, gamma: store.value(bn.gamma),
+                                          runningMean: store.value(bn.runningMean),
+                                          runningVar: store.value(bn.runningVar), pool: pool)
+                }
+            }
+        case .relu6:
+            if let dx0 = dx[0] { profile.measure(.elementwise) { relu6Backward(dx: dx0, dy: dy, y: y, pool: pool) } }
+        case .maxPool:
+            if let dx0 = dx[0] { profile.measure(.pool) { maxPoolBackward(dx: dx0, dy: dy, x: x, pool: pool) } }
+        case .add(let relu):
+            profile.measure(.elementwise) { residualAddBackward(da: dx[0], db: dx[1], dy: dy, y: y, relu: relu, pool: pool) }
+        case .upsampleNearest:
+            if let dx0 = dx[0] { profile.measure(.upsample) { upsampleNearest2xBackward(dx: dx0, dy: dy, pool: pool) } }
+        case .concat:
+            profile.measure(.elementwise) { concatChannelsBackward(da: dx[0], db: dx[1], dy: dy, pool: pool) }
+        }
+    }
+}
+
+extension EncoderUNet: SegmentationModel {}

@@ -1,0 +1,58 @@
+// What one batch shape of a `LayerGraph` needs (issue #16): every tensor's shape, the kernels'
+// scratch, and the layer table of `segtrain info`. Used by EncoderUNet's plan and by the memory
+// estimate before a model exists.
+
+import SegEngine
+
+struct GraphPlan {
+    let shapes: [Shape]
+    let scratchFloatsPerThread: Int
+    let sharedScratchFloats: Int
+    /// Floats of all activations but the images (BatchNorm's saved statistics included).
+    let activationFloats: Int
+    let rows: [LayerInfo]
+
+    init(_ graph: LayerGraph, batch: Int, height: Int, width: Int) {
+        let shapes = graph.shapes(batch: batch, height: height, width: width)
+        var perThread = 0, shared = 0, activations = 0
+        var rows: [LayerInfo] = []
+        for layer in graph.layers {
+            let x = shapes[layer.inputs[0]], y = shapes[layer.output]
+            activations += y.count
+            var kind: String, parameters = 0, flops = 0.0
+            switch layer.op {
+            case .conv(_, let bias, let g):
+                perThread = max(perThread, stridedConvScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
+                                                                    height: x.h, width: x.w, geometry: g))
+                shared = max(shared, stridedConvSharedScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
+                                                                    height: x.h, width: x.w, geometry: g))
+                parameters = y.c * x.c * g.kernel * g.kernel + (bias == nil ? 0 : y.c)
+                flops = 2.0 * Double(x.c * g.kernel * g.kernel) * Double(y.c * y.h * y.w)
+                kind = "conv\(g.kernel)x\(g.kernel)" + (g.stride == 1 ? "" : "/\(g.stride)")
+            case .depthwise(_, let stride):
+                perThread = max(perThread, depthwise3x3ScratchFloats(width: x.w, stride: stride))
+                parameters = 9 * x.c
+                flops = 2.0 * 9 * Double(y.c * y.h * y.w)
+                kind = "depthwise3x3" + (stride == 1 ? "" : "/\(stride)")
+            case .batchNorm(_, _, let relu):
+                activations += 2 * y.c  // saved mean and 1/std
+                parameters = 2 * y.c
+                kind = relu ? "bn+relu" : "bn"
+            case .relu6: kind = "relu6"
+            case .maxPool: kind = "maxpool3x3/2"
+            case .add(let relu): kind = relu ? "add+relu" : "add"
+            case .upsampleNearest: kind = "nearest x2"
+            case .concat: kind = "concat"
+            }
+            // Training: forward, input gradient and weight gradient, except for the first layer's input.
+            let passes = layer.inputs[0] == 0 ? 2.0 : 3.0
+            rows.append(LayerInfo(name: layer.name, kind: kind, outputShape: y.single, parameters: parameters,
+                                  forwardFLOPs: flops / Double(batch), trainingFLOPs: passes * flops / Double(batch)))
+        }
+        self.shapes = shapes
+        scratchFloatsPerThread = perThread
+        sharedScratchFloats = shared
+        activationFloats = activations
+        self.rows = rows
+    }
+}

@@ -1,0 +1,81 @@
+import XCTest
+import Foundation
+import SegEngine
+import SegEngineTestSupport
+@testable import SegModel
+
+/// The encoder UNets against finite differences, in training mode (BatchNorm on the batch's
+/// statistics) and evaluation mode (running statistics, batchNormEvalBackward). The wiring is what
+/// is checked (every op is checked alone in SegEngineTests), so the models are narrowed: every
+/// encoder width divided by 16 (resnet18: 4-8-16-32 channels, the stem and the downsample branches
+/// as in the full model) and decoder channels 16-8-8-4-4; 32 x 32 images, batch 2. A few elements
+/// of every parameter tensor are checked (the first, and three spread over the tensor).
+///
+/// Tolerance as UNetGradientTests (the float32 rounding model): the objective f = sum_i r_i y_i
+/// carries rounding noise of about u sqrt(A) sum_i |r_i| max(|y_i|, 1), A the convolutions' fan-ins
+/// added up, and a central difference over 2h divides it by h. The objective reads one logit in 64, so
+/// that this noise stays well below the gradients (every logit still depends on every weight).
+final class EncoderUNetGradientTests: XCTestCase {
+    private func checkWholeModel(_ encoder: EncoderKind, training: Bool, file: StaticString = #filePath, line: UInt = #line) {
+        var config = EncoderUNetConfig(encoder: encoder, classes: 2)
+        config.widthDivisor = 16
+        config.decoderChannels = [16, 8, 8, 4, 4]
+        config.seed = 7
+        let model = EncoderUNet(config, pool: WorkerPool(threads: 2))
+        let (batch, size) = (2, 32)
+        model.plan(batch: batch, height: size, width: size)
+        // Running statistics other than 0 and 1, so evaluation mode is not the identity.
+        for (index, entry) in model.store.entries.enumerated() where entry.name.hasSuffix("running_mean") || entry.name.hasSuffix("running_var") {
+            let t = model.store.value(index), v = SMPGolden.rule(entry.name, count: t.count)
+            for i in 0..<t.count { t[i] = entry.name.hasSuffix("running_var") ? 0.75 + 0.25 * v[i] : 0.1 * v[i] }
+        }
+        let images = OwnedTensor(Shape(batch, 3, size, size))
+        SMPGolden.fill(images.tensor, rule: "input")
+        // The objective reads one logit in 64 (64 of 4096): its rounding noise, which the central
+        // difference divides by the step, grows with the logits it sums (see the tolerance).
+        let projection = Projection(shape: model.logits.shape, seed: 3)
+        for i in 0..<projection.weights.tensor.count where i % 64 != 0 { projection.weights.tensor[i] = 0 }
+
+        var inputs: [Tensor] = [], gradients: [Tensor] = []
+        var accumulations = 0
+        for (index, entry) in model.store.entries.enumerated() where entry.kind == .parameter {
+            let value = model.store.value(index), gradient = model.store.gradient(index)
+            let picks = Set([0, value.count / 4, value.count / 2, value.count - 1])
+            for i in picks.sorted() {
+                inputs.append(Tensor(value.data + i, .vector(1)))
+                gradients.append(Tensor(gradient.data + i, .vector(1)))
+            }
+            if entry.shape.c > 1 || entry.shape.h > 1 { accumulations += entry.shape.c * entry.shape.h * entry.shape.w }
+        }
+        let step: Float = 1e-3
+        let logits = model.forward(images.tensor, training: training)
+        var size1 = 0.0
+        for i in 0..<logits.count { size1 += abs(Double(projection.weights.tensor[i])) * max(abs(Double(logits[i])), 1) }
+        let tolerance = RoundingModel.unit * Double(accumulations).squareRoot() * size1 / Double(step)
+
+        let report = GradientChecker(step: step, tolerance: tolerance).check(
+            inputs: inputs, gradients: gradients,
+            objective: { projection.value(model.forward(images.tensor, training: training)) },
+            backward: {
+                model.store.zeroGradients()
+                model.forward(images.tensor, training: training)
+                model.zeroActivationGradients()
+                projection.seed(model.logitsGradient)
+                model.backward()
+            })
+        XCTAssertTrue(report.passed, "\(report)", file: file, line: line)
+        // Training-mode BatchNorm moves every pre-activation of a layer when one weight moves, so a
+        // ReLU or max-pool switches within +-step for many elements (skipped as kinks): 41-69 % of
+        // them are checked; in evaluation mode 83-91 %.
+        XCTAssertGreaterThan(Double(report.checked), (training ? 0.3 : 0.7) * Double(inputs.count), "\(report)",
+                             file: file, line: line)
+        print("encoder UNet gradient check (\(encoder.rawValue) / 16, training \(training)): \(inputs.count) elements of "
+              + "\(model.parameterCount), tolerance \(tolerance), \(report)")
+    }
+
+    func testResNet18Training() { checkWholeModel(.resnet18, training: true) }
+    func testResNet18Evaluation() { checkWholeModel(.resnet18, training: false) }
+    func testResNet50Training() { checkWholeModel(.resnet50, training: true) }
+    func testMobileNetV2Training() { checkWholeModel(.mobilenetV2, training: true) }
+    func testMobileNetV2Evaluation() { checkWholeModel(.mobilenetV2, training: false) }
+}
