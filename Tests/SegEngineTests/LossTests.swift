@@ -141,23 +141,25 @@ final class LossTests: XCTestCase {
         XCTAssertFalse(report.passed, "a 2% gradient error went unnoticed: \(report)")
     }
 
-    /// The loss of each component of `lossCase` alone (with the same normalizers), summed: the
-    /// value, the gradient summed in Double, and per element the sum of the parts' |gradient|.
+    /// The loss of each component of `lossCase` alone at weight 1 (with the same normalizers), times
+    /// its weight, summed: the value, the gradient summed in Double, and per element the sum of the
+    /// parts' |gradient|.
     static func parts(of lossCase: LossCase, _ batch: Batch, normalizers: LossTerms, pool: WorkerPool)
         -> (value: Double, gradient: [Double], magnitude: [Double]) {
         var value = 0.0
         var gradient = [Double](repeating: 0, count: batch.logits.tensor.count), magnitude = gradient
         for component in lossCase.config.components {
-            var single = LossConfig(components: [component], ignoreIndex: lossCase.config.ignoreIndex)
+            var single = LossConfig(components: [LossComponent(component.kind, 1)], ignoreIndex: lossCase.config.ignoreIndex)
             if [.ce, .bce, .focal].contains(component.kind) { single.classWeights = lossCase.config.classWeights }
             single.focalAlpha = component.kind == .focal ? lossCase.config.focalAlpha : nil
             (single.focalGamma, single.tverskyAlpha, single.tverskyBeta, single.tverskyGamma) = (lossCase.config.focalGamma,
                 lossCase.config.tverskyAlpha, lossCase.config.tverskyBeta, lossCase.config.tverskyGamma)
             let part = OwnedTensor(batch.logits.shape)
-            value += LossFunction(single, classes: lossCase.classes).evaluate(
+            let w = component.weight
+            value += w * LossFunction(single, classes: lossCase.classes).evaluate(
                 logits: batch.logits.tensor, target: batch.target.tensor, weights: batch.weights.tensor,
                 dlogits: part.tensor, normalizers: normalizers, pool: pool)
-            for i in gradient.indices { gradient[i] += Double(part.tensor[i]); magnitude[i] += abs(Double(part.tensor[i])) }
+            for i in gradient.indices { gradient[i] += w * Double(part.tensor[i]); magnitude[i] += w * abs(Double(part.tensor[i])) }
         }
         return (value, gradient, magnitude)
     }
