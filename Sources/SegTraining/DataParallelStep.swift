@@ -81,8 +81,8 @@ public final class DataParallelStep {
             model.profile.measure(.other) { model.store.zeroGradients() }
             accumulatedLoss = 0
         }
-        let terms = target.map { local.loss.terms(target: $0) } ?? LossTerms(pixels: 0, images: 0)
-        let global = try model.profile.measure(.communication) { try collectives.allreduceSum([terms.pixels, terms.images]) }
+        let terms = target.map { local.loss.terms(target: $0) } ?? local.loss.noTerms
+        let global = try model.profile.measure(.communication) { try collectives.allreduceSum(terms.values) }
         let k = Double(accumulate)
         let last = microStep + 1 == accumulate
         // On the last micro-batch the gradient sum starts while backward still runs (buckets).
@@ -91,7 +91,7 @@ public final class DataParallelStep {
         if overlapping { startBuckets() }
         if let images, let target {
             accumulatedLoss += try local.accumulateGradients(images: images, target: target, weights: weights,
-                                                             normalizers: LossTerms(pixels: global[0] * k, images: global[1] * k),
+                                                             normalizers: LossTerms(values: global).scaled(by: k),
                                                              afterOp: overlapping ? advanceHook : nil)
         } else if overlapping {
             // No sample here: the same buckets as the other ranks, in the same order.

@@ -19,7 +19,7 @@ public final class LocalStep {
     /// that follow allocate nothing.
     public func plan(batch: Int, height: Int, width: Int) {
         model.plan(batch: batch, height: height, width: width)
-        loss.reserve(batch: batch, height: height, width: width)
+        loss.reserve(batch: batch, height: height, width: width, threads: model.pool.threadCount)
     }
 
     /// Forward and backward on `images` (N, Cin, H, W) with `target` (N, 1, H, W); adds the

@@ -36,7 +36,7 @@ public final class StepBenchmark {
         for i in 0..<target.tensor.count {
             target.tensor[i] = classes == 1 ? Float(rng.next() & 1) : Float(rng.next() % UInt64(classes))
         }
-        weights = step.loss.config.kind == .weightedCE ? OwnedTensor(target.shape) : nil
+        weights = step.loss.config.needsWeightMap ? OwnedTensor(target.shape) : nil
         step.plan(batch: batch, height: imageSize, width: imageSize)
     }
 

@@ -122,7 +122,7 @@ public final class Trainer {
         self.schedule = schedule
         images = OwnedTensor(Shape(localCapacity, local.model.inChannels, imageSize, imageSize))
         masks = OwnedTensor(Shape(localCapacity, 1, imageSize, imageSize))
-        weights = local.loss.config.kind == .weightedCE ? OwnedTensor(masks.shape) : nil
+        weights = local.loss.config.needsWeightMap ? OwnedTensor(masks.shape) : nil
         local.plan(batch: localCapacity, height: imageSize, width: imageSize)
         // The stop flag, and every rank's last step time for the stall watchdog (when there is one).
         step.alsoSum = { [unowned self] in [self.stopRequested() ? 1 : 0] + (self.watchdog?.stepTimeTerms() ?? []) }

@@ -141,8 +141,8 @@ struct BenchCommand: ParsableCommand {
             let pool = WorkerPool(threads: model.threadCount)
             let net = model.architecture.build(pool: pool, convPolicy: convPolicy)
             let classes = net.classes, size = model.imageSize
-            let lossKind = training.lossKind(classes: classes)
-            let step = LocalStep(model: net, loss: LossFunction(LossConfig(kind: lossKind), labels: dataOptions.labels(classes: classes)),
+            let lossConfig = try training.lossConfig(classes: classes)
+            let step = LocalStep(model: net, loss: LossFunction(lossConfig, labels: dataOptions.labels(classes: classes)),
                                  optimizer: Optimizer(training.optimizerConfig, parameterCount: net.parameterCount))
             let bench = StepBenchmark(step: step, collectives: communicator, batch: shareOf(training.batchSize, ranks: ranks,
                                       rank: communicator.rank).count, imageSize: size, seed: model.seed)

@@ -6,7 +6,6 @@ import SegTraining
 
 extension Upsampling: ExpressibleByArgument {}
 extension Initialization: ExpressibleByArgument {}
-extension LossKind: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension ConvAlgorithm: ExpressibleByArgument {}
 extension TestTimeAugmentation: ExpressibleByArgument {}
@@ -75,8 +74,20 @@ struct ModelOptions: ParsableArguments {
 
 /// Loss and optimizer flags.
 struct TrainingOptions: ParsableArguments {
-    @Option(help: "Loss: bce, dice, bce+dice, ce, weighted-ce (default: bce for 1 class, ce otherwise).")
-    var loss: LossKind?
+    @Option(help: "Loss: bce, dice, bce+dice, ce, weighted-ce, focal, tversky, focal-tversky, lovasz, or a weighted sum such as ce:1,dice:0.5 (default: bce for 1 class, ce otherwise).")
+    var loss: String?
+    @Option(help: "Class weights w0,w1,... (one per class) for ce (PyTorch's weight) and focal (alpha per class); with --classes 1 one value, BCE's pos_weight.")
+    var classWeights: String?
+    @Option(help: "Focal loss gamma (0: plain bce / ce).")
+    var focalGamma = 2.0
+    @Option(help: "Binary focal loss alpha: weight of the foreground, 1 - alpha of the background (default: none).")
+    var focalAlpha: Double?
+    @Option(help: "Tversky alpha, the weight of false positives.")
+    var tverskyAlpha = 0.3
+    @Option(help: "Tversky beta, the weight of false negatives.")
+    var tverskyBeta = 0.7
+    @Option(help: "Focal Tversky exponent: (1 - Tversky index)^gamma per class.")
+    var tverskyGamma = 0.75
     @Option(help: "Optimizer: sgd, adam, adamw, radam.")
     var optimizer = OptimizerKind.adam
     @Option(help: "Learning rate.")
@@ -109,7 +120,30 @@ struct TrainingOptions: ParsableArguments {
         step.bucketFloats = max(1, Int(bucketMb * 1024 * 1024 / 4))
     }
 
-    func lossKind(classes: Int) -> LossKind { loss ?? (classes == 1 ? .bce : .ce) }
+    /// The loss these flags describe (--loss, --class-weights, --focal-*, --tversky-*); a one-line
+    /// error naming the flag for a value that cannot be read (`validate` reports the rest).
+    func lossConfig(classes: Int) throws -> LossConfig {
+        var components = [LossComponent(classes == 1 ? .bce : .ce, 1)]
+        if let loss {
+            switch LossConfig.parseComponents(loss) {
+            case .success(let parsed): components = parsed
+            case .failure(let error): throw ValidationError(error.description)
+            }
+        }
+        var config = LossConfig(components: components)
+        if let text = classWeights {
+            config.classWeights = try text.split(separator: ",", omittingEmptySubsequences: false).map {
+                guard let value = Double(String($0.filter { $0 != " " })) else {
+                    throw ValidationError("--class-weights: '\($0)' is not a number (write w0,w1,...)")
+                }
+                return value
+            }
+        }
+        config.focalGamma = focalGamma
+        config.focalAlpha = focalAlpha
+        (config.tverskyAlpha, config.tverskyBeta, config.tverskyGamma) = (tverskyAlpha, tverskyBeta, tverskyGamma)
+        return config
+    }
 
     var optimizerConfig: OptimizerConfig {
         var c = OptimizerConfig(kind: optimizer)
@@ -131,7 +165,7 @@ struct TrainingOptions: ParsableArguments {
         if weightDecay < 0 || !weightDecay.isFinite { throw ValidationError("--weight-decay must be >= 0 (got \(weightDecay))") }
         if let c = clipNorm, !(c > 0) { throw ValidationError("--clip-norm must be positive (got \(c))") }
         if let message = OptimizerConfig.validate(optimizerConfig, learningRate: lr) { throw ValidationError(message) }
-        if let message = LossFunction.validate(LossConfig(kind: lossKind(classes: classes)), classes: classes) {
+        if let message = LossFunction.validate(try lossConfig(classes: classes), classes: classes) {
             throw ValidationError(message)
         }
     }

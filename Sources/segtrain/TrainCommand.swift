@@ -182,9 +182,9 @@ struct TrainCommand: ParsableCommand {
         // The same start on every rank: rank 0's weights and buffers.
         try communicator.broadcast(net.store.values.tensor)
         try communicator.broadcast(net.store.buffers.tensor)
-        let lossKind = training.lossKind(classes: architecture.classes)
+        let lossConfig = try training.lossConfig(classes: architecture.classes)
         let labels = dataOptions.labels(classes: architecture.classes)
-        let local = LocalStep(model: net, loss: LossFunction(LossConfig(kind: lossKind), labels: labels),
+        let local = LocalStep(model: net, loss: LossFunction(lossConfig, labels: labels),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: net.parameterCount))
         let data = try makeSources(communicator: communicator, pool: pool)
         if dataOptions.data != nil {
@@ -227,7 +227,7 @@ struct TrainCommand: ParsableCommand {
             print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(architecture.classes) class(es), "
                   + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
                   + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(net.parameterCount)) parameters, "
-                  + "loss \(lossKind.rawValue)")
+                  + "loss \(lossConfig.name)")
             run.progress = Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery, style: progress)
             if let validation = data.validation {
                 run.samples = SampleGrid(source: validation, count: 4, imageSize: model.imageSize, inChannels: architecture.inChannels,

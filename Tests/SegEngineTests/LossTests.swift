@@ -6,11 +6,43 @@ import Glibc
 #endif
 
 final class LossTests: XCTestCase {
-    /// Every (kind, classes) pair the losses allow, as the tests exercise them.
-    static let cases: [(LossKind, Int)] = [
-        (.bce, 1), (.dice, 1), (.dice, 3), (.bceDice, 1), (.ce, 3), (.weightedCE, 1), (.weightedCE, 3),
-    ]
     static let ignore = 255
+
+    /// A loss configuration as the tests exercise it: every one ignores `LossTests.ignore`.
+    struct LossCase {
+        let name: String, classes: Int, config: LossConfig
+
+        init(_ components: [LossComponent], classes: Int, _ adjust: (inout LossConfig) -> Void = { _ in }) {
+            var config = LossConfig(components: components, ignoreIndex: LossTests.ignore)
+            adjust(&config)
+            self.config = config
+            self.classes = classes
+            name = "\(config.name) classes \(classes)"
+                + (config.classWeights.map { " class weights \($0)" } ?? "") + (config.focalAlpha.map { " alpha \($0)" } ?? "")
+        }
+
+        init(_ kind: LossKind, classes: Int, _ adjust: (inout LossConfig) -> Void = { _ in }) {
+            self.init([LossComponent(kind, 1)], classes: classes, adjust)
+        }
+    }
+
+    /// Every kind with every class count it allows, the parameters, and weighted sums.
+    static let cases: [LossCase] = [
+        LossCase(.bce, classes: 1), LossCase(.dice, classes: 1), LossCase(.dice, classes: 3),
+        LossCase([LossComponent(.bce, 0.7), LossComponent(.dice, 1.3)], classes: 1), LossCase(.ce, classes: 3),
+        LossCase(.weightedCE, classes: 1), LossCase(.weightedCE, classes: 3),
+        LossCase(.bce, classes: 1) { $0.classWeights = [2.5] },
+        LossCase(.ce, classes: 3) { $0.classWeights = [0.4, 2, 1.3] },
+        LossCase(.focal, classes: 1), LossCase(.focal, classes: 1) { $0.focalAlpha = 0.25; $0.focalGamma = 1.5 },
+        LossCase(.focal, classes: 3), LossCase(.focal, classes: 3) { $0.classWeights = [0.4, 2, 1.3]; $0.focalGamma = 0.5 },
+        LossCase(.tversky, classes: 1), LossCase(.tversky, classes: 3),
+        LossCase(.focalTversky, classes: 1), LossCase(.focalTversky, classes: 3) { $0.tverskyGamma = 1.5 },
+        LossCase(.lovasz, classes: 1), LossCase(.lovasz, classes: 3),
+        LossCase([LossComponent(.ce, 1), LossComponent(.dice, 0.5), LossComponent(.focal, 0.3),
+                  LossComponent(.focalTversky, 0.7), LossComponent(.lovasz, 0.4)], classes: 3) { $0.classWeights = [0.4, 2, 1.3] },
+        LossCase([LossComponent(.bce, 0.6), LossComponent(.tversky, 1.2), LossComponent(.lovasz, 0.5),
+                  LossComponent(.weightedCE, 0.3)], classes: 1) { $0.classWeights = [3] },
+    ]
 
     // MARK: - Fixtures
 
@@ -39,9 +71,8 @@ final class LossTests: XCTestCase {
         }
     }
 
-    func config(_ kind: LossKind, classes: Int) -> LossConfig {
-        // Ignore pixels for every kind (the batches mark ~20% of the targets with it), binary ones too.
-        LossConfig(kind: kind, bceWeight: 0.7, diceWeight: 1.3, ignoreIndex: LossTests.ignore)
+    func batch(for lossCase: LossCase, n: Int, h: Int, w: Int, seed: UInt64) -> Batch {
+        Batch(n: n, classes: lossCase.classes, h: h, w: w, ignore: lossCase.config.ignoreIndex, seed: seed)
     }
 
     func evaluate(_ loss: LossFunction, _ batch: Batch, dlogits: Tensor?, normalizers: LossTerms?,
@@ -52,37 +83,49 @@ final class LossTests: XCTestCase {
 
     // MARK: - Gradients
 
+    /// The finite-difference check's error model (docs/ENGINE.md "Numeric tolerances"), with the
+    /// checker's scaled error |analytic - numeric| / max(1, |analytic|, |numeric|):
+    /// - the analytic gradient is computed in Double and rounded to float once per gradient pass
+    ///   (at most 3), each of terms up to the gradient's size (<= 3 here): 3 x 3 x 2^-24 = 5.4e-7;
+    /// - the central difference's truncation error is h^2/6 |f'''|; the losses' third derivative in
+    ///   one logit is bounded by 10 at these scales (per unit weight the sigmoid's s'' <= 0.1 and
+    ///   the softmax's likewise, times class or map weights <= 3 and the per-image terms' factor
+    ///   20 / (P + T + s) <= 4): 1e-6/6 x 10 = 1.7e-6 at h = 1e-3;
+    /// - the objective is summed in Double (m <= 200 terms, |f| <= 100): m 2^-53 |f| / h = 2e-9.
+    /// Sum: 2.3e-6. The largest scaled error measured over all cases is 1.0e-7 (focal); at
+    /// h = 1e-2 it is 5.5e-6, 50 times more: the h^2 term dominates there, the float rounding here.
+    static let step: Float = 1e-3
+    static let tolerance = 3.0 * 3.0 * 0x1p-24 + 1e-6 / 6 * 10 + 2e-9
+
     /// Checks d(loss)/d(logits) by central differences. `normalizers` scale the loss so that the
     /// gradients are O(1) and the checker's relative tolerance (floor 1) is meaningful.
-    func checkGradient(_ kind: LossKind, classes: Int, n: Int, h: Int, w: Int, normalizers: LossTerms?,
+    func checkGradient(_ lossCase: LossCase, n: Int, h: Int, w: Int, normalizers: LossTerms?,
                        file: StaticString = #filePath, line: UInt = #line) {
-        let cfg = config(kind, classes: classes)
-        let batch = Batch(n: n, classes: classes, h: h, w: w, ignore: cfg.ignoreIndex, seed: 11)
-        let loss = LossFunction(cfg, classes: classes)
+        let batch = batch(for: lossCase, n: n, h: h, w: w, seed: 11)
+        let loss = LossFunction(lossCase.config, classes: lossCase.classes)
         let pool = WorkerPool(threads: 2)
         let grad = OwnedTensor(batch.logits.shape)
-        // The losses are smooth and evaluated in Double: a tolerance far below the default.
-        let report = GradientChecker(tolerance: 1e-4).check(
+        let report = GradientChecker(step: LossTests.step, tolerance: LossTests.tolerance).check(
             inputs: [batch.logits.tensor], gradients: [grad.tensor],
             objective: { self.evaluate(loss, batch, dlogits: nil, normalizers: normalizers, pool: pool) },
             backward: { _ = self.evaluate(loss, batch, dlogits: grad.tensor, normalizers: normalizers, pool: pool) })
-        let name = "\(kind.rawValue) classes \(classes) normalizers \(String(describing: normalizers))"
+        let name = "\(lossCase.name) normalizers \(String(describing: normalizers))"
         XCTAssertTrue(report.passed, "\(name): \(report)", file: file, line: line)
         XCTAssertGreaterThan(report.checked, batch.logits.tensor.count * 9 / 10, "\(name): \(report)", file: file, line: line)
     }
 
     func testGradientsOfEveryLossMatchFiniteDifferences() {
-        for (kind, classes) in LossTests.cases {
-            // Scaled: the pixel terms summed, the Dice terms times 20, so gradients are O(1).
-            checkGradient(kind, classes: classes, n: 2, h: 5, w: 4, normalizers: LossTerms(pixels: 1, images: 0.05))
+        for lossCase in LossTests.cases {
+            // Scaled: the pixel terms summed, the per-image terms times 20, so gradients are O(1).
+            checkGradient(lossCase, n: 2, h: 5, w: 4, normalizers: LossTerms(pixels: 1, images: 0.05))
             // The plain mean.
-            checkGradient(kind, classes: classes, n: 2, h: 4, w: 5, normalizers: nil)
+            checkGradient(lossCase, n: 2, h: 4, w: 5, normalizers: nil)
         }
     }
 
     /// The checker used above can fail: a gradient 2% off is caught.
     func testGradientCheckCatchesAWrongGradient() {
-        let cfg = config(.ce, classes: 3)
+        let cfg = LossConfig(kind: .ce, ignoreIndex: LossTests.ignore)
         let batch = Batch(n: 2, classes: 3, h: 4, w: 5, ignore: cfg.ignoreIndex, seed: 12)
         let loss = LossFunction(cfg, classes: 3)
         let pool = WorkerPool(threads: 1)
@@ -98,10 +141,42 @@ final class LossTests: XCTestCase {
         XCTAssertFalse(report.passed, "a 2% gradient error went unnoticed: \(report)")
     }
 
-    /// Gradients are added into dlogits, not written.
+    /// The loss of each component of `lossCase` alone at weight 1 (with the same normalizers), times
+    /// its weight, summed: the value, the gradient summed in Double, and per element the sum of the
+    /// parts' |gradient|.
+    static func parts(of lossCase: LossCase, _ batch: Batch, normalizers: LossTerms, pool: WorkerPool)
+        -> (value: Double, gradient: [Double], magnitude: [Double]) {
+        var value = 0.0
+        var gradient = [Double](repeating: 0, count: batch.logits.tensor.count), magnitude = gradient
+        for component in lossCase.config.components {
+            var single = LossConfig(components: [LossComponent(component.kind, 1)], ignoreIndex: lossCase.config.ignoreIndex)
+            if [.ce, .bce, .focal].contains(component.kind) { single.classWeights = lossCase.config.classWeights }
+            single.focalAlpha = component.kind == .focal ? lossCase.config.focalAlpha : nil
+            (single.focalGamma, single.tverskyAlpha, single.tverskyBeta, single.tverskyGamma) = (lossCase.config.focalGamma,
+                lossCase.config.tverskyAlpha, lossCase.config.tverskyBeta, lossCase.config.tverskyGamma)
+            let part = OwnedTensor(batch.logits.shape)
+            let w = component.weight
+            value += w * LossFunction(single, classes: lossCase.classes).evaluate(
+                logits: batch.logits.tensor, target: batch.target.tensor, weights: batch.weights.tensor,
+                dlogits: part.tensor, normalizers: normalizers, pool: pool)
+            for i in gradient.indices { gradient[i] += w * Double(part.tensor[i]); magnitude[i] += w * abs(Double(part.tensor[i])) }
+        }
+        return (value, gradient, magnitude)
+    }
+
+    /// The gradient passes that add into dlogits, one float rounding each per element: the pixel
+    /// means, the Dice/Tversky ratios, Lovász.
+    static func gradientPasses(_ config: LossConfig) -> Int {
+        let kinds = config.components.map(\.kind)
+        return [kinds.contains { $0.isPixelMean }, kinds.contains { $0.isRegionRatio }, kinds.contains(.lovasz)]
+            .filter { $0 }.count
+    }
+
+    /// Gradients are added into dlogits, not written: bitwise when one pass writes them; within a
+    /// float rounding per pass and tensor (of the preset 0.5 plus the parts' magnitudes) otherwise.
     func testGradientIsAddedIntoDlogits() {
-        for (kind, classes) in LossTests.cases {
-            let cfg = config(kind, classes: classes)
+        for lossCase in LossTests.cases {
+            let (kind, classes, cfg) = (lossCase.name, lossCase.classes, lossCase.config)
             let batch = Batch(n: 2, classes: classes, h: 3, w: 4, ignore: cfg.ignoreIndex, seed: 13)
             let loss = LossFunction(cfg, classes: classes)
             let pool = WorkerPool(threads: 2)
@@ -109,10 +184,18 @@ final class LossTests: XCTestCase {
             preset.tensor.fill(0.5)
             _ = evaluate(loss, batch, dlogits: fresh.tensor, normalizers: nil, pool: pool)
             _ = evaluate(loss, batch, dlogits: preset.tensor, normalizers: nil, pool: pool)
+            let passes = LossTests.gradientPasses(cfg)
+            let magnitude = passes == 1 ? [] : LossTests.parts(of: lossCase, batch, normalizers: loss.terms(target: batch.target.tensor),
+                                                               pool: pool).magnitude
             for i in 0..<fresh.tensor.count {
-                XCTAssertEqual(preset.tensor[i], 0.5 + fresh.tensor[i], "\(kind.rawValue) element \(i)")
+                if passes == 1 {
+                    XCTAssertEqual(preset.tensor[i], 0.5 + fresh.tensor[i], "\(kind) element \(i)")
+                } else {
+                    let bound = Double(2 * passes + 1) * 0x1p-24 * (0.5 + magnitude[i])
+                    XCTAssertEqual(Double(preset.tensor[i]) - 0.5, Double(fresh.tensor[i]), accuracy: bound, "\(kind) element \(i)")
+                }
             }
-            XCTAssertGreaterThan(fresh.tensor.toArray().map(abs).max()!, 0, "\(kind.rawValue): no gradient at all")
+            XCTAssertGreaterThan(fresh.tensor.toArray().map(abs).max()!, 0, "\(kind): no gradient at all")
         }
     }
 
@@ -223,8 +306,8 @@ final class LossTests: XCTestCase {
 
     func testLogitsOfThousandGiveFiniteLossAndGradient() {
         let pool = WorkerPool(threads: 2)
-        for (kind, classes) in LossTests.cases {
-            let cfg = config(kind, classes: classes)
+        for lossCase in LossTests.cases {
+            let (kind, classes, cfg) = (lossCase.name, lossCase.classes, lossCase.config)
             let batch = Batch(n: 2, classes: classes, h: 4, w: 4, ignore: nil, seed: 31)
             // Alternate confident right and confident wrong predictions.
             for n in 0..<2 {
@@ -243,11 +326,12 @@ final class LossTests: XCTestCase {
             let loss = LossFunction(cfg, classes: classes)
             let grad = OwnedTensor(batch.logits.shape)
             let value = evaluate(loss, batch, dlogits: grad.tensor, normalizers: nil, pool: pool)
-            XCTAssertTrue(value.isFinite, "\(kind.rawValue) classes \(classes): loss \(value)")
-            XCTAssertTrue(grad.tensor.toArray().allSatisfy(\.isFinite), "\(kind.rawValue) classes \(classes): gradient")
+            XCTAssertTrue(value.isFinite, "\(kind): loss \(value)")
+            XCTAssertTrue(grad.tensor.toArray().allSatisfy(\.isFinite), "\(kind): gradient")
             // Half the pixels wrong: binary loss 1000 each; softmax 2000 + log 2 (two wrong classes at +1000).
-            if kind == .bce || (kind == .weightedCE && classes == 1) { XCTAssertEqual(value, 500, accuracy: 1e-9) }
-            if kind == .ce || (kind == .weightedCE && classes == 3) { XCTAssertEqual(value, 1000 + log(2.0) / 2, accuracy: 1e-9) }
+            let single = cfg.components.count == 1 && cfg.classWeights == nil ? cfg.components[0].kind : nil
+            if classes == 1 && (single == .bce || single == .weightedCE) { XCTAssertEqual(value, 500, accuracy: 1e-9) }
+            if classes == 3 && (single == .ce || single == .weightedCE) { XCTAssertEqual(value, 1000 + log(2.0) / 2, accuracy: 1e-9) }
         }
     }
 
@@ -259,8 +343,8 @@ final class LossTests: XCTestCase {
         let pool = WorkerPool(threads: 2)
         let (h, w) = (70, 71)
         XCTAssertGreaterThan(h * w, LossFunction.chunkPixels)
-        for (kind, classes) in LossTests.cases {
-            let cfg = config(kind, classes: classes)
+        for lossCase in LossTests.cases {
+            let (kind, classes, cfg) = (lossCase.name, lossCase.classes, lossCase.config)
             let batch = Batch(n: 4, classes: classes, h: h, w: w, ignore: cfg.ignoreIndex, seed: 41)
             let loss = LossFunction(cfg, classes: classes)
             let global = loss.terms(target: batch.target.tensor)
@@ -269,7 +353,7 @@ final class LossTests: XCTestCase {
             for parts in [[2, 2], [1, 2, 1]] {
                 let split = OwnedTensor(batch.logits.shape)
                 var sum = 0.0, start = 0
-                var summedTerms = LossTerms(pixels: 0, images: 0)
+                var summedTerms = loss.noTerms
                 for count in parts {
                     let target = batch.target.tensor.batchSlice(start, count)
                     summedTerms = summedTerms + loss.terms(target: target)
@@ -278,7 +362,7 @@ final class LossTests: XCTestCase {
                                          dlogits: split.tensor.batchSlice(start, count), normalizers: global, pool: pool)
                     start += count
                 }
-                let name = "\(kind.rawValue) classes \(classes) parts \(parts)"
+                let name = "\(kind) parts \(parts)"
                 XCTAssertEqual(summedTerms, global, name)
                 XCTAssertEqual(sum, total, accuracy: 1e-6 * abs(total), name)
                 XCTAssertTrue(whole.tensor.toArray() == split.tensor.toArray(), "\(name): gradients differ")
@@ -289,15 +373,15 @@ final class LossTests: XCTestCase {
     /// Loss and gradient are bitwise equal for 1 and 3 threads (images of two chunks, 2 images).
     func testThreadCountDoesNotChangeLossOrGradient() {
         let one = WorkerPool(threads: 1), three = WorkerPool(threads: 3)
-        for (kind, classes) in LossTests.cases {
-            let cfg = config(kind, classes: classes)
+        for lossCase in LossTests.cases {
+            let (kind, classes, cfg) = (lossCase.name, lossCase.classes, lossCase.config)
             let batch = Batch(n: 2, classes: classes, h: 66, w: 65, ignore: cfg.ignoreIndex, seed: 51)
             let loss = LossFunction(cfg, classes: classes)
             let g1 = OwnedTensor(batch.logits.shape), g3 = OwnedTensor(batch.logits.shape)
             let v1 = evaluate(loss, batch, dlogits: g1.tensor, normalizers: nil, pool: one)
             let v3 = evaluate(loss, batch, dlogits: g3.tensor, normalizers: nil, pool: three)
-            XCTAssertEqual(v1.bitPattern, v3.bitPattern, "\(kind.rawValue) classes \(classes): \(v1) vs \(v3)")
-            XCTAssertTrue(g1.tensor.toArray() == g3.tensor.toArray(), "\(kind.rawValue) classes \(classes): gradients differ")
+            XCTAssertEqual(v1.bitPattern, v3.bitPattern, "\(kind): \(v1) vs \(v3)")
+            XCTAssertTrue(g1.tensor.toArray() == g3.tensor.toArray(), "\(kind): gradients differ")
         }
     }
 
@@ -305,29 +389,30 @@ final class LossTests: XCTestCase {
 
     func testIgnoredPixelsGetNoGradientAndDoNotCount() {
         let pool = WorkerPool(threads: 2)
-        let ignoreCases: [(LossKind, Int)] = [(.bce, 1), (.dice, 1), (.dice, 3), (.ce, 3), (.weightedCE, 1), (.weightedCE, 3)]
-        for (kind, classes) in ignoreCases {
-            let cfg = LossConfig(kind: kind, ignoreIndex: LossTests.ignore)
+        for lossCase in LossTests.cases {
+            let (kind, classes, cfg) = (lossCase.name, lossCase.classes, lossCase.config)
             let batch = Batch(n: 2, classes: classes, h: 5, w: 6, ignore: LossTests.ignore, seed: 61)
             let loss = LossFunction(cfg, classes: classes)
             let ignored = (0..<batch.target.tensor.count).filter { batch.target.tensor[$0] == Float(LossTests.ignore) }
             XCTAssertFalse(ignored.isEmpty)
             let terms = loss.terms(target: batch.target.tensor)
-            XCTAssertEqual(terms, LossTerms(pixels: Double(batch.target.tensor.count - ignored.count), images: 2))
+            XCTAssertEqual(terms.pixels, Double(batch.target.tensor.count - ignored.count), kind)
+            XCTAssertEqual(terms.images, 2, kind)
+            if !terms.classPixels.isEmpty { XCTAssertEqual(terms.classPixels.reduce(0, +), terms.pixels, kind) }
             let grad = OwnedTensor(batch.logits.shape)
             let value = evaluate(loss, batch, dlogits: grad.tensor, normalizers: nil, pool: pool)
             let plane = 30
             for i in ignored {
                 let n = i / plane, p = i % plane
                 for c in 0..<classes {
-                    XCTAssertEqual(grad.tensor.plane(n, c)[p], 0, "\(kind.rawValue): ignored pixel \(i) class \(c)")
+                    XCTAssertEqual(grad.tensor.plane(n, c)[p], 0, "\(kind): ignored pixel \(i) class \(c)")
                 }
             }
             // Whatever the logits at ignored pixels, the loss is the same.
             for i in ignored {
                 for c in 0..<classes { batch.logits.tensor.plane(i / plane, c)[i % plane] = 50 * Float(c + 1) }
             }
-            XCTAssertEqual(evaluate(loss, batch, dlogits: nil, normalizers: nil, pool: pool), value, "\(kind.rawValue)")
+            XCTAssertEqual(evaluate(loss, batch, dlogits: nil, normalizers: nil, pool: pool), value, "\(kind)")
         }
     }
 
@@ -339,7 +424,8 @@ final class LossTests: XCTestCase {
     func testIgnoreRegionEqualsTheLossOverTheOtherPixels() {
         let pool = WorkerPool(threads: 2)
         for (h, w) in [(9, 11), (68, 70)] {
-            for (kind, classes) in LossTests.cases {
+            for lossCase in LossTests.cases {
+                let (kind, classes, cfg) = (lossCase.name, lossCase.classes, lossCase.config)
                 let n = 3
                 let batch = Batch(n: n, classes: classes, h: h, w: w, ignore: nil, seed: 63)
                 func border(_ image: Int) -> Int { image + 1 }
@@ -350,17 +436,19 @@ final class LossTests: XCTestCase {
                         }
                     }
                 }
-                let name = "\(kind.rawValue) classes \(classes) \(h)x\(w)"
-                let withIgnore = LossFunction(config(kind, classes: classes), classes: classes)
+                let name = "\(kind) \(h)x\(w)"
+                let withIgnore = LossFunction(cfg, classes: classes)
                 let grad = OwnedTensor(batch.logits.shape)
                 let value = evaluate(withIgnore, batch, dlogits: grad.tensor, normalizers: nil, pool: pool)
 
-                var plain = config(kind, classes: classes)
+                var plain = cfg
                 plain.ignoreIndex = nil
                 let inner = LossFunction(plain, classes: classes)
                 let counted = (0..<n).reduce(0) { $0 + (h - 2 * border($1)) * (w - 2 * border($1)) }
-                XCTAssertEqual(withIgnore.terms(target: batch.target.tensor), LossTerms(pixels: Double(counted), images: Double(n)), name)
-                let global = LossTerms(pixels: Double(counted), images: Double(n))
+                // The normalizers of the whole batch (with class-weighted ce: its class counts too).
+                let global = withIgnore.terms(target: batch.target.tensor)
+                XCTAssertEqual(global.pixels, Double(counted), name)
+                XCTAssertEqual(global.images, Double(n), name)
                 var sum = 0.0
                 var worst: Float = 0, largest: Float = 0
                 for image in 0..<n {
@@ -421,154 +509,17 @@ final class LossTests: XCTestCase {
     // MARK: - Configuration
 
     func testValidateRejectsMismatchedConfigurations() {
-        XCTAssertEqual(LossFunction.validate(LossConfig(kind: .ce), classes: 1), "ce needs --classes >= 2; use bce for a binary (sigmoid) output")
+        XCTAssertEqual(LossFunction.validate(LossConfig(kind: .ce), classes: 1), "--loss ce needs --classes >= 2; use bce for a binary (sigmoid) output")
         XCTAssertNotNil(LossFunction.validate(LossConfig(kind: .bce), classes: 3))
         XCTAssertNotNil(LossFunction.validate(LossConfig(kind: .bceDice), classes: 2))
         XCTAssertNotNil(LossFunction.validate(LossConfig(kind: .dice), classes: 0))
         XCTAssertNotNil(LossFunction.validate(LossConfig(kind: .dice, diceSmooth: 0), classes: 1))
         XCTAssertNotNil(LossFunction.validate(LossConfig(kind: .bceDice, diceWeight: -1), classes: 1))
         XCTAssertNotNil(LossFunction.validate(LossConfig(kind: .weightedCE, sigma: 0), classes: 3))
-        for (kind, classes) in LossTests.cases {
-            XCTAssertNil(LossFunction.validate(LossConfig(kind: kind), classes: classes), kind.rawValue)
+        for lossCase in LossTests.cases {
+            XCTAssertNil(LossFunction.validate(lossCase.config, classes: lossCase.classes), lossCase.name)
         }
         XCTAssertEqual(LossKind(rawValue: "bce+dice"), .bceDice)
         XCTAssertEqual(LossKind(rawValue: "weighted-ce"), .weightedCE)
-    }
-
-    // MARK: - Weight map and distance transform
-
-    /// Brute-force Euclidean distance from (y, x) to the nearest of `pixels`.
-    func distance(_ y: Int, _ x: Int, to pixels: [(Int, Int)]) -> Double {
-        var best = Double.infinity
-        for (py, px) in pixels {
-            let dy = py - y, dx = px - x
-            best = min(best, Double(dy * dy + dx * dx))
-        }
-        return best.squareRoot()
-    }
-
-    func testWeightMapOfTwoSquaresAndOfOneComponent() {
-        let (h, w, w0, sigma) = (20, 30, 10.0, 5.0)
-        let mask = OwnedTensor(Shape(2, 1, h, w)), weights = OwnedTensor(Shape(2, 1, h, w))
-        // Image 0: squares A (rows 5..<15, cols 3..<12) and B (cols 15..<24), a gap of 3 columns.
-        // Image 1: square A only.
-        var a: [(Int, Int)] = [], b: [(Int, Int)] = []
-        for y in 5..<15 {
-            for x in 3..<12 { a.append((y, x)); mask.tensor[0, 0, y, x] = 1; mask.tensor[1, 0, y, x] = 1 }
-            for x in 15..<24 { b.append((y, x)); mask.tensor[0, 0, y, x] = 1 }
-        }
-        unetWeightMap(weights.tensor, mask: mask.tensor, classes: 1, w0: w0, sigma: sigma)
-        // w_c = pixels / (K * count_k), K = 2.
-        let wc0 = 600.0 / (2 * 420), wc1 = 600.0 / (2 * 180)
-        for y in 0..<h {
-            for x in 0..<w {
-                let value = Double(weights.tensor[0, 0, y, x])
-                if mask.tensor[0, 0, y, x] == 1 {
-                    XCTAssertEqual(value, wc1, accuracy: 1e-6, "foreground (\(y), \(x))")
-                } else {
-                    let s = distance(y, x, to: a) + distance(y, x, to: b)
-                    XCTAssertEqual(value, wc0 + w0 * exp(-s * s / (2 * sigma * sigma)), accuracy: 1e-5, "background (\(y), \(x))")
-                }
-            }
-        }
-        // Between the squares d1 + d2 = 4: nearly w_c + w0. Far away: nearly w_c.
-        XCTAssertEqual(Double(weights.tensor[0, 0, 10, 13]), wc0 + w0 * exp(-16 / 50.0), accuracy: 1e-5)
-        XCTAssertGreaterThan(Double(weights.tensor[0, 0, 10, 13]), wc0 + 0.7 * w0)
-        XCTAssertEqual(Double(weights.tensor[0, 0, 19, 29]), wc0, accuracy: 1e-4)
-        // One component: class weights only, 90 foreground pixels of 600.
-        for i in 0..<(h * w) {
-            let expected = mask.tensor.plane(1, 0)[i] == 1 ? 600.0 / (2 * 90) : 600.0 / (2 * 510)
-            XCTAssertEqual(Double(weights.tensor.plane(1, 0)[i]), expected, accuracy: 1e-6, "image 1 pixel \(i)")
-        }
-    }
-
-    /// Class balance over the classes present; ignored labels weigh 0; diagonal neighbours are one
-    /// component (8-connectivity), so they get no border term.
-    func testWeightMapClassBalanceIgnoreAndConnectivity() {
-        let mask = OwnedTensor(Shape(1, 1, 4, 5), [
-            0, 1, 1, 0, 0,
-            0, 0, 0, 3, 0,
-            0, 0, 0, 0, 255,
-            0, 0, 0, 0, 0,
-        ])
-        let weights = OwnedTensor(mask.shape)
-        unetWeightMap(weights.tensor, mask: mask.tensor, classes: 4, w0: 10, sigma: 2)
-        // 19 labelled pixels, 3 classes present (0: 16, 1: 2, 3: 1).
-        let expected: [Float: Double] = [0: 19.0 / (3 * 16), 1: 19.0 / (3 * 2), 3: 19.0 / (3 * 1), 255: 0]
-        for i in 0..<20 {
-            XCTAssertEqual(Double(weights.tensor[i]), expected[mask.tensor[i]]!, accuracy: 1e-6, "pixel \(i)")
-        }
-    }
-
-    /// The weight map on random masks with many components (and a small sigma, so the per-component
-    /// windows are cut by the image) against a brute-force d1, d2 over all components.
-    func testWeightMapMatchesBruteForceOnRandomMasks() {
-        var rng = SplitMix64(seed: 71)
-        let (h, w, w0, sigma) = (24, 40, 10.0, 1.5)
-        let mask = OwnedTensor(Shape(2, 1, h, w)), weights = OwnedTensor(mask.shape)
-        for i in 0..<mask.tensor.count { mask.tensor[i] = rng.nextUnitFloat() < 0.08 ? Float(1 + rng.next() % 2) : 0 }
-        unetWeightMap(weights.tensor, mask: mask.tensor, classes: 3, w0: w0, sigma: sigma)
-        for n in 0..<2 {
-            let m = mask.tensor.plane(n, 0)
-            // Components by union-find over 8-neighbours.
-            var parent = Array(0..<(h * w))
-            func root(_ i: Int) -> Int { var i = i; while parent[i] != i { i = parent[i] }; return i }
-            for y in 0..<h {
-                for x in 0..<w where m[y * w + x] != 0 {
-                    for (dy, dx) in [(0, 1), (1, -1), (1, 0), (1, 1)] {
-                        let ny = y + dy, nx = x + dx
-                        if ny < h && nx >= 0 && nx < w && m[ny * w + nx] != 0 { parent[root(ny * w + nx)] = root(y * w + x) }
-                    }
-                }
-            }
-            var components: [Int: [(Int, Int)]] = [:]
-            var counts = [0, 0, 0]
-            for i in 0..<(h * w) {
-                counts[Int(m[i])] += 1
-                if m[i] != 0 { components[root(i), default: []].append((i / w, i % w)) }
-            }
-            XCTAssertGreaterThan(components.count, 10)
-            let present = Double(counts.filter { $0 > 0 }.count)
-            for y in 0..<h {
-                for x in 0..<w {
-                    let label = Int(m[y * w + x])
-                    var expected = Double(h * w) / (present * Double(counts[label]))
-                    if label == 0 {
-                        let d = components.values.map { distance(y, x, to: $0) }.sorted()
-                        let s = d[0] + d[1]
-                        expected += w0 * exp(-s * s / (2 * sigma * sigma))
-                    }
-                    XCTAssertEqual(Double(weights.tensor[n, 0, y, x]), expected, accuracy: 1e-5 * expected, "image \(n) (\(y), \(x))")
-                }
-            }
-        }
-    }
-
-    func testDistanceTransformIsExact() {
-        var rng = SplitMix64(seed: 81)
-        for (h, w, density) in [(13, 17, 0.05), (13, 17, 0.3), (1, 9, 0.2), (9, 1, 0.2), (8, 8, 0.0), (16, 11, 0.01)] {
-            var grid = [Double](repeating: .infinity, count: h * w)
-            var features: [(Int, Int)] = []
-            for i in 0..<(h * w) where rng.nextUnitDouble() < density {
-                grid[i] = 0
-                features.append((i / w, i % w))
-            }
-            if density == 0.01 {
-                // A single feature.
-                grid = [Double](repeating: .infinity, count: h * w)
-                grid[5 * w + 7] = 0
-                features = [(5, 7)]
-            }
-            squaredDistanceTransform(&grid, height: h, width: w)
-            for i in 0..<(h * w) {
-                let y = i / w, x = i % w
-                var brute = Double.infinity
-                for (fy, fx) in features {
-                    let dy = fy - y, dx = fx - x
-                    brute = min(brute, Double(dy * dy + dx * dx))
-                }
-                XCTAssertEqual(grid[i], brute, "\(h)x\(w) density \(density) at (\(y), \(x))")
-            }
-        }
     }
 }

@@ -38,7 +38,7 @@ final class CLITests: SegtrainTestCase {
             (["info", "--image-size", "8"], "--image-size"),
             (["info", "--head-kernel", "5"], "--head-kernel"),
             (["info", "--upsample", "cubic"], "--upsample"),
-            (["bench", "--loss", "focal"], "--loss"),
+            (["bench", "--loss", "hinge"], "--loss"),
             (["bench", "--optimizer", "lion"], "--optimizer"),
             (["bench", "--threads", "0"], "--threads"),
             (["bench", "--batch-size", "0"], "--batch-size"),
