@@ -71,8 +71,27 @@ public final class Optimizer {
     /// The elements `apply` updates (nil: all). Data-parallel ranks each update their share and then
     /// exchange the results; the state buffers are then valid only inside the shard until gathered.
     public var shard: Range<Int>? = nil {
-        didSet { precondition(shard.map { $0.lowerBound >= 0 && $0.upperBound <= parameterCount } ?? true, "shard out of range") }
+        didSet {
+            precondition(shard.map { $0.lowerBound >= 0 && $0.upperBound <= parameterCount } ?? true, "shard out of range")
+            updatePieces = pieces(of: shard ?? 0..<parameterCount)
+        }
     }
+
+    /// Parameter groups (PyTorch's param_groups, e.g. --encoder-lr-mult): the elements of `range`
+    /// update with the learning rate times `scale`; elements in no group with the rate as given.
+    /// Ranges must not overlap.
+    public var groups: [(range: Range<Int>, scale: Double)] = [] {
+        didSet {
+            let sorted = groups.map(\.range).sorted { $0.lowerBound < $1.lowerBound }
+            precondition(zip(sorted, sorted.dropFirst()).allSatisfy { $0.upperBound <= $1.lowerBound }, "overlapping parameter groups")
+            precondition(sorted.allSatisfy { $0.lowerBound >= 0 && $0.upperBound <= parameterCount }, "group out of range")
+            updatePieces = pieces(of: shard ?? 0..<parameterCount)
+        }
+    }
+    /// The shard cut at the groups' bounds, each piece with its scale (set with shard and groups,
+    /// so that `apply` allocates nothing), and the piece the update kernel runs over.
+    private var updatePieces: [(Range<Int>, Double)] = []
+    private var active: Range<Int>? = nil
 
     /// SGD with momentum: the velocity ("momentum_buffer").
     private let momentumBuffer: FloatBuffer?
@@ -147,17 +166,39 @@ public final class Optimizer {
             }
         }
         step += 1
-        switch config.kind {
-        case .sgd: updateSGD(values, gradients, Double(learningRate), pool)
-        case .adam, .adamw: updateAdam(values, gradients, Double(learningRate), pool)
-        case .radam: updateRAdam(values, gradients, Double(learningRate), pool)
+        if updatePieces.isEmpty { updatePieces = pieces(of: shard ?? 0..<parameterCount) }
+        for (range, scale) in updatePieces where !range.isEmpty {
+            active = range
+            let rate = Double(learningRate) * scale
+            switch config.kind {
+            case .sgd: updateSGD(values, gradients, rate, pool)
+            case .adam, .adamw: updateAdam(values, gradients, rate, pool)
+            case .radam: updateRAdam(values, gradients, rate, pool)
+            }
         }
+        active = nil
         return norm
     }
 
-    /// `body` over the shard's elements (all without one), split over the pool's threads.
+    /// `elements` cut at the groups' bounds, each piece with its learning-rate scale, in order.
+    private func pieces(of elements: Range<Int>) -> [(Range<Int>, Double)] {
+        var list: [(Range<Int>, Double)] = []
+        var at = elements.lowerBound
+        for group in groups.sorted(by: { $0.range.lowerBound < $1.range.lowerBound }) {
+            let inside = group.range.clamped(to: elements)
+            guard !inside.isEmpty, inside.lowerBound >= at else { continue }
+            if inside.lowerBound > at { list.append((at..<inside.lowerBound, 1)) }
+            list.append((inside, group.scale))
+            at = inside.upperBound
+        }
+        if at < elements.upperBound { list.append((at..<elements.upperBound, 1)) }
+        return list
+    }
+
+    /// `body` over the shard's elements (all without one; within an update, the current group's
+    /// part of it), split over the pool's threads.
     private func forEachInShard(_ pool: WorkerPool, _ body: (Range<Int>) -> Void) {
-        let elements = shard ?? 0..<parameterCount
+        let elements = active ?? shard ?? 0..<parameterCount
         pool.parallelFor(elements.count) { range, _ in
             body((elements.lowerBound + range.lowerBound)..<(elements.lowerBound + range.upperBound))
         }

@@ -77,5 +77,14 @@ public final class ParameterStore {
 
     public func value(named name: String) -> Tensor? { index(of: name).map { value($0) } }
 
+    /// The flat range of the parameters whose names start with `prefix` ("encoder."), when they
+    /// are contiguous and there is one; else nil.
+    public func parameterRange(prefix: String) -> Range<Int>? {
+        let matching = entries.filter { $0.kind == .parameter && $0.name.hasPrefix(prefix) }
+        guard let low = matching.map(\.offset).min(), let high = matching.map({ $0.offset + $0.shape.count }).max() else { return nil }
+        let inside = entries.filter { $0.kind == .parameter && $0.offset >= low && $0.offset < high }
+        return inside.count == matching.count ? low..<high : nil
+    }
+
     public func zeroGradients() { gradients.tensor.zero() }
 }

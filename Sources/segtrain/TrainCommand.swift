@@ -92,6 +92,8 @@ struct TrainCommand: ParsableCommand {
     var ema: Double?
     @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
     var initWeights: String?
+    @Option(help: "With --encoder: the encoder's learning rate is this times --lr (a parameter group, as PyTorch's param_groups; e.g. 0.1 to fine-tune gently).")
+    var encoderLrMult: Double?
     @Option(help: "Load the encoder from an ImageNet classification checkpoint in torchvision's naming, as safetensors (scripts/convert-weights.py makes one from a .pth); with --data, ImageNet normalisation becomes the default.")
     var encoderWeights: String?
 
@@ -120,6 +122,8 @@ struct TrainCommand: ParsableCommand {
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
         if encoderWeights != nil && model.encoder == "none" { throw ValidationError("--encoder-weights needs --encoder (resnet18, resnet34, resnet50 or mobilenet_v2)") }
+        if encoderLrMult != nil && model.encoder == "none" { throw ValidationError("--encoder-lr-mult needs --encoder") }
+        if let m = encoderLrMult, !(m >= 0 && m <= 1e6) { throw ValidationError("--encoder-lr-mult must be 0...1e6 (got \(m))") }
         if encoderWeights != nil && initWeights != nil { throw ValidationError("--encoder-weights and --init-weights both set the weights; give one") }
         if let d = ema, !(d > 0 && d < 1) { throw ValidationError("--ema must be a decay in (0, 1), e.g. 0.999 (got \(d))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
@@ -186,6 +190,10 @@ struct TrainCommand: ParsableCommand {
         let labels = dataOptions.labels(classes: architecture.classes)
         let local = LocalStep(model: net, loss: LossFunction(lossConfig, labels: labels),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: net.parameterCount))
+        if let mult = encoderLrMult {
+            guard let encoder = net.store.parameterRange(prefix: "encoder.") else { throw UserError("--encoder-lr-mult: the model has no encoder") }
+            local.optimizer.groups = [(encoder, mult)]
+        }
         let data = try makeSources(communicator: communicator, pool: pool)
         if dataOptions.data != nil {
             // Now that the files are counted: their order arrays, and --cache's decoded samples.

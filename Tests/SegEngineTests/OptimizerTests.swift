@@ -320,6 +320,49 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// Parameter groups (--encoder-lr-mult): a group of scale s updates as an optimizer of its own
+    /// over those elements at s x the rate (PyTorch's param_groups), the rest at the rate, bitwise;
+    /// also on a shard that cuts the group.
+    func testGroupsUpdateAsSeparateOptimizersAtScaledRates() {
+        let count = 5_003, group = 1_000..<3_500, scale = 0.25
+        for kind in OptimizerKind.allCases {
+            for shard in [nil, 2_000..<4_000] as [Range<Int>?] {
+                let config = OptimizerConfig(kind: kind, weightDecay: 0.01)
+                let start = randomValues(count, seed: 4)
+                let grouped = Optimizer(config, parameterCount: count), groupedValues = owned(start)
+                grouped.groups = [(group, scale)]
+                grouped.shard = shard
+                // The reference: one optimizer for the group at scale x the rate, one for the rest.
+                let inside = Optimizer(config, parameterCount: count), outside = [Optimizer(config, parameterCount: count),
+                                                                                 Optimizer(config, parameterCount: count)]
+                let elements = shard ?? 0..<count
+                inside.shard = group.clamped(to: elements)
+                outside[0].shard = elements.lowerBound..<max(elements.lowerBound, min(group.lowerBound, elements.upperBound))
+                outside[1].shard = min(elements.upperBound, max(group.upperBound, elements.lowerBound))..<elements.upperBound
+                let referenceValues = owned(start)
+                for step in 0..<5 {
+                    let g = stepGradients(count, step: step)
+                    grouped.apply(values: groupedValues.tensor, gradients: owned(g).tensor, learningRate: 0.01, pool: Self.pool)
+                    inside.apply(values: referenceValues.tensor, gradients: owned(g).tensor, learningRate: Float(0.01 * scale),
+                                 pool: Self.pool)
+                    for o in outside {
+                        o.apply(values: referenceValues.tensor, gradients: owned(g).tensor, learningRate: 0.01, pool: Self.pool)
+                    }
+                }
+                XCTAssertEqual(groupedValues.tensor.toArray().map(\.bitPattern), referenceValues.tensor.toArray().map(\.bitPattern),
+                               "\(kind), shard \(String(describing: shard))")
+                // And the group did move at another rate than the rest would have.
+                let plain = Optimizer(config, parameterCount: count), plainValues = owned(start)
+                for step in 0..<5 {
+                    plain.apply(values: plainValues.tensor, gradients: owned(stepGradients(count, step: step)).tensor,
+                                learningRate: 0.01, pool: Self.pool)
+                }
+                let probe = group.clamped(to: elements).lowerBound + 1
+                XCTAssertNotEqual(plainValues.tensor[probe], groupedValues.tensor[probe], "\(kind)")
+            }
+        }
+    }
+
     /// Checkpoint round trip: load the state buffers into a new optimizer, restore the step, and
     /// the next updates are bitwise those of the uninterrupted run.
     func testStateBuffersAndRestoreContinueTheRun() {

@@ -102,4 +102,18 @@ final class EncoderWeightsTests: XCTestCase {
             }
         }
     }
+
+    /// --encoder-lr-mult's parameter group: the encoder's parameters are one contiguous range.
+    func testTheEncoderParametersAreOneRange() throws {
+        for encoder in EncoderKind.allCases {
+            let m = model(encoder, seed: 1)
+            let range = try XCTUnwrap(m.store.parameterRange(prefix: "encoder."), "\(encoder)")
+            for e in m.store.entries where e.kind == .parameter {
+                XCTAssertEqual(range.contains(e.offset), e.name.hasPrefix("encoder."), "\(encoder) \(e.name)")
+            }
+            XCTAssertEqual(range.count, m.store.entries.filter { $0.kind == .parameter && $0.name.hasPrefix("encoder.") }
+                .reduce(0) { $0 + $1.shape.count })
+        }
+        XCTAssertNil(UNet(UNetConfig(), pool: WorkerPool(threads: 1)).store.parameterRange(prefix: "encoder."))
+    }
 }
