@@ -341,21 +341,25 @@ final class OptimizerTests: XCTestCase {
                 outside[1].shard = min(elements.upperBound, max(group.upperBound, elements.lowerBound))..<elements.upperBound
                 let referenceValues = owned(start)
                 for step in 0..<5 {
-                    let g = stepGradients(count, step: step)
-                    grouped.apply(values: groupedValues.tensor, gradients: owned(g).tensor, learningRate: 0.01, pool: Self.pool)
-                    inside.apply(values: referenceValues.tensor, gradients: owned(g).tensor, learningRate: Float(0.01 * scale),
+                    // Each update its own copy, alive until the updates are done (a Tensor does not
+                    // keep its storage alive).
+                    let g = stepGradients(count, step: step), copies = (0..<4).map { _ in owned(g) }
+                    grouped.apply(values: groupedValues.tensor, gradients: copies[0].tensor, learningRate: 0.01, pool: Self.pool)
+                    inside.apply(values: referenceValues.tensor, gradients: copies[1].tensor, learningRate: Float(0.01 * scale),
                                  pool: Self.pool)
-                    for o in outside {
-                        o.apply(values: referenceValues.tensor, gradients: owned(g).tensor, learningRate: 0.01, pool: Self.pool)
+                    for (o, copy) in zip(outside, copies[2...]) {
+                        o.apply(values: referenceValues.tensor, gradients: copy.tensor, learningRate: 0.01, pool: Self.pool)
                     }
+                    withExtendedLifetime(copies) {}
                 }
                 XCTAssertEqual(groupedValues.tensor.toArray().map(\.bitPattern), referenceValues.tensor.toArray().map(\.bitPattern),
                                "\(kind), shard \(String(describing: shard))")
                 // And the group did move at another rate than the rest would have.
                 let plain = Optimizer(config, parameterCount: count), plainValues = owned(start)
                 for step in 0..<5 {
-                    plain.apply(values: plainValues.tensor, gradients: owned(stepGradients(count, step: step)).tensor,
-                                learningRate: 0.01, pool: Self.pool)
+                    let gradient = owned(stepGradients(count, step: step))
+                    plain.apply(values: plainValues.tensor, gradients: gradient.tensor, learningRate: 0.01, pool: Self.pool)
+                    withExtendedLifetime(gradient) {}
                 }
                 let probe = group.clamped(to: elements).lowerBound + 1
                 XCTAssertNotEqual(plainValues.tensor[probe], groupedValues.tensor[probe], "\(kind)")

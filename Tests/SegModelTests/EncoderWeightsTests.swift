@@ -52,11 +52,14 @@ final class EncoderWeightsTests: XCTestCase {
 
     func testFilesThatDoNotFitAreRefusedNamingTheTensor() throws {
         let source = model(.resnet18, seed: 1), target = model(.resnet18, seed: 2)
+        // The odd tensors' values, alive for the whole test (a Tensor does not keep its storage).
+        let spare = OwnedTensor(.vector(4)), spareOne = OwnedTensor(.vector(1))
+        defer { withExtendedLifetime((spare, spareOne)) {} }
         let cases: [(String, ([Safetensors.Item]) -> [Safetensors.Item])] = [
             ("tensor layer4.1.bn2.weight is missing", { $0.filter { $0.name != "layer4.1.bn2.weight" } }),
-            ("unexpected tensor layer5.0.conv1.weight", { $0 + [Safetensors.Item(name: "layer5.0.conv1.weight", shape: [1], values: OwnedTensor(.vector(1)).tensor)] }),
+            ("unexpected tensor layer5.0.conv1.weight", { $0 + [Safetensors.Item(name: "layer5.0.conv1.weight", shape: [1], values: spareOne.tensor)] }),
             ("tensor layer1.0.conv1.weight has shape [4]", { items in items.map {
-                $0.name == "layer1.0.conv1.weight" ? Safetensors.Item(name: $0.name, shape: [4], values: OwnedTensor(.vector(4)).tensor) : $0
+                $0.name == "layer1.0.conv1.weight" ? Safetensors.Item(name: $0.name, shape: [4], values: spare.tensor) : $0
             } }),
         ]
         for (message, edit) in cases {
