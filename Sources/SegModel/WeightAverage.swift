@@ -27,27 +27,35 @@ public final class WeightAverage {
         buffers.pointer.update(from: store.buffers.pointer, count: buffers.count)
     }
 
-    /// One step: average = decay x average + (1 - decay) x store (in Float, element by element,
-    /// so the same on every rank and thread count).
-    public func update(from store: ParameterStore) {
+    /// One step: average = decay x average + (1 - decay) x store, element by element in Float
+    /// (so the same on every rank and any thread split), split over the pool's threads.
+    public func update(from store: ParameterStore, pool: WorkerPool) {
         let d = Float(decay), e = 1 - Float(decay)
-        for (average, current) in [(values, store.values), (buffers, store.buffers)] {
-            for i in 0..<average.count { average.pointer[i] = d * average.pointer[i] + e * current.pointer[i] }
-        }
+        Self.forEach(values, store.values, pool) { a, w in a = d * a + e * w }
+        Self.forEach(buffers, store.buffers, pool) { a, w in a = d * a + e * w }
         for i in counters { buffers.pointer[i] = store.buffers.pointer[i] }
     }
 
     /// Exchanges the store's weights and buffers with the average (twice restores both).
-    public func swap(with store: ParameterStore) {
-        for (average, current) in [(values, store.values), (buffers, store.buffers)] {
-            for i in 0..<average.count { Swift.swap(&average.pointer[i], &current.pointer[i]) }
+    public func swap(with store: ParameterStore, pool: WorkerPool) {
+        Self.forEach(values, store.values, pool) { a, w in Swift.swap(&a, &w) }
+        Self.forEach(buffers, store.buffers, pool) { a, w in Swift.swap(&a, &w) }
+    }
+
+    /// `body` on every element pair of two buffers of one layout, split over the pool.
+    @inline(__always)
+    private static func forEach(_ average: FloatBuffer, _ current: FloatBuffer, _ pool: WorkerPool,
+                                _ body: (inout Float, inout Float) -> Void) {
+        let a = average.pointer, w = current.pointer
+        pool.parallelFor(average.count) { range, _ in
+            for i in range { body(&a[i], &w[i]) }
         }
     }
 
     /// Runs `body` with the average in the store, then puts the weights back (also on a throw).
-    public func withAverage<T>(in store: ParameterStore, _ body: () throws -> T) rethrows -> T {
-        swap(with: store)
-        defer { swap(with: store) }
+    public func withAverage<T>(in store: ParameterStore, pool: WorkerPool, _ body: () throws -> T) rethrows -> T {
+        swap(with: store, pool: pool)
+        defer { swap(with: store, pool: pool) }
         return try body()
     }
 

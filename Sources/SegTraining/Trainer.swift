@@ -234,7 +234,7 @@ public final class Trainer {
             }
             let done = step.local.optimizer.step
             guard step.atStepBoundary else { continue }
-            if loss != nil { average?.update(from: step.local.model.store) }
+            if loss != nil { average?.update(from: step.local.model.store, pool: step.local.model.pool) }
             watchdog?.stepFinished(done, everyRank: step.alsoSummed.dropFirst())
             try afterStep?(StepInfo(epoch: epoch, batch: b, batches: batches, optimizerStep: done, loss: loss,
                                     seconds: monotonicSeconds() - start))
@@ -262,7 +262,7 @@ public final class Trainer {
         try shareRootBuffers()
         if let validation {
             let store = step.local.model.store
-            let (loss, counts) = try average.map { a in try a.withAverage(in: store) { try validate(validation) } }
+            let (loss, counts) = try average.map { a in try a.withAverage(in: store, pool: step.local.model.pool) { try validate(validation) } }
                 ?? validate(validation)
             // Rank 0's value everywhere (an exact sum with zeros), so every decision taken from it
             // (best model, plateau, early stop) is the same on every rank.

@@ -159,7 +159,7 @@ final class TrainingRunTests: XCTestCase {
         XCTAssertEqual(exported.store.values.tensor.toArray(), average.values.tensor.toArray())
         // Validation ran on the average: the last epoch's loss is the average's.
         let last = try XCTUnwrap(whole.records.last?.validationLoss)
-        let (withAverage, _) = try average.withAverage(in: store) { try whole.trainer.validate(whole.trainer.validation!) }
+        let (withAverage, _) = try average.withAverage(in: store, pool: whole.trainer.step.local.model.pool) { try whole.trainer.validate(whole.trainer.validation!) }
         let (withWeights, _) = try whole.trainer.validate(whole.trainer.validation!)
         XCTAssertEqual(last, withAverage)
         XCTAssertNotEqual(last, withWeights)
@@ -189,16 +189,16 @@ final class TrainingRunTests: XCTestCase {
         let before = unet.store.values.tensor.toArray(), beforeBuffers = unet.store.buffers.tensor.toArray()
         for i in 0..<unet.store.values.count { unet.store.values.pointer[i] += 1 }
         for i in 0..<unet.store.buffers.count { unet.store.buffers.pointer[i] += 2 }
-        average.update(from: unet.store)
+        average.update(from: unet.store, pool: unet.pool)
         for i in [0, 7, unet.store.values.count - 1] {
             XCTAssertEqual(average.values.pointer[i], 0.75 * before[i] + 0.25 * (before[i] + 1), accuracy: 1e-6)
         }
         XCTAssertEqual(average.buffers.pointer[0], 0.75 * beforeBuffers[0] + 0.25 * (beforeBuffers[0] + 2), accuracy: 1e-6)
         // swap twice restores both.
         let weightsNow = unet.store.values.tensor.toArray(), averageNow = average.values.tensor.toArray()
-        average.swap(with: unet.store)
+        average.swap(with: unet.store, pool: unet.pool)
         XCTAssertEqual(unet.store.values.tensor.toArray(), averageNow)
-        average.swap(with: unet.store)
+        average.swap(with: unet.store, pool: unet.pool)
         XCTAssertEqual(unet.store.values.tensor.toArray(), weightsNow)
     }
 }
