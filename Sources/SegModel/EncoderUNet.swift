@@ -181,25 +181,29 @@ public final class EncoderUNet {
                 if relu { writes.append(out) }  // the ReLU's mask is applied to the gradient in place
             default: break
             }
+            // The inputs' gradients (nil for the images), looked up when the op runs: the arena
+            // exists only after the tape is planned. No array per op and step.
+            let slot0 = inputSlots[0], slot1 = inputSlots.count > 1 ? inputSlots[1] : nil
             return TapeOp(reads: [out], writes: writes, finalizes: finalizes) { [unowned self] in
-                layerBackward(index, dx: inputSlots.map { $0.map { arena.gradient($0) } }, dy: arena.gradient(out))
+                layerBackward(index, dx0: slot0.map { arena.gradient($0) }, dx1: slot1.map { arena.gradient($0) },
+                              dy: arena.gradient(out))
             }
         }
     }
 
-    private func layerBackward(_ index: Int, dx: [Tensor?], dy: Tensor) {
+    private func layerBackward(_ index: Int, dx0: Tensor?, dx1: Tensor?, dy: Tensor) {
         let layer = graph.layers[index]
         let x = value(layer.inputs[0]), y = value(layer.output)
         switch layer.op {
         case .conv(let weight, let bias, let geometry):
             profile.measure(.convWeightGradient) {
-                stridedConvBackward(dx: dx[0], dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
+                stridedConvBackward(dx: dx0, dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
                                     dy: dy, x: x, weight: store.value(weight), geometry: geometry, pool: pool,
                                     scratch: scratch)
             }
         case .depthwise(let weight, let stride):
             profile.measure(.convWeightGradient) {
-                depthwise3x3Backward(dx: dx[0], dweight: store.gradient(weight), dy: dy, x: x,
+                depthwise3x3Backward(dx: dx0, dweight: store.gradient(weight), dy: dy, x: x,
                                      weight: store.value(weight), stride: stride, pool: pool, scratch: scratch)
             }
         case .batchNorm(let bn, _, let relu):
@@ -207,26 +211,26 @@ public final class EncoderUNet {
             let stats = statSlots[index]!
             profile.measure(.batchNorm) {
                 if lastForwardTraining {
-                    batchNormBackward(dx: dx[0], dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
+                    batchNormBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                       dy: dy, x: x, gamma: store.value(bn.gamma), saveMean: arena.value(stats.mean),
                                       saveInvStd: arena.value(stats.invStd), pool: pool)
                 } else {
-                    batchNormEvalBackward(dx: dx[0], dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
+                    batchNormEvalBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                           dy: dy, x: x, gamma: store.value(bn.gamma),
                                           runningMean: store.value(bn.runningMean),
                                           runningVar: store.value(bn.runningVar), pool: pool)
                 }
             }
         case .relu6:
-            if let dx0 = dx[0] { profile.measure(.elementwise) { relu6Backward(dx: dx0, dy: dy, y: y, pool: pool) } }
+            if let dx0 { profile.measure(.elementwise) { relu6Backward(dx: dx0, dy: dy, y: y, pool: pool) } }
         case .maxPool:
-            if let dx0 = dx[0] { profile.measure(.pool) { maxPoolBackward(dx: dx0, dy: dy, x: x, pool: pool) } }
+            if let dx0 { profile.measure(.pool) { maxPoolBackward(dx: dx0, dy: dy, x: x, pool: pool) } }
         case .add(let relu):
-            profile.measure(.elementwise) { residualAddBackward(da: dx[0], db: dx[1], dy: dy, y: y, relu: relu, pool: pool) }
+            profile.measure(.elementwise) { residualAddBackward(da: dx0, db: dx1, dy: dy, y: y, relu: relu, pool: pool) }
         case .upsampleNearest:
-            if let dx0 = dx[0] { profile.measure(.upsample) { upsampleNearest2xBackward(dx: dx0, dy: dy, pool: pool) } }
+            if let dx0 { profile.measure(.upsample) { upsampleNearest2xBackward(dx: dx0, dy: dy, pool: pool) } }
         case .concat:
-            profile.measure(.elementwise) { concatChannelsBackward(da: dx[0], db: dx[1], dy: dy, pool: pool) }
+            profile.measure(.elementwise) { concatChannelsBackward(da: dx0, db: dx1, dy: dy, pool: pool) }
         }
     }
 }
