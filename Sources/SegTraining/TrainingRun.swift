@@ -158,13 +158,14 @@ public final class TrainingRun {
             }
         }
         try collectives.broadcast(&bytes, root: 0)
-        do { best = try JSONDecoder().decode(RunDecisions.self, from: Data(bytes)) } catch {
+        let received: RunDecisions
+        do { received = try JSONDecoder().decode(RunDecisions.self, from: Data(bytes)) } catch {
             throw TrainingRunError("--resume: cannot decode rank 0's decisions (\(error))")
         }
+        best = RunDecisions(bestValidationLoss: received.bestValidationLoss, bestEpoch: received.bestEpoch)
         if trainer.schedule.config.kind == .plateau {
-            trainer.schedule = LearningRateSchedule(trainer.schedule.config, plateau: best.plateau)
+            trainer.schedule = LearningRateSchedule(trainer.schedule.config, plateau: received.plateau)
         }
-        best.plateau = nil
     }
 
     /// Rank 0: the checkpoint's state (nil for "auto" without one), checked against this run, and
@@ -397,7 +398,7 @@ public final class TrainingRun {
     /// `body` with the weight average in the model (--ema), else with the weights.
     private func withAverage<T>(_ body: () throws -> T) rethrows -> T {
         guard let average = trainer.average else { return try body() }
-        return try average.withAverage(in: model.store, body)
+        return try average.withAverage(in: model.store, pool: model.pool, body)
     }
 
     /// Rank 0 speaks.
