@@ -177,9 +177,10 @@ public final class Predictor {
             let mirrored = probabilitiesOfInput()
             flipInPlace(mirrored, horizontal: horizontal, pool: model.pool)
             flipInPlace(input.tensor, horizontal: horizontal, pool: model.pool)
-            for i in 0..<sum.tensor.count { sum.tensor[i] += mirrored[i] }
+            residualAddForward(sum.tensor, sum.tensor, mirrored, relu: false, pool: model.pool)
         }
-        for i in 0..<sum.tensor.count { probabilities.data[i] = sum.tensor[i] / 3 }
+        let (out, total) = (probabilities.data, sum.tensor.data)
+        model.pool.parallelFor(sum.tensor.count) { range, _ in for i in range { out[i] = total[i] / 3 } }
         return probabilities
     }
 
