@@ -66,6 +66,9 @@ struct BenchCommand: ParsableCommand {
         if parts > 1 {
             throw ValidationError("--conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, --augment-speed and --synthetic: one at a time")
         }
+        if (convLayers || convKernels) && model.encoder != "none" {
+            throw ValidationError("--conv-layers and --conv-kernels time the plain UNet's layers; they do not go with --encoder")
+        }
         if parts > 0 && dataOptions.data != nil { throw ValidationError("--data trains; it does not go with --conv-layers, --jpeg-decode, ...") }
         _ = try jpegDecodeSizes()
         _ = try augmentSides()
