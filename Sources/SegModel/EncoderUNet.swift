@@ -235,4 +235,10 @@ public final class EncoderUNet {
     }
 }
 
-extension EncoderUNet: SegmentationModel {}
+extension EncoderUNet: SegmentationModel {
+    /// The deepest stage (and its BatchNorms) runs at 1/32 of the input: at 32 x 32, 1 x 1.
+    public func minimumTrainingBatch(height: Int, width: Int) -> Int {
+        let side = EncoderUNetConfig.sizeMultiple
+        return (height / side) * (width / side) > 1 ? 1 : 2
+    }
+}

@@ -28,6 +28,10 @@ public protocol SegmentationModel: AnyObject {
     /// Activation-gradient floats (shared by lifetime, and not shared), for memory reports.
     var activationGradientFloats: (shared: Int, unshared: Int) { get }
 
+    /// The fewest images a training forward of `height` x `width` may hold: BatchNorm in training
+    /// mode needs more than one value per channel (PyTorch refuses one too), so a model whose
+    /// smallest normalised map is 1 x 1 needs 2.
+    func minimumTrainingBatch(height: Int, width: Int) -> Int
     /// Re-initialises every parameter from the configuration's seed (buffers reset).
     func initializeParameters()
     /// Allocates activations, gradients and scratch for batches of this shape (again only when it changes).
@@ -48,5 +52,7 @@ extension SegmentationModel {
 
 extension UNet: SegmentationModel {
     public var inChannels: Int { config.inChannels }
+    /// Its BatchNorm layers run at 1/2^(depth-1) of the input at the least: 2 x 2 or more.
+    public func minimumTrainingBatch(height: Int, width: Int) -> Int { 1 }
     public var classes: Int { config.classes }
 }

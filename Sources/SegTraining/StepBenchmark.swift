@@ -86,6 +86,15 @@ public final class StepBenchmark {
     /// `warmup` untimed steps, then `steps` timed ones. Every rank takes part; the page faults are
     /// the most of any rank, everything else is this rank's.
     public func run(warmup: Int, steps: Int, learningRate: Float) throws -> StepBenchmarkResult {
+        // Every rank takes the same decision: from the global batch, the last rank's share (the least).
+        let globalBatch = Int(try collectives.allreduceSum([Double(images.shape.n)])[0])
+        let fewest = shareOf(globalBatch, ranks: collectives.size, rank: collectives.size - 1).count
+        let minimum = model.minimumTrainingBatch(height: images.shape.h, width: images.shape.w)
+        if fewest < minimum {
+            throw SharedError(description: "at --image-size \(images.shape.h) the model's smallest BatchNorm map is 1 x 1: every "
+                              + "rank needs at least \(minimum) images per step, but --batch-size \(globalBatch) on "
+                              + "\(collectives.size) rank(s) gives a rank \(fewest)")
+        }
         try prepareBatch()
         try collectives.broadcast(model.store.values.tensor)
         for _ in 0..<warmup { _ = try trainStep(learningRate: learningRate) }
@@ -107,7 +116,7 @@ public final class StepBenchmark {
         }
         let allocationsAfter = heapAllocationCount(), largeAfter = heapAllocationCount(large: true)
         var r = StepBenchmarkResult()
-        r.globalBatch = Int(try collectives.allreduceSum([Double(images.shape.n)])[0])
+        r.globalBatch = globalBatch
         r.steps = steps
         r.seconds = stepStart - start
         r.stepSeconds = stepSeconds

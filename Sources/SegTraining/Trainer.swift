@@ -200,6 +200,24 @@ public final class Trainer {
         step.accumulate == 1 ? sampler.batchesPerEpoch : train.count / globalBatch / step.accumulate * step.accumulate
     }
 
+    /// Refuses, on every rank alike, a run in which some step would give a rank fewer images than
+    /// the model's BatchNorm can train on (`minimumTrainingBatch`), e.g. the last, smaller batch of
+    /// an epoch; checked from the sampler's counts before anything trains.
+    public func checkBatchesFitTheModel() throws {
+        let minimum = step.local.model.minimumTrainingBatch(height: imageSize, width: imageSize)
+        guard minimum > 1 else { return }
+        let ranks = collectives.size
+        for b in 0..<batchesPerEpoch {
+            let global = sampler.globalBatchSize(b)
+            guard let fewest = (0..<ranks).map({ shareOf(global, ranks: ranks, rank: $0).count }).filter({ $0 > 0 }).min(),
+                  fewest < minimum else { continue }
+            throw SharedError(description: "at --image-size \(imageSize) the model's smallest BatchNorm map is 1 x 1, so every "
+                + "rank needs at least \(minimum) images in every step, but global batch \(b + 1) of \(batchesPerEpoch) "
+                + "(\(global) of \(train.count) samples on \(ranks) rank(s)) gives a rank \(fewest): change --batch-size, "
+                + "add --drop-last, or use a larger --image-size")
+        }
+    }
+
     /// Trains epoch `epoch` from global batch `firstBatch` on and validates; returns its record, the
     /// same on every rank, or, when a stop was requested, `.stopped(after:)` the batch last trained.
     public func runEpoch(_ epoch: Int, firstBatch: Int = 0) throws -> EpochOutcome {

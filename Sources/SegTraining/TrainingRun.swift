@@ -212,6 +212,7 @@ public final class TrainingRun {
                 + "nothing written")
             return
         }
+        try trainer.checkBatchesFitTheModel()
         let runStart = monotonicSeconds()
         trainer.afterStep = { [unowned self] info in
             try afterStep?(info)

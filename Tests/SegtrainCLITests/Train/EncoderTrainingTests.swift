@@ -61,4 +61,23 @@ final class EncoderTrainingTests: TemporaryFolderTestCase {
         let rows = try String(contentsOfFile: "\(folder)/scores.csv", encoding: .utf8).split(separator: "\n")
         XCTAssertEqual(rows.filter { $0.hasPrefix("images/") }.count, 3, "\(rows)")
     }
+
+    /// At 32 x 32 the encoder's deepest BatchNorm sees one value per channel and image: a step that
+    /// gives a rank one image is refused before training, in one line naming the flags (PyTorch
+    /// raises "Expected more than 1 value per channel"); --drop-last makes the run fit.
+    func testAOneImageStepAtTheSmallestSizeIsRefusedNotATrap() throws {
+        let data = "\(folder)/data"
+        XCTAssertEqual(try segtrain(["synth", "--out", data, "--count", "8", "--size", "32"]).status, 0)
+        let common = ["train", "--encoder", "resnet18", "--image-size", "32", "--threads", "1", "--data", data,
+                      "--val-split", "0.125", "--epochs", "1", "--batch-size", "2", "--out", "\(folder)/run"]
+        let refused = try segtrain(common)  // 7 training samples: the last step has 1 image
+        XCTAssertEqual(refused.status, 1, refused.stderr)
+        XCTAssertTrue(refused.stderr.hasPrefix("segtrain: error: at --image-size 32 the model's smallest BatchNorm map is 1 x 1")
+                      && refused.stderr.contains("--drop-last") && refused.stderr.split(separator: "\n").count == 1, refused.stderr)
+        let fitting = try segtrain(common + ["--drop-last"])
+        XCTAssertEqual(fitting.status, 0, fitting.stderr)
+        let bench = try segtrain(["bench", "--encoder", "resnet18", "--image-size", "32", "--batch-size", "1", "--steps", "1"])
+        XCTAssertEqual(bench.status, 1, bench.stderr)
+        XCTAssertTrue(bench.stderr.contains("gives a rank 1"), bench.stderr)
+    }
 }
