@@ -510,6 +510,12 @@ extension Communicator: Collectives {
     /// MPI_Allreduce(SUM) of a few doubles.
     public func allreduceSum(_ values: [Double]) throws -> [Double] { try allreduce(values, .sum) }
 
+    /// In place (MPI_IN_PLACE), allocating nothing: SyncBatchNorm's statistics.
+    public func allreduceSum(_ values: UnsafeMutableBufferPointer<Double>) throws {
+        try allreduceRaw(values.baseAddress.map { UnsafeMutableRawPointer($0) }, count: values.count, elementSize: MemoryLayout<Double>.stride,
+                         type: cmpi_double(), .sum)
+    }
+
     /// `startAllreduceSum(_:from:)` above, as the protocol's `PendingSum`.
     public func startAllreduceSum(_ result: Tensor, from source: Tensor) throws -> PendingSum {
         let request: Request = try startAllreduceSum(result, from: Optional(source))

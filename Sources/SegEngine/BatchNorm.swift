@@ -17,9 +17,12 @@
 /// Statistics are accumulated in Double, per channel in a fixed order (thread-count independent).
 /// x, y: (N, C, H, W)  gamma, beta, runningMean, runningVar, saveMean, saveInvStd: C elements,
 /// e.g. (C, 1, 1, 1).
+/// With `synchronized` (SyncBatchNorm, `--sync-bn`) a training forward's statistics are those of
+/// the batches of all ranks together (`synchronizedBatchNormForward`).
 public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tensor, runningMean: Tensor,
                              runningVar: Tensor, saveMean: Tensor, saveInvStd: Tensor, training: Bool,
-                             momentum: Float = 0.1, epsilon: Float = 1e-5, pool: WorkerPool) {
+                             momentum: Float = 0.1, epsilon: Float = 1e-5, synchronized: BatchStatisticsSum? = nil,
+                             pool: WorkerPool) {
     let who: StaticString = "batchNormForward"
     precondition(y.shape == x.shape, "\(who): y \(y.shape) differs from x \(x.shape)")
     let channels = x.c, plane = x.shape.plane, batch = x.n
@@ -43,35 +46,92 @@ public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tens
         return
     }
 
+    if let synchronized {
+        synchronizedBatchNormForward(y, x, gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar,
+                                     saveMean: saveMean, saveInvStd: saveInvStd, momentum: momentum, epsilon: epsilon,
+                                     sum: synchronized, pool: pool)
+        return
+    }
     let m = batch * plane
     precondition(m > 1, "\(who): training needs more than one value per channel, got \(x.shape)")
     pool.parallelFor(channels) { channelRange, _ in
         for c in channelRange {
-            var sum = 0.0
-            for n in 0..<batch {
-                let src = x.plane(n, c)
-                for i in 0..<plane { sum += Double(src[i]) }
-            }
-            let mean = sum / Double(m)
-            var squares = 0.0
-            for n in 0..<batch {
-                let src = x.plane(n, c)
-                for i in 0..<plane {
-                    let d = Double(src[i]) - mean
-                    squares += d * d
-                }
-            }
-            let variance = squares / Double(m)
-            let invStd = 1 / (variance + Double(epsilon)).squareRoot()
-            saveMean[c] = Float(mean)
-            saveInvStd[c] = Float(invStd)
-            runningMean[c] = (1 - momentum) * runningMean[c] + momentum * Float(mean)
-            runningVar[c] = (1 - momentum) * runningVar[c] + momentum * Float(variance * Double(m) / Double(m - 1))
+            let mean = BatchNormChannel.sum(x, c) / Double(m)
+            let variance = BatchNormChannel.squaredDeviations(x, c, from: mean) / Double(m)
+            BatchNormChannel.finish(y, x, c, mean: mean, variance: variance, count: Double(m), gamma: gamma, beta: beta,
+                                    runningMean: runningMean, runningVar: runningVar, saveMean: saveMean,
+                                    saveInvStd: saveInvStd, momentum: momentum, epsilon: epsilon)
+        }
+    }
+}
 
-            let meanF = Float(mean), scale = gamma[c] * Float(invStd), shift = beta[c]
-            for n in 0..<batch {
-                let src = x.plane(n, c), dst = y.plane(n, c)
-                for i in 0..<plane { dst[i] = (src[i] - meanF) * scale + shift }
+/// One channel's pieces of the training forward and backward, shared by BatchNorm and SyncBatchNorm
+/// (which sums the pieces over the ranks in between). Sums in Double over (n, h, w) in one order.
+enum BatchNormChannel {
+    /// The sum of channel c's values.
+    @inline(__always) static func sum(_ x: Tensor, _ c: Int) -> Double {
+        var sum = 0.0
+        for n in 0..<x.n {
+            let src = x.plane(n, c)
+            for i in 0..<x.shape.plane { sum += Double(src[i]) }
+        }
+        return sum
+    }
+
+    /// The sum of channel c's squared deviations from `mean`.
+    @inline(__always) static func squaredDeviations(_ x: Tensor, _ c: Int, from mean: Double) -> Double {
+        var squares = 0.0
+        for n in 0..<x.n {
+            let src = x.plane(n, c)
+            for i in 0..<x.shape.plane {
+                let d = Double(src[i]) - mean
+                squares += d * d
+            }
+        }
+        return squares
+    }
+
+    /// Saves the statistics, updates the running ones (the variance unbiased with `count` values)
+    /// and writes channel c of y.
+    @inline(__always) static func finish(_ y: Tensor, _ x: Tensor, _ c: Int, mean: Double, variance: Double, count: Double,
+                                         gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor,
+                                         saveMean: Tensor, saveInvStd: Tensor, momentum: Float, epsilon: Float) {
+        let invStd = 1 / (variance + Double(epsilon)).squareRoot()
+        saveMean[c] = Float(mean)
+        saveInvStd[c] = Float(invStd)
+        runningMean[c] = (1 - momentum) * runningMean[c] + momentum * Float(mean)
+        runningVar[c] = (1 - momentum) * runningVar[c] + momentum * Float(variance * count / (count - 1))
+        let meanF = Float(mean), scale = gamma[c] * Float(invStd), shift = beta[c]
+        for n in 0..<x.n {
+            let src = x.plane(n, c), dst = y.plane(n, c)
+            for i in 0..<x.shape.plane { dst[i] = (src[i] - meanF) * scale + shift }
+        }
+    }
+
+    /// sum(dy) and sum(dy * xhat) of channel c, xhat from the saved statistics.
+    @inline(__always) static func gradientSums(_ dy: Tensor, _ x: Tensor, _ c: Int, mean: Float,
+                                               invStd: Float) -> (dy: Double, dyXhat: Double) {
+        var sumDy = 0.0, sumDyXhat = 0.0
+        for n in 0..<x.n {
+            let up = dy.plane(n, c), src = x.plane(n, c)
+            for i in 0..<x.shape.plane {
+                let g = Double(up[i])
+                sumDy += g
+                sumDyXhat += g * Double((src[i] - mean) * invStd)
+            }
+        }
+        return (sumDy, sumDyXhat)
+    }
+
+    /// dx += gamma * invStd * (dy - mean(dy) - xhat * mean(dy * xhat)) for channel c.
+    @inline(__always) static func addInputGradient(_ dx: Tensor, _ dy: Tensor, _ x: Tensor, _ c: Int, mean: Float,
+                                                   invStd: Float, gamma: Float, meanDy: Float, meanDyXhat: Float) {
+        let k = gamma * invStd
+        for n in 0..<x.n {
+            let up = dy.plane(n, c), src = x.plane(n, c), grad = dx.plane(n, c)
+            for i in 0..<x.shape.plane {
+                let xhat = (src[i] - mean) * invStd
+                grad[i] += k * (up[i] - meanDy - xhat * meanDyXhat)
             }
         }
     }
@@ -83,8 +143,11 @@ public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tens
 /// dx += gamma * invStd * (dy - sum(dy) / m - xhat * sum(dy * xhat) / m); dx nil skips it.
 /// x, dx, dy: (N, C, H, W)  gamma, saveMean, saveInvStd (from the training forward), dgamma, dbeta:
 /// C elements. Sums in Double per channel in a fixed order (thread-count independent).
+/// With `synchronized` (the forward's), the sums in dx run over the batches of all ranks; dgamma and
+/// dbeta stay this rank's (the gradient's allreduce adds the others').
 public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Tensor, x: Tensor, gamma: Tensor,
-                              saveMean: Tensor, saveInvStd: Tensor, pool: WorkerPool) {
+                              saveMean: Tensor, saveInvStd: Tensor, synchronized: BatchStatisticsSum? = nil,
+                              pool: WorkerPool) {
     let who: StaticString = "batchNormBackward"
     precondition(dy.shape == x.shape, "\(who): dy \(dy.shape) differs from x \(x.shape)")
     if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) differs from x \(x.shape)") }
@@ -94,33 +157,23 @@ public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Te
     checkChannelVector(gamma, channels, "gamma", who)
     checkChannelVector(saveMean, channels, "saveMean", who)
     checkChannelVector(saveInvStd, channels, "saveInvStd", who)
+    if let synchronized, dx != nil {
+        synchronizedBatchNormBackward(dx: dx!, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, gamma: gamma,
+                                      saveMean: saveMean, saveInvStd: saveInvStd, sum: synchronized, pool: pool)
+        return
+    }
     let m = batch * plane
     guard m > 0 else { return }
 
     pool.parallelFor(channels) { channelRange, _ in
         for c in channelRange {
             let mean = saveMean[c], invStd = saveInvStd[c]
-            var sumDy = 0.0, sumDyXhat = 0.0
-            for n in 0..<batch {
-                let up = dy.plane(n, c), src = x.plane(n, c)
-                for i in 0..<plane {
-                    let g = Double(up[i])
-                    sumDy += g
-                    sumDyXhat += g * Double((src[i] - mean) * invStd)
-                }
-            }
-            dbeta[c] += Float(sumDy)
-            dgamma[c] += Float(sumDyXhat)
+            let sums = BatchNormChannel.gradientSums(dy, x, c, mean: mean, invStd: invStd)
+            dbeta[c] += Float(sums.dy)
+            dgamma[c] += Float(sums.dyXhat)
             guard let dx else { continue }
-            let k = gamma[c] * invStd
-            let meanDy = Float(sumDy / Double(m)), meanDyXhat = Float(sumDyXhat / Double(m))
-            for n in 0..<batch {
-                let up = dy.plane(n, c), src = x.plane(n, c), grad = dx.plane(n, c)
-                for i in 0..<plane {
-                    let xhat = (src[i] - mean) * invStd
-                    grad[i] += k * (up[i] - meanDy - xhat * meanDyXhat)
-                }
-            }
+            BatchNormChannel.addInputGradient(dx, dy, x, c, mean: mean, invStd: invStd, gamma: gamma[c],
+                                              meanDy: Float(sums.dy / Double(m)), meanDyXhat: Float(sums.dyXhat / Double(m)))
         }
     }
 }

@@ -2,6 +2,9 @@
 // conforms itself (MPI_Allreduce, MPI_Iallreduce, MPI_Allgatherv); `SingleProcess` is the trivial
 // one-rank version used by tests and tools. It sits in the engine so that training (SegTraining)
 // and MPI (SegDistributed) both build on it without depending on each other.
+#if canImport(Glibc)
+import Glibc
+#endif
 
 
 /// A sum in progress (`Collectives.startAllreduceSum`).
@@ -30,6 +33,12 @@ public protocol Collectives: AnyObject {
     func waitAll(_ sums: [PendingSum]) throws
     /// Element-wise sums of `values` over all ranks.
     func allreduceSum(_ values: [Double]) throws -> [Double]
+    /// The same in place, allocating nothing (SyncBatchNorm's statistics, inside a training step).
+    /// Default: through the array version.
+    func allreduceSum(_ values: UnsafeMutableBufferPointer<Double>) throws
+    /// Ends the whole job from a place that cannot throw (a model's forward): prints
+    /// `segtrain: error: rank R: message` and, under MPI, aborts every rank. Default: exit(1).
+    func abort(code: Int32, message: String) -> Never
     /// Every rank's share of `tensor` (`shareOf(tensor.count, ranks: size, rank: r)` for rank r)
     /// from that rank to all the others, in place.
     func allgatherShares(_ tensor: Tensor) throws
@@ -67,6 +76,7 @@ public final class SingleProcess: Collectives {
     public var size: Int { 1 }
     public func allreduceSum(_ tensor: Tensor) throws {}
     public func allreduceSum(_ values: [Double]) throws -> [Double] { values }
+    public func allreduceSum(_ values: UnsafeMutableBufferPointer<Double>) throws {}
     public func allgatherShares(_ tensor: Tensor) throws {}
     public func broadcast(_ tensor: Tensor, root: Int) throws {}
     public func broadcast(_ bytes: inout [UInt8], root: Int) throws {}
@@ -92,6 +102,16 @@ extension Collectives {
 
     public func checkSame(_ value: UInt64, what: String) throws {
         if try !allEqual(value) { throw RanksDifferError(what: what) }
+    }
+
+    public func allreduceSum(_ values: UnsafeMutableBufferPointer<Double>) throws {
+        let sums = try allreduceSum(Array(values))
+        for i in values.indices { values[i] = sums[i] }
+    }
+
+    public func abort(code: Int32, message: String) -> Never {
+        fputs("segtrain: error: rank \(rank): \(message)\n", stderr)
+        exit(code == 0 ? 1 : code)
     }
 
     /// Rank 0's elements of `tensor` on every rank.

@@ -17,6 +17,9 @@ public final class EncoderUNet {
     public let store: ParameterStore
     public let pool: WorkerPool
     public let profile = Profile()
+    public var batchStatistics: BatchStatisticsSum? {
+        didSet { batchStatistics?.reserve(channels: widestBatchNorm) }
+    }
     let graph: LayerGraph
 
     // Planned for one batch shape.
@@ -132,7 +135,7 @@ public final class EncoderUNet {
                     batchNormForward(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
                                      runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
                                      saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
-                                     training: training, pool: pool)
+                                     training: training, synchronized: batchStatistics, pool: pool)
                 }
                 if training { store.value(counter)[0] += 1 }
                 if relu { profile.measure(.elementwise) { reluForward(y, y, pool: pool) } }
@@ -213,7 +216,7 @@ public final class EncoderUNet {
                 if lastForwardTraining {
                     batchNormBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                       dy: dy, x: x, gamma: store.value(bn.gamma), saveMean: arena.value(stats.mean),
-                                      saveInvStd: arena.value(stats.invStd), pool: pool)
+                                      saveInvStd: arena.value(stats.invStd), synchronized: batchStatistics, pool: pool)
                 } else {
                     batchNormEvalBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                           dy: dy, x: x, gamma: store.value(bn.gamma),

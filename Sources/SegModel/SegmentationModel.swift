@@ -27,6 +27,9 @@ public protocol SegmentationModel: AnyObject {
     var logitsGradient: Tensor { get }
     /// Activation-gradient floats (shared by lifetime, and not shared), for memory reports.
     var activationGradientFloats: (shared: Int, unshared: Int) { get }
+    /// SyncBatchNorm (`--sync-bn`): training forwards take their BatchNorm statistics over every
+    /// rank's batch through this exchange; nil (the default): each rank's own batch.
+    var batchStatistics: BatchStatisticsSum? { get set }
 
     /// The fewest images a training forward of `height` x `width` may hold: BatchNorm in training
     /// mode needs more than one value per channel (PyTorch refuses one too), so a model whose
@@ -48,6 +51,15 @@ public protocol SegmentationModel: AnyObject {
 
 extension SegmentationModel {
     public func backward() { backward(afterOp: nil) }
+
+    /// The channels of the widest BatchNorm layer (0 without BatchNorm): what `batchStatistics`
+    /// must hold room for.
+    public var widestBatchNorm: Int {
+        store.entries.filter { $0.name.hasSuffix(".running_mean") }.map(\.shape.count).max() ?? 0
+    }
+
+    /// True when the model has BatchNorm layers (what `--sync-bn` synchronises).
+    public var hasBatchNorm: Bool { widestBatchNorm > 0 }
 }
 
 extension UNet: SegmentationModel {

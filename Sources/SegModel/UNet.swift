@@ -65,6 +65,9 @@ public final class UNet {
     public let store: ParameterStore
     public let pool: WorkerPool
     public let profile = Profile()
+    public var batchStatistics: BatchStatisticsSum? {
+        didSet { batchStatistics?.reserve(channels: widestBatchNorm) }
+    }
 
     private var encoder: [EncoderLevel] = []
     private var decoder: [DecoderLevel] = []
@@ -400,7 +403,7 @@ public final class UNet {
                 batchNormForward(out, z, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
                                  runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
                                  saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
-                                 training: training, pool: pool)
+                                 training: training, synchronized: batchStatistics, pool: pool)
             }
             profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
         } else {
@@ -492,7 +495,7 @@ public final class UNet {
                                       dbeta: store.gradient(bn.beta), dy: arena.gradient(unit.output),
                                       x: arena.value(unit.preNorm), gamma: store.value(bn.gamma),
                                       saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
-                                      pool: pool)
+                                      synchronized: batchStatistics, pool: pool)
                 }
             })
             dConv = unit.preNorm

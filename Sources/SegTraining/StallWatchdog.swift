@@ -169,6 +169,12 @@ public final class WatchedCollectives: Collectives {
         try watchdog.waiting(for: "a small sum (loss, stop flags, counts)") { try inner.allreduceSum(values) }
     }
 
+    public func allreduceSum(_ values: UnsafeMutableBufferPointer<Double>) throws {
+        try watchdog.waiting(for: "the BatchNorm statistics' sum (--sync-bn)") { try inner.allreduceSum(values) }
+    }
+
+    public func abort(code: Int32, message: String) -> Never { inner.abort(code: code, message: message) }
+
     public func allgatherShares(_ tensor: Tensor) throws {
         try watchdog.waiting(for: "the exchange of the ranks' shares (weights or optimizer state)") {
             try inner.allgatherShares(tensor)

@@ -200,20 +200,42 @@ public final class Trainer {
         step.accumulate == 1 ? sampler.batchesPerEpoch : train.count / globalBatch / step.accumulate * step.accumulate
     }
 
+    /// SyncBatchNorm (`--sync-bn`): the model's BatchNorm layers take their training statistics over
+    /// every rank's batch (a no-op on one rank, where they already are). Call before training.
+    public func synchronizeBatchNorm() {
+        guard collectives.size > 1 else { return }
+        step.local.model.batchStatistics = BatchStatisticsSum(collectives: collectives)
+    }
+
     /// Refuses, on every rank alike, a run in which some step would give a rank fewer images than
     /// the model's BatchNorm can train on (`minimumTrainingBatch`), e.g. the last, smaller batch of
-    /// an epoch; checked from the sampler's counts before anything trains.
+    /// an epoch; checked from the sampler's counts before anything trains. With --sync-bn the
+    /// statistics are the global batch's, so the minimum holds for the global batch, but every rank
+    /// needs an image in every step (each takes part in every BatchNorm layer's sums).
     public func checkBatchesFitTheModel() throws {
         let minimum = step.local.model.minimumTrainingBatch(height: imageSize, width: imageSize)
-        guard minimum > 1 else { return }
+        let synchronized = step.local.model.batchStatistics != nil
+        guard minimum > 1 || synchronized else { return }
         let ranks = collectives.size
         for b in 0..<batchesPerEpoch {
             let global = sampler.globalBatchSize(b)
-            guard let fewest = (0..<ranks).map({ shareOf(global, ranks: ranks, rank: $0).count }).filter({ $0 > 0 }).min(),
-                  fewest < minimum else { continue }
+            let shares = (0..<ranks).map { shareOf(global, ranks: ranks, rank: $0).count }
+            let batchText = "global batch \(b + 1) of \(batchesPerEpoch) (\(global) of \(train.count) samples on \(ranks) rank(s))"
+            if synchronized {
+                if let empty = shares.firstIndex(of: 0) {
+                    throw SharedError(description: "--sync-bn needs an image on every rank in every step, but \(batchText) "
+                        + "gives rank \(empty) none: add --drop-last or change --batch-size")
+                }
+                if global < minimum {
+                    throw SharedError(description: "at --image-size \(imageSize) the model's smallest BatchNorm map is 1 x 1, "
+                        + "so every step needs at least \(minimum) images, but \(batchText) has \(global): add --drop-last, "
+                        + "change --batch-size, or use a larger --image-size")
+                }
+                continue
+            }
+            guard let fewest = shares.filter({ $0 > 0 }).min(), fewest < minimum else { continue }
             throw SharedError(description: "at --image-size \(imageSize) the model's smallest BatchNorm map is 1 x 1, so every "
-                + "rank needs at least \(minimum) images in every step, but global batch \(b + 1) of \(batchesPerEpoch) "
-                + "(\(global) of \(train.count) samples on \(ranks) rank(s)) gives a rank \(fewest): change --batch-size, "
+                + "rank needs at least \(minimum) images in every step, but \(batchText) gives a rank \(fewest): change --batch-size, "
                 + "add --drop-last, or use a larger --image-size")
         }
     }

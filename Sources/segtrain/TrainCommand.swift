@@ -90,6 +90,8 @@ struct TrainCommand: ParsableCommand {
     var progress = ProgressStyle.auto
     @Option(help: "Keep an exponential moving average of the weights with this decay (e.g. 0.999; timm's ModelEmaV2): validation, the best model, samples and the exported model use it.")
     var ema: Double?
+    @Flag(help: "SyncBatchNorm: BatchNorm's training statistics over every rank's batch (summed in the forward and backward passes), so that an N-rank step equals the 1-rank step; for models with BatchNorm (--batchnorm, --encoder).")
+    var syncBn = false
     @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
     var initWeights: String?
     @Option(help: "With --encoder: the encoder's learning rate is this times --lr (a parameter group, as PyTorch's param_groups; e.g. 0.1 to fine-tune gently).")
@@ -125,6 +127,9 @@ struct TrainCommand: ParsableCommand {
         if encoderLrMult != nil && model.encoder == "none" { throw ValidationError("--encoder-lr-mult needs --encoder") }
         if let m = encoderLrMult, !(m >= 0 && m <= 1e6) { throw ValidationError("--encoder-lr-mult must be 0...1e6 (got \(m))") }
         if encoderWeights != nil && initWeights != nil { throw ValidationError("--encoder-weights and --init-weights both set the weights; give one") }
+        if syncBn && model.encoder == "none" && !model.batchnorm {
+            throw ValidationError("--sync-bn synchronises BatchNorm, but this model has none: add --batchnorm or use --encoder")
+        }
         if let d = ema, !(d > 0 && d < 1) { throw ValidationError("--ema must be a decay in (0, 1), e.g. 0.999 (got \(d))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
@@ -217,6 +222,7 @@ struct TrainCommand: ParsableCommand {
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: model.seed,
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
         trainer.watchdog = watchdog
+        if syncBn { trainer.synchronizeBatchNorm() }
         trainer.average = ema.map { WeightAverage(of: net.store, decay: $0) }  // from rank 0's start
         trainer.step.accumulate = accumulate  // before resuming: it sets the epoch's batch count
         trainer.checkSyncEvery = checkSync
