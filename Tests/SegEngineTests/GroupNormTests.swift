@@ -103,8 +103,13 @@ final class GroupNormTests: XCTestCase {
             f.backward(dy: dy.tensor, pool: pool)
             let yN = OwnedTensor(shape), dxN = OwnedTensor(shape), dgN = OwnedTensor(f.gamma.shape), dbN = OwnedTensor(f.beta.shape)
             dxN.tensor.copy(from: dx0.tensor); dgN.tensor.copy(from: dg0.tensor); dbN.tensor.copy(from: db0.tensor)
-            groupNormNaive(y: yN.tensor, dx: dxN.tensor, dgamma: dgN.tensor, dbeta: dbN.tensor, dy: dy.tensor, x: f.x.tensor,
+            let meanN = OwnedTensor(f.saveMean.shape), invStdN = OwnedTensor(f.saveInvStd.shape)
+            groupNormNaive(y: yN.tensor, saveMean: meanN.tensor, saveInvStd: invStdN.tensor, dx: dxN.tensor,
+                           dgamma: dgN.tensor, dbeta: dbN.tensor, dy: dy.tensor, x: f.x.tensor,
                            groups: groups, gamma: f.gamma.tensor, beta: f.beta.tensor)
+            // Both sum the group's values in Double in the same (c, h, w) order: the same statistics.
+            S.assertBitwiseEqual(f.saveMean.tensor, meanN.tensor, "saveMean \(shape) G \(groups)")
+            S.assertBitwiseEqual(f.saveInvStd.tensor, invStdN.tensor, "saveInvStd \(shape) G \(groups)")
 
             let perGroup = shape.c / groups, plane = shape.plane, m = Double(perGroup * plane)
             var y = [Double](repeating: 0, count: shape.count), yMag = y
