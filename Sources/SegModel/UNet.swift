@@ -222,8 +222,8 @@ public final class UNet {
                 height: h, width: w, kernel: c.kernel, policy: convPolicy, threads: threads))
             sharedFloats = max(sharedFloats, conv2dSharedScratchFloats(
                 inChannels: c.inChannels, outChannels: c.outChannels, kernel: c.kernel))
-            rows.append(convRow(name, c, h: h, w: w, firstLayer: firstLayer,
-                                kind: unit.gn.map { "conv3x3+gn\($0.groups)+relu" } ?? (unit.bn == nil ? "conv3x3+relu" : "conv3x3+bn+relu"),
+            let kind = unit.gn.map { "conv3x3+gn\($0.groups)+relu" } ?? (unit.bn == nil ? "conv3x3+relu" : "conv3x3+bn+relu")
+            rows.append(convRow(name, c, h: h, w: w, firstLayer: firstLayer, kind: kind,
                                 extraParameters: unit.normalized ? 2 * c.outChannels : 0))
         }
 
