@@ -10,7 +10,7 @@ bin=${1:-.build/release/segtrain}; shift || true
 out=$(mktemp -d)
 cc -O2 -shared -fPIC -o "$out/alloc_counter.so" scripts/alloc-counter/alloc_counter.c
 status=0
-for config in "--threads 1" "--threads 2" "--threads 2 --batchnorm --upsample transpose" "--threads 3 --loss bce+dice --optimizer sgd --nesterov"; do
+for config in "--threads 1" "--threads 2" "--threads 2 --norm batch --upsample transpose" "--threads 2 --norm group" "--threads 3 --loss bce+dice --optimizer sgd --nesterov"; do
   line=$(LD_PRELOAD="$out/alloc_counter.so" "$bin" bench --image-size 32 --batch-size 3 --base-channels 8 --depth 3 \
            --steps 3 --warmup 1 $config "$@" --json)
   read -r count large < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d.get("heap_allocations_in_timed_steps", "missing"), d.get("large_heap_allocations_in_timed_steps", "missing"))' "$line")

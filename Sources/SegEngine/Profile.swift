@@ -25,7 +25,7 @@ public enum WorkKind: Int, CaseIterable, Sendable {
         case .pool: return "pool"
         case .upsample: return "upsample"
         case .elementwise: return "relu/concat/pad"
-        case .batchNorm: return "batchnorm"
+        case .batchNorm: return "batchnorm/groupnorm"
         case .loss: return "loss"
         case .optimizer: return "optimizer"
         case .communication: return "communication (MPI)"

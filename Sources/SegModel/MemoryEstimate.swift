@@ -8,12 +8,13 @@
 import SegEngine
 
 extension UNetConfig {
-    /// Trainable parameters and non-trainable buffers (BN running statistics), as UNet.init lays them out.
+    /// Trainable parameters and non-trainable buffers (BN running statistics), as UNet.init lays them
+    /// out: with a norm the convolutions lose their bias and the norm has a weight and a bias per channel.
     public var estimatedParameterCounts: (parameters: Double, buffers: Double) {
         var parameters = 0.0, buffers = 0.0
         func unit(_ cin: Int, _ cout: Int) {
-            parameters += Double(cin) * Double(cout) * 9 + (batchNorm ? 2 : 1) * Double(cout)
-            if batchNorm { buffers += 2 * Double(cout) }
+            parameters += Double(cin) * Double(cout) * 9 + (norm == .none ? 1 : 2) * Double(cout)
+            if norm == .batch { buffers += 2 * Double(cout) }
         }
         var cin = inChannels
         for i in 0..<depth {
@@ -44,11 +45,19 @@ extension UNetConfig {
             values += floats
             if gradient { withGradient += floats }
         }
+        // A normalised unit keeps the convolution's output before the norm (with a gradient) and the
+        // norm's saved mean and 1 / std: C values each for BN, N * G for GN (G <= 32 counted as min(32, C)).
+        func addNorm(_ c: Double, _ side: Double) {
+            guard norm != .none else { return }
+            add(c, side)
+            let statistics = norm == .group ? b * min(32, c) : c
+            values += 2 * (statistics + 16)
+        }
         var side = Double(imageSize)
         var sides: [Double] = []
         for i in 0..<depth {
             let c = Double(baseChannels) * Double(1 << i)
-            for _ in 0..<2 { if batchNorm { add(c, side) }; add(c, side) }
+            for _ in 0..<2 { addNorm(c, side); add(c, side) }
             sides.append(side)
             side = (side / 2).rounded(.down)
             add(c, side)
@@ -61,7 +70,7 @@ extension UNetConfig {
             if s != 2 * belowSide { add(below, s) }  // padded to the skip's size (odd sides)
             add(c + below, s)                       // concatenation
             belowSide = s
-            for _ in 0..<2 { if batchNorm { add(c, s) }; add(c, s) }
+            for _ in 0..<2 { addNorm(c, s); add(c, s) }
             below = c
         }
         add(Double(classes), Double(imageSize))

@@ -7,6 +7,8 @@
 // "baseChannels", ...) plus "architecture": "unet"; a description without "architecture" is a UNet.
 // A UNet on an encoder (issue #16) is "architecture": "unet" with "encoder": "resnet34" (...),
 // "inChannels", "classes" and "decoderChannels"; one without "encoder" (or with "none") is the plain UNet.
+// The plain UNet's normalisation is "norm": "none" | "batch" | "group" (issue #18); checkpoints
+// written before it store "batchNorm": true / false, read as "batch" / "none".
 
 import SegEngine
 
@@ -121,7 +123,7 @@ public struct ModelDescription: Equatable, Sendable {
         case .unet(let u):
             values += [("--in-channels", "\(u.inChannels)"), ("--classes", "\(u.classes)"),
                        ("--base-channels", "\(u.baseChannels)"), ("--depth", "\(u.depth)"),
-                       ("--batchnorm", "\(u.batchNorm)"), ("--upsample", u.upsampling.rawValue),
+                       ("--norm", u.norm.rawValue), ("--upsample", u.upsampling.rawValue),
                        ("--head-kernel", "\(u.headKernel)")]
         case .encoderUNet(let e):
             values += [("--encoder", e.encoder.rawValue), ("--in-channels", "\(e.inChannels)"),
@@ -142,7 +144,7 @@ public struct ModelDescription: Equatable, Sendable {
 extension ModelDescription: Codable {
     private enum Key: String, CodingKey {
         case architecture, imageSize, mean, std, ignoreIndex
-        case inChannels, classes, baseChannels, depth, batchNorm, upsampling, headKernel
+        case inChannels, classes, baseChannels, depth, norm, batchNorm, upsampling, headKernel
         case encoder, decoderChannels
     }
 
@@ -171,7 +173,14 @@ extension ModelDescription: Codable {
             u.classes = try c.decode(Int.self, forKey: .classes)
             u.baseChannels = try c.decode(Int.self, forKey: .baseChannels)
             u.depth = try c.decode(Int.self, forKey: .depth)
-            u.batchNorm = try c.decode(Bool.self, forKey: .batchNorm)
+            if let name = try c.decodeIfPresent(String.self, forKey: .norm) {
+                guard let norm = NormLayer(rawValue: name) else {
+                    throw ModelDescriptionError("unknown norm \(name) (none, batch or group)")
+                }
+                u.norm = norm
+            } else {
+                u.norm = try c.decode(Bool.self, forKey: .batchNorm) ? .batch : .none  // before --norm
+            }
             let upsampling = try c.decode(String.self, forKey: .upsampling)
             guard let up = Upsampling(rawValue: upsampling) else {
                 throw ModelDescriptionError("unknown upsampling \(upsampling) (bilinear or transpose)")
@@ -197,7 +206,7 @@ extension ModelDescription: Codable {
             try c.encode(u.classes, forKey: .classes)
             try c.encode(u.baseChannels, forKey: .baseChannels)
             try c.encode(u.depth, forKey: .depth)
-            try c.encode(u.batchNorm, forKey: .batchNorm)
+            try c.encode(u.norm.rawValue, forKey: .norm)
             try c.encode(u.upsampling.rawValue, forKey: .upsampling)
             try c.encode(u.headKernel, forKey: .headKernel)
         case .encoderUNet(let e):

@@ -1,11 +1,12 @@
-// The UNet: encoder levels of two 3x3 conv (+ BN) + ReLU and a 2x2 max-pool; decoder levels that
-// upsample x2 (bilinear or transposed conv), zero-pad to the skip's size when the sizes are odd,
-// concatenate [skip, upsampled], then two 3x3 conv (+ BN) + ReLU; a head conv to the classes.
+// The UNet: encoder levels of two 3x3 conv (+ BN or GN) + ReLU and a 2x2 max-pool; decoder levels
+// that upsample x2 (bilinear or transposed conv), zero-pad to the skip's size when the sizes are odd,
+// concatenate [skip, upsampled], then two 3x3 conv (+ BN or GN) + ReLU; a head conv to the classes.
 //
 // Tensor names (the checkpoint format; conv weights OIHW, transposed-conv weights IOHW, as PyTorch):
 //   down.{i}.conv{1,2}.{weight,bias}                 encoder level i, 0 = full resolution
-//   down.{i}.bn{1,2}.{weight,bias,running_mean,running_var}   with --batchnorm (the convs then have no bias)
-//   up.{j}.conv{1,2}.*, up.{j}.bn{1,2}.*             decoder level j, 0 = deepest
+//   down.{i}.bn{1,2}.{weight,bias,running_mean,running_var}   with --norm batch (the convs then have no bias)
+//   down.{i}.gn{1,2}.{weight,bias}                   with --norm group (GroupNorm: no running stats; no conv bias)
+//   up.{j}.conv{1,2}.*, up.{j}.bn{1,2}.*, up.{j}.gn{1,2}.*   decoder level j, 0 = deepest
 //   up.{j}.upconv.{weight,bias}                      with --upsample transpose
 //   head.{weight,bias}
 // The flat parameter buffer holds them in this order (network order).
@@ -25,12 +26,20 @@ struct BatchNormParameters {
     let gamma: Int, beta: Int, runningMean: Int, runningVar: Int
 }
 
-/// conv -> (batch norm) -> ReLU, with the activations it keeps for backward.
+/// GroupNorm's affine parameters and its group count (`groupNormGroups(channels:)`).
+struct GroupNormParameters {
+    let gamma: Int, beta: Int, groups: Int
+}
+
+/// conv -> (batch or group norm) -> ReLU, with the activations it keeps for backward.
 struct ConvUnit {
     let conv: ConvParameters
     let bn: BatchNormParameters?
-    /// Arena slots: conv output before BN (BN only), output after ReLU, BN's saved statistics.
+    var gn: GroupNormParameters? = nil
+    /// Arena slots: conv output before the norm (BN/GN only), output after ReLU, the norm's saved
+    /// statistics (BN: C values; GN: N * G).
     var preNorm = -1, output = -1, saveMean = -1, saveInvStd = -1
+    var normalized: Bool { bn != nil || gn != nil }
 }
 
 struct EncoderLevel {
@@ -107,9 +116,16 @@ public final class UNet {
             return ConvParameters(weight: w, bias: b, inChannels: cin, outChannels: cout, kernel: kernel)
         }
         func unit(_ prefix: String, _ index: Int, _ cin: Int, _ cout: Int) -> ConvUnit {
-            let c = conv("\(prefix).conv\(index)", cin, cout, kernel: 3, bias: !config.batchNorm)
+            let c = conv("\(prefix).conv\(index)", cin, cout, kernel: 3, bias: config.norm == .none)
             var bn: BatchNormParameters? = nil
-            if config.batchNorm {
+            if config.norm == .group {
+                let name = "\(prefix).gn\(index)"
+                let gn = GroupNormParameters(gamma: layout.add("\(name).weight", .vector(cout)),
+                                             beta: layout.add("\(name).bias", .vector(cout)),
+                                             groups: groupNormGroups(channels: cout))
+                return ConvUnit(conv: c, bn: nil, gn: gn)
+            }
+            if config.norm == .batch {
                 let name = "\(prefix).bn\(index)"
                 bn = BatchNormParameters(
                     gamma: layout.add("\(name).weight", .vector(cout)),
@@ -152,7 +168,7 @@ public final class UNet {
     // MARK: - Initialisation
 
     /// He normal (std sqrt(2 / fan_in)) or Glorot uniform (limit sqrt(6 / (fan_in + fan_out)))
-    /// weights, zero biases, BN weight 1 / bias 0 / running mean 0 / running var 1. Each tensor draws
+    /// weights, zero biases, BN and GN weight 1 / bias 0, running mean 0 / running var 1. Each tensor draws
     /// from its own stream of (seed, tensor index), so the result does not depend on anything else.
     /// fan_in = Cin*k*k for convolutions; for the 2x2 stride-2 transposed conv every output pixel
     /// sees exactly Cin inputs, so fan_in = Cin and fan_out = Cout.
@@ -160,7 +176,7 @@ public final class UNet {
         for (index, entry) in store.entries.enumerated() {
             let t = store.value(index)
             let name = entry.name
-            if name.hasSuffix("running_var") || (name.contains(".bn") && name.hasSuffix(".weight")) {
+            if name.hasSuffix("running_var") || ((name.contains(".bn") || name.contains(".gn")) && name.hasSuffix(".weight")) {
                 t.fill(1); continue
             }
             if entry.shape.h == 1 && entry.shape.w == 1 && entry.shape.c == 1 { t.zero(); continue }  // biases
@@ -197,10 +213,11 @@ public final class UNet {
         func addUnit(_ unit: inout ConvUnit, _ name: String, h: Int, w: Int, firstLayer: Bool = false) {
             let c = unit.conv
             let out = Shape(batch, c.outChannels, h, w)
-            if unit.bn != nil {
-                unit.preNorm = plan.add(out)  // its gradient slot holds BN's input gradient
-                unit.saveMean = plan.add(.vector(c.outChannels), gradient: false)
-                unit.saveInvStd = plan.add(.vector(c.outChannels), gradient: false)
+            if unit.normalized {
+                unit.preNorm = plan.add(out)  // its gradient slot holds the norm's input gradient
+                let statistics = unit.gn.map { batch * $0.groups } ?? c.outChannels
+                unit.saveMean = plan.add(.vector(statistics), gradient: false)
+                unit.saveInvStd = plan.add(.vector(statistics), gradient: false)
             }
             unit.output = plan.add(out)
             scratchFloats = max(scratchFloats, conv2dScratchFloats(
@@ -208,9 +225,9 @@ public final class UNet {
                 height: h, width: w, kernel: c.kernel, policy: convPolicy, threads: threads))
             sharedFloats = max(sharedFloats, conv2dSharedScratchFloats(
                 inChannels: c.inChannels, outChannels: c.outChannels, kernel: c.kernel))
-            rows.append(convRow(name, c, h: h, w: w, firstLayer: firstLayer,
-                                kind: unit.bn == nil ? "conv3x3+relu" : "conv3x3+bn+relu",
-                                extraParameters: unit.bn == nil ? 0 : 2 * c.outChannels))
+            let kind = unit.gn.map { "conv3x3+gn\($0.groups)+relu" } ?? (unit.bn == nil ? "conv3x3+relu" : "conv3x3+bn+relu")
+            rows.append(convRow(name, c, h: h, w: w, firstLayer: firstLayer, kind: kind,
+                                extraParameters: unit.normalized ? 2 * c.outChannels : 0))
         }
 
         var h = height, w = width
@@ -315,7 +332,7 @@ public final class UNet {
     }
 
     /// Runs the network on `images` (N, inChannels, H, W), planned with `plan`. Training mode uses
-    /// batch statistics in BatchNorm and updates the running ones.
+    /// batch statistics in BatchNorm and updates the running ones (GroupNorm is the same in both modes).
     @discardableResult
     public func forward(_ images: Tensor, training: Bool) -> Tensor {
         precondition(images.shape == batchShape, "forward on \(images.shape) but planned for \(batchShape.map(\.description) ?? "nothing")")
@@ -406,6 +423,18 @@ public final class UNet {
                                  training: training, synchronized: batchStatistics, pool: pool)
             }
             profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
+        } else if let gn = unit.gn {
+            let z = arena.value(unit.preNorm)
+            profile.measure(.convForward) {
+                conv2dForward(z, x, weight: store.value(c.weight), bias: nil, policy: convPolicy, pool: pool,
+                              scratch: scratch)
+            }
+            profile.measure(.batchNorm) {
+                groupNormForward(out, z, groups: gn.groups, gamma: store.value(gn.gamma), beta: store.value(gn.beta),
+                                 saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
+                                 pool: pool)
+            }
+            profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
         } else {
             // Bias and ReLU fused into the convolution's output pass.
             profile.measure(.convForward) {
@@ -479,7 +508,7 @@ public final class UNet {
         return ops
     }
 
-    /// Backward of conv -> (BN) -> ReLU from the gradient of its output. `x` nil: the images (no
+    /// Backward of conv -> (BN or GN) -> ReLU from the gradient of its output. `x` nil: the images (no
     /// input gradient is needed for them).
     private func unitOps(_ unit: ConvUnit, x: Int?) -> [TapeOp] {
         var ops: [TapeOp] = [TapeOp(reads: [unit.output], writes: [unit.output]) { [unowned self] in
@@ -496,6 +525,18 @@ public final class UNet {
                                       x: arena.value(unit.preNorm), gamma: store.value(bn.gamma),
                                       saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
                                       synchronized: batchStatistics, pool: pool)
+                }
+            })
+            dConv = unit.preNorm
+        }
+        if let gn = unit.gn {
+            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm], finalizes: [gn.gamma, gn.beta]) { [unowned self] in
+                profile.measure(.batchNorm) {
+                    groupNormBackward(dx: arena.gradient(unit.preNorm), dgamma: store.gradient(gn.gamma),
+                                      dbeta: store.gradient(gn.beta), dy: arena.gradient(unit.output),
+                                      x: arena.value(unit.preNorm), groups: gn.groups, gamma: store.value(gn.gamma),
+                                      saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
+                                      pool: pool)
                 }
             })
             dConv = unit.preNorm

@@ -4,13 +4,25 @@ public enum Upsampling: String, CaseIterable, Sendable {
     case bilinear, transpose
 }
 
+/// The normalisation after every 3x3 convolution of the plain UNet (`--norm`).
+/// - none: the convolutions keep their bias (the Keras UNet).
+/// - batch: BatchNorm2d (batch statistics in training, running statistics in evaluation); the
+///   convolutions then have no bias. Its statistics are each rank's: with few images per rank
+///   they are noisy and an N-rank run is not the 1-rank run.
+/// - group: GroupNorm with `groupNormGroups(channels:)` groups (32, or the largest count <= 32 that
+///   divides the channels) and per-channel weight and bias; no running statistics, nothing depends
+///   on the batch, so every rank count computes the same gradient. The convolutions have no bias.
+public enum NormLayer: String, CaseIterable, Sendable {
+    case none, batch, group
+}
+
 public enum Initialization: String, CaseIterable, Sendable {
     case heNormal = "he-normal"
     case glorotUniform = "glorot-uniform"
 }
 
 /// The UNet's shape. The defaults are the Keras car-segmentation UNet: 3 input channels, one
-/// sigmoid class, 32-64-128-256 channels, no batch norm, bilinear upsampling, 3x3 head —
+/// sigmoid class, 32-64-128-256 channels, no normalisation, bilinear upsampling, 3x3 head —
 /// 3,717,121 parameters.
 public struct UNetConfig: Equatable, Sendable {
     public var inChannels = 3
@@ -19,13 +31,20 @@ public struct UNetConfig: Equatable, Sendable {
     public var baseChannels = 32
     /// Encoder levels, each two 3x3 conv + ReLU followed by a 2x2 max-pool.
     public var depth = 4
-    public var batchNorm = false
+    public var norm = NormLayer.none
     public var upsampling = Upsampling.bilinear
     public var headKernel = 3
     public var initialization = Initialization.heNormal
     public var seed: UInt64 = 0
 
     public init() {}
+
+    /// `norm == .batch`: the setting before `norm` existed (--batchnorm), for callers that still set it;
+    /// setting false gives `.none`.
+    public var batchNorm: Bool {
+        get { norm == .batch }
+        set { norm = newValue ? .batch : .none }
+    }
 
     /// Channels at encoder level i (0 = full resolution).
     public func channels(level i: Int) -> Int { baseChannels << i }

@@ -6,6 +6,7 @@ import SegTraining
 
 extension Upsampling: ExpressibleByArgument {}
 extension Initialization: ExpressibleByArgument {}
+extension NormLayer: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension ConvAlgorithm: ExpressibleByArgument {}
 extension TestTimeAugmentation: ExpressibleByArgument {}
@@ -19,13 +20,15 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Output classes: 1 = binary (sigmoid), >= 2 = softmax.")
     var classes = 1
     @Option(help: ArgumentHelp("Encoder: none (the plain UNet below), or resnet18, resnet34, resnet50, mobilenet_v2: segmentation_models_pytorch's Unet on that encoder (its tensor names and decoder 256-128-64-32-16; --image-size a multiple of 32).",
-                               discussion: "With an encoder, --base-channels, --depth, --batchnorm, --upsample, --head-kernel and --init do not apply."))
+                               discussion: "With an encoder, --base-channels, --depth, --upsample, --head-kernel and --init do not apply, and the norm is the encoder's BatchNorm (--norm group or none is refused)."))
     var encoder = "none"
     @Option(help: "Channels of the first level; doubled at each level.")
     var baseChannels = 32
     @Option(help: "Encoder levels (each ends in a 2x2 max-pool).")
     var depth = 4
-    @Flag(help: "Batch normalisation after every 3x3 convolution.")
+    @Option(help: "Normalisation after every 3x3 convolution: none, batch (BatchNorm: statistics of each rank's images) or group (GroupNorm, 32 groups or the largest count <= 32 dividing the channels: independent of the batch and the rank count). Default none.")
+    var norm: NormLayer?
+    @Flag(help: ArgumentHelp("Deprecated: the same as --norm batch.", visibility: .hidden))
     var batchnorm = false
     @Option(help: "Decoder upsampling: bilinear or transpose.")
     var upsample = Upsampling.bilinear
@@ -44,7 +47,7 @@ struct ModelOptions: ParsableArguments {
         c.classes = classes
         c.baseChannels = baseChannels
         c.depth = depth
-        c.batchNorm = batchnorm
+        c.norm = norm ?? (batchnorm ? .batch : .none)
         c.upsampling = upsample
         c.headKernel = headKernel
         c.initialization = initialization
@@ -65,6 +68,12 @@ struct ModelOptions: ParsableArguments {
         if imageSize < 1 { throw ValidationError("--image-size must be positive (got \(imageSize))") }
         if encoder != "none" && EncoderKind(rawValue: encoder) == nil {
             throw ValidationError("--encoder \(encoder): not none, " + EncoderKind.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        if let norm, batchnorm && norm != .batch {
+            throw ValidationError("--batchnorm (the old spelling of --norm batch) contradicts --norm \(norm.rawValue): give --norm alone")
+        }
+        if let norm, norm != .batch, encoder != "none" {
+            throw ValidationError("--norm \(norm.rawValue) does not apply with --encoder \(encoder): its pretrained layers are BatchNorm (--norm batch, or leave --norm out)")
         }
         if let message = architecture.problem(imageSize: imageSize) { throw ValidationError(message) }
     }

@@ -8,12 +8,13 @@ import SegModel
 final class MemoryEstimateTests: XCTestCase {
     func testEstimateBoundsWhatThePlanAllocates() {
         var configs: [(UNetConfig, Int, Int)] = []
-        for (base, depth, batchNorm, up, classes, size, batch) in [
-            (4, 2, false, Upsampling.bilinear, 1, 32, 4), (8, 3, true, .transpose, 3, 64, 2),
-            (16, 4, false, .bilinear, 1, 48, 3), (8, 3, false, .bilinear, 2, 37, 5), (32, 4, true, .bilinear, 1, 128, 2),
+        for (base, depth, norm, up, classes, size, batch) in [
+            (4, 2, NormLayer.none, Upsampling.bilinear, 1, 32, 4), (8, 3, .batch, .transpose, 3, 64, 2),
+            (16, 4, .none, .bilinear, 1, 48, 3), (8, 3, .none, .bilinear, 2, 37, 5), (32, 4, .batch, .bilinear, 1, 128, 2),
+            (6, 3, .group, .transpose, 2, 40, 3), (24, 3, .group, .bilinear, 1, 64, 2),
         ] {
             var c = UNetConfig()
-            c.baseChannels = base; c.depth = depth; c.batchNorm = batchNorm; c.upsampling = up; c.classes = classes
+            c.baseChannels = base; c.depth = depth; c.norm = norm; c.upsampling = up; c.classes = classes
             configs.append((c, size, batch))
         }
         for (config, size, batch) in configs {

@@ -1,4 +1,5 @@
 import XCTest
+import Foundation
 import SegEngine
 @testable import SegModel
 
@@ -43,6 +44,67 @@ final class UNetTests: XCTestCase {
         let bufferNames = bnStore.entries.filter { $0.kind == .buffer }.map(\.name)
         XCTAssertTrue(bufferNames.allSatisfy { $0.hasSuffix("running_mean") || $0.hasSuffix("running_var") })
         XCTAssertEqual(bufferNames.count, 4 * 4 * 2)  // 4 levels x 2 sides x 2 BN x 2 statistics
+    }
+
+    /// --norm group (issue #18): each conv's GroupNorm has a weight (1) and bias (0) per channel under
+    /// the module name gn{1,2}, the conv has no bias, there are no buffers; the layer rows name the
+    /// group count; training and evaluation forwards are the same computation.
+    func testGroupNormParametersLayersAndModes() {
+        var config = UNetConfig()
+        config.baseChannels = 24   // 24 -> 24 groups, 48 -> 24, 96 -> 32, 192 -> 32
+        config.depth = 3
+        config.norm = .group
+        config.inChannels = 2
+        let unet = UNet(config, pool: WorkerPool(threads: 2))
+        let store = unet.store
+        XCTAssertEqual(store.value(named: "down.0.gn1.weight")?.toArray(), [Float](repeating: 1, count: 24))
+        XCTAssertEqual(store.value(named: "up.1.gn2.bias")?.toArray(), [Float](repeating: 0, count: 48))
+        XCTAssertNil(store.value(named: "down.0.conv1.bias"), "a conv followed by GN has no bias")
+        XCTAssertNil(store.value(named: "down.0.bn1.weight"))
+        XCTAssertTrue(store.entries.allSatisfy { $0.kind == .parameter }, "GroupNorm keeps no running statistics")
+        XCTAssertEqual(Double(unet.parameterCount), config.estimatedParameterCounts.parameters)
+
+        unet.plan(batch: 2, height: 16, width: 16)
+        let kinds = Dictionary(unet.layers.map { ($0.name, $0.kind) }, uniquingKeysWith: { a, _ in a })
+        XCTAssertEqual(kinds["down.0.conv1"], "conv3x3+gn24+relu")
+        XCTAssertEqual(kinds["down.1.conv2"], "conv3x3+gn24+relu")
+        XCTAssertEqual(kinds["down.2.conv2"], "conv3x3+gn32+relu")
+        XCTAssertEqual(unet.layers.reduce(0) { $0 + $1.parameters }, unet.parameterCount)
+
+        let images = OwnedTensor(Shape(2, 2, 16, 16))
+        var rng = SplitMix64(seed: 4)
+        for i in 0..<images.tensor.count { images.tensor[i] = rng.nextFloat(in: -1...1) }
+        let training = unet.forward(images.tensor, training: true).toArray()
+        let before = store.values.tensor.toArray()
+        let evaluation = unet.forward(images.tensor, training: false).toArray()
+        XCTAssertEqual(training.map(\.bitPattern), evaluation.map(\.bitPattern), "GroupNorm: the same in both modes")
+        XCTAssertEqual(store.values.tensor.toArray(), before, "a forward writes no parameter or buffer")
+    }
+
+    /// The description kept in state.json: "norm" for every setting; one written before --norm
+    /// ("batchNorm": true / false) still loads as batch / none; an unknown norm is refused in one line.
+    func testNormInModelDescriptions() throws {
+        for norm in NormLayer.allCases {
+            var config = UNetConfig()
+            config.norm = norm
+            let description = ModelDescription(.unet(config), imageSize: 64)
+            let data = try JSONEncoder().encode(description)
+            XCTAssertTrue(String(decoding: data, as: UTF8.self).contains("\"norm\":\"\(norm.rawValue)\""))
+            XCTAssertEqual(try JSONDecoder().decode(ModelDescription.self, from: data), description)
+            XCTAssertTrue(description.flagValues.contains { $0.flag == "--norm" && $0.value == norm.rawValue })
+        }
+        for (old, norm) in [(true, NormLayer.batch), (false, .none)] {
+            let json = #"{"architecture":"unet","imageSize":64,"inChannels":3,"classes":1,"baseChannels":8,"depth":2,"batchNorm":"#
+                + "\(old)" + #","upsampling":"bilinear","headKernel":3}"#
+            guard case .unet(let unet) = try JSONDecoder().decode(ModelDescription.self, from: Data(json.utf8)).architecture else {
+                return XCTFail("an old description must decode as the plain UNet")
+            }
+            XCTAssertEqual(unet.norm, norm, json)
+        }
+        let unknown = #"{"imageSize":64,"inChannels":3,"classes":1,"baseChannels":8,"depth":2,"norm":"layer","upsampling":"bilinear","headKernel":3}"#
+        XCTAssertThrowsError(try JSONDecoder().decode(ModelDescription.self, from: Data(unknown.utf8))) {
+            XCTAssertEqual("\($0)", "unknown norm layer (none, batch or group)")
+        }
     }
 
     func testInitializationIsSeededAndScaled() {

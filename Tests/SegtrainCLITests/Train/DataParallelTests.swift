@@ -35,6 +35,14 @@ final class DataParallelTests: TemporaryFolderTestCase {
         try checkFirstStepGradients(model: ["--image-size", "32", "--base-channels", "32"])
     }
 
+    /// --norm group (issue #18): GroupNorm's statistics are per sample, so unlike BatchNorm's (each
+    /// rank's share) they do not depend on how the batch is split, and the first gradient matches the
+    /// single process like the model without a norm. 48 channels: 24 groups of 2 channels at the
+    /// first level, 32 of 3 at the second (96); 8 convs x (weight + GN weight + GN bias) + the head's 2.
+    func testFirstStepGradientIsTheSameOnOneTwoAndThreeRanksWithGroupNorm() throws {
+        try checkFirstStepGradients(model: ["--image-size", "16", "--base-channels", "48", "--norm", "group"], tensors: 26)
+    }
+
     /// 4 and 5 ranks, where Open MPI's non-blocking allreduce picks its algorithm by size (the
     /// bucket sums go from one buffer into another, so it is not held to the binomial tree): with
     /// 213,505 parameters in buckets of 0.1 MiB (26,214 floats, over its 64 KiB bound) it runs
@@ -62,14 +70,15 @@ final class DataParallelTests: TemporaryFolderTestCase {
         }
     }
 
-    private func checkFirstStepGradients(model: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+    private func checkFirstStepGradients(model: [String], tensors: Int = 18,
+                                         file: StaticString = #filePath, line: UInt = #line) throws {
         for ranks in [0, 1, 2, 3] {
             try train(ranks: ranks, ["--epochs", "1", "--train-samples", "5",
                                      "--dump-gradients", "\(folder)/grad\(ranks).safetensors", "--out", "\(folder)/g\(ranks)"],
                       model: model, file: file, line: line)
         }
         let single = try loadSafetensors("\(folder)/grad0.safetensors")
-        XCTAssertEqual(single.count, 18, "every parameter tensor of the depth-2 UNet", file: file, line: line)
+        XCTAssertEqual(single.count, tensors, "every parameter tensor of the depth-2 UNet", file: file, line: line)
         XCTAssertTrue(single.values.contains { $0.contains { $0 != 0 } }, file: file, line: line)
         XCTAssertEqual(try loadSafetensors("\(folder)/grad1.safetensors"), single, "mpirun -np 1 equals the singleton bitwise",
                        file: file, line: line)
