@@ -48,6 +48,18 @@ public final class LocalStep {
         }
     }
 
+    /// Freezes (or unfreezes) the model's encoder for the steps that follow: the model's
+    /// `frozenEncoder` and the optimizer's `frozen`, over its `"encoder."` parameters (one
+    /// contiguous range, the optimizer's `freezable`). Throws for a model without an encoder.
+    public func freezeEncoder(_ frozen: Bool) throws {
+        guard let range = model.store.parameterRange(prefix: "encoder.") else {
+            throw TrainerError("--freeze-encoder: the model has no encoder")
+        }
+        if optimizer.freezable != range { optimizer.freezable = range }
+        model.frozenEncoder = frozen
+        optimizer.frozen = frozen
+    }
+
     /// A whole single-process step: zero gradients, forward, backward, update. Returns the loss.
     @discardableResult
     public func step(images: Tensor, target: Tensor, weights: Tensor? = nil, learningRate: Float) -> Double {

@@ -207,11 +207,7 @@ public final class Trainer {
     /// `freeze` says: each epoch sets the model's `frozenEncoder` and the optimizer's `frozen` alike.
     /// Throws for a model without an encoder.
     public func freezeEncoder(_ freeze: EncoderFreeze) throws {
-        let model = step.local.model
-        guard let range = model.store.parameterRange(prefix: "encoder.") else {
-            throw TrainerError("--freeze-encoder: the model has no encoder")
-        }
-        step.local.optimizer.freezable = range
+        try step.local.freezeEncoder(freeze.isFrozen(epoch: 1))
         encoderFreeze = freeze
     }
 
@@ -258,11 +254,7 @@ public final class Trainer {
     public func runEpoch(_ epoch: Int, firstBatch: Int = 0) throws -> EpochOutcome {
         let start = monotonicSeconds()
         stopAfterEpoch = false
-        if let encoderFreeze {
-            let frozen = encoderFreeze.isFrozen(epoch: epoch)
-            step.local.model.frozenEncoder = frozen
-            step.local.optimizer.frozen = frozen
-        }
+        if let encoderFreeze { try step.local.freezeEncoder(encoderFreeze.isFrozen(epoch: epoch)) }
         watchdog?.setEpoch(epoch)
         let order = sampler.order(epoch: epoch)
         let batches = batchesPerEpoch

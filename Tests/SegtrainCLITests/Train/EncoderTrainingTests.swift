@@ -135,5 +135,12 @@ final class EncoderTrainingTests: TemporaryFolderTestCase {
             XCTAssertNotEqual(result.status, 0, "\(flags)")
             XCTAssertEqual(result.stderr, message, "\(flags)")
         }
+        for (flags, message) in [(["--freeze-encoder"], "segtrain: error: --freeze-encoder needs --encoder\n"),
+                                 (["--encoder", "resnet18", "--freeze-encoder", "--encoder-ops"],
+                                  "segtrain: error: --freeze-encoder times training steps; it does not go with --conv-layers, --encoder-ops, ...\n")] {
+            let result = try segtrain(["bench"] + flags)
+            XCTAssertNotEqual(result.status, 0, "\(flags)")
+            XCTAssertEqual(result.stderr, message, "\(flags)")
+        }
     }
 }
