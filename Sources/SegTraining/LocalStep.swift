@@ -13,6 +13,11 @@ public final class LocalStep {
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
+        // An encoder counts its own optimizer steps (see `Optimizer.freezable`), also in a run that
+        // does not freeze it but resumes one that did. Unfrozen, the update is bitwise the same.
+        if optimizer.freezable == nil, let encoder = model.store.parameterRange(prefix: "encoder.") {
+            optimizer.freezable = encoder
+        }
     }
 
     /// Plans the model's activations and the loss's workspace for this batch shape; the steps
@@ -50,7 +55,8 @@ public final class LocalStep {
 
     /// Freezes (or unfreezes) the model's encoder for the steps that follow: the model's
     /// `frozenEncoder` and the optimizer's `frozen`, over its `"encoder."` parameters (one
-    /// contiguous range, the optimizer's `freezable`). Throws for a model without an encoder.
+    /// contiguous range, the optimizer's `freezable`, set at init). Throws for a model without an
+    /// encoder.
     public func freezeEncoder(_ frozen: Bool) throws {
         guard let range = model.store.parameterRange(prefix: "encoder.") else {
             throw TrainerError("--freeze-encoder: the model has no encoder")
