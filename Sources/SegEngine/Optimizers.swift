@@ -88,10 +88,30 @@ public final class Optimizer {
             updatePieces = pieces(of: shard ?? 0..<parameterCount)
         }
     }
-    /// The shard cut at the groups' bounds, each piece with its scale (set with shard and groups,
-    /// so that `apply` allocates nothing), and the piece the update kernel runs over.
-    private var updatePieces: [(Range<Int>, Double)] = []
+
+    /// Elements that can be frozen (the encoder, --freeze-encoder). While `frozen`, `apply` skips
+    /// them as PyTorch skips a parameter without a gradient: no update, no weight decay, no change
+    /// of their state, and their own update count (PyTorch's per-parameter state["step"]), which
+    /// Adam's and RAdam's bias corrections use, does not advance: it is `step - frozenSteps`.
+    /// So after unfreezing their first update is their step 1, as in PyTorch.
+    public var freezable: Range<Int>? = nil {
+        didSet {
+            precondition(freezable.map { $0.lowerBound >= 0 && $0.upperBound <= parameterCount } ?? true, "freezable range out of range")
+            updatePieces = pieces(of: shard ?? 0..<parameterCount)
+        }
+    }
+    /// The `freezable` elements are skipped (see there).
+    public var frozen = false
+    /// Updates applied while `frozen` (with a `freezable` range): how far the frozen elements'
+    /// update count lags `step`. Kept in checkpoints.
+    public private(set) var frozenSteps = 0
+
+    /// The shard cut at the groups' and the freezable range's bounds, each piece with its scale
+    /// and whether it is freezable (set with shard, groups and freezable, so that `apply`
+    /// allocates nothing), and the piece the update kernel runs over with its update count.
+    private var updatePieces: [(Range<Int>, Double, freezable: Bool)] = []
     private var active: Range<Int>? = nil
+    private var activeStep = 0
 
     /// SGD with momentum: the velocity ("momentum_buffer").
     private let momentumBuffer: FloatBuffer?
@@ -131,10 +151,12 @@ public final class Optimizer {
         return list
     }
 
-    /// Sets the update count after the state buffers were loaded from a checkpoint.
-    public func restore(step: Int) {
+    /// Sets the update counts after the state buffers were loaded from a checkpoint.
+    public func restore(step: Int, frozenSteps: Int = 0) {
         precondition(step >= 0, "negative optimizer step \(step)")
+        precondition((0...step).contains(frozenSteps), "frozen steps \(frozenSteps) outside 0...\(step)")
         self.step = step
+        self.frozenSteps = frozenSteps
     }
 
     /// The global L2 norm of `gradients` (thread-count independent), with the optimizer's own
@@ -166,9 +188,12 @@ public final class Optimizer {
             }
         }
         step += 1
+        let skipFrozen = frozen && freezable != nil
+        if skipFrozen { frozenSteps += 1 }
         if updatePieces.isEmpty { updatePieces = pieces(of: shard ?? 0..<parameterCount) }
-        for (range, scale) in updatePieces where !range.isEmpty {
+        for (range, scale, inFreezable) in updatePieces where !range.isEmpty && !(inFreezable && skipFrozen) {
             active = range
+            activeStep = inFreezable ? step - frozenSteps : step
             let rate = Double(learningRate) * scale
             switch config.kind {
             case .sgd: updateSGD(values, gradients, rate, pool)
@@ -180,8 +205,9 @@ public final class Optimizer {
         return norm
     }
 
-    /// `elements` cut at the groups' bounds, each piece with its learning-rate scale, in order.
-    private func pieces(of elements: Range<Int>) -> [(Range<Int>, Double)] {
+    /// `elements` cut at the groups' bounds, each piece with its learning-rate scale, in order, and
+    /// each cut again at the freezable range's bounds.
+    private func pieces(of elements: Range<Int>) -> [(Range<Int>, Double, freezable: Bool)] {
         var list: [(Range<Int>, Double)] = []
         var at = elements.lowerBound
         for group in groups.sorted(by: { $0.range.lowerBound < $1.range.lowerBound }) {
@@ -192,7 +218,13 @@ public final class Optimizer {
             at = inside.upperBound
         }
         if at < elements.upperBound { list.append((at..<elements.upperBound, 1)) }
-        return list
+        guard let freezable else { return list.map { ($0.0, $0.1, false) } }
+        return list.flatMap { range, scale in
+            [range.lowerBound..<max(range.lowerBound, min(range.upperBound, freezable.lowerBound)),
+             range.clamped(to: freezable),
+             max(range.lowerBound, min(range.upperBound, freezable.upperBound))..<range.upperBound]
+                .enumerated().filter { !$0.element.isEmpty }.map { ($0.element, scale, $0.offset == 1) }
+        }
     }
 
     /// `body` over the shard's elements (all without one; within an update, the current group's
@@ -234,7 +266,7 @@ public final class Optimizer {
     // p -= (lr / (1-b1^t)) * m / (sqrt(v) / sqrt(1-b2^t) + eps).
     private func updateAdam(_ values: Tensor, _ gradients: Tensor, _ learningRate: Double, _ pool: WorkerPool) {
         let p = values.data, g = gradients.data, m = expAvg!.pointer, v = expAvgSq!.pointer
-        let t = Double(step)
+        let t = Double(activeStep)
         let decoupled = config.kind == .adamw
         let decay = decoupled ? Float(1 - learningRate * weightDecay) : 1
         let l2 = decoupled ? 0 : Float(weightDecay)
@@ -260,7 +292,7 @@ public final class Optimizer {
     // p -= (m / (1-b1^t)) * lr * (sqrt(1-b2^t) / (sqrt(v) + eps)) * r_t, else p -= (m / (1-b1^t)) * lr.
     private func updateRAdam(_ values: Tensor, _ gradients: Tensor, _ learningRate: Double, _ pool: WorkerPool) {
         let p = values.data, g = gradients.data, m = expAvg!.pointer, v = expAvgSq!.pointer
-        let t = Double(step)
+        let t = Double(activeStep)
         let bias1 = 1 - pow(beta1, t), bias2 = 1 - pow(beta2, t)
         let rhoInf = 2 / (1 - beta2) - 1
         let rhoT = rhoInf - 2 * t * pow(beta2, t) / bias2

@@ -1,6 +1,7 @@
 // Checkpoints: a folder with model.safetensors (weights and BN running statistics, the model's
 // tensor names), optimizer.safetensors (the optimizer's state per tensor, e.g.
-// "down.0.conv1.weight.exp_avg") and state.json (epoch, optimizer step, best metric, the command
+// "down.0.conv1.weight.exp_avg"; metadata: the optimizer, its step, and "frozen_steps", the updates a
+// frozen encoder sat out) and state.json (epoch, optimizer step, best metric, the command
 // line), and with --ema ema.safetensors (the weight average, same names; what inference loads when
 // it is there). A checkpoint is written into a temporary folder — every file fsynced — and then swapped
 // with the old one in one atomic rename (renameat2 RENAME_EXCHANGE), so a crash at any moment leaves
@@ -94,7 +95,8 @@ public enum Checkpoint {
                                                      metadata: ["format": "pt"])),
             ("optimizer.safetensors", Safetensors.encode(optimizerItems(optimizer, store: store),
                                                          metadata: ["optimizer": optimizer.config.kind.rawValue,
-                                                                    "step": "\(optimizer.step)"])),
+                                                                    "step": "\(optimizer.step)",
+                                                                    "frozen_steps": "\(optimizer.frozenSteps)"])),
             ("state.json", stateBytes),
         ] + (average.map { a in
             [("ema.safetensors", Safetensors.encode(a.items(for: store), metadata: ["format": "pt", "ema": "\(a.decay)"]))]
@@ -261,7 +263,16 @@ public enum Checkpoint {
         guard let step = optimizerFile.metadata["step"].flatMap(Int.init), step == state.step else {
             throw CheckpointError("\(folder)/optimizer.safetensors: step does not match state.json")
         }
-        optimizer.restore(step: step)
+        // Updates the frozen encoder sat out (--freeze-encoder): its own update count is step minus
+        // these. Absent in checkpoints from before freezing existed: none.
+        var frozenSteps = 0
+        if let text = optimizerFile.metadata["frozen_steps"] {
+            guard let n = Int(text), (0...step).contains(n) else {
+                throw CheckpointError("\(folder)/optimizer.safetensors: frozen_steps \(text) is not a count in 0...\(step) (the step)")
+            }
+            frozenSteps = n
+        }
+        optimizer.restore(step: step, frozenSteps: frozenSteps)
         return state
     }
 

@@ -9,6 +9,12 @@
 // BatchNorm follows PyTorch: training mode normalises with the batch statistics, updates the
 // running ones (momentum 0.1, unbiased variance) and counts num_batches_tracked; evaluation mode
 // normalises with the running statistics. Backward follows the mode of the last forward.
+//
+// Fine-tuning (--freeze-encoder, `frozenEncoder`): as PyTorch's encoder.eval() with
+// encoder.requires_grad_(False), the encoder's BatchNorm layers normalise with their running
+// statistics in every forward (and leave them and their counters alone), the decoder's train as
+// usual, and backward stops at the decoder: the encoder's ops are skipped, and no gradient is
+// written into a tensor the encoder produced, so the encoder's parameter gradients stay as zeroed.
 
 import SegEngine
 
@@ -37,6 +43,24 @@ public final class EncoderUNet {
     private var zeroFirst: [[Int]] = []
     private var input: Tensor? = nil
     private var lastForwardTraining = true
+    private var lastForwardFrozen = false
+
+    /// The encoder is frozen (fine-tuning): see the file comment. Takes effect at the next forward;
+    /// backward follows the last forward.
+    public var frozenEncoder = false
+    /// Per layer: an encoder layer ("encoder." names).
+    private let inEncoder: [Bool]
+    /// Per tensor: the images or an encoder layer's output (no gradient needed while frozen).
+    private let frozenTensor: [Bool]
+    /// Per backward op: its layer is an encoder layer.
+    private var tapeInEncoder: [Bool] = []
+    /// `zeroFirst` without the gradients of frozen tensors (not written while frozen).
+    private var zeroFirstFrozen: [[Int]] = []
+    /// Set for the duration of a backward that stops at the decoder.
+    private var skippingEncoder = false
+    /// Tests: false runs the encoder's backward even when frozen (evaluation-mode BatchNorm, gradients
+    /// into the encoder's parameters), the ordinary way the frozen backward must agree with.
+    var stopsBackwardAtDecoder = true
 
     public init(_ config: EncoderUNetConfig, pool: WorkerPool) {
         precondition(config.validate() == nil, config.validate() ?? "")
@@ -44,6 +68,14 @@ public final class EncoderUNet {
         self.pool = pool
         graph = config.graph()
         store = ParameterStore(graph.layout)
+        let encoderLayers = graph.layers.map { $0.name.hasPrefix("encoder.") }
+        var frozen = [true] + Array(repeating: false, count: graph.layers.count)
+        for (layer, encoder) in zip(graph.layers, encoderLayers) where encoder {
+            precondition(layer.inputs.allSatisfy { frozen[$0] }, "\(layer.name): an encoder layer reads a decoder tensor")
+            frozen[layer.output] = true
+        }
+        inEncoder = encoderLayers
+        frozenTensor = frozen
         scratch = Scratch(threads: pool.threadCount)
         initializeParameters()
     }
@@ -86,6 +118,9 @@ public final class EncoderUNet {
         zeroFirst = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
         }
+        let frozenSlots = Set(slots.indices.filter { frozenTensor[$0] }.compactMap { slots[$0] })
+        zeroFirstFrozen = zeroFirst.map { $0.filter { !frozenSlots.contains($0) } }
+        tapeInEncoder = graph.layers.indices.reversed().map { inEncoder[$0] }
         gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
         scratch.reserve(floatsPerThread: p.scratchFloatsPerThread)
         scratch.reserve(sharedFloats: p.sharedScratchFloats)
@@ -117,6 +152,7 @@ public final class EncoderUNet {
         precondition(images.shape == batchShape, "forward on \(images.shape) but planned for \(batchShape.map(\.description) ?? "nothing")")
         input = images
         lastForwardTraining = training
+        lastForwardFrozen = frozenEncoder
         for (index, layer) in graph.layers.enumerated() {
             let x = value(layer.inputs[0]), y = value(layer.output)
             switch layer.op {
@@ -131,13 +167,14 @@ public final class EncoderUNet {
                 }
             case .batchNorm(let bn, let counter, let relu):
                 let stats = statSlots[index]!
+                let trains = batchNormTrains(index)
                 profile.measure(.batchNorm) {
                     batchNormForward(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
                                      runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
                                      saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
-                                     training: training, synchronized: batchStatistics, pool: pool)
+                                     training: trains, synchronized: batchStatistics, pool: pool)
                 }
-                if training { store.value(counter)[0] += 1 }
+                if trains { store.value(counter)[0] += 1 }
                 if relu { profile.measure(.elementwise) { reluForward(y, y, pool: pool) } }
             case .relu6:
                 profile.measure(.elementwise) { relu6Forward(y, x, pool: pool) }
@@ -154,14 +191,28 @@ public final class EncoderUNet {
         return logits
     }
 
+    /// Layer `index` (a BatchNorm) normalises with the batch's statistics in the last forward:
+    /// a training forward, except in a frozen encoder.
+    private func batchNormTrains(_ index: Int) -> Bool {
+        lastForwardTraining && !(lastForwardFrozen && inEncoder[index])
+    }
+
     // MARK: - Backward
 
     /// Backward through the last forward (BatchNorm in that forward's mode) from `logitsGradient`,
     /// adding into the store's gradients; `afterOp(k)` runs after op k (see `gradientFrontiers`).
+    /// A forward with a frozen encoder stops at the decoder: the encoder's ops only call `afterOp`.
     public func backward(afterOp: ((Int) throws -> Void)? = nil) rethrows {
         precondition(input != nil, "backward before forward")
+        skippingEncoder = lastForwardFrozen && stopsBackwardAtDecoder
+        defer { skippingEncoder = false }
         for (op, step) in tape.enumerated() {
-            if !zeroFirst[op].isEmpty { profile.measure(.other) { for slot in zeroFirst[op] { zeroInParallel(arena.gradient(slot), pool: pool) } } }
+            if skippingEncoder && tapeInEncoder[op] {
+                try afterOp?(op)
+                continue
+            }
+            let zero = skippingEncoder ? zeroFirstFrozen[op] : zeroFirst[op]
+            if !zero.isEmpty { profile.measure(.other) { for slot in zero { zeroInParallel(arena.gradient(slot), pool: pool) } } }
             step.run(false)
             try afterOp?(op)
         }
@@ -184,11 +235,14 @@ public final class EncoderUNet {
                 if relu { writes.append(out) }  // the ReLU's mask is applied to the gradient in place
             default: break
             }
-            // The inputs' gradients (nil for the images), looked up when the op runs: the arena
-            // exists only after the tape is planned. No array per op and step.
+            // The inputs' gradients (nil for the images, and for the encoder's tensors while
+            // backward stops at the decoder), looked up when the op runs: the arena exists only
+            // after the tape is planned. No array per op and step.
             let slot0 = inputSlots[0], slot1 = inputSlots.count > 1 ? inputSlots[1] : nil
+            let frozen0 = frozenTensor[layer.inputs[0]], frozen1 = layer.inputs.count > 1 && frozenTensor[layer.inputs[1]]
             return TapeOp(reads: [out], writes: writes, finalizes: finalizes) { [unowned self] in
-                layerBackward(index, dx0: slot0.map { arena.gradient($0) }, dx1: slot1.map { arena.gradient($0) },
+                layerBackward(index, dx0: skippingEncoder && frozen0 ? nil : slot0.map { arena.gradient($0) },
+                              dx1: skippingEncoder && frozen1 ? nil : slot1.map { arena.gradient($0) },
                               dy: arena.gradient(out))
             }
         }
@@ -213,7 +267,7 @@ public final class EncoderUNet {
             if relu { profile.measure(.elementwise) { reluBackwardInPlace(dy, y: y, pool: pool) } }
             let stats = statSlots[index]!
             profile.measure(.batchNorm) {
-                if lastForwardTraining {
+                if batchNormTrains(index) {
                     batchNormBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                       dy: dy, x: x, gamma: store.value(bn.gamma), saveMean: arena.value(stats.mean),
                                       saveInvStd: arena.value(stats.invStd), synchronized: batchStatistics, pool: pool)

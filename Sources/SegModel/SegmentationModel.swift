@@ -35,6 +35,11 @@ public protocol SegmentationModel: AnyObject {
     /// mode needs more than one value per channel (PyTorch refuses one too), so a model whose
     /// smallest normalised map is 1 x 1 needs 2.
     func minimumTrainingBatch(height: Int, width: Int) -> Int
+    /// Fine-tuning (--freeze-encoder): the encoder's weights and BatchNorm statistics stay fixed
+    /// (its BatchNorm normalises with the running statistics even in a training forward) and
+    /// backward stops at the decoder, leaving the encoder's parameter gradients zero. Only a model
+    /// with an encoder (`"encoder."` tensors) can be frozen.
+    var frozenEncoder: Bool { get set }
     /// Re-initialises every parameter from the configuration's seed (buffers reset).
     func initializeParameters()
     /// Allocates activations, gradients and scratch for batches of this shape (again only when it changes).
@@ -67,4 +72,9 @@ extension UNet: SegmentationModel {
     /// Its BatchNorm layers run at 1/2^(depth-1) of the input at the least: 2 x 2 or more.
     public func minimumTrainingBatch(height: Int, width: Int) -> Int { 1 }
     public var classes: Int { config.classes }
+    /// No encoder: never frozen.
+    public var frozenEncoder: Bool {
+        get { false }
+        set { precondition(!newValue, "the plain UNet has no encoder to freeze") }
+    }
 }

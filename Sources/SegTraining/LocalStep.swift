@@ -13,6 +13,11 @@ public final class LocalStep {
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
+        // An encoder counts its own optimizer steps (see `Optimizer.freezable`), also in a run that
+        // does not freeze it but resumes one that did. Unfrozen, the update is bitwise the same.
+        if optimizer.freezable == nil, let encoder = model.store.parameterRange(prefix: "encoder.") {
+            optimizer.freezable = encoder
+        }
     }
 
     /// Plans the model's activations and the loss's workspace for this batch shape; the steps
@@ -46,6 +51,19 @@ public final class LocalStep {
             optimizer.apply(values: model.store.values.tensor, gradients: gradients ?? model.store.gradients.tensor,
                             learningRate: learningRate, pool: model.pool, gradientNorm: gradientNorm)
         }
+    }
+
+    /// Freezes (or unfreezes) the model's encoder for the steps that follow: the model's
+    /// `frozenEncoder` and the optimizer's `frozen`, over its `"encoder."` parameters (one
+    /// contiguous range, the optimizer's `freezable`, set at init). Throws for a model without an
+    /// encoder.
+    public func freezeEncoder(_ frozen: Bool) throws {
+        guard let range = model.store.parameterRange(prefix: "encoder.") else {
+            throw TrainerError("--freeze-encoder: the model has no encoder")
+        }
+        if optimizer.freezable != range { optimizer.freezable = range }
+        model.frozenEncoder = frozen
+        optimizer.frozen = frozen
     }
 
     /// A whole single-process step: zero gradients, forward, backward, update. Returns the loss.

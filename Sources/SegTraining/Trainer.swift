@@ -76,6 +76,18 @@ public struct EpochRecord: Sendable {
     }
 }
 
+/// Fine-tuning: the encoder frozen (weights and BatchNorm statistics fixed) until an epoch.
+public struct EncoderFreeze: Sendable, Equatable {
+    /// The first epoch (1-based) in which the encoder trains; nil: frozen for the whole run.
+    public var unfreezeAtEpoch: Int?
+
+    public init(unfreezeAtEpoch: Int? = nil) { self.unfreezeAtEpoch = unfreezeAtEpoch }
+
+    /// Whether the encoder is frozen in `epoch` (1-based): derived from the epoch alone, so a
+    /// resumed run is in the state the epoch calls for.
+    public func isFrozen(epoch: Int) -> Bool { unfreezeAtEpoch.map { epoch < $0 } ?? true }
+}
+
 public final class Trainer {
     public let step: DataParallelStep
     public let train: SampleSource
@@ -188,6 +200,25 @@ public final class Trainer {
     /// the caller should stop after its end-of-epoch work.
     public private(set) var stopAfterEpoch = false
 
+    /// --freeze-encoder: which epochs train with the encoder frozen (`freezeEncoder(_:)` sets it).
+    public private(set) var encoderFreeze: EncoderFreeze?
+
+    /// Freezes the model's encoder (its `"encoder."` parameters, one contiguous range) in the epochs
+    /// `freeze` says: each epoch sets the model's `frozenEncoder` and the optimizer's `frozen` alike.
+    /// Throws for a model without an encoder.
+    public func freezeEncoder(_ freeze: EncoderFreeze) throws {
+        try step.local.freezeEncoder(freeze.isFrozen(epoch: 1))
+        encoderFreeze = freeze
+    }
+
+    /// Parameters that train in `epoch`: all, less a frozen encoder's (Keras' trainable params).
+    public func trainableParameters(epoch: Int) -> Int {
+        let store = step.local.model.store
+        guard let freeze = encoderFreeze, freeze.isFrozen(epoch: epoch),
+              let range = step.local.optimizer.freezable else { return store.parameterCount }
+        return store.parameterCount - range.count
+    }
+
     /// --ema: the weight average, updated after every optimizer step; validation runs on it.
     public var average: WeightAverage?
 
@@ -245,6 +276,7 @@ public final class Trainer {
     public func runEpoch(_ epoch: Int, firstBatch: Int = 0) throws -> EpochOutcome {
         let start = monotonicSeconds()
         stopAfterEpoch = false
+        if let encoderFreeze { try step.local.freezeEncoder(encoderFreeze.isFrozen(epoch: epoch)) }
         watchdog?.setEpoch(epoch)
         let order = sampler.order(epoch: epoch)
         let batches = batchesPerEpoch

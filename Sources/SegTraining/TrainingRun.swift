@@ -147,7 +147,9 @@ public final class TrainingRun {
             try collectives.broadcast(average.values.tensor)
             try collectives.broadcast(average.buffers.tensor)
         }
-        if !isRoot { optimizer.restore(step: step) }
+        // The frozen encoder's lag (--freeze-encoder), as rank 0 read it.
+        let frozenSteps = try collectives.broadcast(optimizer.frozenSteps)
+        if !isRoot { optimizer.restore(step: step, frozenSteps: frozenSteps) }
         // Rank 0's decisions so far on every rank: every rank then takes the same best-model,
         // plateau and early-stop decisions.
         var bytes: [UInt8] = []
@@ -229,6 +231,10 @@ public final class TrainingRun {
         epochs: for epoch in stride(from: resumedEpoch + 1, through: epochs, by: 1) {
             let plateauAtEpochStart = trainer.schedule.plateau
             let before = (model.profile.total, model.profile[.data], model.profile[.communication], monotonicSeconds())
+            if let at = trainer.encoderFreeze?.unfreezeAtEpoch, at == epoch {
+                log("epoch \(epoch): the encoder is unfrozen (--unfreeze-at-epoch \(at)): all \(grouped(model.parameterCount)) "
+                    + "parameters train from here")
+            }
             let outcome = try trainer.runEpoch(epoch, firstBatch: epoch == resumedEpoch + 1 ? resumedBatch : 0)
             if policy.verbose { printTimes(epoch: epoch, since: before) }
             guard let record = outcome.record else {

@@ -40,6 +40,8 @@ struct BenchCommand: ParsableCommand {
     var convLayers = false
     @Flag(help: "Time conv2d (3x3 and 1x1, --base-channels in and out, --image-size px, batch --batch-size) and convTranspose2x2 to that size.")
     var convKernels = false
+    @Flag(help: "With --encoder: time training steps with the encoder frozen (train's --freeze-encoder).")
+    var freezeEncoder = false
     @Flag(help: "Time the encoder ops at a 256x256 input, batch --batch-size: strided convolution (ResNet-shaped layers) and depthwise 3x3 (MobileNetV2-shaped), forward and backward, against their naive twins.")
     var encoderOps = false
     @Option(help: "Time decoding JPEG (4:4:4, 4:2:0) and PNG images of these sizes on one thread, e.g. 128x128,512x512,1918x1280.")
@@ -66,6 +68,8 @@ struct BenchCommand: ParsableCommand {
         if parts > 1 {
             throw ValidationError("--conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, --augment-speed and --synthetic: one at a time")
         }
+        if freezeEncoder && model.encoder == "none" { throw ValidationError("--freeze-encoder needs --encoder") }
+        if freezeEncoder && parts > 0 { throw ValidationError("--freeze-encoder times training steps; it does not go with --conv-layers, --encoder-ops, ...") }
         if (convLayers || convKernels) && model.encoder != "none" {
             throw ValidationError("--conv-layers and --conv-kernels time the plain UNet's layers; they do not go with --encoder")
         }
@@ -150,6 +154,7 @@ struct BenchCommand: ParsableCommand {
             let bench = StepBenchmark(step: step, collectives: communicator, batch: shareOf(training.batchSize, ranks: ranks,
                                       rank: communicator.rank).count, imageSize: size, seed: model.seed)
             training.configure(bench.parallel)
+            if freezeEncoder { try step.freezeEncoder(true) }
             if let root = dataOptions.data {
                 // --data: each step's batch comes from the loader.
                 let spec: SampleSpec

@@ -96,6 +96,10 @@ struct TrainCommand: ParsableCommand {
     var initWeights: String?
     @Option(help: "With --encoder: the encoder's learning rate is this times --lr (a parameter group, as PyTorch's param_groups; e.g. 0.1 to fine-tune gently).")
     var encoderLrMult: Double?
+    @Flag(help: "With --encoder: fine-tune with the encoder frozen (its weights and BatchNorm statistics fixed, BatchNorm in evaluation mode, no gradient computed into it); only the decoder and head train.")
+    var freezeEncoder = false
+    @Option(help: "With --freeze-encoder: from this epoch on (1-based, 2...--epochs) the encoder trains too (its BatchNorm back in training mode).")
+    var unfreezeAtEpoch: Int?
     @Option(help: "Load the encoder from an ImageNet classification checkpoint in torchvision's naming, as safetensors (scripts/convert-weights.py makes one from a .pth); with --data, ImageNet normalisation becomes the default.")
     var encoderWeights: String?
 
@@ -125,6 +129,11 @@ struct TrainCommand: ParsableCommand {
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
         if encoderWeights != nil && model.encoder == "none" { throw ValidationError("--encoder-weights needs --encoder (resnet18, resnet34, resnet50 or mobilenet_v2)") }
         if encoderLrMult != nil && model.encoder == "none" { throw ValidationError("--encoder-lr-mult needs --encoder") }
+        if freezeEncoder && model.encoder == "none" { throw ValidationError("--freeze-encoder needs --encoder") }
+        if unfreezeAtEpoch != nil && !freezeEncoder { throw ValidationError("--unfreeze-at-epoch needs --freeze-encoder") }
+        if let e = unfreezeAtEpoch, !(e >= 2 && e <= epochs) {
+            throw ValidationError("--unfreeze-at-epoch must be 2...\(epochs) (--epochs; epoch 1 is the first) (got \(e))")
+        }
         if let m = encoderLrMult, !(m >= 0 && m <= 1e6) { throw ValidationError("--encoder-lr-mult must be 0...1e6 (got \(m))") }
         if encoderWeights != nil && initWeights != nil { throw ValidationError("--encoder-weights and --init-weights both set the weights; give one") }
         if syncBn && model.encoder == "none" && !model.batchnorm {
@@ -227,6 +236,7 @@ struct TrainCommand: ParsableCommand {
         trainer.step.accumulate = accumulate  // before resuming: it sets the epoch's batch count
         trainer.checkSyncEvery = checkSync
         trainer.step.skipNonFinite = skipNonfinite
+        if freezeEncoder { try trainer.freezeEncoder(EncoderFreeze(unfreezeAtEpoch: unfreezeAtEpoch)) }
         training.configure(trainer.step)
         try addDebugHooks(trainer, rank: communicator.rank)
 
@@ -240,8 +250,8 @@ struct TrainCommand: ParsableCommand {
         if isRoot {
             print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(architecture.classes) class(es), "
                   + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
-                  + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(net.parameterCount)) parameters, "
-                  + "loss \(lossConfig.name)")
+                  + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(net.parameterCount)) parameters"
+                  + frozenNote(trainer, firstEpoch: run.resumedEpoch + 1) + ", loss \(lossConfig.name)")
             run.progress = Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery, style: progress)
             if let validation = data.validation {
                 run.samples = SampleGrid(source: validation, count: 4, imageSize: model.imageSize, inChannels: architecture.inChannels,
@@ -252,6 +262,13 @@ struct TrainCommand: ParsableCommand {
             run.afterStep = { info in if info.optimizerStep == 2 { net.store.values.tensor[0] += 1e-3 } }
         }
         try run.run()
+    }
+
+    /// ", of which N trainable (encoder frozen ...)" while the encoder is frozen in `firstEpoch`.
+    private func frozenNote(_ trainer: Trainer, firstEpoch: Int) -> String {
+        guard let freeze = trainer.encoderFreeze, freeze.isFrozen(epoch: firstEpoch) else { return "" }
+        let until = freeze.unfreezeAtEpoch.map { "until epoch \($0)" } ?? "for the whole run"
+        return " (\(grouped(trainer.trainableParameters(epoch: firstEpoch))) trainable: encoder frozen \(until))"
     }
 
     /// The hidden test flags: --dump-gradients, --debug-nan-step, --debug-stall-rank.

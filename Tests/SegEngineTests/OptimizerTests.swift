@@ -367,6 +367,77 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// A frozen range (--freeze-encoder) is skipped as PyTorch skips a parameter without a
+    /// gradient: while frozen its values and state stay bitwise as they were (also with weight
+    /// decay and a gradient there), and after unfreezing it updates as a fresh optimizer of its own
+    /// whose first update is step 1 (its bias corrections count its own steps); the rest updates
+    /// throughout as if nothing were frozen. With an --encoder-lr-mult group over the range and on
+    /// a shard that cuts it; and a restore with the frozen steps continues bitwise.
+    func testAFrozenRangeIsSkippedAndLaterCountsItsOwnSteps() {
+        let count = 5_003, range = 1_000..<3_500, frozenFor = 3, total = 7
+        for kind in OptimizerKind.allCases {
+            for (shard, scale) in [(nil, 1.0), (2_000..<4_000, 0.25)] as [(Range<Int>?, Double)] {
+                let config = OptimizerConfig(kind: kind, weightDecay: 0.01)
+                let start = randomValues(count, seed: 6)
+                let optimizer = Optimizer(config, parameterCount: count), values = owned(start)
+                if scale != 1 { optimizer.groups = [(range, scale)] }
+                optimizer.freezable = range
+                optimizer.shard = shard
+                let elements = shard ?? 0..<count
+                // The reference: the range as an optimizer that starts after the frozen steps, the rest
+                // as two optimizers that run throughout.
+                let inside = Optimizer(config, parameterCount: count), outside = [Optimizer(config, parameterCount: count),
+                                                                                 Optimizer(config, parameterCount: count)]
+                inside.shard = range.clamped(to: elements)
+                outside[0].shard = elements.lowerBound..<max(elements.lowerBound, min(range.lowerBound, elements.upperBound))
+                outside[1].shard = min(elements.upperBound, max(range.upperBound, elements.lowerBound))..<elements.upperBound
+                let referenceValues = owned(start)
+                var resumed: (Optimizer, OwnedTensor)? = nil
+                for step in 0..<total {
+                    optimizer.frozen = step < frozenFor
+                    let g = stepGradients(count, step: step), copies = (0..<5).map { _ in owned(g) }
+                    optimizer.apply(values: values.tensor, gradients: copies[0].tensor, learningRate: 0.01, pool: Self.pool)
+                    if step >= frozenFor {
+                        inside.apply(values: referenceValues.tensor, gradients: copies[1].tensor, learningRate: Float(0.01 * scale),
+                                     pool: Self.pool)
+                    }
+                    for (o, copy) in zip(outside, copies[2..<4]) {
+                        o.apply(values: referenceValues.tensor, gradients: copy.tensor, learningRate: 0.01, pool: Self.pool)
+                    }
+                    if let (b, bValues) = resumed {
+                        b.apply(values: bValues.tensor, gradients: copies[4].tensor, learningRate: 0.01, pool: Self.pool)
+                    }
+                    withExtendedLifetime(copies) {}
+                    if step + 1 == frozenFor {
+                        let now = values.tensor.toArray()
+                        XCTAssertEqual(Array(now[range]).map(\.bitPattern), Array(start[range]).map(\.bitPattern), "\(kind): frozen values")
+                        for state in optimizer.stateBuffers {
+                            XCTAssertTrue(state.buffer.tensor.toArray()[range].allSatisfy { $0 == 0 }, "\(kind): frozen \(state.name)")
+                        }
+                        XCTAssertEqual(optimizer.frozenSteps, frozenFor)
+                    }
+                    if step == frozenFor + 1 {
+                        // A checkpoint here: the state buffers, the step and the frozen steps.
+                        let b = Optimizer(config, parameterCount: count)
+                        if scale != 1 { b.groups = [(range, scale)] }
+                        b.freezable = range
+                        b.shard = shard
+                        for (target, source) in zip(b.stateBuffers, optimizer.stateBuffers) { target.buffer.tensor.copy(from: source.buffer.tensor) }
+                        b.restore(step: optimizer.step, frozenSteps: optimizer.frozenSteps)
+                        resumed = (b, owned(values.tensor.toArray()))
+                    }
+                }
+                let label = "\(kind), shard \(String(describing: shard))"
+                XCTAssertEqual(optimizer.step, total)
+                XCTAssertEqual(values.tensor.toArray().map(\.bitPattern), referenceValues.tensor.toArray().map(\.bitPattern), label)
+                XCTAssertEqual(resumed?.1.tensor.toArray().map(\.bitPattern), values.tensor.toArray().map(\.bitPattern),
+                               "\(label): restored with the frozen steps")
+                XCTAssertNotEqual(values.tensor[range.clamped(to: elements).lowerBound], start[range.clamped(to: elements).lowerBound],
+                                  "\(label): the range trains after unfreezing")
+            }
+        }
+    }
+
     /// Checkpoint round trip: load the state buffers into a new optimizer, restore the step, and
     /// the next updates are bitwise those of the uninterrupted run.
     func testStateBuffersAndRestoreContinueTheRun() {

@@ -80,4 +80,67 @@ final class EncoderTrainingTests: TemporaryFolderTestCase {
         XCTAssertEqual(bench.status, 1, bench.stderr)
         XCTAssertTrue(bench.stderr.contains("gives a rank 1"), bench.stderr)
     }
+
+    /// --freeze-encoder --unfreeze-at-epoch 2 (fine-tuning as with PyTorch's encoder.eval() and
+    /// requires_grad_(False)): after epoch 1 every encoder.* tensor (weights, running statistics,
+    /// counters) is bitwise the one it started from while the decoder trained; from epoch 2 on the
+    /// encoder trains. On 2 ranks, a resume from epoch 1 (across the unfreezing) and from epoch 2
+    /// (the encoder's own Adam step count, frozen_steps, read back) ends bitwise as the straight run.
+    func testFreezeEncoderUntilEpochTwoThenResumeBitwiseOnTwoRanks() throws {
+        try train(ranks: 0, ["--epochs", "1", "--out", "\(folder)/start"])
+        let initial = "\(folder)/start/model.safetensors"
+        let freeze = ["--freeze-encoder", "--unfreeze-at-epoch", "2", "--epochs", "3", "--keep", "3", "--init-weights", initial]
+        let arguments = ["train"] + model + ["--batch-size", "4", "--train-samples", "8", "--val-samples", "4", "--seed", "3"]
+        let straight = try segtrain(arguments + freeze + ["--out", "\(folder)/straight"], ranks: 2, timeout: 300)
+        XCTAssertEqual(straight.status, 0, straight.stderr)
+        XCTAssertTrue(straight.stdout.contains("14,328,209 parameters (3,151,697 trainable: encoder frozen until epoch 2)"),
+                      straight.stdout)
+        XCTAssertTrue(straight.stdout.contains("epoch 2: the encoder is unfrozen"), straight.stdout)
+        let start = try loadSafetensors(initial)
+        let epochs = try (1...3).map { try loadSafetensors("\(folder)/straight/checkpoints/epoch-00\($0)/model.safetensors") }
+        let encoderNames = start.keys.filter { $0.hasPrefix("encoder.") }, decoderNames = start.keys.filter { !$0.hasPrefix("encoder.") }
+        XCTAssertEqual(encoderNames.count, 120)  // 20 convolutions; 20 BatchNorms of 5 tensors each
+        for name in encoderNames {
+            XCTAssertEqual(epochs[0][name]?.map(\.bitPattern), start[name]?.map(\.bitPattern), "epoch 1: \(name)")
+        }
+        for name in decoderNames { XCTAssertNotEqual(epochs[0][name], start[name], "epoch 1 trains the decoder: \(name)") }
+        for name in ["encoder.conv1.weight", "encoder.layer4.1.conv2.weight", "encoder.bn1.running_mean", "encoder.layer1.0.bn1.weight"] {
+            XCTAssertNotEqual(epochs[1][name], epochs[0][name], "epoch 2 trains the encoder: \(name)")
+            XCTAssertNotEqual(epochs[2][name], epochs[1][name], "epoch 3 trains the encoder: \(name)")
+        }
+        for epoch in [1, 2] {
+            let out = "\(folder)/from-\(epoch)"
+            let resumed = try segtrain(arguments + freeze + ["--out", out, "--resume", "\(folder)/straight/checkpoints/epoch-00\(epoch)"],
+                                       ranks: 2, timeout: 300)
+            XCTAssertEqual(resumed.status, 0, resumed.stderr)
+            for file in ["model.safetensors", "checkpoints/last/model.safetensors", "checkpoints/last/optimizer.safetensors"] {
+                XCTAssertEqual(try loadSafetensors("\(out)/\(file)"), try loadSafetensors("\(folder)/straight/\(file)"),
+                               "resumed from epoch \(epoch): \(file)")
+            }
+        }
+    }
+
+    /// The fine-tuning flags are refused in one line without what they need.
+    func testFreezeFlagsAreRefusedWithoutAnEncoderOrInRange() throws {
+        let cases: [([String], String)] = [
+            (["--freeze-encoder"], "segtrain: error: --freeze-encoder needs --encoder\n"),
+            (["--encoder", "resnet18", "--unfreeze-at-epoch", "2"], "segtrain: error: --unfreeze-at-epoch needs --freeze-encoder\n"),
+            (["--encoder", "resnet18", "--freeze-encoder", "--unfreeze-at-epoch", "1", "--epochs", "3"],
+             "segtrain: error: --unfreeze-at-epoch must be 2...3 (--epochs; epoch 1 is the first) (got 1)\n"),
+            (["--encoder", "resnet18", "--freeze-encoder", "--unfreeze-at-epoch", "4", "--epochs", "3"],
+             "segtrain: error: --unfreeze-at-epoch must be 2...3 (--epochs; epoch 1 is the first) (got 4)\n"),
+        ]
+        for (flags, message) in cases {
+            let result = try segtrain(["train", "--image-size", "32", "--out", "\(folder)/refused"] + flags)
+            XCTAssertNotEqual(result.status, 0, "\(flags)")
+            XCTAssertEqual(result.stderr, message, "\(flags)")
+        }
+        for (flags, message) in [(["--freeze-encoder"], "segtrain: error: --freeze-encoder needs --encoder\n"),
+                                 (["--encoder", "resnet18", "--freeze-encoder", "--encoder-ops"],
+                                  "segtrain: error: --freeze-encoder times training steps; it does not go with --conv-layers, --encoder-ops, ...\n")] {
+            let result = try segtrain(["bench"] + flags)
+            XCTAssertNotEqual(result.status, 0, "\(flags)")
+            XCTAssertEqual(result.stderr, message, "\(flags)")
+        }
+    }
 }
