@@ -90,7 +90,7 @@ struct TrainCommand: ParsableCommand {
     var progress = ProgressStyle.auto
     @Option(help: "Keep an exponential moving average of the weights with this decay (e.g. 0.999; timm's ModelEmaV2): validation, the best model, samples and the exported model use it.")
     var ema: Double?
-    @Flag(help: "SyncBatchNorm: BatchNorm's training statistics over every rank's batch (summed in the forward and backward passes), so that an N-rank step equals the 1-rank step; for models with BatchNorm (--batchnorm, --encoder).")
+    @Flag(help: "SyncBatchNorm: BatchNorm's training statistics over every rank's batch (summed in the forward and backward passes), so that an N-rank step equals the 1-rank step; for models with BatchNorm (--norm batch, --encoder).")
     var syncBn = false
     @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
     var initWeights: String?
@@ -136,8 +136,8 @@ struct TrainCommand: ParsableCommand {
         }
         if let m = encoderLrMult, !(m >= 0 && m <= 1e6) { throw ValidationError("--encoder-lr-mult must be 0...1e6 (got \(m))") }
         if encoderWeights != nil && initWeights != nil { throw ValidationError("--encoder-weights and --init-weights both set the weights; give one") }
-        if syncBn && model.encoder == "none" && !model.batchnorm {
-            throw ValidationError("--sync-bn synchronises BatchNorm, but this model has none: add --batchnorm or use --encoder")
+        if syncBn && model.encoder == "none" && (model.norm ?? (model.batchnorm ? .batch : .none)) != .batch {
+            throw ValidationError("--sync-bn synchronises BatchNorm, but this model has none: add --norm batch or use --encoder")
         }
         if let d = ema, !(d > 0 && d < 1) { throw ValidationError("--ema must be a decay in (0, 1), e.g. 0.999 (got \(d))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {

@@ -15,6 +15,14 @@ import SegEngineTestSupport
 /// carries rounding noise of about u sqrt(A) sum_i |r_i| max(|y_i|, 1), A the convolutions' fan-ins
 /// added up, and a central difference over 2h divides it by h. The objective reads one logit in 64, so
 /// that this noise stays well below the gradients (every logit still depends on every weight).
+///
+/// Why 64 x 64 in training mode: at 32 x 32 the deepest BatchNorms see 1 x 1 maps, two values per
+/// channel in a batch of 2, and BatchNorm of two values is nearly a sign function (xhat = +-d /
+/// sqrt(d^2 + eps) for their half-difference d): its curvature in a weight grows like 1 / |d|, so
+/// when rounding leaves two values within ~1e-2, a central difference over +-1e-3 is no longer the
+/// derivative. Which channels come that close depends on the BLAS kernels' rounding: resnet50 failed
+/// so on an Intel Xeon (analytic -8.4, central difference -134), not on AMD Zen 4. At 64 x 64 the
+/// deepest maps are 2 x 2: eight values per channel.
 final class EncoderUNetGradientTests: XCTestCase {
     private func checkWholeModel(_ encoder: EncoderKind, training: Bool, file: StaticString = #filePath, line: UInt = #line) {
         var config = EncoderUNetConfig(encoder: encoder, classes: 2)
@@ -22,7 +30,7 @@ final class EncoderUNetGradientTests: XCTestCase {
         config.decoderChannels = [16, 8, 8, 4, 4]
         config.seed = 7
         let model = EncoderUNet(config, pool: WorkerPool(threads: 2))
-        let (batch, size) = (2, 32)
+        let (batch, size) = (2, training ? 64 : 32)
         model.plan(batch: batch, height: size, width: size)
         // Running statistics other than 0 and 1, so evaluation mode is not the identity.
         for (index, entry) in model.store.entries.enumerated() where entry.name.hasSuffix("running_mean") || entry.name.hasSuffix("running_var") {
@@ -31,7 +39,7 @@ final class EncoderUNetGradientTests: XCTestCase {
         }
         let images = OwnedTensor(Shape(batch, 3, size, size))
         SMPGolden.fill(images.tensor, rule: "input")
-        // The objective reads one logit in 64 (64 of 4096): its rounding noise, which the central
+        // The objective reads one logit in 64: its rounding noise, which the central
         // difference divides by the step, grows with the logits it sums (see the tolerance).
         let projection = Projection(shape: model.logits.shape, seed: 3)
         for i in 0..<projection.weights.tensor.count where i % 64 != 0 { projection.weights.tensor[i] = 0 }
@@ -65,9 +73,10 @@ final class EncoderUNetGradientTests: XCTestCase {
             })
         XCTAssertTrue(report.passed, "\(report)", file: file, line: line)
         // Training-mode BatchNorm moves every pre-activation of a layer when one weight moves, so a
-        // ReLU or max-pool switches within +-step for many elements (skipped as kinks): 41-69 % of
-        // them are checked; in evaluation mode 83-91 %.
-        XCTAssertGreaterThan(Double(report.checked), (training ? 0.3 : 0.7) * Double(inputs.count), "\(report)",
+        // ReLU or max-pool switches within +-step for many elements (skipped as kinks): 30-44 % of
+        // them are checked (64 x 64, under the Sandybridge, Haswell, SkylakeX and Cooperlake
+        // kernels); in evaluation mode 83-91 %.
+        XCTAssertGreaterThan(Double(report.checked), (training ? 0.2 : 0.7) * Double(inputs.count), "\(report)",
                              file: file, line: line)
         print("encoder UNet gradient check (\(encoder.rawValue) / 16, training \(training)): \(inputs.count) elements of "
               + "\(model.parameterCount), tolerance \(tolerance), \(report)")

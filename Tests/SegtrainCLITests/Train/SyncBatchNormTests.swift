@@ -42,7 +42,7 @@ final class SyncBatchNormTests: TemporaryFolderTestCase {
     }
 
     func testPlainUNetWithBatchNormGivesTheSingleProcessGradient() throws {
-        let control = try checkRanks(["--image-size", "16", "--base-channels", "4", "--depth", "2", "--batchnorm"], tag: "unet")
+        let control = try checkRanks(["--image-size", "16", "--base-channels", "4", "--depth", "2", "--norm", "batch"], tag: "unet")
         XCTAssertGreaterThan(control, 1e-3, "without --sync-bn, 3 ranks normalise with their own images")
     }
 
@@ -64,10 +64,10 @@ final class SyncBatchNormTests: TemporaryFolderTestCase {
     }
 
     func testRefusals() throws {
-        let plain = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--sync-bn",
+        let plain = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--sync-bn", "--norm", "group",
                                   "--out", "\(folder)/plain"])
         XCTAssertEqual(plain.stderr,
-                       "segtrain: error: --sync-bn synchronises BatchNorm, but this model has none: add --batchnorm or use --encoder\n")
+                       "segtrain: error: --sync-bn synchronises BatchNorm, but this model has none: add --norm batch or use --encoder\n")
         XCTAssertNotEqual(plain.status, 0)
         // 7 samples in batches of 5 on 3 ranks: the last batch (2 images) leaves rank 2 without one.
         let empty = try segtrain(["train", "--image-size", "16", "--base-channels", "4", "--depth", "2", "--batchnorm",
