@@ -1,5 +1,6 @@
 import ArgumentParser
 import SegDistributed
+import SegEngine
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,6 +18,9 @@ struct UserError: Error, CustomStringConvertible {
     let description: String
     init(_ message: String) { description = message }
 }
+
+// OpenBLAS's generic kernels on a CPU it does not know run at half speed: start again with better ones.
+BLASKernels.restartWithBetterKernelsIfNeeded()
 
 // Bad input gets one line naming the flag or file and the reason, never a usage dump or a trace.
 do {

@@ -1,0 +1,29 @@
+// segtrain runs OpenBLAS's kernels for this CPU, not its generic fallback (SegEngine/BLASKernels.swift):
+// on a CPU with AVX2 + FMA, `segtrain info` names a family from Haswell on, and a user's
+// OPENBLAS_CORETYPE is kept. On an Intel Emerald Rapids with Debian's OpenBLAS 0.3.21 the first
+// check fails without the restart (OpenBLAS picks Prescott there).
+
+import Foundation
+import XCTest
+
+final class BLASKernelsCLITests: SegtrainTestCase {
+    private func kernels(_ environment: [String: String] = [:]) throws -> String {
+        let result = try segtrain(["info", "--image-size", "16", "--depth", "2", "--base-channels", "4"], environment: environment)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let line = result.stdout.split(separator: "\n").first { $0.hasPrefix("BLAS kernels:") }
+        return line.map { String($0.dropFirst("BLAS kernels:".count)).trimmingCharacters(in: .whitespaces) } ?? ""
+    }
+
+    func testKernelsSuitTheCPUAndOpenBLASCoretypeIsKept() throws {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
+        let used = try kernels()
+        print("segtrain info: BLAS kernels: \(used)")
+        if flags.isSuperset(of: ["avx2", "fma"]) {
+            let family = used.prefix { $0 != " " }.lowercased()
+            XCTAssertFalse(["prescott", "core2", "nehalem", "penryn", "dunnington", "atom"].contains(family),
+                           "OpenBLAS's generic kernels on a CPU with AVX2: \(used)")
+        }
+        XCTAssertEqual(try kernels(["OPENBLAS_CORETYPE": "Sandybridge"]), "Sandybridge (OPENBLAS_CORETYPE)")
+    }
+}
