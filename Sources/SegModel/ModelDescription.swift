@@ -89,6 +89,9 @@ public struct ModelDescription: Equatable, Sendable {
     /// The mask value training ignored (`--ignore-index`); `evaluate` skips it too unless told
     /// otherwise. nil (also in older checkpoints): none.
     public var ignoreIndex: Int?
+    /// The classes' names (`--class-names`, multi-class models): evaluate's columns and the
+    /// report use them. nil (also in older checkpoints): the class indices.
+    public var classNames: [String]?
 
     public init(_ architecture: Architecture, imageSize: Int, mean: [Float]? = nil, std: [Float]? = nil) {
         self.architecture = architecture
@@ -143,7 +146,7 @@ public struct ModelDescription: Equatable, Sendable {
 
 extension ModelDescription: Codable {
     private enum Key: String, CodingKey {
-        case architecture, imageSize, mean, std, ignoreIndex
+        case architecture, imageSize, mean, std, ignoreIndex, classNames
         case inChannels, classes, baseChannels, depth, norm, batchNorm, upsampling, headKernel
         case encoder, decoderChannels
     }
@@ -191,6 +194,10 @@ extension ModelDescription: Codable {
         default:
             throw ModelDescriptionError("unknown architecture \(family) (this segtrain builds: unet)")
         }
+        classNames = try c.decodeIfPresent([String].self, forKey: .classNames)
+        if let names = classNames, names.count != architecture.classes {
+            throw ModelDescriptionError("\(names.count) class names for \(architecture.classes) classes")
+        }
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -200,6 +207,7 @@ extension ModelDescription: Codable {
         try c.encodeIfPresent(mean, forKey: .mean)
         try c.encodeIfPresent(std, forKey: .std)
         try c.encodeIfPresent(ignoreIndex, forKey: .ignoreIndex)
+        try c.encodeIfPresent(classNames, forKey: .classNames)
         switch architecture {
         case .unet(let u):
             try c.encode(u.inChannels, forKey: .inChannels)

@@ -220,6 +220,7 @@ struct TrainCommand: ParsableCommand {
         var modelDescription = ModelDescription(architecture, imageSize: model.imageSize,
                                                 mean: normalization?.mean, std: normalization?.std)
         modelDescription.ignoreIndex = labels.ignoreIndex
+        modelDescription.classNames = dataOptions.classNameList
         if (schedule == .plateau || patience != nil) && data.validation == nil {
             throw SharedError(description: "--schedule plateau and --patience watch the validation loss, but there is no validation set")
         }
