@@ -13,33 +13,28 @@
 // image in a step cannot run the forward, so training refuses such runs (Trainer.checkBatchesFitTheModel).
 //
 // The sums go through `Collectives.allreduceSum(UnsafeMutableBufferPointer<Double>)` in a buffer
-// reserved when the model plans (nothing is allocated in the step). A model's forward cannot
+// made once for the model's widest BatchNorm (nothing is allocated in the step). A model's forward cannot
 // throw, so a failed sum ends the job (`Collectives.abort`): one line, never a hang.
 
 /// The exchange of BatchNorm statistics between ranks, shared by every BatchNorm layer of a model.
 public final class BatchStatisticsSum {
     public let collectives: Collectives
-    private var buffer = UnsafeMutableBufferPointer<Double>.allocate(capacity: 0)
+    /// Room for one layer's sums: 2 C + 1 doubles for the widest layer.
+    private let buffer: UnsafeMutableBufferPointer<Double>
     /// Sums made (2 per BatchNorm forward, 1 per backward that computes dx): for tests and reports.
     public private(set) var sums = 0
 
-    public init(collectives: Collectives) {
+    /// For layers of up to `channels` channels (`SegmentationModel.widestBatchNorm`).
+    public init(collectives: Collectives, channels: Int) {
         self.collectives = collectives
+        buffer = .allocate(capacity: 2 * channels + 1)
     }
 
     deinit { buffer.deallocate() }
 
-    /// Makes room for layers of up to `channels` channels; call while planning.
-    public func reserve(channels: Int) {
-        let need = 2 * channels + 1
-        guard need > buffer.count else { return }
-        buffer.deallocate()
-        buffer = .allocate(capacity: need)
-    }
-
-    /// The first `count` doubles of the buffer (reserved, else a planning bug).
+    /// The first `count` doubles of the buffer.
     func values(_ count: Int) -> UnsafeMutableBufferPointer<Double> {
-        precondition(count <= buffer.count, "BatchStatisticsSum: \(count) values not reserved (reserve(channels:) while planning)")
+        precondition(count <= buffer.count, "BatchStatisticsSum: a layer wider than the channels it was made for")
         return UnsafeMutableBufferPointer(rebasing: buffer[0..<count])
     }
 

@@ -23,9 +23,7 @@ public final class EncoderUNet {
     public let store: ParameterStore
     public let pool: WorkerPool
     public let profile = Profile()
-    public var batchStatistics: BatchStatisticsSum? {
-        didSet { batchStatistics?.reserve(channels: widestBatchNorm) }
-    }
+    public var batchStatistics: BatchStatisticsSum?
     let graph: LayerGraph
 
     // Planned for one batch shape.

@@ -62,9 +62,6 @@ extension SegmentationModel {
     public var widestBatchNorm: Int {
         store.entries.filter { $0.name.hasSuffix(".running_mean") }.map(\.shape.count).max() ?? 0
     }
-
-    /// True when the model has BatchNorm layers (what `--sync-bn` synchronises).
-    public var hasBatchNorm: Bool { widestBatchNorm > 0 }
 }
 
 extension UNet: SegmentationModel {

@@ -39,7 +39,9 @@ struct ConvUnit {
     /// Arena slots: conv output before the norm (BN/GN only), output after ReLU, the norm's saved
     /// statistics (BN: C values; GN: N * G).
     var preNorm = -1, output = -1, saveMean = -1, saveInvStd = -1
-    var normalized: Bool { bn != nil || gn != nil }
+    /// The norm's weight and bias (BN or GN), nil without a norm.
+    var affine: (gamma: Int, beta: Int)? { bn.map { ($0.gamma, $0.beta) } ?? gn.map { ($0.gamma, $0.beta) } }
+    var normalized: Bool { affine != nil }
 }
 
 struct EncoderLevel {
@@ -74,9 +76,7 @@ public final class UNet {
     public let store: ParameterStore
     public let pool: WorkerPool
     public let profile = Profile()
-    public var batchStatistics: BatchStatisticsSum? {
-        didSet { batchStatistics?.reserve(channels: widestBatchNorm) }
-    }
+    public var batchStatistics: BatchStatisticsSum?
 
     private var encoder: [EncoderLevel] = []
     private var decoder: [DecoderLevel] = []
@@ -410,29 +410,23 @@ public final class UNet {
     private func unitForward(_ unit: ConvUnit, _ x: Tensor, training: Bool) -> Tensor {
         let out = arena.value(unit.output)
         let c = unit.conv
-        if let bn = unit.bn {
+        if unit.normalized {
             let z = arena.value(unit.preNorm)
             profile.measure(.convForward) {
                 conv2dForward(z, x, weight: store.value(c.weight), bias: nil, policy: convPolicy, pool: pool,
                               scratch: scratch)
             }
             profile.measure(.batchNorm) {
-                batchNormForward(out, z, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
-                                 runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
-                                 saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
-                                 training: training, synchronized: batchStatistics, pool: pool)
-            }
-            profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
-        } else if let gn = unit.gn {
-            let z = arena.value(unit.preNorm)
-            profile.measure(.convForward) {
-                conv2dForward(z, x, weight: store.value(c.weight), bias: nil, policy: convPolicy, pool: pool,
-                              scratch: scratch)
-            }
-            profile.measure(.batchNorm) {
-                groupNormForward(out, z, groups: gn.groups, gamma: store.value(gn.gamma), beta: store.value(gn.beta),
-                                 saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
-                                 pool: pool)
+                if let bn = unit.bn {
+                    batchNormForward(out, z, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
+                                     runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
+                                     saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
+                                     training: training, synchronized: batchStatistics, pool: pool)
+                } else if let gn = unit.gn {
+                    groupNormForward(out, z, groups: gn.groups, gamma: store.value(gn.gamma), beta: store.value(gn.beta),
+                                     saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
+                                     pool: pool)
+                }
             }
             profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
         } else {
@@ -517,26 +511,19 @@ public final class UNet {
             }
         }]
         var dConv = unit.output
-        if let bn = unit.bn {
-            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm], finalizes: [bn.gamma, bn.beta]) { [unowned self] in
+        if let affine = unit.affine {
+            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm], finalizes: [affine.gamma, affine.beta]) { [unowned self] in
+                let dx = arena.gradient(unit.preNorm), dy = arena.gradient(unit.output), z = arena.value(unit.preNorm)
+                let saveMean = arena.value(unit.saveMean), saveInvStd = arena.value(unit.saveInvStd)
+                let gamma = store.value(affine.gamma), dgamma = store.gradient(affine.gamma), dbeta = store.gradient(affine.beta)
                 profile.measure(.batchNorm) {
-                    batchNormBackward(dx: arena.gradient(unit.preNorm), dgamma: store.gradient(bn.gamma),
-                                      dbeta: store.gradient(bn.beta), dy: arena.gradient(unit.output),
-                                      x: arena.value(unit.preNorm), gamma: store.value(bn.gamma),
-                                      saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
-                                      synchronized: batchStatistics, pool: pool)
-                }
-            })
-            dConv = unit.preNorm
-        }
-        if let gn = unit.gn {
-            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm], finalizes: [gn.gamma, gn.beta]) { [unowned self] in
-                profile.measure(.batchNorm) {
-                    groupNormBackward(dx: arena.gradient(unit.preNorm), dgamma: store.gradient(gn.gamma),
-                                      dbeta: store.gradient(gn.beta), dy: arena.gradient(unit.output),
-                                      x: arena.value(unit.preNorm), groups: gn.groups, gamma: store.value(gn.gamma),
-                                      saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
-                                      pool: pool)
+                    if let gn = unit.gn {
+                        groupNormBackward(dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: z, groups: gn.groups, gamma: gamma,
+                                          saveMean: saveMean, saveInvStd: saveInvStd, pool: pool)
+                    } else {
+                        batchNormBackward(dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: z, gamma: gamma, saveMean: saveMean,
+                                          saveInvStd: saveInvStd, synchronized: batchStatistics, pool: pool)
+                    }
                 }
             })
             dConv = unit.preNorm

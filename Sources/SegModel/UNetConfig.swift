@@ -39,13 +39,6 @@ public struct UNetConfig: Equatable, Sendable {
 
     public init() {}
 
-    /// `norm == .batch`: the setting before `norm` existed (--batchnorm), for callers that still set it;
-    /// setting false gives `.none`.
-    public var batchNorm: Bool {
-        get { norm == .batch }
-        set { norm = newValue ? .batch : .none }
-    }
-
     /// Channels at encoder level i (0 = full resolution).
     public func channels(level i: Int) -> Int { baseChannels << i }
 

@@ -235,7 +235,8 @@ public final class Trainer {
     /// every rank's batch (a no-op on one rank, where they already are). Call before training.
     public func synchronizeBatchNorm() {
         guard collectives.size > 1 else { return }
-        step.local.model.batchStatistics = BatchStatisticsSum(collectives: collectives)
+        let model = step.local.model
+        model.batchStatistics = BatchStatisticsSum(collectives: collectives, channels: model.widestBatchNorm)
     }
 
     /// Refuses, on every rank alike, a run in which some step would give a rank fewer images than

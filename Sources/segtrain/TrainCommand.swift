@@ -136,7 +136,7 @@ struct TrainCommand: ParsableCommand {
         }
         if let m = encoderLrMult, !(m >= 0 && m <= 1e6) { throw ValidationError("--encoder-lr-mult must be 0...1e6 (got \(m))") }
         if encoderWeights != nil && initWeights != nil { throw ValidationError("--encoder-weights and --init-weights both set the weights; give one") }
-        if syncBn && model.encoder == "none" && (model.norm ?? (model.batchnorm ? .batch : .none)) != .batch {
+        if syncBn && model.encoder == "none" && model.unetConfig.norm != .batch {
             throw ValidationError("--sync-bn synchronises BatchNorm, but this model has none: add --norm batch or use --encoder")
         }
         if let d = ema, !(d > 0 && d < 1) { throw ValidationError("--ema must be a decay in (0, 1), e.g. 0.999 (got \(d))") }

@@ -30,7 +30,7 @@ final class PredictorTests: XCTestCase {
         config.baseChannels = 4
         config.depth = 2
         config.classes = classes
-        config.batchNorm = true
+        config.norm = .batch
         config.seed = 11
         let description = ModelDescription(.unet(config), imageSize: PredictorTests.size, mean: [0.4, 0.5, 0.6],
                                            std: [0.2, 0.25, 0.3])

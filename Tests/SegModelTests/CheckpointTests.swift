@@ -26,7 +26,7 @@ final class CheckpointTests: XCTestCase {
         var config = UNetConfig()
         config.baseChannels = 4
         config.depth = 2
-        config.batchNorm = batchNorm
+        config.norm = batchNorm ? .batch : .none
         config.seed = seed
         let unet = UNet(config, pool: WorkerPool(threads: 1))
         return (unet, Optimizer(OptimizerConfig(kind: .adam), parameterCount: unet.parameterCount))

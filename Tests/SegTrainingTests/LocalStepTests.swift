@@ -11,7 +11,7 @@ final class LocalStepTests: XCTestCase {
         config.inChannels = 3
         config.baseChannels = 4
         config.depth = 2
-        config.batchNorm = batchNorm
+        config.norm = batchNorm ? .batch : .none
         config.seed = seed
         let unet = UNet(config, pool: WorkerPool(threads: threads))
         let step = LocalStep(model: unet, loss: LossFunction(LossConfig(kind: .bce), classes: 1),

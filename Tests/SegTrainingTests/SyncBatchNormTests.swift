@@ -79,8 +79,7 @@ final class SyncBatchNormTests: XCTestCase {
                 let pool = WorkerPool(threads: rank == 0 ? 2 : 1)  // thread counts may differ between ranks
                 let layer = Layer(), xs = self.rows(x, share), dys = self.rows(dy, share)
                 let y = OwnedTensor(xs.tensor.shape), dx = OwnedTensor(xs.tensor.shape)
-                let sum = synchronized ? BatchStatisticsSum(collectives: world.rank(rank)) : nil
-                sum?.reserve(channels: 3)
+                let sum = synchronized ? BatchStatisticsSum(collectives: world.rank(rank), channels: 3) : nil
                 layer.forward(y.tensor, xs.tensor, sum, pool)
                 layer.backward(dx.tensor, dys.tensor, xs.tensor, sum, pool)
                 let result = RankResult(y: y.tensor.toArray(), dx: dx.tensor.toArray(), mean: layer.saveMean.tensor.toArray(),

@@ -183,7 +183,7 @@ final class TrainingRunTests: XCTestCase {
         var config = UNetConfig()
         config.baseChannels = 4
         config.depth = 2
-        config.batchNorm = true
+        config.norm = .batch
         let unet = UNet(config, pool: WorkerPool(threads: 1))
         let average = WeightAverage(of: unet.store, decay: 0.75)
         let before = unet.store.values.tensor.toArray(), beforeBuffers = unet.store.buffers.tensor.toArray()
