@@ -11,9 +11,9 @@ public enum Evaluation {
     /// The scores of every image: `csv` (image, mask, the score columns; a final `mean` row),
     /// the score columns' names and their means over images. Every rank gets the same result. A
     /// bad file on any rank ends every rank with its message (`SharedError`).
-    /// Multi-class columns are named by `classNames` when given, else by the model's class names
-    /// (`--class-names` at training), else by class index.
-    public static func score(listing: DatasetListing, spec: SampleSpec, predictor: Predictor, classNames: [String]? = nil,
+    /// Multi-class columns are named by the model's class names (`--class-names` at training), else
+    /// by class index.
+    public static func score(listing: DatasetListing, spec: SampleSpec, predictor: Predictor,
                              collectives: Collectives) throws -> (csv: String, columns: [String], means: [Double]) {
         let classes = spec.classes, ignoreIndex = spec.labels.ignoreIndex
         let dataset = FileDataset(listing: listing, spec: spec)
@@ -45,7 +45,7 @@ public enum Evaluation {
         let sums = try collectives.allreduceSum(table)
 
         let names = classes == 1 ? ["precision", "recall", "f1", "iou"]
-            : (classNames ?? predictor.description.classNames ?? (0..<classes).map(String.init)).flatMap { c in
+            : (predictor.description.classNames ?? (0..<classes).map(String.init)).flatMap { c in
                 ["precision_\(c)", "recall_\(c)", "f1_\(c)", "iou_\(c)"] } + ["mean_f1", "mean_iou"]
         var csv = "image,mask,accuracy," + names.joined(separator: ",") + "\n"
         var rows: [[Double]] = []

@@ -32,7 +32,7 @@ final class UNetTests: XCTestCase {
         XCTAssertNil(shape("down.0.bn1.weight"))
 
         var config = UNetConfig()
-        config.batchNorm = true
+        config.norm = .batch
         config.upsampling = .transpose
         config.classes = 3
         config.headKernel = 1
@@ -104,6 +104,24 @@ final class UNetTests: XCTestCase {
         let unknown = #"{"imageSize":64,"inChannels":3,"classes":1,"baseChannels":8,"depth":2,"norm":"layer","upsampling":"bilinear","headKernel":3}"#
         XCTAssertThrowsError(try JSONDecoder().decode(ModelDescription.self, from: Data(unknown.utf8))) {
             XCTAssertEqual("\($0)", "unknown norm layer (none, batch or group)")
+        }
+    }
+
+    /// --class-names travel in the description (older ones have none); a count that does not fit
+    /// the classes is refused in one line.
+    func testClassNamesInModelDescriptions() throws {
+        var config = UNetConfig()
+        config.classes = 3
+        var description = ModelDescription(.unet(config), imageSize: 64)
+        let plain = try JSONEncoder().encode(description)
+        XCTAssertFalse(String(decoding: plain, as: UTF8.self).contains("classNames"))
+        XCTAssertNil(try JSONDecoder().decode(ModelDescription.self, from: plain).classNames)
+        description.classNames = ["bg", "car", "sky"]
+        let data = try JSONEncoder().encode(description)
+        XCTAssertEqual(try JSONDecoder().decode(ModelDescription.self, from: data).classNames, ["bg", "car", "sky"])
+        description.classNames = ["bg", "car"]
+        XCTAssertThrowsError(try JSONDecoder().decode(ModelDescription.self, from: try JSONEncoder().encode(description))) {
+            XCTAssertEqual("\($0)", "2 class names for 3 classes")
         }
     }
 
@@ -234,7 +252,7 @@ final class GradientFrontierTests: XCTestCase {
                 var config = UNetConfig()
                 config.baseChannels = 4
                 config.depth = 3
-                config.batchNorm = batchNorm
+                config.norm = batchNorm ? .batch : .none
                 config.upsampling = upsampling
                 let unet = UNet(config, pool: WorkerPool(threads: 1))
                 unet.plan(batch: 1, height: 16, width: 16)

@@ -20,7 +20,8 @@ final class PredictEvaluateTests: SegtrainTestCase {
             var r = try segtrain(["synth", "--out", data, "--count", "20", "--size", "32", "--classes", "\(classes)"])
             XCTAssertEqual(r.status, 0, r.stderr)
             r = try segtrain(["train", "--data", data, "--out", folder + "/run-" + name, "--epochs", "2", "--image-size", "32",
-                              "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--classes", "\(classes)"])
+                              "--base-channels", "4", "--depth", "2", "--batch-size", "4", "--threads", "1", "--classes", "\(classes)"]
+                             + (classes > 1 ? ["--class-names", "bg,car,sky"] : []))
             XCTAssertEqual(r.status, 0, r.stderr)
         }
         // A gray model (1 input channel) on the binary data.
@@ -176,6 +177,16 @@ final class PredictEvaluateTests: SegtrainTestCase {
 
     /// evaluate's per-image numbers are those of predict's masks against the truth, recomputed
     /// here from the files; mpirun -np 2 writes the same file.
+    /// The multi-class model keeps its --class-names: evaluate names its per-class columns by them.
+    func testEvaluateNamesTheModelsClasses() throws {
+        let out = folder + "/multi-scores.csv"
+        let r = try segtrain(["evaluate", "--model", folder + "/run-multi", "--data", folder + "/multi", "--out", out])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let header = try String(contentsOfFile: out, encoding: .utf8).split(separator: "\n").first.map(String.init)
+        XCTAssertEqual(header, "image,mask,accuracy," + ["bg", "car", "sky"].map { "precision_\($0),recall_\($0),f1_\($0),iou_\($0)" }
+                       .joined(separator: ",") + ",mean_f1,mean_iou")
+    }
+
     func testEvaluateScoresEachImage() throws {
         let data = folder + "/binary"
         let csvPath = folder + "/scores.csv"
