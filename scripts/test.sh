@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+scripts/install-test-python.sh   # onnxruntime, tensorboard: the peers' readers of exported files
 # Test-only: qemu-user runs the binary on an emulated older CPU (the AVX2 start-up check).
 if ! command -v qemu-x86_64 >/dev/null; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
