@@ -28,10 +28,27 @@ import Darwin
 
 extension LossFunction {
     func reserveLovasz(batch: Int, plane: Int, threads: Int) {
-        workspace.lovaszValues.reserve(batch * classes * 2)
-        if classes > 1 { workspace.planes.reserve(batch * classes * plane) }
-        workspace.errors.reserve(max(threads, 1) * plane)
-        workspace.order.reserve(max(threads, 1) * plane)
+        let sizes = Self.lovaszWorkspace(classes: classes, batch: batch, plane: plane, threads: threads)
+        workspace.lovaszValues.reserve(sizes.values)
+        if sizes.planes > 0 { workspace.planes.reserve(sizes.planes) }
+        workspace.errors.reserve(sizes.errors)
+        workspace.order.reserve(sizes.order)
+    }
+
+    /// The Lovász workspace's element counts for batches of up to `batch` images of `plane` pixels:
+    /// per-image values, the softmax planes (multi-class), and each thread's errors and sort order.
+    static func lovaszWorkspace(classes: Int, batch: Int, plane: Int, threads: Int)
+        -> (values: Int, planes: Int, errors: Int, order: Int) {
+        (batch * classes * 2, classes > 1 ? batch * classes * plane : 0, max(threads, 1) * plane, max(threads, 1) * plane)
+    }
+
+    /// Bytes of the workspace that grows with the image (Lovász's; the other losses keep a few
+    /// partial sums per chunk), for the memory estimate of a run (SegTraining's RunMemoryPlan).
+    public static func workspaceBytes(_ config: LossConfig, classes: Int, batch: Int, plane: Int, threads: Int) -> Double {
+        guard config.weight(of: .lovasz) != nil else { return 0 }
+        let sizes = lovaszWorkspace(classes: classes, batch: batch, plane: plane, threads: threads)
+        return Double(sizes.values + sizes.planes + sizes.errors) * Double(MemoryLayout<Double>.size)
+            + Double(sizes.order) * Double(MemoryLayout<Int32>.size)
     }
 
     /// Sum over the images of their Lovász loss, times `scale`; adds `scale` x its gradient into

@@ -44,20 +44,20 @@ public struct OptimizerConfig: Sendable {
         self.clipNorm = clipNorm
     }
 
-    /// A one-line error for values PyTorch would reject (or that make no sense), nil when valid.
+    /// A one-line error naming the flag, for values PyTorch would reject (or that make no sense); nil when valid.
     public static func validate(_ config: OptimizerConfig, learningRate: Float) -> String? {
         func nonNegative(_ x: Float) -> Bool { x.isFinite && x >= 0 }
-        if !nonNegative(learningRate) { return "invalid learning rate \(learningRate): must be >= 0" }
-        if !nonNegative(config.weightDecay) { return "invalid weight decay \(config.weightDecay): must be >= 0" }
-        if !nonNegative(config.momentum) { return "invalid momentum \(config.momentum): must be >= 0" }
-        if !nonNegative(config.epsilon) { return "invalid epsilon \(config.epsilon): must be >= 0" }
+        if !nonNegative(learningRate) { return "--lr must be >= 0 (got \(learningRate))" }
+        if !nonNegative(config.weightDecay) { return "--weight-decay must be >= 0 (got \(config.weightDecay))" }
+        if !nonNegative(config.momentum) { return "--momentum must be >= 0 (got \(config.momentum))" }
+        if !nonNegative(config.epsilon) { return "the optimizer's epsilon must be >= 0 (got \(config.epsilon))" }
         for (name, beta) in [("beta1", config.beta1), ("beta2", config.beta2)] where !(beta >= 0 && beta < 1) {
             return "invalid \(name) \(beta): must be in [0, 1)"
         }
-        if config.nesterov && config.kind != .sgd { return "nesterov applies only to sgd, not \(config.kind)" }
-        if config.nesterov && config.momentum == 0 { return "nesterov needs a momentum > 0" }
+        if config.nesterov && config.kind != .sgd { return "--nesterov applies only to --optimizer sgd, not \(config.kind)" }
+        if config.nesterov && config.momentum == 0 { return "--nesterov needs --momentum > 0" }
         if let clip = config.clipNorm, !(clip.isFinite && clip > 0) {
-            return "invalid clip norm \(clip): must be > 0"
+            return "--clip-norm must be > 0 (got \(clip))"
         }
         return nil
     }

@@ -38,6 +38,7 @@ public struct EncoderUNetConfig: Equatable, Sendable {
     public func validate(imageSize: Int? = nil) -> String? {
         if inChannels < 1 { return "--in-channels must be at least 1 (got \(inChannels))" }
         if classes < 1 { return "--classes must be at least 1 (got \(classes))" }
+        if let problem = ModelLimits.problem(inChannels: inChannels, classes: classes) { return problem }
         if widthDivisor < 1 { return "the width divisor must be at least 1 (got \(widthDivisor))" }
         if decoderChannels.count != 5 || !decoderChannels.allSatisfy({ (1...4096).contains($0) }) {
             return "the decoder needs 5 block widths of 1 to 4096 channels (got \(decoderChannels))"

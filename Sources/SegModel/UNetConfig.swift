@@ -49,6 +49,7 @@ public struct UNetConfig: Equatable, Sendable {
     public func validate(imageSize: Int? = nil) -> String? {
         if inChannels < 1 { return "--in-channels must be at least 1 (got \(inChannels))" }
         if classes < 1 { return "--classes must be at least 1 (got \(classes))" }
+        if let problem = ModelLimits.problem(inChannels: inChannels, classes: classes) { return problem }
         if baseChannels < 1 { return "--base-channels must be at least 1 (got \(baseChannels))" }
         if depth < 1 { return "--depth must be at least 1 (got \(depth))" }
         if depth > 8 { return "--depth must be at most 8 (got \(depth))" }
@@ -61,6 +62,25 @@ public struct UNetConfig: Equatable, Sendable {
                 return "--image-size \(size) is too small for --depth \(depth): at least \(minimumImageSize) px are needed"
             }
             if size > 16384 { return "--image-size must be at most 16384 (got \(size))" }
+        }
+        return nil
+    }
+}
+
+/// Bounds shared by every model family, checked before anything is allocated (a flag such as
+/// `--classes 99999999` otherwise asks for gigabytes of parameters and dies by the OOM killer).
+enum ModelLimits {
+    /// Masks hold 8-bit class indices (docs/DATA.md), so no data set has more classes.
+    static let maximumClasses = 256
+    /// Far above any image format's channels (1-4), low enough that the first layer stays small.
+    static let maximumInChannels = 4096
+
+    static func problem(inChannels: Int, classes: Int) -> String? {
+        if inChannels > maximumInChannels {
+            return "--in-channels must be at most \(maximumInChannels) (got \(inChannels))"
+        }
+        if classes > maximumClasses {
+            return "--classes must be at most \(maximumClasses): masks hold 8-bit class indices (got \(classes))"
         }
         return nil
     }

@@ -15,6 +15,8 @@ public struct ProcessResult {
     public let seconds: Double
     /// The process outlived its time limit and was killed.
     public let timedOut: Bool
+    /// It ended by a signal (a trap is SIGILL or SIGTRAP, the OOM killer's SIGKILL), not by exit.
+    public var signalled = false
 }
 
 public enum Segtrain {
@@ -65,7 +67,8 @@ public enum Segtrain {
         let timedOut = !running.waitForExit(within: timeout)
         if timedOut { running.stop() }
         return ProcessResult(status: running.process.terminationStatus, stdout: running.stdout, stderr: running.stderr,
-                             seconds: Date().timeIntervalSince(start), timedOut: timedOut)
+                             seconds: Date().timeIntervalSince(start), timedOut: timedOut,
+                             signalled: running.process.terminationReason == .uncaughtSignal)
     }
 }
 

@@ -27,6 +27,8 @@ public struct RunMemoryPlan: Sendable {
     /// Threads the run starts besides the workers (loader, MPI progress): their stacks and malloc
     /// arenas count against `ulimit -v`.
     public var extraThreads = 2
+    /// The loss (Lovász keeps a Double plane per image and class, and a sort buffer per thread).
+    public var loss: LossConfig?
 
     public init(model: Architecture, imageSize: Int, localBatch: Int, threads: Int, optimizerBuffers: Int,
                 trainSamples: Int, validationSamples: Int) {
@@ -51,6 +53,9 @@ public struct RunMemoryPlan: Sendable {
             // covers global batches down to 7. Validation: this rank's samples, its batches and the
             // prefetch copy: 32 bytes a sample.
             ("sample order", Double(trainSamples) * 40 + Double(validationSamples) * 32),
+            ("loss workspace", loss.map {
+                LossFunction.workspaceBytes($0, classes: model.classes, batch: localBatch, plane: imageSize * imageSize, threads: threads)
+            } ?? 0),
             ("data loader", Double(loaderThreads == 0 ? 0 : loaderThreads + 1) * Double(localBatch) * sampleFloats * 4
                 + Double(cacheSamples) * Double(model.inChannels + 1) * side),
         ]

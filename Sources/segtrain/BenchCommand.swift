@@ -61,6 +61,7 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         try training.validate(classes: model.classes)
+        try training.validateSyncBn(model)
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         if steps < 1 { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         if warmup < 0 { throw ValidationError("--warmup must be >= 0 (got \(warmup))") }
@@ -155,6 +156,7 @@ struct BenchCommand: ParsableCommand {
                                       rank: communicator.rank).count, imageSize: size, seed: model.seed)
             training.configure(bench.parallel)
             if freezeEncoder { try step.freezeEncoder(true) }
+            if training.syncBn { bench.synchronizeBatchNorm() }
             if let root = dataOptions.data {
                 // --data: each step's batch comes from the loader.
                 let spec: SampleSpec
@@ -169,13 +171,13 @@ struct BenchCommand: ParsableCommand {
             guard communicator.rank == 0 else { return }
             if json {
                 var fields = ["\"image_size\": \(size)", "\"batch_size\": \(training.batchSize)", "\"threads\": \(pool.threadCount)",
-                              "\"ranks\": \(ranks)", "\"conv\": \"\(conv.rawValue)\""]
+                              "\"ranks\": \(ranks)", "\"conv\": \"\(conv.rawValue)\"", "\"sync_bn\": \(net.batchStatistics != nil)"]
                 if dataOptions.data != nil { fields.append("\"loader_threads\": \(dataOptions.loaderThreads)") }
                 print(result.json(fields))
                 return
             }
             print("segtrain bench: \(size)x\(size), batch \(training.batchSize) on \(ranks) rank(s) x \(pool.threadCount) thread(s), "
-                  + "\(steps) steps after \(warmup) warm-up, conv \(conv.rawValue)")
+                  + "\(steps) steps after \(warmup) warm-up, conv \(conv.rawValue)" + (net.batchStatistics != nil ? ", SyncBatchNorm" : ""))
             let dataLine = dataOptions.data.map { "\($0), \(dataOptions.loaderThreads) loader thread(s)" + (dataOptions.noAugment ? "" : ", augmented") }
             for line in result.table(ranks: ranks, dataLine: dataLine) { print(line) }
         }

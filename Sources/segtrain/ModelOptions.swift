@@ -83,6 +83,8 @@ struct ModelOptions: ParsableArguments {
 
 /// Loss and optimizer flags.
 struct TrainingOptions: ParsableArguments {
+    @Flag(help: "SyncBatchNorm: BatchNorm's training statistics over every rank's batch (summed in the forward and backward passes), so that an N-rank step equals the 1-rank step; for models with BatchNorm (--norm batch, --encoder).")
+    var syncBn = false
     @Option(help: "Loss: bce, dice, bce+dice, ce, weighted-ce, focal, tversky, focal-tversky, lovasz, or a weighted sum such as ce:1,dice:0.5 (default: bce for 1 class, ce otherwise).")
     var loss: String?
     @Option(help: "Class weights w0,w1,... (one per class) for ce (PyTorch's weight) and focal (alpha per class); with --classes 1 one value, BCE's pos_weight.")
@@ -124,6 +126,13 @@ struct TrainingOptions: ParsableArguments {
     }
 
     /// Applies --bucket-mb to a data-parallel step.
+    /// --sync-bn needs a model with BatchNorm.
+    func validateSyncBn(_ model: ModelOptions) throws {
+        if syncBn && model.encoder == "none" && model.unetConfig.norm != .batch {
+            throw ValidationError("--sync-bn synchronises BatchNorm, but this model has none: add --norm batch or use --encoder")
+        }
+    }
+
     func configure(_ step: DataParallelStep) {
         step.overlap = bucketMb > 0
         step.bucketFloats = max(1, Int(bucketMb * 1024 * 1024 / 4))

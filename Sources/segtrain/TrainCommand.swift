@@ -90,8 +90,6 @@ struct TrainCommand: ParsableCommand {
     var progress = ProgressStyle.auto
     @Option(help: "Keep an exponential moving average of the weights with this decay (e.g. 0.999; timm's ModelEmaV2): validation, the best model, samples and the exported model use it.")
     var ema: Double?
-    @Flag(help: "SyncBatchNorm: BatchNorm's training statistics over every rank's batch (summed in the forward and backward passes), so that an N-rank step equals the 1-rank step; for models with BatchNorm (--norm batch, --encoder).")
-    var syncBn = false
     @Option(help: "Start from these weights (a safetensors file with the model's tensor names).")
     var initWeights: String?
     @Option(help: "With --encoder: the encoder's learning rate is this times --lr (a parameter group, as PyTorch's param_groups; e.g. 0.1 to fine-tune gently).")
@@ -136,9 +134,7 @@ struct TrainCommand: ParsableCommand {
         }
         if let m = encoderLrMult, !(m >= 0 && m <= 1e6) { throw ValidationError("--encoder-lr-mult must be 0...1e6 (got \(m))") }
         if encoderWeights != nil && initWeights != nil { throw ValidationError("--encoder-weights and --init-weights both set the weights; give one") }
-        if syncBn && model.encoder == "none" && model.unetConfig.norm != .batch {
-            throw ValidationError("--sync-bn synchronises BatchNorm, but this model has none: add --norm batch or use --encoder")
-        }
+        try training.validateSyncBn(model)
         if let d = ema, !(d > 0 && d < 1) { throw ValidationError("--ema must be a decay in (0, 1), e.g. 0.999 (got \(d))") }
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
@@ -178,7 +174,8 @@ struct TrainCommand: ParsableCommand {
         try communicator.checkSame(FNV1a.hash(CommandLine.arguments.dropFirst().joined(separator: "\u{1}")),
                                    what: "the command line (configuration)")
         if training.batchSize < ranks {
-            throw UserError("--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
+            // Every rank finds this, so rank 0 alone says it and the job ends without MPI_Abort's banner.
+            throw SharedError(description: "--batch-size \(training.batchSize) is smaller than the \(ranks) ranks: every rank needs an image")
         }
         try checkMemory(communicator)
         let pool = WorkerPool(threads: model.threadCount)
@@ -205,7 +202,7 @@ struct TrainCommand: ParsableCommand {
         let local = LocalStep(model: net, loss: LossFunction(lossConfig, labels: labels),
                               optimizer: Optimizer(training.optimizerConfig, parameterCount: net.parameterCount))
         if let mult = encoderLrMult {
-            guard let encoder = net.store.parameterRange(prefix: "encoder.") else { throw UserError("--encoder-lr-mult: the model has no encoder") }
+            guard let encoder = net.store.parameterRange(prefix: "encoder.") else { throw SharedError(description: "--encoder-lr-mult: the model has no encoder") }
             local.optimizer.groups = [(encoder, mult)]
         }
         let data = try makeSources(communicator: communicator, pool: pool)
@@ -232,7 +229,7 @@ struct TrainCommand: ParsableCommand {
                               imageSize: model.imageSize, batchSize: training.batchSize, seed: model.seed,
                               dropLast: dropLast, schedule: LearningRateSchedule(scheduleConfig))
         trainer.watchdog = watchdog
-        if syncBn { trainer.synchronizeBatchNorm() }
+        if training.syncBn { trainer.synchronizeBatchNorm() }
         trainer.average = ema.map { WeightAverage(of: net.store, decay: $0) }  // from rank 0's start
         trainer.step.accumulate = accumulate  // before resuming: it sets the epoch's batch count
         trainer.checkSyncEvery = checkSync
@@ -307,6 +304,7 @@ extension TrainCommand {
                                  trainSamples: counts.0, validationSamples: (counts.1 + ranks - 1) / ranks)
         if dataOptions.data != nil { plan.loaderThreads = dataOptions.loaderThreads }
         plan.cacheSamples = cached
+        plan.loss = try training.lossConfig(classes: model.architecture.classes)
         try plan.checkOnEveryRank(communicator, ranksOnNode: min(ranks, ThreadDefaults.ranksOnNode()))
     }
 

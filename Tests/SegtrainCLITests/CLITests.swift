@@ -36,6 +36,10 @@ final class CLITests: SegtrainTestCase {
             (["info", "--depth", "0"], "--depth"),
             (["info", "--classes", "0"], "--classes"),
             (["info", "--image-size", "8"], "--image-size"),
+            // Asked for gigabytes of parameters and died by the OOM killer before.
+            (["info", "--classes", "99999999"], "--classes"),
+            (["info", "--in-channels", "99999999"], "--in-channels"),
+            (["info", "--encoder", "resnet18", "--classes", "257"], "--classes"),
             (["info", "--head-kernel", "5"], "--head-kernel"),
             (["info", "--upsample", "cubic"], "--upsample"),
             (["bench", "--loss", "hinge"], "--loss"),

@@ -226,6 +226,21 @@ final class ReliabilityTests: TemporaryFolderTestCase {
         XCTAssertEqual(errorLines(two).count, 1, two.stderr)
     }
 
+    /// Lovász keeps a Double plane per image and class (softmax, then its gradient): at 1024 px, 64
+    /// classes and 4 images that is 2.1 GB beside 2.4 GB of activations. The estimate counts it, so
+    /// under a 4 GB address-space limit the run is refused up front (the same run with ce, 3.0 GB,
+    /// would start).
+    func testLovaszWorkspaceIsInTheEstimate() throws {
+        let shell = "ulimit -v 4000000 && exec \"$0\" \"$@\""
+        let r = try run("/bin/sh", ["-c", shell, ReliabilityTests.binary, "train", "--threads", "1", "--image-size", "1024",
+                                    "--classes", "64", "--loss", "lovasz", "--base-channels", "2", "--depth", "1",
+                                    "--batch-size", "4", "--train-samples", "4", "--val-samples", "0", "--epochs", "1",
+                                    "--out", folder + "/lovasz"], timeout: 30)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("loss workspace") && r.stderr.contains("(ulimit -v)"), r.stderr)
+    }
+
     /// --cache keeps every decoded sample: counted once the files are listed (500 files at
     /// 2048 px: 8.4 GB), refused under a 3 GB address-space limit that the model alone fits.
     func testCacheOfAListedDatasetIsCountedToo() throws {

@@ -84,5 +84,22 @@ final class SyncBatchNormTests: TemporaryFolderTestCase {
                                     "--sync-bn", "--threads", "1", "--batch-size", "5", "--train-samples", "7", "--drop-last",
                                     "--val-samples", "2", "--epochs", "1", "--out", "\(folder)/dropped"], ranks: 3, timeout: 120)
         XCTAssertEqual(dropped.status, 0, dropped.stderr)
+        // bench takes the flag too, and refuses it alike.
+        let bench = try segtrain(["bench", "--sync-bn", "--image-size", "16", "--base-channels", "4", "--depth", "2"])
+        XCTAssertTrue(bench.stderr.contains("--sync-bn synchronises BatchNorm, but this model has none"), bench.stderr)
+        XCTAssertNotEqual(bench.status, 0)
+    }
+
+    /// `segtrain bench --sync-bn` under mpirun times steps with the statistics summed over the ranks
+    /// (its JSON says whether the model's BatchNorm layers got the sum); alone there is nothing to sum.
+    func testBenchTimesSynchronizedSteps() throws {
+        let flags = ["bench", "--norm", "batch", "--sync-bn", "--image-size", "16", "--base-channels", "4", "--depth", "2",
+                     "--threads", "1", "--batch-size", "4", "--steps", "2", "--json"]
+        let two = try segtrain(flags, ranks: 2, timeout: 120)
+        XCTAssertEqual(two.status, 0, two.stderr)
+        XCTAssertTrue(two.stdout.contains("\"ranks\": 2") && two.stdout.contains("\"sync_bn\": true"), two.stdout)
+        let one = try segtrain(flags)
+        XCTAssertEqual(one.status, 0, one.stderr)
+        XCTAssertTrue(one.stdout.contains("\"sync_bn\": false"), one.stdout)
     }
 }
