@@ -42,6 +42,8 @@ public enum ONNXExport {
     /// The IR version that goes with opset 17 (ONNX 1.12).
     public static let irVersion: Int64 = 8
     public static let inputName = "image"
+    /// Weights an ONNX file without external data can hold: protobuf's 2 GiB less room for the graph.
+    public static let maximumWeightBytes = (1 << 31) - (1 << 24)
 
     /// Why `activation` does not suit a model of `classes` classes, or nil.
     public static func problem(activation: ExportActivation, classes: Int) -> String? {
@@ -69,6 +71,19 @@ public enum ONNXExport {
         do { description = try Checkpoint.readModelDescription(from: folder) } catch { throw ExportError("\(error)") }
         if let problem = description.problem { throw ExportError("\(folder)/state.json: \(problem)") }
         if let problem = problem(activation: activation, classes: description.classes) { throw ExportError(problem) }
+        // The model is built (weights and their gradients) and its weights copied once more into the
+        // message: refuse what does not fit before allocating it, as predict does. A protobuf message
+        // is at most 2 GiB (ONNX's external-data files are not written).
+        let counts = description.architecture.estimatedParameterCounts
+        let weightBytes = (counts.parameters + counts.buffers) * 4
+        if weightBytes > Double(maximumWeightBytes) {
+            throw ExportError("\(folder)/state.json: the model's weights take \(SystemMemory.describe(weightBytes)); an ONNX "
+                              + "file holds at most \(SystemMemory.describe(Double(maximumWeightBytes))) (external data is not supported)")
+        }
+        if let available = SystemMemory.availableBytes(), 4 * weightBytes > Double(available) {
+            throw ExportError("\(folder)/state.json: exporting the model needs about \(SystemMemory.describe(4 * weightBytes)), but "
+                              + "\(SystemMemory.describe(Double(available))) is available (MemAvailable)")
+        }
         let model = description.architecture.build(pool: WorkerPool(threads: 1))
         do { try Checkpoint.readWeights(from: folder, into: model.store) } catch { throw ExportError("\(error)") }
         let bytes: [UInt8]

@@ -626,7 +626,7 @@ extension UNet {
             x = unit("up.\(j)", 1, level.conv1, x)
             x = unit("up.\(j)", 2, level.conv2, x)
         }
-        conv("head", head, x)
+        _ = conv("head", head, x)
         return g
     }
 }

@@ -128,6 +128,22 @@ final class ExportTests: TemporaryFolderTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/m.onnx"))
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.contains(".tmp") }
         XCTAssertEqual(leftovers, [], "temporary files left behind")
+        // A state.json claiming a model no ONNX file (nor this machine) holds: refused before it is built.
+        let huge = folder + "/huge"
+        try FileManager.default.createDirectory(atPath: huge, withIntermediateDirectories: true)
+        let last = run + "/checkpoints/last"
+        var state = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: last + "/state.json")))
+                                  as? [String: Any])
+        var model = try XCTUnwrap(state["model"] as? [String: Any])
+        model["baseChannels"] = 512
+        model["depth"] = 8
+        model["imageSize"] = 256
+        state["model"] = model
+        try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: huge + "/state.json"))
+        r = try segtrain(["export", "--model", huge, "--out", folder + "/m.onnx"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.stderr.contains("\(huge)/state.json: the model's weights take") && r.stderr.contains("external data is not supported"),
+                      r.stderr)
         // An unwritable folder (as root, permissions do not stop writes: a path through a file does).
         try Data().write(to: URL(fileURLWithPath: folder + "/plain-file"))
         r = try segtrain(["export", "--model", run, "--out", folder + "/plain-file/m.onnx"])
