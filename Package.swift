@@ -3,7 +3,7 @@ import PackageDescription
 
 // Dependencies point one way (docs/ARCHITECTURE.md): segtrain (CLI) -> {SegTraining, SegServe, SegDistributed};
 // SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CSupport}; SegServe -> SegInference;
-// SegDistributed -> {CMPI, SegEngine}. SegEngine's `Collectives` protocol is where training and MPI meet:
+// SegDistributed -> {CMPI, SegEngine}; SegExport (ONNX) -> {SegModel, SegEngine, SwiftProtobuf}. SegEngine's `Collectives` protocol is where training and MPI meet:
 // SegDistributed's Communicator conforms to it, SegTraining sums through it. SegData -> {CPNG, CTurboJPEG}.
 // The Swift modules that carry the numeric loops are compiled for a CPU level: on x86_64 `haswell`
 // (AVX2 + FMA, x86-64-v3: Intel since 2013, AMD since 2015), so LLVM vectorizes the Winograd
@@ -105,10 +105,16 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ]
         ),
+        // `segtrain export`: a model as an ONNX file. onnx.pb.swift is generated once and committed
+        // (the command is in its header); the protoc plugin never runs in the build.
+        .target(
+            name: "SegExport",
+            dependencies: ["SegModel", "SegEngine", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
         .executableTarget(
             name: "segtrain",
             dependencies: [
-                "SegTraining", "SegInference", "SegModel", "SegEngine", "SegDistributed", "SegData", "SegServe",
+                "SegTraining", "SegInference", "SegModel", "SegEngine", "SegDistributed", "SegData", "SegServe", "SegExport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -8,6 +8,10 @@
     precondition(t.count == channels, "\(who): \(name) has \(t.count) elements for \(channels) channels")
 }
 
+/// BatchNorm's eps (PyTorch's default), the one value every BatchNorm of segtrain uses; exporters
+/// read it here (SegExport's ONNX BatchNormalization).
+public let batchNormEpsilon: Float = 1e-5
+
 /// y = gamma * (x - mean) / sqrt(var + eps) + beta per channel.
 /// - training: mean and var of the batch over (N, H, W) (biased var for normalising); the running
 ///   stats are updated r = (1 - momentum) * r + momentum * stat with the UNBIASED var (m / (m - 1),
@@ -21,7 +25,7 @@
 /// the batches of all ranks together (`synchronizedBatchNormForward`).
 public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tensor, runningMean: Tensor,
                              runningVar: Tensor, saveMean: Tensor, saveInvStd: Tensor, training: Bool,
-                             momentum: Float = 0.1, epsilon: Float = 1e-5, synchronized: BatchStatisticsSum? = nil,
+                             momentum: Float = 0.1, epsilon: Float = batchNormEpsilon, synchronized: BatchStatisticsSum? = nil,
                              pool: WorkerPool) {
     let who: StaticString = "batchNormForward"
     precondition(y.shape == x.shape, "\(who): y \(y.shape) differs from x \(x.shape)")
@@ -188,7 +192,7 @@ public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Te
 /// results are bitwise the same for any thread count.
 /// x, dx, dy: (N, C, H, W)  gamma, runningMean, runningVar, dgamma, dbeta: C elements.
 public func batchNormEvalBackward(dx: Tensor?, dgamma: Tensor?, dbeta: Tensor?, dy: Tensor, x: Tensor, gamma: Tensor,
-                                  runningMean: Tensor, runningVar: Tensor, epsilon: Float = 1e-5, pool: WorkerPool) {
+                                  runningMean: Tensor, runningVar: Tensor, epsilon: Float = batchNormEpsilon, pool: WorkerPool) {
     let who: StaticString = "batchNormEvalBackward"
     precondition(dy.shape == x.shape, "\(who): dy \(dy.shape) differs from x \(x.shape)")
     if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) differs from x \(x.shape)") }
@@ -232,7 +236,7 @@ public func batchNormEvalBackward(dx: Tensor?, dgamma: Tensor?, dbeta: Tensor?, 
 /// gradients batchNormEvalBackward adds (each output if given). Shapes as batchNormEvalBackward.
 public func batchNormEvalNaive(y: Tensor, dx: Tensor?, dgamma: Tensor?, dbeta: Tensor?, dy: Tensor?, x: Tensor,
                                gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor,
-                               epsilon: Float = 1e-5) {
+                               epsilon: Float = batchNormEpsilon) {
     precondition(y.shape == x.shape, "batchNormEvalNaive: y \(y.shape) differs from x \(x.shape)")
     for c in 0..<x.c {
         let invStd = 1 / (Double(runningVar[c]) + Double(epsilon)).squareRoot()

@@ -29,13 +29,17 @@ public func groupNormGroups(channels: Int) -> Int {
                  "\(who): saveMean/saveInvStd have \(saveMean.count)/\(saveInvStd.count) elements for \(x.n) x \(groups) groups")
 }
 
+/// GroupNorm's eps (PyTorch's default), the one value every GroupNorm of segtrain uses; exporters
+/// read it here.
+public let groupNormEpsilon: Float = 1e-5
+
 /// y = gamma[c] * (x - mean[n, g]) / sqrt(var[n, g] + eps) + beta[c], where g = c / (C / G) and mean
 /// and the biased var run over the C/G channels of group g of sample n and all their pixels.
 /// saveMean / saveInvStd receive mean and 1 / sqrt(var + eps) per (n, g) at index n * G + g, for
 /// groupNormBackward. Statistics in Double, per (n, g) in a fixed order (thread-count independent).
 /// x, y: (N, C, H, W), C divisible by `groups`  gamma, beta: C elements  saveMean, saveInvStd: N * G elements.
 public func groupNormForward(_ y: Tensor, _ x: Tensor, groups: Int, gamma: Tensor, beta: Tensor,
-                             saveMean: Tensor, saveInvStd: Tensor, epsilon: Float = 1e-5, pool: WorkerPool) {
+                             saveMean: Tensor, saveInvStd: Tensor, epsilon: Float = groupNormEpsilon, pool: WorkerPool) {
     let who: StaticString = "groupNormForward"
     precondition(y.shape == x.shape, "\(who): y \(y.shape) differs from x \(x.shape)")
     checkGroupNormShapes(x, groups: groups, gamma: gamma, saveMean: saveMean, saveInvStd: saveInvStd, who)
@@ -136,7 +140,7 @@ public func groupNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Te
 /// groupNormBackward adds (each output if given). Shapes as groupNormBackward.
 public func groupNormNaive(y: Tensor, saveMean: Tensor? = nil, saveInvStd: Tensor? = nil, dx: Tensor?, dgamma: Tensor?,
                            dbeta: Tensor?, dy: Tensor?, x: Tensor, groups: Int, gamma: Tensor, beta: Tensor,
-                           epsilon: Float = 1e-5) {
+                           epsilon: Float = groupNormEpsilon) {
     precondition(y.shape == x.shape, "groupNormNaive: y \(y.shape) differs from x \(x.shape)")
     precondition(x.c % groups == 0, "groupNormNaive: \(groups) groups do not divide \(x.c) channels")
     let perGroup = x.c / groups

@@ -87,3 +87,22 @@ public enum PredictionImages {
         return (UInt8(v >> 16), UInt8((v >> 8) & 0xFF), UInt8(v & 0xFF))
     }
 }
+
+extension PredictionImages {
+    /// `values` as a NumPy .npy file (format 1.0: float32 little-endian, C order, `shape`), what
+    /// `predict --logits` writes (numpy.load reads it).
+    public static func npy(_ values: [Float], shape: [Int]) -> [UInt8] {
+        precondition(shape.reduce(1, *) == values.count, "npy: \(values.count) values for shape \(shape)")
+        let dims = shape.map(String.init).joined(separator: ", ") + (shape.count == 1 ? "," : "")
+        var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(dims)), }"
+        // Magic (6) + version (2) + length (2) + header + "\n", padded with spaces to a multiple of 64.
+        while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        var bytes: [UInt8] = [0x93] + Array("NUMPY".utf8) + [1, 0]
+        let length = UInt16(header.utf8.count)
+        bytes += [UInt8(length & 0xff), UInt8(length >> 8)]
+        bytes += Array(header.utf8)
+        values.withUnsafeBytes { bytes += $0 }  // little-endian hosts (x86_64, arm64)
+        return bytes
+    }
+}

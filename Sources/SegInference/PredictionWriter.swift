@@ -8,7 +8,7 @@ import SegData
 import SegEngine
 
 public struct PredictionWriter {
-    public enum Kind: String, CaseIterable, Sendable { case mask, prob, overlay, cutout }
+    public enum Kind: String, CaseIterable, Sendable { case mask, prob, overlay, cutout, logits }
 
     /// What goes behind the object in a cut-out.
     public enum Backdrop {
@@ -71,6 +71,15 @@ public struct PredictionWriter {
         for kind in kinds {
             let files: [(Image8, String)]
             switch kind {
+            case .logits:
+                guard let logits = prediction.logits else { continue }
+                let path = output + "/" + stem + "_logits.npy"
+                let side = Int((Double(logits.count / max(classes, 1))).squareRoot().rounded())
+                if let problem = writeFileAtomically(path, bytes: PredictionImages.npy(logits, shape: [max(classes, 1), side, side])) {
+                    throw FileError(problem)
+                }
+                count += 1
+                continue
             case .mask: files = [(PredictionImages.mask(labels, classes: classes), "_mask")]
             case .prob:
                 let planes = classes == 1 ? 1 : classes

@@ -15,6 +15,9 @@ public struct Prediction: Sendable {
     public let classes: Int
     /// `max(classes, 1)` planes of width x height, plane-major.
     public var probabilities: [Float]
+    /// With `Predictor.keepsLogits`: the network's raw output (before sigmoid/softmax) at the
+    /// training size, `classes` planes of imageSize x imageSize (`predict --logits`).
+    public var logits: [Float]? = nil
 
     /// The label mask: binary 0/1 (probability >= 0.5) or the most probable class.
     public var labels: Image8 {
@@ -52,6 +55,9 @@ public final class Predictor {
     public let model: any SegmentationModel
     /// --tta: predictions averaged over flips (predict, predictTiled and so evaluate and serve).
     public var tta = TestTimeAugmentation.none
+    /// `predict` also returns each image's logits at the training size (not with `tta` or tiles).
+    public var keepsLogits = false
+    private var lastLogits: [Float] = []
     public let description: ModelDescription
     /// The checkpoint folder the weights came from.
     public let source: String
@@ -99,8 +105,11 @@ public final class Predictor {
             Preprocess.normalize(sized, into: input.tensor.data + n * per, mean: description.mean, std: description.std)
         }
         let probabilities = forwardProbabilities()
+        let perLogits = max(description.classes, 1) * s * s
         return images.enumerated().map { n, image in
-            resizeProbabilities(probabilities.batchSlice(n, 1), toWidth: image.width, height: image.height)
+            var prediction = resizeProbabilities(probabilities.batchSlice(n, 1), toWidth: image.width, height: image.height)
+            if keepsLogits { prediction.logits = Array(lastLogits[(n * perLogits)..<((n + 1) * perLogits)]) }
+            return prediction
         }
     }
 
@@ -168,6 +177,7 @@ public final class Predictor {
     /// Forward in eval mode; the logits turned into probabilities in place (sigmoid or softmax);
     /// with `tta` the mean over the input and its mirror images, each mirrored back.
     private func forwardProbabilities() -> Tensor {
+        precondition(!keepsLogits || tta == .none, "logits are kept without test-time augmentation only")
         let probabilities = probabilitiesOfInput()
         guard tta == .flip else { return probabilities }
         let sum = OwnedTensor(probabilities.shape)
@@ -186,6 +196,7 @@ public final class Predictor {
 
     private func probabilitiesOfInput() -> Tensor {
         let logits = model.forward(input.tensor, training: false)
+        if keepsLogits { lastLogits = Array(UnsafeBufferPointer(start: logits.data, count: logits.count)) }
         if logits.shape.c == 1 {
             sigmoidForward(logits, logits, pool: model.pool)
         } else {

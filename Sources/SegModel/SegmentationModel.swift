@@ -30,6 +30,9 @@ public protocol SegmentationModel: AnyObject {
     /// SyncBatchNorm (`--sync-bn`): training forwards take their BatchNorm statistics over every
     /// rank's batch through this exchange; nil (the default): each rank's own batch.
     var batchStatistics: BatchStatisticsSum? { get set }
+    /// The evaluation-mode forward as plain operations over the store's parameters, for any batch
+    /// and image size the model takes (what `segtrain export` writes as ONNX).
+    var inferenceGraph: InferenceGraph { get }
 
     /// The fewest images a training forward of `height` x `width` may hold: BatchNorm in training
     /// mode needs more than one value per channel (PyTorch refuses one too), so a model whose

@@ -581,3 +581,52 @@ extension Shape {
     /// The same shape for one sample.
     var single: Shape { Shape(1, c, h, w) }
 }
+
+extension UNet {
+    /// The forward of `forward(_:training: false)` as inference nodes (SegModel/InferenceGraph.swift):
+    /// the same levels, in the same order, as evaluation mode runs them.
+    public var inferenceGraph: InferenceGraph {
+        var g = InferenceGraph(inChannels: config.inChannels, classes: config.classes,
+                               minimumSide: config.minimumImageSize, sideMultiple: 1)
+        func conv(_ name: String, _ c: ConvParameters, _ x: Int) -> Int {
+            g.add(name, .conv(weight: c.weight, bias: c.bias,
+                              geometry: ConvGeometry(kernel: c.kernel, padding: (c.kernel - 1) / 2), groups: 1), [x])
+        }
+        func unit(_ prefix: String, _ index: Int, _ u: ConvUnit, _ x: Int) -> Int {
+            var y = conv("\(prefix).conv\(index)", u.conv, x)
+            if let bn = u.bn {
+                y = g.add("\(prefix).bn\(index)", .batchNorm(gamma: bn.gamma, beta: bn.beta, runningMean: bn.runningMean,
+                                                             runningVar: bn.runningVar, epsilon: batchNormEpsilon), [y])
+            } else if let gn = u.gn {
+                y = g.add("\(prefix).gn\(index)", .groupNorm(gamma: gn.gamma, beta: gn.beta, groups: gn.groups,
+                                                             epsilon: groupNormEpsilon), [y])
+            }
+            return g.add("\(prefix).relu\(index)", .relu, [y])
+        }
+        var x = 0
+        var skips: [Int] = []
+        for (i, level) in encoder.enumerated() {
+            x = unit("down.\(i)", 1, level.conv1, x)
+            x = unit("down.\(i)", 2, level.conv2, x)
+            skips.append(x)
+            x = g.add("down.\(i).pool", .maxPool(kernel: 2, stride: 2, padding: 0), [x])
+        }
+        for (j, level) in decoder.enumerated() {
+            let skip = skips[skips.count - 1 - j]
+            let up: Int
+            if let upconv = level.upconv {
+                up = g.add("up.\(j).upconv", .convTranspose2x2(weight: upconv.weight, bias: upconv.bias), [x])
+            } else {
+                up = g.add("up.\(j).upsample", .upsampleBilinear2x, [x])
+            }
+            // Odd sides: the upsampled map is a row or column short of the skip (the plan pads only
+            // then; the graph is for any size, so it always pads, by zero rows where they agree).
+            let padded = g.add("up.\(j).pad", .padTo, [up, skip])
+            x = g.add("up.\(j).concat", .concat, [skip, padded])
+            x = unit("up.\(j)", 1, level.conv1, x)
+            x = unit("up.\(j)", 2, level.conv2, x)
+        }
+        _ = conv("head", head, x)
+        return g
+    }
+}

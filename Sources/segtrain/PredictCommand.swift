@@ -33,6 +33,8 @@ struct PredictCommand: ParsableCommand {
     var mask = false
     @Flag(help: "Write the probabilities as 8-bit PNG.")
     var probabilities = false
+    @Flag(help: "Write the network's raw output (before sigmoid/softmax) at the training size as IMAGE_logits.npy (float32, classes x size x size); not with --tile or --tta flip.")
+    var logits = false
     @Flag(help: "Write the image with the mask tinted over it.")
     var overlay = false
     @Flag(help: "Write the image with the background removed (RGBA PNG).")
@@ -51,7 +53,8 @@ struct PredictCommand: ParsableCommand {
     var threads: Int?
 
     var kinds: [PredictionWriter.Kind] {
-        let chosen: [(Bool, PredictionWriter.Kind)] = [(mask, .mask), (probabilities, .prob), (overlay, .overlay), (cutout, .cutout)]
+        let chosen: [(Bool, PredictionWriter.Kind)] = [(mask, .mask), (probabilities, .prob), (overlay, .overlay), (cutout, .cutout),
+                                                       (logits, .logits)]
         let list = chosen.filter(\.0).map(\.1)
         return list.isEmpty ? [.mask] : list
     }
@@ -61,6 +64,8 @@ struct PredictCommand: ParsableCommand {
         if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if let o = overlap, o < 0 { throw ValidationError("--overlap must be >= 0 (got \(o))") }
         if overlap != nil && !tile { throw ValidationError("--overlap needs --tile") }
+        if logits && tile { throw ValidationError("--logits is for whole images at the training size, not with --tile") }
+        if logits && tta != .none { throw ValidationError("--logits gives one forward's output, not with --tta \(tta.rawValue)") }
         if background != nil && !cutout { throw ValidationError("--background needs --cutout") }
         if let b = background, b.hasPrefix("#"), PredictionImages.colour(b) == nil {
             throw ValidationError("--background \(b): not a colour #RRGGBB")
@@ -72,6 +77,7 @@ struct PredictCommand: ParsableCommand {
         let predictor: Predictor
         do { predictor = try Predictor(path: model, pool: pool) } catch { throw UserError("\(error)") }
         predictor.tta = tta
+        predictor.keepsLogits = logits
         let d = predictor.description
         if let o = overlap, o >= d.imageSize { throw UserError("--overlap \(o) must be smaller than the training size \(d.imageSize)") }
 
@@ -93,6 +99,7 @@ struct PredictCommand: ParsableCommand {
         let stems: [String]
         do { stems = try OutputNames.stems(for: files) } catch { throw UserError("--input \(error)") }
         let singleFile = output.lowercased().hasSuffix(".png")
+        if singleFile && logits { throw UserError("--output \(output): --logits needs an output folder") }
         if singleFile && (isFolder.boolValue || kinds.count > 1) {
             throw UserError("--output \(output): \(isFolder.boolValue ? "a folder of images" : "\(kinds.count) output kinds") need an output folder")
         }

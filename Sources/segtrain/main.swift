@@ -10,7 +10,7 @@ struct Segtrain: ParsableCommand {
         commandName: "segtrain",
         abstract: "Data-parallel UNet segmentation training on CPU clusters.",
         subcommands: [TrainCommand.self, InfoCommand.self, BenchCommand.self, SynthCommand.self, MPICheckCommand.self,
-                      ReportCommand.self, PredictCommand.self, EvaluateCommand.self, ServeCommand.self])
+                      ReportCommand.self, PredictCommand.self, EvaluateCommand.self, ServeCommand.self, ExportCommand.self])
 }
 
 /// A failure the user can act on: printed as one line, exit code 1.
