@@ -39,6 +39,7 @@ final class BadValueSweepTests: TemporaryFolderTestCase {
             ("predict", ["--model", binary, "--input", data + "/images", "--output", out, "--threads", "1"]),
             ("evaluate", ["--model", three, "--data", data, "--out", out + ".csv", "--threads", "1"]),
             ("serve", ["--model", binary, "--port", "0", "--threads", "1"]),
+            ("export", ["--model", three, "--format", "onnx", "--out", out + ".onnx"]),
         ]
         var swept = 0
         for (command, base) in commands {
