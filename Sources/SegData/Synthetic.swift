@@ -17,6 +17,13 @@ import Darwin
 /// shape families). `classes >= 2`: object class c in 1..<classes has its own shape family
 /// (c - 1) % 4 = ellipse, star polygon, rounded box, smooth blob; classes beyond 4 also differ in
 /// texture ((c - 1) / 4 % 4 = stripes, checker, noise, smooth) and beyond 16 in size band.
+/// Which synthetic set: `standard` has the distractors (object-coloured background patches,
+/// lines and rings) that make a model learn shapes; `plain` has the objects on a textured
+/// background alone, a set a small model learns in a minute (scripts/demo.sh).
+public enum SyntheticSet: String, CaseIterable, Sendable {
+    case standard, plain
+}
+
 public struct SyntheticGenerator: Sendable {
     public let size: Int
     public let classes: Int
@@ -29,10 +36,13 @@ public struct SyntheticGenerator: Sendable {
         return nil
     }
 
-    public init(size: Int, classes: Int, seed: UInt64) {
+    /// The object-coloured background patches and the line and ring distractors (`SyntheticSet`).
+    public let distractors: Bool
+
+    public init(size: Int, classes: Int, seed: UInt64, set: SyntheticSet = .standard) {
         precondition(size >= 8, "synthetic size must be at least 8 (got \(size))")
         precondition((1...255).contains(classes), "synthetic classes must be 1...255 (got \(classes))")
-        self.size = size; self.classes = classes; self.seed = seed
+        self.size = size; self.classes = classes; self.seed = seed; distractors = set == .standard
     }
 
     /// Object classes drawn: 1 for a binary dataset, classes - 1 otherwise.
@@ -54,7 +64,10 @@ public struct SyntheticGenerator: Sendable {
             let shape = Figure.patch(cx: rng.nextFloat(in: 0...s), cy: rng.nextFloat(in: 0...s), radius: r,
                                     noise: ValueNoise(&rng, extent: 2 * r, cell: r / 2.5))
             let colour = jitter(palette[patch], &rng, by: 0.06)
-            canvas.paint(shape, fill: Fill(&rng, base: colour, texture: .noise, extent: r, size: s), mask: nil)
+            let fill = Fill(&rng, base: colour, texture: .noise, extent: r, size: s)
+            // The plain set draws every random number the standard set does and paints no distractor,
+            // so its samples are the standard ones without them (SyntheticTests).
+            if self.distractors { canvas.paint(shape, fill: fill, mask: nil) }
         }
 
         // Thin lines and rings in object colours, some under the objects and some over them.
@@ -81,7 +94,7 @@ public struct SyntheticGenerator: Sendable {
                                 Fill(&rng, base: colour, texture: .stripes, extent: a, size: s)))
         }
         let under = distractors.filter { _ in rng.next() % 10 < 6 }.count
-        for (shape, fill) in distractors[0..<under] { canvas.paint(shape, fill: fill, mask: nil) }
+        for (shape, fill) in distractors[0..<under] where self.distractors { canvas.paint(shape, fill: fill, mask: nil) }
 
         // Objects, later ones occluding earlier ones; classes cycle from a random start so a
         // multi-class sample shows several classes.
@@ -101,7 +114,7 @@ public struct SyntheticGenerator: Sendable {
             canvas.paint(shape, fill: Fill(&rng, base: colour, texture: texture, extent: r, size: s),
                          mask: UInt8(classes == 1 ? 1 : objectClass))
         }
-        for (shape, fill) in distractors[under...] { canvas.paint(shape, fill: fill, mask: 0) }
+        for (shape, fill) in distractors[under...] where self.distractors { canvas.paint(shape, fill: fill, mask: 0) }
 
         // Sensor noise, then quantise.
         let sigma = rng.nextFloat(in: 0.015...0.05)

@@ -10,6 +10,7 @@ import Glibc
 
 extension DatasetLayout: ExpressibleByArgument {}
 extension SampleSpec.Geometry: ExpressibleByArgument {}
+extension SyntheticSet: ExpressibleByArgument {}
 
 enum ScanDepth: String, ExpressibleByArgument, CaseIterable {
     case full, header

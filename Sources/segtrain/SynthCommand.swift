@@ -21,6 +21,8 @@ struct SynthCommand: ParsableCommand {
     var classes = 1
     @Option(help: "Seed; sample i depends only on (seed, i).")
     var seed: UInt64 = 0
+    @Option(help: "Which set: standard (with distractors in the objects' colours) or plain (the objects on a textured background alone).")
+    var set = SyntheticSet.standard
     @Option(help: "Image file format: png or jpg (JPEG quality 95; masks are always PNG).")
     var format = "png"
 
@@ -34,7 +36,7 @@ struct SynthCommand: ParsableCommand {
 
     func run() throws {
         let start = monotonicSeconds()
-        let generator = SyntheticGenerator(size: size, classes: classes, seed: seed)
+        let generator = SyntheticGenerator(size: size, classes: classes, seed: seed, set: set)
         do { try generator.writeDataset(to: out, count: count, jpeg: format == "jpg") } catch let error as DatasetError {
             throw UserError("--out \(error)")
         } catch { throw UserError("\(error)") }

@@ -32,6 +32,8 @@ struct TrainCommand: ParsableCommand {
     var trainSamples = 256
     @Option(help: "Synthetic validation samples.")
     var valSamples = 64
+    @Option(help: "Which synthetic set: standard (with distractors in the objects' colours: a model must learn shapes) or plain (the objects on a textured background alone).")
+    var syntheticSet = SyntheticSet.standard
     @Option(help: "Output folder (metrics.csv, model.safetensors, checkpoints/last and best).")
     var out = "runs/latest"
     @Option(help: "Write the summed gradient of the first step to this safetensors file (weights' names).")
@@ -105,6 +107,7 @@ struct TrainCommand: ParsableCommand {
         try training.validate(classes: model.classes)
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         let synthetic = dataOptions.data == nil
+        if !synthetic && syntheticSet != .standard { throw ValidationError("--synthetic-set chooses the built-in data; it does not go with --data") }
         if synthetic && model.inChannels != 3 { throw ValidationError("--in-channels must be 3 for the synthetic dataset (RGB)") }
         if synthetic, let problem = SyntheticGenerator.problem(size: model.imageSize, classes: model.classes) { throw ValidationError(problem) }
         let maxEpochs = CheckpointState.maximumEpochs, maxSamples = 1 << 40
@@ -313,7 +316,8 @@ extension TrainCommand {
         throws -> (train: SampleSource, validation: SampleSource?, description: String, trainHash: UInt64?) {
         let architecture = model.architecture
         guard let root = dataOptions.data else {
-            let generator = SyntheticGenerator(size: model.imageSize, classes: architecture.classes, seed: model.seed)
+            let generator = SyntheticGenerator(size: model.imageSize, classes: architecture.classes, seed: model.seed,
+                                               set: syntheticSet)
             return (SyntheticSource(generator: generator, offset: 0, count: trainSamples, pool: pool),
                     valSamples > 0 ? SyntheticSource(generator: generator, offset: trainSamples, count: valSamples, pool: pool) : nil,
                     "synthetic", nil)

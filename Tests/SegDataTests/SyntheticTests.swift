@@ -70,6 +70,30 @@ final class SyntheticTests: XCTestCase {
         return best
     }
 
+    /// The plain set is the standard set without its distractors: the same objects (a plain mask
+    /// holds every standard mask pixel, and more only where a distractor lay over an object),
+    /// the same background, and images that differ only where distractors were painted.
+    func testPlainSetIsTheStandardSetWithoutDistractors() {
+        for classes in [1, 3] {
+            let standard = SyntheticGenerator(size: 64, classes: classes, seed: 5)
+            let plain = SyntheticGenerator(size: 64, classes: classes, seed: 5, set: .plain)
+            var differing = 0, total = 0
+            for index in 0..<6 {
+                let (si, sm) = standard.sample(index), (pi, pm) = plain.sample(index)
+                XCTAssertEqual(pi.pixels, plain.sample(index).image.pixels, "deterministic")
+                for p in 0..<sm.pixels.count where sm.pixels[p] != 0 {
+                    XCTAssertEqual(pm.pixels[p], sm.pixels[p], "classes \(classes), sample \(index): an object pixel changed")
+                }
+                XCTAssertTrue(pm.pixels.contains { $0 != 0 }, "objects in every plain sample")
+                for p in 0..<sm.pixels.count { differing += (0..<3).contains { si.pixels[3 * p + $0] != pi.pixels[3 * p + $0] } ? 1 : 0 }
+                total += sm.pixels.count
+            }
+            // Distractors (3 patches of 10-25 % of the side, lines, rings) cover a good part of each image.
+            XCTAssertGreaterThan(Double(differing) / Double(total), 0.05, "classes \(classes)")
+            XCTAssertLessThan(Double(differing) / Double(total), 0.9, "classes \(classes)")
+        }
+    }
+
     func testFillWritesTensorsFromSamples() {
         let generator = SyntheticGenerator(size: 24, classes: 4, seed: 9)
         let indices = [7, 0, 3]

@@ -179,7 +179,9 @@ extension CLITests {
                                   // An ignore value that is a class, also without --data.
                                   (["train", "--ignore-index", "1"], "--ignore-index"),
                                   (["train", "--classes", "3", "--ignore-index", "2"], "--ignore-index"),
-                                  (["train", "--ignore-index", "256"], "--ignore-index")] {
+                                  (["train", "--ignore-index", "256"], "--ignore-index"),
+                                  (["train", "--synthetic-set", "plain", "--data", "/nonexistent"], "--synthetic-set"),
+                                  (["train", "--synthetic-set", "easy"], "--synthetic-set")] {
             // Tiny, so that a regression (the flags accepted) fails in seconds, not by timing out.
             let tiny = ["--image-size", "16", "--depth", "2", "--base-channels", "4", "--threads", "1", "--val-samples", "0"]
             let r = try segtrain(arguments + (arguments.contains("--epochs") || arguments.contains("--image-size") ? [] : tiny))
