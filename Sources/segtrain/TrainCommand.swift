@@ -84,6 +84,8 @@ struct TrainCommand: ParsableCommand {
     var checkpointEvery: Int?
     @Option(help: "Keep the checkpoints of the last K epochs as checkpoints/epoch-NNN (0: none).")
     var keep = 0
+    @Option(help: "Rank 0 writes a TensorBoard event file into this folder (created if needed; a resumed run adds a file): per optimizer step the loss, learning rate, img/s, data wait and communication ms; per epoch every metrics.csv column and the sample grid. View with `tensorboard --logdir DIR`.")
+    var tensorboard: String?
     @Option(help: "Seconds between progress lines when the output is not a terminal (Slurm logs).")
     var logEvery = 30.0
     @Option(help: "Progress display: auto (a bar on a terminal outside mpirun/Slurm), bar, lines.")
@@ -143,6 +145,7 @@ struct TrainCommand: ParsableCommand {
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
         }
+        if let folder = tensorboard, folder.isEmpty { throw ValidationError("--tensorboard needs a folder (got an empty name)") }
         if !(logEvery > 0) { throw ValidationError("--log-every must be positive (got \(logEvery))") }
         if (schedule == .plateau || patience != nil) && synthetic && valSamples == 0 {
             throw ValidationError("--val-samples must be > 0 for --schedule plateau and --patience (they watch the validation loss)")
@@ -253,6 +256,7 @@ struct TrainCommand: ParsableCommand {
                   + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
                   + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(net.parameterCount)) parameters"
                   + frozenNote(trainer, firstEpoch: run.resumedEpoch + 1) + ", loss \(lossConfig.name)")
+            run.tensorboardDirectory = tensorboard
             run.progress = Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery, style: progress)
             if let validation = data.validation {
                 run.samples = SampleGrid(source: validation, count: 4, imageSize: model.imageSize, inChannels: architecture.inChannels,
