@@ -90,7 +90,7 @@ public final class TrainingRun {
     public var progress: Progress?
     /// Rank 0's validation sample grid, written after every epoch.
     public var samples: SampleGrid?
-    /// --tensorboard DIR (rank 0): the folder of the event file `run()` starts.
+    /// --tensorboard DIR: the folder in which `run()` starts rank 0's event file (set on every rank).
     public var tensorboardDirectory: String?
     /// Rank 0's TensorBoard log, once `run()` started it.
     public private(set) var tensorboard: TensorBoardLog?

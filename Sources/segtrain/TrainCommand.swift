@@ -251,12 +251,12 @@ struct TrainCommand: ParsableCommand {
             rankName: "rank \(communicator.rank)/\(ranks) (\(communicator.hostname))", classNames: dataOptions.classNameList))
         try run.prepareDirectory()
         try run.resume(from: resume)
+        run.tensorboardDirectory = tensorboard  // rank 0 alone writes there
         if isRoot {
             print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(architecture.classes) class(es), "
                   + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
                   + "\(ranks) rank(s) x \(pool.threadCount) thread(s), \(grouped(net.parameterCount)) parameters"
                   + frozenNote(trainer, firstEpoch: run.resumedEpoch + 1) + ", loss \(lossConfig.name)")
-            run.tensorboardDirectory = tensorboard
             run.progress = Progress(epochs: epochs, globalBatch: training.batchSize, logEvery: logEvery, style: progress)
             if let validation = data.validation {
                 run.samples = SampleGrid(source: validation, count: 4, imageSize: model.imageSize, inChannels: architecture.inChannels,
