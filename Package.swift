@@ -3,7 +3,8 @@ import PackageDescription
 
 // Dependencies point one way (docs/ARCHITECTURE.md): segtrain (CLI) -> {SegTraining, SegServe, SegDistributed};
 // SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CSupport}; SegServe -> SegInference;
-// SegDistributed -> {CMPI, SegEngine}; SegExport (ONNX) -> {SegModel, SegEngine, SwiftProtobuf}. SegEngine's `Collectives` protocol is where training and MPI meet:
+// SegDistributed -> {CMPI, SegEngine}; SegExport (ONNX) -> {SegModel, SegEngine, SwiftProtobuf};
+// SegTraining -> SegTensorBoard -> SwiftProtobuf. SegEngine's `Collectives` protocol is where training and MPI meet:
 // SegDistributed's Communicator conforms to it, SegTraining sums through it. SegData -> {CPNG, CTurboJPEG}.
 // The Swift modules that carry the numeric loops are compiled for a CPU level: on x86_64 `haswell`
 // (AVX2 + FMA, x86-64-v3: Intel since 2013, AMD since 2015), so LLVM vectorizes the Winograd
@@ -78,9 +79,16 @@ let package = Package(
             dependencies: ["SegModel", "SegData", "SegEngine"],
             swiftSettings: [.unsafeFlags(numericFlags)]
         ),
+        // TensorBoard event files (--tensorboard): the messages (generated from event.proto, committed),
+        // the record framing with its CRC-32C, the writer.
+        .target(
+            name: "SegTensorBoard",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["event.proto"]
+        ),
         .target(
             name: "SegTraining",
-            dependencies: ["SegInference", "SegModel", "SegData", "SegEngine", "CSupport"],
+            dependencies: ["SegInference", "SegModel", "SegData", "SegEngine", "SegTensorBoard", "CSupport"],
             swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(
@@ -127,6 +135,7 @@ let package = Package(
         .testTarget(name: "SegDistributedTests", dependencies: ["SegDistributed", "SegEngine"]),
         .testTarget(name: "SegInferenceTests", dependencies: ["SegInference", "SegModel", "SegData", "SegEngine", "SegEngineTestSupport"]),
         .testTarget(name: "SegTrainingTests", dependencies: ["SegTraining", "SegInference", "SegModel", "SegEngine", "SegData"]),
+        .testTarget(name: "SegTensorBoardTests", dependencies: ["SegTensorBoard"]),
         .testTarget(name: "SegServeTests", dependencies: ["SegServe", .product(name: "HTTPTypes", package: "swift-http-types")]),
         // Runs the built binary as a subprocess with a time limit; for test targets only.
         .target(name: "SegTestSupport"),

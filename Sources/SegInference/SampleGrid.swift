@@ -42,7 +42,16 @@ public final class SampleGrid {
         (column * (size + separator), headerHeight + row * (size + separator))
     }
 
-    public func write(model: any SegmentationModel, to path: String) throws {
+    /// Writes the grid of `model`'s predictions as a PNG file; returns the grid.
+    @discardableResult
+    public func write(model: any SegmentationModel, to path: String) throws -> Image8 {
+        let grid = try render(model: model)
+        try ImageFile.write(grid, to: path)
+        return grid
+    }
+
+    /// The grid of `model`'s predictions (RGB).
+    public func render(model: any SegmentationModel) throws -> Image8 {
         let size = images.shape.h, classes = model.classes, sep = SampleGrid.separator
         var grid = Image8(width: 3 * size + 2 * sep, height: SampleGrid.headerHeight + indices.count * (size + sep) - sep,
                           channels: 3)
@@ -99,6 +108,6 @@ public final class SampleGrid {
             }
             start += real
         }
-        try ImageFile.write(grid, to: path)
+        return grid
     }
 }

@@ -193,7 +193,12 @@ public final class Trainer {
         public let optimizerStep: Int
         /// The global batch's mean loss; nil for a skipped (non-finite) step.
         public let loss: Double?
+        /// Seconds since the epoch's start (its first batch trained by this run).
         public let seconds: Double
+        /// The learning rate of the step (before parameter-group multipliers).
+        public let learningRate: Double
+        /// Images of every rank in the step (its --accumulate global batches).
+        public let images: Int
     }
 
     /// A stop was requested at the last batch of the epoch just run: the epoch was completed, and
@@ -291,7 +296,7 @@ public final class Trainer {
         // batches meanwhile.
         train.prefetch(sampler.announcement(order, epoch: epoch, batches: remaining))
         if let validation { validation.prefetch(validationBatches(validation).map { BatchLoader.Batch($0.indices, epoch: nil) }) }
-        var trainedImages = 0
+        var trainedImages = 0, stepImages = 0
         for b in remaining {
             let indices = sampler.indices(order, batch: b)
             // A rank without a sample in a small last batch still takes part in the sums.
@@ -301,6 +306,7 @@ public final class Trainer {
             let loss = try step.step(images: batch?.images, target: batch?.masks, weights: batch?.weights,
                                      learningRate: Float(rate))
             trainedImages += sampler.globalBatchSize(b)
+            stepImages += sampler.globalBatchSize(b)
             if let loss {
                 lossSum += loss
                 lossCount += 1
@@ -310,7 +316,8 @@ public final class Trainer {
             if loss != nil { average?.update(from: step.local.model.store, pool: step.local.model.pool) }
             watchdog?.stepFinished(done, everyRank: step.alsoSummed.dropFirst())
             try afterStep?(StepInfo(epoch: epoch, batch: b, batches: batches, optimizerStep: done, loss: loss,
-                                    seconds: monotonicSeconds() - start))
+                                    seconds: monotonicSeconds() - start, learningRate: rate, images: stepImages))
+            stepImages = 0
             if let every = checkSyncEvery, done % every == 0 {
                 let store = step.local.model.store
                 guard try collectives.allEqual(fingerprint([store.values.tensor, store.buffers.tensor])) else {

@@ -11,6 +11,7 @@ import SegData
 import SegEngine
 import SegInference
 import SegModel
+import SegTensorBoard
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -89,6 +90,10 @@ public final class TrainingRun {
     public var progress: Progress?
     /// Rank 0's validation sample grid, written after every epoch.
     public var samples: SampleGrid?
+    /// --tensorboard DIR: the folder in which `run()` starts rank 0's event file (set on every rank).
+    public var tensorboardDirectory: String?
+    /// Rank 0's TensorBoard log, once `run()` started it.
+    public private(set) var tensorboard: TensorBoardLog?
     /// Runs first after every optimizer step (tests perturb weights here).
     public var afterStep: ((Trainer.StepInfo) throws -> Void)?
     /// The decisions so far: the best epoch, and the schedule's plateau state (--schedule plateau).
@@ -204,8 +209,20 @@ public final class TrainingRun {
     // MARK: the epochs
 
     /// Trains the epochs after the resumed one; rank 0 writes metrics, checkpoints, summary, the
-    /// weights and the report. Returns early, with a checkpoint, on SIGTERM/SIGUSR1.
+    /// weights, the report and the TensorBoard log. Returns early, with a checkpoint, on SIGTERM/SIGUSR1.
     public func run() throws {
+        do { try trainEpochs() } catch {
+            // A run that fails (e.g. a loss that is not finite) keeps its TensorBoard log up to there.
+            if let tensorboard, !(error is EventFileError) {
+                do { try tensorboard.flush() } catch let failure {
+                    fputs("segtrain: warning: \(failure)\n", stderr)
+                }
+            }
+            throw error
+        }
+    }
+
+    private func trainEpochs() throws {
         let epochs = policy.epochs
         if resumedEpoch >= epochs {
             // As Keras' fit(initial_epoch=E, epochs=E) and Lightning at max_epochs: a finished run
@@ -215,13 +232,21 @@ public final class TrainingRun {
             return
         }
         try trainer.checkBatchesFitTheModel()
+        if isRoot, let folder = tensorboardDirectory {
+            tensorboard = try TensorBoardLog(directory: folder)
+            log("tensorboard: \(tensorboard!.path)")
+        }
         let runStart = monotonicSeconds()
         trainer.afterStep = { [unowned self] info in
             try afterStep?(info)
             progress?.step(info)
+            try tensorboard?.step(info, profile: model.profile)
             if let every = policy.checkpointEvery, info.optimizerStep % every == 0, info.batch + 1 < info.batches {
                 try trainer.step.gatherOptimizerState()
-                if isRoot { try checkpoint(epochsDone: info.epoch - 1, batchesDone: info.batch + 1) }
+                if isRoot {
+                    try tensorboard?.flush()
+                    try checkpoint(epochsDone: info.epoch - 1, batchesDone: info.batch + 1)
+                }
             }
         }
         // SIGTERM or SIGUSR1 (Slurm pre-emption): finish the step, checkpoint, exit 0.
@@ -231,6 +256,7 @@ public final class TrainingRun {
         epochs: for epoch in stride(from: resumedEpoch + 1, through: epochs, by: 1) {
             let plateauAtEpochStart = trainer.schedule.plateau
             let before = (model.profile.total, model.profile[.data], model.profile[.communication], monotonicSeconds())
+            tensorboard?.startEpoch(profile: model.profile)
             if let at = trainer.encoderFreeze?.unfreezeAtEpoch, at == epoch {
                 log("epoch \(epoch): the encoder is unfrozen (--unfreeze-at-epoch \(at)): all \(grouped(model.parameterCount)) "
                     + "parameters train from here")
@@ -281,11 +307,18 @@ public final class TrainingRun {
         }
         line += "  \(fixed(r.imagesPerSecond, 1)) img/s  \(fixed(r.seconds, 1)) s"
         let classes = model.classes, names = identity.classNames ?? (0..<classes).map(String.init)
-        metricsRows.append(r.csvLine(classes: classes))
+        let header = EpochRecord.csvHeader(classNames: classes >= 2 ? names : []), row = r.csvLine(classes: classes)
+        metricsRows.append(row)
         records.append(r)
-        try directory.writeMetrics(header: EpochRecord.csvHeader(classNames: classes >= 2 ? names : []), rows: metricsRows)
-        try withAverage { try samples?.write(model: model, to: directory.sampleGrid(epoch: epoch)) }
+        try directory.writeMetrics(header: header, rows: metricsRows)
+        let grid = try withAverage { try samples?.write(model: model, to: directory.sampleGrid(epoch: epoch)) }
         progress?.endEpoch()
+        if let tensorboard {
+            try tensorboard.epoch(header: header, row: row, step: optimizer.step)
+            if let grid { try tensorboard.samples(grid, step: optimizer.step) }
+            // Before the checkpoint: a run resumed from it never lacks this epoch's log.
+            try tensorboard.flush()
+        }
         try checkpoint(epochsDone: epoch, batchesDone: nil)
         if improved {
             try Checkpoint.copy(directory.lastCheckpoint, to: directory.bestCheckpoint)
@@ -315,6 +348,7 @@ public final class TrainingRun {
         guard isRoot else { return }
         let current = trainer.schedule
         trainer.schedule = LearningRateSchedule(current.config, plateau: plateauAtEpochStart)
+        try tensorboard?.flush()
         try checkpoint(epochsDone: epoch - 1, batchesDone: batch + 1)
         trainer.schedule = current
         log("stopped by \(stopSignalName) after batch \(batch + 1)/\(trainer.batchesPerEpoch) of epoch \(epoch); "
@@ -399,6 +433,7 @@ public final class TrainingRun {
         }
         if let error = writeFileAtomically(directory.modelFile, bytes: bytes) { throw TrainingRunError(error) }
         let report = try writeReport(directory)
+        try tensorboard?.finish()
         log("metrics: \(directory.metricsFile)\nweights: \(directory.modelFile)\nreport: \(report)")
     }
 

@@ -86,6 +86,8 @@ struct TrainCommand: ParsableCommand {
     var checkpointEvery: Int?
     @Option(help: "Keep the checkpoints of the last K epochs as checkpoints/epoch-NNN (0: none).")
     var keep = 0
+    @Option(help: "Rank 0 writes a TensorBoard event file into this folder (created if needed; a resumed run adds a file): per optimizer step the loss, learning rate, img/s, data wait and communication ms; per epoch every metrics.csv column and the sample grid. View with `tensorboard --logdir DIR`.")
+    var tensorboard: String?
     @Option(help: "Seconds between progress lines when the output is not a terminal (Slurm logs).")
     var logEvery = 30.0
     @Option(help: "Progress display: auto (a bar on a terminal outside mpirun/Slurm), bar, lines.")
@@ -142,6 +144,7 @@ struct TrainCommand: ParsableCommand {
         if synthetic && training.batchPerRank == nil && trainSamples < training.batchSize * accumulate {
             throw ValidationError("--train-samples \(trainSamples) is fewer than one optimizer step (--batch-size x --accumulate)")
         }
+        if let folder = tensorboard, folder.isEmpty { throw ValidationError("--tensorboard needs a folder (got an empty name)") }
         if !(logEvery > 0) { throw ValidationError("--log-every must be positive (got \(logEvery))") }
         if (schedule == .plateau || patience != nil) && synthetic && valSamples == 0 {
             throw ValidationError("--val-samples must be > 0 for --schedule plateau and --patience (they watch the validation loss)")
@@ -248,6 +251,7 @@ struct TrainCommand: ParsableCommand {
             rankName: "rank \(communicator.rank)/\(ranks) (\(communicator.hostname))", classNames: dataOptions.classNameList))
         try run.prepareDirectory()
         try run.resume(from: resume)
+        run.tensorboardDirectory = tensorboard  // rank 0 alone writes there
         if isRoot {
             print("segtrain train: \(data.description) at \(model.imageSize)x\(model.imageSize), \(architecture.classes) class(es), "
                   + "\(data.train.count) train / \(data.validation?.count ?? 0) val samples, global batch \(training.batchSize) on "
