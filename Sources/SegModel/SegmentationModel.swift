@@ -65,6 +65,13 @@ extension SegmentationModel {
     public var widestBatchNorm: Int {
         store.entries.filter { $0.name.hasSuffix(".running_mean") }.map(\.shape.count).max() ?? 0
     }
+
+    /// SyncBatchNorm (--sync-bn): the BatchNorm layers' training statistics summed over
+    /// `collectives`' ranks from here on; nothing to sum in a single process.
+    public func synchronizeBatchNorm(over collectives: Collectives) {
+        guard collectives.size > 1 else { return }
+        batchStatistics = BatchStatisticsSum(collectives: collectives, channels: widestBatchNorm)
+    }
 }
 
 extension UNet: SegmentationModel {

@@ -40,12 +40,6 @@ public final class StepBenchmark {
         step.plan(batch: batch, height: imageSize, width: imageSize)
     }
 
-    /// --sync-bn: BatchNorm's statistics summed over the ranks, as `Trainer.synchronizeBatchNorm`.
-    public func synchronizeBatchNorm() {
-        guard collectives.size > 1 else { return }
-        model.batchStatistics = BatchStatisticsSum(collectives: collectives, channels: model.widestBatchNorm)
-    }
-
     /// Each step's batch from `listing` through `threads` loader threads, in the sampler's order
     /// (full global batches of `globalBatch`, announced an epoch at a time as the trainer does).
     public func feed(from listing: DatasetListing, spec: SampleSpec, cache: Bool, threads: Int, globalBatch: Int,

@@ -239,9 +239,7 @@ public final class Trainer {
     /// SyncBatchNorm (`--sync-bn`): the model's BatchNorm layers take their training statistics over
     /// every rank's batch (a no-op on one rank, where they already are). Call before training.
     public func synchronizeBatchNorm() {
-        guard collectives.size > 1 else { return }
-        let model = step.local.model
-        model.batchStatistics = BatchStatisticsSum(collectives: collectives, channels: model.widestBatchNorm)
+        step.local.model.synchronizeBatchNorm(over: collectives)
     }
 
     /// Refuses, on every rank alike, a run in which some step would give a rank fewer images than

@@ -156,7 +156,7 @@ struct BenchCommand: ParsableCommand {
                                       rank: communicator.rank).count, imageSize: size, seed: model.seed)
             training.configure(bench.parallel)
             if freezeEncoder { try step.freezeEncoder(true) }
-            if training.syncBn { bench.synchronizeBatchNorm() }
+            if training.syncBn { net.synchronizeBatchNorm(over: communicator) }
             if let root = dataOptions.data {
                 // --data: each step's batch comes from the loader.
                 let spec: SampleSpec
