@@ -186,11 +186,16 @@ final class TensorBoardTests: TemporaryFolderTestCase {
         for tag in epochTags { XCTAssertEqual(scalars[tag].map { Set($0.keys) }, Set(epochEnds), tag, file: file, line: line) }
         XCTAssertEqual(Set(images.keys), Set(epochEnds), "samples", file: file, line: line)
 
-        // Per epoch: metrics.csv's values, as float32, exactly.
+        // Per epoch: metrics.csv's values, as float32, exactly: the field read as a Double (the very
+        // value the CSV printed), then rounded to float32, as the writer does. Not Float(field): a
+        // time difference such as `seconds` can be a double exactly halfway between two floats
+        // (rounded to even), whose shortest decimal text lies a little above or below the halfway
+        // point, so rounding the text straight to float32 can pick the other neighbour.
         for (e, row) in rows.enumerated() {
             for (name, field) in zip(names, row) {
                 let logged = scalars["epoch/" + name]?[epochEnds[e]]
-                XCTAssertEqual(logged.map { Float($0) }, Float(field), "epoch/\(name) of epoch \(e + 1)", file: file, line: line)
+                XCTAssertEqual(logged.map { Float($0) }, Double(field).map { Float($0) }, "epoch/\(name) of epoch \(e + 1)",
+                               file: file, line: line)
             }
         }
         let column = { (name: String, epoch: Int) in Double(rows[epoch - 1][names.firstIndex(of: name)!])! }
