@@ -45,6 +45,10 @@ public struct ConvGeometry: Equatable, Sendable, CustomStringConvertible {
     /// 1x1, stride 1, no padding: the convolution is a plain GEMM on the image as it lies in memory.
     public var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
 
+    /// 3x3, stride 1, padding 1, dilation 1: the "same" convolution conv2dForward/Backward run (with
+    /// Winograd where the conv policy picks it).
+    public var isSame3x3: Bool { kernel == 3 && stride == 1 && padding == 1 && dilation == 1 }
+
     public var description: String { "k\(kernel) s\(stride) p\(padding) d\(dilation)" }
 }
 

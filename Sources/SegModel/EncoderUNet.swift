@@ -60,9 +60,16 @@ public final class EncoderUNet {
     /// into the encoder's parameters), the ordinary way the frozen backward must agree with.
     var stopsBackwardAtDecoder = true
 
-    public init(_ config: EncoderUNetConfig, pool: WorkerPool) {
+    /// Which 3x3 stride-1 convolutions run Winograd (those the policy gives a tile; conv2d's
+    /// kernels). Every other convolution, and all of them under `--conv gemm`, takes the strided
+    /// kernel, whose bits do not depend on the thread count (Winograd's weight gradient sums
+    /// per-thread partials: bitwise reproducible for a given thread count only, as the plain UNet).
+    public let convPolicy: ConvPolicy
+
+    public init(_ config: EncoderUNetConfig, convPolicy: ConvPolicy = .standard, pool: WorkerPool) {
         precondition(config.validate() == nil, config.validate() ?? "")
         self.config = config
+        self.convPolicy = convPolicy
         self.pool = pool
         graph = config.graph()
         store = ParameterStore(graph.layout)
@@ -95,7 +102,7 @@ public final class EncoderUNet {
         let m = EncoderUNetConfig.sizeMultiple
         precondition(height >= m && width >= m && height % m == 0 && width % m == 0,
                      "image \(height)x\(width): sides must be multiples of \(m)")
-        let p = GraphPlan(graph, batch: batch, height: height, width: width)
+        let p = GraphPlan(graph, batch: batch, height: height, width: width, threads: pool.threadCount, policy: convPolicy)
         var a = ActivationArena()
         slots = p.shapes.indices.map { $0 == 0 ? nil : a.add(p.shapes[$0]) }
         statSlots = graph.layers.map { layer in
@@ -156,8 +163,13 @@ public final class EncoderUNet {
             switch layer.op {
             case .conv(let weight, let bias, let geometry):
                 profile.measure(.convForward) {
-                    stridedConvForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
-                                       geometry: geometry, pool: pool, scratch: scratch)
+                    if convPolicy.runsWinograd(geometry, x, y) {
+                        conv2dForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
+                                      policy: convPolicy, pool: pool, scratch: scratch)
+                    } else {
+                        stridedConvForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
+                                           geometry: geometry, pool: pool, scratch: scratch)
+                    }
                 }
             case .depthwise(let weight, let stride):
                 profile.measure(.convForward) {
@@ -252,9 +264,15 @@ public final class EncoderUNet {
         switch layer.op {
         case .conv(let weight, let bias, let geometry):
             profile.measure(.convWeightGradient) {
-                stridedConvBackward(dx: dx0, dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
-                                    dy: dy, x: x, weight: store.value(weight), geometry: geometry, pool: pool,
-                                    scratch: scratch)
+                if convPolicy.runsWinograd(geometry, x, dy) {
+                    conv2dBackward(dx: dx0, dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
+                                   dy: dy, x: x, weight: store.value(weight), policy: convPolicy, pool: pool,
+                                   scratch: scratch)
+                } else {
+                    stridedConvBackward(dx: dx0, dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
+                                        dy: dy, x: x, weight: store.value(weight), geometry: geometry, pool: pool,
+                                        scratch: scratch)
+                }
             }
         case .depthwise(let weight, let stride):
             profile.measure(.convWeightGradient) {

@@ -76,7 +76,7 @@ public struct EncoderUNetConfig: Equatable, Sendable {
     /// batch of square images.
     public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
         let g = graph()
-        let plan = GraphPlan(g, batch: batch, height: imageSize, width: imageSize)
+        let plan = GraphPlan(g, batch: batch, height: imageSize, width: imageSize, threads: threads)
         let floats = 2 * plan.activationFloats + plan.scratchFloatsPerThread * threads + plan.sharedScratchFloats
         return Double(floats) * 4
     }

@@ -12,7 +12,8 @@ struct GraphPlan {
     let activationFloats: Int
     let rows: [LayerInfo]
 
-    init(_ graph: LayerGraph, batch: Int, height: Int, width: Int) {
+    /// `threads` and `policy`: what the model's convolutions run with (they size the Winograd scratch).
+    init(_ graph: LayerGraph, batch: Int, height: Int, width: Int, threads: Int, policy: ConvPolicy = .standard) {
         let shapes = graph.shapes(batch: batch, height: height, width: width)
         var perThread = 0, shared = 0, activations = 0
         var rows: [LayerInfo] = []
@@ -22,10 +23,17 @@ struct GraphPlan {
             var kind: String, parameters = 0, flops = 0.0
             switch layer.op {
             case .conv(_, let bias, let g):
-                perThread = max(perThread, stridedConvScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
-                                                                    height: x.h, width: x.w, geometry: g))
-                shared = max(shared, stridedConvSharedScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
-                                                                    height: x.h, width: x.w, geometry: g))
+                if policy.runsWinograd(g, x, y) {
+                    perThread = max(perThread, conv2dScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
+                                                                   height: x.h, width: x.w, kernel: 3, policy: policy,
+                                                                   threads: threads))
+                    shared = max(shared, conv2dSharedScratchFloats(inChannels: x.c, outChannels: y.c, kernel: 3))
+                } else {
+                    perThread = max(perThread, stridedConvScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
+                                                                        height: x.h, width: x.w, geometry: g))
+                    shared = max(shared, stridedConvSharedScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
+                                                                        height: x.h, width: x.w, geometry: g))
+                }
                 parameters = y.c * x.c * g.kernel * g.kernel + (bias == nil ? 0 : y.c)
                 flops = 2.0 * Double(x.c * g.kernel * g.kernel) * Double(y.c * y.h * y.w)
                 kind = "conv\(g.kernel)x\(g.kernel)" + (g.stride == 1 ? "" : "/\(g.stride)")
@@ -46,8 +54,9 @@ struct GraphPlan {
             }
             // Training: forward, input gradient and weight gradient, except for the first layer's input.
             let passes = layer.inputs[0] == 0 ? 2.0 : 3.0
+            // `flops` is per image already (the shapes' planes and channels, not the batch).
             rows.append(LayerInfo(name: layer.name, kind: kind, outputShape: y.single, parameters: parameters,
-                                  forwardFLOPs: flops / Double(batch), trainingFLOPs: passes * flops / Double(batch)))
+                                  forwardFLOPs: flops, trainingFLOPs: passes * flops))
         }
         self.shapes = shapes
         scratchFloatsPerThread = perThread
@@ -55,4 +64,15 @@ struct GraphPlan {
         activationFloats = activations
         self.rows = rows
     }
+}
+
+extension ConvPolicy {
+    /// Whether an encoder model's convolution of this geometry from `x` to `y` (shapes) runs
+    /// conv2d's Winograd kernels: a 3x3 stride-1 convolution the policy gives a tile. The others
+    /// take the strided kernel.
+    func runsWinograd(_ g: ConvGeometry, _ x: Shape, _ y: Shape) -> Bool {
+        g.isSame3x3 && winogradTile(kernel: 3, dilation: 1, inChannels: x.c, outChannels: y.c, height: x.h, width: x.w) > 0
+    }
+
+    func runsWinograd(_ g: ConvGeometry, _ x: Tensor, _ y: Tensor) -> Bool { runsWinograd(g, x.shape, y.shape) }
 }

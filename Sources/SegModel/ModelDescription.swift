@@ -52,7 +52,7 @@ public enum Architecture: Equatable, Sendable {
     public func build(pool: WorkerPool, convPolicy: ConvPolicy = .standard) -> any SegmentationModel {
         switch self {
         case .unet(let c): return UNet(c, convPolicy: convPolicy, pool: pool)
-        case .encoderUNet(let c): return EncoderUNet(c, pool: pool)  // strided kernels only: no policy yet
+        case .encoderUNet(let c): return EncoderUNet(c, convPolicy: convPolicy, pool: pool)
         }
     }
 

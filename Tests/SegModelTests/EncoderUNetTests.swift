@@ -25,8 +25,13 @@ final class EncoderUNetTests: XCTestCase {
                 let estimate = EncoderUNetConfig(encoder: encoder, classes: classes).estimatedParameterCounts
                 XCTAssertEqual(estimate.parameters, Double(count))
                 // The layer table of `segtrain info` adds up to the same total.
-                let plan = GraphPlan(EncoderUNetConfig(encoder: encoder, classes: classes).graph(), batch: 1, height: 64, width: 64)
+                let plan = GraphPlan(EncoderUNetConfig(encoder: encoder, classes: classes).graph(), batch: 1, height: 64, width: 64, threads: 1)
                 XCTAssertEqual(plan.rows.reduce(0) { $0 + $1.parameters }, count, "\(encoder.rawValue): layer table")
+                // FLOPs are per image whatever the batch planned (bench's GFLOP/s multiplies by img/s);
+                // the stem: 2 x (3 x 7 x 7) x 64 x 32 x 32 at 64 x 64.
+                let batch4 = GraphPlan(EncoderUNetConfig(encoder: encoder, classes: classes).graph(), batch: 4, height: 64, width: 64, threads: 2)
+                XCTAssertEqual(batch4.rows.map(\.forwardFLOPs), plan.rows.map(\.forwardFLOPs), encoder.rawValue)
+                if encoder != .mobilenetV2 { XCTAssertEqual(batch4.rows[0].forwardFLOPs, 2.0 * 3 * 49 * 64 * 32 * 32) }
             }
         }
     }
@@ -82,13 +87,16 @@ final class EncoderUNetTests: XCTestCase {
         XCTAssertEqual(copy.store.values.tensor.toArray(), model.store.values.tensor.toArray())
     }
 
-    /// Every op of the model splits its work by shape only: 1 and 2 threads give the same bits,
-    /// forward, backward and running statistics.
-    func testThreadCountDoesNotChangeAnyBit() {
+    /// Under `--conv gemm` every op of the model splits its work by shape only: 1 and 2 threads give
+    /// the same bits, forward, backward and running statistics. (The default policy runs the 3x3
+    /// stride-1 convolutions with Winograd, whose weight gradient sums per-thread partials; its
+    /// accuracy is SMPGoldenTests'.)
+    func testThreadCountDoesNotChangeAnyBitUnderGEMM() {
         for encoder in [EncoderKind.resnet50, .mobilenetV2] {
             var results: [[[Float]]] = []
             for threads in [1, 2] {
-                let model = EncoderUNet(EncoderUNetConfig(encoder: encoder, classes: 3), pool: WorkerPool(threads: threads))
+                let model = EncoderUNet(EncoderUNetConfig(encoder: encoder, classes: 3), convPolicy: ConvPolicy(algorithm: .gemm),
+                                        pool: WorkerPool(threads: threads))
                 model.plan(batch: 2, height: 64, width: 32)
                 let images = OwnedTensor(Shape(2, 3, 64, 32))
                 SMPGolden.fill(images.tensor, rule: "input")
