@@ -12,6 +12,12 @@ model wrapped in DistributedDataParallel (gloo backend, rendezvous on
 127.0.0.1 only); --batch-size is then the global batch, split evenly, each
 process uses --threads threads, and rank 0 reports (its own peak RSS).
 
+With --encoder NAME it trains segmentation_models_pytorch's Unet(NAME, encoder_weights=None,
+classes=1) instead (issue #16's comparison; needs segmentation-models-pytorch, which pulls
+torchvision and timm). torchvision's compiled ops are not needed by smp's Unet: when the installed
+torchvision's ops library does not match torch (a CPU torch wheel beside PyPI's CUDA torchvision),
+its import fails on registering them, so this script skips that registration module.
+
 Requires torch (pip install torch). Run e.g.:
     python3 scripts/pytorch_baseline.py --image-size 128 --batch-size 8 \
         --threads 2 --steps 5 --warmup 2 --json
@@ -70,6 +76,21 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+def smp_unet(encoder):
+    """smp.Unet(encoder, encoder_weights=None, classes=1), importing smp without torchvision's
+    operator registrations (see the module docstring)."""
+    import sys
+    import types
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    import segmentation_models_pytorch as smp
+    return smp.Unet(encoder, encoder_weights=None, classes=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image-size", type=int, default=128)
@@ -80,6 +101,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--encoder", default=None, metavar="NAME",
+                   help="train smp.Unet(NAME) (resnet18/34/50, mobilenet_v2) instead of segtrain's plain UNet")
     p.add_argument("--ddp", type=int, default=0, metavar="N",
                    help="run N DistributedDataParallel processes (gloo)")
     a = p.parse_args()
@@ -105,9 +128,13 @@ def run(rank, a):
     torch.set_num_interop_threads(1)
     torch.manual_seed(a.seed)
 
-    model = UNet()
-    params = sum(t.numel() for t in model.parameters())
-    assert params == 3_717_121, params
+    if a.encoder:
+        model = smp_unet(a.encoder)
+        params = sum(t.numel() for t in model.parameters())
+    else:
+        model = UNet()
+        params = sum(t.numel() for t in model.parameters())
+        assert params == 3_717_121, params
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     if a.ddp:
@@ -155,6 +182,8 @@ def run(rank, a):
     }
     if a.channels_last:
         res["channels_last"] = True
+    if a.encoder:
+        res["encoder"] = a.encoder
     if a.ddp:
         res["ddp_processes"] = a.ddp
     if a.json:
