@@ -173,6 +173,12 @@ public struct RunSummary: Codable, Equatable, Sendable {
     public var ranks: Int
     public var threadsPerRank: Int
     public var parameters: Int
+    /// Parameters that trained in the last epoch: all, less a frozen encoder's (Keras' trainable params).
+    public var trainableParameters: Int?
+    /// --freeze-encoder: true, with the epoch the encoder trains from (--unfreeze-at-epoch) if any;
+    /// both absent without the flag.
+    public var freezeEncoder: Bool?
+    public var unfreezeAtEpoch: Int?
     public var arguments: [String]
 
     public init(epochsTrained: Int, seconds: Double, ranks: Int, threadsPerRank: Int, parameters: Int, arguments: [String]) {
@@ -188,7 +194,8 @@ public struct RunSummary: Codable, Equatable, Sendable {
         case epochsTrained = "epochs_trained", lastEpoch = "last_epoch", bestEpoch = "best_epoch"
         case bestValidationLoss = "best_val_loss", lastValidationDice = "last_val_dice", lastValidationIoU = "last_val_iou"
         case lastTrainLoss = "last_train_loss", meanImagesPerSecond = "mean_images_per_second", seconds, ranks
-        case threadsPerRank = "threads_per_rank", parameters, arguments
+        case threadsPerRank = "threads_per_rank", parameters, trainableParameters = "trainable_parameters"
+        case freezeEncoder = "freeze_encoder", unfreezeAtEpoch = "unfreeze_at_epoch", arguments
     }
 }
 

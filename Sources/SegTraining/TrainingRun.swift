@@ -419,6 +419,11 @@ public final class TrainingRun {
                                  arguments: identity.arguments)
         let last = records.last
         summary.lastEpoch = last?.epoch
+        summary.trainableParameters = trainer.trainableParameters(epoch: last?.epoch ?? policy.epochs)
+        if let freeze = trainer.encoderFreeze {
+            summary.freezeEncoder = true
+            summary.unfreezeAtEpoch = freeze.unfreezeAtEpoch
+        }
         summary.bestEpoch = best.bestEpoch
         summary.bestValidationLoss = best.bestValidationLoss
         summary.lastValidationDice = last?.validation?.meanDice

@@ -24,6 +24,10 @@ struct InfoCommand: ParsableCommand {
         let forward = net.layers.reduce(0) { $0 + $1.forwardFLOPs }
         let training = net.layers.reduce(0) { $0 + $1.trainingFLOPs }
         print("parameters:            \(grouped(net.parameterCount))")
+        if let encoder = net.store.parameterRange(prefix: "encoder.") {
+            print("  of which encoder:    \(grouped(encoder.count))   (train --freeze-encoder trains the other "
+                  + "\(grouped(net.parameterCount - encoder.count)))")
+        }
         print("forward GFLOP/image:   \(fixed(forward / 1e9, 2))   (\(model.imageSize)x\(model.imageSize), convolutions)")
         print("training GFLOP/image:  \(fixed(training / 1e9, 2))   (forward + weight and input gradients)")
         print("parameter memory:      \(fixed(Double(net.parameterCount * 4) / 1_048_576, 1)) MiB (+ the same for gradients)")

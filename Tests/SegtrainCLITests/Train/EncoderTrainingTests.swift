@@ -45,6 +45,9 @@ final class EncoderTrainingTests: TemporaryFolderTestCase {
             XCTAssertEqual(info.status, 0, info.stderr)
             XCTAssertTrue(info.stdout.contains("parameters:            \(count)"), "\(encoder): \(info.stdout)")
         }
+        let resnet18 = try segtrain(["info", "--encoder", "resnet18", "--image-size", "64"])
+        XCTAssertTrue(resnet18.stdout.contains("  of which encoder:    11,176,512   (train --freeze-encoder trains the other 3,151,697)"),
+                      resnet18.stdout)
         let bad = try segtrain(["info", "--encoder", "resnet18", "--image-size", "48"])
         XCTAssertEqual(bad.stderr, "segtrain: error: --image-size 48 does not suit --encoder resnet18: it must be a multiple of 32\n")
         XCTAssertNotEqual(bad.status, 0)
@@ -96,6 +99,19 @@ final class EncoderTrainingTests: TemporaryFolderTestCase {
         XCTAssertTrue(straight.stdout.contains("14,328,209 parameters (3,151,697 trainable: encoder frozen until epoch 2)"),
                       straight.stdout)
         XCTAssertTrue(straight.stdout.contains("epoch 2: the encoder is unfrozen"), straight.stdout)
+        // summary.json: the flags, and what trained in the last epoch (all of it, unfrozen).
+        let summary = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(folder)/straight/summary.json")))
+                                    as? [String: Any])
+        XCTAssertEqual(summary["freeze_encoder"] as? Bool, true)
+        XCTAssertEqual(summary["unfreeze_at_epoch"] as? Int, 2)
+        XCTAssertEqual(summary["trainable_parameters"] as? Int, 14_328_209)
+        let frozenOnly = try segtrain(arguments + ["--freeze-encoder", "--epochs", "1", "--out", "\(folder)/frozen"], ranks: 0)
+        XCTAssertEqual(frozenOnly.status, 0, frozenOnly.stderr)
+        let frozenSummary = try XCTUnwrap(JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: "\(folder)/frozen/summary.json"))) as? [String: Any])
+        XCTAssertEqual(frozenSummary["freeze_encoder"] as? Bool, true)
+        XCTAssertNil(frozenSummary["unfreeze_at_epoch"])
+        XCTAssertEqual(frozenSummary["trainable_parameters"] as? Int, 3_151_697)
         let start = try loadSafetensors(initial)
         let epochs = try (1...3).map { try loadSafetensors("\(folder)/straight/checkpoints/epoch-00\($0)/model.safetensors") }
         let encoderNames = start.keys.filter { $0.hasPrefix("encoder.") }, decoderNames = start.keys.filter { !$0.hasPrefix("encoder.") }
