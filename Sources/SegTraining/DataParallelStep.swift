@@ -6,6 +6,8 @@
 // the optimizer then reads). Then each rank updates its share of the weights (and of the
 // optimizer's state) and the ranks exchange the new weights, so they stay bitwise identical while
 // each does 1/N of the optimizer's work; the state is gathered only for checkpoints.
+// While the encoder is frozen (--freeze-encoder) its gradients are zero on every rank: the sums
+// leave out its range when it starts the buffer (the encoder's parameters come first).
 
 import SegEngine
 import SegModel
@@ -45,6 +47,10 @@ public final class DataParallelStep {
     /// (A sum from one buffer into another spares Open MPI a copy of every bucket and lets it pick
     /// its algorithm by size; see `Communicator.startAllreduceSum`.)
     private lazy var summed = FloatBuffer(count: local.model.store.parameterCount)
+    /// Floats at the start of the buffer that the sums leave out this step (a frozen encoder's).
+    var skippedPrefix = 0
+    /// How much of `summed`'s start is known to hold zeros (not written by a sum since zeroed).
+    private var summedZeroPrefix = 0
     /// `advanceBuckets` as the backward pass's per-op hook (made once, not per step).
     private lazy var advanceHook: (Int) throws -> Void = { [unowned self] op in try self.advanceBuckets(op) }
 
@@ -88,6 +94,7 @@ public final class DataParallelStep {
         // On the last micro-batch the gradient sum starts while backward still runs (buckets).
         // (Decided from settings every rank shares: the ranks must start the same sums.)
         let overlapping = last && overlap && collectives.size > 1
+        if last { skippedPrefix = DataParallelStep.frozenPrefix(local.optimizer) }
         if overlapping { startBuckets() }
         if let images, let target {
             accumulatedLoss += try local.accumulateGradients(images: images, target: target, weights: weights,
@@ -103,7 +110,12 @@ public final class DataParallelStep {
         stepsTried += 1
         beforeAllreduce?(stepsTried)
         let loss = try model.profile.measure(.communication) { () -> Double in
-            if overlapping { try finishBuckets() } else { try collectives.allreduceSum(model.store.gradients.tensor) }
+            if overlapping {
+                try finishBuckets()
+            } else {
+                let count = model.store.parameterCount - skippedPrefix
+                try collectives.allreduceSum(model.store.gradients.view(.vector(count), offset: skippedPrefix))
+            }
             // One small sum for the loss and whatever the caller adds (the trainer's stop flag).
             let totals = try collectives.allreduceSum([accumulatedLoss] + (alsoSum?() ?? []))
             alsoSummed = Array(totals.dropFirst())
@@ -151,8 +163,21 @@ extension DataParallelStep {
         return plan
     }
 
+    /// The frozen range's length when the optimizer skips it and it starts the buffer (its
+    /// gradients are then zero on every rank: the frozen model computes none), else 0. From the
+    /// optimizer's settings, which every rank shares.
+    static func frozenPrefix(_ optimizer: Optimizer) -> Int {
+        guard optimizer.frozen, let range = optimizer.freezable, range.lowerBound == 0 else { return 0 }
+        return range.upperBound
+    }
+
     func startBuckets() {
         let model = local.model
+        // The skipped prefix of `summed` (which the optimizer reads) must hold the zero gradient.
+        if skippedPrefix > summedZeroPrefix {
+            summed.view(.vector(skippedPrefix), offset: 0).zero()
+        }
+        summedZeroPrefix = skippedPrefix
         if buckets.isEmpty || bucketsPlannedFor != bucketFloats {
             buckets = DataParallelStep.bucketPlan(frontiers: model.gradientFrontiers, parameterCount: model.store.parameterCount,
                                                   bucketFloats: bucketFloats)
@@ -168,8 +193,12 @@ extension DataParallelStep {
         try model.profile.measure(.communication) {
             if nextBucket < buckets.count && buckets[nextBucket].afterOp == op {
                 let b = buckets[nextBucket]
-                pendingSums.append(try collectives.startAllreduceSum(summed.view(.vector(b.count), offset: b.offset),
-                                                                     from: model.store.gradients.view(.vector(b.count), offset: b.offset)))
+                // Only the part after a skipped prefix.
+                let start = max(b.offset, skippedPrefix), count = b.offset + b.count - start
+                if count > 0 {
+                    pendingSums.append(try collectives.startAllreduceSum(summed.view(.vector(count), offset: start),
+                                                                         from: model.store.gradients.view(.vector(count), offset: start)))
+                }
                 nextBucket += 1
             }
             for p in pendingSums { _ = try p.test() }
@@ -180,9 +209,10 @@ extension DataParallelStep {
     /// `summed` holds the summed gradient.
     func finishBuckets() throws {
         let rest = buckets.last?.offset ?? local.model.store.parameterCount
-        if rest > 0 {
-            pendingSums.append(try collectives.startAllreduceSum(summed.view(.vector(rest), offset: 0),
-                                                                 from: local.model.store.gradients.view(.vector(rest), offset: 0)))
+        if rest > skippedPrefix {
+            let count = rest - skippedPrefix
+            pendingSums.append(try collectives.startAllreduceSum(summed.view(.vector(count), offset: skippedPrefix),
+                                                                 from: local.model.store.gradients.view(.vector(count), offset: skippedPrefix)))
         }
         try collectives.waitAll(pendingSums)
         pendingSums.removeAll(keepingCapacity: true)

@@ -8,7 +8,7 @@
 import XCTest
 import Foundation
 import SegEngine
-import SegModel
+@testable import SegModel
 @testable import SegTraining
 #if canImport(Glibc)
 import Glibc
@@ -31,8 +31,8 @@ final class DataParallelStepTests: XCTestCase {
     }
 
     /// Images `range` of a seeded toy batch (the mask: channel 0 brighter than channel 1).
-    func batch(_ range: Range<Int>, seed: UInt64) -> (images: OwnedTensor, target: OwnedTensor) {
-        let s = DataParallelStepTests.size
+    func batch(_ range: Range<Int>, seed: UInt64, size: Int = DataParallelStepTests.size) -> (images: OwnedTensor, target: OwnedTensor) {
+        let s = size
         let images = OwnedTensor(Shape(range.count, 3, s, s)), target = OwnedTensor(Shape(range.count, 1, s, s))
         for (n, index) in range.enumerated() {
             var rng = SplitMix64(seed: seed, stream: UInt64(index))
@@ -127,6 +127,130 @@ final class DataParallelStepTests: XCTestCase {
         }
     }
 
+    /// A frozen encoder's gradients are zero on every rank, so the sums leave its range out (it
+    /// starts the buffer): in buckets of 64 floats, in one sum after backward, and without overlap.
+    /// The summed gradient is still exactly the sum of the ranks' gradients (zero in the encoder),
+    /// and both ranks end with the same weights.
+    func testAFrozenEncoderIsLeftOutOfTheSums() throws {
+        for (overlap, bucketFloats) in [(true, 64), (true, 1 << 18), (false, 1 << 18)] {
+            let ranks = 2, global = 4, size = 32
+            let shares = (0..<ranks).map { shareOf(global, ranks: ranks, rank: $0) }
+            let world = ThreadRanks(size: ranks)
+            let steps = try shares.map { share -> LocalStep in
+                let step = makeEncoderStep(batch: share.count, size: size)
+                try step.freezeEncoder(true)
+                return step
+            }
+            let store = steps[0].model.store
+            let encoder = try XCTUnwrap(store.parameterRange(prefix: "encoder."))
+            XCTAssertEqual(encoder.lowerBound, 0)
+            XCTAssertEqual(DataParallelStep.frozenPrefix(steps[0].optimizer), encoder.count)
+            final class Reports: @unchecked Sendable {
+                let lock = NSLock()
+                var summed: [Int: [Float]] = [:], errors: [String] = []
+            }
+            let reports = Reports()
+            let done = DispatchGroup()
+            for rank in 0..<ranks {
+                done.enter()
+                Thread {
+                    defer { done.leave() }
+                    let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
+                    parallel.overlap = overlap
+                    parallel.bucketFloats = bucketFloats
+                    parallel.firstGradientHook = { store in
+                        reports.lock.withLock { reports.summed[rank] = store.gradients.tensor.toArray() }
+                    }
+                    let (images, target) = self.batch(shares[rank], seed: 5, size: size)
+                    do {
+                        _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
+                    } catch {
+                        reports.lock.withLock { reports.errors.append("rank \(rank): \(error)") }
+                    }
+                }.start()
+            }
+            guard done.wait(timeout: .now() + 120) == .success else { return XCTFail("the ranks did not finish within 120 s") }
+            XCTAssertEqual(reports.errors, [])
+            let at = "overlap \(overlap), buckets of \(bucketFloats)"
+            // Floats each rank summed in the step: all but the encoder's.
+            XCTAssertEqual(world.floatsSummed, ranks * (store.parameterCount - encoder.count), at)
+
+            let pixels = Double(global * size * size)
+            var expected: [Float] = []
+            for share in shares {
+                let alone = makeEncoderStep(batch: share.count, size: size)
+                try alone.freezeEncoder(true)
+                alone.model.store.zeroGradients()
+                let (images, target) = batch(share, seed: 5, size: size)
+                _ = alone.accumulateGradients(images: images.tensor, target: target.tensor, weights: nil,
+                                              normalizers: LossTerms(pixels: pixels, images: Double(global)))
+                let g = alone.model.store.gradients.tensor.toArray()
+                expected = expected.isEmpty ? g : zip(expected, g).map { $0 + $1 }
+            }
+            XCTAssertTrue(expected[encoder].allSatisfy { $0 == 0 }, at)
+            XCTAssertTrue(expected[encoder.upperBound...].contains { $0 != 0 }, at)
+            for rank in 0..<ranks {
+                XCTAssertEqual(reports.summed[rank].map { $0.map(\.bitPattern) }, expected.map(\.bitPattern), "\(at), rank \(rank)")
+            }
+            XCTAssertEqual(steps[0].model.store.values.tensor.toArray(), steps[1].model.store.values.tensor.toArray(), at)
+        }
+    }
+
+    /// After an unfrozen step has summed the encoder's gradients into the bucket buffer, a frozen
+    /// step (which leaves that range out of the sums) still hands the optimizer zeros there.
+    func testAFrozenStepAfterAnUnfrozenOneSeesZeroEncoderGradients() throws {
+        let ranks = 2, size = 32
+        let world = ThreadRanks(size: ranks)
+        let steps = (0..<ranks).map { _ in makeEncoderStep(batch: 2, size: size) }
+        let encoder = try XCTUnwrap(steps[0].model.store.parameterRange(prefix: "encoder."))
+        final class Reports: @unchecked Sendable {
+            let lock = NSLock()
+            var summed: [Int: [Float]] = [:], errors: [String] = []
+        }
+        let reports = Reports()
+        let done = DispatchGroup()
+        for rank in 0..<ranks {
+            done.enter()
+            Thread {
+                defer { done.leave() }
+                let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
+                parallel.bucketFloats = 64
+                let (images, target) = self.batch(2 * rank..<2 * rank + 2, seed: 6, size: size)
+                do {
+                    _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
+                    try steps[rank].freezeEncoder(true)
+                    parallel.firstGradientHook = { store in
+                        reports.lock.withLock { reports.summed[rank] = store.gradients.tensor.toArray() }
+                    }
+                    _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
+                } catch {
+                    reports.lock.withLock { reports.errors.append("rank \(rank): \(error)") }
+                }
+            }.start()
+        }
+        guard done.wait(timeout: .now() + 120) == .success else { return XCTFail("the ranks did not finish within 120 s") }
+        XCTAssertEqual(reports.errors, [])
+        for rank in 0..<ranks {
+            let summed = try XCTUnwrap(reports.summed[rank])
+            XCTAssertTrue(summed[encoder].allSatisfy { $0 == 0 }, "rank \(rank): nonzero encoder gradient while frozen")
+            XCTAssertTrue(summed[encoder.upperBound...].contains { $0 != 0 }, "rank \(rank)")
+        }
+    }
+
+    /// resnet18 with every width / 16, decoder 16-8-8-4-4 (as the encoder gradient tests), one class,
+    /// BCE and Adam, on one thread.
+    func makeEncoderStep(batch: Int, size: Int) -> LocalStep {
+        var config = EncoderUNetConfig(encoder: .resnet18, classes: 1)
+        config.widthDivisor = 16
+        config.decoderChannels = [16, 8, 8, 4, 4]
+        config.seed = 7
+        let model = EncoderUNet(config, pool: WorkerPool(threads: 1))
+        let step = LocalStep(model: model, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
+                             optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: model.parameterCount))
+        step.plan(batch: batch, height: size, width: size)
+        return step
+    }
+
     /// Buckets are contiguous, run from the end of the buffer down, close only where the
     /// frontier allows, and hold at least a bucket's worth (the first a quarter of one).
     func testBucketsFollowTheFrontiers() {
@@ -172,6 +296,11 @@ final class ThreadRanks: @unchecked Sendable {
 
     fileprivate func meet() { pthread_barrier_wait(barrier) }
 
+    /// Floats passed to the float sums, over all ranks.
+    var floatsSummed: Int { lock.withLock { summedCount } }
+    fileprivate let lock = NSLock()
+    fileprivate var summedCount = 0
+
     /// Rank `rank`'s view of the world.
     func rank(_ rank: Int) -> Collectives { Rank(world: self, rank: rank) }
 
@@ -182,6 +311,7 @@ final class ThreadRanks: @unchecked Sendable {
         init(world: ThreadRanks, rank: Int) { self.world = world; self.rank = rank }
 
         func allreduceSum(_ tensor: Tensor) throws {
+            world.lock.withLock { world.summedCount += tensor.count }
             world.floats[rank] = tensor.data
             world.meet()
             var sum = [Float](repeating: 0, count: tensor.count)
