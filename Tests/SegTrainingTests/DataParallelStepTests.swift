@@ -73,33 +73,16 @@ final class DataParallelStepTests: XCTestCase {
         let rest = plan.last?.offset ?? model.store.parameterCount
         XCTAssertEqual([plan.count > 1, rest > 0], bucketFloats == 64 ? [true, false] : bucketFloats == 1000 ? [true, true] : [false, true],
                        "buckets of \(bucketFloats): \(plan.count) buckets, \(rest) floats after backward")
-        /// What each rank's thread reports.
-        final class Reports: @unchecked Sendable {
-            let lock = NSLock()
-            var summed: [Int: [Float]] = [:], losses: [Int: Double?] = [:], errors: [String] = []
+        let reports = RankReports()
+        let errors = runRanks(ranks) { rank in
+            let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
+            parallel.bucketFloats = bucketFloats
+            parallel.firstGradientHook = { store in reports.record(rank, summed: store) }
+            let (images, target) = self.batch(shares[rank], seed: 9)
+            let loss = try parallel.step(images: images.tensor, target: target.tensor, learningRate: rate)
+            reports.lock.withLock { reports.losses[rank] = loss }
         }
-        let reports = Reports()
-        let done = DispatchGroup()
-        for rank in 0..<ranks {
-            done.enter()
-            Thread {
-                defer { done.leave() }
-                let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
-                parallel.bucketFloats = bucketFloats
-                parallel.firstGradientHook = { store in
-                    reports.lock.withLock { reports.summed[rank] = store.gradients.tensor.toArray() }
-                }
-                let (images, target) = self.batch(shares[rank], seed: 9)
-                do {
-                    let loss = try parallel.step(images: images.tensor, target: target.tensor, learningRate: rate)
-                    reports.lock.withLock { reports.losses[rank] = loss }
-                } catch {
-                    reports.lock.withLock { reports.errors.append("rank \(rank): \(error)") }
-                }
-            }.start()
-        }
-        guard done.wait(timeout: .now() + 120) == .success else { return XCTFail("the ranks did not finish within 120 s") }
-        XCTAssertEqual(reports.errors, [])
+        XCTAssertEqual(errors, [])
 
         // Each share alone, its loss divided by the global batch's pixels and images.
         let pixels = Double(global * DataParallelStepTests.size * DataParallelStepTests.size)
@@ -145,32 +128,16 @@ final class DataParallelStepTests: XCTestCase {
             let encoder = try XCTUnwrap(store.parameterRange(prefix: "encoder."))
             XCTAssertEqual(encoder.lowerBound, 0)
             XCTAssertEqual(DataParallelStep.frozenPrefix(steps[0].optimizer), encoder.count)
-            final class Reports: @unchecked Sendable {
-                let lock = NSLock()
-                var summed: [Int: [Float]] = [:], errors: [String] = []
+            let reports = RankReports()
+            let errors = runRanks(ranks) { rank in
+                let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
+                parallel.overlap = overlap
+                parallel.bucketFloats = bucketFloats
+                parallel.firstGradientHook = { store in reports.record(rank, summed: store) }
+                let (images, target) = self.batch(shares[rank], seed: 5, size: size)
+                _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
             }
-            let reports = Reports()
-            let done = DispatchGroup()
-            for rank in 0..<ranks {
-                done.enter()
-                Thread {
-                    defer { done.leave() }
-                    let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
-                    parallel.overlap = overlap
-                    parallel.bucketFloats = bucketFloats
-                    parallel.firstGradientHook = { store in
-                        reports.lock.withLock { reports.summed[rank] = store.gradients.tensor.toArray() }
-                    }
-                    let (images, target) = self.batch(shares[rank], seed: 5, size: size)
-                    do {
-                        _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
-                    } catch {
-                        reports.lock.withLock { reports.errors.append("rank \(rank): \(error)") }
-                    }
-                }.start()
-            }
-            guard done.wait(timeout: .now() + 120) == .success else { return XCTFail("the ranks did not finish within 120 s") }
-            XCTAssertEqual(reports.errors, [])
+            XCTAssertEqual(errors, [], "overlap \(overlap), buckets of \(bucketFloats)")
             let at = "overlap \(overlap), buckets of \(bucketFloats)"
             // Floats each rank summed in the step: all but the encoder's.
             XCTAssertEqual(world.floatsSummed, ranks * (store.parameterCount - encoder.count), at)
@@ -203,38 +170,50 @@ final class DataParallelStepTests: XCTestCase {
         let world = ThreadRanks(size: ranks)
         let steps = (0..<ranks).map { _ in makeEncoderStep(batch: 2, size: size) }
         let encoder = try XCTUnwrap(steps[0].model.store.parameterRange(prefix: "encoder."))
-        final class Reports: @unchecked Sendable {
-            let lock = NSLock()
-            var summed: [Int: [Float]] = [:], errors: [String] = []
+        let reports = RankReports()
+        let errors = runRanks(ranks) { rank in
+            let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
+            parallel.bucketFloats = 64
+            let (images, target) = self.batch(2 * rank..<2 * rank + 2, seed: 6, size: size)
+            _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
+            try steps[rank].freezeEncoder(true)
+            parallel.firstGradientHook = { store in reports.record(rank, summed: store) }
+            _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
         }
-        let reports = Reports()
-        let done = DispatchGroup()
-        for rank in 0..<ranks {
-            done.enter()
-            Thread {
-                defer { done.leave() }
-                let parallel = DataParallelStep(local: steps[rank], collectives: world.rank(rank))
-                parallel.bucketFloats = 64
-                let (images, target) = self.batch(2 * rank..<2 * rank + 2, seed: 6, size: size)
-                do {
-                    _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
-                    try steps[rank].freezeEncoder(true)
-                    parallel.firstGradientHook = { store in
-                        reports.lock.withLock { reports.summed[rank] = store.gradients.tensor.toArray() }
-                    }
-                    _ = try parallel.step(images: images.tensor, target: target.tensor, learningRate: 1e-2)
-                } catch {
-                    reports.lock.withLock { reports.errors.append("rank \(rank): \(error)") }
-                }
-            }.start()
-        }
-        guard done.wait(timeout: .now() + 120) == .success else { return XCTFail("the ranks did not finish within 120 s") }
-        XCTAssertEqual(reports.errors, [])
+        XCTAssertEqual(errors, [])
         for rank in 0..<ranks {
             let summed = try XCTUnwrap(reports.summed[rank])
             XCTAssertTrue(summed[encoder].allSatisfy { $0 == 0 }, "rank \(rank): nonzero encoder gradient while frozen")
             XCTAssertTrue(summed[encoder.upperBound...].contains { $0 != 0 }, "rank \(rank)")
         }
+    }
+
+    /// What the ranks' threads report.
+    final class RankReports: @unchecked Sendable {
+        let lock = NSLock()
+        var summed: [Int: [Float]] = [:], losses: [Int: Double?] = [:]
+        /// The summed gradient (the first-gradient hook's store).
+        func record(_ rank: Int, summed store: ParameterStore) {
+            let g = store.gradients.tensor.toArray()
+            lock.withLock { summed[rank] = g }
+        }
+    }
+
+    /// Runs `body(rank)` for every rank at once, each on a thread of its own (the ranks of a
+    /// ThreadRanks world meet in its collectives); returns what they threw, or a timeout.
+    func runRanks(_ ranks: Int, _ body: @escaping (Int) throws -> Void) -> [String] {
+        final class Errors: @unchecked Sendable { let lock = NSLock(); var list: [String] = [] }
+        let errors = Errors()
+        let done = DispatchGroup()
+        for rank in 0..<ranks {
+            done.enter()
+            Thread {
+                defer { done.leave() }
+                do { try body(rank) } catch { errors.lock.withLock { errors.list.append("rank \(rank): \(error)") } }
+            }.start()
+        }
+        guard done.wait(timeout: .now() + 120) == .success else { return ["the ranks did not finish within 120 s"] }
+        return errors.lock.withLock { errors.list }
     }
 
     /// resnet18 with every width / 16, decoder 16-8-8-4-4 (as the encoder gradient tests), one class,
