@@ -108,3 +108,32 @@ public func flipInPlace(_ x: Tensor, horizontal: Bool, pool: WorkerPool) {
         }
     }
 }
+
+// MARK: - Concatenation as channel slices (n-ary, DeepLabV3+'s ASPP branches)
+
+/// y[:, offset ..< offset + x.c] = x.   y: (N, C, H, W), x: (N, Cx, H, W), offset + Cx <= C
+public func concatChannelsForward(_ y: Tensor, _ x: Tensor, at offset: Int, pool: WorkerPool) {
+    precondition(x.n == y.n && x.h == y.h && x.w == y.w && offset >= 0 && offset + x.c <= y.c,
+                 "concatChannelsForward: \(x.shape) at channel \(offset) does not fit in \(y.shape)")
+    let plane = y.shape.plane
+    pool.parallelFor(x.n * x.c) { planes, _ in
+        for q in planes {
+            let n = q / x.c, c = q % x.c
+            (y.data + (n * y.c + offset + c) * plane).update(from: x.data + q * plane, count: plane)
+        }
+    }
+}
+
+/// dx += dy[:, offset ..< offset + dx.c].   dy: (N, C, H, W), dx: (N, Cx, H, W), offset + Cx <= C
+public func concatChannelsBackward(dx: Tensor, dy: Tensor, at offset: Int, pool: WorkerPool) {
+    precondition(dx.n == dy.n && dx.h == dy.h && dx.w == dy.w && offset >= 0 && offset + dx.c <= dy.c,
+                 "concatChannelsBackward: \(dx.shape) at channel \(offset) does not fit in \(dy.shape)")
+    let plane = dy.shape.plane
+    pool.parallelFor(dx.n * dx.c) { planes, _ in
+        for q in planes {
+            let n = q / dx.c, c = q % dx.c
+            let grad = dx.data + q * plane, src = dy.data + (n * dy.c + offset + c) * plane
+            for i in 0..<plane { grad[i] += src[i] }
+        }
+    }
+}
