@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Golden files for segtrain's encoder UNets against segmentation_models_pytorch (issue #16).
+"""Golden files for segtrain's encoder UNets and DeepLabV3+ against segmentation_models_pytorch (#16, #17).
 
 Needs torch, segmentation-models-pytorch 0.6 and safetensors (pip install torch
 segmentation-models-pytorch safetensors); the Swift tests (SMPGoldenTests) only read what this writes.
-Run: python3 scripts/make-smp-golden.py [--encoders resnet18 ...]  (about a minute on 2 cores)
+Run: python3 scripts/make-smp-golden.py [--models unet-resnet18 ...]  (a few minutes on 2 cores)
+(torchvision's compiled operators need not load: see import_smp.)
 
-For each encoder it builds smp.Unet(encoder, encoder_weights=None, classes=2) and writes to
-Tests/SegModelTests/Golden/:
-  smp-unet-<encoder>-state.txt   every state-dict entry in order: name, dtype, shape
-  smp-unet-<encoder>.safetensors the reference values below (small: no weights, few full gradients)
+For each model it builds smp.Unet(encoder, encoder_weights=None, classes=2) ("unet-<encoder>") or
+smp.DeepLabV3Plus(encoder, encoder_weights=None, encoder_output_stride=16 or 8, classes=2,
+decoder_aspp_dropout=0) ("deeplabv3plus-<encoder>[-os8]"; dropout is off so that a training
+forward is deterministic, and its probability is no tensor) and writes to Tests/SegModelTests/Golden/:
+  smp-<model>-state.txt   every state-dict entry in order: name, dtype, shape
+  smp-<model>.safetensors the reference values below (small: no weights, few full gradients)
 
 The weights are not stored (resnet18's alone are 57 MB): both sides set them from one rule.
   v(name, i), i = 0, 1, ...: SplitMix64's output function on z = FNV-1a-64(name) + (i + 1) * 0x9E3779B97F4A7C15
@@ -55,10 +58,28 @@ import math
 import os
 import sys
 
+import types
+
 import numpy as np
 import torch
-import segmentation_models_pytorch as smp
 from safetensors.torch import save_file
+
+
+def import_smp():
+    """segmentation_models_pytorch, importing it without torchvision's compiled operators when they
+    do not load (PyPI's torchvision built for another torch than the CPU wheel here): smp's models
+    do not use them, only torchvision's import registers them."""
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError:
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    import segmentation_models_pytorch
+    return segmentation_models_pytorch
+
+
+smp = import_smp()
 
 MASK = (1 << 64) - 1
 FULL_GRADIENT_LIMIT = 10_000
@@ -125,9 +146,30 @@ def chains(state: dict, pixels: int) -> tuple:
     return forward, forward + backward + pixels
 
 
-def build(encoder: str, classes: int, dtype) -> torch.nn.Module:
+def smp_model(spec: str, classes: int) -> torch.nn.Module:
+    """unet-<encoder> or deeplabv3plus-<encoder>[-os8], randomly initialised."""
+    arch, rest = spec.split("-", 1)
+    if arch == "unet":
+        return smp.Unet(rest, encoder_weights=None, classes=classes)
+    if arch == "deeplabv3plus":
+        encoder, stride = (rest[:-4], 8) if rest.endswith("-os8") else (rest, 16)
+        return smp.DeepLabV3Plus(encoder, encoder_weights=None, encoder_output_stride=stride, classes=classes,
+                                 decoder_aspp_dropout=0.0)
+    raise SystemExit(f"unknown model {spec}")
+
+
+def smp_call(spec: str, classes: int) -> str:
+    arch, rest = spec.split("-", 1)
+    if arch == "unet":
+        return f"smp.Unet('{rest}', encoder_weights=None, classes={classes})"
+    encoder, stride = (rest[:-4], 8) if rest.endswith("-os8") else (rest, 16)
+    return (f"smp.DeepLabV3Plus('{encoder}', encoder_weights=None, encoder_output_stride={stride}, "
+            f"classes={classes}, decoder_aspp_dropout=0.0)")
+
+
+def build(spec: str, classes: int, dtype) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = smp.Unet(encoder, encoder_weights=None, classes=classes)
+    model = smp_model(spec, classes)
     model.load_state_dict({name: rule_value(name, t) for name, t in model.state_dict().items()}, strict=True)
     return model.to(dtype)
 
@@ -136,10 +178,10 @@ def images(input_rule: str, batch: int, size: int, dtype) -> torch.Tensor:
     return torch.from_numpy(rule(input_rule, batch * 3 * size * size).reshape(batch, 3, size, size)).to(dtype)
 
 
-def run_forward(encoder: str, classes: int, size: int, batch: int, input_rule: str, dtype) -> dict:
+def run_forward(spec: str, classes: int, size: int, batch: int, input_rule: str, dtype) -> dict:
     """eval.logits (model.eval()), then in model.train() train.logits and after.<name> for every
     buffer after that one training forward."""
-    model = build(encoder, classes, dtype)
+    model = build(spec, classes, dtype)
     x = images(input_rule, batch, size, dtype)
     out = {}
     model.eval()
@@ -152,10 +194,10 @@ def run_forward(encoder: str, classes: int, size: int, batch: int, input_rule: s
     return out
 
 
-def run_gradients(encoder: str, classes: int, size: int, batch: int, input_rule: str, dtype) -> dict:
+def run_gradients(spec: str, classes: int, size: int, batch: int, input_rule: str, dtype) -> dict:
     """grad.<name>: the gradients of L = sum(r * logits) in model.eval() (BatchNorm on its running
     statistics, as when fine-tuning with a frozen encoder)."""
-    model = build(encoder, classes, dtype).eval()
+    model = build(spec, classes, dtype).eval()
     logits = model(images(input_rule, batch, size, dtype))
     r = torch.from_numpy(rule("projection", logits.numel()).reshape(logits.shape)).to(dtype)
     (logits * r).sum().backward()
@@ -177,25 +219,24 @@ def worst_ratio(f32: dict, f64: dict, roundings: int) -> tuple:
     return worst
 
 
-def certified_input(what: str, encoder: str, tries: int, run, roundings: int) -> tuple:
+def certified_input(what: str, spec: str, tries: int, run, roundings: int) -> tuple:
     """The first of "input", "input.1", ... whose float32 run is within the bound of the float64 one."""
     for attempt in range(tries):
         input_rule = "input" if attempt == 0 else f"input.{attempt}"
         exact, single = run(input_rule, torch.float64), run(input_rule, torch.float32)
         ratio, where = worst_ratio(single, exact, roundings)
-        print(f"{encoder} {what} {input_rule}: smp float32 against float64, worst error/bound {ratio:.3g} ({where})",
+        print(f"{spec} {what} {input_rule}: smp float32 against float64, worst error/bound {ratio:.3g} ({where})",
               flush=True)
         if ratio <= CERTIFY:
             return input_rule, exact, ratio
-    raise SystemExit(f"{encoder}: no input among {tries} keeps smp's float32 {what} within the rounding bound")
+    raise SystemExit(f"{spec}: no input among {tries} keeps smp's float32 {what} within the rounding bound")
 
 
-def make(encoder: str, classes: int, folder: str, tries: int) -> None:
+def make(spec: str, classes: int, folder: str, tries: int) -> None:
     torch.set_num_threads(1)
-    state = smp.Unet(encoder, encoder_weights=None, classes=classes).state_dict()
-    with open(os.path.join(folder, f"smp-unet-{encoder}-state.txt"), "w") as f:
-        f.write(f"# smp.Unet('{encoder}', encoder_weights=None, classes={classes}) state dict, "
-                f"smp {smp.__version__}: name dtype shape\n")
+    state = smp_model(spec, classes).state_dict()
+    with open(os.path.join(folder, f"smp-{spec}-state.txt"), "w") as f:
+        f.write(f"# {smp_call(spec, classes)} state dict, smp {smp.__version__}: name dtype shape\n")
         for name, t in state.items():
             f.write(f"{name} {str(t.dtype).replace('torch.', '')} {list(t.shape)}\n")
     (fsize, fbatch), (gsize, gbatch) = FORWARD_SHAPE, GRADIENT_SHAPE
@@ -205,20 +246,20 @@ def make(encoder: str, classes: int, folder: str, tries: int) -> None:
     # The forward values have no kinks (the function is continuous), so a miss of the bound is a
     # matter of conditioning, not of an unlucky input: no search, each group certified on "input".
     forward_input = "input"
-    exact = run_forward(encoder, classes, fsize, fbatch, forward_input, torch.float64)
-    single = run_forward(encoder, classes, fsize, fbatch, forward_input, torch.float32)
+    exact = run_forward(spec, classes, fsize, fbatch, forward_input, torch.float64)
+    single = run_forward(spec, classes, fsize, fbatch, forward_input, torch.float32)
     out, certified, forward_ratios = {}, [], []
     for group, prefix in [("eval", "eval.logits"), ("train", "train.logits"), ("buffers", "after.")]:
         part = {k: v for k, v in exact.items() if k.startswith(prefix)}
         ratio, where = worst_ratio(single, part, forward)
-        print(f"{encoder} {group} {forward_input}: smp float32 against float64, worst error/bound {ratio:.3g} ({where})",
+        print(f"{spec} {group} {forward_input}: smp float32 against float64, worst error/bound {ratio:.3g} ({where})",
               flush=True)
         forward_ratios.append(f"{group} {ratio:.3g}")
         if ratio <= CERTIFY:
             certified.append(group)
             out.update({k: v.to(torch.int64 if v.dtype == torch.int64 else torch.float32) for k, v in part.items()})
     gradient_input, gradients, gradient_ratio = certified_input(
-        "gradients", encoder, tries, lambda i, d: run_gradients(encoder, classes, gsize, gbatch, i, d), backward)
+        "gradients", spec, tries, lambda i, d: run_gradients(spec, classes, gsize, gbatch, i, d), backward)
     for key, g in gradients.items():
         name = key[len("grad."):]
         if g.dim() == 1 or g.numel() <= FULL_GRADIENT_LIMIT:
@@ -227,27 +268,29 @@ def make(encoder: str, classes: int, folder: str, tries: int) -> None:
         out[f"probe.{name}"] = torch.tensor([float((g.flatten() * q).sum())], dtype=torch.float32)
     first_conv = next(name for name, t in state.items() if t.dim() == 4)
     out["rule.check"] = rule_value(first_conv, state[first_conv]).flatten()[:16].clone()
-    metadata = {"encoder": encoder, "classes": str(classes), "smp": smp.__version__, "torch": torch.__version__,
+    metadata = {"model": spec, "encoder": spec.split("-")[1], "classes": str(classes), "smp": smp.__version__, "torch": torch.__version__,
                 "reference": "float64", "loss": "projection",
                 "forward_input": forward_input, "forward_size": str(fsize), "forward_batch": str(fbatch),
                 "gradient_input": gradient_input, "gradient_size": str(gsize), "gradient_batch": str(gbatch),
                 "certified": ",".join(certified + ["gradients"]),
                 "smp_float32_error_over_bound": ", ".join(forward_ratios + [f"gradients {gradient_ratio:.3g}"])}
-    path = os.path.join(folder, f"smp-unet-{encoder}.safetensors")
+    path = os.path.join(folder, f"smp-{spec}.safetensors")
     save_file({k: v.contiguous() for k, v in out.items()}, path, metadata=metadata)
     print(f"{path}: {os.path.getsize(path)} bytes", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--encoders", nargs="+", default=["resnet18", "resnet34", "resnet50", "mobilenet_v2"])
+    parser.add_argument("--models", nargs="+",
+                        default=["unet-resnet18", "unet-resnet34", "unet-resnet50", "unet-mobilenet_v2",
+                                 "deeplabv3plus-resnet50", "deeplabv3plus-mobilenet_v2", "deeplabv3plus-resnet50-os8"])
     parser.add_argument("--classes", type=int, default=2)
-    parser.add_argument("--tries", type=int, default=16, help="inputs to try per encoder (see make)")
+    parser.add_argument("--tries", type=int, default=16, help="inputs to try per model (see make)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "Tests", "SegModelTests", "Golden"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    for encoder in args.encoders:
-        make(encoder, args.classes, args.out, args.tries)
+    for model in args.models:
+        make(model, args.classes, args.out, args.tries)
 
 
 if __name__ == "__main__":

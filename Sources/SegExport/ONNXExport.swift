@@ -261,7 +261,21 @@ struct GraphBuilder {
             add("Concat", [zeros, "\(n).before", zeros, "\(n).after"], "\(n).pads", name: "\(n).pads", [.int("axis", 0)])
             add("Pad", [x, "\(n).pads"], out, name: n, [.string("mode", "constant")])
         case .concat:
-            add("Concat", [x, names[node.inputs[1]]], out, name: n, [.int("axis", 1)])
+            add("Concat", node.inputs.map { names[$0] }, out, name: n, [.int("axis", 1)])
+        case .resizeBilinear(let alignCorners, let scale):
+            let f = Float(scale)
+            add("Resize", [x, "", constant("resize.scales.\(scale)", float: [1, 1, f, f], dims: [4])], out, name: n,
+                [.string("mode", "linear"),
+                 .string("coordinate_transformation_mode", alignCorners ? "align_corners" : "half_pixel")])
+        case .resizeBilinearLike:
+            // sizes = [N, C] of input 0 followed by [H, W] of input 1.
+            add("Shape", [x], "\(n).batch", name: "\(n).batch", [.int("end", 2)])
+            add("Shape", [names[node.inputs[1]]], "\(n).target", name: "\(n).target", [.int("start", 2)])
+            add("Concat", ["\(n).batch", "\(n).target"], "\(n).sizes", name: "\(n).sizes", [.int("axis", 0)])
+            add("Resize", [x, "", "", "\(n).sizes"], out, name: n,
+                [.string("mode", "linear"), .string("coordinate_transformation_mode", "half_pixel")])
+        case .globalAveragePool:
+            add("GlobalAveragePool", [x], out, name: n)
         }
     }
 

@@ -1,14 +1,16 @@
-// A UNet on a ResNet or MobileNetV2 encoder with the tensor names, parameter counts and numerics of
-// segmentation_models_pytorch 0.6's smp.Unet (issue #16). The layers are a `LayerGraph`
-// (ResNetEncoder.swift, MobileNetV2Encoder.swift, UNetDecoder.swift); this class runs it: plan
-// allocates every activation once, forward runs the layers in order, backward runs a tape of the
-// layers in reverse whose activation gradients share memory where their lifetimes do not overlap
-// (as UNet.swift). Every op it uses gives bitwise the same result for any thread count, so the
-// whole model does too.
+// The model families built as a `LayerGraph` (issues #16 and #17): smp.Unet on a ResNet or
+// MobileNetV2 encoder (EncoderUNetConfig) and smp.DeepLabV3Plus (DeepLabV3PlusConfig), with the
+// tensor names, parameter counts and numerics of segmentation_models_pytorch 0.6. The layers are a
+// `LayerGraph` (ResNetEncoder.swift, MobileNetV2Encoder.swift, UNetDecoder.swift,
+// DeepLabV3Plus.swift); this class runs it: plan allocates every activation once, forward runs the
+// layers in order, backward runs a tape of the layers in reverse whose activation gradients share
+// memory where their lifetimes do not overlap (as UNet.swift).
 //
 // BatchNorm follows PyTorch: training mode normalises with the batch statistics, updates the
 // running ones (momentum 0.1, unbiased variance) and counts num_batches_tracked; evaluation mode
-// normalises with the running statistics. Backward follows the mode of the last forward.
+// normalises with the running statistics. Backward follows the mode of the last forward. Dropout
+// masks follow from `dropoutDraw` (see Dropout.swift), so a run is reproducible and N ranks draw
+// what one rank draws.
 //
 // Fine-tuning (--freeze-encoder, `frozenEncoder`): as PyTorch's encoder.eval() with
 // encoder.requires_grad_(False), the encoder's BatchNorm layers normalise with their running
@@ -18,8 +20,19 @@
 
 import SegEngine
 
-public final class EncoderUNet {
-    public let config: EncoderUNetConfig
+/// A model family built as a layer graph: what `GraphModel` needs of its configuration.
+protocol LayerGraphFamily: Sendable {
+    var inChannels: Int { get }
+    var classes: Int { get }
+    var seed: UInt64 { get }
+    /// Image sides must be multiples of this (and at least this).
+    var sizeMultiple: Int { get }
+    func validate(imageSize: Int?) -> String?
+    func graph() -> LayerGraph
+}
+
+public final class GraphModel {
+    let family: any LayerGraphFamily
     public let store: ParameterStore
     public let pool: WorkerPool
     public let profile = Profile()
@@ -42,6 +55,8 @@ public final class EncoderUNet {
     private var input: Tensor? = nil
     private var lastForwardTraining = true
     private var lastForwardFrozen = false
+    /// The draw of the last forward's dropout masks (backward recomputes them).
+    private var lastDropoutDraw = DropoutDraw()
 
     /// The encoder is frozen (fine-tuning): see the file comment. Takes effect at the next forward;
     /// backward follows the last forward.
@@ -66,12 +81,25 @@ public final class EncoderUNet {
     /// per-thread partials: bitwise reproducible for a given thread count only, as the plain UNet).
     public let convPolicy: ConvPolicy
 
-    public init(_ config: EncoderUNetConfig, convPolicy: ConvPolicy = .standard, pool: WorkerPool) {
-        precondition(config.validate() == nil, config.validate() ?? "")
-        self.config = config
+    /// What dropout's masks follow from in training forwards (the trainer sets it per step).
+    public var dropoutDraw = DropoutDraw()
+
+    /// smp.Unet on an encoder (issue #16).
+    public convenience init(_ config: EncoderUNetConfig, convPolicy: ConvPolicy = .standard, pool: WorkerPool) {
+        self.init(family: config, convPolicy: convPolicy, pool: pool)
+    }
+
+    /// smp.DeepLabV3Plus (issue #17).
+    public convenience init(_ config: DeepLabV3PlusConfig, convPolicy: ConvPolicy = .standard, pool: WorkerPool) {
+        self.init(family: config, convPolicy: convPolicy, pool: pool)
+    }
+
+    init(family: any LayerGraphFamily, convPolicy: ConvPolicy, pool: WorkerPool) {
+        precondition(family.validate(imageSize: nil) == nil, family.validate(imageSize: nil) ?? "")
+        self.family = family
         self.convPolicy = convPolicy
         self.pool = pool
-        graph = config.graph()
+        graph = family.graph()
         store = ParameterStore(graph.layout)
         let encoderLayers = graph.layers.map { $0.name.hasPrefix("encoder.") }
         var frozen = [true] + Array(repeating: false, count: graph.layers.count)
@@ -85,21 +113,21 @@ public final class EncoderUNet {
         initializeParameters()
     }
 
-    public var inChannels: Int { config.inChannels }
-    public var classes: Int { config.classes }
+    public var inChannels: Int { family.inChannels }
+    public var classes: Int { family.classes }
     public var parameterCount: Int { store.parameterCount }
 
     /// torchvision's initialisation for the encoder (He normal, fan_out), smp's for the decoder (He
     /// uniform, fan_in) and head (Glorot uniform); zero biases; BN weight 1, bias 0, running mean 0,
     /// running var 1, counter 0.
-    public func initializeParameters() { graph.initialize(store, seed: config.seed) }
+    public func initializeParameters() { graph.initialize(store, seed: family.seed) }
 
     // MARK: - Planning
 
     public func plan(batch: Int, height: Int, width: Int) {
-        let shape = Shape(batch, config.inChannels, height, width)
+        let shape = Shape(batch, family.inChannels, height, width)
         if batchShape == shape { return }
-        let m = EncoderUNetConfig.sizeMultiple
+        let m = family.sizeMultiple
         precondition(height >= m && width >= m && height % m == 0 && width % m == 0,
                      "image \(height)x\(width): sides must be multiples of \(m)")
         let p = GraphPlan(graph, batch: batch, height: height, width: width, threads: pool.threadCount, policy: convPolicy)
@@ -171,9 +199,10 @@ public final class EncoderUNet {
                                            geometry: geometry, pool: pool, scratch: scratch)
                     }
                 }
-            case .depthwise(let weight, let stride):
+            case .depthwise(let weight, let stride, let dilation):
                 profile.measure(.convForward) {
-                    depthwise3x3Forward(y, x, weight: store.value(weight), stride: stride, pool: pool)
+                    depthwise3x3Forward(y, x, weight: store.value(weight), stride: stride, padding: dilation,
+                                        dilation: dilation, pool: pool)
                 }
             case .batchNorm(let bn, let counter, let relu):
                 let stats = statSlots[index]!
@@ -195,9 +224,29 @@ public final class EncoderUNet {
             case .upsampleNearest:
                 profile.measure(.upsample) { upsampleNearest2xForward(y, x, pool: pool) }
             case .concat:
-                profile.measure(.elementwise) { concatChannelsForward(y, x, value(layer.inputs[1]), pool: pool) }
+                profile.measure(.elementwise) {
+                    var offset = 0
+                    for t in layer.inputs {
+                        let part = value(t)
+                        concatChannelsForward(y, part, at: offset, pool: pool)
+                        offset += part.c
+                    }
+                }
+            case .resize(let alignCorners, _):
+                profile.measure(.upsample) { resizeBilinearForward(y, x, alignCorners: alignCorners, pool: pool) }
+            case .globalAveragePool:
+                profile.measure(.pool) { globalAveragePoolForward(y, x, pool: pool) }
+            case .dropout(let probability, let stream):
+                profile.measure(.elementwise) {
+                    if training {
+                        dropoutForward(y, x, probability: probability, draw: dropoutDraw, stream: stream, pool: pool)
+                    } else {
+                        y.copy(from: x)
+                    }
+                }
             }
         }
+        lastDropoutDraw = dropoutDraw
         return logits
     }
 
@@ -239,7 +288,7 @@ public final class EncoderUNet {
             var writes = inputSlots.compactMap { $0 }
             switch layer.op {
             case .conv(let weight, let bias, _): finalizes = [weight] + (bias.map { [$0] } ?? [])
-            case .depthwise(let weight, _): finalizes = [weight]
+            case .depthwise(let weight, _, _): finalizes = [weight]
             case .batchNorm(let bn, _, let relu):
                 finalizes = [bn.gamma, bn.beta]
                 if relu { writes.append(out) }  // the ReLU's mask is applied to the gradient in place
@@ -248,19 +297,20 @@ public final class EncoderUNet {
             // The inputs' gradients (nil for the images, and for the encoder's tensors while
             // backward stops at the decoder), looked up when the op runs: the arena exists only
             // after the tape is planned. No array per op and step.
-            let slot0 = inputSlots[0], slot1 = inputSlots.count > 1 ? inputSlots[1] : nil
-            let frozen0 = frozenTensor[layer.inputs[0]], frozen1 = layer.inputs.count > 1 && frozenTensor[layer.inputs[1]]
+            let frozen = layer.inputs.map { frozenTensor[$0] }
             return TapeOp(reads: [out], writes: writes, finalizes: finalizes) { [unowned self] in
-                layerBackward(index, dx0: skippingEncoder && frozen0 ? nil : slot0.map { arena.gradient($0) },
-                              dx1: skippingEncoder && frozen1 ? nil : slot1.map { arena.gradient($0) },
-                              dy: arena.gradient(out))
+                layerBackward(index, dy: arena.gradient(out)) { k in
+                    skippingEncoder && frozen[k] ? nil : inputSlots[k].map { arena.gradient($0) }
+                }
             }
         }
     }
 
-    private func layerBackward(_ index: Int, dx0: Tensor?, dx1: Tensor?, dy: Tensor) {
+    /// Backward of layer `index`; `dx(k)`: the gradient of its input k, nil where none is wanted.
+    private func layerBackward(_ index: Int, dy: Tensor, dx: (Int) -> Tensor?) {
         let layer = graph.layers[index]
         let x = value(layer.inputs[0]), y = value(layer.output)
+        let dx0 = dx(0)
         switch layer.op {
         case .conv(let weight, let bias, let geometry):
             profile.measure(.convWeightGradient) {
@@ -274,10 +324,11 @@ public final class EncoderUNet {
                                         scratch: scratch)
                 }
             }
-        case .depthwise(let weight, let stride):
+        case .depthwise(let weight, let stride, let dilation):
             profile.measure(.convWeightGradient) {
                 depthwise3x3Backward(dx: dx0, dweight: store.gradient(weight), dy: dy, x: x,
-                                     weight: store.value(weight), stride: stride, pool: pool, scratch: scratch)
+                                     weight: store.value(weight), stride: stride, padding: dilation,
+                                     dilation: dilation, pool: pool, scratch: scratch)
             }
         case .batchNorm(let bn, _, let relu):
             if relu { profile.measure(.elementwise) { reluBackwardInPlace(dy, y: y, pool: pool) } }
@@ -299,19 +350,43 @@ public final class EncoderUNet {
         case .maxPool:
             if let dx0 { profile.measure(.pool) { maxPoolBackward(dx: dx0, dy: dy, x: x, pool: pool) } }
         case .add(let relu):
-            profile.measure(.elementwise) { residualAddBackward(da: dx0, db: dx1, dy: dy, y: y, relu: relu, pool: pool) }
+            profile.measure(.elementwise) { residualAddBackward(da: dx0, db: dx(1), dy: dy, y: y, relu: relu, pool: pool) }
         case .upsampleNearest:
             if let dx0 { profile.measure(.upsample) { upsampleNearest2xBackward(dx: dx0, dy: dy, pool: pool) } }
         case .concat:
-            profile.measure(.elementwise) { concatChannelsBackward(da: dx0, db: dx1, dy: dy, pool: pool) }
+            profile.measure(.elementwise) {
+                var offset = 0
+                for k in layer.inputs.indices {
+                    if let d = dx(k) { concatChannelsBackward(dx: d, dy: dy, at: offset, pool: pool) }
+                    offset += value(layer.inputs[k]).c
+                }
+            }
+        case .resize(let alignCorners, _):
+            if let dx0 { profile.measure(.upsample) { resizeBilinearBackward(dx: dx0, dy: dy, alignCorners: alignCorners, pool: pool) } }
+        case .globalAveragePool:
+            if let dx0 { profile.measure(.pool) { globalAveragePoolBackward(dx: dx0, dy: dy, pool: pool) } }
+        case .dropout(let probability, let stream):
+            guard let dx0 else { break }
+            profile.measure(.elementwise) {
+                if lastForwardTraining {
+                    dropoutBackward(dx: dx0, dy: dy, probability: probability, draw: lastDropoutDraw, stream: stream, pool: pool)
+                } else {  // an identity: dx += dy
+                    dropoutBackward(dx: dx0, dy: dy, probability: 0, draw: lastDropoutDraw, stream: stream, pool: pool)
+                }
+            }
         }
     }
 }
 
-extension EncoderUNet: SegmentationModel {
-    /// The deepest stage (and its BatchNorms) runs at 1/32 of the input: at 32 x 32, 1 x 1.
+extension GraphModel: SegmentationModel {
+    /// 2 when some BatchNorm layer's map is 1 x 1 at this size (an encoder's deepest stage at 32 x
+    /// 32, DeepLabV3+'s image pooling at every size), else 1.
     public func minimumTrainingBatch(height: Int, width: Int) -> Int {
-        let side = EncoderUNetConfig.sizeMultiple
-        return (height / side) * (width / side) > 1 ? 1 : 2
+        let shapes = graph.shapes(batch: 1, height: height, width: width)
+        let single = graph.layers.contains { layer in
+            guard case .batchNorm = layer.op else { return false }
+            return shapes[layer.output].plane == 1
+        }
+        return single ? 2 : 1
     }
 }

@@ -1,5 +1,5 @@
 // What one batch shape of a `LayerGraph` needs (issue #16): every tensor's shape, the kernels'
-// scratch, and the layer table of `segtrain info`. Used by EncoderUNet's plan and by the memory
+// scratch, and the layer table of `segtrain info`. Used by GraphModel's plan and by the memory
 // estimate before a model exists.
 
 import SegEngine
@@ -37,11 +37,13 @@ struct GraphPlan {
                 parameters = y.c * x.c * g.kernel * g.kernel + (bias == nil ? 0 : y.c)
                 flops = 2.0 * Double(x.c * g.kernel * g.kernel) * Double(y.c * y.h * y.w)
                 kind = "conv\(g.kernel)x\(g.kernel)" + (g.stride == 1 ? "" : "/\(g.stride)")
-            case .depthwise(_, let stride):
-                perThread = max(perThread, depthwise3x3ScratchFloats(width: x.w, stride: stride))
+                    + (g.dilation == 1 || g.kernel == 1 ? "" : " d\(g.dilation)")
+            case .depthwise(_, let stride, let dilation):
+                perThread = max(perThread, depthwise3x3ScratchFloats(width: x.w, stride: stride, padding: dilation,
+                                                                     dilation: dilation))
                 parameters = 9 * x.c
                 flops = 2.0 * 9 * Double(y.c * y.h * y.w)
-                kind = "depthwise3x3" + (stride == 1 ? "" : "/\(stride)")
+                kind = "depthwise3x3" + (stride == 1 ? "" : "/\(stride)") + (dilation == 1 ? "" : " d\(dilation)")
             case .batchNorm(_, _, let relu):
                 activations += 2 * y.c  // saved mean and 1/std
                 parameters = 2 * y.c
@@ -51,6 +53,9 @@ struct GraphPlan {
             case .add(let relu): kind = relu ? "add+relu" : "add"
             case .upsampleNearest: kind = "nearest x2"
             case .concat: kind = "concat"
+            case .resize(let alignCorners, _): kind = "bilinear" + (alignCorners ? " ac" : "")
+            case .globalAveragePool: kind = "avgpool"
+            case .dropout(let p, _): kind = "dropout \(p)"
             }
             // Training: forward, input gradient and weight gradient, except for the first layer's input.
             let passes = layer.inputs[0] == 0 ? 2.0 : 3.0

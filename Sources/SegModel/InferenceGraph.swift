@@ -32,8 +32,15 @@ public enum InferenceOp: Sendable {
     /// Zero-pads input 0 to the height and width of input 1: (difference / 2) rows and columns
     /// before, the rest after (padToForward). An identity when the sizes agree.
     case padTo
-    /// [input 0, input 1] along the channels.
+    /// The inputs side by side along the channels, in order.
     case concat
+    /// Bilinear resize (PyTorch's interpolate(mode='bilinear', align_corners)) by an integer factor.
+    case resizeBilinear(alignCorners: Bool, scale: Int)
+    /// Bilinear resize (align_corners=False) of input 0 to the height and width of input 1 (from a
+    /// 1 x 1 map, a broadcast: DeepLabV3+'s image pooling).
+    case resizeBilinearLike
+    /// Each plane's mean: (N, C, 1, 1).
+    case globalAveragePool
 }
 
 public struct InferenceNode: Sendable {
@@ -77,9 +84,8 @@ public struct InferenceGraph: Sendable {
 
 extension LayerGraph {
     /// The layers as inference nodes: BatchNorm in evaluation mode, a fused ReLU as its own node.
-    func inferenceGraph(classes: Int) -> InferenceGraph {
-        var g = InferenceGraph(inChannels: channels[0], classes: classes,
-                               minimumSide: EncoderUNetConfig.sizeMultiple, sideMultiple: EncoderUNetConfig.sizeMultiple)
+    func inferenceGraph(classes: Int, sizeMultiple: Int) -> InferenceGraph {
+        var g = InferenceGraph(inChannels: channels[0], classes: classes, minimumSide: sizeMultiple, sideMultiple: sizeMultiple)
         var tensor = [0]  // layer-graph tensor -> inference tensor
         for layer in layers {
             let x = layer.inputs.map { tensor[$0] }
@@ -87,10 +93,10 @@ extension LayerGraph {
             switch layer.op {
             case .conv(let weight, let bias, let geometry):
                 y = g.add(layer.name, .conv(weight: weight, bias: bias, geometry: geometry, groups: 1), x)
-            case .depthwise(let weight, let stride):
+            case .depthwise(let weight, let stride, let dilation):
                 let c = channels[layer.inputs[0]]
-                y = g.add(layer.name, .conv(weight: weight, bias: nil,
-                                            geometry: ConvGeometry(kernel: 3, stride: stride, padding: 1), groups: c), x)
+                let geometry = ConvGeometry(kernel: 3, stride: stride, padding: dilation, dilation: dilation)
+                y = g.add(layer.name, .conv(weight: weight, bias: nil, geometry: geometry, groups: c), x)
             case .batchNorm(let bn, _, let relu):
                 let normalized = g.add(layer.name, .batchNorm(gamma: bn.gamma, beta: bn.beta, runningMean: bn.runningMean,
                                                               runningVar: bn.runningVar, epsilon: batchNormEpsilon), x)
@@ -106,6 +112,15 @@ extension LayerGraph {
                 y = g.add(layer.name, .upsampleNearest2x, x)
             case .concat:
                 y = g.add(layer.name, .concat, x)
+            case .resize(let alignCorners, .scale(let factor)):
+                y = g.add(layer.name, .resizeBilinear(alignCorners: alignCorners, scale: factor), x)
+            case .resize(let alignCorners, .like(let other)):
+                precondition(!alignCorners, "\(layer.name): a resize to another tensor's size is align_corners=False")
+                y = g.add(layer.name, .resizeBilinearLike, x + [tensor[other]])
+            case .globalAveragePool:
+                y = g.add(layer.name, .globalAveragePool, x)
+            case .dropout:
+                y = x[0]  // an identity in evaluation
             }
             precondition(tensor.count == layer.output, "layer graph tensors are not in order")
             tensor.append(y)
@@ -114,6 +129,6 @@ extension LayerGraph {
     }
 }
 
-extension EncoderUNet {
-    public var inferenceGraph: InferenceGraph { graph.inferenceGraph(classes: config.classes) }
+extension GraphModel {
+    public var inferenceGraph: InferenceGraph { graph.inferenceGraph(classes: family.classes, sizeMultiple: family.sizeMultiple) }
 }

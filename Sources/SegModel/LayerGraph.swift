@@ -22,8 +22,8 @@ enum InitRule: Equatable {
 enum LayerOp {
     /// PyTorch Conv2d (no groups): OIHW weight, optional bias.
     case conv(weight: Int, bias: Int?, geometry: ConvGeometry)
-    /// Depthwise 3x3 Conv2d (groups = channels, padding 1, no bias).
-    case depthwise(weight: Int, stride: Int)
+    /// Depthwise 3x3 Conv2d (groups = channels, padding = dilation, no bias).
+    case depthwise(weight: Int, stride: Int, dilation: Int)
     /// BatchNorm2d, optionally followed by a ReLU applied in place on its output.
     case batchNorm(BatchNormParameters, counter: Int, relu: Bool)
     case relu6
@@ -33,8 +33,23 @@ enum LayerOp {
     case add(relu: Bool)
     /// Nearest-neighbour x2.
     case upsampleNearest
-    /// [a, b] along channels.
+    /// The inputs side by side along channels, in order (any number of them).
     case concat
+    /// Bilinear resize (F.interpolate(mode='bilinear', align_corners)) to `size`.
+    case resize(alignCorners: Bool, size: ResizeTarget)
+    /// AdaptiveAvgPool2d(1): each plane's mean, (N, C, 1, 1).
+    case globalAveragePool
+    /// nn.Dropout(p) in training forwards (an identity in evaluation); the mask follows from the
+    /// model's `DropoutDraw` and the layer's `stream`.
+    case dropout(probability: Float, stream: UInt64)
+}
+
+/// The output size of a resize layer.
+enum ResizeTarget: Equatable {
+    /// The input's sides times this factor (nn.Upsample(scale_factor=)).
+    case scale(Int)
+    /// The sides of this (earlier) tensor (F.interpolate(size=other.shape[-2:])).
+    case like(Int)
 }
 
 struct Layer {
@@ -68,20 +83,20 @@ struct LayerGraph {
         return channels.count - 1
     }
 
-    /// Conv2d(Cin, `out`, kernel, stride, padding, bias) named `name` ("name.weight", "name.bias").
+    /// Conv2d(Cin, `out`, kernel, stride, padding, dilation, bias) named `name` ("name.weight", "name.bias").
     mutating func conv(_ name: String, _ x: Int, out: Int, kernel: Int, stride: Int = 1, padding: Int = 0,
-                       bias: Bool = false, initRule: InitRule? = nil) -> Int {
+                       dilation: Int = 1, bias: Bool = false, initRule: InitRule? = nil) -> Int {
         let weight = parameter("\(name).weight", Shape(out, channels[x], kernel, kernel), initRule ?? convInit)
         let b = bias ? parameter("\(name).bias", .vector(out), .zeros) : nil
-        let geometry = ConvGeometry(kernel: kernel, stride: stride, padding: padding)
+        let geometry = ConvGeometry(kernel: kernel, stride: stride, padding: padding, dilation: dilation)
         return append(name, .conv(weight: weight, bias: b, geometry: geometry), [x], channels: out)
     }
 
-    /// Depthwise Conv2d(C, C, 3, stride, padding 1, groups C, bias False).
-    mutating func depthwise(_ name: String, _ x: Int, stride: Int) -> Int {
+    /// Depthwise Conv2d(C, C, 3, stride, padding = dilation, dilation, groups C, bias False).
+    mutating func depthwise(_ name: String, _ x: Int, stride: Int, dilation: Int = 1) -> Int {
         let c = channels[x]
         let weight = parameter("\(name).weight", Shape(c, 1, 3, 3), convInit)
-        return append(name, .depthwise(weight: weight, stride: stride), [x], channels: c)
+        return append(name, .depthwise(weight: weight, stride: stride, dilation: dilation), [x], channels: c)
     }
 
     /// BatchNorm2d(C) named `name`, with a ReLU after it when `relu`.
@@ -110,8 +125,22 @@ struct LayerGraph {
         append(name, .upsampleNearest, [x], channels: channels[x])
     }
 
-    mutating func concat(_ name: String, _ a: Int, _ b: Int) -> Int {
-        append(name, .concat, [a, b], channels: channels[a] + channels[b])
+    mutating func concat(_ name: String, _ parts: [Int]) -> Int {
+        append(name, .concat, parts, channels: parts.reduce(0) { $0 + channels[$1] })
+    }
+
+    mutating func resize(_ name: String, _ x: Int, to size: ResizeTarget, alignCorners: Bool) -> Int {
+        append(name, .resize(alignCorners: alignCorners, size: size), [x], channels: channels[x])
+    }
+
+    mutating func globalAveragePool(_ name: String, _ x: Int) -> Int {
+        append(name, .globalAveragePool, [x], channels: channels[x])
+    }
+
+    /// Dropout with its own stream of masks (the number of dropout layers before it).
+    mutating func dropout(_ name: String, _ x: Int, probability: Float) -> Int {
+        let stream = UInt64(layers.filter { if case .dropout = $0.op { return true } else { return false } }.count)
+        return append(name, .dropout(probability: probability, stream: stream), [x], channels: channels[x])
     }
 
     /// The shape of every tensor for a batch of `batch` images of height x width.
@@ -123,8 +152,8 @@ struct LayerGraph {
             switch layer.op {
             case .conv(_, _, let g):
                 shapes.append(Shape(batch, c, g.output(x.h), g.output(x.w)))
-            case .depthwise(_, let stride):
-                let g = ConvGeometry(kernel: 3, stride: stride, padding: 1)
+            case .depthwise(_, let stride, let dilation):
+                let g = ConvGeometry(kernel: 3, stride: stride, padding: dilation, dilation: dilation)
                 shapes.append(Shape(batch, c, g.output(x.h), g.output(x.w)))
             case .maxPool:
                 let g = ConvGeometry(kernel: 3, stride: 2, padding: 1)
@@ -132,10 +161,17 @@ struct LayerGraph {
             case .upsampleNearest:
                 shapes.append(Shape(batch, c, 2 * x.h, 2 * x.w))
             case .concat, .add:
-                let b = shapes[layer.inputs[1]]
-                precondition(b.h == x.h && b.w == x.w, "\(layer.name): inputs of \(x.h)x\(x.w) and \(b.h)x\(b.w) px")
+                for b in layer.inputs.dropFirst().map({ shapes[$0] }) {
+                    precondition(b.h == x.h && b.w == x.w, "\(layer.name): inputs of \(x.h)x\(x.w) and \(b.h)x\(b.w) px")
+                }
                 shapes.append(Shape(batch, c, x.h, x.w))
-            case .batchNorm, .relu6:
+            case .resize(_, .scale(let factor)):
+                shapes.append(Shape(batch, c, factor * x.h, factor * x.w))
+            case .resize(_, .like(let other)):
+                shapes.append(Shape(batch, c, shapes[other].h, shapes[other].w))
+            case .globalAveragePool:
+                shapes.append(Shape(batch, c, 1, 1))
+            case .batchNorm, .relu6, .dropout:
                 shapes.append(x)
             }
         }

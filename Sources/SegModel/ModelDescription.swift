@@ -9,6 +9,8 @@
 // "inChannels", "classes" and "decoderChannels"; one without "encoder" (or with "none") is the plain UNet.
 // The plain UNet's normalisation is "norm": "none" | "batch" | "group" (issue #18); checkpoints
 // written before it store "batchNorm": true / false, read as "batch" / "none".
+// DeepLabV3+ (issue #17) is "architecture": "deeplabv3plus" with "encoder", "inChannels", "classes",
+// "outputStride", "atrousRates", "asppDropout" and "decoderChannels" (one number).
 
 import SegEngine
 
@@ -17,11 +19,17 @@ public enum Architecture: Equatable, Sendable {
     case unet(UNetConfig)
     /// smp's Unet on a ResNet or MobileNetV2 encoder (issue #16).
     case encoderUNet(EncoderUNetConfig)
+    /// smp's DeepLabV3Plus (issue #17).
+    case deepLabV3Plus(DeepLabV3PlusConfig)
+
+    /// The families' names (--arch, "architecture" in state.json).
+    public static let names = ["unet", "deeplabv3plus"]
 
     /// The family's name in state.json ("architecture") and in messages.
     public var name: String {
         switch self {
         case .unet, .encoderUNet: return "unet"
+        case .deepLabV3Plus: return "deeplabv3plus"
         }
     }
 
@@ -29,6 +37,7 @@ public enum Architecture: Equatable, Sendable {
         switch self {
         case .unet(let c): return c.inChannels
         case .encoderUNet(let c): return c.inChannels
+        case .deepLabV3Plus(let c): return c.inChannels
         }
     }
 
@@ -36,6 +45,7 @@ public enum Architecture: Equatable, Sendable {
         switch self {
         case .unet(let c): return c.classes
         case .encoderUNet(let c): return c.classes
+        case .deepLabV3Plus(let c): return c.classes
         }
     }
 
@@ -44,6 +54,7 @@ public enum Architecture: Equatable, Sendable {
         switch self {
         case .unet(let c): return c.validate(imageSize: imageSize)
         case .encoderUNet(let c): return c.validate(imageSize: imageSize)
+        case .deepLabV3Plus(let c): return c.validate(imageSize: imageSize)
         }
     }
 
@@ -52,7 +63,8 @@ public enum Architecture: Equatable, Sendable {
     public func build(pool: WorkerPool, convPolicy: ConvPolicy = .standard) -> any SegmentationModel {
         switch self {
         case .unet(let c): return UNet(c, convPolicy: convPolicy, pool: pool)
-        case .encoderUNet(let c): return EncoderUNet(c, convPolicy: convPolicy, pool: pool)
+        case .encoderUNet(let c): return GraphModel(c, convPolicy: convPolicy, pool: pool)
+        case .deepLabV3Plus(let c): return GraphModel(c, convPolicy: convPolicy, pool: pool)
         }
     }
 
@@ -61,6 +73,7 @@ public enum Architecture: Equatable, Sendable {
         switch self {
         case .unet(let c): return c.estimatedParameterCounts
         case .encoderUNet(let c): return c.estimatedParameterCounts
+        case .deepLabV3Plus(let c): return c.estimatedParameterCounts
         }
     }
 
@@ -69,6 +82,7 @@ public enum Architecture: Equatable, Sendable {
         switch self {
         case .unet(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
         case .encoderUNet(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
+        case .deepLabV3Plus(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
         }
     }
 }
@@ -131,6 +145,11 @@ public struct ModelDescription: Equatable, Sendable {
         case .encoderUNet(let e):
             values += [("--encoder", e.encoder.rawValue), ("--in-channels", "\(e.inChannels)"),
                        ("--classes", "\(e.classes)")]
+        case .deepLabV3Plus(let d):
+            values += [("--encoder", d.encoder.rawValue), ("--in-channels", "\(d.inChannels)"),
+                       ("--classes", "\(d.classes)"), ("--output-stride", "\(d.outputStride)"),
+                       ("--atrous-rates", d.atrousRates.map(String.init).joined(separator: ",")),
+                       ("--aspp-dropout", "\(d.asppDropout)")]
         }
         return values
     }
@@ -149,6 +168,7 @@ extension ModelDescription: Codable {
         case architecture, imageSize, mean, std, ignoreIndex, classNames
         case inChannels, classes, baseChannels, depth, norm, batchNorm, upsampling, headKernel
         case encoder, decoderChannels
+        case outputStride, atrousRates, asppDropout
     }
 
     public init(from decoder: Decoder) throws {
@@ -159,13 +179,25 @@ extension ModelDescription: Codable {
         ignoreIndex = try c.decodeIfPresent(Int.self, forKey: .ignoreIndex)
         let family = try c.decodeIfPresent(String.self, forKey: .architecture) ?? "unet"
         let encoderName = try c.decodeIfPresent(String.self, forKey: .encoder) ?? "none"
-        switch family {
-        case "unet" where encoderName != "none":
+        func encoder() throws -> EncoderKind {
             guard let encoder = EncoderKind(rawValue: encoderName) else {
-                throw ModelDescriptionError("unknown encoder \(encoderName) (this segtrain builds: none, "
-                                            + EncoderKind.allCases.map(\.rawValue).joined(separator: ", ") + ")")
+                throw ModelDescriptionError("unknown encoder \(encoderName) (this segtrain builds: "
+                    + (family == "unet" ? "none, " : "") + EncoderKind.allCases.map(\.rawValue).joined(separator: ", ") + ")")
             }
-            var e = EncoderUNetConfig(encoder: encoder)
+            return encoder
+        }
+        switch family {
+        case "deeplabv3plus":
+            var d = DeepLabV3PlusConfig(encoder: try encoder())
+            d.inChannels = try c.decode(Int.self, forKey: .inChannels)
+            d.classes = try c.decode(Int.self, forKey: .classes)
+            d.outputStride = try c.decode(Int.self, forKey: .outputStride)
+            d.atrousRates = try c.decode([Int].self, forKey: .atrousRates)
+            d.asppDropout = try c.decode(Float.self, forKey: .asppDropout)
+            d.decoderChannels = try c.decode(Int.self, forKey: .decoderChannels)
+            architecture = .deepLabV3Plus(d)
+        case "unet" where encoderName != "none":
+            var e = EncoderUNetConfig(encoder: try encoder())
             e.inChannels = try c.decode(Int.self, forKey: .inChannels)
             e.classes = try c.decode(Int.self, forKey: .classes)
             e.decoderChannels = try c.decodeIfPresent([Int].self, forKey: .decoderChannels) ?? e.decoderChannels
@@ -192,7 +224,8 @@ extension ModelDescription: Codable {
             u.headKernel = try c.decode(Int.self, forKey: .headKernel)
             architecture = .unet(u)
         default:
-            throw ModelDescriptionError("unknown architecture \(family) (this segtrain builds: unet)")
+            throw ModelDescriptionError("unknown architecture \(family) (this segtrain builds: "
+                                        + Architecture.names.joined(separator: ", ") + ")")
         }
         classNames = try c.decodeIfPresent([String].self, forKey: .classNames)
         if let names = classNames, names.count != architecture.classes {
@@ -222,6 +255,14 @@ extension ModelDescription: Codable {
             try c.encode(e.inChannels, forKey: .inChannels)
             try c.encode(e.classes, forKey: .classes)
             try c.encode(e.decoderChannels, forKey: .decoderChannels)
+        case .deepLabV3Plus(let d):
+            try c.encode(d.encoder.rawValue, forKey: .encoder)
+            try c.encode(d.inChannels, forKey: .inChannels)
+            try c.encode(d.classes, forKey: .classes)
+            try c.encode(d.outputStride, forKey: .outputStride)
+            try c.encode(d.atrousRates, forKey: .atrousRates)
+            try c.encode(d.asppDropout, forKey: .asppDropout)
+            try c.encode(d.decoderChannels, forKey: .decoderChannels)
         }
     }
 }

@@ -43,6 +43,10 @@ public protocol SegmentationModel: AnyObject {
     /// backward stops at the decoder, leaving the encoder's parameter gradients zero. Only a model
     /// with an encoder (`"encoder."` tensors) can be frozen.
     var frozenEncoder: Bool { get set }
+    /// What the dropout masks of training forwards follow from (the trainer sets it before each
+    /// step: the run's seed, the global batch, this rank's positions in it); a model without
+    /// dropout ignores it.
+    var dropoutDraw: DropoutDraw { get set }
     /// Re-initialises every parameter from the configuration's seed (buffers reset).
     func initializeParameters()
     /// Allocates activations, gradients and scratch for batches of this shape (again only when it changes).
@@ -59,6 +63,16 @@ public protocol SegmentationModel: AnyObject {
 
 extension SegmentationModel {
     public func backward() { backward(afterOp: nil) }
+
+    /// Why a training forward at `imageSize` needs `minimumTrainingBatch` images (for errors), and
+    /// whether a larger image size would lift it: a map that is 1 x 1 at this size only, or one that
+    /// is 1 x 1 at every size (DeepLabV3+'s image pooling).
+    public func singleValueBatchNorm(imageSize: Int) -> (cause: String, largerImagesHelp: Bool) {
+        if minimumTrainingBatch(height: 1 << 14, width: 1 << 14) > 1 {
+            return ("the model's image-pooling BatchNorm (ASPP) normalises one value per channel and image", false)
+        }
+        return ("at --image-size \(imageSize) the model's smallest BatchNorm map is 1 x 1", true)
+    }
 
     /// The channels of the widest BatchNorm layer (0 without BatchNorm): what `batchStatistics`
     /// must hold room for.
@@ -83,5 +97,10 @@ extension UNet: SegmentationModel {
     public var frozenEncoder: Bool {
         get { false }
         set { precondition(!newValue, "the plain UNet has no encoder to freeze") }
+    }
+    /// No dropout.
+    public var dropoutDraw: DropoutDraw {
+        get { DropoutDraw() }
+        set {}
     }
 }

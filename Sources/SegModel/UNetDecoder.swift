@@ -16,7 +16,7 @@ func buildUNetDecoder(_ graph: inout LayerGraph, features: [Int], channels: [Int
     for (i, out) in channels.enumerated() {
         let name = "decoder.blocks.\(i)"
         x = graph.upsampleNearest("\(name).upsample", x)
-        if i < skips.count { x = graph.concat("\(name).concat", x, skips[i]) }
+        if i < skips.count { x = graph.concat("\(name).concat", [x, skips[i]]) }
         for conv in ["conv1", "conv2"] {
             x = graph.conv("\(name).\(conv).0", x, out: out, kernel: 3, padding: 1)
             x = graph.batchNorm("\(name).\(conv).1", x, relu: true)

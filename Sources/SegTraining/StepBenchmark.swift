@@ -91,9 +91,9 @@ public final class StepBenchmark {
         let fewest = shareOf(globalBatch, ranks: collectives.size, rank: collectives.size - 1).count
         let minimum = model.minimumTrainingBatch(height: images.shape.h, width: images.shape.w)
         if fewest < minimum {
-            throw SharedError(description: "at --image-size \(images.shape.h) the model's smallest BatchNorm map is 1 x 1: every "
-                              + "rank needs at least \(minimum) images per step, but --batch-size \(globalBatch) on "
-                              + "\(collectives.size) rank(s) gives a rank \(fewest)")
+            let cause = model.singleValueBatchNorm(imageSize: images.shape.h).cause
+            throw SharedError(description: "\(cause): every rank needs at least \(minimum) images per step, but "
+                              + "--batch-size \(globalBatch) on \(collectives.size) rank(s) gives a rank \(fewest)")
         }
         try prepareBatch()
         try collectives.broadcast(model.store.values.tensor)

@@ -252,6 +252,8 @@ public final class Trainer {
         let synchronized = step.local.model.batchStatistics != nil
         guard minimum > 1 || synchronized else { return }
         let ranks = collectives.size
+        let (cause, sizeHelps) = step.local.model.singleValueBatchNorm(imageSize: imageSize)
+        let larger = sizeHelps ? ", or use a larger --image-size" : ""
         for b in 0..<batchesPerEpoch {
             let global = sampler.globalBatchSize(b)
             let shares = (0..<ranks).map { shareOf(global, ranks: ranks, rank: $0).count }
@@ -262,16 +264,15 @@ public final class Trainer {
                         + "gives rank \(empty) none: add --drop-last or change --batch-size")
                 }
                 if global < minimum {
-                    throw SharedError(description: "at --image-size \(imageSize) the model's smallest BatchNorm map is 1 x 1, "
-                        + "so every step needs at least \(minimum) images, but \(batchText) has \(global): add --drop-last, "
-                        + "change --batch-size, or use a larger --image-size")
+                    throw SharedError(description: "\(cause), so every step needs at least \(minimum) images, but "
+                        + "\(batchText) has \(global): add --drop-last, change --batch-size\(larger)")
                 }
                 continue
             }
             guard let fewest = shares.filter({ $0 > 0 }).min(), fewest < minimum else { continue }
-            throw SharedError(description: "at --image-size \(imageSize) the model's smallest BatchNorm map is 1 x 1, so every "
-                + "rank needs at least \(minimum) images in every step, but \(batchText) gives a rank \(fewest): change --batch-size, "
-                + "add --drop-last, or use a larger --image-size")
+            throw SharedError(description: "\(cause), so every rank needs at least \(minimum) images in every step, but "
+                + "\(batchText) gives a rank \(fewest): change --batch-size (or --batch-per-rank), add --drop-last"
+                + (synchronized ? "" : ", use --sync-bn") + larger)
         }
     }
 
@@ -301,6 +302,10 @@ public final class Trainer {
             let batch = indices.isEmpty ? nil : try fill(train, indices, epoch: epoch)
             lastTrainedImages = indices.count
             rate = schedule.rate(progress: Double(epoch - 1) + Double(b) / Double(batches))
+            // Dropout masks from (seed, epoch, batch, position in the global batch): this rank's
+            // images are positions rank, rank + ranks, ... (the sampler's order).
+            step.local.model.dropoutDraw = DropoutDraw(seed: sampler.seed, step: UInt64(epoch) << 32 | UInt64(b),
+                                                       firstPosition: collectives.rank, positionStride: collectives.size)
             let loss = try step.step(images: batch?.images, target: batch?.masks, weights: batch?.weights,
                                      learningRate: Float(rate))
             trainedImages += sampler.globalBatchSize(b)

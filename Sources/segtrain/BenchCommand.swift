@@ -69,9 +69,9 @@ struct BenchCommand: ParsableCommand {
         if parts > 1 {
             throw ValidationError("--conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, --augment-speed and --synthetic: one at a time")
         }
-        if freezeEncoder && model.encoder == "none" { throw ValidationError("--freeze-encoder needs --encoder") }
+        if freezeEncoder && !model.hasEncoder { throw ValidationError("--freeze-encoder needs --encoder") }
         if freezeEncoder && parts > 0 { throw ValidationError("--freeze-encoder times training steps; it does not go with --conv-layers, --encoder-ops, ...") }
-        if (convLayers || convKernels) && model.encoder != "none" {
+        if (convLayers || convKernels) && model.hasEncoder {
             throw ValidationError("--conv-layers and --conv-kernels time the plain UNet's layers; they do not go with --encoder")
         }
         if parts > 0 && dataOptions.data != nil { throw ValidationError("--data trains; it does not go with --conv-layers, --jpeg-decode, ...") }

@@ -19,9 +19,18 @@ struct ModelOptions: ParsableArguments {
     var inChannels = 3
     @Option(help: "Output classes: 1 = binary (sigmoid), >= 2 = softmax.")
     var classes = 1
-    @Option(help: ArgumentHelp("Encoder: none (the plain UNet below), or resnet18, resnet34, resnet50, mobilenet_v2: segmentation_models_pytorch's Unet on that encoder (its tensor names and decoder 256-128-64-32-16; --image-size a multiple of 32).",
+    @Option(help: ArgumentHelp("Model family: unet (default) or deeplabv3plus (segmentation_models_pytorch's DeepLabV3Plus on --encoder, default resnet34; --image-size a multiple of --output-stride).",
+                               valueName: "unet|deeplabv3plus"))
+    var arch = "unet"
+    @Option(help: ArgumentHelp("Encoder: none (the plain UNet below), or resnet18, resnet34, resnet50, mobilenet_v2: segmentation_models_pytorch's Unet on that encoder (its tensor names and decoder 256-128-64-32-16; --image-size a multiple of 32), or DeepLabV3+'s (--arch deeplabv3plus).",
                                discussion: "With an encoder, --base-channels, --depth, --upsample, --head-kernel and --init do not apply, and the norm is the encoder's BatchNorm (--norm group or none is refused)."))
-    var encoder = "none"
+    var encoder: String?
+    @Option(help: "DeepLabV3+: the encoder's deepest features at 1/16 or 1/8 of the input (smp's encoder_output_stride; 8 dilates one more stage: slower, finer).")
+    var outputStride = 16
+    @Option(help: ArgumentHelp("DeepLabV3+: the dilations of ASPP's three 3x3 branches (smp's decoder_atrous_rates).", valueName: "r1,r2,r3"))
+    var atrousRates = "12,24,36"
+    @Option(help: "DeepLabV3+: dropout probability after ASPP's projection while training (smp's decoder_aspp_dropout; 0 turns it off).")
+    var asppDropout: Float = 0.5
     @Option(help: "Channels of the first level; doubled at each level.")
     var baseChannels = 32
     @Option(help: "Encoder levels (each ends in a 2x2 max-pool).")
@@ -55,9 +64,30 @@ struct ModelOptions: ParsableArguments {
         return c
     }
 
+    /// The encoder's name: --encoder, or the family's default (none for unet, resnet34 for
+    /// deeplabv3plus, as smp's).
+    var encoderName: String { encoder ?? (arch == "deeplabv3plus" ? EncoderKind.resnet34.rawValue : "none") }
+
+    /// The model has a pretrained-style encoder ("encoder." tensors).
+    var hasEncoder: Bool { encoderName != "none" }
+
+    /// --atrous-rates as numbers (nil when they cannot be read).
+    var atrousRateValues: [Int]? {
+        let parts = atrousRates.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.filter { $0 != " " }) }
+        return parts.contains(nil) ? nil : parts.map { $0! }
+    }
+
     /// The model family and its configuration these flags describe.
     var architecture: Architecture {
-        guard let kind = EncoderKind(rawValue: encoder) else { return .unet(unetConfig) }
+        guard let kind = EncoderKind(rawValue: encoderName) else { return .unet(unetConfig) }
+        if arch == "deeplabv3plus" {
+            var d = DeepLabV3PlusConfig(encoder: kind, inChannels: inChannels, classes: classes)
+            d.outputStride = outputStride
+            d.atrousRates = atrousRateValues ?? []
+            d.asppDropout = asppDropout
+            d.seed = seed
+            return .deepLabV3Plus(d)
+        }
         var c = EncoderUNetConfig(encoder: kind, inChannels: inChannels, classes: classes)
         c.seed = seed
         return .encoderUNet(c)
@@ -66,14 +96,24 @@ struct ModelOptions: ParsableArguments {
     func validate() throws {
         if let message = ThreadDefaults.problem(threads: threads) { throw ValidationError(message) }
         if imageSize < 1 { throw ValidationError("--image-size must be positive (got \(imageSize))") }
-        if encoder != "none" && EncoderKind(rawValue: encoder) == nil {
-            throw ValidationError("--encoder \(encoder): not none, " + EncoderKind.allCases.map(\.rawValue).joined(separator: ", "))
+        if !Architecture.names.contains(arch) {
+            throw ValidationError("--arch \(arch): not " + Architecture.names.joined(separator: " or "))
+        }
+        let encoders = EncoderKind.allCases.map(\.rawValue).joined(separator: ", ")
+        if arch == "deeplabv3plus" && encoderName == "none" {
+            throw ValidationError("--arch deeplabv3plus needs an encoder: --encoder \(encoders) (default resnet34)")
+        }
+        if encoderName != "none" && EncoderKind(rawValue: encoderName) == nil {
+            throw ValidationError("--encoder \(encoderName): not " + (arch == "unet" ? "none, " : "") + encoders)
+        }
+        if arch == "deeplabv3plus" && atrousRateValues == nil {
+            throw ValidationError("--atrous-rates \(atrousRates): not three whole numbers separated by commas")
         }
         if let norm, batchnorm && norm != .batch {
             throw ValidationError("--batchnorm (the old spelling of --norm batch) contradicts --norm \(norm.rawValue): give --norm alone")
         }
-        if let norm, norm != .batch, encoder != "none" {
-            throw ValidationError("--norm \(norm.rawValue) does not apply with --encoder \(encoder): its pretrained layers are BatchNorm (--norm batch, or leave --norm out)")
+        if let norm, norm != .batch, hasEncoder {
+            throw ValidationError("--norm \(norm.rawValue) does not apply with --encoder \(encoderName): its pretrained layers are BatchNorm (--norm batch, or leave --norm out)")
         }
         if let message = architecture.problem(imageSize: imageSize) { throw ValidationError(message) }
     }
@@ -128,7 +168,7 @@ struct TrainingOptions: ParsableArguments {
     /// Applies --bucket-mb to a data-parallel step.
     /// --sync-bn needs a model with BatchNorm.
     func validateSyncBn(_ model: ModelOptions) throws {
-        if syncBn && model.encoder == "none" && model.unetConfig.norm != .batch {
+        if syncBn && !model.hasEncoder && model.unetConfig.norm != .batch {
             throw ValidationError("--sync-bn synchronises BatchNorm, but this model has none: add --norm batch or use --encoder")
         }
     }

@@ -130,9 +130,9 @@ struct TrainCommand: ParsableCommand {
         if let n = checkSync, n < 1 { throw ValidationError("--check-sync must be at least 1 (got \(n))") }
         if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1 (got \(n))") }
         if keep < 0 { throw ValidationError("--keep must be >= 0 (got \(keep))") }
-        if encoderWeights != nil && model.encoder == "none" { throw ValidationError("--encoder-weights needs --encoder (resnet18, resnet34, resnet50 or mobilenet_v2)") }
-        if encoderLrMult != nil && model.encoder == "none" { throw ValidationError("--encoder-lr-mult needs --encoder") }
-        if freezeEncoder && model.encoder == "none" { throw ValidationError("--freeze-encoder needs --encoder") }
+        if encoderWeights != nil && !model.hasEncoder { throw ValidationError("--encoder-weights needs --encoder (resnet18, resnet34, resnet50 or mobilenet_v2)") }
+        if encoderLrMult != nil && !model.hasEncoder { throw ValidationError("--encoder-lr-mult needs --encoder") }
+        if freezeEncoder && !model.hasEncoder { throw ValidationError("--freeze-encoder needs --encoder") }
         if unfreezeAtEpoch != nil && !freezeEncoder { throw ValidationError("--unfreeze-at-epoch needs --freeze-encoder") }
         if let e = unfreezeAtEpoch, !(e >= 2 && e <= epochs) {
             throw ValidationError("--unfreeze-at-epoch must be 2...\(epochs) (--epochs; epoch 1 is the first) (got \(e))")

@@ -12,12 +12,12 @@ import SegEngineTestSupport
 final class EncoderFreezeTests: XCTestCase {
     private let (batch, size) = (2, 32)
 
-    private func model(frozen: Bool) -> EncoderUNet {
+    private func model(frozen: Bool) -> GraphModel {
         var config = EncoderUNetConfig(encoder: .resnet18, classes: 2)
         config.widthDivisor = 16
         config.decoderChannels = [16, 8, 8, 4, 4]
         config.seed = 7
-        let model = EncoderUNet(config, pool: WorkerPool(threads: 2))
+        let model = GraphModel(config, pool: WorkerPool(threads: 2))
         model.plan(batch: batch, height: size, width: size)
         // Running statistics other than 0 and 1, so evaluation mode is not the identity.
         for (index, entry) in model.store.entries.enumerated() where entry.name.hasSuffix("running_mean") || entry.name.hasSuffix("running_var") {
@@ -35,7 +35,7 @@ final class EncoderFreezeTests: XCTestCase {
     }
 
     /// One training forward, the projection's gradient into the logits, backward.
-    private func gradientStep(_ model: EncoderUNet, _ images: Tensor, _ projection: Projection) {
+    private func gradientStep(_ model: GraphModel, _ images: Tensor, _ projection: Projection) {
         model.store.zeroGradients()
         model.forward(images, training: true)
         model.zeroActivationGradients()

@@ -23,14 +23,41 @@ import SegEngineTestSupport
 /// derivative. Which channels come that close depends on the BLAS kernels' rounding: resnet50 failed
 /// so on an Intel Xeon (analytic -8.4, central difference -134), not on AMD Zen 4. At 64 x 64 the
 /// deepest maps are 2 x 2: eight values per channel.
+///
+/// DeepLabV3+ (issue #17) likewise: encoder widths / 16, 8 decoder channels, a 1/4 projection to 4,
+/// ASPP dropout 0.5 with a fixed draw (the mask is fixed, so the function is smooth), at 64 x 64
+/// (output stride 16: 4 x 4 deepest maps, atrous rates 1, 2, 3 so that every branch reads more than
+/// its centre tap; stride 8: 8 x 8, the default 12, 24, 36). Training runs a batch of 8: the
+/// BatchNorm after ASPP's image pooling normalises one value per image and channel, at a batch of 2
+/// the sign function above at any image size; at 4 so many ReLU(6)s switch within the step that 13 %
+/// of mobilenet_v2's elements were left to check (37 % at 8).
 final class EncoderUNetGradientTests: XCTestCase {
     private func checkWholeModel(_ encoder: EncoderKind, training: Bool, file: StaticString = #filePath, line: UInt = #line) {
         var config = EncoderUNetConfig(encoder: encoder, classes: 2)
         config.widthDivisor = 16
         config.decoderChannels = [16, 8, 8, 4, 4]
         config.seed = 7
-        let model = EncoderUNet(config, pool: WorkerPool(threads: 2))
-        let (batch, size) = (2, training ? 64 : 32)
+        checkWholeModel(GraphModel(config, pool: WorkerPool(threads: 2)), "encoder UNet \(encoder.rawValue) / 16",
+                        training: training, batch: 2, size: training ? 64 : 32, file: file, line: line)
+    }
+
+    private func checkDeepLab(_ encoder: EncoderKind, outputStride: Int, training: Bool,
+                              file: StaticString = #filePath, line: UInt = #line) {
+        var config = DeepLabV3PlusConfig(encoder: encoder, classes: 2)
+        config.widthDivisor = 16
+        config.decoderChannels = 8
+        config.highResChannels = 4
+        config.outputStride = outputStride
+        if outputStride == 16 { config.atrousRates = [1, 2, 3] }
+        config.seed = 7
+        let model = GraphModel(config, pool: WorkerPool(threads: 2))
+        model.dropoutDraw = DropoutDraw(seed: 5, step: 9, firstPosition: 0, positionStride: 1)
+        checkWholeModel(model, "DeepLabV3+ \(encoder.rawValue) / 16, output stride \(outputStride)",
+                        training: training, batch: training ? 8 : 2, size: 64, file: file, line: line)
+    }
+
+    private func checkWholeModel(_ model: GraphModel, _ name: String, training: Bool, batch: Int, size: Int,
+                                 file: StaticString, line: UInt) {
         model.plan(batch: batch, height: size, width: size)
         // Running statistics other than 0 and 1, so evaluation mode is not the identity.
         for (index, entry) in model.store.entries.enumerated() where entry.name.hasSuffix("running_mean") || entry.name.hasSuffix("running_var") {
@@ -78,7 +105,7 @@ final class EncoderUNetGradientTests: XCTestCase {
         // kernels); in evaluation mode 83-91 %.
         XCTAssertGreaterThan(Double(report.checked), (training ? 0.2 : 0.7) * Double(inputs.count), "\(report)",
                              file: file, line: line)
-        print("encoder UNet gradient check (\(encoder.rawValue) / 16, training \(training)): \(inputs.count) elements of "
+        print("gradient check (\(name), training \(training)): \(inputs.count) elements of "
               + "\(model.parameterCount), tolerance \(tolerance), \(report)")
     }
 
@@ -87,4 +114,8 @@ final class EncoderUNetGradientTests: XCTestCase {
     func testResNet50Training() { checkWholeModel(.resnet50, training: true) }
     func testMobileNetV2Training() { checkWholeModel(.mobilenetV2, training: true) }
     func testMobileNetV2Evaluation() { checkWholeModel(.mobilenetV2, training: false) }
+    func testDeepLabV3PlusResNet50Training() { checkDeepLab(.resnet50, outputStride: 16, training: true) }
+    func testDeepLabV3PlusResNet18OutputStride8Training() { checkDeepLab(.resnet18, outputStride: 8, training: true) }
+    func testDeepLabV3PlusMobileNetV2Training() { checkDeepLab(.mobilenetV2, outputStride: 16, training: true) }
+    func testDeepLabV3PlusMobileNetV2OutputStride8Evaluation() { checkDeepLab(.mobilenetV2, outputStride: 8, training: false) }
 }

@@ -66,7 +66,7 @@ final class EncoderUNetTests: XCTestCase {
 
     /// num_batches_tracked counts training forwards and goes to safetensors as PyTorch's int64 scalar.
     func testBatchCountersRoundTripAsInt64() throws {
-        let model = EncoderUNet(EncoderUNetConfig(encoder: .resnet18), pool: WorkerPool(threads: 1))
+        let model = GraphModel(EncoderUNetConfig(encoder: .resnet18), pool: WorkerPool(threads: 1))
         model.plan(batch: 2, height: 32, width: 32)
         let images = OwnedTensor(Shape(2, 3, 32, 32))
         SMPGolden.fill(images.tensor, rule: "input")
@@ -81,7 +81,7 @@ final class EncoderUNetTests: XCTestCase {
         let entry = try XCTUnwrap(file.entries["encoder.bn1.num_batches_tracked"])
         XCTAssertEqual(entry.shape, [])
         XCTAssertTrue(entry.isInteger)
-        let copy = EncoderUNet(EncoderUNetConfig(encoder: .resnet18), pool: WorkerPool(threads: 1))
+        let copy = GraphModel(EncoderUNetConfig(encoder: .resnet18), pool: WorkerPool(threads: 1))
         try file.read(into: Safetensors.items(of: copy.store, gradients: false))
         XCTAssertEqual(copy.store.buffers.tensor.toArray(), model.store.buffers.tensor.toArray())
         XCTAssertEqual(copy.store.values.tensor.toArray(), model.store.values.tensor.toArray())
@@ -95,7 +95,7 @@ final class EncoderUNetTests: XCTestCase {
         for encoder in [EncoderKind.resnet50, .mobilenetV2] {
             var results: [[[Float]]] = []
             for threads in [1, 2] {
-                let model = EncoderUNet(EncoderUNetConfig(encoder: encoder, classes: 3), convPolicy: ConvPolicy(algorithm: .gemm),
+                let model = GraphModel(EncoderUNetConfig(encoder: encoder, classes: 3), convPolicy: ConvPolicy(algorithm: .gemm),
                                         pool: WorkerPool(threads: threads))
                 model.plan(batch: 2, height: 64, width: 32)
                 let images = OwnedTensor(Shape(2, 3, 64, 32))
@@ -118,7 +118,7 @@ final class EncoderUNetTests: XCTestCase {
     /// Training mode normalises with the batch's statistics and moves the running ones by momentum
     /// 0.1 (unbiased variance); evaluation mode uses the running ones and changes nothing.
     func testBatchNormModes() throws {
-        let model = EncoderUNet(EncoderUNetConfig(encoder: .resnet18), pool: WorkerPool(threads: 2))
+        let model = GraphModel(EncoderUNetConfig(encoder: .resnet18), pool: WorkerPool(threads: 2))
         model.plan(batch: 2, height: 32, width: 32)
         let images = OwnedTensor(Shape(2, 3, 32, 32))
         SMPGolden.fill(images.tensor, rule: "input")

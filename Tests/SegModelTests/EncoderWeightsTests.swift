@@ -8,16 +8,16 @@ import SegEngine
 import XCTest
 
 final class EncoderWeightsTests: XCTestCase {
-    private func model(_ encoder: EncoderKind, seed: UInt64, inChannels: Int = 3) -> EncoderUNet {
+    private func model(_ encoder: EncoderKind, seed: UInt64, inChannels: Int = 3) -> GraphModel {
         var config = EncoderUNetConfig(encoder: encoder, inChannels: inChannels, classes: 2)
         config.widthDivisor = 16
         config.seed = seed
-        return EncoderUNet(config, pool: WorkerPool(threads: 1))
+        return GraphModel(config, pool: WorkerPool(threads: 1))
     }
 
     /// A torchvision-style file of `source`'s encoder (plus a classifier), with `edit` applied to
     /// the items first; returns its path.
-    private func file(of source: EncoderUNet, classifier: String, edit: ([Safetensors.Item]) -> [Safetensors.Item] = { $0 }) throws -> String {
+    private func file(of source: GraphModel, classifier: String, edit: ([Safetensors.Item]) -> [Safetensors.Item] = { $0 }) throws -> String {
         let fc = OwnedTensor(Shape(10, 4, 1, 1))
         var items = Safetensors.items(of: source.store, gradients: false).filter { $0.name.hasPrefix("encoder.") }.map {
             Safetensors.Item(name: String($0.name.dropFirst(8)), shape: $0.shape, values: $0.values, isInteger: $0.isInteger)
@@ -30,7 +30,7 @@ final class EncoderWeightsTests: XCTestCase {
         return path
     }
 
-    private func values(_ m: EncoderUNet, prefix: String, not: Bool = false) -> [String: [Float]] {
+    private func values(_ m: GraphModel, prefix: String, not: Bool = false) -> [String: [Float]] {
         var out: [String: [Float]] = [:]
         for (i, e) in m.store.entries.enumerated() where e.name.hasPrefix(prefix) != not { out[e.name] = m.store.value(i).toArray() }
         return out

@@ -52,7 +52,13 @@ final class InferenceGraphTests: XCTestCase {
             var c = EncoderUNetConfig(encoder: encoder)
             c.widthDivisor = 16
             c.decoderChannels = [16, 8, 8, 4, 4]
-            assertUsesEveryTensorOnce(EncoderUNet(c, pool: pool), "\(encoder.rawValue)")
+            assertUsesEveryTensorOnce(GraphModel(c, pool: pool), "\(encoder.rawValue)")
+        }
+        for encoder in EncoderKind.allCases {
+            var c = DeepLabV3PlusConfig(encoder: encoder)
+            c.widthDivisor = 16
+            c.decoderChannels = 8
+            assertUsesEveryTensorOnce(GraphModel(c, pool: pool), "deeplabv3plus \(encoder.rawValue)")
         }
     }
 }

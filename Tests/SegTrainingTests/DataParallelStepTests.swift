@@ -223,7 +223,7 @@ final class DataParallelStepTests: XCTestCase {
         config.widthDivisor = 16
         config.decoderChannels = [16, 8, 8, 4, 4]
         config.seed = 7
-        let model = EncoderUNet(config, pool: WorkerPool(threads: 1))
+        let model = GraphModel(config, pool: WorkerPool(threads: 1))
         let step = LocalStep(model: model, loss: LossFunction(LossConfig(kind: .bce), classes: 1),
                              optimizer: Optimizer(OptimizerConfig(kind: .adam), parameterCount: model.parameterCount))
         step.plan(batch: batch, height: size, width: size)

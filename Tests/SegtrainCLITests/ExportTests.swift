@@ -54,6 +54,18 @@ final class ExportTests: TemporaryFolderTestCase {
         try check(Case(name: "mobilenet_v2", classes: 3, size: 32, secondSize: 64, flags: ["--encoder", "mobilenet_v2"]))
     }
 
+    /// DeepLabV3+ (issue #17): dilated depthwise convolutions, global average pooling and its
+    /// broadcast back (Resize to another tensor's size), a five-way Concat, Resize with align_corners.
+    func testDeepLabV3PlusMobileNetV2MultiClass() throws {
+        try check(Case(name: "deeplabv3plus-mobilenet_v2", classes: 2, size: 32, secondSize: 48,
+                       flags: ["--arch", "deeplabv3plus", "--encoder", "mobilenet_v2"]))
+    }
+
+    func testDeepLabV3PlusResNet18OutputStride8Binary() throws {
+        try check(Case(name: "deeplabv3plus-resnet18-os8", classes: 1, size: 32, secondSize: 40,
+                       flags: ["--arch", "deeplabv3plus", "--encoder", "resnet18", "--output-stride", "8"]))
+    }
+
     /// Trains `c` for one epoch on synthetic PNGs, exports it twice (logits; sigmoid or softmax),
     /// predicts the training images and images of the second size, and runs the check on both.
     func check(_ c: Case, file: StaticString = #filePath, line: UInt = #line) throws {
