@@ -13,7 +13,8 @@ model wrapped in DistributedDataParallel (gloo backend, rendezvous on
 process uses --threads threads, and rank 0 reports (its own peak RSS).
 
 With --encoder NAME it trains segmentation_models_pytorch's Unet(NAME, encoder_weights=None,
-classes=1) instead (issue #16's comparison; needs segmentation-models-pytorch, which pulls
+classes=1) instead (with --arch deeplabv3plus its DeepLabV3Plus(NAME, encoder_weights=None,
+classes=1) with smp's defaults: output stride 16, ASPP dropout 0.5; issue #17) (issue #16's comparison; needs segmentation-models-pytorch, which pulls
 torchvision and timm). torchvision's compiled ops are not needed by smp's Unet: when the installed
 torchvision's ops library does not match torch (a CPU torch wheel beside PyPI's CUDA torchvision),
 its import fails on registering them, so this script skips that registration module.
@@ -76,7 +77,7 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def smp_unet(encoder):
+def smp_unet(encoder, arch="unet"):
     """smp.Unet(encoder, encoder_weights=None, classes=1), importing smp without torchvision's
     operator registrations (see the module docstring)."""
     import sys
@@ -88,6 +89,8 @@ def smp_unet(encoder):
             del sys.modules[name]
         sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
     import segmentation_models_pytorch as smp
+    if arch == "deeplabv3plus":
+        return smp.DeepLabV3Plus(encoder, encoder_weights=None, classes=1)
     return smp.Unet(encoder, encoder_weights=None, classes=1)
 
 
@@ -103,6 +106,8 @@ def main():
     p.add_argument("--json", action="store_true")
     p.add_argument("--encoder", default=None, metavar="NAME",
                    help="train smp.Unet(NAME) (resnet18/34/50, mobilenet_v2) instead of segtrain's plain UNet")
+    p.add_argument("--arch", default="unet", choices=["unet", "deeplabv3plus"],
+                   help="with --encoder: smp.Unet or smp.DeepLabV3Plus")
     p.add_argument("--ddp", type=int, default=0, metavar="N",
                    help="run N DistributedDataParallel processes (gloo)")
     a = p.parse_args()
@@ -129,7 +134,7 @@ def run(rank, a):
     torch.manual_seed(a.seed)
 
     if a.encoder:
-        model = smp_unet(a.encoder)
+        model = smp_unet(a.encoder, a.arch)
         params = sum(t.numel() for t in model.parameters())
     else:
         model = UNet()
@@ -184,6 +189,7 @@ def run(rank, a):
         res["channels_last"] = True
     if a.encoder:
         res["encoder"] = a.encoder
+        res["arch"] = a.arch
     if a.ddp:
         res["ddp_processes"] = a.ddp
     if a.json:
