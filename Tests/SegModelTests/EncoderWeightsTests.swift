@@ -50,6 +50,26 @@ final class EncoderWeightsTests: XCTestCase {
         }
     }
 
+    /// DeepLabV3+ (issue #17) dilates its encoder's last stages but keeps torchvision's names and
+    /// shapes: the same file loads into it, at either output stride, and leaves ASPP and the decoder alone.
+    func testTheSameFileLoadsIntoDeepLabV3PlusAtEitherOutputStride() throws {
+        for (encoder, classifier) in [(EncoderKind.resnet50, "fc"), (.mobilenetV2, "classifier.1")] {
+            let source = model(encoder, seed: 1)
+            let path = try file(of: source, classifier: classifier)
+            for stride in [16, 8] {
+                var config = DeepLabV3PlusConfig(encoder: encoder, classes: 2)
+                config.widthDivisor = 16
+                config.outputStride = stride
+                config.seed = 2
+                let target = GraphModel(config, pool: WorkerPool(threads: 1))
+                let decoder = values(target, prefix: "encoder.", not: true)
+                XCTAssertEqual(try EncoderWeights.load(path, into: target.store), values(source, prefix: "encoder.").count)
+                XCTAssertEqual(values(target, prefix: "encoder."), values(source, prefix: "encoder."), "\(encoder) stride \(stride)")
+                XCTAssertEqual(values(target, prefix: "encoder.", not: true), decoder, "\(encoder) stride \(stride)")
+            }
+        }
+    }
+
     func testFilesThatDoNotFitAreRefusedNamingTheTensor() throws {
         let source = model(.resnet18, seed: 1), target = model(.resnet18, seed: 2)
         // The odd tensors' values, alive for the whole test (a Tensor does not keep its storage).
