@@ -181,12 +181,15 @@ slurm_tests() {
   # 4. The time limit: --time=1 with --signal=B:USR1@40 (the job script's mechanism, with a short
   # limit): Slurm signals the batch shell before the limit (its timer has a resolution of up to
   # 60 s), the run checkpoints and requeues itself, and the next allocation finishes it.
-  local out_d=$work/run-d job_d
-  cfg=(--epochs 24 --image-size 64 --base-channels 8 --depth 3 --train-samples 512 --val-samples 16 --batch-size 8)
+  # 60 epochs: about 60 s on an idle 2-core Intel Xeon (1 s per epoch), so the run outlasts the
+  # signal (20-40 s into the allocation) however fast the machine; 24 epochs once finished in one
+  # allocation there, and the check had nothing to see.
+  local out_d=$work/run-d job_d epochs_d=60
+  cfg=(--epochs $epochs_d --image-size 64 --base-channels 8 --depth 3 --train-samples 512 --val-samples 16 --batch-size 8)
   if job_d=$(SEGTRAIN=$bin SEGTRAIN_OUT=$out_d timeout 30 sbatch --parsable --chdir="$work" --nodes=1 \
       --ntasks-per-node=2 --cpus-per-task=1 --time=1 --signal=B:USR1@40 --output="$work/slurm-%j.out" \
       "$repo/cluster/slurm/train.sbatch" -- "${cfg[@]}"); then
-    info "job $job_d: --time=1 --signal=B:USR1@40, 24 epochs (~40 s unloaded: longer than one allocation)"
+    info "job $job_d: --time=1 --signal=B:USR1@40, $epochs_d epochs (~60 s unloaded: longer than one allocation)"
     wait_done "$job_d" 360
     state=$(field "$job_d" JobState); exitcode=$(field "$job_d" ExitCode); restarts=$(field "$job_d" Restarts)
     local log_d=$work/slurm-$job_d.out
@@ -194,7 +197,7 @@ slurm_tests() {
       bash -c 'grep -q "got SIGUSR1" "$1" && grep -q "^stopped by SIGUSR1" "$1" && ! grep -q "DUE TO TIME LIMIT" "$1"' _ "$log_d"
     check "slurm: the run spans $((${restarts:-0} + 1)) allocations and completes (state $state, exit $exitcode; metrics.csv epochs '$(epochs_of "$out_d/metrics.csv")')" \
       bash -c '[ "$1/$2" = COMPLETED/0:0 ] && [ "${3:-0}" -ge 1 ] && [ "$4" = "$5" ]' _ "$state" "$exitcode" "$restarts" \
-      "$(epochs_of "$out_d/metrics.csv")" "$(seq_csv 24)"
+      "$(epochs_of "$out_d/metrics.csv")" "$(seq_csv $epochs_d)"
   else
     fail "slurm: sbatch with --time=1 --signal=B:USR1@40"
   fi
