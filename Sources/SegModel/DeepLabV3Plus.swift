@@ -85,20 +85,6 @@ public struct DeepLabV3PlusConfig: Equatable, Sendable {
         _ = buildDeepLabV3PlusDecoder(&graph, features: features, config: self)
         return graph
     }
-
-    /// Trainable parameters and buffers (running statistics and counters).
-    public var estimatedParameterCounts: (parameters: Double, buffers: Double) {
-        let layout = graph().layout
-        return (Double(layout.parameterCount), Double(layout.bufferCount))
-    }
-
-    /// Bytes of activations, their gradients (unshared: an upper bound) and kernel scratch for one
-    /// batch of square images.
-    public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
-        let plan = GraphPlan(graph(), batch: batch, height: imageSize, width: imageSize, threads: threads)
-        let floats = 2 * plan.activationFloats + plan.scratchFloatsPerThread * threads + plan.sharedScratchFloats
-        return Double(floats) * 4
-    }
 }
 
 extension DeepLabV3PlusConfig: LayerGraphFamily {

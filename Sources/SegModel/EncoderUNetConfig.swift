@@ -65,19 +65,4 @@ public struct EncoderUNetConfig: Equatable, Sendable {
         _ = buildUNetDecoder(&graph, features: features, channels: decoderChannels, classes: classes)
         return graph
     }
-
-    /// Trainable parameters and buffers (running statistics and counters).
-    public var estimatedParameterCounts: (parameters: Double, buffers: Double) {
-        let layout = graph().layout
-        return (Double(layout.parameterCount), Double(layout.bufferCount))
-    }
-
-    /// Bytes of activations, their gradients (unshared: an upper bound) and kernel scratch for one
-    /// batch of square images.
-    public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
-        let g = graph()
-        let plan = GraphPlan(g, batch: batch, height: imageSize, width: imageSize, threads: threads)
-        let floats = 2 * plan.activationFloats + plan.scratchFloatsPerThread * threads + plan.sharedScratchFloats
-        return Double(floats) * 4
-    }
 }

@@ -31,6 +31,22 @@ protocol LayerGraphFamily: Sendable {
     func graph() -> LayerGraph
 }
 
+extension LayerGraphFamily {
+    /// Trainable parameters and buffers (running statistics and counters), before the model exists.
+    var estimatedParameterCounts: (parameters: Double, buffers: Double) {
+        let layout = graph().layout
+        return (Double(layout.parameterCount), Double(layout.bufferCount))
+    }
+
+    /// Bytes of activations, their gradients (unshared: an upper bound) and kernel scratch for one
+    /// batch of square images.
+    func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
+        let plan = GraphPlan(graph(), batch: batch, height: imageSize, width: imageSize, threads: threads)
+        let floats = 2 * plan.activationFloats + plan.scratchFloatsPerThread * threads + plan.sharedScratchFloats
+        return Double(floats) * 4
+    }
+}
+
 public final class GraphModel {
     let family: any LayerGraphFamily
     public let store: ParameterStore
