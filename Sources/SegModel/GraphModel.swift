@@ -140,9 +140,10 @@ public final class GraphModel {
 
     // MARK: - Planning
 
-    public func plan(batch: Int, height: Int, width: Int) {
+    public func plan(batch: Int, height: Int, width: Int, gradients: Bool) {
         let shape = Shape(batch, family.inChannels, height, width)
-        if batchShape == shape { return }
+        // A plan with gradients serves inference too.
+        if batchShape == shape && (arena.hasGradientMemory || !gradients) { return }
         let m = family.sizeMultiple
         precondition(height >= m && width >= m && height % m == 0 && width % m == 0,
                      "image \(height)x\(width): sides must be multiples of \(m)")
@@ -163,7 +164,9 @@ public final class GraphModel {
             }
         }
         arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
-                                                                     slots: arena.shapes.count, liveBefore: [logits]))
+                                                                     slots: arena.shapes.count, liveBefore: [logits]), gradients: gradients,
+                       valueLifetimes: gradients ? nil : ActivationArena.lifetimes(of: forwardAccesses(), slots: arena.shapes.count,
+                                                                                   liveBefore: []))
         zeroFirst = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
         }
@@ -178,6 +181,14 @@ public final class GraphModel {
     }
 
     private var logitsSlot: Int { slots[slots.count - 1]! }
+
+    /// The arena slots each layer's forward reads or writes, in order (for a plan for inference,
+    /// whose values share memory by these lifetimes).
+    private func forwardAccesses() -> [[Int]] {
+        graph.layers.enumerated().map { index, layer in
+            (layer.inputs + [layer.output]).compactMap { slots[$0] } + (statSlots[index].map { [$0.mean, $0.invStd] } ?? [])
+        }
+    }
 
     /// Bytes of activations, activation gradients and scratch planned for the batch.
     public var plannedActivationBytes: Int { arena.plannedBytes(with: scratch) }

@@ -25,6 +25,8 @@ public protocol SegmentationModel: AnyObject {
     /// The last forward's output (N, classes, H, W) and its gradient, which the loss writes.
     var logits: Tensor { get }
     var logitsGradient: Tensor { get }
+    /// Bytes of activations, activation gradients and kernel scratch planned for the batch.
+    var plannedActivationBytes: Int { get }
     /// Activation-gradient floats (shared by lifetime, and not shared), for memory reports.
     var activationGradientFloats: (shared: Int, unshared: Int) { get }
     /// SyncBatchNorm (`--sync-bn`): training forwards take their BatchNorm statistics over every
@@ -49,8 +51,10 @@ public protocol SegmentationModel: AnyObject {
     var dropoutDraw: DropoutDraw { get set }
     /// Re-initialises every parameter from the configuration's seed (buffers reset).
     func initializeParameters()
-    /// Allocates activations, gradients and scratch for batches of this shape (again only when it changes).
-    func plan(batch: Int, height: Int, width: Int)
+    /// Allocates activations, gradients and scratch for batches of this shape (again only when it
+    /// changes). `gradients: false` plans for inference: no activation-gradient memory, and no
+    /// backward until a plan with gradients (`predict`, `evaluate` and `serve` plan so).
+    func plan(batch: Int, height: Int, width: Int, gradients: Bool)
     /// Runs the model on `images` (N, Cin, H, W) as planned; returns the logits. `training`: batch
     /// statistics (and updated running statistics) for BatchNorm, and what backward needs is kept.
     func forward(_ images: Tensor, training: Bool) -> Tensor
@@ -103,4 +107,9 @@ extension UNet: SegmentationModel {
         get { DropoutDraw() }
         set {}
     }
+}
+
+extension SegmentationModel {
+    /// Plans for training: activations, their gradients and scratch.
+    public func plan(batch: Int, height: Int, width: Int) { plan(batch: batch, height: height, width: width, gradients: true) }
 }

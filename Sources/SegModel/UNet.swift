@@ -200,9 +200,10 @@ public final class UNet {
 
     /// Allocates activations, their gradients and kernel scratch for batches of this shape.
     /// Nothing is allocated by forward or backward afterwards.
-    public func plan(batch: Int, height: Int, width: Int) {
+    public func plan(batch: Int, height: Int, width: Int, gradients: Bool) {
         let shape = Shape(batch, config.inChannels, height, width)
-        if batchShape == shape { return }
+        // A plan with gradients serves inference too.
+        if batchShape == shape && (arena.hasGradientMemory || !gradients) { return }
         precondition(height >= config.minimumImageSize && width >= config.minimumImageSize,
                      "image \(height)x\(width) is smaller than \(config.minimumImageSize) px")
         var plan = ActivationArena()
@@ -288,7 +289,9 @@ public final class UNet {
         }
         arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
                                                                      slots: arena.shapes.count,
-                                                                     liveBefore: [logitsSlot]))
+                                                                     liveBefore: [logitsSlot]), gradients: gradients,
+                       valueLifetimes: gradients ? nil : ActivationArena.lifetimes(of: forwardAccesses(), slots: arena.shapes.count,
+                                                                                   liveBefore: []))
         gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
         let firstWrites = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
@@ -301,6 +304,34 @@ public final class UNet {
         scratch.reserve(sharedFloats: sharedFloats)
         layers = rows
         batchShape = shape
+    }
+
+    /// The arena slots each op of `forward` reads or writes, in its order (for a plan for
+    /// inference, whose values share memory by these lifetimes).
+    private func forwardAccesses() -> [[Int]] {
+        var ops: [[Int]] = []
+        var x: Int? = nil  // the images
+        func unit(_ u: ConvUnit) {
+            ops.append([x, u.output].compactMap { $0 } + (u.normalized ? [u.preNorm, u.saveMean, u.saveInvStd] : []))
+            x = u.output
+        }
+        for level in encoder {
+            unit(level.conv1)
+            unit(level.conv2)
+            ops.append([level.conv2.output, level.pooled])
+            x = level.pooled
+        }
+        for (j, level) in decoder.enumerated() {
+            ops.append([x!, level.upsampled])
+            let upper = level.padded ?? level.upsampled
+            if let padded = level.padded { ops.append([level.upsampled, padded]) }
+            ops.append([encoder[encoder.count - 1 - j].conv2.output, upper, level.concatenated])
+            x = level.concatenated
+            unit(level.conv1)
+            unit(level.conv2)
+        }
+        ops.append([x!, logitsSlot])
+        return ops
     }
 
     private func convRow(_ name: String, _ c: ConvParameters, h: Int, w: Int, firstLayer: Bool,
