@@ -65,7 +65,7 @@ public final class Predictor {
 
     /// Loads `path`: a checkpoint folder (state.json + model.safetensors), or a run folder (its
     /// checkpoints/best, else checkpoints/last).
-    public init(path: String, pool: WorkerPool) throws {
+    public convenience init(path: String, pool: WorkerPool) throws {
         guard let folder = RunDirectory.checkpointFolder(named: path) else {
             throw PredictorError("--model \(path): not a checkpoint or run folder (no state.json, checkpoints/best or checkpoints/last)")
         }
@@ -83,13 +83,22 @@ public final class Predictor {
             throw PredictorError("\(statePath): the model needs about \(SystemMemory.describe(needed)) for one image, over the "
                                  + "limit of \(SystemMemory.describe(Double(limit))) (ulimit -v)")
         }
-        self.description = description
-        source = folder
-        model = description.architecture.build(pool: pool)
+        let model = description.architecture.build(pool: pool)
         do { try Checkpoint.readWeights(from: folder, into: model.store) } catch { throw PredictorError("\(error)") }
+        self.init(model: model, description: description, source: folder)
+    }
+
+    /// A predictor of `model` as it is (`bench --inference` times one with random weights).
+    /// `description` must be the model's.
+    public init(model: any SegmentationModel, description: ModelDescription, source: String) {
+        precondition(model.inChannels == description.inChannels && model.classes == description.classes,
+                     "the description is not the model's")
+        self.model = model
+        self.description = description
+        self.source = source
         let s = description.imageSize
         input = OwnedTensor(Shape(1, description.inChannels, s, s))
-        model.plan(batch: 1, height: s, width: s)
+        model.plan(batch: 1, height: s, width: s, gradients: false)
     }
 
     public var pixelFormat: PixelFormat { PixelFormat(rawValue: description.inChannels) ?? .rgb }
@@ -170,7 +179,7 @@ public final class Predictor {
         let s = description.imageSize
         if input.shape.n != n {
             input = OwnedTensor(Shape(n, description.inChannels, s, s))
-            model.plan(batch: n, height: s, width: s)
+            model.plan(batch: n, height: s, width: s, gradients: false)
         }
     }
 
@@ -208,6 +217,10 @@ public final class Predictor {
     /// Bilinear (half-pixel centres) resize of each class plane to width x height.
     private func resizeProbabilities(_ p: Tensor, toWidth width: Int, height: Int) -> Prediction {
         let s = p.shape.h, c = p.shape.c
+        if width == s && height == s {  // the training size: the planes as they are
+            return Prediction(width: width, height: height, classes: description.classes,
+                              probabilities: Array(UnsafeBufferPointer(start: p.data, count: p.count)))
+        }
         var out = [Float](repeating: 0, count: c * width * height)
         let sx = Float(s) / Float(width), sy = Float(s) / Float(height)
         for y in 0..<height {

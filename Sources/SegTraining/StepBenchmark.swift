@@ -207,25 +207,3 @@ public struct StepBenchmarkResult {
         return lines
     }
 }
-
-/// Heap allocations so far (only those over 256 bytes when `large`), when scripts/alloc-counter's
-/// LD_PRELOAD shim is loaded; else nil.
-public func heapAllocationCount(large: Bool = false) -> Int? {
-    typealias Counter = @convention(c) () -> Int
-    let name = large ? "segtrain_large_alloc_count" : "segtrain_alloc_count"
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) else { return nil }
-    return unsafeBitCast(symbol, to: Counter.self)()
-}
-
-/// This process's resource usage so far (getrusage).
-private func resourceUsage() -> rusage {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return usage
-}
-
-/// Minor page faults of this process so far.
-public func minorPageFaults() -> Int { resourceUsage().ru_minflt }
-
-/// Peak resident set size of this process in MiB (Linux reports KiB).
-public func peakResidentMiB() -> Double { Double(resourceUsage().ru_maxrss) / 1024 }

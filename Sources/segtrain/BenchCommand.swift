@@ -1,6 +1,7 @@
 import ArgumentParser
 import SegData
 import SegEngine
+import SegInference
 import SegModel
 import SegTraining
 import SegDistributed
@@ -17,8 +18,8 @@ struct BenchCommand: ParsableCommand {
             unless --no-augment), and the report adds the loader: seconds per sample per loader thread \
             (decode, resize, augment) and how long the steps waited for data.
 
-            --conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, --augment-speed and --synthetic \
-            time one part alone instead of training steps (one of them at a time, no MPI): e.g. \
+            --inference, --gemm-peak, --conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, \
+            --augment-speed and --synthetic time one part alone instead of training steps (one of them at a time, no MPI): e.g. \
             `segtrain bench --conv-layers --threads 2` prints the per-layer table of docs/PERFORMANCE.md.
             """)
 
@@ -36,6 +37,10 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Floats of transformed tiles per Winograd chunk (tuning; docs/PERFORMANCE.md).")
     var winogradChunkFloats = ConvPolicy.standard.winogradTargetChunkFloats
 
+    @Flag(help: "Time the forward path of predict, evaluate and serve (normalise, forward in eval mode, sigmoid/softmax) on --batch-size random images at --image-size, with random weights, instead of training steps: --steps timed passes after --warmup.")
+    var inference = false
+    @Flag(help: "Measure the sgemm peak: each of --threads threads multiplies its own 1024 x 1024 matrices with single-threaded OpenBLAS at the same time (best of 5); the yardstick for the models' GFLOP/s.")
+    var gemmPeak = false
     @Flag(help: "Time each distinct 3x3 layer of the model (--image-size, --in-channels, --base-channels, --depth; batch --batch-size) in each pass under every algorithm; * marks what --conv runs.")
     var convLayers = false
     @Flag(help: "Time conv2d (3x3 and 1x1, --base-channels in and out, --image-size px, batch --batch-size) and convTranspose2x2 to that size.")
@@ -65,9 +70,9 @@ struct BenchCommand: ParsableCommand {
         try dataOptions.validate(classes: model.classes, inChannels: model.inChannels)
         if steps < 1 { throw ValidationError("--steps must be at least 1 (got \(steps))") }
         if warmup < 0 { throw ValidationError("--warmup must be >= 0 (got \(warmup))") }
-        let parts = [convLayers, convKernels, encoderOps, jpegDecode != nil, augmentSpeed != nil, synthetic].filter { $0 }.count
+        let parts = [inference, gemmPeak, convLayers, convKernels, encoderOps, jpegDecode != nil, augmentSpeed != nil, synthetic].filter { $0 }.count
         if parts > 1 {
-            throw ValidationError("--conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, --augment-speed and --synthetic: one at a time")
+            throw ValidationError("--inference, --gemm-peak, --conv-layers, --conv-kernels, --encoder-ops, --jpeg-decode, --augment-speed and --synthetic: one at a time")
         }
         if freezeEncoder && !model.hasEncoder { throw ValidationError("--freeze-encoder needs --encoder") }
         if freezeEncoder && parts > 0 { throw ValidationError("--freeze-encoder times training steps; it does not go with --conv-layers, --encoder-ops, ...") }
@@ -108,7 +113,17 @@ struct BenchCommand: ParsableCommand {
     /// Runs the one-part timing the flags ask for, if any; false when there is none (train steps).
     func runPartTiming() throws -> Bool {
         let report: (String) -> Void = { print($0) }
-        if convLayers {
+        if inference {
+            try runInference()
+        } else if gemmPeak {
+            let pool = WorkerPool(threads: model.threadCount)
+            let gflops = GemmPeak.measure(pool: pool)
+            if json {
+                print("{\"mode\": \"gemm_peak\", \"threads\": \(pool.threadCount), \"n\": 1024, \"gflops_per_second\": \(gflops)}")
+            } else {
+                print("segtrain bench --gemm-peak: sgemm 1024 x 1024 x 1024 on each of \(pool.threadCount) thread(s): \(fixed(gflops, 1)) GFLOP/s")
+            }
+        } else if convLayers {
             let pool = WorkerPool(threads: model.threadCount), policy = convPolicy
             let batch = training.batchPerRank ?? training.batchSize
             print("segtrain bench --conv-layers: batch \(batch), \(pool.threadCount) thread(s), ms best of 3; * = what --conv \(conv.rawValue) runs")
@@ -137,6 +152,27 @@ struct BenchCommand: ParsableCommand {
             return false
         }
         return true
+    }
+
+    /// --inference: Predictor.predict on random images, with the model's random initial weights.
+    func runInference() throws {
+        let pool = WorkerPool(threads: model.threadCount)
+        let net = model.architecture.build(pool: pool, convPolicy: convPolicy)
+        let normalization = try dataOptions.normalization(channels: net.inChannels)
+        let description = ModelDescription(model.architecture, imageSize: model.imageSize,
+                                           mean: normalization?.mean, std: normalization?.std)
+        if let problem = description.problem { throw UserError("model flags: \(problem)") }
+        let batch = training.batchPerRank ?? training.batchSize
+        let predictor = Predictor(model: net, description: description, source: "random weights")
+        let result = InferenceBenchmark.run(predictor, batch: batch, warmup: warmup, passes: steps, seed: model.seed)
+        if json {
+            print(result.json(["\"image_size\": \(model.imageSize)", "\"batch_size\": \(batch)", "\"threads\": \(pool.threadCount)",
+                               "\"conv\": \"\(conv.rawValue)\""]))
+            return
+        }
+        print("segtrain bench --inference: \(model.imageSize)x\(model.imageSize), batch \(batch), \(pool.threadCount) thread(s), "
+              + "\(steps) passes after \(warmup) warm-up, conv \(conv.rawValue)")
+        for line in result.table() { print(line) }
     }
 
     func run() throws {

@@ -78,6 +78,38 @@ final class CLITests: SegtrainTestCase {
         XCTAssertEqual(object?["threads"] as? Int, 2)
     }
 
+    /// bench --inference times the predictor's forward path (no loss, no optimizer), also of an
+    /// encoder model; --gemm-peak measures sgemm; each refuses another part timing with one line.
+    func testBenchInferenceAndGemmPeak() throws {
+        let model = ["--image-size", "16", "--base-channels", "4", "--depth", "2", "--batch-size", "3", "--threads", "2"]
+        let r = try segtrain(["bench", "--inference", "--steps", "2", "--json"] + model)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+        XCTAssertEqual(object?["mode"] as? String, "inference")
+        XCTAssertEqual(object?["batch_size"] as? Int, 3)
+        XCTAssertEqual(object?["passes"] as? Int, 2)
+        XCTAssertGreaterThan(object?["images_per_second"] as? Double ?? 0, 0)
+        let split = object?["seconds_per_pass_by_kind"] as? [String: Double]
+        XCTAssertNotNil(split?["conv_forward"], r.stdout)
+        XCTAssertNil(split?["conv_input_gradient"], "no backward: \(r.stdout)")
+        XCTAssertNil(split?["optimizer"], "no optimizer: \(r.stdout)")
+        let table = try segtrain(["bench", "--inference", "--steps", "1"] + model)
+        XCTAssertTrue(table.stdout.contains("GFLOP per image per forward pass") && table.stdout.contains("conv forward"), table.stdout)
+        let encoder = try segtrain(["bench", "--inference", "--encoder", "mobilenet_v2", "--image-size", "32", "--batch-size", "1",
+                                    "--steps", "1", "--warmup", "0", "--threads", "2"])
+        XCTAssertEqual(encoder.status, 0, encoder.stderr)
+        let peak = try segtrain(["bench", "--gemm-peak", "--threads", "1", "--json"])
+        XCTAssertEqual(peak.status, 0, peak.stderr)
+        let gflops = (try JSONSerialization.jsonObject(with: Data(peak.stdout.utf8)) as? [String: Any])?["gflops_per_second"] as? Double
+        XCTAssertGreaterThan(gflops ?? 0, 0.1, peak.stdout)
+        for other in ["--conv-layers", "--gemm-peak", "--synthetic"] {
+            let both = try segtrain(["bench", "--inference", other])
+            XCTAssertNotEqual(both.status, 0)
+            XCTAssertEqual(both.stderr.split(separator: "\n").count, 1, both.stderr)
+            XCTAssertTrue(both.stderr.contains("one at a time"), both.stderr)
+        }
+    }
+
     /// The part timings (once skipped XCTests) print their tables: one row per distinct 3x3 layer
     /// with `*` on what the policy runs, the kernel lines, decode, augmentation and synthetic lines.
     func testBenchPartTimingsPrintTheirTables() throws {
