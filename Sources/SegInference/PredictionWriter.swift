@@ -31,32 +31,56 @@ public struct PredictionWriter {
 
     /// Predicts `files` (output names from `stems`) in batches of `batchSize`, or tiled with
     /// `overlap`; `report` gets one line per failed file. Returns the files written and the
-    /// images that failed.
+    /// images that failed. While batch b is predicted, batch b+1 is read and decoded on one thread
+    /// and batch b-1's outputs encoded and written on another; lines are reported in file order.
     public func predictAll(_ files: [String], stems: [String], predictor: Predictor, batchSize: Int, tileOverlap: Int?,
                            report: (String) -> Void) -> (written: Int, failures: Int) {
-        var failures = 0, written = 0, k = 0
-        while k < files.count {
-            // Read a batch; a file that cannot be read is reported and skipped.
-            var batch: [(path: String, stem: String, image: Image8)] = []
-            while k < files.count && batch.count < (tileOverlap != nil ? 1 : batchSize) {
-                let path = files[k], stem = stems[k]
-                k += 1
-                do { batch.append((path, stem, try ImageFile.read(path, as: predictor.pixelFormat))) } catch {
-                    report("\(error)")
-                    failures += 1
-                }
+        let perBatch = tileOverlap != nil ? 1 : batchSize
+        let batches = stride(from: 0, to: files.count, by: perBatch).map { $0..<min($0 + perBatch, files.count) }
+        let pixelFormat = predictor.pixelFormat
+        // A file that cannot be read is reported and skipped.
+        func read(_ range: Range<Int>) -> (images: [(path: String, stem: String, image: Image8)], errors: [String]) {
+            var images: [(path: String, stem: String, image: Image8)] = [], errors: [String] = []
+            for k in range {
+                do { images.append((files[k], stems[k], try ImageFile.read(files[k], as: pixelFormat))) } catch { errors.append("\(error)") }
             }
-            if batch.isEmpty { continue }
-            let predictions = tileOverlap.map { [predictor.predictTiled(batch[0].image, overlap: $0)] }
-                ?? predictor.predict(batch.map(\.image))
-            for ((path, stem, image), prediction) in zip(batch, predictions) {
-                // `written` counts every file in place, also those before a failed one.
-                do { try write(prediction, image: image, path: path, stem: stem, written: &written) } catch {
-                    report("\(error)")
-                    failures += 1
-                }
-            }
+            return (images, errors)
         }
+        // `written` counts every file in place, also those before a failed one.
+        func write(_ images: [(path: String, stem: String, image: Image8)], _ predictions: [Prediction]) -> (written: Int, errors: [String]) {
+            var written = 0, errors: [String] = []
+            for ((path, stem, image), prediction) in zip(images, predictions) {
+                do { try self.write(prediction, image: image, path: path, stem: stem, written: &written) } catch { errors.append("\(error)") }
+            }
+            return (written, errors)
+        }
+        let readQueue = DispatchQueue(label: "segtrain.predict.read"), writeQueue = DispatchQueue(label: "segtrain.predict.write")
+        var failures = 0, written = 0
+        var nextRead = batches.first.map { range in Pending(on: readQueue) { read(range) } }
+        var lastWrite: Pending<(written: Int, errors: [String])>? = nil
+        func finishWrite() {
+            guard let done = lastWrite?.wait() else { return }
+            written += done.written
+            failures += done.errors.count
+            done.errors.forEach(report)
+            lastWrite = nil
+        }
+        for b in batches.indices {
+            let batch = nextRead!.wait()
+            nextRead = b + 1 < batches.count ? Pending(on: readQueue) { [range = batches[b + 1]] in read(range) } : nil
+            if batch.images.isEmpty {
+                finishWrite()
+            } else {
+                let predictions = tileOverlap.map { [predictor.predictTiled(batch.images[0].image, overlap: $0)] }
+                    ?? predictor.predict(batch.images.map(\.image))
+                finishWrite()
+                lastWrite = Pending(on: writeQueue) { write(batch.images, predictions) }
+            }
+            // Lines in file order: this batch's unreadable files after the batch before's writes.
+            failures += batch.errors.count
+            batch.errors.forEach(report)
+        }
+        finishWrite()
         return (written, failures)
     }
 
@@ -108,5 +132,24 @@ public struct PredictionWriter {
             return PredictionImages.composite(image, labels: labels,
                                               behind: PredictionImages.solid(colour, width: image.width, height: image.height))
         }
+    }
+}
+
+/// The result of `work`, run on `queue` from now on; `wait()` blocks until it is there.
+private final class Pending<T> {
+    private var value: T?
+    private let group = DispatchGroup()
+
+    init(on queue: DispatchQueue, _ work: @escaping () -> T) {
+        group.enter()
+        queue.async {
+            self.value = work()
+            self.group.leave()
+        }
+    }
+
+    func wait() -> T {
+        group.wait()
+        return value!
     }
 }

@@ -175,6 +175,33 @@ final class PredictEvaluateTests: SegtrainTestCase {
         }
     }
 
+    /// predict reads the next batch and writes the last one while it predicts: a file that cannot
+    /// be read and an output that cannot be written are each reported in file order with the file's
+    /// name, the other images are all done, and the counts stay true.
+    func testPredictReportsReadAndWriteFailuresInFileOrder() throws {
+        let inputs = folder + "/inputs-order", out = folder + "/out-order"
+        try FileManager.default.createDirectory(atPath: inputs, withIntermediateDirectories: true)
+        let image = try ImageFile.read(folder + "/binary/images/00000.png", as: .rgb)
+        for name in ["a", "c", "d", "e", "g"] { try ImageFile.write(image, to: "\(inputs)/\(name).png") }
+        for name in ["b", "f"] { try Data("not an image".utf8).write(to: URL(fileURLWithPath: "\(inputs)/\(name).png")) }
+        // d's mask cannot be written: a folder is in its place.
+        try FileManager.default.createDirectory(atPath: out + "/d_mask.png", withIntermediateDirectories: true)
+        let r = try segtrain(["predict", "--model", folder + "/run-binary", "--input", inputs, "--output", out,
+                              "--batch-size", "2", "--threads", "2"])
+        XCTAssertEqual(r.status, 1, r.stderr)
+        let lines = r.stderr.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 4, r.stderr)
+        guard lines.count == 4 else { return }
+        XCTAssertTrue(lines[0].contains(inputs + "/b.png: "), lines[0])
+        XCTAssertTrue(lines[1].contains(out + "/d_mask.png"), lines[1])
+        XCTAssertTrue(lines[2].contains(inputs + "/f.png: "), lines[2])
+        XCTAssertTrue(lines[3].contains("3 image(s) failed (see above); 4 file(s) written"), lines[3])
+        XCTAssertTrue(r.stdout.contains("predicted 4 of 7 image(s)") && r.stdout.contains("wrote 4 file(s)"), r.stdout)
+        for name in ["a", "c", "e", "g"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(out)/\(name)_mask.png"), name)
+        }
+    }
+
     /// evaluate's per-image numbers are those of predict's masks against the truth, recomputed
     /// here from the files; mpirun -np 2 writes the same file.
     /// The multi-class model keeps its --class-names: evaluate names its per-class columns by them.
