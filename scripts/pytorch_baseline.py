@@ -5,7 +5,8 @@ Builds the same UNet that segtrain trains (in 3, classes 1, base 32, depth 4,
 MaxPool after every encoder level, no bottleneck conv, bilinear x2 upsampling,
 concat [skip, up], 3x3 head; 3,717,121 parameters) and times full training
 steps (zero_grad, forward, BCEWithLogits loss, backward, Adam step) on random
-data, the way segtrain measures itself: images/s, seconds/step, peak RSS.
+data, the way segtrain measures itself: images/s, seconds/step, peak RSS. With --inference it
+times forward passes in eval mode under torch.inference_mode() instead (segtrain bench --inference).
 
 With --ddp N it runs N processes (torch.multiprocessing.spawn) that train the
 model wrapped in DistributedDataParallel (gloo backend, rendezvous on
@@ -102,12 +103,17 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-channels", type=int, default=32,
+                   help="the UNet's first level width (segtrain's --base-channels)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--encoder", default=None, metavar="NAME",
                    help="train smp.Unet(NAME) (resnet18/34/50, mobilenet_v2) instead of segtrain's plain UNet")
     p.add_argument("--arch", default="unet", choices=["unet", "deeplabv3plus"],
                    help="with --encoder: smp.Unet or smp.DeepLabV3Plus")
+    p.add_argument("--inference", action="store_true",
+                   help="time forward passes in eval mode under torch.inference_mode() (and the sigmoid) "
+                        "instead of training steps: segtrain bench --inference's counterpart (issue #19)")
     p.add_argument("--ddp", type=int, default=0, metavar="N",
                    help="run N DistributedDataParallel processes (gloo)")
     a = p.parse_args()
@@ -137,11 +143,15 @@ def run(rank, a):
         model = smp_unet(a.encoder, a.arch)
         params = sum(t.numel() for t in model.parameters())
     else:
-        model = UNet()
+        model = UNet(base=a.base_channels)
         params = sum(t.numel() for t in model.parameters())
-        assert params == 3_717_121, params
+        assert a.base_channels != 32 or params == 3_717_121, params
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if a.inference:
+        if a.ddp:
+            raise SystemExit("--inference times one process; it does not go with --ddp")
+        model.eval()
     if a.ddp:
         model = nn.parallel.DistributedDataParallel(model)
         torch.manual_seed(a.seed + rank)  # each rank its own local batch
@@ -152,6 +162,9 @@ def run(rank, a):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step():
+        if a.inference:
+            with torch.inference_mode():
+                return torch.sigmoid(model(images)).mean().item()
         opt.zero_grad()
         loss = loss_fn(model(images), masks)
         loss.backward()
@@ -187,6 +200,10 @@ def run(rank, a):
     }
     if a.channels_last:
         res["channels_last"] = True
+    if a.inference:
+        res["mode"] = "inference"
+    if not a.encoder:
+        res["base_channels"] = a.base_channels
     if a.encoder:
         res["encoder"] = a.encoder
         res["arch"] = a.arch
