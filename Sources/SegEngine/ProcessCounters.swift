@@ -9,10 +9,13 @@ import Darwin
 
 /// Heap allocations so far (only those over 256 bytes when `large`), when scripts/alloc-counter's
 /// LD_PRELOAD shim is loaded; else nil.
+/// (The names go to dlsym as literals: a String turned into a C string is a heap allocation,
+/// which the counters would count.)
 public func heapAllocationCount(large: Bool = false) -> Int? {
     typealias Counter = @convention(c) () -> Int
-    let name = large ? "segtrain_large_alloc_count" : "segtrain_alloc_count"
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) else { return nil }
+    let symbol = large ? dlsym(UnsafeMutableRawPointer(bitPattern: 0), "segtrain_large_alloc_count")
+                       : dlsym(UnsafeMutableRawPointer(bitPattern: 0), "segtrain_alloc_count")
+    guard let symbol else { return nil }
     return unsafeBitCast(symbol, to: Counter.self)()
 }
 
