@@ -330,6 +330,14 @@ public struct ConvPolicy: Sendable, Equatable {
     /// `auto` with the measured thresholds and chunk sizes: what every model uses unless told otherwise.
     public static let standard = ConvPolicy()
 
+    /// Whether the strided kernel's work items may depend on one image's shape alone (never on the
+    /// batch size): true for `gemm`, the reproducible choice. Then, with im2col + GEMM everywhere,
+    /// an encoder model computes the same bits for an image whatever batch it is in and whatever
+    /// the thread count, so N ranks (`--sync-bn` included) run each image as the single process
+    /// does and differ from it only by how the gradient sum over the ranks is grouped. Winograd
+    /// groups a batch's images into chunks by the batch size and is not batch independent.
+    public var perImageWork: Bool { algorithm == .gemm }
+
     /// The Winograd output tile (2 or 4) for this layer's three passes, or 0 for im2col + GEMM.
     public func winogradTile(kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,
                              height: Int, width: Int) -> Int {

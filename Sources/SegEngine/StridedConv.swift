@@ -71,6 +71,9 @@ private func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: Unsafe
 
 /// The work plan of the strided convolution. It depends on the shapes only (never on the thread
 /// count), which is what makes the results thread-count independent. Internal so tests can check coverage.
+/// With `perImageWork` the bands depend on one image's shape alone (small batches are not spread over
+/// more bands), so an image's output and input gradient are the same bits in any batch: a rank's share
+/// computes what the single process computes for those images (ConvPolicy.perImageWork).
 struct StridedConvPlan {
     let batch: Int, inChannels: Int, outChannels: Int
     let height: Int, width: Int, outHeight: Int, outWidth: Int
@@ -82,13 +85,14 @@ struct StridedConvPlan {
     /// Groups of forward items whose weight-gradient partials are summed separately.
     let weightGroups: Int
 
-    init(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int, geometry g: ConvGeometry) {
+    init(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int, geometry g: ConvGeometry,
+         perImageWork: Bool = false) {
         self.batch = batch; self.inChannels = inChannels; self.outChannels = outChannels
         self.height = height; self.width = width; geometry = g
         outHeight = g.output(height); outWidth = g.output(width)
         let depth = inChannels * g.kernel * g.kernel
         let budgetPixels = max(stridedColumnTargetFloats / max(1, depth), stridedMinimumItemPixels)
-        let spreadBands = max(1, (stridedSpreadItems + max(batch, 1) - 1) / max(batch, 1))
+        let spreadBands = perImageWork ? 1 : max(1, (stridedSpreadItems + max(batch, 1) - 1) / max(batch, 1))
         if outHeight > 0 && outWidth > 0 {
             var rows = max(1, budgetPixels / outWidth)
             rows = min(rows, max(1, (outHeight + spreadBands - 1) / spreadBands))
@@ -159,11 +163,12 @@ struct StridedConvPlan {
 /// (the plan does not depend on the thread count, so neither does this).
 /// Height and width are the input's.
 public func stridedConvScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
-                                     geometry: ConvGeometry) -> Int {
+                                     geometry: ConvGeometry, perImageWork: Bool = false) -> Int {
     var most = 0
     for images in 1...max(1, batch) {
         most = max(most, StridedConvPlan(batch: images, inChannels: inChannels, outChannels: outChannels,
-                                         height: height, width: width, geometry: geometry).scratchFloats)
+                                         height: height, width: width, geometry: geometry,
+                                         perImageWork: perImageWork).scratchFloats)
     }
     return most
 }
@@ -171,11 +176,12 @@ public func stridedConvScratchFloats(batch: Int, inChannels: Int, outChannels: I
 /// Floats of shared scratch stridedConvBackward needs (weight-gradient partials, at most four
 /// weight-sized blocks) for these sizes or any smaller batch.
 public func stridedConvSharedScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
-                                           geometry: ConvGeometry) -> Int {
+                                           geometry: ConvGeometry, perImageWork: Bool = false) -> Int {
     var most = 0
     for images in 1...max(1, batch) {
         most = max(most, StridedConvPlan(batch: images, inChannels: inChannels, outChannels: outChannels,
-                                         height: height, width: width, geometry: geometry).sharedFloats)
+                                         height: height, width: width, geometry: geometry,
+                                         perImageWork: perImageWork).sharedFloats)
     }
     return most
 }
@@ -270,10 +276,11 @@ private func stridedCol2imBand(_ dst: UnsafeMutablePointer<Float>, _ dcol: Unsaf
 /// y: (N, Cout, Ho, Wo), Ho = geometry.output(H)  x: (N, Cin, H, W)  weight: (Cout, Cin, k, k)  bias: (Cout, 1, 1, 1) or nil
 /// scratch: stridedConvScratchFloats per thread.
 public func stridedConvForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tensor?, geometry: ConvGeometry,
-                               pool: WorkerPool, scratch: Scratch) {
+                               perImageWork: Bool = false, pool: WorkerPool, scratch: Scratch) {
     checkStridedConv(y, x, weight, bias, geometry, "stridedConvForward")
     precondition(scratch.threadCount >= pool.threadCount, "stridedConvForward: scratch has fewer threads than the pool")
-    let plan = StridedConvPlan(batch: x.n, inChannels: x.c, outChannels: y.c, height: x.h, width: x.w, geometry: geometry)
+    let plan = StridedConvPlan(batch: x.n, inChannels: x.c, outChannels: y.c, height: x.h, width: x.w, geometry: geometry,
+                               perImageWork: perImageWork)
     scratch.require(plan.scratchFloats, "stridedConv")
     let (cin, cout, k) = (x.c, y.c, geometry.kernel)
     let depth = cin * k * k, outPlane = y.shape.plane, outW = plan.outWidth
@@ -304,13 +311,14 @@ public func stridedConvForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: T
 /// dx, x: (N, Cin, H, W)  dy: (N, Cout, Ho, Wo)  dweight, weight: (Cout, Cin, k, k)  dbias: (Cout, 1, 1, 1)
 /// scratch: stridedConvScratchFloats per thread and stridedConvSharedScratchFloats shared.
 public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
-                                geometry: ConvGeometry, pool: WorkerPool, scratch: Scratch) {
+                                geometry: ConvGeometry, perImageWork: Bool = false, pool: WorkerPool, scratch: Scratch) {
     let who: StaticString = "stridedConvBackward"
     checkStridedConv(dy, x, weight, dbias, geometry, who)
     if let dweight { precondition(dweight.shape == weight.shape, "\(who): dweight \(dweight.shape) for weight \(weight.shape)") }
     if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) for x \(x.shape)") }
     precondition(scratch.threadCount >= pool.threadCount, "\(who): scratch has fewer threads than the pool")
-    let plan = StridedConvPlan(batch: x.n, inChannels: x.c, outChannels: dy.c, height: x.h, width: x.w, geometry: geometry)
+    let plan = StridedConvPlan(batch: x.n, inChannels: x.c, outChannels: dy.c, height: x.h, width: x.w, geometry: geometry,
+                               perImageWork: perImageWork)
     scratch.require(plan.scratchFloats, "stridedConv")
     let (cin, cout, k) = (x.c, dy.c, geometry.kernel)
     let depth = cin * k * k, outPlane = dy.shape.plane, outW = plan.outWidth

@@ -223,7 +223,8 @@ public final class GraphModel {
                                       policy: convPolicy, pool: pool, scratch: scratch)
                     } else {
                         stridedConvForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
-                                           geometry: geometry, pool: pool, scratch: scratch)
+                                           geometry: geometry, perImageWork: convPolicy.perImageWork, pool: pool,
+                                           scratch: scratch)
                     }
                 }
             case .depthwise(let weight, let stride, let dilation):
@@ -347,8 +348,8 @@ public final class GraphModel {
                                    scratch: scratch)
                 } else {
                     stridedConvBackward(dx: dx0, dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
-                                        dy: dy, x: x, weight: store.value(weight), geometry: geometry, pool: pool,
-                                        scratch: scratch)
+                                        dy: dy, x: x, weight: store.value(weight), geometry: geometry,
+                                        perImageWork: convPolicy.perImageWork, pool: pool, scratch: scratch)
                 }
             }
         case .depthwise(let weight, let stride, let dilation):

@@ -30,9 +30,11 @@ struct GraphPlan {
                     shared = max(shared, conv2dSharedScratchFloats(inChannels: x.c, outChannels: y.c, kernel: 3))
                 } else {
                     perThread = max(perThread, stridedConvScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
-                                                                        height: x.h, width: x.w, geometry: g))
+                                                                        height: x.h, width: x.w, geometry: g,
+                                                                        perImageWork: policy.perImageWork))
                     shared = max(shared, stridedConvSharedScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
-                                                                        height: x.h, width: x.w, geometry: g))
+                                                                        height: x.h, width: x.w, geometry: g,
+                                                                        perImageWork: policy.perImageWork))
                 }
                 parameters = y.c * x.c * g.kernel * g.kernel + (bias == nil ? 0 : y.c)
                 flops = 2.0 * Double(x.c * g.kernel * g.kernel) * Double(y.c * y.h * y.w)

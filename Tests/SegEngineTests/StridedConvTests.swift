@@ -373,4 +373,50 @@ final class StridedConvTests: XCTestCase {
                             geometry: g, pool: pool, scratch: s)
         XCTAssertTrue(dx.tensor.toArray().allSatisfy { $0 == 3 } && dw.tensor.toArray().allSatisfy { $0 == 3 })
     }
+
+    /// `perImageWork` (ConvPolicy.gemm's reproducible plan): an image's output and input gradient
+    /// are the same bits alone, in a batch of 3 and in a batch of 5 (a rank's share and the single
+    /// process's batch), for 1 and 2 threads. Without it the plan spreads a small batch over more,
+    /// narrower bands (8 items: 8, 3 and 2 bands per image for batches 1, 3, 5), so the GEMMs have
+    /// other widths and the test checks that the plans really differ there.
+    func testPerImageWorkGivesAnImageTheSameBitsInAnyBatch() {
+        let (cin, cout, h, w) = (16, 8, 24, 20)
+        for g in [ConvGeometry(kernel: 3, stride: 1, padding: 1), ConvGeometry(kernel: 3, stride: 2, padding: 1),
+                  ConvGeometry(kernel: 1), ConvGeometry(kernel: 7, stride: 2, padding: 3)] {
+            XCTAssertNotEqual(StridedConvPlan(batch: 1, inChannels: cin, outChannels: cout, height: h, width: w, geometry: g).outRows,
+                              StridedConvPlan(batch: 5, inChannels: cin, outChannels: cout, height: h, width: w, geometry: g).outRows,
+                              "the spread plan cuts other bands for 1 and 5 images: \(g)")
+            let x = S.random(Shape(5, cin, h, w), seed: 41), weight = S.random(Shape(cout, cin, g.kernel, g.kernel), seed: 42)
+            let outShape = Shape(5, cout, g.output(h), g.output(w))
+            let dy = S.random(outShape, seed: 43)
+            var reference: (y: [Float], dx: [Float])?
+            for threads in [1, 2] {
+                let pool = WorkerPool(threads: threads)
+                for images in [5, 3, 1] {
+                    let s = Scratch(threads: threads)
+                    s.reserve(floatsPerThread: stridedConvScratchFloats(batch: images, inChannels: cin, outChannels: cout,
+                                                                        height: h, width: w, geometry: g, perImageWork: true))
+                    s.reserve(sharedFloats: stridedConvSharedScratchFloats(batch: images, inChannels: cin, outChannels: cout,
+                                                                           height: h, width: w, geometry: g, perImageWork: true))
+                    let xs = OwnedTensor(Shape(images, cin, h, w), Array(x.tensor.toArray()[0..<(images * cin * h * w)]))
+                    let dys = OwnedTensor(Shape(images, cout, outShape.h, outShape.w),
+                                          Array(dy.tensor.toArray()[0..<(images * cout * outShape.plane)]))
+                    let y = OwnedTensor(dys.shape), dx = OwnedTensor(xs.shape), dw = OwnedTensor(weight.shape)
+                    stridedConvForward(y.tensor, xs.tensor, weight: weight.tensor, bias: nil, geometry: g, perImageWork: true,
+                                       pool: pool, scratch: s)
+                    stridedConvBackward(dx: dx.tensor, dweight: dw.tensor, dbias: nil, dy: dys.tensor, x: xs.tensor,
+                                        weight: weight.tensor, geometry: g, perImageWork: true, pool: pool, scratch: s)
+                    let (yBits, dxBits) = (y.tensor.toArray(), dx.tensor.toArray())
+                    if let reference {
+                        XCTAssertEqual(zip(yBits, reference.y).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                                       "\(g): forward of the first \(images) image(s), \(threads) thread(s): values that differ")
+                        XCTAssertEqual(zip(dxBits, reference.dx).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                                       "\(g): input gradient of the first \(images) image(s), \(threads) thread(s): values that differ")
+                    } else {
+                        reference = (yBits, dxBits)
+                    }
+                }
+            }
+        }
+    }
 }

@@ -115,6 +115,29 @@ final class EncoderUNetTests: XCTestCase {
         }
     }
 
+    /// Under `--conv gemm` an image's logits are the same bits in a batch of 5 (the single process)
+    /// and in a batch of 3 (a rank's share): what lets N ranks with --sync-bn compute each image as one
+    /// process does (SyncBatchNormTests). The default policy's Winograd chunks and the strided
+    /// kernel's spread bands follow the batch size, and there the bits differ (seen on an AMD EPYC).
+    func testAnImageGetsTheSameBitsInAnyBatchUnderGEMM() {
+        for encoder in [EncoderKind.resnet18, .mobilenetV2] {
+            let config = EncoderUNetConfig(encoder: encoder, classes: 2)
+            let whole = GraphModel(config, convPolicy: ConvPolicy(algorithm: .gemm), pool: WorkerPool(threads: 2))
+            let share = GraphModel(config, convPolicy: ConvPolicy(algorithm: .gemm), pool: WorkerPool(threads: 2))
+            share.store.values.tensor.copy(from: whole.store.values.tensor)
+            share.store.buffers.tensor.copy(from: whole.store.buffers.tensor)
+            whole.plan(batch: 5, height: 64, width: 32)
+            share.plan(batch: 3, height: 64, width: 32)
+            let images = OwnedTensor(Shape(5, 3, 64, 32))
+            SMPGolden.fill(images.tensor, rule: "input")
+            let first = OwnedTensor(Shape(3, 3, 64, 32), Array(images.tensor.toArray()[0..<(3 * 3 * 64 * 32)]))
+            let all = whole.forward(images.tensor, training: false).toArray()
+            let part = share.forward(first.tensor, training: false).toArray()
+            XCTAssertEqual(zip(part, all).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                           "\(encoder.rawValue): logits of the first 3 images that differ between batches of 5 and 3")
+        }
+    }
+
     /// Training mode normalises with the batch's statistics and moves the running ones by momentum
     /// 0.1 (unbiased variance); evaluation mode uses the running ones and changes nothing.
     func testBatchNormModes() throws {
