@@ -119,11 +119,17 @@ final class EncoderUNetTests: XCTestCase {
     /// and in a batch of 3 (a rank's share): what lets N ranks with --sync-bn compute each image as one
     /// process does (SyncBatchNormTests). The default policy's Winograd chunks and the strided
     /// kernel's spread bands follow the batch size, and there the bits differ (seen on an AMD EPYC).
+    /// DeepLabV3+ too: dilated convolutions, ASPP's image pooling and the bilinear resizes are per image.
     func testAnImageGetsTheSameBitsInAnyBatchUnderGEMM() {
-        for encoder in [EncoderKind.resnet18, .mobilenetV2] {
-            let config = EncoderUNetConfig(encoder: encoder, classes: 2)
-            let whole = GraphModel(config, convPolicy: ConvPolicy(algorithm: .gemm), pool: WorkerPool(threads: 2))
-            let share = GraphModel(config, convPolicy: ConvPolicy(algorithm: .gemm), pool: WorkerPool(threads: 2))
+        let gemm = ConvPolicy(algorithm: .gemm)
+        var models: [(String, () -> GraphModel)] = [EncoderKind.resnet18, .mobilenetV2].map { encoder in
+            (encoder.rawValue, { GraphModel(EncoderUNetConfig(encoder: encoder, classes: 2), convPolicy: gemm, pool: WorkerPool(threads: 2)) })
+        }
+        models.append(("DeepLabV3+ resnet18", {
+            GraphModel(DeepLabV3PlusConfig(encoder: .resnet18, classes: 2), convPolicy: gemm, pool: WorkerPool(threads: 2))
+        }))
+        for (name, make) in models {
+            let whole = make(), share = make()
             share.store.values.tensor.copy(from: whole.store.values.tensor)
             share.store.buffers.tensor.copy(from: whole.store.buffers.tensor)
             whole.plan(batch: 5, height: 64, width: 32)
@@ -134,7 +140,7 @@ final class EncoderUNetTests: XCTestCase {
             let all = whole.forward(images.tensor, training: false).toArray()
             let part = share.forward(first.tensor, training: false).toArray()
             XCTAssertEqual(zip(part, all).filter { $0.bitPattern != $1.bitPattern }.count, 0,
-                           "\(encoder.rawValue): logits of the first 3 images that differ between batches of 5 and 3")
+                           "\(name): logits of the first 3 images that differ between batches of 5 and 3")
         }
     }
 
