@@ -313,13 +313,23 @@ public struct ConvPolicy: Sendable, Equatable {
     public var winogradTargetChunkFloats: Int
     /// ...but at least this many tiles (GEMM columns) per chunk, so deep layers keep wide GEMMs.
     public var winogradMinimumTilesPerChunk: Int
+    /// Whether work items are cut by one image's shape alone, never by the batch size or the thread
+    /// count: Winograd chunks hold one image (or a band of one), and the strided kernel does not
+    /// spread a small batch over more bands. Then an encoder model computes an image's forward and
+    /// input gradient with the same bits in any batch, so N ranks (`--sync-bn` included) run each
+    /// image as the single process does and differ from it only by how the gradient sums over the
+    /// ranks and threads are grouped (`train --deterministic`). Default: on for `gemm` (which also
+    /// makes the weight gradients thread-count independent), off otherwise: grouping a batch's
+    /// small images into one Winograd chunk keeps the deep layers' GEMMs wide.
+    public var perImageWork: Bool
 
-    public init(algorithm: ConvAlgorithm = .auto, winogradMinimumChannels: Int = 8,
+    public init(algorithm: ConvAlgorithm = .auto, perImageWork: Bool? = nil, winogradMinimumChannels: Int = 8,
                 winogradLargeTileMinimumSide: Int = 32, winogradLargeTileMinimumChannels: Int = 96,
                 winogradTargetChunkFloats: Int = 1 << 18, winogradMinimumTilesPerChunk: Int = 64) {
         precondition(winogradTargetChunkFloats >= 1 && winogradMinimumTilesPerChunk >= 1,
                      "ConvPolicy: Winograd chunk sizes must be positive")
         self.algorithm = algorithm
+        self.perImageWork = perImageWork ?? (algorithm == .gemm)
         self.winogradMinimumChannels = winogradMinimumChannels
         self.winogradLargeTileMinimumSide = winogradLargeTileMinimumSide
         self.winogradLargeTileMinimumChannels = winogradLargeTileMinimumChannels
@@ -330,13 +340,6 @@ public struct ConvPolicy: Sendable, Equatable {
     /// `auto` with the measured thresholds and chunk sizes: what every model uses unless told otherwise.
     public static let standard = ConvPolicy()
 
-    /// Whether the strided kernel's work items may depend on one image's shape alone (never on the
-    /// batch size): true for `gemm`, the reproducible choice. Then, with im2col + GEMM everywhere,
-    /// an encoder model computes the same bits for an image whatever batch it is in and whatever
-    /// the thread count, so N ranks (`--sync-bn` included) run each image as the single process
-    /// does and differ from it only by how the gradient sum over the ranks is grouped. Winograd
-    /// groups a batch's images into chunks by the batch size and is not batch independent.
-    public var perImageWork: Bool { algorithm == .gemm }
 
     /// The Winograd output tile (2 or 4) for this layer's three passes, or 0 for im2col + GEMM.
     public func winogradTile(kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,

@@ -49,7 +49,7 @@ public struct WinogradPlan {
         let floatsPerTile = points * (inChannels + outChannels)
         let targetTiles = max(policy.winogradMinimumTilesPerChunk, policy.winogradTargetChunkFloats / floatsPerTile)
         let tilesPerImage = tilesHigh * tilesWide
-        if tilesPerImage >= targetTiles || batch <= 1 {
+        if tilesPerImage >= targetTiles || batch <= 1 || policy.perImageWork {
             tileRowsPerChunk = max(1, min(tilesHigh, targetTiles / max(tilesWide, 1)))
             chunksPerImage = (tilesHigh + tileRowsPerChunk - 1) / tileRowsPerChunk
             imagesPerChunk = 1

@@ -34,6 +34,8 @@ struct BenchCommand: ParsableCommand {
     var json = false
     @Option(help: "3x3 convolution kernel: auto, gemm (im2col + GEMM), winograd (F(2x2,3x3)) or winograd4 (F(4x4,3x3)).")
     var conv = ConvAlgorithm.auto
+    @Flag(help: "Time train --deterministic: the convolutions' work cut by image, never by batch size.")
+    var deterministic = false
     @Option(help: "Floats of transformed tiles per Winograd chunk (tuning; docs/PERFORMANCE.md).")
     var winogradChunkFloats = ConvPolicy.standard.winogradTargetChunkFloats
 
@@ -58,8 +60,7 @@ struct BenchCommand: ParsableCommand {
 
     /// The convolution policy the flags ask for: --conv and --winograd-chunk-floats over the standard one.
     var convPolicy: ConvPolicy {
-        var policy = ConvPolicy.standard
-        policy.algorithm = conv
+        var policy = ConvPolicy(algorithm: conv, perImageWork: deterministic || conv == .gemm)
         policy.winogradTargetChunkFloats = winogradChunkFloats
         return policy
     }

@@ -78,8 +78,10 @@ struct TrainCommand: ParsableCommand {
     var debugStallStep = 2
     @Flag(help: "Every rank prints where its time went after each epoch (compute, data wait, communication).")
     var verbose = false
-    @Option(help: "3x3 convolution kernel: auto (the fastest per layer), gemm (im2col + GEMM: the same bits whatever --threads and each rank's share of the batch), winograd or winograd4.")
+    @Option(help: "3x3 convolution kernel: auto (the fastest per layer), gemm (im2col + GEMM, with --deterministic's work split: an image's bits depend on nothing else, --threads included), winograd or winograd4.")
     var conv = ConvAlgorithm.auto
+    @Flag(help: "Cut the convolutions' work by image, never by batch size: an encoder model computes each image with the same bits in any rank's share, so N ranks (with --sync-bn for BatchNorm) give the 1-rank gradient within the rounding of the sum over ranks.")
+    var deterministic = false
     @Flag(help: "Drop the last, smaller global batch of each epoch (default: train it; it is never padded).")
     var dropLast = false
     @Option(help: "Micro-batches per optimizer step: gradients of K global batches add up before one allreduce.")
@@ -188,7 +190,7 @@ struct TrainCommand: ParsableCommand {
         try checkMemory(communicator)
         let pool = WorkerPool(threads: model.threadCount)
         let architecture = model.architecture
-        let net = architecture.build(pool: pool, convPolicy: ConvPolicy(algorithm: conv))
+        let net = architecture.build(pool: pool, convPolicy: ConvPolicy(algorithm: conv, perImageWork: deterministic || conv == .gemm))
         if let path = initWeights, isRoot {
             do {
                 try SafetensorsFile(path: path).read(into: Safetensors.items(of: net.store, gradients: false))

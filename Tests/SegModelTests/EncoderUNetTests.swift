@@ -115,19 +115,24 @@ final class EncoderUNetTests: XCTestCase {
         }
     }
 
-    /// Under `--conv gemm` an image's logits are the same bits in a batch of 5 (the single process)
-    /// and in a batch of 3 (a rank's share): what lets N ranks with --sync-bn compute each image as one
-    /// process does (SyncBatchNormTests). The default policy's Winograd chunks and the strided
-    /// kernel's spread bands follow the batch size, and there the bits differ (seen on an AMD EPYC).
+    /// With `perImageWork` (`--conv gemm`, or `train --deterministic` under auto, Winograd included)
+    /// an image's logits are the same bits in a batch of 5 (the single process) and in a batch of 3
+    /// (a rank's share): what lets N ranks with --sync-bn compute each image as one process does
+    /// (SyncBatchNormTests). Without it the Winograd chunks and the strided kernel's spread bands
+    /// follow the batch size, and the bits differ (seen on an AMD EPYC).
     /// DeepLabV3+ too: dilated convolutions, ASPP's image pooling and the bilinear resizes are per image.
-    func testAnImageGetsTheSameBitsInAnyBatchUnderGEMM() {
-        let gemm = ConvPolicy(algorithm: .gemm)
-        var models: [(String, () -> GraphModel)] = [EncoderKind.resnet18, .mobilenetV2].map { encoder in
-            (encoder.rawValue, { GraphModel(EncoderUNetConfig(encoder: encoder, classes: 2), convPolicy: gemm, pool: WorkerPool(threads: 2)) })
+    func testAnImageGetsTheSameBitsInAnyBatchWithPerImageWork() {
+        var models: [(String, () -> GraphModel)] = []
+        for policy in [ConvPolicy(algorithm: .gemm), ConvPolicy(algorithm: .auto, perImageWork: true)] {
+            for encoder in [EncoderKind.resnet18, .mobilenetV2] {
+                models.append(("\(encoder.rawValue), \(policy.algorithm)", {
+                    GraphModel(EncoderUNetConfig(encoder: encoder, classes: 2), convPolicy: policy, pool: WorkerPool(threads: 2))
+                }))
+            }
+            models.append(("DeepLabV3+ resnet18, \(policy.algorithm)", {
+                GraphModel(DeepLabV3PlusConfig(encoder: .resnet18, classes: 2), convPolicy: policy, pool: WorkerPool(threads: 2))
+            }))
         }
-        models.append(("DeepLabV3+ resnet18", {
-            GraphModel(DeepLabV3PlusConfig(encoder: .resnet18, classes: 2), convPolicy: gemm, pool: WorkerPool(threads: 2))
-        }))
         for (name, make) in models {
             let whole = make(), share = make()
             share.store.values.tensor.copy(from: whole.store.values.tensor)

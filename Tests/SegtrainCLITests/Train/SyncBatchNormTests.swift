@@ -10,12 +10,14 @@
 // sum over ranks (measured 2e-7 to 2.2e-6 there) and BatchNorm's per-channel Double sums, whose
 // regrouping moves them by ~1e-16 relative, below the float32 rounding of the statistics.
 // That holds when each image's forward is the same bits on a rank as in the single process. The
-// encoder UNet runs with --conv gemm for that: under the default policy the Winograd chunks and
-// the strided kernel's bands follow each rank's batch size, its logits differ by float rounding
-// (2.6e-6), and at 64 px the first-step gradient of a randomly initialised ResNet turns such
-// differences into 1e-4 to 8e-2 (ReLU and max-pool kinks whose unit is 1/20 of a 2x2 layer's sum;
-// --threads 1 against --threads 2 in one process differs as much). Measured on an AMD EPYC Zen 3,
-// seeds 1-5: 2.2e-7 to 3.4e-7 with --conv gemm, 9e-6 to 7.7e-2 without.
+// encoder UNet runs with --deterministic for that (Winograd chunks and strided bands cut by image;
+// DeepLabTrainingTests covers --conv gemm): by default the Winograd chunks and the strided
+// kernel's bands follow each rank's batch size, its logits differ by float rounding (2.6e-6), and
+// at 64 px the first-step gradient of a randomly initialised ResNet turns such differences into
+// 1e-4 to 8e-2 (ReLU and max-pool kinks whose unit is 1/20 of a 2x2 layer's sum; --threads 1
+// against --threads 2 in one process differs as much). Measured on an AMD EPYC Zen 3, 2 and 3
+// ranks: seeds 1-5 9e-6 to 7.7e-2 by default; seeds 1, 3, 5 3.0e-7 to 6.2e-7 with --deterministic,
+// and 2.2e-7 to 3.4e-7 with --conv gemm (seeds 1-5).
 
 import Foundation
 import XCTest
@@ -58,9 +60,9 @@ final class SyncBatchNormTests: TemporaryFolderTestCase {
         // alone (it is refused without --sync-bn), but the global batch of 5 can.
         // 64 px: at 32 px the deepest BatchNorms normalise 5 values per channel, nearly a sign function
         // that turns the ranks' float rounding into differences of 2e-2 (seen on an Intel Xeon).
-        // --conv gemm: every image's forward is the same bits on a rank as in the single process
+        // --deterministic: every image's forward is the same bits on a rank as in the single process
         // (the header's error model); the default policy's batch-dependent Winograd chunks are not.
-        let model = ["--encoder", "resnet18", "--image-size", "64", "--conv", "gemm"]
+        let model = ["--encoder", "resnet18", "--image-size", "64", "--deterministic"]
         let single = try firstGradient(ranks: 0, model, [], tag: "resnet")
         for ranks in [2, 3] {
             let synced = try firstGradient(ranks: ranks, model, ["--sync-bn"], tag: "resnet-sync")
