@@ -12,6 +12,31 @@ enum OpsTestSupport {
         return t
     }
 
+    /// A kernel's per-image bits: `run(images, threads)` computes its outputs (name, values) for the
+    /// first `images` of a batch of 5; every run (5, 3 and 1 images, 1 and 2 threads) must give the
+    /// first run's values for its images bit for bit.
+    static func assertSameBitsInAnyBatch(_ label: String, file: StaticString = #filePath, line: UInt = #line,
+                                         run: (_ images: Int, _ threads: Int) -> [(String, [Float])]) {
+        var reference: [[Float]]?
+        for threads in [1, 2] {
+            for images in [5, 3, 1] {
+                let outputs = run(images, threads)
+                guard let first = reference else { reference = outputs.map(\.1); continue }
+                for ((name, values), whole) in zip(outputs, first) {
+                    XCTAssertEqual(zip(values, whole).filter { $0.bitPattern != $1.bitPattern }.count, 0,
+                                   "\(label): \(name) of the first \(images) image(s), \(threads) thread(s): values that differ",
+                                   file: file, line: line)
+                }
+            }
+        }
+    }
+
+    /// The first `images` images of a batch tensor, as a tensor of their own.
+    static func firstImages(_ t: OwnedTensor, _ images: Int) -> OwnedTensor {
+        let shape = Shape(images, t.tensor.c, t.tensor.h, t.tensor.w)
+        return OwnedTensor(shape, Array(t.tensor.toArray()[0..<shape.count]))
+    }
+
     /// Gradient check of an op against L = sum(r * output): `forward` writes `output` from the
     /// inputs, `backward(dy)` adds the op's input gradients into `gradients` given dy = r.
     /// Fails unless every element was checked or skipped as a kink, at least `minimumCheckedFraction`
