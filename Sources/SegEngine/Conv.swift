@@ -340,7 +340,6 @@ public struct ConvPolicy: Sendable, Equatable {
     /// `auto` with the measured thresholds and chunk sizes: what every model uses unless told otherwise.
     public static let standard = ConvPolicy()
 
-
     /// The Winograd output tile (2 or 4) for this layer's three passes, or 0 for im2col + GEMM.
     public func winogradTile(kernel: Int, dilation: Int, inChannels: Int, outChannels: Int,
                              height: Int, width: Int) -> Int {

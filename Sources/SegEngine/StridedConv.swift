@@ -17,8 +17,9 @@
 //                write the same dx element and each element gets its taps in (ci, a, b) order.
 //   bias grad    per channel in Double, images and pixels in order (biasBackward).
 // The bands do depend on the batch size: a small batch is spread over more, narrower bands so
-// that threads find work. `perImageWork` (ConvPolicy.gemm) turns that off, and then an image's
-// output and input gradient are also the same bits in any batch (a rank's share or the whole).
+// that threads find work. `perImageWork` (ConvPolicy.perImageWork: `train --deterministic` and
+// `--conv gemm`) turns that off, and then an image's output and input gradient are also the same
+// bits in any batch (a rank's share or the whole).
 
 import CBLAS
 

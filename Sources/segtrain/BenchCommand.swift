@@ -25,6 +25,7 @@ struct BenchCommand: ParsableCommand {
 
     @OptionGroup var model: ModelOptions
     @OptionGroup var training: TrainingOptions
+    @OptionGroup var convOptions: ConvOptions
     @OptionGroup(title: "Data") var dataOptions: DataOptions
     @Option(help: "Timed steps.")
     var steps = 5
@@ -32,10 +33,6 @@ struct BenchCommand: ParsableCommand {
     var warmup = 1
     @Flag(help: "Print one JSON object instead of the table.")
     var json = false
-    @Option(help: "3x3 convolution kernel: auto, gemm (im2col + GEMM), winograd (F(2x2,3x3)) or winograd4 (F(4x4,3x3)).")
-    var conv = ConvAlgorithm.auto
-    @Flag(help: "Time train --deterministic: the convolutions' work cut by image, never by batch size.")
-    var deterministic = false
     @Option(help: "Floats of transformed tiles per Winograd chunk (tuning; docs/PERFORMANCE.md).")
     var winogradChunkFloats = ConvPolicy.standard.winogradTargetChunkFloats
 
@@ -58,9 +55,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Time generating synthetic samples (--image-size, --classes) on one thread.")
     var synthetic = false
 
-    /// The convolution policy the flags ask for: --conv and --winograd-chunk-floats over the standard one.
+    /// The convolution policy the flags ask for: --conv, --deterministic and --winograd-chunk-floats.
     var convPolicy: ConvPolicy {
-        var policy = ConvPolicy(algorithm: conv, perImageWork: deterministic || conv == .gemm)
+        var policy = convOptions.policy
         policy.winogradTargetChunkFloats = winogradChunkFloats
         return policy
     }
@@ -127,7 +124,7 @@ struct BenchCommand: ParsableCommand {
         } else if convLayers {
             let pool = WorkerPool(threads: model.threadCount), policy = convPolicy
             let batch = training.batchPerRank ?? training.batchSize
-            print("segtrain bench --conv-layers: batch \(batch), \(pool.threadCount) thread(s), ms best of 3; * = what --conv \(conv.rawValue) runs")
+            print("segtrain bench --conv-layers: batch \(batch), \(pool.threadCount) thread(s), ms best of 3; * = what --conv \(convOptions.conv.rawValue) runs")
             var timings: [ConvLayerTiming] = []
             for layer in model.unetConfig.convLayerShapes(imageSize: model.imageSize) {
                 let timing = ConvBenchmark.timeLayer(layer, batch: batch, policy: policy, pool: pool)
@@ -168,11 +165,11 @@ struct BenchCommand: ParsableCommand {
         let result = InferenceBenchmark.run(predictor, batch: batch, warmup: warmup, passes: steps, seed: model.seed)
         if json {
             print(result.json(["\"image_size\": \(model.imageSize)", "\"batch_size\": \(batch)", "\"threads\": \(pool.threadCount)",
-                               "\"conv\": \"\(conv.rawValue)\""]))
+                               "\"conv\": \"\(convOptions.conv.rawValue)\"", "\"deterministic\": \(convPolicy.perImageWork)"]))
             return
         }
         print("segtrain bench --inference: \(model.imageSize)x\(model.imageSize), batch \(batch), \(pool.threadCount) thread(s), "
-              + "\(steps) passes after \(warmup) warm-up, conv \(conv.rawValue)")
+              + "\(steps) passes after \(warmup) warm-up, conv \(convOptions.summary)")
         for line in result.table() { print(line) }
     }
 
@@ -208,13 +205,13 @@ struct BenchCommand: ParsableCommand {
             guard communicator.rank == 0 else { return }
             if json {
                 var fields = ["\"image_size\": \(size)", "\"batch_size\": \(training.batchSize)", "\"threads\": \(pool.threadCount)",
-                              "\"ranks\": \(ranks)", "\"conv\": \"\(conv.rawValue)\"", "\"sync_bn\": \(net.batchStatistics != nil)"]
+                              "\"ranks\": \(ranks)", "\"conv\": \"\(convOptions.conv.rawValue)\"", "\"deterministic\": \(convPolicy.perImageWork)", "\"sync_bn\": \(net.batchStatistics != nil)"]
                 if dataOptions.data != nil { fields.append("\"loader_threads\": \(dataOptions.loaderThreads)") }
                 print(result.json(fields))
                 return
             }
             print("segtrain bench: \(size)x\(size), batch \(training.batchSize) on \(ranks) rank(s) x \(pool.threadCount) thread(s), "
-                  + "\(steps) steps after \(warmup) warm-up, conv \(conv.rawValue)" + (net.batchStatistics != nil ? ", SyncBatchNorm" : ""))
+                  + "\(steps) steps after \(warmup) warm-up, conv \(convOptions.summary)" + (net.batchStatistics != nil ? ", SyncBatchNorm" : ""))
             let dataLine = dataOptions.data.map { "\($0), \(dataOptions.loaderThreads) loader thread(s)" + (dataOptions.noAugment ? "" : ", augmented") }
             for line in result.table(ranks: ranks, dataLine: dataLine) { print(line) }
         }

@@ -11,6 +11,20 @@ extension OptimizerKind: ExpressibleByArgument {}
 extension ConvAlgorithm: ExpressibleByArgument {}
 extension TestTimeAugmentation: ExpressibleByArgument {}
 
+/// How train and bench run the 3x3 convolutions: the kernel and whether work is cut by image.
+struct ConvOptions: ParsableArguments {
+    @Option(help: "3x3 convolution kernel: auto (the fastest per layer), gemm (im2col + GEMM, with --deterministic's work split: an image's bits depend on nothing else, --threads included), winograd (F(2x2,3x3)) or winograd4 (F(4x4,3x3)).")
+    var conv = ConvAlgorithm.auto
+    @Flag(help: "Cut the convolutions' work by image, never by batch size: an encoder model computes each image with the same bits in any rank's share, so N ranks (with --sync-bn for BatchNorm) give the 1-rank gradient within the rounding of the sum over ranks.")
+    var deterministic = false
+
+    /// The standard policy with these choices (`gemm` always cuts work by image).
+    var policy: ConvPolicy { ConvPolicy(algorithm: conv, perImageWork: deterministic || conv == .gemm) }
+
+    /// For reports: "auto", "auto, deterministic", "gemm".
+    var summary: String { conv.rawValue + (deterministic && conv != .gemm ? ", deterministic" : "") }
+}
+
 /// The flags every subcommand that builds a model shares.
 struct ModelOptions: ParsableArguments {
     @Option(help: "Input image side in pixels (square images).")

@@ -25,6 +25,7 @@ struct TrainCommand: ParsableCommand {
 
     @OptionGroup var model: ModelOptions
     @OptionGroup var training: TrainingOptions
+    @OptionGroup var convOptions: ConvOptions
     @OptionGroup(title: "Data") var dataOptions: DataOptions
     @Option(help: "Epochs.")
     var epochs = 5
@@ -78,10 +79,6 @@ struct TrainCommand: ParsableCommand {
     var debugStallStep = 2
     @Flag(help: "Every rank prints where its time went after each epoch (compute, data wait, communication).")
     var verbose = false
-    @Option(help: "3x3 convolution kernel: auto (the fastest per layer), gemm (im2col + GEMM, with --deterministic's work split: an image's bits depend on nothing else, --threads included), winograd or winograd4.")
-    var conv = ConvAlgorithm.auto
-    @Flag(help: "Cut the convolutions' work by image, never by batch size: an encoder model computes each image with the same bits in any rank's share, so N ranks (with --sync-bn for BatchNorm) give the 1-rank gradient within the rounding of the sum over ranks.")
-    var deterministic = false
     @Flag(help: "Drop the last, smaller global batch of each epoch (default: train it; it is never padded).")
     var dropLast = false
     @Option(help: "Micro-batches per optimizer step: gradients of K global batches add up before one allreduce.")
@@ -190,7 +187,7 @@ struct TrainCommand: ParsableCommand {
         try checkMemory(communicator)
         let pool = WorkerPool(threads: model.threadCount)
         let architecture = model.architecture
-        let net = architecture.build(pool: pool, convPolicy: ConvPolicy(algorithm: conv, perImageWork: deterministic || conv == .gemm))
+        let net = architecture.build(pool: pool, convPolicy: convOptions.policy)
         if let path = initWeights, isRoot {
             do {
                 try SafetensorsFile(path: path).read(into: Safetensors.items(of: net.store, gradients: false))

@@ -31,12 +31,6 @@ enum OpsTestSupport {
         }
     }
 
-    /// The first `images` images of a batch tensor, as a tensor of their own.
-    static func firstImages(_ t: OwnedTensor, _ images: Int) -> OwnedTensor {
-        let shape = Shape(images, t.tensor.c, t.tensor.h, t.tensor.w)
-        return OwnedTensor(shape, Array(t.tensor.toArray()[0..<shape.count]))
-    }
-
     /// Gradient check of an op against L = sum(r * output): `forward` writes `output` from the
     /// inputs, `backward(dy)` adds the op's input gradients into `gradients` given dy = r.
     /// Fails unless every element was checked or skipped as a kink, at least `minimumCheckedFraction`

@@ -374,7 +374,7 @@ final class StridedConvTests: XCTestCase {
         XCTAssertTrue(dx.tensor.toArray().allSatisfy { $0 == 3 } && dw.tensor.toArray().allSatisfy { $0 == 3 })
     }
 
-    /// `perImageWork` (ConvPolicy.gemm's reproducible plan): an image's output and input gradient
+    /// `perImageWork` (`train --deterministic`, implied by `--conv gemm`): an image's output and input gradient
     /// are the same bits alone, in a batch of 3 and in a batch of 5 (a rank's share and the single
     /// process's batch), for 1 and 2 threads. Without it the plan spreads a small batch over more,
     /// narrower bands (8 items: 8, 3 and 2 bands per image for batches 1, 3, 5), so the GEMMs have
@@ -395,7 +395,7 @@ final class StridedConvTests: XCTestCase {
                                                                     height: h, width: w, geometry: g, perImageWork: true))
                 s.reserve(sharedFloats: stridedConvSharedScratchFloats(batch: images, inChannels: cin, outChannels: cout,
                                                                        height: h, width: w, geometry: g, perImageWork: true))
-                let xs = S.firstImages(x, images), dys = S.firstImages(dy, images)
+                let xs = x.firstImages(images), dys = dy.firstImages(images)
                 let y = OwnedTensor(dys.shape), dx = OwnedTensor(xs.shape), dw = OwnedTensor(weight.shape)
                 stridedConvForward(y.tensor, xs.tensor, weight: weight.tensor, bias: nil, geometry: g, perImageWork: true,
                                    pool: pool, scratch: s)

@@ -305,7 +305,7 @@ final class WinogradTests: XCTestCase {
                                                                      height: h, width: w, kernel: 3, policy: policy,
                                                                      threads: threads))
                 scratch.reserve(sharedFloats: conv2dSharedScratchFloats(inChannels: cin, outChannels: cout, kernel: 3))
-                let xs = OpsTestSupport.firstImages(x, images), dys = OpsTestSupport.firstImages(dy, images)
+                let xs = x.firstImages(images), dys = dy.firstImages(images)
                 let y = OwnedTensor(dys.shape), dx = OwnedTensor(xs.shape)
                 winogradConv3x3Forward(y.tensor, xs.tensor, weight: weight.tensor, bias: nil, tile: tile, policy: policy,
                                        pool: pool, scratch: scratch)

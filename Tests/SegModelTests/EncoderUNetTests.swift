@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import SegEngine
+import SegEngineTestSupport
 @testable import SegModel
 
 /// The encoder UNets (issue #16): smp's parameter counts, descriptions that keep old checkpoints
@@ -141,7 +142,7 @@ final class EncoderUNetTests: XCTestCase {
             share.plan(batch: 3, height: 64, width: 32)
             let images = OwnedTensor(Shape(5, 3, 64, 32))
             SMPGolden.fill(images.tensor, rule: "input")
-            let first = OwnedTensor(Shape(3, 3, 64, 32), Array(images.tensor.toArray()[0..<(3 * 3 * 64 * 32)]))
+            let first = images.firstImages(3)
             let all = whole.forward(images.tensor, training: false).toArray()
             let part = share.forward(first.tensor, training: false).toArray()
             XCTAssertEqual(zip(part, all).filter { $0.bitPattern != $1.bitPattern }.count, 0,

@@ -98,6 +98,16 @@ final class CLITests: SegtrainTestCase {
         let encoder = try segtrain(["bench", "--inference", "--encoder", "mobilenet_v2", "--image-size", "32", "--batch-size", "1",
                                     "--steps", "1", "--warmup", "0", "--threads", "2"])
         XCTAssertEqual(encoder.status, 0, encoder.stderr)
+        // --deterministic reaches the policy (and --conv gemm implies it), in the JSON and the table.
+        for (flags, expected) in [([String](), false), (["--deterministic"], true), (["--conv", "gemm"], true)] {
+            let timed = try segtrain(["bench", "--inference", "--encoder", "mobilenet_v2", "--image-size", "32", "--batch-size", "2",
+                                      "--steps", "1", "--warmup", "0", "--threads", "1", "--json"] + flags)
+            let fields = try JSONSerialization.jsonObject(with: Data(timed.stdout.utf8)) as? [String: Any]
+            XCTAssertEqual(fields?["deterministic"] as? Bool, expected, "\(flags): \(timed.stdout) \(timed.stderr)")
+        }
+        let deterministic = try segtrain(["bench", "--inference", "--encoder", "mobilenet_v2", "--image-size", "32",
+                                          "--batch-size", "1", "--steps", "1", "--warmup", "0", "--deterministic"])
+        XCTAssertTrue(deterministic.stdout.contains("conv auto, deterministic"), deterministic.stdout)
         let peak = try segtrain(["bench", "--gemm-peak", "--threads", "1", "--json"])
         XCTAssertEqual(peak.status, 0, peak.stderr)
         let gflops = (try JSONSerialization.jsonObject(with: Data(peak.stdout.utf8)) as? [String: Any])?["gflops_per_second"] as? Double
