@@ -263,8 +263,8 @@ private struct Conv2dLayout {
 public func conv2dScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
                                 kernel: Int, dilation: Int = 1, policy: ConvPolicy = .standard, threads: Int) -> Int {
     // The maximum over every batch up to `batch`, so a smaller last batch always fits, and over
-    // every algorithm and tile whatever `policy.algorithm` picks, so the figure (and the memory
-    // estimates built on it) does not depend on the algorithm.
+    // every algorithm and tile whatever `policy.algorithm` picks: for benchmarks and tests that run
+    // one scratch several ways (a model plans with `conv2dPlannedScratchFloats`).
     var most = 0
     if kernel == 3 && dilation == 1 {
         for (cin, cout) in [(inChannels, outChannels), (outChannels, inChannels)] {
@@ -280,6 +280,34 @@ public func conv2dScratchFloats(batch: Int, inChannels: Int, outChannels: Int, h
                                       height: height, width: width, kernel: kernel, threads: threads).total)
     }
     return most
+}
+
+/// Floats of scratch per thread that conv2dForward/Backward need for these sizes when they run with
+/// `policy` itself: the Winograd tile it picks for this layer (all three passes take it), or
+/// im2col + GEMM. What a model plans with (its policy is fixed when it is built); a kernel asked to
+/// run another way with it stops at its `Scratch.require`. Covers any smaller batch too.
+public func conv2dPlannedScratchFloats(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int,
+                                       kernel: Int, dilation: Int = 1, policy: ConvPolicy, threads: Int) -> Int {
+    let tile = policy.winogradTile(kernel: kernel, dilation: dilation, inChannels: inChannels, outChannels: outChannels,
+                                   height: height, width: width)
+    guard tile > 0 else {
+        return (1...max(1, batch)).map {
+            Conv2dLayout(batch: $0, inChannels: inChannels, outChannels: outChannels, height: height, width: width,
+                         kernel: kernel, threads: threads).total
+        }.max()!
+    }
+    return [(inChannels, outChannels), (outChannels, inChannels)].map { cin, cout in
+        WinogradPlan(inChannels: cin, outChannels: cout, height: height, width: width, batch: batch, threads: threads,
+                     tile: tile, policy: policy).scratchFloatsPerThread
+    }.max()!
+}
+
+/// Shared scratch (transformed weights) for the tile `policy` picks: (tile + 2)^2 points a weight.
+public func conv2dPlannedSharedScratchFloats(inChannels: Int, outChannels: Int, height: Int, width: Int, kernel: Int,
+                                             dilation: Int = 1, policy: ConvPolicy) -> Int {
+    let tile = policy.winogradTile(kernel: kernel, dilation: dilation, inChannels: inChannels, outChannels: outChannels,
+                                   height: height, width: width)
+    return tile > 0 ? (tile + 2) * (tile + 2) * inChannels * outChannels : 0
 }
 
 /// Floats of shared scratch (transformed weights) conv2dForward/Backward need (F(4x4)'s 36 points,

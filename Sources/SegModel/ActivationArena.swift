@@ -1,8 +1,11 @@
 import SegEngine
 
-/// Activations of one planned batch: one buffer for all values, and one for the gradients of
-/// those that need one, where gradients whose lifetimes on the backward tape do not overlap share
-/// memory.
+/// Activations of one planned batch and the gradients of those that need one, in one buffer.
+/// Gradients whose lifetimes on the backward tape do not overlap share memory. In a plan for
+/// training that shares (`allocateForTraining`), values and gradients are placed together on one
+/// timeline (forward, loss, backward), as PyTorch's autograd frees what it saved: a value no
+/// backward op reads lives only through the forward ops that touch it, and a value backward reads
+/// lives until its last reader, after which gradients may take its memory.
 struct ActivationArena {
     private(set) var shapes: [Shape] = []
     private var valueOffsets: [Int] = []
@@ -12,8 +15,13 @@ struct ActivationArena {
     private(set) var gradientCount = 0
     /// What one gradient buffer per activation would take.
     private(set) var unsharedGradientCount = 0
+    /// Gradient offsets are into `gradients`, or into `values` once values and gradients share one
+    /// buffer (`sharesOneBuffer`).
     private var values = FloatBuffer(count: 0)
     private var gradients = FloatBuffer(count: 0)
+    private(set) var sharesOneBuffer = false
+    /// Floats of the one buffer of values and gradients (`allocateForTraining`), else 0.
+    private(set) var sharedCount = 0
     /// False for a plan for inference: no gradient memory.
     private(set) var hasGradientMemory = true
 
@@ -68,6 +76,53 @@ struct ActivationArena {
         }
         values = FloatBuffer(count: valueCount)
         gradients = FloatBuffer(count: gradientCount)
+        sharesOneBuffer = false
+        sharedCount = 0
+    }
+
+    /// A plan for training whose values and gradients share one buffer: `valueLifetimes` and
+    /// `gradientLifetimes` are on one timeline (every op of forward, then the loss, then every op
+    /// of backward); two buffers share memory only where their lifetimes do not overlap. A slot
+    /// with no value lifetime keeps memory of its own. `valueCount` and `gradientCount` still say
+    /// what values alone and gradients alone would span (for reports).
+    mutating func allocateForTraining(valueLifetimes: [ClosedRange<Int>?], gradientLifetimes: [ClosedRange<Int>?]) {
+        precondition(valueLifetimes.count == shapes.count && gradientLifetimes.count == shapes.count)
+        let sizes = shapes.map(ActivationArena.padded)
+        let gradientLives = shapes.indices.map { hasGradient[$0] ? gradientLifetimes[$0] : nil }
+        gradientCount = ActivationArena.place(sizes: sizes, lifetimes: gradientLives).end
+        let always = Int.min...Int.max
+        let (offsets, end) = ActivationArena.place(sizes: sizes + sizes,
+                                                   lifetimes: valueLifetimes.map { $0 ?? always } + gradientLives)
+        valueOffsets = offsets[..<shapes.count].map { $0! }
+        gradientOffsets = Array(offsets[shapes.count...])
+        hasGradientMemory = true
+        sharesOneBuffer = true
+        sharedCount = end
+        values = FloatBuffer(count: end)
+        gradients = FloatBuffer(count: 0)
+    }
+
+    /// The lifetimes on a training plan's timeline (`allocateForTraining`): forward op k is time k,
+    /// the loss `forward.count`, backward op k `forward.count + 1 + k`. `forward`: the slots each
+    /// forward op touches; `backwardValues` and `backwardGradients`: the value slots each backward
+    /// op reads and the gradient slots it reads or writes; `always`: slots whose value and gradient
+    /// live through all of it (the logits, which the loss reads and writes and callers read after
+    /// backward).
+    static func trainingLifetimes(forward: [[Int]], backwardValues: [[Int]], backwardGradients: [[Int]],
+                                  slots: Int, always: [Int]) -> (values: [ClosedRange<Int>?], gradients: [ClosedRange<Int>?]) {
+        precondition(backwardValues.count == backwardGradients.count)
+        let f = forward.count, end = f + backwardValues.count
+        var values = [[Int]](repeating: [], count: end + 1), gradients = values
+        for (op, touched) in forward.enumerated() { values[op] = touched }
+        for (op, read) in backwardValues.enumerated() { values[f + 1 + op] = read }
+        for (op, touched) in backwardGradients.enumerated() { gradients[f + 1 + op] = touched }
+        var valueLives = lifetimes(of: values, slots: slots, liveBefore: [])
+        var gradientLives = lifetimes(of: gradients, slots: slots, liveBefore: [])
+        for slot in always {
+            valueLives[slot] = 0...end
+            gradientLives[slot] = 0...end
+        }
+        return (valueLives, gradientLives)
     }
 
     /// Offsets for buffers of `sizes` floats that share memory where their lifetimes do not
@@ -104,15 +159,18 @@ struct ActivationArena {
         guard let offset = gradientOffsets[slot] else {
             preconditionFailure("activation \(slot) keeps no gradient (or no backward op touches it)")
         }
-        return gradients.view(shapes[slot], offset: offset)
+        return (sharesOneBuffer ? values : gradients).view(shapes[slot], offset: offset)
     }
 }
 
 extension ActivationArena {
     /// Bytes of the values, the (shared) gradients and `scratch`, for memory reports.
-    func plannedBytes(with scratch: Scratch) -> Int {
-        (valueCount + gradientCount + scratch.floatsPerThread * scratch.threadCount + scratch.sharedFloats)
-            * MemoryLayout<Float>.stride
+    func plannedParts(with scratch: Scratch) -> PlannedActivationMemory {
+        let bytes = MemoryLayout<Float>.stride
+        return PlannedActivationMemory(
+            values: valueCount * bytes, gradients: (hasGradientMemory ? gradientCount : 0) * bytes,
+            valuesAndGradients: (sharesOneBuffer ? sharedCount : valueCount + (hasGradientMemory ? gradientCount : 0)) * bytes,
+            scratch: (scratch.floatsPerThread * scratch.threadCount + scratch.sharedFloats) * bytes)
     }
 }
 

@@ -40,8 +40,8 @@ extension LayerGraphFamily {
 
     /// Bytes of activations, their gradients (unshared: an upper bound) and kernel scratch for one
     /// batch of square images.
-    func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
-        let plan = GraphPlan(graph(), batch: batch, height: imageSize, width: imageSize, threads: threads)
+    func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int, convPolicy: ConvPolicy = .standard) -> Double {
+        let plan = GraphPlan(graph(), batch: batch, height: imageSize, width: imageSize, threads: threads, policy: convPolicy)
         let floats = 2 * plan.activationFloats + plan.scratchFloatsPerThread * threads + plan.sharedScratchFloats
         return Double(floats) * 4
     }
@@ -69,6 +69,9 @@ public final class GraphModel {
     /// Per op, the gradient slots it writes first: zeroed just before it runs.
     private var zeroFirst: [[Int]] = []
     private var input: Tensor? = nil
+    /// A plan for training lets values and gradients share memory by their lifetimes
+    /// (`ActivationArena.allocateForTraining`); false (for tests) keeps every value.
+    var sharesTrainingMemory = true
     private var lastForwardTraining = true
     private var lastForwardFrozen = false
     /// The draw of the last forward's dropout masks (backward recomputes them).
@@ -156,23 +159,31 @@ public final class GraphModel {
             return (a.add(.vector(c), gradient: false), a.add(.vector(c), gradient: false))
         }
         arena = a
-        tape = buildBackwardTape()
+        let (ops, layerOfOp) = buildBackwardTape()
+        tape = ops
         let logits = logitsSlot
         for (op, step) in tape.enumerated() {
             for slot in step.reads where slot != logits {
                 precondition(tape[..<op].contains { $0.writes.contains(slot) }, "backward tape reads slot \(slot) before writing it")
             }
         }
-        arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
-                                                                     slots: arena.shapes.count, liveBefore: [logits]), gradients: gradients,
-                       valueLifetimes: gradients ? nil : ActivationArena.lifetimes(of: forwardAccesses(), slots: arena.shapes.count,
-                                                                                   liveBefore: []))
+        if gradients && sharesTrainingMemory {
+            let lives = ActivationArena.trainingLifetimes(forward: forwardAccesses(), backwardValues: tape.map(\.values),
+                                                          backwardGradients: tape.map { $0.reads + $0.writes },
+                                                          slots: arena.shapes.count, always: [logits])
+            arena.allocateForTraining(valueLifetimes: lives.values, gradientLifetimes: lives.gradients)
+        } else {
+            arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
+                                                                         slots: arena.shapes.count, liveBefore: [logits]), gradients: gradients,
+                           valueLifetimes: gradients ? nil : ActivationArena.lifetimes(of: forwardAccesses(), slots: arena.shapes.count,
+                                                                                       liveBefore: []))
+        }
         zeroFirst = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
         }
         let frozenSlots = Set(slots.indices.filter { frozenTensor[$0] }.compactMap { slots[$0] })
         zeroFirstFrozen = zeroFirst.map { $0.filter { !frozenSlots.contains($0) } }
-        tapeInEncoder = graph.layers.indices.reversed().map { inEncoder[$0] }
+        tapeInEncoder = layerOfOp.map { inEncoder[$0] }
         gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
         scratch.reserve(floatsPerThread: p.scratchFloatsPerThread)
         scratch.reserve(sharedFloats: p.sharedScratchFloats)
@@ -182,8 +193,8 @@ public final class GraphModel {
 
     private var logitsSlot: Int { slots[slots.count - 1]! }
 
-    /// The arena slots each layer's forward reads or writes, in order (for a plan for inference,
-    /// whose values share memory by these lifetimes).
+    /// The arena slots each layer's forward reads or writes, in order (the values' lifetimes on
+    /// the forward pass, by which they share memory).
     private func forwardAccesses() -> [[Int]] {
         graph.layers.enumerated().map { index, layer in
             (layer.inputs + [layer.output]).compactMap { slots[$0] } + (statSlots[index].map { [$0.mean, $0.invStd] } ?? [])
@@ -191,7 +202,7 @@ public final class GraphModel {
     }
 
     /// Bytes of activations, activation gradients and scratch planned for the batch.
-    public var plannedActivationBytes: Int { arena.plannedBytes(with: scratch) }
+    public var plannedActivationMemory: PlannedActivationMemory { arena.plannedParts(with: scratch) }
 
     public var activationGradientFloats: (shared: Int, unshared: Int) { (arena.gradientCount, arena.unsharedGradientCount) }
 
@@ -306,16 +317,22 @@ public final class GraphModel {
     }
 
     /// The layers in reverse, each reading its output's gradient and adding into its inputs'
-    /// (none for the images).
-    private func buildBackwardTape() -> [TapeOp] {
-        graph.layers.indices.reversed().map { index in
+    /// (none for the images); and the layer of each op. A convolution is two ops, its weight
+    /// gradient and then its input gradient, which does not read the input's value: a plan for
+    /// training lets the input gradient take the input's memory when nothing later reads it.
+    private func buildBackwardTape() -> (ops: [TapeOp], layers: [Int]) {
+        var ops: [TapeOp] = [], layerOfOp: [Int] = []
+        for index in graph.layers.indices.reversed() {
             let layer = graph.layers[index]
             let out = slots[layer.output]!
             let inputSlots = layer.inputs.map { slots[$0] }
             var finalizes: [Int] = []
             var writes = inputSlots.compactMap { $0 }
+            var split = false
             switch layer.op {
-            case .conv(let weight, let bias, _): finalizes = [weight] + (bias.map { [$0] } ?? [])
+            case .conv(let weight, let bias, _):
+                finalizes = [weight] + (bias.map { [$0] } ?? [])
+                split = true
             case .depthwise(let weight, _, _): finalizes = [weight]
             case .batchNorm(let bn, _, let relu):
                 finalizes = [bn.gamma, bn.beta]
@@ -326,30 +343,67 @@ public final class GraphModel {
             // backward stops at the decoder), looked up when the op runs: the arena exists only
             // after the tape is planned. No array per op and step.
             let frozen = layer.inputs.map { frozenTensor[$0] }
-            return TapeOp(reads: [out], writes: writes, finalizes: finalizes) { [unowned self] in
-                layerBackward(index, dy: arena.gradient(out)) { k in
-                    skippingEncoder && frozen[k] ? nil : inputSlots[k].map { arena.gradient($0) }
-                }
+            let dx: (Int) -> Tensor? = { [unowned self] k in
+                skippingEncoder && frozen[k] ? nil : inputSlots[k].map { arena.gradient($0) }
             }
+            if split {
+                ops.append(TapeOp(reads: [out], writes: [], values: backwardValueReads(index), finalizes: finalizes) { [unowned self] in
+                    layerBackward(index, dy: arena.gradient(out), part: .weights, dx: dx)
+                })
+                layerOfOp.append(index)
+                if !writes.isEmpty {
+                    ops.append(TapeOp(reads: [out], writes: writes) { [unowned self] in
+                        layerBackward(index, dy: arena.gradient(out), part: .input, dx: dx)
+                    })
+                    layerOfOp.append(index)
+                }
+            } else {
+                ops.append(TapeOp(reads: [out], writes: writes, values: backwardValueReads(index), finalizes: finalizes) { [unowned self] in
+                    layerBackward(index, dy: arena.gradient(out), dx: dx)
+                })
+                layerOfOp.append(index)
+            }
+        }
+        return (ops, layerOfOp)
+    }
+
+    /// The arena slots whose values `layerBackward(index, ...)` reads (the images have none).
+    private func backwardValueReads(_ index: Int) -> [Int] {
+        let layer = graph.layers[index]
+        let x = slots[layer.inputs[0]], y = slots[layer.output]
+        switch layer.op {
+        case .conv, .depthwise, .maxPool: return [x].compactMap { $0 }
+        case .batchNorm(_, _, let relu):
+            let stats = statSlots[index]!
+            return [x, relu ? y : nil, stats.mean, stats.invStd].compactMap { $0 }
+        case .relu6: return [y].compactMap { $0 }
+        case .add(let relu): return relu ? [y].compactMap { $0 } : []
+        case .upsampleNearest, .concat, .resize, .globalAveragePool, .dropout: return []
         }
     }
 
-    /// Backward of layer `index`; `dx(k)`: the gradient of its input k, nil where none is wanted.
-    private func layerBackward(_ index: Int, dy: Tensor, dx: (Int) -> Tensor?) {
+    /// What a backward op of a convolution computes.
+    private enum BackwardPart { case all, weights, input }
+
+    /// Backward of layer `index`; `dx(k)`: the gradient of its input k, nil where none is wanted;
+    /// `part`: a convolution's weight (and bias) gradient or its input gradient alone.
+    private func layerBackward(_ index: Int, dy: Tensor, part: BackwardPart = .all, dx: (Int) -> Tensor?) {
         let layer = graph.layers[index]
         let x = value(layer.inputs[0]), y = value(layer.output)
-        let dx0 = dx(0)
+        let dx0 = part == .weights ? nil : dx(0)
         switch layer.op {
         case .conv(let weight, let bias, let geometry):
-            profile.measure(.convWeightGradient) {
+            // With `.input` only x's shape is used: its memory may hold the input gradient by now.
+            let dweight = part == .input ? nil : store.gradient(weight)
+            let dbias = part == .input ? nil : bias.map { store.gradient($0) }
+            profile.measure(part == .input ? .convInputGradient : .convWeightGradient) {
                 if convPolicy.runsWinograd(geometry, x, dy) {
-                    conv2dBackward(dx: dx0, dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
-                                   dy: dy, x: x, weight: store.value(weight), policy: convPolicy, pool: pool,
-                                   scratch: scratch)
+                    conv2dBackward(dx: dx0, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),
+                                   policy: convPolicy, pool: pool, scratch: scratch)
                 } else {
-                    stridedConvBackward(dx: dx0, dweight: store.gradient(weight), dbias: bias.map { store.gradient($0) },
-                                        dy: dy, x: x, weight: store.value(weight), geometry: geometry,
-                                        perImageWork: convPolicy.perImageWork, pool: pool, scratch: scratch)
+                    stridedConvBackward(dx: dx0, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),
+                                        geometry: geometry, perImageWork: convPolicy.perImageWork, pool: pool,
+                                        scratch: scratch)
                 }
             }
         case .depthwise(let weight, let stride, let dilation):

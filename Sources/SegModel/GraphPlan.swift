@@ -24,10 +24,11 @@ struct GraphPlan {
             switch layer.op {
             case .conv(_, let bias, let g):
                 if policy.runsWinograd(g, x, y) {
-                    perThread = max(perThread, conv2dScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
-                                                                   height: x.h, width: x.w, kernel: 3, policy: policy,
-                                                                   threads: threads))
-                    shared = max(shared, conv2dSharedScratchFloats(inChannels: x.c, outChannels: y.c, kernel: 3))
+                    perThread = max(perThread, conv2dPlannedScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
+                                                                          height: x.h, width: x.w, kernel: 3, policy: policy,
+                                                                          threads: threads))
+                    shared = max(shared, conv2dPlannedSharedScratchFloats(inChannels: x.c, outChannels: y.c, height: x.h,
+                                                                          width: x.w, kernel: 3, policy: policy))
                 } else {
                     perThread = max(perThread, stridedConvScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
                                                                         height: x.h, width: x.w, geometry: g,

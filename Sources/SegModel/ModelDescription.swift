@@ -77,12 +77,16 @@ public enum Architecture: Equatable, Sendable {
         }
     }
 
-    /// Bytes of activations, their gradients and scratch for one planned batch (an upper bound).
-    public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int) -> Double {
+    /// Bytes of activations, their gradients and scratch for one planned batch (an upper bound) of a
+    /// model built with `convPolicy` (which sizes the convolutions' scratch).
+    public func estimatedActivationBytes(batch: Int, imageSize: Int, threads: Int, convPolicy: ConvPolicy = .standard) -> Double {
         switch self {
-        case .unet(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
-        case .encoderUNet(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
-        case .deepLabV3Plus(let c): return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads)
+        case .unet(let c):
+            return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads, convPolicy: convPolicy)
+        case .encoderUNet(let c):
+            return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads, convPolicy: convPolicy)
+        case .deepLabV3Plus(let c):
+            return c.estimatedActivationBytes(batch: batch, imageSize: imageSize, threads: threads, convPolicy: convPolicy)
         }
     }
 }

@@ -6,6 +6,28 @@
 
 import SegEngine
 
+/// What a plan allocates for one batch shape, in bytes.
+public struct PlannedActivationMemory: Sendable {
+    /// What the activations alone would span (kept for backward in a plan for training; sharing
+    /// memory by lifetime in a plan for inference) and their gradients alone (sharing memory by
+    /// lifetime; 0 in a plan for inference).
+    public var values = 0, gradients = 0
+    /// What the two take together: less than their sum in a plan for training, where a gradient
+    /// takes the memory of values backward has finished with.
+    public var valuesAndGradients = 0
+    /// The kernels' scratch.
+    public var scratch = 0
+    public var total: Int { valuesAndGradients + scratch }
+    public init(values: Int = 0, gradients: Int = 0, valuesAndGradients: Int = 0, scratch: Int = 0) {
+        self.values = values; self.gradients = gradients; self.valuesAndGradients = valuesAndGradients; self.scratch = scratch
+    }
+}
+
+extension SegmentationModel {
+    /// Bytes of activations, activation gradients and kernel scratch planned for the batch.
+    public var plannedActivationBytes: Int { plannedActivationMemory.total }
+}
+
 public protocol SegmentationModel: AnyObject {
     var store: ParameterStore { get }
     var pool: WorkerPool { get }
@@ -26,7 +48,7 @@ public protocol SegmentationModel: AnyObject {
     var logits: Tensor { get }
     var logitsGradient: Tensor { get }
     /// Bytes of activations, activation gradients and kernel scratch planned for the batch.
-    var plannedActivationBytes: Int { get }
+    var plannedActivationMemory: PlannedActivationMemory { get }
     /// Activation-gradient floats (shared by lifetime, and not shared), for memory reports.
     var activationGradientFloats: (shared: Int, unshared: Int) { get }
     /// SyncBatchNorm (`--sync-bn`): training forwards take their BatchNorm statistics over every

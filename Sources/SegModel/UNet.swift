@@ -101,6 +101,9 @@ public final class UNet {
     public private(set) var gradientFrontiers: [Int] = []
     private var input: Tensor? = nil
     public private(set) var layers: [LayerInfo] = []
+    /// A plan for training lets values and gradients share memory by their lifetimes
+    /// (`ActivationArena.allocateForTraining`); false (for tests) keeps every value.
+    var sharesTrainingMemory = true
 
     public init(_ config: UNetConfig, convPolicy: ConvPolicy = .standard, pool: WorkerPool) {
         precondition(config.validate() == nil, config.validate() ?? "")
@@ -221,11 +224,11 @@ public final class UNet {
                 unit.saveInvStd = plan.add(.vector(statistics), gradient: false)
             }
             unit.output = plan.add(out)
-            scratchFloats = max(scratchFloats, conv2dScratchFloats(
+            scratchFloats = max(scratchFloats, conv2dPlannedScratchFloats(
                 batch: batch, inChannels: c.inChannels, outChannels: c.outChannels,
                 height: h, width: w, kernel: c.kernel, policy: convPolicy, threads: threads))
-            sharedFloats = max(sharedFloats, conv2dSharedScratchFloats(
-                inChannels: c.inChannels, outChannels: c.outChannels, kernel: c.kernel))
+            sharedFloats = max(sharedFloats, conv2dPlannedSharedScratchFloats(
+                inChannels: c.inChannels, outChannels: c.outChannels, height: h, width: w, kernel: c.kernel, policy: convPolicy))
             let kind = unit.gn.map { "conv3x3+gn\($0.groups)+relu" } ?? (unit.bn == nil ? "conv3x3+relu" : "conv3x3+bn+relu")
             rows.append(convRow(name, c, h: h, w: w, firstLayer: firstLayer, kind: kind,
                                 extraParameters: unit.normalized ? 2 * c.outChannels : 0))
@@ -272,11 +275,12 @@ public final class UNet {
         }
         let logitsShape = Shape(batch, config.classes, height, width)
         logitsSlot = plan.add(logitsShape)
-        scratchFloats = max(scratchFloats, conv2dScratchFloats(
+        scratchFloats = max(scratchFloats, conv2dPlannedScratchFloats(
             batch: batch, inChannels: head.inChannels, outChannels: head.outChannels,
             height: height, width: width, kernel: head.kernel, policy: convPolicy, threads: threads))
-        sharedFloats = max(sharedFloats, conv2dSharedScratchFloats(
-            inChannels: head.inChannels, outChannels: head.outChannels, kernel: head.kernel))
+        sharedFloats = max(sharedFloats, conv2dPlannedSharedScratchFloats(
+            inChannels: head.inChannels, outChannels: head.outChannels, height: height, width: width,
+            kernel: head.kernel, policy: convPolicy))
         rows.append(convRow("head", head, h: height, w: width, firstLayer: false,
                             kind: "conv\(head.kernel)x\(head.kernel)", extraParameters: 0))
 
@@ -287,11 +291,18 @@ public final class UNet {
                 precondition(tape[..<op].contains { $0.writes.contains(slot) }, "backward tape reads slot \(slot) before writing it")
             }
         }
-        arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
-                                                                     slots: arena.shapes.count,
-                                                                     liveBefore: [logitsSlot]), gradients: gradients,
-                       valueLifetimes: gradients ? nil : ActivationArena.lifetimes(of: forwardAccesses(), slots: arena.shapes.count,
-                                                                                   liveBefore: []))
+        if gradients && sharesTrainingMemory {
+            let lives = ActivationArena.trainingLifetimes(forward: forwardAccesses(), backwardValues: tape.map(\.values),
+                                                          backwardGradients: tape.map { $0.reads + $0.writes },
+                                                          slots: arena.shapes.count, always: [logitsSlot])
+            arena.allocateForTraining(valueLifetimes: lives.values, gradientLifetimes: lives.gradients)
+        } else {
+            arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
+                                                                         slots: arena.shapes.count,
+                                                                         liveBefore: [logitsSlot]), gradients: gradients,
+                           valueLifetimes: gradients ? nil : ActivationArena.lifetimes(of: forwardAccesses(), slots: arena.shapes.count,
+                                                                                       liveBefore: []))
+        }
         gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
         let firstWrites = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
@@ -306,8 +317,8 @@ public final class UNet {
         batchShape = shape
     }
 
-    /// The arena slots each op of `forward` reads or writes, in its order (for a plan for
-    /// inference, whose values share memory by these lifetimes).
+    /// The arena slots each op of `forward` reads or writes, in its order (the values' lifetimes
+    /// on the forward pass, by which they share memory).
     private func forwardAccesses() -> [[Int]] {
         var ops: [[Int]] = []
         var x: Int? = nil  // the images
@@ -344,7 +355,7 @@ public final class UNet {
     }
 
     /// Bytes of activations, activation gradients and scratch planned for the batch.
-    public var plannedActivationBytes: Int { arena.plannedBytes(with: scratch) }
+    public var plannedActivationMemory: PlannedActivationMemory { arena.plannedParts(with: scratch) }
 
     /// Floats of activation gradients: with sharing, and what one buffer per activation would take.
     public var activationGradientFloats: (shared: Int, unshared: Int) { (arena.gradientCount, arena.unsharedGradientCount) }
@@ -477,7 +488,7 @@ public final class UNet {
     private func buildBackwardTape() -> [TapeOp] {
         var ops: [TapeOp] = []
         let last = decoder[decoder.count - 1].conv2.output
-        ops.append(convOp(head, dy: logitsSlot, x: last, dx: last))
+        ops += convOps(head, dy: logitsSlot, x: last, dx: last)
         for j in decoder.indices.reversed() {
             let level = decoder[j]
             ops += unitOps(level.conv2, x: level.conv1.output)
@@ -500,7 +511,7 @@ public final class UNet {
             let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
             if let upconv = level.upconv {
                 // One pass gathers dy once for both gradients; charged to the weight gradient.
-                ops.append(TapeOp(reads: [level.upsampled], writes: [below],
+                ops.append(TapeOp(reads: [level.upsampled], writes: [below], values: [below],
                                   finalizes: [upconv.weight] + (upconv.bias.map { [$0] } ?? [])) { [unowned self] in
                     profile.measure(.convWeightGradient) {
                         convTranspose2x2Backward(dx: arena.gradient(below), dweight: store.gradient(upconv.weight),
@@ -521,7 +532,7 @@ public final class UNet {
         for i in encoder.indices.reversed() {
             let level = encoder[i]
             let skip = level.conv2.output
-            ops.append(TapeOp(reads: [level.pooled], writes: [skip]) { [unowned self] in
+            ops.append(TapeOp(reads: [level.pooled], writes: [skip], values: [skip]) { [unowned self] in
                 profile.measure(.pool) {
                     maxPool2x2Backward(dx: arena.gradient(skip), dy: arena.gradient(level.pooled),
                                        x: arena.value(skip), pool: pool)
@@ -536,14 +547,15 @@ public final class UNet {
     /// Backward of conv -> (BN or GN) -> ReLU from the gradient of its output. `x` nil: the images (no
     /// input gradient is needed for them).
     private func unitOps(_ unit: ConvUnit, x: Int?) -> [TapeOp] {
-        var ops: [TapeOp] = [TapeOp(reads: [unit.output], writes: [unit.output]) { [unowned self] in
+        var ops: [TapeOp] = [TapeOp(reads: [unit.output], writes: [unit.output], values: [unit.output]) { [unowned self] in
             profile.measure(.elementwise) {
                 reluBackwardInPlace(arena.gradient(unit.output), y: arena.value(unit.output), pool: pool)
             }
         }]
         var dConv = unit.output
         if let affine = unit.affine {
-            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm], finalizes: [affine.gamma, affine.beta]) { [unowned self] in
+            ops.append(TapeOp(reads: [unit.output], writes: [unit.preNorm], values: [unit.preNorm, unit.saveMean, unit.saveInvStd],
+                              finalizes: [affine.gamma, affine.beta]) { [unowned self] in
                 let dx = arena.gradient(unit.preNorm), dy = arena.gradient(unit.output), z = arena.value(unit.preNorm)
                 let saveMean = arena.value(unit.saveMean), saveInvStd = arena.value(unit.saveInvStd)
                 let gamma = store.value(affine.gamma), dgamma = store.gradient(affine.gamma), dbeta = store.gradient(affine.beta)
@@ -559,52 +571,63 @@ public final class UNet {
             })
             dConv = unit.preNorm
         }
-        ops.append(convOp(unit.conv, dy: dConv, x: x, dx: x))
+        ops += convOps(unit.conv, dy: dConv, x: x, dx: x)
         return ops
     }
 
-    /// Weight (and bias) gradient, then the input gradient into `dx` when given.
-    private func convOp(_ c: ConvParameters, dy: Int, x: Int?, dx: Int?) -> TapeOp {
-        TapeOp(reads: [dy], writes: dx.map { [$0] } ?? [], finalizes: [c.weight] + (c.bias.map { [$0] } ?? []),
-               overwritable: dx) { [unowned self] (fresh: Bool) in
+    /// Weight (and bias) gradient, then the input gradient into `dx` when given, as two ops: the
+    /// second does not read the input's value, so a plan for training lets the input gradient take
+    /// the memory of the input when nothing later reads it (the decoder's concatenations).
+    private func convOps(_ c: ConvParameters, dy: Int, x: Int?, dx: Int?) -> [TapeOp] {
+        var ops = [TapeOp(reads: [dy], writes: [], values: x.map { [$0] } ?? [],
+                          finalizes: [c.weight] + (c.bias.map { [$0] } ?? [])) { [unowned self] in
             let input = x.map { arena.value($0) } ?? self.input!
-            let weight = store.value(c.weight), gradient = arena.gradient(dy)
             profile.measure(.convWeightGradient) {
                 conv2dBackward(dx: nil, dweight: store.gradient(c.weight), dbias: c.bias.map { store.gradient($0) },
-                               dy: gradient, x: input, weight: weight, policy: convPolicy, pool: pool, scratch: scratch)
+                               dy: arena.gradient(dy), x: input, weight: store.value(c.weight), policy: convPolicy,
+                               pool: pool, scratch: scratch)
             }
-            if let dx {
+        }]
+        if let dx {
+            ops.append(TapeOp(reads: [dy], writes: [dx], overwritable: dx) { [unowned self] (fresh: Bool) in
+                // The input's shape only: its memory may hold the input gradient by now.
+                let input = x.map { arena.value($0) } ?? self.input!
                 profile.measure(.convInputGradient) {
-                    conv2dBackward(dx: arena.gradient(dx), dweight: nil, dbias: nil, dy: gradient, x: input,
-                                   weight: weight, overwriteInputGradient: fresh, policy: convPolicy, pool: pool,
-                                   scratch: scratch)
+                    conv2dBackward(dx: arena.gradient(dx), dweight: nil, dbias: nil, dy: arena.gradient(dy), x: input,
+                                   weight: store.value(c.weight), overwriteInputGradient: fresh, policy: convPolicy,
+                                   pool: pool, scratch: scratch)
                 }
-            }
+            })
         }
+        return ops
     }
 }
 
 /// One step of the backward tape.
 struct TapeOp {
+    /// Activation-gradient slots it reads and writes.
     let reads: [Int]
     let writes: [Int]
+    /// Activation slots whose values it reads (what a plan for training keeps until this op).
+    let values: [Int]
     /// Parameter entries whose gradient this op writes, and no later op touches.
     let finalizes: [Int]
     /// A slot of `writes` the op can overwrite instead of adding into; `run(true)` when this op
     /// writes it first (it is then not zeroed beforehand).
     let overwritable: Int?
     let run: (_ overwrite: Bool) -> Void
-    init(reads: [Int], writes: [Int], finalizes: [Int] = [], overwritable: Int? = nil,
+    init(reads: [Int], writes: [Int], values: [Int] = [], finalizes: [Int] = [], overwritable: Int? = nil,
          run: @escaping (_ overwrite: Bool) -> Void) {
         self.reads = reads
         self.writes = writes
+        self.values = values
         self.finalizes = finalizes
         self.overwritable = overwritable
         self.run = run
     }
 
-    init(reads: [Int], writes: [Int], finalizes: [Int] = [], run: @escaping () -> Void) {
-        self.init(reads: reads, writes: writes, finalizes: finalizes, overwritable: nil) { _ in run() }
+    init(reads: [Int], writes: [Int], values: [Int] = [], finalizes: [Int] = [], run: @escaping () -> Void) {
+        self.init(reads: reads, writes: writes, values: values, finalizes: finalizes, overwritable: nil) { _ in run() }
     }
 }
 

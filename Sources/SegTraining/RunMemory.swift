@@ -27,6 +27,8 @@ public struct RunMemoryPlan: Sendable {
     /// Threads the run starts besides the workers (loader, MPI progress): their stacks and malloc
     /// arenas count against `ulimit -v`.
     public var extraThreads = 2
+    /// How the model's convolutions run (`--conv`, `--deterministic`): it sizes their scratch.
+    public var convPolicy = ConvPolicy.standard
     /// The loss (Lovász keeps a Double plane per image and class, and a sort buffer per thread).
     public var loss: LossConfig?
 
@@ -42,7 +44,8 @@ public struct RunMemoryPlan: Sendable {
         let (parameters, buffers) = model.estimatedParameterCounts
         let sampleFloats = Double(model.inChannels + 2) * side  // image, mask, weight map
         let list: [(String, Double)] = [
-            ("model activations", model.estimatedActivationBytes(batch: localBatch, imageSize: imageSize, threads: threads)
+            ("model activations", model.estimatedActivationBytes(batch: localBatch, imageSize: imageSize, threads: threads,
+                                                                 convPolicy: convPolicy)
                 // validation previews (4 images) and the batch buffers
                 + (Double(localBatch) + 4) * sampleFloats * 4),
             // values, gradients, the summed gradient, optimizer state

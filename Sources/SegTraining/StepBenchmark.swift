@@ -137,6 +137,7 @@ public final class StepBenchmark {
         r.parameters = model.parameterCount
         r.flopsPerImage = model.layers.reduce(0) { $0 + $1.trainingFLOPs }
         r.peakResidentMiB = peakResidentMiB()
+        r.planned = model.plannedActivationMemory
         r.byKind = WorkKind.allCases.filter { model.profile[$0] > 0 }.map { ($0, model.profile[$0] / Double(steps)) }
         return r
     }
@@ -147,12 +148,16 @@ public struct StepBenchmarkResult {
     public var globalBatch = 0, steps = 0, parameters = 0
     public var seconds = 0.0, lastLoss = 0.0, pageFaultsPerStep = 0.0, flopsPerImage = 0.0, peakResidentMiB = 0.0
     public var stepSeconds: [Double] = []
+    /// What the model's plan allocated for the batch (values kept for backward, gradients, scratch).
+    public var planned = PlannedActivationMemory()
     /// Heap allocations in the timed steps (all, over 256 bytes), with the counting shim loaded.
     public var heapAllocations: (all: Int, large: Int)?
     /// With a dataset: the wait per step and the seconds per sample per loader thread.
     public var loader: (waitPerStep: Double, secondsPerSample: Double)?
     /// Seconds per step by kind of work (this rank's).
     public var byKind: [(kind: WorkKind, seconds: Double)] = []
+
+    private func mib(_ bytes: Int) -> Double { Double(bytes) / 1_048_576 }
 
     public var imagesPerSecond: Double { Double(globalBatch * steps) / seconds }
     public var gflopsPerSecond: Double { flopsPerImage * imagesPerSecond / 1e9 }
@@ -164,7 +169,8 @@ public struct StepBenchmarkResult {
             "\"steps\": \(steps)", "\"parameters\": \(parameters)",
             "\"images_per_second\": \(imagesPerSecond)", "\"gflops_per_second\": \(gflopsPerSecond)",
             "\"seconds_per_step\": \(secondsPerStep)", "\"peak_rss_mib\": \(peakResidentMiB)",
-            "\"last_loss\": \(lastLoss)", "\"page_faults_per_step\": \(pageFaultsPerStep)",
+            "\"last_loss\": \(lastLoss)",
+            "\"planned_activation_mib\": {\"values\": \(mib(planned.values)), \"gradients\": \(mib(planned.gradients)), \"values_and_gradients\": \(mib(planned.valuesAndGradients)), \"scratch\": \(mib(planned.scratch))}", "\"page_faults_per_step\": \(pageFaultsPerStep)",
             "\"step_seconds\": [\(stepSeconds.map { "\($0)" }.joined(separator: ", "))]",
         ]
         if let loader {
@@ -188,6 +194,9 @@ public struct StepBenchmarkResult {
             "  GFLOP/s       \(fixed(gflopsPerSecond, 1))",
             "  s/step        \(fixed(secondsPerStep, 3))",
             "  peak RSS      \(fixed(peakResidentMiB, 0)) MiB",
+            "  activations   \(fixed(mib(planned.total), 0)) MiB planned: \(fixed(mib(planned.values), 0)) values and "
+                + "\(fixed(mib(planned.gradients), 0)) gradients in \(fixed(mib(planned.valuesAndGradients), 0)), "
+                + "\(fixed(mib(planned.scratch), 0)) scratch",
             "  last loss     \(fixed(lastLoss, 5))",
             "  page faults   \(fixed(pageFaultsPerStep, 0)) per step" + (ranks > 1 ? " (the most of any rank)" : ""),
         ]

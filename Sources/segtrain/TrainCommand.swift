@@ -312,6 +312,7 @@ extension TrainCommand {
                                  trainSamples: counts.0, validationSamples: (counts.1 + ranks - 1) / ranks)
         if dataOptions.data != nil { plan.loaderThreads = dataOptions.loaderThreads }
         plan.cacheSamples = cached
+        plan.convPolicy = convOptions.policy
         plan.loss = try training.lossConfig(classes: model.architecture.classes)
         try plan.checkOnEveryRank(communicator, ranksOnNode: min(ranks, ThreadDefaults.ranksOnNode()))
     }

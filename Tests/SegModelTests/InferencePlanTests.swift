@@ -26,7 +26,7 @@ final class InferencePlanTests: XCTestCase {
         // Twice in a row: nothing the first pass left behind is read by the second.
         XCTAssertEqual(inference.forward(images.tensor, training: false).toArray(), expected, "\(name): second pass", file: file, line: line)
         // No gradient memory, and less value memory (the kernels' scratch is the same in both).
-        let withoutGradients = training.plannedActivationBytes - 4 * training.activationGradientFloats.shared
+        let withoutGradients = training.plannedActivationMemory.values + training.plannedActivationMemory.scratch
         XCTAssertLessThan(inference.plannedActivationBytes, withoutGradients,
                           "\(name): the inference plan keeps no gradients and shares values", file: file, line: line)
         XCTAssertEqual(inference.activationGradientFloats.shared, 0, "\(name)", file: file, line: line)

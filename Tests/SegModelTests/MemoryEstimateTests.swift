@@ -12,6 +12,8 @@ final class MemoryEstimateTests: XCTestCase {
             (4, 2, NormLayer.none, Upsampling.bilinear, 1, 32, 4), (8, 3, .batch, .transpose, 3, 64, 2),
             (16, 4, .none, .bilinear, 1, 48, 3), (8, 3, .none, .bilinear, 2, 37, 5), (32, 4, .batch, .bilinear, 1, 128, 2),
             (6, 3, .group, .transpose, 2, 40, 3), (24, 3, .group, .bilinear, 1, 64, 2),
+            (4, 5, .batch, .bilinear, 1, 64, 1), (16, 2, .none, .transpose, 4, 24, 6), (12, 4, .group, .bilinear, 2, 96, 1),
+            (3, 1, .none, .bilinear, 1, 16, 2),
         ] {
             var c = UNetConfig()
             c.baseChannels = base; c.depth = depth; c.norm = norm; c.upsampling = up; c.classes = classes

@@ -1,0 +1,121 @@
+import XCTest
+import SegEngine
+@testable import SegModel
+
+/// A plan for training places values and gradients in one buffer by their lifetimes on the
+/// forward, loss and backward timeline (`ActivationArena.allocateForTraining`): a value backward
+/// does not read lives only through forward, and gradients take the memory of values backward has
+/// finished with. Where the values live must change nothing: a model that shares and one that keeps
+/// every value (`sharesTrainingMemory = false`) give the same logits, parameter gradients and
+/// BatchNorm statistics bit for bit, over training and evaluation forwards and a frozen encoder.
+/// A backward op whose value reads are not declared (or a lifetime that ends too early) lets a
+/// later op overwrite a value still to be read, and the gradients differ.
+final class TrainingMemoryTests: XCTestCase {
+    private func check(_ make: (_ shares: Bool) -> any SegmentationModel, _ name: String, size: Int, batch: Int = 2,
+                       freezes: Bool = false, file: StaticString = #filePath, line: UInt = #line) {
+        let kept = make(false), shared = make(true)
+        kept.plan(batch: batch, height: size, width: size)
+        shared.plan(batch: batch, height: size, width: size)
+        let k = kept.plannedActivationMemory, s = shared.plannedActivationMemory
+        XCTAssertEqual(k.valuesAndGradients, k.values + k.gradients, "\(name): unshared", file: file, line: line)
+        XCTAssertLessThan(s.valuesAndGradients, k.values + k.gradients, "\(name): values and gradients share memory",
+                          file: file, line: line)
+        XCTAssertEqual(s.values, k.values, "\(name)", file: file, line: line)
+        var random = SplitMix64(seed: 13)
+        let images = OwnedTensor(Shape(batch, kept.inChannels, size, size))
+        var passes: [(training: Bool, frozen: Bool)] = [(true, false), (true, false), (false, false)]
+        if freezes { passes.append((true, true)) }
+        for (pass, mode) in passes.enumerated() {
+            for i in 0..<images.tensor.count { images.tensor.data[i] = random.nextFloat(in: -1...1) }
+            var results: [(logits: [Float], gradients: [Float], values: [Float])] = []
+            for model in [kept, shared] {
+                if freezes { model.frozenEncoder = mode.frozen }
+                let logits = model.forward(images.tensor, training: mode.training).toArray()
+                model.zeroActivationGradients()
+                let dlogits = model.logitsGradient
+                for i in 0..<dlogits.count { dlogits[i] = Float((i * 7 + pass) % 11) / 11 - 0.5 }
+                model.store.zeroGradients()
+                model.backward()
+                results.append((logits, model.store.gradients.tensor.toArray(), model.store.values.tensor.toArray()))
+            }
+            let what = "\(name), pass \(pass) (training \(mode.training), frozen \(mode.frozen))"
+            XCTAssertEqual(results[1].logits.map(\.bitPattern), results[0].logits.map(\.bitPattern), "\(what): logits",
+                           file: file, line: line)
+            XCTAssertEqual(results[1].gradients.map(\.bitPattern), results[0].gradients.map(\.bitPattern), "\(what): gradients",
+                           file: file, line: line)
+            XCTAssertEqual(results[1].values.map(\.bitPattern), results[0].values.map(\.bitPattern),
+                           "\(what): parameters and BatchNorm statistics", file: file, line: line)
+            XCTAssertTrue(results[0].gradients.contains { $0 != 0 }, "\(what): some gradient", file: file, line: line)
+        }
+    }
+
+    func testThePlainUNetInEveryVariant() {
+        for norm in NormLayer.allCases {
+            for upsampling in Upsampling.allCases {
+                var config = UNetConfig()
+                config.baseChannels = 8
+                config.depth = 3
+                config.norm = norm
+                config.upsampling = upsampling
+                config.classes = norm == .group ? 3 : 1
+                config.seed = 5
+                // 20 px: 20 -> 10 -> 5 -> 2, so the deepest upsampling (4) is padded to the skip (5).
+                check({ shares in
+                    let unet = UNet(config, pool: WorkerPool(threads: 2))
+                    unet.sharesTrainingMemory = shares
+                    return unet
+                }, "UNet norm \(norm) upsampling \(upsampling)", size: 20)
+            }
+        }
+        var wide = UNetConfig()
+        wide.baseChannels = 16
+        wide.depth = 2
+        check({ shares in
+            let unet = UNet(wide, pool: WorkerPool(threads: 2))
+            unet.sharesTrainingMemory = shares
+            return unet
+        }, "UNet base 16 (Winograd layers)", size: 64, batch: 1)
+    }
+
+    func testEncoderUNetsAndDeepLabV3Plus() {
+        for encoder in [EncoderKind.resnet18, .resnet50, .mobilenetV2] {
+            var config = EncoderUNetConfig(encoder: encoder, classes: 2)
+            config.widthDivisor = 16
+            config.decoderChannels = [16, 8, 8, 4, 4]
+            config.seed = 7
+            check({ shares in
+                let model = GraphModel(config, pool: WorkerPool(threads: 2))
+                model.sharesTrainingMemory = shares
+                return model
+            }, "encoder UNet \(encoder.rawValue)", size: 64, freezes: true)
+        }
+        for (encoder, outputStride) in [(EncoderKind.resnet18, 16), (.mobilenetV2, 8)] {
+            var config = DeepLabV3PlusConfig(encoder: encoder, classes: 2)
+            config.widthDivisor = 16
+            config.decoderChannels = 8
+            config.highResChannels = 4
+            config.outputStride = outputStride
+            config.seed = 7
+            check({ shares in
+                let model = GraphModel(config, pool: WorkerPool(threads: 2))
+                model.sharesTrainingMemory = shares
+                return model
+            }, "DeepLabV3+ \(encoder.rawValue) os \(outputStride)", size: 64)
+        }
+    }
+
+    /// The timeline: forward op k at k, the loss after forward, backward op k after that; a value
+    /// backward reads lives until its last reader, one it does not read only through forward;
+    /// `always` slots span everything.
+    func testTrainingLifetimes() {
+        // Slot 0 read by backward op 1; slot 1 forward only; slot 2 the logits.
+        let lives = ActivationArena.trainingLifetimes(forward: [[0], [0, 1], [1, 2]], backwardValues: [[], [0]],
+                                                      backwardGradients: [[2, 1], [1, 0]], slots: 3, always: [2])
+        XCTAssertEqual(lives.values[0], 0...5)
+        XCTAssertEqual(lives.values[1], 1...2)
+        XCTAssertEqual(lives.values[2], 0...5)
+        XCTAssertEqual(lives.gradients[0], 5...5)
+        XCTAssertEqual(lives.gradients[1], 4...5)
+        XCTAssertEqual(lives.gradients[2], 0...5)
+    }
+}
