@@ -76,6 +76,15 @@ final class CLITests: SegtrainTestCase {
             XCTAssertNotNil(split?[key], "missing \(key) in \(r.stdout)")
         }
         XCTAssertEqual(object?["threads"] as? Int, 2)
+        // The plan's memory: values and gradients share one buffer, so together they take less
+        // than their sum (values no backward op reads share memory too, so possibly less than
+        // the values alone), and at least the gradients.
+        let planned = object?["planned_activation_mib"] as? [String: Double]
+        let values = planned?["values"] ?? 0, gradients = planned?["gradients"] ?? 0
+        let together = planned?["values_and_gradients"] ?? 0
+        XCTAssertGreaterThan(gradients, 0, r.stdout)
+        XCTAssertGreaterThanOrEqual(together, gradients, r.stdout)
+        XCTAssertLessThan(together, values + gradients, r.stdout)
     }
 
     /// bench --inference times the predictor's forward path (no loss, no optimizer), also of an
