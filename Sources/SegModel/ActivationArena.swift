@@ -102,6 +102,30 @@ struct ActivationArena {
         gradients = FloatBuffer(count: 0)
     }
 
+    /// Lays out a model's plan from its forward (`forward`: the slots each forward op touches) and
+    /// its backward tape, after checking that the tape reads no gradient before writing it (the
+    /// logits' gradient, which the loss writes, aside). With `gradients`, a plan for training: values
+    /// and gradients share one buffer when `sharing` (`allocateForTraining`), else every value keeps
+    /// its memory and gradients share theirs. Without, a plan for inference.
+    mutating func allocate(forward: [[Int]], tape: [TapeOp], logits: Int, gradients: Bool, sharing: Bool) {
+        for (op, step) in tape.enumerated() {
+            for slot in step.reads where slot != logits {
+                precondition(tape[..<op].contains { $0.writes.contains(slot) }, "backward tape reads slot \(slot) before writing it")
+            }
+        }
+        let backwardGradients = tape.map { $0.reads + $0.writes }
+        if gradients && sharing {
+            let lives = ActivationArena.trainingLifetimes(forward: forward, backwardValues: tape.map(\.values),
+                                                          backwardGradients: backwardGradients, slots: shapes.count,
+                                                          always: [logits])
+            allocateForTraining(valueLifetimes: lives.values, gradientLifetimes: lives.gradients)
+        } else {
+            allocate(gradientLifetimes: ActivationArena.lifetimes(of: backwardGradients, slots: shapes.count, liveBefore: [logits]),
+                     gradients: gradients,
+                     valueLifetimes: gradients ? nil : ActivationArena.lifetimes(of: forward, slots: shapes.count, liveBefore: []))
+        }
+    }
+
     /// The lifetimes on a training plan's timeline (`allocateForTraining`): forward op k is time k,
     /// the loss `forward.count`, backward op k `forward.count + 1 + k`. `forward`: the slots each
     /// forward op touches; `backwardValues` and `backwardGradients`: the value slots each backward

@@ -286,23 +286,8 @@ public final class UNet {
 
         arena = plan
         tape = buildBackwardTape()
-        for (op, step) in tape.enumerated() {
-            for slot in step.reads where slot != logitsSlot {
-                precondition(tape[..<op].contains { $0.writes.contains(slot) }, "backward tape reads slot \(slot) before writing it")
-            }
-        }
-        if gradients && sharesTrainingMemory {
-            let lives = ActivationArena.trainingLifetimes(forward: forwardAccesses(), backwardValues: tape.map(\.values),
-                                                          backwardGradients: tape.map { $0.reads + $0.writes },
-                                                          slots: arena.shapes.count, always: [logitsSlot])
-            arena.allocateForTraining(valueLifetimes: lives.values, gradientLifetimes: lives.gradients)
-        } else {
-            arena.allocate(gradientLifetimes: ActivationArena.lifetimes(of: tape.map { $0.reads + $0.writes },
-                                                                         slots: arena.shapes.count,
-                                                                         liveBefore: [logitsSlot]), gradients: gradients,
-                           valueLifetimes: gradients ? nil : ActivationArena.lifetimes(of: forwardAccesses(), slots: arena.shapes.count,
-                                                                                       liveBefore: []))
-        }
+        arena.allocate(forward: forwardAccesses(), tape: tape, logits: logitsSlot, gradients: gradients,
+                       sharing: sharesTrainingMemory)
         gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
         let firstWrites = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }

@@ -37,42 +37,11 @@ final class InferencePlanTests: XCTestCase {
     }
 
     func testThePlainUNetInEveryVariant() {
-        for norm in NormLayer.allCases {
-            for upsampling in Upsampling.allCases {
-                var config = UNetConfig()
-                config.baseChannels = 8
-                config.depth = 3
-                config.norm = norm
-                config.upsampling = upsampling
-                config.classes = norm == .group ? 3 : 1
-                config.seed = 5
-                // 20 px: 20 -> 10 -> 5 -> 2, so the deepest upsampling (4) is padded to the skip (5).
-                check({ UNet(config, pool: WorkerPool(threads: 2)) }, "UNet norm \(norm) upsampling \(upsampling)", size: 20)
-            }
-        }
-        var wide = UNetConfig()
-        wide.baseChannels = 16
-        wide.depth = 2
-        check({ UNet(wide, pool: WorkerPool(threads: 2)) }, "UNet base 16 (Winograd layers)", size: 64, batch: 1)
+        for model in SmallModel.plainUNets { check(model.make, model.name, size: model.size, batch: model.batch) }
     }
 
     func testEncoderUNetsAndDeepLabV3Plus() {
-        for encoder in [EncoderKind.resnet18, .resnet50, .mobilenetV2] {
-            var config = EncoderUNetConfig(encoder: encoder, classes: 2)
-            config.widthDivisor = 16
-            config.decoderChannels = [16, 8, 8, 4, 4]
-            config.seed = 7
-            check({ GraphModel(config, pool: WorkerPool(threads: 2)) }, "encoder UNet \(encoder.rawValue)", size: 64)
-        }
-        for (encoder, outputStride) in [(EncoderKind.resnet18, 16), (.mobilenetV2, 8)] {
-            var config = DeepLabV3PlusConfig(encoder: encoder, classes: 2)
-            config.widthDivisor = 16
-            config.decoderChannels = 8
-            config.highResChannels = 4
-            config.outputStride = outputStride
-            config.seed = 7
-            check({ GraphModel(config, pool: WorkerPool(threads: 2)) }, "DeepLabV3+ \(encoder.rawValue) os \(outputStride)", size: 64)
-        }
+        for model in SmallModel.graphModels { check(model.make, model.name, size: model.size, batch: model.batch) }
     }
 
     /// The placement itself: buffers whose lifetimes overlap never overlap in memory; others may.

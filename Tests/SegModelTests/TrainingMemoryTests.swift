@@ -49,58 +49,23 @@ final class TrainingMemoryTests: XCTestCase {
         }
     }
 
-    func testThePlainUNetInEveryVariant() {
-        for norm in NormLayer.allCases {
-            for upsampling in Upsampling.allCases {
-                var config = UNetConfig()
-                config.baseChannels = 8
-                config.depth = 3
-                config.norm = norm
-                config.upsampling = upsampling
-                config.classes = norm == .group ? 3 : 1
-                config.seed = 5
-                // 20 px: 20 -> 10 -> 5 -> 2, so the deepest upsampling (4) is padded to the skip (5).
-                check({ shares in
-                    let unet = UNet(config, pool: WorkerPool(threads: 2))
-                    unet.sharesTrainingMemory = shares
-                    return unet
-                }, "UNet norm \(norm) upsampling \(upsampling)", size: 20)
-            }
+    /// `model` with `sharesTrainingMemory` set.
+    private func sharing(_ model: SmallModel) -> (Bool) -> any SegmentationModel {
+        { shares in
+            let made = model.make()
+            (made as? UNet)?.sharesTrainingMemory = shares
+            (made as? GraphModel)?.sharesTrainingMemory = shares
+            return made
         }
-        var wide = UNetConfig()
-        wide.baseChannels = 16
-        wide.depth = 2
-        check({ shares in
-            let unet = UNet(wide, pool: WorkerPool(threads: 2))
-            unet.sharesTrainingMemory = shares
-            return unet
-        }, "UNet base 16 (Winograd layers)", size: 64, batch: 1)
+    }
+
+    func testThePlainUNetInEveryVariant() {
+        for model in SmallModel.plainUNets { check(sharing(model), model.name, size: model.size, batch: model.batch) }
     }
 
     func testEncoderUNetsAndDeepLabV3Plus() {
-        for encoder in [EncoderKind.resnet18, .resnet50, .mobilenetV2] {
-            var config = EncoderUNetConfig(encoder: encoder, classes: 2)
-            config.widthDivisor = 16
-            config.decoderChannels = [16, 8, 8, 4, 4]
-            config.seed = 7
-            check({ shares in
-                let model = GraphModel(config, pool: WorkerPool(threads: 2))
-                model.sharesTrainingMemory = shares
-                return model
-            }, "encoder UNet \(encoder.rawValue)", size: 64, freezes: true)
-        }
-        for (encoder, outputStride) in [(EncoderKind.resnet18, 16), (.mobilenetV2, 8)] {
-            var config = DeepLabV3PlusConfig(encoder: encoder, classes: 2)
-            config.widthDivisor = 16
-            config.decoderChannels = 8
-            config.highResChannels = 4
-            config.outputStride = outputStride
-            config.seed = 7
-            check({ shares in
-                let model = GraphModel(config, pool: WorkerPool(threads: 2))
-                model.sharesTrainingMemory = shares
-                return model
-            }, "DeepLabV3+ \(encoder.rawValue) os \(outputStride)", size: 64)
+        for model in SmallModel.graphModels {
+            check(sharing(model), model.name, size: model.size, batch: model.batch, freezes: model.hasEncoder)
         }
     }
 
