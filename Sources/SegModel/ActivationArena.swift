@@ -15,13 +15,8 @@ struct ActivationArena {
     private(set) var gradientCount = 0
     /// What one gradient buffer per activation would take.
     private(set) var unsharedGradientCount = 0
-    /// Gradient offsets are into `gradients`, or into `values` once values and gradients share one
-    /// buffer (`sharesOneBuffer`).
-    private var values = FloatBuffer(count: 0)
-    private var gradients = FloatBuffer(count: 0)
-    private(set) var sharesOneBuffer = false
-    /// Floats of the one buffer of values and gradients (`allocateForTraining`), else 0.
-    private(set) var sharedCount = 0
+    /// Values and gradients, at `valueOffsets` and `gradientOffsets`.
+    private var memory = FloatBuffer(count: 0)
     /// False for a plan for inference: no gradient memory.
     private(set) var hasGradientMemory = true
 
@@ -64,7 +59,6 @@ struct ActivationArena {
         precondition(valueLifetimes == nil || !allocateGradients, "values are shared only in a plan for inference")
         let sizes = shapes.map(ActivationArena.padded)
         let (offsets, end) = ActivationArena.place(sizes: sizes, lifetimes: shapes.indices.map { hasGradient[$0] ? lifetimes[$0] : nil })
-        gradientOffsets = offsets
         gradientCount = allocateGradients ? end : 0
         hasGradientMemory = allocateGradients
         if let valueLifetimes {
@@ -74,10 +68,9 @@ struct ActivationArena {
             valueOffsets = shared.map { $0! }
             valueCount = total
         }
-        values = FloatBuffer(count: valueCount)
-        gradients = FloatBuffer(count: gradientCount)
-        sharesOneBuffer = false
-        sharedCount = 0
+        // The gradients after the values.
+        gradientOffsets = offsets.map { $0.map { $0 + valueCount } }
+        memory = FloatBuffer(count: valueCount + gradientCount)
     }
 
     /// A plan for training whose values and gradients share one buffer: `valueLifetimes` and
@@ -96,10 +89,7 @@ struct ActivationArena {
         valueOffsets = offsets[..<shapes.count].map { $0! }
         gradientOffsets = Array(offsets[shapes.count...])
         hasGradientMemory = true
-        sharesOneBuffer = true
-        sharedCount = end
-        values = FloatBuffer(count: end)
-        gradients = FloatBuffer(count: 0)
+        memory = FloatBuffer(count: end)
     }
 
     /// Lays out a model's plan from its forward (`forward`: the slots each forward op touches) and
@@ -176,14 +166,14 @@ struct ActivationArena {
         gradientOffsets[slot].map { $0..<($0 + ActivationArena.padded(shapes[slot])) }
     }
 
-    func value(_ slot: Int) -> Tensor { values.view(shapes[slot], offset: valueOffsets[slot]) }
+    func value(_ slot: Int) -> Tensor { memory.view(shapes[slot], offset: valueOffsets[slot]) }
 
     func gradient(_ slot: Int) -> Tensor {
         precondition(hasGradientMemory, "the activations were planned for inference (no gradients)")
         guard let offset = gradientOffsets[slot] else {
             preconditionFailure("activation \(slot) keeps no gradient (or no backward op touches it)")
         }
-        return (sharesOneBuffer ? values : gradients).view(shapes[slot], offset: offset)
+        return memory.view(shapes[slot], offset: offset)
     }
 }
 
@@ -193,7 +183,7 @@ extension ActivationArena {
         let bytes = MemoryLayout<Float>.stride
         return PlannedActivationMemory(
             values: valueCount * bytes, gradients: (hasGradientMemory ? gradientCount : 0) * bytes,
-            valuesAndGradients: (sharesOneBuffer ? sharedCount : valueCount + (hasGradientMemory ? gradientCount : 0)) * bytes,
+            valuesAndGradients: memory.count * bytes,
             scratch: (scratch.floatsPerThread * scratch.threadCount + scratch.sharedFloats) * bytes)
     }
 }
