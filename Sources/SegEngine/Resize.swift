@@ -12,6 +12,13 @@
                  "\(who): upsampled \(big.shape) must be (N, C, 2H, 2W) of \(small.shape)")
 }
 
+/// As checkUpsampleShapes, for the upsampled planes at channels offset ..< offset + C of `big`.
+@inline(__always) private func checkUpsampleShapes(_ big: Tensor, _ small: Tensor, at offset: Int, _ who: StaticString) {
+    precondition(big.n == small.n && offset >= 0 && offset + small.c <= big.c && big.h == 2 * small.h
+                 && big.w == 2 * small.w,
+                 "\(who): upsampled \(big.shape) must be (N, >= \(offset) + C, 2H, 2W) of \(small.shape)")
+}
+
 // MARK: - Bilinear, fast
 
 /// Bilinear x2 with half-pixel centres, PyTorch interpolate(scale_factor=2, mode='bilinear',
@@ -19,11 +26,20 @@
 /// the last row/col.  x: (N, C, H, W)  y: (N, C, 2H, 2W)
 public func upsampleBilinear2xForward(_ y: Tensor, _ x: Tensor, pool: WorkerPool) {
     checkUpsampleShapes(y, x, "upsampleBilinear2xForward")
+    upsampleBilinear2xForward(y, x, at: 0, pool: pool)
+}
+
+/// upsampleBilinear2xForward into channels offset ..< offset + C of y, the others untouched: a
+/// UNet decoder's concatenation [skip, upsampled] filled with no upsampled tensor of its own.
+/// x: (N, C, H, W)  y: (N, Cy, 2H, 2W), offset + C <= Cy
+public func upsampleBilinear2xForward(_ y: Tensor, _ x: Tensor, at offset: Int, pool: WorkerPool) {
+    checkUpsampleShapes(y, x, at: offset, "upsampleBilinear2xForward")
     let inH = x.h, inW = x.w, outW = y.w
     guard inH > 0 && inW > 0 else { return }
     pool.parallelFor(x.n * x.c) { planes, _ in
         for q in planes {
-            let src = x.data + q * x.shape.plane, dst = y.data + q * y.shape.plane
+            let n = q / x.c, c = q % x.c
+            let src = x.data + q * x.shape.plane, dst = y.plane(n, offset + c)
             for r in 0..<(2 * inH) {
                 let k = r >> 1
                 // Output row r mixes input row k (0.75) with its neighbour above (even r) or
@@ -51,11 +67,20 @@ public func upsampleBilinear2xForward(_ y: Tensor, _ x: Tensor, pool: WorkerPool
 /// weights).  dx: (N, C, H, W)  dy: (N, C, 2H, 2W)
 public func upsampleBilinear2xBackward(dx: Tensor, dy: Tensor, pool: WorkerPool) {
     checkUpsampleShapes(dy, dx, "upsampleBilinear2xBackward")
+    upsampleBilinear2xBackward(dx: dx, dy: dy, at: 0, pool: pool)
+}
+
+/// upsampleBilinear2xBackward from channels offset ..< offset + C of dy (the gradient of a
+/// concatenation that upsampleBilinear2xForward(_:_:at:pool:) filled).
+/// dx: (N, C, H, W)  dy: (N, Cy, 2H, 2W), offset + C <= Cy
+public func upsampleBilinear2xBackward(dx: Tensor, dy: Tensor, at offset: Int, pool: WorkerPool) {
+    checkUpsampleShapes(dy, dx, at: offset, "upsampleBilinear2xBackward")
     let inH = dx.h, inW = dx.w, outH = dy.h, outW = dy.w
     guard inH > 0 && inW > 0 else { return }
     pool.parallelFor(dx.n * dx.c) { planes, _ in
         for q in planes {
-            let grad = dx.data + q * dx.shape.plane, up = dy.data + q * dy.shape.plane
+            let n = q / dx.c, c = q % dx.c
+            let grad = dx.data + q * dx.shape.plane, up = UnsafePointer(dy.plane(n, offset + c))
             for k in 0..<inH {
                 // Input row k receives 0.75 from output rows 2k, 2k+1 and 0.25 from 2k-1, 2k+2
                 // (clamped: at the edges the neighbour's share falls back on row k itself).

@@ -53,7 +53,11 @@ struct DecoderLevel {
     var upconv: ConvParameters?
     var conv1: ConvUnit, conv2: ConvUnit
     /// Arena slots: upsampled, padded to the skip's size (only when sizes differ), concatenation.
-    var upsampled = -1, padded: Int? = nil, concatenated = -1
+    /// With bilinear upsampling to the skip's size, the upsampling writes straight into the
+    /// concatenation (no `upsampled` slot), and backward fills the concatenation again
+    /// (`concatenatedAgain`, from the skip and the level below, which backward keeps anyway) for
+    /// the first convolution's weight gradient: between forward and that op it takes no memory.
+    var upsampled: Int? = nil, padded: Int? = nil, concatenated = -1, concatenatedAgain: Int? = nil
 }
 
 /// One row of `segtrain info`.
@@ -102,7 +106,9 @@ public final class UNet {
     private var input: Tensor? = nil
     public private(set) var layers: [LayerInfo] = []
     /// A plan for training lets values and gradients share memory by their lifetimes
-    /// (`ActivationArena.allocateForTraining`); false (for tests) keeps every value.
+    /// (`ActivationArena.allocateForTraining`) and upsamples into the decoder's concatenations,
+    /// which backward fills again (`DecoderLevel.concatenatedAgain`); false (for tests) keeps
+    /// every value, each concatenation filled once from an upsampled tensor of its own.
     var sharesTrainingMemory = true
 
     public init(_ config: UNetConfig, convPolicy: ConvPolicy = .standard, pool: WorkerPool) {
@@ -250,7 +256,12 @@ public final class UNet {
             let skipShape = plan.shapes[skip]
             let belowShape = plan.shapes[below]
             let upShape = Shape(batch, belowShape.c, belowShape.h * 2, belowShape.w * 2)
-            decoder[j].upsampled = plan.add(upShape)
+            let paddedShape = Shape(batch, belowShape.c, skipShape.h, skipShape.w)
+            let intoConcatenation = sharesTrainingMemory && decoder[j].upconv == nil && upShape == paddedShape
+            if !intoConcatenation {
+                decoder[j].upsampled = plan.add(upShape)
+                decoder[j].padded = upShape == paddedShape ? nil : plan.add(paddedShape)
+            }
             if let up = decoder[j].upconv {
                 scratchFloats = max(scratchFloats, convTranspose2x2ScratchFloats(
                     batch: batch, inChannels: up.inChannels, outChannels: up.outChannels,
@@ -263,10 +274,9 @@ public final class UNet {
                 rows.append(LayerInfo(name: "up.\(j).upsample", kind: "bilinear x2", outputShape: upShape.single,
                                       parameters: 0, forwardFLOPs: 0, trainingFLOPs: 0))
             }
-            let paddedShape = Shape(batch, belowShape.c, skipShape.h, skipShape.w)
-            decoder[j].padded = upShape == paddedShape ? nil : plan.add(paddedShape)
             let catShape = Shape(batch, skipShape.c + belowShape.c, skipShape.h, skipShape.w)
             decoder[j].concatenated = plan.add(catShape)
+            if intoConcatenation { decoder[j].concatenatedAgain = plan.add(catShape, gradient: false) }
             rows.append(LayerInfo(name: "up.\(j).concat", kind: decoder[j].padded == nil ? "concat" : "pad+concat",
                                   outputShape: catShape.single, parameters: 0, forwardFLOPs: 0, trainingFLOPs: 0))
             addUnit(&decoder[j].conv1, "up.\(j).conv1", h: skipShape.h, w: skipShape.w)
@@ -318,10 +328,14 @@ public final class UNet {
             x = level.pooled
         }
         for (j, level) in decoder.enumerated() {
-            ops.append([x!, level.upsampled])
-            let upper = level.padded ?? level.upsampled
-            if let padded = level.padded { ops.append([level.upsampled, padded]) }
-            ops.append([encoder[encoder.count - 1 - j].conv2.output, upper, level.concatenated])
+            let skip = encoder[encoder.count - 1 - j].conv2.output
+            if let up = level.upsampled {
+                ops.append([x!, up])
+                if let padded = level.padded { ops.append([up, padded]) }
+                ops.append([skip, level.padded ?? up, level.concatenated])
+            } else {
+                ops.append([skip, x!, level.concatenated])
+            }
             x = level.concatenated
             unit(level.conv1)
             unit(level.conv2)
@@ -375,7 +389,14 @@ public final class UNet {
         for j in decoder.indices {
             let level = decoder[j]
             let skip = arena.value(encoder[encoder.count - 1 - j].conv2.output)
-            let up = arena.value(level.upsampled)
+            let cat = arena.value(level.concatenated)
+            guard let upSlot = level.upsampled else {
+                concatenate(cat, skip: skip, upsampling: x)
+                x = unitForward(level.conv1, cat, training: training)
+                x = unitForward(level.conv2, x, training: training)
+                continue
+            }
+            let up = arena.value(upSlot)
             if let upconv = level.upconv {
                 profile.measure(.convForward) {
                     convTranspose2x2Forward(up, x, weight: store.value(upconv.weight),
@@ -384,7 +405,6 @@ public final class UNet {
             } else {
                 profile.measure(.upsample) { upsampleBilinear2xForward(up, x, pool: pool) }
             }
-            let cat = arena.value(level.concatenated)
             profile.measure(.elementwise) {
                 var upper = up
                 if let padded = level.padded {
@@ -434,6 +454,12 @@ public final class UNet {
         precondition(frontier == 0, "the backward tape leaves some parameter gradient unfinished")
         return result
     }
+    /// cat = [skip, bilinear x2 of below] along channels, the upsampling written in place.
+    private func concatenate(_ cat: Tensor, skip: Tensor, upsampling below: Tensor) {
+        profile.measure(.elementwise) { concatChannelsForward(cat, skip, at: 0, pool: pool) }
+        profile.measure(.upsample) { upsampleBilinear2xForward(cat, below, at: skip.c, pool: pool) }
+    }
+
     private func unitForward(_ unit: ConvUnit, _ x: Tensor, training: Bool) -> Tensor {
         let out = arena.value(unit.output)
         let c = unit.conv
@@ -477,9 +503,24 @@ public final class UNet {
         for j in decoder.indices.reversed() {
             let level = decoder[j]
             ops += unitOps(level.conv2, x: level.conv1.output)
-            ops += unitOps(level.conv1, x: level.concatenated)
             let skip = encoder[encoder.count - 1 - j].conv2.output
-            let upper = level.padded ?? level.upsampled
+            let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
+            if let again = level.concatenatedAgain {
+                let refill = TapeOp(reads: [], writes: [], values: [skip, below, again]) { [unowned self] in
+                    concatenate(arena.value(again), skip: arena.value(skip), upsampling: arena.value(below))
+                }
+                ops += unitOps(level.conv1, x: again, dx: level.concatenated, first: refill)
+                ops.append(TapeOp(reads: [level.concatenated], writes: [skip, below]) { [unowned self] in
+                    let dy = arena.gradient(level.concatenated), dskip = arena.gradient(skip)
+                    profile.measure(.elementwise) { concatChannelsBackward(dx: dskip, dy: dy, at: 0, pool: pool) }
+                    profile.measure(.upsample) {
+                        upsampleBilinear2xBackward(dx: arena.gradient(below), dy: dy, at: dskip.c, pool: pool)
+                    }
+                })
+                continue
+            }
+            ops += unitOps(level.conv1, x: level.concatenated)
+            let upsampled = level.upsampled!, upper = level.padded ?? upsampled
             ops.append(TapeOp(reads: [level.concatenated], writes: [skip, upper]) { [unowned self] in
                 profile.measure(.elementwise) {
                     concatChannelsBackward(da: arena.gradient(skip), db: arena.gradient(upper),
@@ -487,28 +528,27 @@ public final class UNet {
                 }
             })
             if let padded = level.padded {
-                ops.append(TapeOp(reads: [padded], writes: [level.upsampled]) { [unowned self] in
+                ops.append(TapeOp(reads: [padded], writes: [upsampled]) { [unowned self] in
                     profile.measure(.elementwise) {
-                        padToBackward(dx: arena.gradient(level.upsampled), dy: arena.gradient(padded), pool: pool)
+                        padToBackward(dx: arena.gradient(upsampled), dy: arena.gradient(padded), pool: pool)
                     }
                 })
             }
-            let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
             if let upconv = level.upconv {
                 // One pass gathers dy once for both gradients; charged to the weight gradient.
-                ops.append(TapeOp(reads: [level.upsampled], writes: [below], values: [below],
+                ops.append(TapeOp(reads: [upsampled], writes: [below], values: [below],
                                   finalizes: [upconv.weight] + (upconv.bias.map { [$0] } ?? [])) { [unowned self] in
                     profile.measure(.convWeightGradient) {
                         convTranspose2x2Backward(dx: arena.gradient(below), dweight: store.gradient(upconv.weight),
                                                  dbias: upconv.bias.map { store.gradient($0) },
-                                                 dy: arena.gradient(level.upsampled), x: arena.value(below),
+                                                 dy: arena.gradient(upsampled), x: arena.value(below),
                                                  weight: store.value(upconv.weight), pool: pool, scratch: scratch)
                     }
                 })
             } else {
-                ops.append(TapeOp(reads: [level.upsampled], writes: [below]) { [unowned self] in
+                ops.append(TapeOp(reads: [upsampled], writes: [below]) { [unowned self] in
                     profile.measure(.upsample) {
-                        upsampleBilinear2xBackward(dx: arena.gradient(below), dy: arena.gradient(level.upsampled),
+                        upsampleBilinear2xBackward(dx: arena.gradient(below), dy: arena.gradient(upsampled),
                                                    pool: pool)
                     }
                 })
@@ -530,8 +570,9 @@ public final class UNet {
     }
 
     /// Backward of conv -> (BN or GN) -> ReLU from the gradient of its output. `x` nil: the images (no
-    /// input gradient is needed for them).
-    private func unitOps(_ unit: ConvUnit, x: Int?) -> [TapeOp] {
+    /// input gradient is needed for them). `dx`: the slot of the input's gradient when the value
+    /// the convolution reads is another slot (`x`), filled by `first` right before it is read.
+    private func unitOps(_ unit: ConvUnit, x: Int?, dx: Int? = nil, first: TapeOp? = nil) -> [TapeOp] {
         var ops: [TapeOp] = [TapeOp(reads: [unit.output], writes: [unit.output], values: [unit.output]) { [unowned self] in
             profile.measure(.elementwise) {
                 reluBackwardInPlace(arena.gradient(unit.output), y: arena.value(unit.output), pool: pool)
@@ -556,7 +597,8 @@ public final class UNet {
             })
             dConv = unit.preNorm
         }
-        ops += convOps(unit.conv, dy: dConv, x: x, dx: x)
+        if let first { ops.append(first) }
+        ops += convOps(unit.conv, dy: dConv, x: x, dx: dx ?? x)
         return ops
     }
 

@@ -69,6 +69,40 @@ final class ResizeTests: XCTestCase {
         }
     }
 
+    /// Into and from a channel slice (a UNet decoder's concatenation [skip, upsampled]): the same
+    /// bits as the whole-tensor kernels, the other channels untouched (forward) or unread (backward).
+    func testBilinearAtChannelOffsetIsTheWholeTensorKernelOnASlice() {
+        let pool = WorkerPool(threads: 2)
+        for (shape, skipChannels, extra) in [(Shape(2, 3, 3, 5), 2, 0), (Shape(1, 2, 1, 1), 0, 1), (Shape(3, 1, 4, 2), 3, 2)] {
+            let big = Shape(shape.n, skipChannels + shape.c + extra, 2 * shape.h, 2 * shape.w)
+            let x = S.random(shape, seed: 31), y = S.random(big, seed: 32)
+            let before = y.tensor.toArray()
+            upsampleBilinear2xForward(y.tensor, x.tensor, at: skipChannels, pool: pool)
+            let alone = OwnedTensor(doubled(shape))
+            upsampleBilinear2xForward(alone.tensor, x.tensor, pool: pool)
+            let plane = big.plane
+            for n in 0..<big.n {
+                for c in 0..<big.c {
+                    let got = Array(UnsafeBufferPointer(start: y.tensor.plane(n, c), count: plane)).map(\.bitPattern)
+                    let inSlice = c >= skipChannels && c < skipChannels + shape.c
+                    let expected = inSlice ? Array(UnsafeBufferPointer(start: alone.tensor.plane(n, c - skipChannels), count: plane))
+                        : Array(before[(n * big.c + c) * plane ..< (n * big.c + c + 1) * plane])
+                    XCTAssertEqual(got, expected.map(\.bitPattern), "\(shape) at \(skipChannels) plane (\(n), \(c))")
+                }
+            }
+            // Backward: the slice of dy, copied out, through the whole-tensor kernel.
+            let dy = S.random(big, seed: 33), dxStart = S.random(shape, seed: 34)
+            let dx = OwnedTensor(shape, dxStart.tensor.toArray()), dxAlone = OwnedTensor(shape, dxStart.tensor.toArray())
+            upsampleBilinear2xBackward(dx: dx.tensor, dy: dy.tensor, at: skipChannels, pool: pool)
+            let slice = OwnedTensor(doubled(shape))
+            for n in 0..<shape.n {
+                for c in 0..<shape.c { slice.tensor.plane(n, c).update(from: dy.tensor.plane(n, skipChannels + c), count: plane) }
+            }
+            upsampleBilinear2xBackward(dx: dxAlone.tensor, dy: slice.tensor, pool: pool)
+            XCTAssertEqual(dx.tensor.toArray().map(\.bitPattern), dxAlone.tensor.toArray().map(\.bitPattern), "\(shape) backward")
+        }
+    }
+
     func testBilinearGradientFastAndNaive() {
         let pool = WorkerPool(threads: 2)
         for shape in [Shape(2, 2, 3, 5), Shape(1, 1, 1, 2)] {

@@ -5,11 +5,13 @@ import SegEngine
 /// A plan for training places values and gradients in one buffer by their lifetimes on the
 /// forward, loss and backward timeline (`ActivationArena.allocateForTraining`): a value backward
 /// does not read lives only through forward, and gradients take the memory of values backward has
-/// finished with. Where the values live must change nothing: a model that shares and one that keeps
-/// every value (`sharesTrainingMemory = false`) give the same logits, parameter gradients and
-/// BatchNorm statistics bit for bit, over training and evaluation forwards and a frozen encoder.
-/// A backward op whose value reads are not declared (or a lifetime that ends too early) lets a
-/// later op overwrite a value still to be read, and the gradients differ.
+/// finished with; cheap values (BatchNorm's and the upsamplings' outputs, the decoder's
+/// concatenations) are made again in backward instead of kept. Where the values live must change
+/// nothing: a model that shares and one that keeps every value (`sharesTrainingMemory = false`)
+/// give the same logits, parameter gradients and BatchNorm statistics bit for bit, over training
+/// and evaluation forwards and a frozen encoder. A backward op whose value reads are not declared
+/// (or a lifetime that ends too early, or a value recomputed wrong or too late) lets a later op
+/// overwrite a value still to be read, and the gradients differ.
 final class TrainingMemoryTests: XCTestCase {
     private func check(_ make: (_ shares: Bool) -> any SegmentationModel, _ name: String, size: Int, batch: Int = 2,
                        freezes: Bool = false, file: StaticString = #filePath, line: UInt = #line) {
@@ -20,7 +22,6 @@ final class TrainingMemoryTests: XCTestCase {
         XCTAssertEqual(k.valuesAndGradients, k.values + k.gradients, "\(name): unshared", file: file, line: line)
         XCTAssertLessThan(s.valuesAndGradients, k.values + k.gradients, "\(name): values and gradients share memory",
                           file: file, line: line)
-        XCTAssertEqual(s.values, k.values, "\(name)", file: file, line: line)
         var random = SplitMix64(seed: 13)
         let images = OwnedTensor(Shape(batch, kept.inChannels, size, size))
         var passes: [(training: Bool, frozen: Bool)] = [(true, false), (true, false), (false, false)]
