@@ -258,3 +258,35 @@ public func batchNormEvalNaive(y: Tensor, dx: Tensor?, dgamma: Tensor?, dbeta: T
         if let dgamma { dgamma[c] = Float(Double(dgamma[c]) + sumDyXhat) }
     }
 }
+
+/// The output of a training-mode batchNormForward again, from the statistics it saved (a plan
+/// for training recomputes BatchNorm's output in backward instead of keeping it): the same
+/// expression, y = (x - saveMean) * (gamma * saveInvStd) + beta, so the same bits; with `relu`,
+/// reluForward's max(y, 0) in the same pass. (Evaluation mode: batchNormForward(training: false)
+/// again, which reads the running statistics and changes nothing.)
+/// y, x: (N, C, H, W)  gamma, beta, saveMean, saveInvStd: C values
+public func batchNormRecompute(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tensor, saveMean: Tensor,
+                               saveInvStd: Tensor, relu: Bool, pool: WorkerPool) {
+    let who: StaticString = "batchNormRecompute"
+    precondition(y.shape == x.shape, "\(who): y \(y.shape) differs from x \(x.shape)")
+    let channels = x.c, plane = x.shape.plane
+    checkChannelVector(gamma, channels, "gamma", who)
+    checkChannelVector(beta, channels, "beta", who)
+    checkChannelVector(saveMean, channels, "saveMean", who)
+    checkChannelVector(saveInvStd, channels, "saveInvStd", who)
+    pool.parallelFor(x.n * channels) { planes, _ in
+        for q in planes {
+            let c = q % channels
+            let mean = saveMean[c], scale = gamma[c] * saveInvStd[c], shift = beta[c]
+            let src = x.data + q * plane, dst = y.data + q * plane
+            if relu {
+                for i in 0..<plane {
+                    let v = (src[i] - mean) * scale + shift
+                    dst[i] = v > 0 ? v : 0
+                }
+            } else {
+                for i in 0..<plane { dst[i] = (src[i] - mean) * scale + shift }
+            }
+        }
+    }
+}

@@ -65,12 +65,16 @@ public final class GraphModel {
     private var slots: [Int?] = []
     /// Per layer: the slots of BatchNorm's saved mean and 1/std (BatchNorm layers only).
     private var statSlots: [(mean: Int, invStd: Int)?] = []
+    /// Per tensor: the slot backward reads its value from when a plan for training recomputes it
+    /// (`recomputedTensors`), nil when backward reads the forward's value.
+    private var again: [Int?] = []
     private var tape: [TapeOp] = []
     /// Per op, the gradient slots it writes first: zeroed just before it runs.
     private var zeroFirst: [[Int]] = []
     private var input: Tensor? = nil
     /// A plan for training lets values and gradients share memory by their lifetimes
-    /// (`ActivationArena.allocateForTraining`); false (for tests) keeps every value.
+    /// (`ActivationArena.allocateForTraining`) and recomputes cheap layers' outputs in backward
+    /// (`recomputedTensors`); false (for tests) keeps every value.
     var sharesTrainingMemory = true
     private var lastForwardTraining = true
     private var lastForwardFrozen = false
@@ -158,6 +162,10 @@ public final class GraphModel {
             let c = p.shapes[layer.output].c
             return (a.add(.vector(c), gradient: false), a.add(.vector(c), gradient: false))
         }
+        again = p.shapes.map { _ in nil }
+        if gradients && sharesTrainingMemory {
+            for t in recomputedTensors() { again[t] = a.add(p.shapes[t], gradient: false) }
+        }
         arena = a
         let (ops, layerOfOp) = buildBackwardTape()
         tape = ops
@@ -202,6 +210,12 @@ public final class GraphModel {
 
     /// The value of tensor t (the images for t = 0).
     private func value(_ t: Int) -> Tensor { slots[t].map { arena.value($0) } ?? input! }
+
+    /// The value of tensor t as backward reads it: recomputed, or the forward's.
+    private func backwardValue(_ t: Int) -> Tensor { again[t].map { arena.value($0) } ?? value(t) }
+
+    /// The slot backward reads tensor t's value from (nil for the images).
+    private func backwardSlot(_ t: Int) -> Int? { again[t] ?? slots[t] }
 
     @discardableResult
     public func forward(_ images: Tensor, training: Bool) -> Tensor {
@@ -332,7 +346,8 @@ public final class GraphModel {
                 skippingEncoder && frozen[k] ? nil : inputSlots[k].map { arena.gradient($0) }
             }
             if split {
-                ops.append(TapeOp(reads: [out], writes: [], values: backwardValueReads(index), finalizes: finalizes) { [unowned self] in
+                ops.append(TapeOp(reads: [out], writes: [], values: backwardValueSlots(index),
+                                  finalizes: finalizes) { [unowned self] in
                     layerBackward(index, dy: arena.gradient(out), part: .weights, dx: dx)
                 })
                 layerOfOp.append(index)
@@ -343,26 +358,117 @@ public final class GraphModel {
                     layerOfOp.append(index)
                 }
             } else {
-                ops.append(TapeOp(reads: [out], writes: writes, values: backwardValueReads(index), finalizes: finalizes) { [unowned self] in
+                ops.append(TapeOp(reads: [out], writes: writes, values: backwardValueSlots(index),
+                                  finalizes: finalizes) { [unowned self] in
                     layerBackward(index, dy: arena.gradient(out), dx: dx)
                 })
                 layerOfOp.append(index)
             }
         }
+        // Each recomputed tensor is filled right before the first op that reads it (another
+        // one's refill included): dependents first, so an input's refill lands before theirs.
+        for t in again.indices.reversed() {
+            guard let slot = again[t] else { continue }
+            let index = graph.producer(of: t)!
+            let layer = graph.layers[index]
+            let stats = statSlots[index].map { [$0.mean, $0.invStd] } ?? []
+            let reads = layer.inputs.compactMap(backwardSlot) + stats + [slot]
+            let refill = TapeOp(reads: [], writes: [], values: reads) { [unowned self] in recompute(index) }
+            let at = ops.firstIndex { $0.values.contains(slot) }!
+            ops.insert(refill, at: at)
+            // It runs when its first reader runs (a frozen encoder's ops are skipped).
+            layerOfOp.insert(layerOfOp[at], at: at)
+        }
         return (ops, layerOfOp)
     }
 
-    /// The arena slots whose values `layerBackward(index, ...)` reads (the images have none).
+    /// The tensors (by index) whose values backward reads, or another recomputed tensor is made
+    /// from, and which a plan for training recomputes in backward instead of keeping from
+    /// forward: outputs of cheap layers (BatchNorm from its input and saved statistics, ReLU6,
+    /// x2 upsampling, resizing, concatenation) whose inputs backward keeps anyway or recomputes
+    /// too. The logits are kept (callers read them after backward).
+    private func recomputedTensors() -> [Int] {
+        let layers = graph.layers
+        var readInBackward = [Bool](repeating: false, count: slots.count)
+        for index in layers.indices {
+            for t in backwardValueReads(index) { readInBackward[t] = true }
+        }
+        var recomputable = [Bool?](repeating: nil, count: slots.count)
+        func canRecompute(_ t: Int) -> Bool {
+            if let known = recomputable[t] { return known }
+            var result = false
+            if t != slots.count - 1, let index = graph.producer(of: t) {
+                switch layers[index].op {
+                case .batchNorm, .relu6, .upsampleNearest, .resize, .concat:
+                    result = layers[index].inputs.allSatisfy { $0 == 0 || readInBackward[$0] || canRecompute($0) }
+                default: break
+                }
+            }
+            recomputable[t] = result
+            return result
+        }
+        var needed = readInBackward, chosen: [Int] = []
+        for t in slots.indices.reversed() where needed[t] && canRecompute(t) {
+            chosen.append(t)
+            for i in layers[graph.producer(of: t)!].inputs { needed[i] = true }
+        }
+        return chosen
+    }
+
+    /// Layer `index`'s output again into its recompute slot, as the last forward made it.
+    private func recompute(_ index: Int) {
+        let layer = graph.layers[index]
+        let x = backwardValue(layer.inputs[0]), y = arena.value(again[layer.output]!)
+        switch layer.op {
+        case .batchNorm(let bn, _, let relu):
+            let stats = statSlots[index]!
+            profile.measure(.batchNorm) {
+                if batchNormTrains(index) {
+                    batchNormRecompute(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
+                                       saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
+                                       relu: relu, pool: pool)
+                } else {
+                    batchNormForward(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
+                                     runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
+                                     saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
+                                     training: false, pool: pool)
+                    if relu { reluForward(y, y, pool: pool) }
+                }
+            }
+        case .relu6:
+            profile.measure(.elementwise) { relu6Forward(y, x, pool: pool) }
+        case .upsampleNearest:
+            profile.measure(.upsample) { upsampleNearest2xForward(y, x, pool: pool) }
+        case .resize(let alignCorners, _):
+            profile.measure(.upsample) { resizeBilinearForward(y, x, alignCorners: alignCorners, pool: pool) }
+        case .concat:
+            profile.measure(.elementwise) {
+                var offset = 0
+                for t in layer.inputs {
+                    let part = backwardValue(t)
+                    concatChannelsForward(y, part, at: offset, pool: pool)
+                    offset += part.c
+                }
+            }
+        default:
+            preconditionFailure("\(layer.name): not a layer backward recomputes")
+        }
+    }
+
+    /// The arena slots whose values `layerBackward(index, ...)` reads.
+    private func backwardValueSlots(_ index: Int) -> [Int] {
+        backwardValueReads(index).compactMap(backwardSlot) + (statSlots[index].map { [$0.mean, $0.invStd] } ?? [])
+    }
+
+    /// The tensors whose values `layerBackward(index, ...)` reads (the images have no slot).
     private func backwardValueReads(_ index: Int) -> [Int] {
         let layer = graph.layers[index]
-        let x = slots[layer.inputs[0]], y = slots[layer.output]
+        let x = layer.inputs[0], y = layer.output
         switch layer.op {
-        case .conv, .depthwise, .maxPool: return [x].compactMap { $0 }
-        case .batchNorm(_, _, let relu):
-            let stats = statSlots[index]!
-            return [x, relu ? y : nil, stats.mean, stats.invStd].compactMap { $0 }
-        case .relu6: return [y].compactMap { $0 }
-        case .add(let relu): return relu ? [y].compactMap { $0 } : []
+        case .conv, .depthwise, .maxPool: return x == 0 ? [] : [x]
+        case .batchNorm(_, _, let relu): return (x == 0 ? [] : [x]) + (relu ? [y] : [])
+        case .relu6: return [y]
+        case .add(let relu): return relu ? [y] : []
         case .upsampleNearest, .concat, .resize, .globalAveragePool, .dropout: return []
         }
     }
@@ -374,7 +480,7 @@ public final class GraphModel {
     /// `part`: a convolution's weight (and bias) gradient or its input gradient alone.
     private func layerBackward(_ index: Int, dy: Tensor, part: BackwardPart = .all, dx: (Int) -> Tensor?) {
         let layer = graph.layers[index]
-        let x = value(layer.inputs[0]), y = value(layer.output)
+        let x = backwardValue(layer.inputs[0]), y = backwardValue(layer.output)
         let dx0 = part == .weights ? nil : dx(0)
         switch layer.op {
         case .conv(let weight, let bias, let geometry):

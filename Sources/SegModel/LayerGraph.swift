@@ -77,6 +77,10 @@ struct LayerGraph {
         return layout.add(name, shape, kind: kind)
     }
 
+    /// The layer that makes tensor t, nil for the images: each layer makes one tensor, so layer i
+    /// makes tensor i + 1.
+    func producer(of t: Int) -> Int? { t == 0 ? nil : t - 1 }
+
     private mutating func append(_ name: String, _ op: LayerOp, _ inputs: [Int], channels c: Int) -> Int {
         channels.append(c)
         layers.append(Layer(name: name, op: op, inputs: inputs, output: channels.count - 1))

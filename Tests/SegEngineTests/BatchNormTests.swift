@@ -86,6 +86,25 @@ final class BatchNormTests: XCTestCase {
         }
     }
 
+    /// The output recomputed from the saved statistics (what a plan for training does in backward)
+    /// has the training forward's bits, with and without the ReLU that follows it.
+    func testRecomputeFromSavedStatisticsGivesTheForwardsBits() {
+        let pool = WorkerPool(threads: 2)
+        for shape in [Shape(2, 3, 4, 5), Shape(3, 2, 1, 1), Shape(1, 4, 7, 3)] {
+            let f = Fixture(shape, seed: 41)
+            f.forward(training: true, pool: pool)
+            let relu = OwnedTensor(shape)
+            reluForward(relu.tensor, f.y.tensor, pool: pool)
+            for (withReLU, expected) in [(false, f.y), (true, relu)] {
+                let again = S.random(shape, seed: 42)
+                batchNormRecompute(again.tensor, f.x.tensor, gamma: f.gamma.tensor, beta: f.beta.tensor,
+                                   saveMean: f.saveMean.tensor, saveInvStd: f.saveInvStd.tensor, relu: withReLU, pool: pool)
+                XCTAssertEqual(again.tensor.toArray().map(\.bitPattern), expected.tensor.toArray().map(\.bitPattern),
+                               "\(shape) relu \(withReLU)")
+            }
+        }
+    }
+
     func testEvalUsesRunningStatistics() {
         let pool = WorkerPool(threads: 2)
         let shape = Shape(2, 3, 2, 3)
