@@ -52,7 +52,7 @@ struct ActivationArena {
     /// `gradients: false` (a plan for inference) the gradient offsets are laid out but no gradient
     /// memory is allocated, and asking for a gradient stops the program. `valueLifetimes` (only
     /// for inference: backward reads every value) lets values whose lifetimes on the forward pass
-    /// do not overlap share memory too; a slot no op touches keeps memory of its own.
+    /// do not overlap share memory too; every slot must be touched by some forward op.
     mutating func allocate(gradientLifetimes lifetimes: [ClosedRange<Int>?], gradients allocateGradients: Bool = true,
                            valueLifetimes: [ClosedRange<Int>?]? = nil) {
         precondition(lifetimes.count == shapes.count)
@@ -63,6 +63,10 @@ struct ActivationArena {
         hasGradientMemory = allocateGradients
         if let valueLifetimes {
             precondition(valueLifetimes.count == shapes.count)
+            // A slot no forward op touches would keep memory it never uses.
+            if let unused = valueLifetimes.firstIndex(where: { $0 == nil }) {
+                preconditionFailure("a plan for inference has slot \(unused) \(shapes[unused]), which no forward op touches")
+            }
             let always = Int.min...Int.max
             let (shared, total) = ActivationArena.place(sizes: sizes, lifetimes: valueLifetimes.map { $0 ?? always })
             valueOffsets = shared.map { $0! }

@@ -258,10 +258,8 @@ public final class UNet {
             let upShape = Shape(batch, belowShape.c, belowShape.h * 2, belowShape.w * 2)
             let paddedShape = Shape(batch, belowShape.c, skipShape.h, skipShape.w)
             let intoConcatenation = sharesTrainingMemory && decoder[j].upconv == nil && upShape == paddedShape
-            if !intoConcatenation {
-                decoder[j].upsampled = plan.add(upShape)
-                decoder[j].padded = upShape == paddedShape ? nil : plan.add(paddedShape)
-            }
+            decoder[j].upsampled = intoConcatenation ? nil : plan.add(upShape)
+            decoder[j].padded = intoConcatenation || upShape == paddedShape ? nil : plan.add(paddedShape)
             if let up = decoder[j].upconv {
                 scratchFloats = max(scratchFloats, convTranspose2x2ScratchFloats(
                     batch: batch, inChannels: up.inChannels, outChannels: up.outChannels,
@@ -276,7 +274,7 @@ public final class UNet {
             }
             let catShape = Shape(batch, skipShape.c + belowShape.c, skipShape.h, skipShape.w)
             decoder[j].concatenated = plan.add(catShape)
-            if intoConcatenation { decoder[j].concatenatedAgain = plan.add(catShape, gradient: false) }
+            decoder[j].concatenatedAgain = intoConcatenation && gradients ? plan.add(catShape, gradient: false) : nil
             rows.append(LayerInfo(name: "up.\(j).concat", kind: decoder[j].padded == nil ? "concat" : "pad+concat",
                                   outputShape: catShape.single, parameters: 0, forwardFLOPs: 0, trainingFLOPs: 0))
             addUnit(&decoder[j].conv1, "up.\(j).conv1", h: skipShape.h, w: skipShape.w)
@@ -505,11 +503,15 @@ public final class UNet {
             ops += unitOps(level.conv2, x: level.conv1.output)
             let skip = encoder[encoder.count - 1 - j].conv2.output
             let below = j == 0 ? encoder[encoder.count - 1].pooled : decoder[j - 1].conv2.output
-            if let again = level.concatenatedAgain {
-                let refill = TapeOp(reads: [], writes: [], values: [skip, below, again]) { [unowned self] in
-                    concatenate(arena.value(again), skip: arena.value(skip), upsampling: arena.value(below))
+            if level.upsampled == nil {
+                if let again = level.concatenatedAgain {
+                    let refill = TapeOp(reads: [], writes: [], values: [skip, below, again]) { [unowned self] in
+                        concatenate(arena.value(again), skip: arena.value(skip), upsampling: arena.value(below))
+                    }
+                    ops += unitOps(level.conv1, x: again, dx: level.concatenated, first: refill)
+                } else {  // a plan for inference: its tape lays out gradients but never runs
+                    ops += unitOps(level.conv1, x: level.concatenated)
                 }
-                ops += unitOps(level.conv1, x: again, dx: level.concatenated, first: refill)
                 ops.append(TapeOp(reads: [level.concatenated], writes: [skip, below]) { [unowned self] in
                     let dy = arena.gradient(level.concatenated), dskip = arena.gradient(skip)
                     profile.measure(.elementwise) { concatChannelsBackward(dx: dskip, dy: dy, at: 0, pool: pool) }
