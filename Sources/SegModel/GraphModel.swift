@@ -224,68 +224,75 @@ public final class GraphModel {
         lastForwardTraining = training
         lastForwardFrozen = frozenEncoder
         for (index, layer) in graph.layers.enumerated() {
-            let x = value(layer.inputs[0]), y = value(layer.output)
-            switch layer.op {
-            case .conv(let weight, let bias, let geometry):
-                profile.measure(.convForward) {
-                    if convPolicy.runsWinograd(geometry, x, y) {
-                        conv2dForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
-                                      policy: convPolicy, pool: pool, scratch: scratch)
-                    } else {
-                        stridedConvForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
-                                           geometry: geometry, perImageWork: convPolicy.perImageWork, pool: pool,
-                                           scratch: scratch)
-                    }
-                }
-            case .depthwise(let weight, let stride, let dilation):
-                profile.measure(.convForward) {
-                    depthwise3x3Forward(y, x, weight: store.value(weight), stride: stride, padding: dilation,
-                                        dilation: dilation, pool: pool)
-                }
-            case .batchNorm(let bn, let counter, let relu):
-                let stats = statSlots[index]!
-                let trains = batchNormTrains(index)
-                profile.measure(.batchNorm) {
-                    batchNormForward(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
-                                     runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
-                                     saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
-                                     training: trains, synchronized: batchStatistics, pool: pool)
-                }
-                if trains { store.value(counter)[0] += 1 }
-                if relu { profile.measure(.elementwise) { reluForward(y, y, pool: pool) } }
-            case .relu6:
-                profile.measure(.elementwise) { relu6Forward(y, x, pool: pool) }
-            case .maxPool:
-                profile.measure(.pool) { maxPoolForward(y, x, pool: pool) }
-            case .add(let relu):
-                profile.measure(.elementwise) { residualAddForward(y, x, value(layer.inputs[1]), relu: relu, pool: pool) }
-            case .upsampleNearest:
-                profile.measure(.upsample) { upsampleNearest2xForward(y, x, pool: pool) }
-            case .concat:
-                profile.measure(.elementwise) {
-                    var offset = 0
-                    for t in layer.inputs {
-                        let part = value(t)
-                        concatChannelsForward(y, part, at: offset, pool: pool)
-                        offset += part.c
-                    }
-                }
-            case .resize(let alignCorners, _):
-                profile.measure(.upsample) { resizeBilinearForward(y, x, alignCorners: alignCorners, pool: pool) }
-            case .globalAveragePool:
-                profile.measure(.pool) { globalAveragePoolForward(y, x, pool: pool) }
-            case .dropout(let probability, let stream):
-                profile.measure(.elementwise) {
-                    if training {
-                        dropoutForward(y, x, probability: probability, draw: dropoutDraw, stream: stream, pool: pool)
-                    } else {
-                        y.copy(from: x)
-                    }
-                }
-            }
+            run(index, into: value(layer.output), reading: value, training: training)
         }
         lastDropoutDraw = dropoutDraw
         return logits
+    }
+
+    /// Layer `index`'s forward into `y`, its inputs' values from `read` (the forward's, or in a
+    /// recompute what backward reads).
+    private func run(_ index: Int, into y: Tensor, reading read: (Int) -> Tensor, training: Bool) {
+        let layer = graph.layers[index]
+        let x = read(layer.inputs[0])
+        switch layer.op {
+        case .conv(let weight, let bias, let geometry):
+            profile.measure(.convForward) {
+                if convPolicy.runsWinograd(geometry, x, y) {
+                    conv2dForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
+                                  policy: convPolicy, pool: pool, scratch: scratch)
+                } else {
+                    stridedConvForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
+                                       geometry: geometry, perImageWork: convPolicy.perImageWork, pool: pool,
+                                       scratch: scratch)
+                }
+            }
+        case .depthwise(let weight, let stride, let dilation):
+            profile.measure(.convForward) {
+                depthwise3x3Forward(y, x, weight: store.value(weight), stride: stride, padding: dilation,
+                                    dilation: dilation, pool: pool)
+            }
+        case .batchNorm(let bn, let counter, let relu):
+            let stats = statSlots[index]!
+            let trains = batchNormTrains(index)
+            profile.measure(.batchNorm) {
+                batchNormForward(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
+                                 runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
+                                 saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
+                                 training: trains, synchronized: batchStatistics, pool: pool)
+            }
+            if trains { store.value(counter)[0] += 1 }
+            if relu { profile.measure(.elementwise) { reluForward(y, y, pool: pool) } }
+        case .relu6:
+            profile.measure(.elementwise) { relu6Forward(y, x, pool: pool) }
+        case .maxPool:
+            profile.measure(.pool) { maxPoolForward(y, x, pool: pool) }
+        case .add(let relu):
+            profile.measure(.elementwise) { residualAddForward(y, x, read(layer.inputs[1]), relu: relu, pool: pool) }
+        case .upsampleNearest:
+            profile.measure(.upsample) { upsampleNearest2xForward(y, x, pool: pool) }
+        case .concat:
+            profile.measure(.elementwise) {
+                var offset = 0
+                for t in layer.inputs {
+                    let part = read(t)
+                    concatChannelsForward(y, part, at: offset, pool: pool)
+                    offset += part.c
+                }
+            }
+        case .resize(let alignCorners, _):
+            profile.measure(.upsample) { resizeBilinearForward(y, x, alignCorners: alignCorners, pool: pool) }
+        case .globalAveragePool:
+            profile.measure(.pool) { globalAveragePoolForward(y, x, pool: pool) }
+        case .dropout(let probability, let stream):
+            profile.measure(.elementwise) {
+                if training {
+                    dropoutForward(y, x, probability: probability, draw: dropoutDraw, stream: stream, pool: pool)
+                } else {
+                    y.copy(from: x)
+                }
+            }
+        }
     }
 
     /// Layer `index` (a BatchNorm) normalises with the batch's statistics in the last forward:
@@ -435,21 +442,8 @@ public final class GraphModel {
                     if relu { reluForward(y, y, pool: pool) }
                 }
             }
-        case .relu6:
-            profile.measure(.elementwise) { relu6Forward(y, x, pool: pool) }
-        case .upsampleNearest:
-            profile.measure(.upsample) { upsampleNearest2xForward(y, x, pool: pool) }
-        case .resize(let alignCorners, _):
-            profile.measure(.upsample) { resizeBilinearForward(y, x, alignCorners: alignCorners, pool: pool) }
-        case .concat:
-            profile.measure(.elementwise) {
-                var offset = 0
-                for t in layer.inputs {
-                    let part = backwardValue(t)
-                    concatChannelsForward(y, part, at: offset, pool: pool)
-                    offset += part.c
-                }
-            }
+        case .relu6, .upsampleNearest, .resize, .concat:
+            run(index, into: y, reading: backwardValue, training: lastForwardTraining)
         default:
             preconditionFailure("\(layer.name): not a layer backward recomputes")
         }
