@@ -19,6 +19,7 @@ Pretrained weights cannot be downloaded on every machine; fetch them where you c
 """
 
 import argparse
+import os
 import sys
 
 ENCODERS = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
@@ -43,8 +44,10 @@ def main():
     args = parser.parse_args()
     try:
         import torch
-        import torchvision
         from safetensors.torch import save_file
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from torchvision_cpu import import_torchvision
+        torchvision = import_torchvision()
     except ImportError as error:
         sys.exit(f"convert-weights: {error.name} is missing: pip install torch torchvision safetensors")
 

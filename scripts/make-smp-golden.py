@@ -58,8 +58,6 @@ import math
 import os
 import sys
 
-import types
-
 import numpy as np
 import torch
 from safetensors.torch import save_file
@@ -69,12 +67,9 @@ def import_smp():
     """segmentation_models_pytorch, importing it without torchvision's compiled operators when they
     do not load (PyPI's torchvision built for another torch than the CPU wheel here): smp's models
     do not use them, only torchvision's import registers them."""
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        for name in [m for m in sys.modules if m.startswith("torchvision")]:
-            del sys.modules[name]
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torchvision_cpu import import_torchvision
+    import_torchvision()
     import segmentation_models_pytorch
     return segmentation_models_pytorch
 

@@ -18,7 +18,8 @@ classes=1) instead (with --arch deeplabv3plus its DeepLabV3Plus(NAME, encoder_we
 classes=1) with smp's defaults: output stride 16, ASPP dropout 0.5; issue #17) (issue #16's comparison; needs segmentation-models-pytorch, which pulls
 torchvision and timm). torchvision's compiled ops are not needed by smp's Unet: when the installed
 torchvision's ops library does not match torch (a CPU torch wheel beside PyPI's CUDA torchvision),
-its import fails on registering them, so this script skips that registration module.
+its import fails on registering them, so this script skips that registration module
+(scripts/torchvision_cpu.py).
 
 Requires torch (pip install torch). Run e.g.:
     python3 scripts/pytorch_baseline.py --image-size 128 --batch-size 8 \
@@ -81,14 +82,8 @@ class UNet(nn.Module):
 def smp_unet(encoder, arch="unet"):
     """smp.Unet(encoder, encoder_weights=None, classes=1), importing smp without torchvision's
     operator registrations (see the module docstring)."""
-    import sys
-    import types
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError:
-        for name in [m for m in sys.modules if m.startswith("torchvision")]:
-            del sys.modules[name]
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    from torchvision_cpu import import_torchvision
+    import_torchvision()
     import segmentation_models_pytorch as smp
     if arch == "deeplabv3plus":
         return smp.DeepLabV3Plus(encoder, encoder_weights=None, classes=1)
