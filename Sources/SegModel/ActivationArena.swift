@@ -67,8 +67,7 @@ struct ActivationArena {
             if let unused = valueLifetimes.firstIndex(where: { $0 == nil }) {
                 preconditionFailure("a plan for inference has slot \(unused) \(shapes[unused]), which no forward op touches")
             }
-            let always = Int.min...Int.max
-            let (shared, total) = ActivationArena.place(sizes: sizes, lifetimes: valueLifetimes.map { $0 ?? always })
+            let (shared, total) = ActivationArena.place(sizes: sizes, lifetimes: valueLifetimes)
             valueOffsets = shared.map { $0! }
             valueCount = total
         }

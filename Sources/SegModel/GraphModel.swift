@@ -427,22 +427,16 @@ public final class GraphModel {
         let layer = graph.layers[index]
         let x = backwardValue(layer.inputs[0]), y = arena.value(again[layer.output]!)
         switch layer.op {
-        case .batchNorm(let bn, _, let relu):
+        case .batchNorm(let bn, _, let relu) where batchNormTrains(index):
+            // From the saved statistics: the forward's running ones have moved since.
             let stats = statSlots[index]!
             profile.measure(.batchNorm) {
-                if batchNormTrains(index) {
-                    batchNormRecompute(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
-                                       saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
-                                       relu: relu, pool: pool)
-                } else {
-                    batchNormForward(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
-                                     runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
-                                     saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
-                                     training: false, pool: pool)
-                    if relu { reluForward(y, y, pool: pool) }
-                }
+                batchNormRecompute(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
+                                   saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
+                                   relu: relu, pool: pool)
             }
-        case .relu6, .upsampleNearest, .resize, .concat:
+        case .batchNorm, .relu6, .upsampleNearest, .resize, .concat:
+            // Evaluation-mode BatchNorm reads the running statistics and changes nothing.
             run(index, into: y, reading: backwardValue, training: lastForwardTraining)
         default:
             preconditionFailure("\(layer.name): not a layer backward recomputes")

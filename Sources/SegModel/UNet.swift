@@ -388,28 +388,10 @@ public final class UNet {
             let level = decoder[j]
             let skip = arena.value(encoder[encoder.count - 1 - j].conv2.output)
             let cat = arena.value(level.concatenated)
-            guard let upSlot = level.upsampled else {
-                concatenate(cat, skip: skip, upsampling: x)
-                x = unitForward(level.conv1, cat, training: training)
-                x = unitForward(level.conv2, x, training: training)
-                continue
-            }
-            let up = arena.value(upSlot)
-            if let upconv = level.upconv {
-                profile.measure(.convForward) {
-                    convTranspose2x2Forward(up, x, weight: store.value(upconv.weight),
-                                            bias: upconv.bias.map { store.value($0) }, pool: pool, scratch: scratch)
-                }
+            if let upSlot = level.upsampled {
+                fillConcatenation(cat, skip: skip, upsampled: arena.value(upSlot), below: x, level: level)
             } else {
-                profile.measure(.upsample) { upsampleBilinear2xForward(up, x, pool: pool) }
-            }
-            profile.measure(.elementwise) {
-                var upper = up
-                if let padded = level.padded {
-                    upper = arena.value(padded)
-                    padToForward(upper, up, pool: pool)
-                }
-                concatChannelsForward(cat, skip, upper, pool: pool)
+                concatenate(cat, skip: skip, upsampling: x)
             }
             x = unitForward(level.conv1, cat, training: training)
             x = unitForward(level.conv2, x, training: training)
@@ -420,6 +402,28 @@ public final class UNet {
                           policy: convPolicy, pool: pool, scratch: scratch)
         }
         return out
+    }
+
+    /// cat = [skip, upsampled below] through an upsampled tensor of its own (transposed
+    /// convolution, padding to the skip's size, or a plan that keeps every value).
+    private func fillConcatenation(_ cat: Tensor, skip: Tensor, upsampled up: Tensor, below x: Tensor,
+                                   level: DecoderLevel) {
+        if let upconv = level.upconv {
+            profile.measure(.convForward) {
+                convTranspose2x2Forward(up, x, weight: store.value(upconv.weight),
+                                        bias: upconv.bias.map { store.value($0) }, pool: pool, scratch: scratch)
+            }
+        } else {
+            profile.measure(.upsample) { upsampleBilinear2xForward(up, x, pool: pool) }
+        }
+        profile.measure(.elementwise) {
+            var upper = up
+            if let padded = level.padded {
+                upper = arena.value(padded)
+                padToForward(upper, up, pool: pool)
+            }
+            concatChannelsForward(cat, skip, upper, pool: pool)
+        }
     }
 
     /// Backward from `logitsGradient` (filled by the loss after `zeroActivationGradients`) through
