@@ -112,30 +112,72 @@ enum BatchNormChannel {
         }
     }
 
-    /// sum(dy) and sum(dy * xhat) of channel c, xhat from the saved statistics.
+    /// A ReLU after the BatchNorm, in its backward: dy is the ReLU output's gradient, taken as 0
+    /// where the forward's pre-activation (x - mean) * scale + shift (scale = gamma * invStd, the
+    /// training forward's expression) was not positive, as reluBackwardInPlace would have set it.
+    struct ReluMask {
+        let scale: Float, shift: Float
+    }
+
+    /// sum(dy) and sum(dy * xhat) of channel c, xhat from the saved statistics; dy masked by `relu`.
     @inline(__always) static func gradientSums(_ dy: Tensor, _ x: Tensor, _ c: Int, mean: Float,
-                                               invStd: Float) -> (dy: Double, dyXhat: Double) {
+                                               invStd: Float, relu: ReluMask? = nil) -> (dy: Double, dyXhat: Double) {
         var sumDy = 0.0, sumDyXhat = 0.0
         for n in 0..<x.n {
             let up = dy.plane(n, c), src = x.plane(n, c)
-            for i in 0..<x.shape.plane {
-                let g = Double(up[i])
-                sumDy += g
-                sumDyXhat += g * Double((src[i] - mean) * invStd)
+            if let relu {
+                // A select, not a branch (the mask is as random as the data); adding +0 changes no sum.
+                for i in 0..<x.shape.plane {
+                    let u = up[i], v = src[i]  // loaded first, so the mask is a select and not a branch
+                    let g = Double((v - mean) * relu.scale + relu.shift > 0 ? u : 0)
+                    sumDy += g
+                    sumDyXhat += g * Double((v - mean) * invStd)
+                }
+            } else {
+                for i in 0..<x.shape.plane {
+                    let g = Double(up[i])
+                    sumDy += g
+                    sumDyXhat += g * Double((src[i] - mean) * invStd)
+                }
             }
         }
         return (sumDy, sumDyXhat)
     }
 
-    /// dx += gamma * invStd * (dy - mean(dy) - xhat * mean(dy * xhat)) for channel c.
+    /// dx += gamma * invStd * (dy - mean(dy) - xhat * mean(dy * xhat)) for channel c; with
+    /// `overwrite`, dx = that (dx may then be dy's memory: see batchNormBackward).
     @inline(__always) static func addInputGradient(_ dx: Tensor, _ dy: Tensor, _ x: Tensor, _ c: Int, mean: Float,
-                                                   invStd: Float, gamma: Float, meanDy: Float, meanDyXhat: Float) {
-        let k = gamma * invStd
+                                                   invStd: Float, gamma: Float, meanDy: Float, meanDyXhat: Float,
+                                                   overwrite: Bool = false, relu: ReluMask? = nil) {
+        let k = gamma * invStd, count = x.shape.plane
+        // dy masked by the ReLU's pre-activation where one follows (+0, as reluBackwardInPlace's).
+        @inline(__always) func write(_ grad: UnsafeMutablePointer<Float>, reading up: UnsafeMutablePointer<Float>,
+                                         _ src: UnsafeMutablePointer<Float>) {
+            // + 0: the bits of adding into a zeroed gradient (-0 becomes +0).
+            if let relu {
+                for i in 0..<count {
+                    let u = up[i], v = src[i]  // loaded first, so the mask is a select and not a branch
+                    let g: Float = (v - mean) * relu.scale + relu.shift > 0 ? u : 0
+                    grad[i] = k * (g - meanDy - (v - mean) * invStd * meanDyXhat) + 0
+                }
+            } else {
+                for i in 0..<count { grad[i] = k * (up[i] - meanDy - (src[i] - mean) * invStd * meanDyXhat) + 0 }
+            }
+        }
         for n in 0..<x.n {
             let up = dy.plane(n, c), src = x.plane(n, c), grad = dx.plane(n, c)
-            for i in 0..<x.shape.plane {
-                let xhat = (src[i] - mean) * invStd
-                grad[i] += k * (up[i] - meanDy - xhat * meanDyXhat)
+            if overwrite {
+                // dx may be dy's own memory: the loop then reads and writes through one pointer and
+                // vectorises (with two that overlap, the compiler's runtime check takes the scalar loop).
+                if up == grad { write(grad, reading: grad, src) } else { write(grad, reading: up, src) }
+            } else if let relu {
+                for i in 0..<count {
+                    let u = up[i], v = src[i]
+                    let g: Float = (v - mean) * relu.scale + relu.shift > 0 ? u : 0
+                    grad[i] += k * (g - meanDy - (v - mean) * invStd * meanDyXhat)
+                }
+            } else {
+                for i in 0..<count { grad[i] += k * (up[i] - meanDy - (src[i] - mean) * invStd * meanDyXhat) }
             }
         }
     }
@@ -149,9 +191,14 @@ enum BatchNormChannel {
 /// C elements. Sums in Double per channel in a fixed order (thread-count independent).
 /// With `synchronized` (the forward's), the sums in dx run over the batches of all ranks; dgamma and
 /// dbeta stay this rank's (the gradient's allreduce adds the others').
+/// `overwrite`: dx = ... instead of dx += ..., the same bits as adding into a zeroed dx; dx may then
+/// be dy's own memory (a plan for training lets the input gradient take the output gradient's).
+/// `reluBeta` (the layer's beta): the forward's output went through a ReLU and dy is the ReLU
+/// output's gradient, masked here from x in the same passes (the bits of reluBackwardInPlace with
+/// the kept output, then this without; dy is left as it is): no output to keep, one pass less.
 public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Tensor, x: Tensor, gamma: Tensor,
                               saveMean: Tensor, saveInvStd: Tensor, synchronized: BatchStatisticsSum? = nil,
-                              pool: WorkerPool) {
+                              overwrite: Bool = false, reluBeta: Tensor? = nil, pool: WorkerPool) {
     let who: StaticString = "batchNormBackward"
     precondition(dy.shape == x.shape, "\(who): dy \(dy.shape) differs from x \(x.shape)")
     if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) differs from x \(x.shape)") }
@@ -161,9 +208,11 @@ public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Te
     checkChannelVector(gamma, channels, "gamma", who)
     checkChannelVector(saveMean, channels, "saveMean", who)
     checkChannelVector(saveInvStd, channels, "saveInvStd", who)
+    if let reluBeta { checkChannelVector(reluBeta, channels, "reluBeta", who) }
     if let synchronized, dx != nil {
         synchronizedBatchNormBackward(dx: dx!, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, gamma: gamma,
-                                      saveMean: saveMean, saveInvStd: saveInvStd, sum: synchronized, pool: pool)
+                                      saveMean: saveMean, saveInvStd: saveInvStd, sum: synchronized,
+                                      overwrite: overwrite, reluBeta: reluBeta, pool: pool)
         return
     }
     let m = batch * plane
@@ -172,12 +221,14 @@ public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Te
     pool.parallelFor(channels) { channelRange, _ in
         for c in channelRange {
             let mean = saveMean[c], invStd = saveInvStd[c]
-            let sums = BatchNormChannel.gradientSums(dy, x, c, mean: mean, invStd: invStd)
+            let relu = reluBeta.map { BatchNormChannel.ReluMask(scale: gamma[c] * invStd, shift: $0[c]) }
+            let sums = BatchNormChannel.gradientSums(dy, x, c, mean: mean, invStd: invStd, relu: relu)
             dbeta[c] += Float(sums.dy)
             dgamma[c] += Float(sums.dyXhat)
             guard let dx else { continue }
             BatchNormChannel.addInputGradient(dx, dy, x, c, mean: mean, invStd: invStd, gamma: gamma[c],
-                                              meanDy: Float(sums.dy / Double(m)), meanDyXhat: Float(sums.dyXhat / Double(m)))
+                                              meanDy: Float(sums.dy / Double(m)), meanDyXhat: Float(sums.dyXhat / Double(m)),
+                                              overwrite: overwrite, relu: relu)
         }
     }
 }
@@ -189,10 +240,11 @@ public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Te
 /// A frozen layer (fine-tuning with --freeze-encoder: weights and statistics fixed) passes nil for
 /// dgamma and dbeta and gets only dx; nil dx skips the input gradient. Nothing else is written.
 /// Split over channels; each channel's sums run in Double over (n, h, w) in one fixed order, so the
-/// results are bitwise the same for any thread count.
+/// results are bitwise the same for any thread count. `overwrite` as batchNormBackward's.
 /// x, dx, dy: (N, C, H, W)  gamma, runningMean, runningVar, dgamma, dbeta: C elements.
 public func batchNormEvalBackward(dx: Tensor?, dgamma: Tensor?, dbeta: Tensor?, dy: Tensor, x: Tensor, gamma: Tensor,
-                                  runningMean: Tensor, runningVar: Tensor, epsilon: Float = batchNormEpsilon, pool: WorkerPool) {
+                                  runningMean: Tensor, runningVar: Tensor, epsilon: Float = batchNormEpsilon,
+                                  overwrite: Bool = false, pool: WorkerPool) {
     let who: StaticString = "batchNormEvalBackward"
     precondition(dy.shape == x.shape, "\(who): dy \(dy.shape) differs from x \(x.shape)")
     if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) differs from x \(x.shape)") }
@@ -225,7 +277,11 @@ public func batchNormEvalBackward(dx: Tensor?, dgamma: Tensor?, dbeta: Tensor?, 
             let scale = gamma[c] / (runningVar[c] + epsilon).squareRoot()
             for n in 0..<batch {
                 let up = dy.plane(n, c), grad = dx.plane(n, c)
-                for i in 0..<plane { grad[i] += up[i] * scale }
+                if overwrite {
+                    for i in 0..<plane { grad[i] = up[i] * scale + 0 }
+                } else {
+                    for i in 0..<plane { grad[i] += up[i] * scale }
+                }
             }
         }
     }
@@ -286,6 +342,42 @@ public func batchNormRecompute(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Te
                 }
             } else {
                 for i in 0..<plane { dst[i] = (src[i] - mean) * scale + shift }
+            }
+        }
+    }
+}
+
+/// The ReLU after a BatchNorm, backward, without its output: zeroes dy where the output was not
+/// positive, from the pre-activation recomputed from x with the forward's own expression (training:
+/// the saved statistics, as batchNormRecompute; evaluation: the running ones, as
+/// batchNormForward(training: false)), so exactly where reluBackwardInPlace(dy, y:) zeroes it. A
+/// plan for training then need not keep or recompute the output for this.
+/// dy, x: (N, C, H, W)  gamma, beta, runningMean, runningVar, saveMean, saveInvStd: C values
+public func batchNormReluBackwardInPlace(_ dy: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, runningMean: Tensor,
+                                         runningVar: Tensor, saveMean: Tensor, saveInvStd: Tensor, training: Bool,
+                                         epsilon: Float = batchNormEpsilon, pool: WorkerPool) {
+    let who: StaticString = "batchNormReluBackwardInPlace"
+    precondition(dy.shape == x.shape, "\(who): dy \(dy.shape) differs from x \(x.shape)")
+    let channels = x.c, plane = x.shape.plane
+    checkChannelVector(gamma, channels, "gamma", who)
+    checkChannelVector(beta, channels, "beta", who)
+    checkChannelVector(runningMean, channels, "runningMean", who)
+    checkChannelVector(runningVar, channels, "runningVar", who)
+    checkChannelVector(saveMean, channels, "saveMean", who)
+    checkChannelVector(saveInvStd, channels, "saveInvStd", who)
+    pool.parallelFor(x.n * channels) { planes, _ in
+        for q in planes {
+            let c = q % channels
+            let mean: Float, scale: Float
+            if training {
+                mean = saveMean[c]; scale = gamma[c] * saveInvStd[c]
+            } else {
+                mean = runningMean[c]; scale = gamma[c] / (runningVar[c] + epsilon).squareRoot()
+            }
+            let shift = beta[c], src = x.data + q * plane, g = dy.data + q * plane
+            for i in 0..<plane {
+                let u = g[i]  // loaded first: a select, not a branch
+                g[i] = (src[i] - mean) * scale + shift > 0 ? u : 0
             }
         }
     }

@@ -82,13 +82,17 @@ func synchronizedBatchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta:
 /// The training backward of `batchNormBackward` after a synchronized forward: dx from the sums of
 /// all ranks, dgamma and dbeta from this rank's.
 func synchronizedBatchNormBackward(dx: Tensor, dgamma: Tensor, dbeta: Tensor, dy: Tensor, x: Tensor, gamma: Tensor,
-                                   saveMean: Tensor, saveInvStd: Tensor, sum: BatchStatisticsSum, pool: WorkerPool) {
+                                   saveMean: Tensor, saveInvStd: Tensor, sum: BatchStatisticsSum, overwrite: Bool = false,
+                                   reluBeta: Tensor? = nil, pool: WorkerPool) {
+    func relu(_ c: Int) -> BatchNormChannel.ReluMask? {
+        reluBeta.map { BatchNormChannel.ReluMask(scale: gamma[c] * saveInvStd[c], shift: $0[c]) }
+    }
     let channels = x.c, plane = x.shape.plane, batch = x.n
     // [0, C): sum(dy); [C, 2C): sum(dy * xhat); 2C: the value count.
     let sums = sum.values(2 * channels + 1)
     pool.parallelFor(channels) { channelRange, _ in
         for c in channelRange {
-            let local = BatchNormChannel.gradientSums(dy, x, c, mean: saveMean[c], invStd: saveInvStd[c])
+            let local = BatchNormChannel.gradientSums(dy, x, c, mean: saveMean[c], invStd: saveInvStd[c], relu: relu(c))
             dbeta[c] += Float(local.dy)
             dgamma[c] += Float(local.dyXhat)
             sums[c] = local.dy
@@ -101,7 +105,8 @@ func synchronizedBatchNormBackward(dx: Tensor, dgamma: Tensor, dbeta: Tensor, dy
     pool.parallelFor(channels) { channelRange, _ in
         for c in channelRange {
             BatchNormChannel.addInputGradient(dx, dy, x, c, mean: saveMean[c], invStd: saveInvStd[c], gamma: gamma[c],
-                                              meanDy: Float(sums[c] / m), meanDyXhat: Float(sums[channels + c] / m))
+                                              meanDy: Float(sums[c] / m), meanDyXhat: Float(sums[channels + c] / m),
+                                              overwrite: overwrite, relu: relu(c))
         }
     }
 }

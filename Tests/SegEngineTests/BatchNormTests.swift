@@ -192,4 +192,110 @@ final class BatchNormTests: XCTestCase {
             }
         }
     }
+
+    /// batchNormReluBackwardInPlace zeroes the gradient where reluBackwardInPlace does with the
+    /// kept output, in both modes: a plan for training masks from the input instead of keeping the
+    /// output. Some pre-activations are made exactly zero (x at the mean, beta 0), where a mask
+    /// from another expression or the other mode's statistics would differ.
+    func testReluMaskFromTheInputIsTheMaskOfTheOutput() {
+        let pool = WorkerPool(threads: 2)
+        for training in [true, false] {
+            for shape in [Shape(2, 3, 4, 5), Shape(1, 4, 7, 3)] {
+                let f = Fixture(shape, seed: 70)
+                f.forward(training: true, pool: pool)
+                // The statistics' mean equal to some x and beta 0: pre-activations of exactly 0.
+                f.beta.tensor[1] = 0
+                let out = OwnedTensor(shape)
+                if training {
+                    f.saveMean.tensor[1] = f.x.tensor.plane(0, 1)[2]
+                    batchNormRecompute(out.tensor, f.x.tensor, gamma: f.gamma.tensor, beta: f.beta.tensor,
+                                       saveMean: f.saveMean.tensor, saveInvStd: f.saveInvStd.tensor, relu: true, pool: pool)
+                } else {
+                    f.runningMean.tensor[1] = f.x.tensor.plane(0, 1)[2]
+                    f.forward(training: false, pool: pool)
+                    reluForward(out.tensor, f.y.tensor, pool: pool)
+                }
+                let kept = S.random(shape, seed: 71), fromInput = S.random(shape, seed: 71)
+                reluBackwardInPlace(kept.tensor, y: out.tensor, pool: pool)
+                batchNormReluBackwardInPlace(fromInput.tensor, x: f.x.tensor, gamma: f.gamma.tensor, beta: f.beta.tensor,
+                                             runningMean: f.runningMean.tensor, runningVar: f.runningVar.tensor,
+                                             saveMean: f.saveMean.tensor, saveInvStd: f.saveInvStd.tensor,
+                                             training: training, pool: pool)
+                S.assertBitwiseEqual(fromInput.tensor, kept.tensor, "\(shape) training \(training)")
+                XCTAssertTrue(out.tensor.toArray().contains(0) && out.tensor.toArray().contains { $0 > 0 })
+            }
+        }
+    }
+
+    /// With `overwrite` the input gradient may be the output gradient's own memory and gets the
+    /// bits of adding into a zeroed one, in both modes; the parameter gradients are the same too.
+    func testOverwritingTheOutputGradientGivesTheBitsOfAddingIntoZero() {
+        let pool = WorkerPool(threads: 2)
+        let shape = Shape(2, 3, 5, 4)
+        for training in [true, false] {
+            let f = Fixture(shape, seed: 80)
+            f.forward(training: training, pool: pool)
+            let dy = S.random(shape, seed: 81)
+            // Zeros of both signs in dy.
+            dy.tensor[0] = 0; dy.tensor[1] = -0.0
+            func backward(dx: Tensor, dy: Tensor, overwrite: Bool) {
+                if training {
+                    batchNormBackward(dx: dx, dgamma: f.dgamma.tensor, dbeta: f.dbeta.tensor, dy: dy, x: f.x.tensor,
+                                      gamma: f.gamma.tensor, saveMean: f.saveMean.tensor, saveInvStd: f.saveInvStd.tensor,
+                                      overwrite: overwrite, pool: pool)
+                } else {
+                    batchNormEvalBackward(dx: dx, dgamma: f.dgamma.tensor, dbeta: f.dbeta.tensor, dy: dy, x: f.x.tensor,
+                                          gamma: f.gamma.tensor, runningMean: f.runningMean.tensor,
+                                          runningVar: f.runningVar.tensor, overwrite: overwrite, pool: pool)
+                }
+            }
+            f.dx.tensor.zero()
+            backward(dx: f.dx.tensor, dy: dy.tensor, overwrite: false)
+            let dgamma = f.dgamma.tensor.toArray(), dbeta = f.dbeta.tensor.toArray()
+            f.dgamma.tensor.zero(); f.dbeta.tensor.zero()
+            let shared = OwnedTensor(shape)
+            shared.tensor.copy(from: dy.tensor)
+            backward(dx: shared.tensor, dy: shared.tensor, overwrite: true)
+            S.assertBitwiseEqual(shared.tensor, f.dx.tensor, "dx, training \(training)")
+            XCTAssertEqual(f.dgamma.tensor.toArray(), dgamma, "training \(training)")
+            XCTAssertEqual(f.dbeta.tensor.toArray(), dbeta, "training \(training)")
+        }
+    }
+
+    /// The training backward with `reluBeta` gives the bits of masking dy with the kept ReLU
+    /// output first (reluBackwardInPlace) and then the plain backward: dx added or overwritten
+    /// (into dy's own memory), dgamma and dbeta; and it leaves dy alone when dx is elsewhere.
+    func testBackwardWithTheReluMaskedFromTheInput() {
+        let pool = WorkerPool(threads: 2)
+        let shape = Shape(2, 4, 5, 3)
+        for overwrite in [false, true] {
+            let f = Fixture(shape, seed: 90)
+            f.forward(training: true, pool: pool)
+            // A saved mean equal to some x and beta 0: pre-activations of exactly 0 there. The
+            // output from those statistics with the forward's expression (batchNormRecompute).
+            f.beta.tensor[2] = 0
+            f.saveMean.tensor[2] = f.x.tensor.plane(1, 2)[4]
+            let out = OwnedTensor(shape)
+            batchNormRecompute(out.tensor, f.x.tensor, gamma: f.gamma.tensor, beta: f.beta.tensor, saveMean: f.saveMean.tensor,
+                               saveInvStd: f.saveInvStd.tensor, relu: true, pool: pool)
+            let dy = S.random(shape, seed: 91)
+            let masked = OwnedTensor(shape)
+            masked.tensor.copy(from: dy.tensor)
+            reluBackwardInPlace(masked.tensor, y: out.tensor, pool: pool)
+            f.dx.tensor.zero()
+            f.backward(dy: masked.tensor, pool: pool)
+            let dgamma = f.dgamma.tensor.toArray(), dbeta = f.dbeta.tensor.toArray()
+            f.dgamma.tensor.zero(); f.dbeta.tensor.zero()
+            let into = OwnedTensor(shape), upstream = OwnedTensor(shape)
+            upstream.tensor.copy(from: dy.tensor)
+            let dx = overwrite ? upstream.tensor : into.tensor
+            batchNormBackward(dx: dx, dgamma: f.dgamma.tensor, dbeta: f.dbeta.tensor, dy: upstream.tensor, x: f.x.tensor,
+                              gamma: f.gamma.tensor, saveMean: f.saveMean.tensor, saveInvStd: f.saveInvStd.tensor,
+                              overwrite: overwrite, reluBeta: f.beta.tensor, pool: pool)
+            S.assertBitwiseEqual(dx, f.dx.tensor, "dx, overwrite \(overwrite)")
+            XCTAssertEqual(f.dgamma.tensor.toArray().map(\.bitPattern), dgamma.map(\.bitPattern))
+            XCTAssertEqual(f.dbeta.tensor.toArray().map(\.bitPattern), dbeta.map(\.bitPattern))
+            if !overwrite { S.assertBitwiseEqual(upstream.tensor, dy.tensor, "dy left alone") }
+        }
+    }
 }
