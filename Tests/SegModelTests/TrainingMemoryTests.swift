@@ -93,4 +93,41 @@ final class TrainingMemoryTests: XCTestCase {
         XCTAssertEqual(lives.gradients[1], 4...5)
         XCTAssertEqual(lives.gradients[2], 0...5)
     }
+
+    /// A gradient aliased to another (BatchNorm writing its input's gradient over its output's)
+    /// takes the same memory, for the union of the two lifetimes; without the alias the two
+    /// overlap at the op that reads one and writes the other, and need two buffers.
+    func testAliasedGradientsShareOneBuffer() {
+        func arena(aliases: [Int: Int]) -> ActivationArena {
+            var a = ActivationArena()
+            for _ in 0..<3 { _ = a.add(Shape(1, 2, 4, 4)) }
+            // Slot 2's gradient (the output's) lives 3...4, slot 1's (the input's) 4...5, slot 0's
+            // 6...7; the values 0...2, before all of them.
+            a.allocateForTraining(valueLifetimes: [0...0, 1...1, 2...2], gradientLifetimes: [6...7, 4...5, 3...4],
+                                  gradientAliases: aliases)
+            return a
+        }
+        let plain = arena(aliases: [:]), aliased = arena(aliases: [1: 2])
+        XCTAssertNotEqual(plain.gradientRange(1), plain.gradientRange(2))
+        XCTAssertEqual(aliased.gradientRange(1), aliased.gradientRange(2))
+        let bytes = { (a: ActivationArena) in a.plannedParts(with: Scratch(threads: 1)).valuesAndGradients }
+        XCTAssertEqual(bytes(plain), 2 * 32 * 4)
+        XCTAssertEqual(bytes(aliased), 32 * 4, "one buffer of 32 floats for everything")
+    }
+
+    /// Placement by size alone spans 6 units here; longer lifetimes first among equal sizes
+    /// (one of the orders `place` tries) spans 5. No two buffers whose lifetimes overlap may
+    /// overlap in memory.
+    func testPlacementTriesLongerLifetimesFirstAmongEqualSizes() {
+        let sizes = [2, 1, 2, 1, 2]
+        let lifetimes: [ClosedRange<Int>?] = [4...4, 1...3, 1...1, 2...6, 0...3]
+        let (offsets, end) = ActivationArena.place(sizes: sizes, lifetimes: lifetimes)
+        XCTAssertEqual(end, 5)
+        for i in sizes.indices {
+            for j in sizes.indices where i < j && lifetimes[i]!.overlaps(lifetimes[j]!) {
+                let a = offsets[i]!..<(offsets[i]! + sizes[i]), b = offsets[j]!..<(offsets[j]! + sizes[j])
+                XCTAssertFalse(a.overlaps(b), "buffers \(i) and \(j)")
+            }
+        }
+    }
 }
