@@ -79,6 +79,47 @@ final class EncoderOpsTests: XCTestCase {
         }
     }
 
+    func testMaxPoolFastEqualsNaiveWithNaNAndInfinities() {
+        // The stem's window takes its own path (column winners combined): NaNs (the last in
+        // row-major order wins), -infinity windows (the first in-image position) and +infinity,
+        // with ties, at odd and even sides, must pick the generic scan's winner.
+        let pool = WorkerPool(threads: 2)
+        for shape in [Shape(2, 3, 15, 15), Shape(1, 2, 8, 9), Shape(2, 2, 9, 8), Shape(1, 1, 1, 5), Shape(1, 1, 4, 1)] {
+            let x = S.random(shape, seed: 131)
+            for i in 0..<x.tensor.count {
+                let u = x.tensor[i]
+                x.tensor[i] = u > 0.8 ? .nan : u > 0.6 ? -.infinity : u < -0.9 ? .infinity : (u * 2).rounded()
+            }
+            let out = pooledShape(shape), dy = S.random(out, seed: 132)
+            let yF = OwnedTensor(out), yN = OwnedTensor(out)
+            let dxF = S.random(shape, seed: 133), dxN = OwnedTensor(shape)
+            dxN.tensor.copy(from: dxF.tensor)
+            maxPoolForward(yF.tensor, x.tensor, pool: pool)
+            maxPoolBackward(dx: dxF.tensor, dy: dy.tensor, x: x.tensor, pool: pool)
+            maxPoolNaive(y: yN.tensor, dx: dxN.tensor, dy: dy.tensor, x: x.tensor)
+            S.assertBitwiseEqual(yF.tensor, yN.tensor, "forward \(shape)")
+            S.assertBitwiseEqual(dxF.tensor, dxN.tensor, "dx \(shape)")
+        }
+    }
+
+    func testMaxPoolOtherWindowsFastEqualsNaive() {
+        // Windows other than the stem's take the generic scan.
+        let pool = WorkerPool(threads: 2)
+        let shape = Shape(2, 2, 9, 10)
+        let x = S.random(shape, seed: 141)
+        for i in 0..<x.tensor.count { x.tensor[i] = (x.tensor[i] * 3).rounded() }
+        for (k, s, p) in [(2, 2, 0), (3, 1, 1), (5, 2, 2)] {
+            let g = ConvGeometry(kernel: k, stride: s, padding: p)
+            let out = Shape(2, 2, g.output(9), g.output(10)), dy = S.random(out, seed: 142)
+            let yF = OwnedTensor(out), yN = OwnedTensor(out), dxF = OwnedTensor(shape), dxN = OwnedTensor(shape)
+            maxPoolForward(yF.tensor, x.tensor, kernel: k, stride: s, padding: p, pool: pool)
+            maxPoolBackward(dx: dxF.tensor, dy: dy.tensor, x: x.tensor, kernel: k, stride: s, padding: p, pool: pool)
+            maxPoolNaive(y: yN.tensor, dx: dxN.tensor, dy: dy.tensor, x: x.tensor, kernel: k, stride: s, padding: p)
+            S.assertBitwiseEqual(yF.tensor, yN.tensor, "forward \(k) \(s) \(p)")
+            S.assertBitwiseEqual(dxF.tensor, dxN.tensor, "dx \(k) \(s) \(p)")
+        }
+    }
+
     func testMaxPoolGradientCheckFastAndNaive() {
         let pool = WorkerPool(threads: 2)
         let shape = Shape(2, 2, 7, 6)
