@@ -70,6 +70,8 @@ public final class GraphModel {
     /// than once in backward has a slot per refill, and each refill sets this to its own.
     private var again: [Int?] = []
     private var tape: [TapeOp] = []
+    /// How many times backward makes each recomputed tensor again (by tensor index; for tests).
+    private(set) var refillsOf: [Int: Int] = [:]
     /// Per op, the gradient slots it writes first: zeroed just before it runs.
     private var zeroFirst: [[Int]] = []
     /// Per op: it writes its `overwritable` slot first, so it writes instead of adding.
@@ -170,6 +172,7 @@ public final class GraphModel {
             for t in recomputedTensors() { again[t] = a.add(p.shapes[t], gradient: false) }
         }
         arena = a
+        refillsOf = [:]
         let (ops, layerOfOp) = buildBackwardTape()
         tape = ops
         let firstWrites = tape.indices.map { op in
@@ -394,20 +397,29 @@ public final class GraphModel {
         // one's refill included): dependents first, so an input's refill lands before theirs. Readers
         // more than `refillGap` ops after the last get a refill of their own, into a slot of their
         // own: the value does not hold memory in between (the stem's output, read by the decoder's
-        // last concatenation and again by the encoder's max-pool at the end of backward).
+        // last concatenation and again by the encoder's max-pool at the end of backward). A residual
+        // block's output read only by refills (the next block's output is made from it) is kept for
+        // its next reader however far: split there, every block's backward would make its stage's
+        // whole chain again (quadratic); kept, each block output is made once in backward and lives
+        // from its stage's first refill to its own block's backward.
         for t in again.indices.reversed() {
             guard let slot = again[t] else { continue }
             let index = graph.producer(of: t)!
             let layer = graph.layers[index]
             let stats = statSlots[index].map { [$0.mean, $0.invStd] } ?? []
             var groups: [[Int]] = []
+            let isRefill = { (r: Int) in ops[r].reads.isEmpty && ops[r].writes.isEmpty }
+            var residual = false
+            if case .add = layer.op { residual = true }
             for r in ops.indices where ops[r].values.contains(slot) {
-                if let last = groups.last?.last, r - last <= GraphModel.refillGap {
+                if let group = groups.last, let last = group.last,
+                   r - last <= GraphModel.refillGap || (residual && group.allSatisfy(isRefill)) {
                     groups[groups.count - 1].append(r)
                 } else {
                     groups.append([r])
                 }
             }
+            refillsOf[t] = groups.count
             // The later groups first: inserting an op leaves the earlier indices alone.
             for (g, group) in groups.enumerated().reversed() {
                 let into = g == 0 ? slot : arena.add(arena.shapes[slot], gradient: false)
@@ -431,8 +443,8 @@ public final class GraphModel {
     /// The tensors (by index) whose values backward reads, or another recomputed tensor is made
     /// from, and which a plan for training recomputes in backward instead of keeping from
     /// forward: outputs of cheap layers (BatchNorm from its input and saved statistics, ReLU6,
-    /// x2 upsampling, resizing, concatenation) whose inputs backward keeps anyway or recomputes
-    /// too. The logits are kept (callers read them after backward).
+    /// x2 upsampling, resizing, concatenation, residual add (+ReLU)) whose inputs backward keeps
+    /// anyway or recomputes too. The logits are kept (callers read them after backward).
     private func recomputedTensors() -> [Int] {
         let layers = graph.layers
         var readInBackward = [Bool](repeating: false, count: slots.count)
@@ -445,6 +457,12 @@ public final class GraphModel {
             var result = false
             if t != slots.count - 1, let index = graph.producer(of: t) {
                 switch layers[index].op {
+                case .add:
+                    // A residual output the decoder reads (a skip, the deepest features) is kept:
+                    // made again, it would be needed at the decoder's backward, and its stage's
+                    // chain with it, long before that stage's own backward.
+                    result = layers.indices.allSatisfy { !layers[$0].inputs.contains(t) || inEncoder[$0] }
+                        && layers[index].inputs.allSatisfy { $0 == 0 || readInBackward[$0] || canRecompute($0) }
                 case .batchNorm, .relu6, .upsampleNearest, .resize, .concat:
                     result = layers[index].inputs.allSatisfy { $0 == 0 || readInBackward[$0] || canRecompute($0) }
                 default: break
@@ -474,7 +492,7 @@ public final class GraphModel {
                                    saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
                                    relu: relu, pool: pool)
             }
-        case .batchNorm, .relu6, .upsampleNearest, .resize, .concat:
+        case .batchNorm, .relu6, .upsampleNearest, .resize, .concat, .add:
             // Evaluation-mode BatchNorm reads the running statistics and changes nothing.
             run(index, into: y, reading: backwardValue, training: lastForwardTraining)
         default:

@@ -94,6 +94,23 @@ final class TrainingMemoryTests: XCTestCase {
         XCTAssertEqual(lives.gradients[2], 0...5)
     }
 
+    /// A residual block's output is made from the block before's: backward makes each one again
+    /// once (kept from its stage's first refill to its own block's backward), not its stage's whole
+    /// chain again for every block, which a refill per group of nearby readers would do.
+    func testResidualOutputsAreMadeAgainOnce() {
+        var config = EncoderUNetConfig(encoder: .resnet34, classes: 1)
+        config.widthDivisor = 16
+        config.decoderChannels = [16, 8, 8, 4, 4]
+        let model = GraphModel(config, pool: WorkerPool(threads: 1))
+        model.plan(batch: 2, height: 64, width: 64, gradients: true)
+        let adds = model.graph.layers.filter { if case .add = $0.op { return true } else { return false } }
+        XCTAssertEqual(adds.count, 16, "resnet34: 3 + 4 + 6 + 3 blocks")
+        let recomputed = adds.filter { model.refillsOf[$0.output] != nil }
+        // All but the four stages' outputs, which the decoder reads.
+        XCTAssertEqual(recomputed.count, 12, "residual outputs are made again in backward")
+        for layer in recomputed { XCTAssertEqual(model.refillsOf[layer.output], 1, layer.name) }
+    }
+
     /// A gradient aliased to another (BatchNorm writing its input's gradient over its output's)
     /// takes the same memory, for the union of the two lifetimes; without the alias the two
     /// overlap at the op that reads one and writes the other, and need two buffers.
