@@ -67,22 +67,27 @@ final class EncoderOpsTests: XCTestCase {
         for shape in [Shape(2, 3, 15, 15), Shape(1, 2, 8, 9), Shape(3, 1, 1, 4), Shape(1, 1, 2, 2)] {
             let x = S.random(shape, seed: 101)
             for i in 0..<x.tensor.count { x.tensor[i] = (x.tensor[i] * 3).rounded() }
-            let out = pooledShape(shape), dy = S.random(out, seed: 102)
-            let yF = OwnedTensor(out), yN = OwnedTensor(out)
-            let dxF = S.random(shape, seed: 103), dxN = OwnedTensor(shape)
-            dxN.tensor.copy(from: dxF.tensor)
-            maxPoolForward(yF.tensor, x.tensor, pool: pool)
-            maxPoolBackward(dx: dxF.tensor, dy: dy.tensor, x: x.tensor, pool: pool)
-            maxPoolNaive(y: yN.tensor, dx: dxN.tensor, dy: dy.tensor, x: x.tensor)
-            S.assertBitwiseEqual(yF.tensor, yN.tensor, "forward \(shape)")
-            S.assertBitwiseEqual(dxF.tensor, dxN.tensor, "dx \(shape)")
+            assertMaxPoolMatchesNaive(x, seed: 102, pool: pool)
         }
     }
 
+    /// The kernel's forward and backward (into a random dx) against the naive twin, bit for bit.
+    private func assertMaxPoolMatchesNaive(_ x: OwnedTensor, seed: UInt64, pool: WorkerPool,
+                                           file: StaticString = #filePath, line: UInt = #line) {
+        let shape = x.tensor.shape, out = pooledShape(shape), dy = S.random(out, seed: seed)
+        let yF = OwnedTensor(out), yN = OwnedTensor(out)
+        let dxF = S.random(shape, seed: seed + 1), dxN = OwnedTensor(shape)
+        dxN.tensor.copy(from: dxF.tensor)
+        maxPoolForward(yF.tensor, x.tensor, pool: pool)
+        maxPoolBackward(dx: dxF.tensor, dy: dy.tensor, x: x.tensor, pool: pool)
+        maxPoolNaive(y: yN.tensor, dx: dxN.tensor, dy: dy.tensor, x: x.tensor)
+        S.assertBitwiseEqual(yF.tensor, yN.tensor, "forward \(shape)", file: file, line: line)
+        S.assertBitwiseEqual(dxF.tensor, dxN.tensor, "dx \(shape)", file: file, line: line)
+    }
+
     func testMaxPoolFastEqualsNaiveWithNaNAndInfinities() {
-        // The stem's window takes its own path (column winners combined): NaNs (the last in
-        // row-major order wins), -infinity windows (the first in-image position) and +infinity,
-        // with ties, at odd and even sides, must pick the generic scan's winner.
+        // NaNs (the last in row-major order wins), -infinity windows (the first in-image
+        // position) and +infinity, with ties, at odd and even sides: the naive twin's winner.
         let pool = WorkerPool(threads: 2)
         for shape in [Shape(2, 3, 15, 15), Shape(1, 2, 8, 9), Shape(2, 2, 9, 8), Shape(1, 1, 1, 5), Shape(1, 1, 4, 1)] {
             let x = S.random(shape, seed: 131)
@@ -90,15 +95,7 @@ final class EncoderOpsTests: XCTestCase {
                 let u = x.tensor[i]
                 x.tensor[i] = u > 0.8 ? .nan : u > 0.6 ? -.infinity : u < -0.9 ? .infinity : (u * 2).rounded()
             }
-            let out = pooledShape(shape), dy = S.random(out, seed: 132)
-            let yF = OwnedTensor(out), yN = OwnedTensor(out)
-            let dxF = S.random(shape, seed: 133), dxN = OwnedTensor(shape)
-            dxN.tensor.copy(from: dxF.tensor)
-            maxPoolForward(yF.tensor, x.tensor, pool: pool)
-            maxPoolBackward(dx: dxF.tensor, dy: dy.tensor, x: x.tensor, pool: pool)
-            maxPoolNaive(y: yN.tensor, dx: dxN.tensor, dy: dy.tensor, x: x.tensor)
-            S.assertBitwiseEqual(yF.tensor, yN.tensor, "forward \(shape)")
-            S.assertBitwiseEqual(dxF.tensor, dxN.tensor, "dx \(shape)")
+            assertMaxPoolMatchesNaive(x, seed: 132, pool: pool)
         }
     }
 
