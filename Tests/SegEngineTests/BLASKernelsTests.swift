@@ -17,4 +17,18 @@ final class BLASKernelsTests: XCTestCase {
         XCTAssertNil(BLASKernels.replacement(picked: "Zen", flags: avx512.union(["avx512_bf16"])))
         XCTAssertNil(BLASKernels.replacement(picked: "Cooperlake", flags: avx512.union(["avx512_bf16"])))
     }
+
+    /// OPENBLAS_CORETYPE is kept, but an older vector generation than the CPU runs is named.
+    func testAnOlderFamilyThanTheCPURunsIsNamed() {
+        let bf16 = avx512.union(["avx512_bf16"]), avx2: Set<String> = ["sse3", "avx", "avx2", "fma"]
+        XCTAssertEqual(BLASKernels.newerFamily(than: "Haswell", flags: bf16), "Cooperlake")
+        XCTAssertEqual(BLASKernels.newerFamily(than: "zen", flags: avx512), "SkylakeX")
+        XCTAssertEqual(BLASKernels.newerFamily(than: "Sandybridge", flags: avx2), "Haswell")
+        XCTAssertEqual(BLASKernels.newerFamily(than: "Prescott", flags: avx512), "SkylakeX")
+        XCTAssertNil(BLASKernels.newerFamily(than: "Haswell", flags: avx2), "AVX2 is the newest here")
+        XCTAssertNil(BLASKernels.newerFamily(than: "Zen", flags: avx2))
+        XCTAssertNil(BLASKernels.newerFamily(than: "SkylakeX", flags: bf16), "an AVX-512 family is new enough")
+        XCTAssertNil(BLASKernels.newerFamily(than: "Cooperlake", flags: bf16))
+        XCTAssertNil(BLASKernels.newerFamily(than: "Nehalem", flags: ["sse3", "avx"]), "nothing newer to run")
+    }
 }
