@@ -116,7 +116,9 @@ enum BatchNormChannel {
     /// where the forward's pre-activation (x - mean) * scale + shift (scale = gamma * invStd, the
     /// training forward's expression) was not positive, as reluBackwardInPlace would have set it.
     struct ReluMask {
-        let scale: Float, shift: Float
+        let mean: Float, scale: Float, shift: Float
+        /// u where x's pre-activation was positive, else 0 (load u and x first: then a select).
+        @inline(__always) func pass(_ u: Float, x: Float) -> Float { (x - mean) * scale + shift > 0 ? u : 0 }
     }
 
     /// sum(dy) and sum(dy * xhat) of channel c, xhat from the saved statistics; dy masked by `relu`.
@@ -128,8 +130,8 @@ enum BatchNormChannel {
             if let relu {
                 // A select, not a branch (the mask is as random as the data); adding +0 changes no sum.
                 for i in 0..<x.shape.plane {
-                    let u = up[i], v = src[i]  // loaded first, so the mask is a select and not a branch
-                    let g = Double((v - mean) * relu.scale + relu.shift > 0 ? u : 0)
+                    let u = up[i], v = src[i]
+                    let g = Double(relu.pass(u, x: v))
                     sumDy += g
                     sumDyXhat += g * Double((v - mean) * invStd)
                 }
@@ -156,9 +158,8 @@ enum BatchNormChannel {
             // + 0: the bits of adding into a zeroed gradient (-0 becomes +0).
             if let relu {
                 for i in 0..<count {
-                    let u = up[i], v = src[i]  // loaded first, so the mask is a select and not a branch
-                    let g: Float = (v - mean) * relu.scale + relu.shift > 0 ? u : 0
-                    grad[i] = k * (g - meanDy - (v - mean) * invStd * meanDyXhat) + 0
+                    let u = up[i], v = src[i]
+                    grad[i] = k * (relu.pass(u, x: v) - meanDy - (v - mean) * invStd * meanDyXhat) + 0
                 }
             } else {
                 for i in 0..<count { grad[i] = k * (up[i] - meanDy - (src[i] - mean) * invStd * meanDyXhat) + 0 }
@@ -173,8 +174,7 @@ enum BatchNormChannel {
             } else if let relu {
                 for i in 0..<count {
                     let u = up[i], v = src[i]
-                    let g: Float = (v - mean) * relu.scale + relu.shift > 0 ? u : 0
-                    grad[i] += k * (g - meanDy - (v - mean) * invStd * meanDyXhat)
+                    grad[i] += k * (relu.pass(u, x: v) - meanDy - (v - mean) * invStd * meanDyXhat)
                 }
             } else {
                 for i in 0..<count { grad[i] += k * (up[i] - meanDy - (src[i] - mean) * invStd * meanDyXhat) }
@@ -221,7 +221,7 @@ public func batchNormBackward(dx: Tensor?, dgamma: Tensor, dbeta: Tensor, dy: Te
     pool.parallelFor(channels) { channelRange, _ in
         for c in channelRange {
             let mean = saveMean[c], invStd = saveInvStd[c]
-            let relu = reluBeta.map { BatchNormChannel.ReluMask(scale: gamma[c] * invStd, shift: $0[c]) }
+            let relu = reluBeta.map { BatchNormChannel.ReluMask(mean: mean, scale: gamma[c] * invStd, shift: $0[c]) }
             let sums = BatchNormChannel.gradientSums(dy, x, c, mean: mean, invStd: invStd, relu: relu)
             dbeta[c] += Float(sums.dy)
             dgamma[c] += Float(sums.dyXhat)
@@ -368,16 +368,14 @@ public func batchNormReluBackwardInPlace(_ dy: Tensor, x: Tensor, gamma: Tensor,
     pool.parallelFor(x.n * channels) { planes, _ in
         for q in planes {
             let c = q % channels
-            let mean: Float, scale: Float
-            if training {
-                mean = saveMean[c]; scale = gamma[c] * saveInvStd[c]
-            } else {
-                mean = runningMean[c]; scale = gamma[c] / (runningVar[c] + epsilon).squareRoot()
-            }
-            let shift = beta[c], src = x.data + q * plane, g = dy.data + q * plane
+            let mask = training
+                ? BatchNormChannel.ReluMask(mean: saveMean[c], scale: gamma[c] * saveInvStd[c], shift: beta[c])
+                : BatchNormChannel.ReluMask(mean: runningMean[c], scale: gamma[c] / (runningVar[c] + epsilon).squareRoot(),
+                                            shift: beta[c])
+            let src = x.data + q * plane, g = dy.data + q * plane
             for i in 0..<plane {
-                let u = g[i]  // loaded first: a select, not a branch
-                g[i] = (src[i] - mean) * scale + shift > 0 ? u : 0
+                let u = g[i], v = src[i]
+                g[i] = mask.pass(u, x: v)
             }
         }
     }

@@ -85,7 +85,7 @@ func synchronizedBatchNormBackward(dx: Tensor, dgamma: Tensor, dbeta: Tensor, dy
                                    saveMean: Tensor, saveInvStd: Tensor, sum: BatchStatisticsSum, overwrite: Bool = false,
                                    reluBeta: Tensor? = nil, pool: WorkerPool) {
     func relu(_ c: Int) -> BatchNormChannel.ReluMask? {
-        reluBeta.map { BatchNormChannel.ReluMask(scale: gamma[c] * saveInvStd[c], shift: $0[c]) }
+        reluBeta.map { BatchNormChannel.ReluMask(mean: saveMean[c], scale: gamma[c] * saveInvStd[c], shift: $0[c]) }
     }
     let channels = x.c, plane = x.shape.plane, batch = x.n
     // [0, C): sum(dy); [C, 2C): sum(dy * xhat); 2C: the value count.
