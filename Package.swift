@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Dependencies point one way (docs/ARCHITECTURE.md): segtrain (CLI) -> {SegTraining, SegServe, SegDistributed};
-// SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CSupport}; SegServe -> SegInference;
+// SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CGemm, CSupport}; SegServe -> SegInference;
 // SegDistributed -> {CMPI, SegEngine}; SegExport (ONNX) -> {SegModel, SegEngine, SwiftProtobuf};
 // SegTraining -> SegTensorBoard -> SwiftProtobuf. SegEngine's `Collectives` protocol is where training and MPI meet:
 // SegDistributed's Communicator conforms to it, SegTraining sums through it. SegData -> {CPNG, CTurboJPEG}.
@@ -64,9 +64,12 @@ let package = Package(
             name: "CSupport",
             cSettings: needsAVX2 ? [.define("SEGTRAIN_REQUIRE_AVX2", to: "1")] : []
         ),
+        // segtrain's own AVX-512 sgemm (SegEngine's Gemm.swift decides when it runs). Optimised in
+        // debug builds too, as the Swift numeric modules are: the tests run it on every product.
+        .target(name: "CGemm", cSettings: [.unsafeFlags(["-O2"])]),
         .target(
             name: "SegEngine",
-            dependencies: ["CBLAS", "CSupport"],
+            dependencies: ["CBLAS", "CSupport", "CGemm"],
             swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(

@@ -17,7 +17,6 @@
 // A group item's GEMM writes a (channels x P) temporary that is then copied (or added) into the
 // images' planes.
 
-import CBLAS
 
 // MARK: - Shared helpers
 
@@ -27,16 +26,6 @@ private let columnTargetFloats = 1 << 18
 /// ...but never fewer pixels than this per item (deep layers with many channels), so that the
 /// GEMMs stay wide enough to amortise packing the weight.
 private let minimumItemPixels = 256
-
-/// Row-major sgemm with Int sizes: C (m x n) = alpha * op(A) * op(B) + beta * C.
-@inline(__always)
-private func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
-                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
-                beta, c, blasint(ldc))
-}
 
 /// How a batch is cut into work items: a group of `group` whole images (then `bands` == 1), or
 /// one band of `rows` rows of one image. Internal so tests can check the coverage.
@@ -434,7 +423,7 @@ private func gemmConvolution(_ out: Tensor, _ input: Tensor, weights: UnsafePoin
                     for c in 0..<m { (band + c * plane).update(repeating: bias.data[c], count: pixels) }
                     beta = 1
                 }
-                gemm(transA: transposed, transB: false, m: m, n: pixels, k: depth, a: weights, lda: lda,
+                Gemm.sgemm(transA: transposed, transB: false, m: m, n: pixels, k: depth, a: weights, lda: lda,
                      b: b, ldb: ldb, beta: beta, c: band, ldc: plane)
                 if relu {
                     for c in 0..<m {
@@ -444,7 +433,7 @@ private func gemmConvolution(_ out: Tensor, _ input: Tensor, weights: UnsafePoin
                 }
             } else {
                 let temp = base + layout.temp
-                gemm(transA: transposed, transB: false, m: m, n: pixels, k: depth, a: weights, lda: lda,
+                Gemm.sgemm(transA: transposed, transB: false, m: m, n: pixels, k: depth, a: weights, lda: lda,
                      b: b, ldb: ldb, beta: 0, c: temp, ldc: pixels)
                 scatterGroup(out, from: temp, n0, n1, overwrite: !accumulate, bias: bias, relu: relu)
             }
@@ -522,7 +511,7 @@ private func conv2dBackwardGEMM(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
                 a = UnsafePointer(temp)
                 lda = pixels
             }
-            gemm(transA: false, transB: true, m: cout, n: cin * kk, k: pixels, a: a, lda: lda,
+            Gemm.sgemm(transA: false, transB: true, m: cout, n: cin * kk, k: pixels, a: a, lda: lda,
                  b: b, ldb: ldb, beta: 1, c: partial, ldc: cin * kk)
         }
     }
@@ -674,7 +663,7 @@ public func convTranspose2x2Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bi
             let (n0, n1, r0, r1) = plan.item(item)
             let bandPixels = (r1 - r0) * width, pixels = (n1 - n0) * bandPixels
             let (b, ldb) = columns(x, into: col + layout.input, kernel: 1, dilation: 1, pad: 0, n0, n1, r0, r1)
-            gemm(transA: true, transB: false, m: cout * 4, n: pixels, k: cin, a: weight.data, lda: cout * 4,
+            Gemm.sgemm(transA: true, transB: false, m: cout * 4, n: pixels, k: cin, a: weight.data, lda: cout * 4,
                  b: b, ldb: ldb, beta: 0, c: col, ldc: pixels)
             for n in n0..<n1 {
                 for co in 0..<cout {
@@ -743,15 +732,15 @@ public func convTranspose2x2Backward(dx: Tensor?, dweight: Tensor, dbias: Tensor
             }
             let temp = gathered + layout.input
             let (xb, ldx) = columns(x, into: temp, kernel: 1, dilation: 1, pad: 0, n0, n1, r0, r1)
-            gemm(transA: false, transB: true, m: cin, n: cout * 4, k: pixels, a: xb, lda: ldx,
+            Gemm.sgemm(transA: false, transB: true, m: cin, n: cout * 4, k: pixels, a: xb, lda: ldx,
                  b: gathered, ldb: pixels, beta: 1, c: partial, ldc: cout * 4)
             guard let dx else { continue }
             if n1 - n0 == 1 {
-                gemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
+                Gemm.sgemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
                      b: gathered, ldb: pixels, beta: 1, c: dx.sample(n0) + r0 * width, ldc: plane)
             } else {
                 // The copy of x in `temp` is used up: reuse it for the group's dx.
-                gemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
+                Gemm.sgemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
                      b: gathered, ldb: pixels, beta: 0, c: temp, ldc: pixels)
                 scatterGroup(dx, from: temp, n0, n1, overwrite: false, bias: nil)
             }

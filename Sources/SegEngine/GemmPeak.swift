@@ -1,9 +1,8 @@
 // The measured sgemm peak of this machine for a thread count (`segtrain bench --gemm-peak`): the
 // yardstick docs/PERFORMANCE.md divides the models' GFLOP/s by. Each of the pool's threads
-// multiplies its own n x n matrices with single-threaded OpenBLAS at the same time, the way the
-// convolutions call it (one GEMM per thread, no BLAS threads); the best of `rounds` rounds counts.
-
-import CBLAS
+// multiplies its own n x n matrices with the GEMM the convolutions call (Gemm.sgemm: segtrain's
+// AVX-512 kernel or single-threaded OpenBLAS) at the same time, the way the convolutions call it
+// (one GEMM per thread, no BLAS threads); the best of `rounds` rounds counts.
 
 public enum GemmPeak {
     /// GFLOP/s of all the pool's threads together, each running one n x n x n sgemm per round.
@@ -20,8 +19,8 @@ public enum GemmPeak {
             let start = monotonicSeconds()
             pool.run { t in
                 let p = buffers[t].pointer
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1,
-                            p, Int32(n), p + n * n, Int32(n), 0, p + 2 * n * n, Int32(n))
+                Gemm.sgemm(transA: false, transB: false, m: n, n: n, k: n, a: p, lda: n, b: p + n * n, ldb: n,
+                           beta: 0, c: p + 2 * n * n, ldc: n)
             }
             best = min(best, monotonicSeconds() - start)
         }

@@ -21,7 +21,6 @@
 // `--conv gemm`) turns that off, and then an image's output and input gradient are also the same
 // bits in any batch (a rank's share or the whole).
 
-import CBLAS
 
 /// Output side of a convolution or pooling along one axis, as PyTorch: floor((input + 2p - d(k-1) - 1)/s) + 1.
 public func convOutputSize(_ input: Int, kernel: Int, stride: Int, padding: Int, dilation: Int = 1) -> Int {
@@ -66,12 +65,6 @@ private let stridedSpreadItems = 8
 /// Most weight-gradient partials (each weight-sized, in shared scratch).
 private let stridedMaximumWeightGroups = 4
 
-@inline(__always)
-private func sgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
-                   b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                blasint(m), blasint(n), blasint(k), 1, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
-}
 
 /// The work plan of the strided convolution. It depends on the shapes only (never on the thread
 /// count), which is what makes the results thread-count independent. Internal so tests can check coverage.
@@ -304,7 +297,7 @@ public func stridedConvForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: T
                 for c in 0..<cout { (band + c * outPlane).update(repeating: bias.data[c], count: pixels) }
                 beta = 1
             }
-            sgemm(transA: false, transB: false, m: cout, n: pixels, k: depth, a: weight.data, lda: depth,
+            Gemm.sgemm(transA: false, transB: false, m: cout, n: pixels, k: depth, a: weight.data, lda: depth,
                   b: b, ldb: ldb, beta: beta, c: band, ldc: outPlane)
         }
     }
@@ -346,7 +339,7 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
                         b = UnsafePointer(col); ldb = pixels
                     }
                     // partial (Cout x Cin k k) (+)= dY band (Cout x P) * col^T (P x Cin k k)
-                    sgemm(transA: false, transB: true, m: cout, n: depth, k: pixels,
+                    Gemm.sgemm(transA: false, transB: true, m: cout, n: depth, k: pixels,
                           a: dy.sample(n) + r0 * outW, lda: outPlane, b: b, ldb: ldb,
                           beta: beta, c: partial, ldc: depth)
                     beta = 1
@@ -370,7 +363,7 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
         pool.parallelFor(plan.forwardItems) { range, _ in
             for item in range {
                 let (n, r0, r1) = plan.forwardItem(item)
-                sgemm(transA: true, transB: false, m: cin, n: (r1 - r0) * outW, k: cout, a: weight.data, lda: cin,
+                Gemm.sgemm(transA: true, transB: false, m: cin, n: (r1 - r0) * outW, k: cout, a: weight.data, lda: cin,
                       b: dy.sample(n) + r0 * outW, ldb: outPlane, beta: 1, c: dx.sample(n) + r0 * x.w, ldc: x.shape.plane)
             }
         }
@@ -383,7 +376,7 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
             if o1 <= o0 { continue }
             let pixels = (o1 - o0) * outW
             // dcol (Cin k k x P) = W^T * dY rows [o0, o1)
-            sgemm(transA: true, transB: false, m: depth, n: pixels, k: cout, a: weight.data, lda: depth,
+            Gemm.sgemm(transA: true, transB: false, m: depth, n: pixels, k: cout, a: weight.data, lda: depth,
                   b: dy.sample(n) + o0 * outW, ldb: outPlane, beta: 0, c: dcol, ldc: pixels)
             stridedCol2imBand(dx.sample(n), dcol, channels: cin, plan: plan, r0: r0, r1: r1, o0: o0, o1: o1)
         }

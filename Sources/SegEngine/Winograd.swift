@@ -14,7 +14,6 @@
 // per pixel instead of 4 and 1.78x fewer GEMM flops) after them.
 // The conv2d kernels in Conv.swift stay the reference; tests compare against conv2dForwardNaive.
 
-import CBLAS
 
 /// Tiles and chunking of one Winograd convolution. A chunk (the unit of work of one thread, and
 /// the columns of its (m + 2)^2 GEMMs) is either a band of tile rows of one image (large planes) or a
@@ -162,9 +161,8 @@ public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: T
             }
             for xi in 0..<points {
                 // dU[xi] (Cout x Cin) += dM[xi] (Cout x T) * V[xi]^T (T x Cin)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(cout), Int32(cin), Int32(tiles), 1,
-                            dm + xi * cout * tiles, Int32(tiles), v + xi * cin * tiles, Int32(tiles),
-                            1, du + xi * cout * cin, Int32(cin))
+                Gemm.sgemm(transA: false, transB: true, m: cout, n: cin, k: tiles, a: dm + xi * cout * tiles, lda: tiles,
+                           b: v + xi * cin * tiles, ldb: tiles, beta: 1, c: du + xi * cout * cin, ldc: cin)
             }
         }
     }
@@ -216,9 +214,8 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
             }
             for xi in 0..<points {
                 // M[xi] (Cout x T) = U[xi] (Cout x Cin) * V[xi] (Cin x T)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(cout), Int32(tiles), Int32(cin), 1,
-                            u + xi * cout * cin, Int32(cin), v + xi * cin * tiles, Int32(tiles),
-                            0, m + xi * cout * tiles, Int32(tiles))
+                Gemm.sgemm(transA: false, transB: false, m: cout, n: tiles, k: cin, a: u + xi * cout * cin, lda: cin,
+                           b: v + xi * cin * tiles, ldb: tiles, beta: 0, c: m + xi * cout * tiles, ldc: tiles)
             }
             for n in n0..<n1 {
                 transformOutput(m + (n - n0) * rows * plan.tilesWide, tiles: tiles, into: y.sample(n), channels: cout,

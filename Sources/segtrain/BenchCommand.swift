@@ -213,6 +213,7 @@ struct BenchCommand: ParsableCommand {
             print("segtrain bench: \(size)x\(size), batch \(training.batchSize) on \(ranks) rank(s) x \(pool.threadCount) thread(s), "
                   + "\(steps) steps after \(warmup) warm-up, conv \(convOptions.summary)" + (net.batchStatistics != nil ? ", SyncBatchNorm" : ""))
             print("  BLAS kernels  \(BLASKernels.description)")
+            print("  GEMM          \(Gemm.description)")
             let dataLine = dataOptions.data.map { "\($0), \(dataOptions.loaderThreads) loader thread(s)" + (dataOptions.noAugment ? "" : ", augmented") }
             for line in result.table(ranks: ranks, dataLine: dataLine) { print(line) }
         }

@@ -32,5 +32,6 @@ struct InfoCommand: ParsableCommand {
         print("training GFLOP/image:  \(fixed(training / 1e9, 2))   (forward + weight and input gradients)")
         print("parameter memory:      \(fixed(Double(net.parameterCount * 4) / 1_048_576, 1)) MiB (+ the same for gradients)")
         print("BLAS kernels:          \(BLASKernels.description)")
+        print("GEMM:                  \(Gemm.description)")
     }
 }

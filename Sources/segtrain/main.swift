@@ -23,6 +23,10 @@ struct UserError: Error, CustomStringConvertible {
 BLASKernels.restartWithBetterKernelsIfNeeded()
 
 // Bad input gets one line naming the flag or file and the reason, never a usage dump or a trace.
+if let problem = Gemm.problem {
+    fputs("segtrain: error: \(problem)\n", stderr)
+    exit(1)
+}
 do {
     var command = try Segtrain.parseAsRoot()
     try command.run()

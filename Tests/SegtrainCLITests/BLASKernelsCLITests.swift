@@ -33,3 +33,34 @@ final class BLASKernelsCLITests: SegtrainTestCase {
         }
     }
 }
+
+/// SEGTRAIN_GEMM chooses the GEMM (SegEngine/Gemm.swift): `info` names it, and a value the CPU
+/// cannot use ends every command with one line naming the variable.
+final class GemmCLITests: SegtrainTestCase {
+    private let info = ["info", "--image-size", "16", "--depth", "2", "--base-channels", "4"]
+
+    private func gemmLine(_ environment: [String: String]) throws -> String {
+        let result = try segtrain(info, environment: environment)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let line = result.stdout.split(separator: "\n").first { $0.hasPrefix("GEMM:") }
+        return line.map { String($0.dropFirst("GEMM:".count)).trimmingCharacters(in: .whitespaces) } ?? ""
+    }
+
+    func testInfoNamesTheGemmAndBadSettingsAreOneLine() throws {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let avx512 = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").contains("avx512f") ?? false
+        XCTAssertEqual(try gemmLine(["SEGTRAIN_GEMM": "openblas"]), "OpenBLAS")
+        XCTAssertEqual(try gemmLine([:]).hasPrefix("segtrain's AVX-512 kernel"), avx512)
+        for (setting, reason) in [("fast", "SEGTRAIN_GEMM must be auto, avx512 or openblas (got fast)"),
+                                  ("avx512", avx512 ? nil : "SEGTRAIN_GEMM=avx512 needs a CPU with AVX-512F")] {
+            let result = try segtrain(info, environment: ["SEGTRAIN_GEMM": setting])
+            guard let reason = reason else {
+                XCTAssertEqual(result.status, 0, result.stderr)
+                continue
+            }
+            XCTAssertEqual(result.status, 1, "SEGTRAIN_GEMM=\(setting)")
+            XCTAssertEqual(result.stderr.split(separator: "\n").count, 1, result.stderr)
+            XCTAssertTrue(result.stderr.hasPrefix("segtrain: error: \(reason)"), result.stderr)
+        }
+    }
+}
