@@ -153,12 +153,12 @@ static void pack_a_vector(int mc, int kc, const float *a, long lda, int trans, f
 
 // C tile (mr x up to 16*nv columns, the last vector masked by `last`) (+)= A panel * B panel.
 __attribute__((target("avx512f"), always_inline))
-static inline void micro_tile(int nv, int kc, const float *a, const float *b, float *c, long ldc,
+static inline void micro_tile(int nv, int kc, const float *a, long as, const float *b, float *c, long ldc,
                               int mr, __mmask16 last, int accumulate) {
     __m512 acc[MR][3];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < 3; j++) acc[i][j] = _mm512_setzero_ps();
-    for (int k = 0; k < kc; k++, a += MR, b += NR) {
+    for (int k = 0; k < kc; k++, a += as, b += NR) {
         __m512 b0 = _mm512_load_ps(b);
         __m512 b1 = nv > 1 ? _mm512_load_ps(b + 16) : b0;
         __m512 b2 = nv > 2 ? _mm512_load_ps(b + 32) : b0;
@@ -186,16 +186,19 @@ static inline void micro_tile(int nv, int kc, const float *a, const float *b, fl
 }
 
 __attribute__((target("avx512f"), noinline))
-static void micro_tile1(int kc, const float *a, const float *b, float *c, long ldc, int mr, __mmask16 last, int acc) {
-    micro_tile(1, kc, a, b, c, ldc, mr, last, acc);
+static void micro_tile1(int kc, const float *a, long as, const float *b, float *c, long ldc, int mr, __mmask16 last,
+                        int acc) {
+    micro_tile(1, kc, a, as, b, c, ldc, mr, last, acc);
 }
 __attribute__((target("avx512f"), noinline))
-static void micro_tile2(int kc, const float *a, const float *b, float *c, long ldc, int mr, __mmask16 last, int acc) {
-    micro_tile(2, kc, a, b, c, ldc, mr, last, acc);
+static void micro_tile2(int kc, const float *a, long as, const float *b, float *c, long ldc, int mr, __mmask16 last,
+                        int acc) {
+    micro_tile(2, kc, a, as, b, c, ldc, mr, last, acc);
 }
 __attribute__((target("avx512f"), noinline))
-static void micro_tile3(int kc, const float *a, const float *b, float *c, long ldc, int mr, __mmask16 last, int acc) {
-    micro_tile(3, kc, a, b, c, ldc, mr, last, acc);
+static void micro_tile3(int kc, const float *a, long as, const float *b, float *c, long ldc, int mr, __mmask16 last,
+                        int acc) {
+    micro_tile(3, kc, a, as, b, c, ldc, mr, last, acc);
 }
 
 int segtrain_sgemm_avx512(int trans_a, int trans_b, int m, int n, int k, float alpha,
@@ -228,8 +231,14 @@ int segtrain_sgemm_avx512(int trans_a, int trans_b, int m, int n, int k, float a
             int accumulate = pc > 0 || beta != 0;
             for (int ic = 0; ic < m; ic += MC) {
                 int mc = m - ic < MC ? m - ic : MC;
-                pack_a_vector(mc, kc, trans_a ? a + (long)pc * lda + ic : a + (long)ic * lda + pc, lda, trans_a, alpha,
-                              packed_a);
+                // A transposed and unscaled: its rows are the panels' k-rows already (8 floats at a
+                // stride of lda), so full panels are read in place; only a last partial one is packed.
+                int direct = trans_a && alpha == 1;
+                const float *a_block = trans_a ? a + (long)pc * lda + ic : a + (long)ic * lda + pc;
+                int packed_from = direct ? mc / MR * MR : 0;
+                if (packed_from < mc)
+                    pack_a_vector(mc - packed_from, kc, trans_a ? a_block + packed_from : a_block + (long)packed_from * lda,
+                                  lda, trans_a, alpha, packed_a);
                 for (int jr = 0; jr < nc; jr += NR) {
                     int nr = nc - jr < NR ? nc - jr : NR;
                     int nv = (nr + 15) / 16;
@@ -237,11 +246,12 @@ int segtrain_sgemm_avx512(int trans_a, int trans_b, int m, int n, int k, float a
                     const float *bp = packed_b + (long)jr * kc;
                     for (int ir = 0; ir < mc; ir += MR) {
                         int mr = mc - ir < MR ? mc - ir : MR;
-                        const float *ap = packed_a + (long)ir * kc;
+                        const float *ap = ir < packed_from ? a_block + ir : packed_a + (long)(ir - packed_from) * kc;
+                        long as = ir < packed_from ? lda : MR;
                         float *cp = c + (long)(ic + ir) * ldc + jc + jr;
-                        if (nv == 3) micro_tile3(kc, ap, bp, cp, ldc, mr, last, accumulate);
-                        else if (nv == 2) micro_tile2(kc, ap, bp, cp, ldc, mr, last, accumulate);
-                        else micro_tile1(kc, ap, bp, cp, ldc, mr, last, accumulate);
+                        if (nv == 3) micro_tile3(kc, ap, as, bp, cp, ldc, mr, last, accumulate);
+                        else if (nv == 2) micro_tile2(kc, ap, as, bp, cp, ldc, mr, last, accumulate);
+                        else micro_tile1(kc, ap, as, bp, cp, ldc, mr, last, accumulate);
                     }
                 }
             }

@@ -9,7 +9,7 @@
 //   weight gradient dU[xi] += dM[xi] V[xi]^T with dM = A dy A^T, then dg += G^T dU G
 //
 // Layout per chunk of T tiles: V[xi][c][t] (a^2 x Cin x T), M[xi][o][t] (a^2 x Cout x T),
-// U[xi][o][c] (a^2 x Cout x Cin, shared by all threads, written once per call).
+// U^T[xi][c][o] (a^2 x Cin x Cout: U stored transposed, shared by all threads, written once per call).
 // F(2x2)'s transforms are below; F(4x4)'s (more arithmetic per value, but 2.25 transformed values
 // per pixel instead of 4 and 1.78x fewer GEMM flops) after them.
 // The conv2d kernels in Conv.swift stay the reference; tests compare against conv2dForwardNaive.
@@ -213,8 +213,8 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
                                into: v + (n - n0) * rows * plan.tilesWide, tiles: tiles, rowBuffer: rowBuffer)
             }
             for xi in 0..<points {
-                // M[xi] (Cout x T) = U[xi] (Cout x Cin) * V[xi] (Cin x T)
-                Gemm.sgemm(transA: false, transB: false, m: cout, n: tiles, k: cin, a: u + xi * cout * cin, lda: cin,
+                // M[xi] (Cout x T) = U[xi] (Cout x Cin) * V[xi] (Cin x T), U[xi] stored transposed
+                Gemm.sgemm(transA: true, transB: false, m: cout, n: tiles, k: cin, a: u + xi * cout * cin, lda: cout,
                            b: v + xi * cin * tiles, ldb: tiles, beta: 0, c: m + xi * cout * tiles, ldc: tiles)
             }
             for n in n0..<n1 {
@@ -717,20 +717,21 @@ func transformOutputGradientF4(_ dy: UnsafeMutablePointer<Float>, channels: Int,
 
 // MARK: - Weight transforms
 
-/// The transformed weights of a (Cout, Cin, 3, 3) kernel, parallel over the rows of U, eight kernels
-/// at a time along a row:
-/// forward         U[xi][o][c] = (G g[o][c] G^T)[xi]
-/// input gradient  U'[xi][c][o] = (G flip(g[o][c]) G^T)[xi]  (Cin and Cout swapped, kernel rotated)
+/// The transformed weights of a (Cout, Cin, 3, 3) kernel, stored transposed (the GEMMs multiply by
+/// U^T's transpose, so segtrain's GEMM reads its rows in place instead of packing U for every chunk),
+/// parallel over the rows, eight kernels at a time along a row:
+/// forward         U^T[xi][c][o] = (G g[o][c] G^T)[xi]
+/// input gradient  U'^T[xi][o][c] = (G flip(g[o][c]) G^T)[xi]  (Cin and Cout swapped, kernel rotated)
 private func transformAllWeights(_ weight: Tensor, into u: UnsafeMutablePointer<Float>, forInputGradient: Bool,
                                  tile: Int, pool: WorkerPool) {
     let cout = weight.n, cin = weight.c
-    // Row r of U, column k: kernel (o, c) = (r, k) forward, (k, r) for the input gradient.
-    let rows = forInputGradient ? cin : cout, columns = forInputGradient ? cout : cin
+    // Row r, column k: kernel (o, c) = (k, r) forward, (r, k) for the input gradient.
+    let rows = forInputGradient ? cout : cin, columns = forInputGradient ? cin : cout
     pool.parallelFor(rows) { range, _ in
         for r in range {
             forEachLanes(columns) { k, n in
                 transformWeights({ l in
-                    let (o, c) = forInputGradient ? (k + l, r) : (r, k + l)
+                    let (o, c) = forInputGradient ? (r, k + l) : (k + l, r)
                     return UnsafePointer(weight.data + (o * cin + c) * 9)
                 }, count: n, into: u + (r * columns + k), stride: cout * cin, flip: forInputGradient, tile: tile)
             }
