@@ -71,6 +71,7 @@ echo " % peak: segtrain's GFLOP/s (direct-convolution FLOPs) over the sgemm peak
 for t in "${!peak[@]}"; do echo "  $t thread(s): $(printf '%.1f' "${peak[$t]}") GFLOP/s"; done
 # The kernels matter more than anything else here: an OPENBLAS_CORETYPE in the environment wins.
 echo " segtrain's $($bin info | grep -m1 'BLAS kernels' | tr -s ' ')"
+echo " segtrain's $($bin info | grep -m1 '^GEMM' | tr -s ' ')"
 echo " PyTorch: $(python3 -c 'import torch; print(torch.__version__, "ISA", torch.backends.cpu.get_cpu_capability())')"
 echo ")"
 
