@@ -424,7 +424,7 @@ private func gemmConvolution(_ out: Tensor, _ input: Tensor, weights: UnsafePoin
                     beta = 1
                 }
                 Gemm.sgemm(transA: transposed, transB: false, m: m, n: pixels, k: depth, a: weights, lda: lda,
-                     b: b, ldb: ldb, beta: beta, c: band, ldc: plane)
+                          b: b, ldb: ldb, beta: beta, c: band, ldc: plane)
                 if relu {
                     for c in 0..<m {
                         let row = band + c * plane
@@ -434,7 +434,7 @@ private func gemmConvolution(_ out: Tensor, _ input: Tensor, weights: UnsafePoin
             } else {
                 let temp = base + layout.temp
                 Gemm.sgemm(transA: transposed, transB: false, m: m, n: pixels, k: depth, a: weights, lda: lda,
-                     b: b, ldb: ldb, beta: 0, c: temp, ldc: pixels)
+                          b: b, ldb: ldb, beta: 0, c: temp, ldc: pixels)
                 scatterGroup(out, from: temp, n0, n1, overwrite: !accumulate, bias: bias, relu: relu)
             }
         }
@@ -512,7 +512,7 @@ private func conv2dBackwardGEMM(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
                 lda = pixels
             }
             Gemm.sgemm(transA: false, transB: true, m: cout, n: cin * kk, k: pixels, a: a, lda: lda,
-                 b: b, ldb: ldb, beta: 1, c: partial, ldc: cin * kk)
+                      b: b, ldb: ldb, beta: 1, c: partial, ldc: cin * kk)
         }
     }
     addPartials(into: dweight, scratch: scratch, offset: layout.block, pool: pool)
@@ -664,7 +664,7 @@ public func convTranspose2x2Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, bi
             let bandPixels = (r1 - r0) * width, pixels = (n1 - n0) * bandPixels
             let (b, ldb) = columns(x, into: col + layout.input, kernel: 1, dilation: 1, pad: 0, n0, n1, r0, r1)
             Gemm.sgemm(transA: true, transB: false, m: cout * 4, n: pixels, k: cin, a: weight.data, lda: cout * 4,
-                 b: b, ldb: ldb, beta: 0, c: col, ldc: pixels)
+                      b: b, ldb: ldb, beta: 0, c: col, ldc: pixels)
             for n in n0..<n1 {
                 for co in 0..<cout {
                     let bias: Float = bias?.data[co] ?? 0
@@ -733,15 +733,15 @@ public func convTranspose2x2Backward(dx: Tensor?, dweight: Tensor, dbias: Tensor
             let temp = gathered + layout.input
             let (xb, ldx) = columns(x, into: temp, kernel: 1, dilation: 1, pad: 0, n0, n1, r0, r1)
             Gemm.sgemm(transA: false, transB: true, m: cin, n: cout * 4, k: pixels, a: xb, lda: ldx,
-                 b: gathered, ldb: pixels, beta: 1, c: partial, ldc: cout * 4)
+                      b: gathered, ldb: pixels, beta: 1, c: partial, ldc: cout * 4)
             guard let dx else { continue }
             if n1 - n0 == 1 {
                 Gemm.sgemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
-                     b: gathered, ldb: pixels, beta: 1, c: dx.sample(n0) + r0 * width, ldc: plane)
+                          b: gathered, ldb: pixels, beta: 1, c: dx.sample(n0) + r0 * width, ldc: plane)
             } else {
                 // The copy of x in `temp` is used up: reuse it for the group's dx.
                 Gemm.sgemm(transA: false, transB: false, m: cin, n: pixels, k: cout * 4, a: weight.data, lda: cout * 4,
-                     b: gathered, ldb: pixels, beta: 0, c: temp, ldc: pixels)
+                          b: gathered, ldb: pixels, beta: 0, c: temp, ldc: pixels)
                 scatterGroup(dx, from: temp, n0, n1, overwrite: false, bias: nil)
             }
         }

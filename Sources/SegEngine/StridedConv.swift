@@ -298,7 +298,7 @@ public func stridedConvForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: T
                 beta = 1
             }
             Gemm.sgemm(transA: false, transB: false, m: cout, n: pixels, k: depth, a: weight.data, lda: depth,
-                  b: b, ldb: ldb, beta: beta, c: band, ldc: outPlane)
+                       b: b, ldb: ldb, beta: beta, c: band, ldc: outPlane)
         }
     }
 }
@@ -340,8 +340,8 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
                     }
                     // partial (Cout x Cin k k) (+)= dY band (Cout x P) * col^T (P x Cin k k)
                     Gemm.sgemm(transA: false, transB: true, m: cout, n: depth, k: pixels,
-                          a: dy.sample(n) + r0 * outW, lda: outPlane, b: b, ldb: ldb,
-                          beta: beta, c: partial, ldc: depth)
+                               a: dy.sample(n) + r0 * outW, lda: outPlane, b: b, ldb: ldb,
+                               beta: beta, c: partial, ldc: depth)
                     beta = 1
                 }
             }
@@ -364,7 +364,7 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
             for item in range {
                 let (n, r0, r1) = plan.forwardItem(item)
                 Gemm.sgemm(transA: true, transB: false, m: cin, n: (r1 - r0) * outW, k: cout, a: weight.data, lda: cin,
-                      b: dy.sample(n) + r0 * outW, ldb: outPlane, beta: 1, c: dx.sample(n) + r0 * x.w, ldc: x.shape.plane)
+                           b: dy.sample(n) + r0 * outW, ldb: outPlane, beta: 1, c: dx.sample(n) + r0 * x.w, ldc: x.shape.plane)
             }
         }
         return
@@ -377,7 +377,7 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
             let pixels = (o1 - o0) * outW
             // dcol (Cin k k x P) = W^T * dY rows [o0, o1)
             Gemm.sgemm(transA: true, transB: false, m: depth, n: pixels, k: cout, a: weight.data, lda: depth,
-                  b: dy.sample(n) + o0 * outW, ldb: outPlane, beta: 0, c: dcol, ldc: pixels)
+                       b: dy.sample(n) + o0 * outW, ldb: outPlane, beta: 0, c: dcol, ldc: pixels)
             stridedCol2imBand(dx.sample(n), dcol, channels: cin, plan: plan, r0: r0, r1: r1, o0: o0, o1: o1)
         }
     }
