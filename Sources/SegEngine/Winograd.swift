@@ -177,20 +177,7 @@ public func winogradConv3x3WeightGradient(dweight: Tensor, dbias: Tensor?, dy: T
             }
         }
     }
-    if let dbias = dbias {
-        precondition(dbias.count == cout)
-        let plane = dy.h * dy.w
-        pool.parallelFor(cout) { range, _ in
-            for o in range {
-                var s: Float = 0
-                for n in 0..<dy.n {
-                    let p = dy.plane(n, o)
-                    for i in 0..<plane { s += p[i] }
-                }
-                dbias[o] += s
-            }
-        }
-    }
+    if let dbias { biasBackward(dbias: dbias, dy: dy, pool: pool) }
 }
 
 // MARK: - Tiles
