@@ -12,7 +12,8 @@
 // multiplies one A micro-panel by one B micro-panel into an MR x NR tile of C held in 24 zmm
 // registers (8 rows x 3 vectors of 16 floats): per k, three loads of B, eight broadcasts of A,
 // 24 FMAs. Column edges use 1, 2 or 3 vectors and masked loads/stores, row edges store only the
-// rows that exist, so no element outside the m x n window of C is read or written.
+// rows that exist, so no element outside the m x n window of C is read or written. A transposed A
+// with alpha = 1 is not packed: its rows already hold a panel's 8 values per k, read in place.
 //
 // The whole file compiles for the baseline x86-64; only the functions marked avx512f use AVX-512,
 // and they run only after segtrain_gemm_avx512_usable() said yes.

@@ -63,7 +63,7 @@ public enum Gemm {
     public static var description: String {
         switch backend {
         case .avx512: return "segtrain's AVX-512 kernel (OpenBLAS for single-row products; \(variable)=openblas for OpenBLAS only)"
-        case .openBLAS: return "OpenBLAS"
+        case .openBLAS: return avx512Usable ? "OpenBLAS (\(variable)=openblas)" : "OpenBLAS (this CPU has no AVX-512)"
         }
     }
 
