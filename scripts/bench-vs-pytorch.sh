@@ -69,7 +69,7 @@ done
 echo "(img/s and peak RSS in MiB are medians of $rounds alternating rounds; RSS PT is the faster layout's;"
 echo " % peak: segtrain's GFLOP/s (direct-convolution FLOPs) over the sgemm peak at the row's threads:"
 for t in "${!peak[@]}"; do echo "  $t thread(s): $(printf '%.1f' "${peak[$t]}") GFLOP/s"; done
-# The kernels matter more than anything else here: an OPENBLAS_CORETYPE in the environment wins.
+# The matrix-product kernels matter more than anything else here: which GEMM ran, and OpenBLAS's family.
 echo " segtrain's $($bin info | grep -m1 'BLAS kernels' | tr -s ' ')"
 echo " segtrain's $($bin info | grep -m1 '^GEMM' | tr -s ' ')"
 echo " PyTorch: $(python3 -c 'import torch; print(torch.__version__, "ISA", torch.backends.cpu.get_cpu_capability())')"

@@ -6,9 +6,10 @@
 // checks as it starts and, when OpenBLAS fell back to a family older than Sandybridge on a CPU with
 // AVX2 + FMA, runs itself again (execv, the same process id, before MPI starts) with
 // OPENBLAS_CORETYPE set to the newest family the CPU's flags allow. A user's OPENBLAS_CORETYPE is
-// always kept. `segtrain info` and `segtrain bench` say which kernels run and why, and name the
-// newer family the CPU runs when OPENBLAS_CORETYPE holds an older vector generation (a Zen 5's
-// environment set Haswell: its convolutions ran a third slower than with OpenBLAS's own Cooperlake).
+// always kept. `segtrain info` and `segtrain bench` say which kernels run and why, and, where
+// OpenBLAS runs the convolutions (no AVX-512, or SEGTRAIN_GEMM=openblas), name the newer family the
+// CPU runs when OPENBLAS_CORETYPE holds an older vector generation (a Zen 5's environment set
+// Haswell: its convolutions ran a third slower than with OpenBLAS's own Cooperlake).
 
 import CBLAS
 import Foundation
@@ -88,6 +89,9 @@ public enum BLASKernels {
                 + "segtrain set OPENBLAS_CORETYPE)"
         }
         if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil {
+            // Where segtrain's own kernel runs the convolutions (Gemm.swift), OpenBLAS's family no
+            // longer decides their speed: no advice to change it.
+            if Gemm.backend == .avx512 { return "\(core) (OPENBLAS_CORETYPE; only single-row products run on OpenBLAS here)" }
             guard let newer = newerFamily(than: core, flags: cpuFlags()) else { return "\(core) (OPENBLAS_CORETYPE)" }
             return "\(core) (OPENBLAS_CORETYPE; this CPU also runs OpenBLAS's newer \(newer) kernels: "
                 + "unset OPENBLAS_CORETYPE or set it to \(newer), often faster)"
