@@ -9,9 +9,13 @@
 // the shapes alone, every GEMM call has the same sizes and operands whichever thread runs it, and
 // every sum that crosses work items runs in a fixed order:
 //   forward      item = (image, band of output rows): Y[:, band] = W (Cout x Cin k k) * col(x) (+ bias).
-//   weight grad  the items are cut into `weightGroups` fixed groups (shape-dependent, <= 4); group g
-//                sums its items' dY * col^T into its own partial (shared scratch), and the partials
-//                are added into dweight in group order.
+//   weight grad  small weights: the items are cut into `weightGroups` fixed groups (shape-dependent,
+//                <= 4); group g sums its items' dY * col^T into its own partial (shared scratch), and
+//                the partials are added into dweight in group order. Weights of at least
+//                `stridedTiledWeightFloats` (the deep layers, whose partials would cost tens of MiB):
+//                dweight is cut into fixed tiles (output channels x input channels), and each tile
+//                adds every item's product into dweight directly, items in order (no partials; the
+//                tile's channels are im2col'd by the thread that owns it).
 //   input grad   item = (image, band of INPUT rows): dcol = W^T (Cin k k x Cout) * dY over the output
 //                rows that reach the band, then col2im adds into the band's rows only, so no two items
 //                write the same dx element and each element gets its taps in (ci, a, b) order.
@@ -64,6 +68,13 @@ private let stridedMinimumItemPixels = 256
 private let stridedSpreadItems = 8
 /// Most weight-gradient partials (each weight-sized, in shared scratch).
 private let stridedMaximumWeightGroups = 4
+/// Weights of at least this many floats (1 MiB) get their gradient by tiles of dweight instead of
+/// partials (four partials of the 3x3 512 -> 512 weight of a ResNet's last stage are 36 MiB).
+let stridedTiledWeightFloats = 1 << 18
+/// Output channels and (about) GEMM columns of one weight-gradient tile: wide enough that packing
+/// stays cheap beside the product, small enough that the deep layers split into a dozen tiles or more.
+private let stridedTileRows = 256
+private let stridedTileColumns = 256
 
 
 /// The work plan of the strided convolution. It depends on the shapes only (never on the thread
@@ -79,8 +90,11 @@ struct StridedConvPlan {
     let outRows: Int, outBands: Int
     /// Input rows per input-gradient band and bands per image.
     let inRows: Int, inBands: Int
-    /// Groups of forward items whose weight-gradient partials are summed separately.
+    /// Groups of forward items whose weight-gradient partials are summed separately (0 when tiled).
     let weightGroups: Int
+    /// The weight gradient by tiles of dweight (tileRows output x tileChannels input channels).
+    let tiledWeightGradient: Bool
+    let tileRows: Int, tileChannels: Int
 
     init(batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int, geometry g: ConvGeometry,
          perImageWork: Bool = false) {
@@ -104,8 +118,16 @@ struct StridedConvPlan {
         } else {
             outRows = 1; outBands = 0; inRows = max(1, height); inBands = 0
         }
-        weightGroups = max(1, min(batch * outBands, stridedMaximumWeightGroups))
+        let taps = g.kernel * g.kernel
+        tiledWeightGradient = outChannels * depth >= stridedTiledWeightFloats
+        tileRows = min(max(1, outChannels), stridedTileRows)
+        tileChannels = min(max(1, inChannels), (stridedTileColumns + taps - 1) / taps)
+        weightGroups = tiledWeightGradient ? 0 : max(1, min(batch * outBands, stridedMaximumWeightGroups))
     }
+
+    /// Weight-gradient tiles along output channels and along input channels (tiled plans).
+    var rowTiles: Int { (outChannels + tileRows - 1) / tileRows }
+    var channelTiles: Int { (inChannels + tileChannels - 1) / tileChannels }
 
     var forwardItems: Int { batch * outBands }
     var inputItems: Int { batch * inBands }
@@ -321,7 +343,30 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
     let depth = cin * k * k, outPlane = dy.shape.plane, outW = plan.outWidth
     let weightFloats = cout * depth
 
-    if let dweight, plan.forwardItems > 0 {
+    if let dweight, plan.forwardItems > 0, plan.tiledWeightGradient {
+        // Tile (output channels [o0, o1), input channels [c0, c1)) += dY rows * col(channels)^T, every
+        // item in order, straight into dweight.
+        let taps = k * k, plane = x.shape.plane
+        pool.parallelFor(plan.rowTiles * plan.channelTiles) { range, t in
+            let col = scratch.buffer(t)
+            for tile in range {
+                let o0 = tile / plan.channelTiles * plan.tileRows, o1 = min(cout, o0 + plan.tileRows)
+                let c0 = tile % plan.channelTiles * plan.tileChannels, c1 = min(cin, c0 + plan.tileChannels)
+                for item in 0..<plan.forwardItems {
+                    let (n, r0, r1) = plan.forwardItem(item)
+                    let pixels = (r1 - r0) * outW
+                    var b = UnsafePointer(x.sample(n) + c0 * plane + r0 * x.w), ldb = plane
+                    if !geometry.isPointwise {
+                        stridedIm2col(col, x.sample(n) + c0 * plane, channels: c1 - c0, plan: plan, r0: r0, r1: r1)
+                        b = UnsafePointer(col); ldb = pixels
+                    }
+                    Gemm.sgemm(transA: false, transB: true, m: o1 - o0, n: (c1 - c0) * taps, k: pixels,
+                               a: dy.sample(n) + o0 * outPlane + r0 * outW, lda: outPlane, b: b, ldb: ldb,
+                               beta: 1, c: dweight.data + o0 * depth + c0 * taps, ldc: depth)
+                }
+            }
+        }
+    } else if let dweight, plan.forwardItems > 0 {
         scratch.requireShared(plan.sharedFloats, "stridedConv")
         let groups = plan.weightGroups
         let partials = scratch.shared
