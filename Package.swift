@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Dependencies point one way (docs/ARCHITECTURE.md): segtrain (CLI) -> {SegTraining, SegServe, SegDistributed};
-// SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CGemm, CSupport}; SegServe -> SegInference;
+// SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CGemm, CWinograd, CSupport}; SegServe -> SegInference;
 // SegDistributed -> {CMPI, SegEngine}; SegExport (ONNX) -> {SegModel, SegEngine, SwiftProtobuf};
 // SegTraining -> SegTensorBoard -> SwiftProtobuf. SegEngine's `Collectives` protocol is where training and MPI meet:
 // SegDistributed's Communicator conforms to it, SegTraining sums through it. SegData -> {CPNG, CTurboJPEG}.
@@ -67,9 +67,11 @@ let package = Package(
         // segtrain's own AVX-512 sgemm (SegEngine's Gemm.swift decides when it runs). Optimised in
         // debug builds too, as the Swift numeric modules are: the tests run it on every product.
         .target(name: "CGemm", cSettings: [.unsafeFlags(["-O2"])]),
+        // AVX-512 versions of Winograd transforms (Winograd.swift keeps the portable reference).
+        .target(name: "CWinograd", cSettings: [.unsafeFlags(["-O2"])]),
         .target(
             name: "SegEngine",
-            dependencies: ["CBLAS", "CSupport", "CGemm"],
+            dependencies: ["CBLAS", "CSupport", "CGemm", "CWinograd"],
             swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(

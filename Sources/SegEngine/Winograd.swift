@@ -13,6 +13,10 @@
 // F(2x2)'s transforms are below; F(4x4)'s (more arithmetic per value, but 2.25 transformed values
 // per pixel instead of 4 and 1.78x fewer GEMM flops) after them.
 // The conv2d kernels in Conv.swift stay the reference; tests compare against conv2dForwardNaive.
+// Where the CPU has AVX-512, C versions of the hottest transforms (Sources/CWinograd) run instead of
+// the Swift ones below, with the same operations in the same order: the same bits.
+
+import CWinograd
 
 
 /// Tiles and chunking of one Winograd convolution. A chunk (the unit of work of one thread, and
@@ -386,14 +390,32 @@ func preparePaddedRows(_ rowBuffer: UnsafeMutablePointer<Float>, count: Int, row
 
 // MARK: - F(2x2) transforms
 
-/// F(2x2): V[xi][c][t] = (B^T d B)[xi] for the 4x4 input patch of each tile, zero outside the image.
-/// Works a tile row at a time: B^T down the four input rows (contiguous), the results split into
-/// their even and odd columns, then B along the row for every tile from those (tile t reads
-/// even[t], odd[t], even[t + 1], odd[t + 1]), so every store is contiguous over tiles.
+/// Whether the AVX-512 versions of the transforms (CWinograd) run: wherever the CPU has AVX-512F.
+/// They give the same bits as the Swift versions below (WinogradAVX512Tests).
+let winogradAVX512 = Gemm.avx512Usable
+
+/// F(2x2): V[xi][c][t] = (B^T d B)[xi] for the 4x4 input patch of each tile, zero outside the image,
+/// by CWinograd's AVX-512 version where it runs, else transformInputF2Portable.
 @inline(__always)
 func transformInputF2(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
                       rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
                       rowBuffer: UnsafeMutablePointer<Float>) {
+    if winogradAVX512 {
+        segtrain_winograd_input_f2_avx512(x, Int32(channels), Int32(plan.height), Int32(plan.width),
+                                          Int32(plan.tilesWide), Int32(rowStart), Int32(rows), v, tiles, rowBuffer)
+    } else {
+        transformInputF2Portable(x, channels: channels, plan: plan, rowStart: rowStart, rows: rows, into: v,
+                                 tiles: tiles, rowBuffer: rowBuffer)
+    }
+}
+
+/// F(2x2)'s input transform in Swift (AVX2 width), the reference of the AVX-512 version.
+/// Works a tile row at a time: B^T down the four input rows (contiguous), the results split into
+/// their even and odd columns, then B along the row for every tile from those (tile t reads
+/// even[t], odd[t], even[t + 1], odd[t + 1]), so every store is contiguous over tiles.
+func transformInputF2Portable(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                              rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
+                              rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide, rs = plan.rowStride
     let stride = channels * tiles
     let phaseLength = tw + 1  // 2 * phaseLength <= rs

@@ -1,0 +1,14 @@
+// AVX-512 versions of Winograd F(2x2, 3x3) transforms (winograd.c). SegEngine's Winograd.swift keeps
+// the portable versions, which stay the reference: these compute the same float operations in the
+// same order, so their results are the same bits (WinogradAVX512Tests checks it), and Winograd.swift
+// calls them only where segtrain_gemm_avx512_usable() says yes.
+#pragma once
+
+/// F(2x2) input transform of tile rows [row_start, row_start + rows) of one image, as
+/// transformInputF2 in Winograd.swift: x is (channels, height, width); tile t = (ty - row_start) *
+/// tiles_wide + tx of channel c reads the 4x4 patch at rows 2ty - 1 ..< 2ty + 3 and columns
+/// 2tx - 1 ..< 2tx + 3 (zero outside the image) and writes its 16 values to
+/// v[xi * channels * tiles + c * tiles + t], xi = 4i + j. `buffer` holds 4 * (2 * tiles_wide + 4)
+/// floats (the padded rows after the transform down the columns).
+void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height, int width, int tiles_wide,
+                                       int row_start, int rows, float *v, long tiles, float *buffer);
