@@ -68,7 +68,7 @@ let package = Package(
         // debug builds too, as the Swift numeric modules are: the tests run it on every product.
         .target(name: "CGemm", cSettings: [.unsafeFlags(["-O2"])]),
         // AVX-512 versions of Winograd transforms (Winograd.swift keeps the portable reference).
-        .target(name: "CWinograd", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "CWinograd", cSettings: [.unsafeFlags(["-O2", "-ffp-contract=off"])]),
         .target(
             name: "SegEngine",
             dependencies: ["CBLAS", "CSupport", "CGemm", "CWinograd"],

@@ -583,14 +583,27 @@ private func weightGradientTransform6(_ u0: Lanes, _ u1: Lanes, _ u2: Lanes, _ u
 }
 
 /// V[xi][c][t] = (B^T d B)[xi] for the 6x6 input patch of each tile (rows and columns 4t - 1 ... 4t + 4),
-/// zero outside the image. Per tile row: B^T down the six input rows (contiguous over the row), the
-/// six results split into their four column phases (p_r[s] = t[4s + r]), then B along the row for
-/// every tile from the phases (tile t reads p_0..3[t] and p_0,1[t + 1]): every loop runs over
-/// consecutive floats, so LLVM vectorizes it.
+/// zero outside the image, by CWinograd's AVX-512 version where it runs, else transformInputF4Portable.
 @inline(__always)
 func transformInputF4(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
                       rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
                       rowBuffer: UnsafeMutablePointer<Float>) {
+    if winogradAVX512 {
+        segtrain_winograd_input_f4_avx512(x, Int32(channels), Int32(plan.height), Int32(plan.width),
+                                          Int32(plan.tilesWide), Int32(rowStart), Int32(rows), v, tiles, rowBuffer)
+    } else {
+        transformInputF4Portable(x, channels: channels, plan: plan, rowStart: rowStart, rows: rows, into: v,
+                                 tiles: tiles, rowBuffer: rowBuffer)
+    }
+}
+
+/// F(4x4)'s input transform in Swift, the reference of the AVX-512 version. Per tile row: B^T down
+/// the six input rows (contiguous over the row), the six results split into their four column
+/// phases (p_r[s] = t[4s + r]), then B along the row for every tile from the phases (tile t reads
+/// p_0..3[t] and p_0,1[t + 1]): every loop runs over consecutive floats, so LLVM vectorizes it.
+func transformInputF4Portable(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                              rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
+                              rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide, rs = plan.rowStride
     let stride = channels * tiles
     let phaseLength = tw + 1  // 4 * phaseLength == rs

@@ -13,15 +13,15 @@ final class WinogradAVX512Tests: XCTestCase {
     private typealias S = OpsTestSupport
 
     /// Runs `body(channels, plan, rowStart, rows, tiles, offset)` over the shapes of the comparison:
-    /// widths 1...37 and 64 (one, two and three 16-tile vectors, with and without a remainder),
-    /// heights 1, 2, 5 and 8, every band of 1 and 3 tile rows, the band written at an offset into
+    /// widths 1...37, 64, 67 and 130 (one to three 16-tile vectors, with and without a remainder),
+    /// heights 1, 2, 5, 8 and 11, every band of 1 and 3 tile rows, the band written at an offset into
     /// a chunk of `tiles` columns.
-    private func forEachShape(_ body: (Int, WinogradPlan, Int, Int, Int, Int) -> Void) {
-        for width in Array(1...37) + [64] {
-            for height in [1, 2, 5, 8] {
+    private func forEachShape(tile: Int, _ body: (Int, WinogradPlan, Int, Int, Int, Int) -> Void) {
+        for width in Array(1...37) + [64, 67, 130] {
+            for height in [1, 2, 5, 8, 11] {
                 let channels = width % 3 + 1
                 let plan = WinogradPlan(inChannels: channels, outChannels: 1, height: height, width: width, batch: 1,
-                                        tile: 2, policy: .standard)
+                                        tile: tile, policy: .standard)
                 for band in [1, 3] {
                     var rowStart = 0
                     while rowStart < plan.tilesHigh {
@@ -37,21 +37,38 @@ final class WinogradAVX512Tests: XCTestCase {
 
     func testInputTransformF2GivesThePortableBits() throws {
         try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        try compareInputTransforms(tile: 2)
+    }
+
+    func testInputTransformF4GivesThePortableBits() throws {
+        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        try compareInputTransforms(tile: 4)
+    }
+
+    private func compareInputTransforms(tile: Int) throws {
         var compared = 0
-        forEachShape { channels, plan, rowStart, rows, tiles, offset in
-            let what = "\(channels) x \(plan.height) x \(plan.width), tile rows \(rowStart) + \(rows)"
+        let points = (tile + 2) * (tile + 2)
+        forEachShape(tile: tile) { channels, plan, rowStart, rows, tiles, offset in
+            let what = "F\(tile) \(channels) x \(plan.height) x \(plan.width), tile rows \(rowStart) + \(rows)"
             let x = S.random(Shape(1, channels, plan.height, plan.width), seed: UInt64(plan.width * 100 + plan.height))
             // Both outputs start from the same garbage: values outside the band must stay untouched.
-            let garbage = S.random(Shape(16, channels, 1, tiles), seed: 7)
+            let garbage = S.random(Shape(points, channels, 1, tiles), seed: 7)
             let portable = OwnedTensor(garbage.shape), fast = OwnedTensor(garbage.shape)
             portable.tensor.copy(from: garbage.tensor); fast.tensor.copy(from: garbage.tensor)
             let buffer = OwnedTensor(.vector(plan.rowFloats)), fastBuffer = OwnedTensor(.vector(plan.rowFloats))
             fastBuffer.tensor.fill(.nan)  // the padding must be written, not found
-            transformInputF2Portable(x.tensor.data, channels: channels, plan: plan, rowStart: rowStart, rows: rows,
-                                     into: portable.tensor.data + offset, tiles: tiles, rowBuffer: buffer.tensor.data)
-            segtrain_winograd_input_f2_avx512(x.tensor.data, Int32(channels), Int32(plan.height), Int32(plan.width),
-                                              Int32(plan.tilesWide), Int32(rowStart), Int32(rows),
-                                              fast.tensor.data + offset, tiles, fastBuffer.tensor.data)
+            let (c, h, w, tw) = (Int32(channels), Int32(plan.height), Int32(plan.width), Int32(plan.tilesWide))
+            if tile == 2 {
+                transformInputF2Portable(x.tensor.data, channels: channels, plan: plan, rowStart: rowStart, rows: rows,
+                                         into: portable.tensor.data + offset, tiles: tiles, rowBuffer: buffer.tensor.data)
+                segtrain_winograd_input_f2_avx512(x.tensor.data, c, h, w, tw, Int32(rowStart), Int32(rows),
+                                                  fast.tensor.data + offset, tiles, fastBuffer.tensor.data)
+            } else {
+                transformInputF4Portable(x.tensor.data, channels: channels, plan: plan, rowStart: rowStart, rows: rows,
+                                         into: portable.tensor.data + offset, tiles: tiles, rowBuffer: buffer.tensor.data)
+                segtrain_winograd_input_f4_avx512(x.tensor.data, c, h, w, tw, Int32(rowStart), Int32(rows),
+                                                  fast.tensor.data + offset, tiles, fastBuffer.tensor.data)
+            }
             S.assertBitwiseEqual(fast.tensor, portable.tensor, what)
             compared += 1
         }

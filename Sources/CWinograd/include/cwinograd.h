@@ -12,3 +12,9 @@
 /// floats (the padded rows after the transform down the columns).
 void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height, int width, int tiles_wide,
                                        int row_start, int rows, float *v, long tiles, float *buffer);
+
+/// F(4x4) input transform, as transformInputF4 in Winograd.swift: tile (ty, tx) reads the 6x6 patch
+/// at rows 4ty - 1 ..< 4ty + 5 and columns 4tx - 1 ..< 4tx + 5 and writes its 36 values to
+/// v[xi * channels * tiles + c * tiles + t], xi = 6i + j. `buffer` holds 6 * (4 * tiles_wide + 4) floats.
+void segtrain_winograd_input_f4_avx512(const float *x, int channels, int height, int width, int tiles_wide,
+                                       int row_start, int rows, float *v, long tiles, float *buffer);
