@@ -86,14 +86,14 @@ void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height,
 /// B^T applied to six values, as inputTransform6 in Winograd.swift (same operations, same order).
 #define INPUT_TRANSFORM6(a0, a1, a2, a3, a4, a5, r0, r1, r2, r3, r4, r5) do {                       \
         const __m512 four_ = _mm512_set1_ps(4), five_ = _mm512_set1_ps(5), two_ = _mm512_set1_ps(2);   \
-        __m512 s12 = _mm512_add_ps(a1, a2), d12 = _mm512_sub_ps(a1, a2);                               \
-        __m512 s34 = _mm512_add_ps(a3, a4), d43 = _mm512_sub_ps(a4, a3);                               \
-        __m512 e = _mm512_sub_ps(a4, a2), f = _mm512_sub_ps(a3, a1);                                   \
+        __m512 s12_ = _mm512_add_ps(a1, a2), d12_ = _mm512_sub_ps(a1, a2);                               \
+        __m512 s34_ = _mm512_add_ps(a3, a4), d43_ = _mm512_sub_ps(a4, a3);                               \
+        __m512 e_ = _mm512_sub_ps(a4, a2), f_ = _mm512_sub_ps(a3, a1);                                   \
         r0 = _mm512_add_ps(_mm512_sub_ps(_mm512_mul_ps(four_, a0), _mm512_mul_ps(five_, a2)), a4);     \
-        r1 = _mm512_sub_ps(s34, _mm512_mul_ps(four_, s12));                                            \
-        r2 = _mm512_add_ps(d43, _mm512_mul_ps(four_, d12));                                            \
-        r3 = _mm512_add_ps(e, _mm512_mul_ps(two_, f));                                                 \
-        r4 = _mm512_sub_ps(e, _mm512_mul_ps(two_, f));                                                 \
+        r1 = _mm512_sub_ps(s34_, _mm512_mul_ps(four_, s12_));                                            \
+        r2 = _mm512_add_ps(d43_, _mm512_mul_ps(four_, d12_));                                            \
+        r3 = _mm512_add_ps(e_, _mm512_mul_ps(two_, f_));                                                 \
+        r4 = _mm512_sub_ps(e_, _mm512_mul_ps(two_, f_));                                                 \
         r5 = _mm512_add_ps(_mm512_sub_ps(_mm512_mul_ps(four_, a1), _mm512_mul_ps(five_, a3)), a5);     \
     } while (0)
 
@@ -159,6 +159,121 @@ void segtrain_winograd_input_f4_avx512(const float *x, int channels, int height,
     }
 }
 
+/// A^T applied to six values, as outputTransform6 in Winograd.swift: four outputs.
+#define OUTPUT_TRANSFORM6(m0, m1, m2, m3, m4, m5, r0, r1, r2, r3) do {                              \
+        __m512 p1_ = _mm512_add_ps(m1, m2), q1_ = _mm512_sub_ps(m1, m2);                                 \
+        __m512 p2_ = _mm512_add_ps(m3, m4), q2_ = _mm512_sub_ps(m3, m4);                                 \
+        r0 = _mm512_add_ps(_mm512_add_ps(m0, p1_), p2_);                                                 \
+        r1 = _mm512_add_ps(q1_, _mm512_mul_ps(_mm512_set1_ps(2), q2_));                                  \
+        r2 = _mm512_add_ps(p1_, _mm512_mul_ps(_mm512_set1_ps(4), p2_));                                  \
+        r3 = _mm512_add_ps(_mm512_add_ps(q1_, _mm512_mul_ps(_mm512_set1_ps(8), q2_)), m5);               \
+    } while (0)
+
+/// Writes `count` (<= 16) values to out as writeTileRow does: out += value with `accumulate`, else
+/// max(value, 0) with `relu` (Swift's max: +0 for -0, NaN kept), else the value.
+__attribute__((target("avx512f"), always_inline))
+static inline void put_row(float *out, long count, __m512 value, int accumulate, int relu) {
+    __mmask16 m = lanes(count);
+    if (!m) return;
+    if (accumulate) {
+        value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out), value);
+    } else if (relu) {
+        const __m512 zero = _mm512_setzero_ps();
+        value = _mm512_mask_mov_ps(value, _mm512_cmp_ps_mask(zero, value, _CMP_GE_OQ), zero);
+    }
+    _mm512_mask_storeu_ps(out, m, value);
+}
+
+__attribute__((target("avx512f")))
+void segtrain_winograd_output_f2_avx512(const float *mt, long tiles, float *y, int channels, int height, int width,
+                                        int tiles_wide, int row_start, int rows, const float *bias,
+                                        int accumulate, int relu) {
+    const long h = height, w = width, tw = tiles_wide, stride = (long)channels * tiles;
+    // Two phases of sixteen tiles -> 32 consecutive columns.
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (int o = 0; o < channels; o++) {
+        float *dst = y + (long)o * h * w;
+        const __m512 b = _mm512_set1_ps(bias ? bias[o] : 0.0f);
+        for (int ty = row_start; ty < row_start + rows; ty++) {
+            const float *src = mt + (long)o * tiles + (long)(ty - row_start) * tw;
+            const long oy = 2L * ty;
+            if (ty + 1 < row_start + rows) prefetch_rows(dst, h, w, oy + 2, 2);
+            else if (o + 1 < channels) prefetch_rows(dst + h * w, h, w, 2L * row_start, 2);
+            for (long tx = 0; tx < tw; tx += 16) {
+                __mmask16 m = lanes(tw - tx);
+                __m512 a[16];
+                for (int xi = 0; xi < 16; xi++) a[xi] = _mm512_maskz_loadu_ps(m, src + xi * stride + tx);
+                __m512 s00 = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), a[8]);
+                __m512 s01 = _mm512_add_ps(_mm512_add_ps(a[1], a[5]), a[9]);
+                __m512 s02 = _mm512_add_ps(_mm512_add_ps(a[2], a[6]), a[10]);
+                __m512 s03 = _mm512_add_ps(_mm512_add_ps(a[3], a[7]), a[11]);
+                __m512 s10 = _mm512_sub_ps(_mm512_sub_ps(a[4], a[8]), a[12]);
+                __m512 s11 = _mm512_sub_ps(_mm512_sub_ps(a[5], a[9]), a[13]);
+                __m512 s12 = _mm512_sub_ps(_mm512_sub_ps(a[6], a[10]), a[14]);
+                __m512 s13 = _mm512_sub_ps(_mm512_sub_ps(a[7], a[11]), a[15]);
+                __m512 r[2][2];
+                r[0][0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s00, s01), s02), b);
+                r[0][1] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s01, s02), s03), b);
+                r[1][0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s10, s11), s12), b);
+                r[1][1] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s11, s12), s13), b);
+                for (int rr = 0; rr < 2 && oy + rr < h; rr++) {
+                    float *out = dst + (oy + rr) * w + 2 * tx;
+                    const long left = w - 2 * tx;
+                    put_row(out, left, _mm512_permutex2var_ps(r[rr][0], first, r[rr][1]), accumulate, relu);
+                    put_row(out + 16, left - 16, _mm512_permutex2var_ps(r[rr][0], second, r[rr][1]), accumulate, relu);
+                }
+            }
+        }
+    }
+}
+
+__attribute__((target("avx512f")))
+void segtrain_winograd_output_f4_avx512(const float *mt, long tiles, float *y, int channels, int height, int width,
+                                        int tiles_wide, int row_start, int rows, const float *bias,
+                                        int accumulate, int relu) {
+    const long h = height, w = width, tw = tiles_wide, stride = (long)channels * tiles;
+    for (int o = 0; o < channels; o++) {
+        float *dst = y + (long)o * h * w;
+        const __m512 b = _mm512_set1_ps(bias ? bias[o] : 0.0f);
+        for (int ty = row_start; ty < row_start + rows; ty++) {
+            const float *src = mt + (long)o * tiles + (long)(ty - row_start) * tw;
+            const long oy = 4L * ty;
+            if (ty + 1 < row_start + rows) prefetch_rows(dst, h, w, oy + 4, 4);
+            else if (o + 1 < channels) prefetch_rows(dst + h * w, h, w, 4L * row_start, 4);
+            for (long tx = 0; tx < tw; tx += 16) {
+                __mmask16 m = lanes(tw - tx);
+                // A^T m down the columns: col[r][j] = row r of A^T m, column j.
+                __m512 col[4][6];
+                for (int j = 0; j < 6; j++) {
+                    __m512 a[6];
+                    for (int i = 0; i < 6; i++) a[i] = _mm512_maskz_loadu_ps(m, src + (6 * i + j) * stride + tx);
+                    OUTPUT_TRANSFORM6(a[0], a[1], a[2], a[3], a[4], a[5], col[0][j], col[1][j], col[2][j], col[3][j]);
+                }
+                // (A^T m) A along each row, + bias; the four column phases interleaved into 64 columns.
+                for (int r = 0; r < 4 && oy + r < h; r++) {
+                    __m512 q0, q1, q2, q3;
+                    OUTPUT_TRANSFORM6(col[r][0], col[r][1], col[r][2], col[r][3], col[r][4], col[r][5], q0, q1, q2, q3);
+                    q0 = _mm512_add_ps(q0, b); q1 = _mm512_add_ps(q1, b);
+                    q2 = _mm512_add_ps(q2, b); q3 = _mm512_add_ps(q3, b);
+                    __m512 t0 = _mm512_unpacklo_ps(q0, q1), t1 = _mm512_unpackhi_ps(q0, q1);
+                    __m512 t2 = _mm512_unpacklo_ps(q2, q3), t3 = _mm512_unpackhi_ps(q2, q3);
+                    __m512 u0 = _mm512_shuffle_ps(t0, t2, 0x44), u1 = _mm512_shuffle_ps(t0, t2, 0xEE);
+                    __m512 u2 = _mm512_shuffle_ps(t1, t3, 0x44), u3 = _mm512_shuffle_ps(t1, t3, 0xEE);
+                    __m512 lo01 = _mm512_shuffle_f32x4(u0, u1, 0x44), lo23 = _mm512_shuffle_f32x4(u2, u3, 0x44);
+                    __m512 hi01 = _mm512_shuffle_f32x4(u0, u1, 0xEE), hi23 = _mm512_shuffle_f32x4(u2, u3, 0xEE);
+                    float *out = dst + (oy + r) * w + 4 * tx;
+                    const long left = w - 4 * tx;
+                    put_row(out, left, _mm512_shuffle_f32x4(lo01, lo23, 0x88), accumulate, relu);
+                    put_row(out + 16, left - 16, _mm512_shuffle_f32x4(lo01, lo23, 0xDD), accumulate, relu);
+                    put_row(out + 32, left - 32, _mm512_shuffle_f32x4(hi01, hi23, 0x88), accumulate, relu);
+                    put_row(out + 48, left - 48, _mm512_shuffle_f32x4(hi01, hi23, 0xDD), accumulate, relu);
+                }
+            }
+        }
+    }
+}
+
 #else  // not x86_64: never called (Winograd.swift asks segtrain_gemm_avx512_usable first)
 
 void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height, int width, int tiles_wide,
@@ -171,6 +286,20 @@ void segtrain_winograd_input_f4_avx512(const float *x, int channels, int height,
                                        int row_start, int rows, float *v, long tiles, float *buffer) {
     (void)x; (void)channels; (void)height; (void)width; (void)tiles_wide; (void)row_start; (void)rows;
     (void)v; (void)tiles; (void)buffer;
+}
+
+void segtrain_winograd_output_f2_avx512(const float *mt, long tiles, float *y, int channels, int height, int width,
+                                        int tiles_wide, int row_start, int rows, const float *bias,
+                                        int accumulate, int relu) {
+    (void)mt; (void)tiles; (void)y; (void)channels; (void)height; (void)width; (void)tiles_wide;
+    (void)row_start; (void)rows; (void)bias; (void)accumulate; (void)relu;
+}
+
+void segtrain_winograd_output_f4_avx512(const float *mt, long tiles, float *y, int channels, int height, int width,
+                                        int tiles_wide, int row_start, int rows, const float *bias,
+                                        int accumulate, int relu) {
+    segtrain_winograd_output_f2_avx512(mt, tiles, y, channels, height, width, tiles_wide, row_start, rows, bias,
+                                       accumulate, relu);
 }
 
 #endif

@@ -455,13 +455,28 @@ func transformInputF2Portable(_ x: UnsafeMutablePointer<Float>, channels: Int, p
     }
 }
 
-/// F(2x2): y tile (2x2) (+)= A^T m A (+ bias), a tile row at a time, clipped at the image's edge.
-/// The four results of each tile go to four streams over the tiles, then are interleaved into the
-/// two output rows.
+/// F(2x2): y tile (2x2) (+)= A^T m A (+ bias), clipped at the image's edge, by CWinograd's AVX-512
+/// version where it runs, else transformOutputF2Portable.
 @inline(__always)
 func transformOutputF2(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
                        channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
                        bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
+    if winogradAVX512 {
+        segtrain_winograd_output_f2_avx512(m, tiles, y, Int32(channels), Int32(plan.height), Int32(plan.width),
+                                           Int32(plan.tilesWide), Int32(rowStart), Int32(rows), bias?.data,
+                                           accumulate ? 1 : 0, relu ? 1 : 0)
+    } else {
+        transformOutputF2Portable(m, tiles: tiles, into: y, channels: channels, plan: plan, rowStart: rowStart,
+                                  rows: rows, bias: bias, accumulate: accumulate, relu: relu, rowBuffer: rowBuffer)
+    }
+}
+
+/// F(2x2)'s output transform in Swift, the reference of the AVX-512 version: a tile row at a time,
+/// the four results of each tile go to four streams over the tiles, then are interleaved into the
+/// two output rows.
+func transformOutputF2Portable(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
+                               channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
+                               bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
     // results[(2 r + q) * tw + t]: row r, column q of tile t; then the interleaved line.
@@ -644,13 +659,28 @@ func transformInputF4Portable(_ x: UnsafeMutablePointer<Float>, channels: Int, p
     }
 }
 
-/// y tile (4x4) (+)= A^T m A (+ bias; max(., 0) with `relu`), a tile row at a time, clipped at the
-/// image's edge. The 16 results of each tile go to 16 streams over the tiles (vectorized), then
-/// are interleaved into the four output rows.
+/// y tile (4x4) (+)= A^T m A (+ bias; max(., 0) with `relu`), clipped at the image's edge, by
+/// CWinograd's AVX-512 version where it runs, else transformOutputF4Portable.
 @inline(__always)
 func transformOutputF4(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
                        channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
                        bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
+    if winogradAVX512 {
+        segtrain_winograd_output_f4_avx512(m, tiles, y, Int32(channels), Int32(plan.height), Int32(plan.width),
+                                           Int32(plan.tilesWide), Int32(rowStart), Int32(rows), bias?.data,
+                                           accumulate ? 1 : 0, relu ? 1 : 0)
+    } else {
+        transformOutputF4Portable(m, tiles: tiles, into: y, channels: channels, plan: plan, rowStart: rowStart,
+                                  rows: rows, bias: bias, accumulate: accumulate, relu: relu, rowBuffer: rowBuffer)
+    }
+}
+
+/// F(4x4)'s output transform in Swift, the reference of the AVX-512 version: a tile row at a time,
+/// the 16 results of each tile go to 16 streams over the tiles (vectorized), then are interleaved
+/// into the four output rows.
+func transformOutputF4Portable(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
+                               channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
+                               bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
     // results[(4 r + q) * tw + t]: row r, column q of tile t; then the interleaved line; columns[(4 j + r) * tw + t]:

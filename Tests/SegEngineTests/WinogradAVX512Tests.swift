@@ -74,4 +74,49 @@ final class WinogradAVX512Tests: XCTestCase {
         }
         XCTAssertGreaterThan(compared, 300)
     }
+
+    func testOutputTransformsGiveThePortableBits() throws {
+        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        var compared = 0
+        for tile in [2, 4] {
+            let points = (tile + 2) * (tile + 2)
+            forEachShape(tile: tile) { channels, plan, rowStart, rows, tiles, offset in
+                let m = S.random(Shape(points, channels, 1, tiles), seed: UInt64(plan.width * 31 + plan.height))
+                m.tensor.data[offset] = .nan  // the first tile's outputs of channel 0 are NaN
+                let bias = S.random(.vector(channels), seed: 5)
+                // y starts as garbage with a NaN and a -0 in it; relu must keep a NaN result (as Swift's max).
+                let start = S.random(Shape(1, channels, plan.height, plan.width), seed: 9)
+                start.tensor.data[0] = .nan
+                if start.tensor.count > 1 { start.tensor.data[1] = -0.0 }
+                for (accumulate, relu, withBias) in [(false, false, true), (false, true, true), (true, false, true),
+                                                     (false, false, false), (false, true, false)] {
+                    let what = "F\(tile) \(channels) x \(plan.height) x \(plan.width), tile rows \(rowStart) + \(rows), "
+                        + "accumulate \(accumulate) relu \(relu) bias \(withBias)"
+                    let portable = OwnedTensor(start.shape), fast = OwnedTensor(start.shape)
+                    portable.tensor.copy(from: start.tensor); fast.tensor.copy(from: start.tensor)
+                    let buffer = OwnedTensor(.vector(plan.rowFloats))
+                    let b = withBias ? bias.tensor : nil
+                    let mm = m.tensor.data + offset
+                    if tile == 2 {
+                        transformOutputF2Portable(mm, tiles: tiles, into: portable.tensor.data, channels: channels, plan: plan,
+                                                  rowStart: rowStart, rows: rows, bias: b, accumulate: accumulate,
+                                                  relu: relu, rowBuffer: buffer.tensor.data)
+                        segtrain_winograd_output_f2_avx512(mm, tiles, fast.tensor.data, Int32(channels), Int32(plan.height),
+                                                           Int32(plan.width), Int32(plan.tilesWide), Int32(rowStart),
+                                                           Int32(rows), b?.data, accumulate ? 1 : 0, relu ? 1 : 0)
+                    } else {
+                        transformOutputF4Portable(mm, tiles: tiles, into: portable.tensor.data, channels: channels, plan: plan,
+                                                  rowStart: rowStart, rows: rows, bias: b, accumulate: accumulate,
+                                                  relu: relu, rowBuffer: buffer.tensor.data)
+                        segtrain_winograd_output_f4_avx512(mm, tiles, fast.tensor.data, Int32(channels), Int32(plan.height),
+                                                           Int32(plan.width), Int32(plan.tilesWide), Int32(rowStart),
+                                                           Int32(rows), b?.data, accumulate ? 1 : 0, relu ? 1 : 0)
+                    }
+                    S.assertBitwiseEqual(fast.tensor, portable.tensor, what)
+                    compared += 1
+                }
+            }
+        }
+        XCTAssertGreaterThan(compared, 3000)
+    }
 }

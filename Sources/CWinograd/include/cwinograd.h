@@ -18,3 +18,15 @@ void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height,
 /// v[xi * channels * tiles + c * tiles + t], xi = 6i + j. `buffer` holds 6 * (4 * tiles_wide + 4) floats.
 void segtrain_winograd_input_f4_avx512(const float *x, int channels, int height, int width, int tiles_wide,
                                        int row_start, int rows, float *v, long tiles, float *buffer);
+
+/// F(2x2) and F(4x4) output transforms, as transformOutputF2/F4 in Winograd.swift: for channel o and
+/// tile t of tile rows [row_start, row_start + rows), the m x m outputs A^T M A + bias[o] (bias may be
+/// NULL: + 0) of M[xi * channels * tiles + o * tiles + t] go to y (channels, height, width), rows and
+/// columns past the image's edge dropped: y += them with `accumulate`, else max(., 0) with `relu`
+/// (+0 for -0, NaN kept, as Swift's max), else y = them.
+void segtrain_winograd_output_f2_avx512(const float *m, long tiles, float *y, int channels, int height, int width,
+                                        int tiles_wide, int row_start, int rows, const float *bias,
+                                        int accumulate, int relu);
+void segtrain_winograd_output_f4_avx512(const float *m, long tiles, float *y, int channels, int height, int width,
+                                        int tiles_wide, int row_start, int rows, const float *bias,
+                                        int accumulate, int relu);
