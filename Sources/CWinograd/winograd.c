@@ -274,6 +274,110 @@ void segtrain_winograd_output_f4_avx512(const float *mt, long tiles, float *y, i
     }
 }
 
+/// A applied to four values, as gradientTransform4 in Winograd.swift: six outputs.
+#define GRADIENT_TRANSFORM4(a0, a1, a2, a3, r0, r1, r2, r3, r4, r5) do {                            \
+        __m512 p_ = _mm512_add_ps(a0, a2), q_ = _mm512_add_ps(a1, a3);                                 \
+        __m512 p4_ = _mm512_add_ps(a0, _mm512_mul_ps(_mm512_set1_ps(4), a2));                          \
+        __m512 q2_ = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(2), a1), _mm512_mul_ps(_mm512_set1_ps(8), a3)); \
+        r0 = a0; r1 = _mm512_add_ps(p_, q_); r2 = _mm512_sub_ps(p_, q_);                               \
+        r3 = _mm512_add_ps(p4_, q2_); r4 = _mm512_sub_ps(p4_, q2_); r5 = a3;                           \
+    } while (0)
+
+/// -a as Swift's SIMD negation computes it: 0 - a (+0 for a zero of either sign).
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 negate(__m512 a) { return _mm512_sub_ps(_mm512_setzero_ps(), a); }
+
+__attribute__((target("avx512f")))
+void segtrain_winograd_output_gradient_f2_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
+                                                 int row_start, int rows, float *dm, long tiles) {
+    const long h = height, w = width, tw = tiles_wide, stride = (long)channels * tiles;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int o = 0; o < channels; o++) {
+        const float *src = dy + (long)o * h * w;
+        for (int ty = row_start; ty < row_start + rows; ty++) {
+            const long oy = 2L * ty;
+            if (ty + 1 < row_start + rows) prefetch_rows(src, h, w, oy + 2, 2);
+            else if (o + 1 < channels) prefetch_rows(src + h * w, h, w, 2L * row_start, 2);
+            const float *row0 = src + oy * w, *row1 = oy + 1 < h ? src + (oy + 1) * w : 0;
+            float *out = dm + (long)o * tiles + (long)(ty - row_start) * tw;
+            for (long tx = 0; tx < tw; tx += 16) {
+                const long base = 2 * tx;
+                __m512 lo = _mm512_maskz_loadu_ps(lanes(w - base), row0 + base);
+                __m512 hi = _mm512_maskz_loadu_ps(lanes(w - base - 16), row0 + base + 16);
+                __m512 a00 = _mm512_permutex2var_ps(lo, even, hi), a01 = _mm512_permutex2var_ps(lo, odd, hi);
+                __m512 a10 = zero, a11 = zero;
+                if (row1) {
+                    lo = _mm512_maskz_loadu_ps(lanes(w - base), row1 + base);
+                    hi = _mm512_maskz_loadu_ps(lanes(w - base - 16), row1 + base + 16);
+                    a10 = _mm512_permutex2var_ps(lo, even, hi); a11 = _mm512_permutex2var_ps(lo, odd, hi);
+                }
+                __m512 r1a = _mm512_add_ps(a00, a10), r1b = _mm512_add_ps(a01, a11);
+                __m512 r2a = _mm512_sub_ps(a00, a10), r2b = _mm512_sub_ps(a01, a11);
+                __m512 v[16];
+                v[0] = a00; v[1] = _mm512_add_ps(a00, a01); v[2] = _mm512_sub_ps(a00, a01); v[3] = negate(a01);
+                v[4] = r1a; v[5] = _mm512_add_ps(r1a, r1b); v[6] = _mm512_sub_ps(r1a, r1b); v[7] = negate(r1b);
+                v[8] = r2a; v[9] = _mm512_add_ps(r2a, r2b); v[10] = _mm512_sub_ps(r2a, r2b); v[11] = negate(r2b);
+                v[12] = negate(a10); v[13] = _mm512_sub_ps(negate(a10), a11); v[14] = _mm512_add_ps(negate(a10), a11);
+                v[15] = a11;
+                __mmask16 m = lanes(tw - tx);
+                for (int xi = 0; xi < 16; xi++) _mm512_mask_storeu_ps(out + xi * stride + tx, m, v[xi]);
+            }
+        }
+    }
+}
+
+__attribute__((target("avx512f")))
+void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
+                                                 int row_start, int rows, float *dm, long tiles) {
+    const long h = height, w = width, tw = tiles_wide, stride = (long)channels * tiles;
+    const __m512i p01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    const __m512i p23 = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int o = 0; o < channels; o++) {
+        const float *src = dy + (long)o * h * w;
+        for (int ty = row_start; ty < row_start + rows; ty++) {
+            const long oy = 4L * ty;
+            if (ty + 1 < row_start + rows) prefetch_rows(src, h, w, oy + 4, 4);
+            else if (o + 1 < channels) prefetch_rows(src + h * w, h, w, 4L * row_start, 4);
+            float *out = dm + (long)o * tiles + (long)(ty - row_start) * tw;
+            for (long tx = 0; tx < tw; tx += 16) {
+                const long base = 4 * tx;
+                // g[r][q]: row r, column phase q of sixteen tiles (zero outside the image).
+                __m512 g[4][4];
+                for (int r = 0; r < 4; r++) {
+                    if (oy + r >= h) { g[r][0] = g[r][1] = g[r][2] = g[r][3] = zero; continue; }
+                    const float *row = src + (oy + r) * w + base;
+                    __m512 l0 = _mm512_maskz_loadu_ps(lanes(w - base), row);
+                    __m512 l1 = _mm512_maskz_loadu_ps(lanes(w - base - 16), row + 16);
+                    __m512 l2 = _mm512_maskz_loadu_ps(lanes(w - base - 32), row + 32);
+                    __m512 l3 = _mm512_maskz_loadu_ps(lanes(w - base - 48), row + 48);
+                    __m512 x01 = _mm512_permutex2var_ps(l0, p01, l1), y01 = _mm512_permutex2var_ps(l2, p01, l3);
+                    __m512 x23 = _mm512_permutex2var_ps(l0, p23, l1), y23 = _mm512_permutex2var_ps(l2, p23, l3);
+                    g[r][0] = _mm512_shuffle_f32x4(x01, y01, 0x44); g[r][1] = _mm512_shuffle_f32x4(x01, y01, 0xEE);
+                    g[r][2] = _mm512_shuffle_f32x4(x23, y23, 0x44); g[r][3] = _mm512_shuffle_f32x4(x23, y23, 0xEE);
+                }
+                // A g down each column q: col[q][i].
+                __m512 col[4][6];
+                for (int q = 0; q < 4; q++)
+                    GRADIENT_TRANSFORM4(g[0][q], g[1][q], g[2][q], g[3][q],
+                                        col[q][0], col[q][1], col[q][2], col[q][3], col[q][4], col[q][5]);
+                // (A g) A^T along each row i.
+                __mmask16 m = lanes(tw - tx);
+                for (int i = 0; i < 6; i++) {
+                    __m512 v0, v1, v2, v3, v4, v5;
+                    GRADIENT_TRANSFORM4(col[0][i], col[1][i], col[2][i], col[3][i], v0, v1, v2, v3, v4, v5);
+                    float *d = out + 6L * i * stride + tx;
+                    _mm512_mask_storeu_ps(d, m, v0); _mm512_mask_storeu_ps(d + stride, m, v1);
+                    _mm512_mask_storeu_ps(d + 2 * stride, m, v2); _mm512_mask_storeu_ps(d + 3 * stride, m, v3);
+                    _mm512_mask_storeu_ps(d + 4 * stride, m, v4); _mm512_mask_storeu_ps(d + 5 * stride, m, v5);
+                }
+            }
+        }
+    }
+}
+
 #else  // not x86_64: never called (Winograd.swift asks segtrain_gemm_avx512_usable first)
 
 void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height, int width, int tiles_wide,
@@ -300,6 +404,17 @@ void segtrain_winograd_output_f4_avx512(const float *mt, long tiles, float *y, i
                                         int accumulate, int relu) {
     segtrain_winograd_output_f2_avx512(mt, tiles, y, channels, height, width, tiles_wide, row_start, rows, bias,
                                        accumulate, relu);
+}
+
+void segtrain_winograd_output_gradient_f2_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
+                                                 int row_start, int rows, float *dm, long tiles) {
+    (void)dy; (void)channels; (void)height; (void)width; (void)tiles_wide; (void)row_start; (void)rows;
+    (void)dm; (void)tiles;
+}
+
+void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
+                                                 int row_start, int rows, float *dm, long tiles) {
+    segtrain_winograd_output_gradient_f2_avx512(dy, channels, height, width, tiles_wide, row_start, rows, dm, tiles);
 }
 
 #endif

@@ -506,11 +506,25 @@ func transformOutputF2Portable(_ m: UnsafeMutablePointer<Float>, tiles: Int, int
 }
 
 /// F(2x2): dM[xi][o][t] = (A dy A^T)[xi] for the 2x2 output-gradient tile (zero outside the image),
-/// a tile row at a time: the two rows split into even and odd columns, then 16 streams over the tiles.
+/// by CWinograd's AVX-512 version where it runs, else transformOutputGradientF2Portable.
 @inline(__always)
 func transformOutputGradientF2(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
                                rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
                                rowBuffer: UnsafeMutablePointer<Float>) {
+    if winogradAVX512 {
+        segtrain_winograd_output_gradient_f2_avx512(dy, Int32(channels), Int32(plan.height), Int32(plan.width),
+                                                    Int32(plan.tilesWide), Int32(rowStart), Int32(rows), dm, tiles)
+    } else {
+        transformOutputGradientF2Portable(dy, channels: channels, plan: plan, rowStart: rowStart, rows: rows,
+                                          into: dm, tiles: tiles, rowBuffer: rowBuffer)
+    }
+}
+
+/// F(2x2)'s output-gradient transform in Swift, the reference of the AVX-512 version: a tile row at
+/// a time, the two rows split into even and odd columns, then 16 streams over the tiles.
+func transformOutputGradientF2Portable(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                                       rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
+                                       rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
     // Two output-gradient rows padded to 2 * tilesWide columns (a zero last column when W is odd),
@@ -718,12 +732,26 @@ func transformOutputF4Portable(_ m: UnsafeMutablePointer<Float>, tiles: Int, int
     }
 }
 
-/// dM[xi][o][t] = (A dy A^T)[xi] for the 4x4 output-gradient tile (zero outside the image),
-/// a tile row at a time: the four rows split into their column phases, then 36 streams over the tiles.
+/// dM[xi][o][t] = (A dy A^T)[xi] for the 4x4 output-gradient tile (zero outside the image), by
+/// CWinograd's AVX-512 version where it runs, else transformOutputGradientF4Portable.
 @inline(__always)
 func transformOutputGradientF4(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
                                rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
                                rowBuffer: UnsafeMutablePointer<Float>) {
+    if winogradAVX512 {
+        segtrain_winograd_output_gradient_f4_avx512(dy, Int32(channels), Int32(plan.height), Int32(plan.width),
+                                                    Int32(plan.tilesWide), Int32(rowStart), Int32(rows), dm, tiles)
+    } else {
+        transformOutputGradientF4Portable(dy, channels: channels, plan: plan, rowStart: rowStart, rows: rows,
+                                          into: dm, tiles: tiles, rowBuffer: rowBuffer)
+    }
+}
+
+/// F(4x4)'s output-gradient transform in Swift, the reference of the AVX-512 version: a tile row at
+/// a time, the four rows split into their column phases, then 36 streams over the tiles.
+func transformOutputGradientF4Portable(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
+                                       rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
+                                       rowBuffer: UnsafeMutablePointer<Float>) {
     let h = plan.height, w = plan.width, tw = plan.tilesWide
     let stride = channels * tiles
     // Four output-gradient rows padded with zeros to 4 * tilesWide columns, then their phases

@@ -119,4 +119,38 @@ final class WinogradAVX512Tests: XCTestCase {
         }
         XCTAssertGreaterThan(compared, 3000)
     }
+
+    func testOutputGradientTransformsGiveThePortableBits() throws {
+        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        var compared = 0
+        for tile in [2, 4] {
+            let points = (tile + 2) * (tile + 2)
+            forEachShape(tile: tile) { channels, plan, rowStart, rows, tiles, offset in
+                let what = "F\(tile) \(channels) x \(plan.height) x \(plan.width), tile rows \(rowStart) + \(rows)"
+                let dy = S.random(Shape(1, channels, plan.height, plan.width), seed: UInt64(plan.width * 7 + plan.height))
+                let garbage = S.random(Shape(points, channels, 1, tiles), seed: 3)
+                let portable = OwnedTensor(garbage.shape), fast = OwnedTensor(garbage.shape)
+                portable.tensor.copy(from: garbage.tensor); fast.tensor.copy(from: garbage.tensor)
+                let buffer = OwnedTensor(.vector(plan.rowFloats))
+                if tile == 2 {
+                    transformOutputGradientF2Portable(dy.tensor.data, channels: channels, plan: plan, rowStart: rowStart,
+                                                      rows: rows, into: portable.tensor.data + offset, tiles: tiles,
+                                                      rowBuffer: buffer.tensor.data)
+                    segtrain_winograd_output_gradient_f2_avx512(dy.tensor.data, Int32(channels), Int32(plan.height),
+                                                                Int32(plan.width), Int32(plan.tilesWide), Int32(rowStart),
+                                                                Int32(rows), fast.tensor.data + offset, tiles)
+                } else {
+                    transformOutputGradientF4Portable(dy.tensor.data, channels: channels, plan: plan, rowStart: rowStart,
+                                                      rows: rows, into: portable.tensor.data + offset, tiles: tiles,
+                                                      rowBuffer: buffer.tensor.data)
+                    segtrain_winograd_output_gradient_f4_avx512(dy.tensor.data, Int32(channels), Int32(plan.height),
+                                                                Int32(plan.width), Int32(plan.tilesWide), Int32(rowStart),
+                                                                Int32(rows), fast.tensor.data + offset, tiles)
+                }
+                S.assertBitwiseEqual(fast.tensor, portable.tensor, what)
+                compared += 1
+            }
+        }
+        XCTAssertGreaterThan(compared, 600)
+    }
 }

@@ -30,3 +30,11 @@ void segtrain_winograd_output_f2_avx512(const float *m, long tiles, float *y, in
 void segtrain_winograd_output_f4_avx512(const float *m, long tiles, float *y, int channels, int height, int width,
                                         int tiles_wide, int row_start, int rows, const float *bias,
                                         int accumulate, int relu);
+
+/// F(2x2) and F(4x4) output-gradient transforms, as transformOutputGradientF2/F4 in Winograd.swift:
+/// the m x m tile (ty, tx) of channel o of dy (channels, height, width; zero outside the image) goes
+/// to dm[xi * channels * tiles + o * tiles + t] as A g A^T.
+void segtrain_winograd_output_gradient_f2_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
+                                                 int row_start, int rows, float *dm, long tiles);
+void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
+                                                 int row_start, int rows, float *dm, long tiles);
