@@ -65,12 +65,25 @@ static float *thread_buffers(void) {
 
 // op(B)[0..kc), j0..) as NR-column micro-panels: panel r holds p[r*NR*kc + k*NR + j] = B(k, r*NR+j)
 // (B not transposed; pack_b_transposed below packs a transposed one).
+/// Mask of the first n columns of a 16-float vector (none for n <= 0, all for n >= 16).
+__attribute__((target("avx512f"), always_inline))
+static inline __mmask16 column_mask(int n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+// Three masked vector copies per row (zeros past the last column) instead of a memcpy and a
+// memset call per row: the rows are short (48 floats), and narrow products have many of them.
+__attribute__((target("avx512f")))
 static void pack_b(int kc, int nc, const float *b, long ldb, float *p) {
     for (int j0 = 0; j0 < nc; j0 += NR, p += NR * kc) {
         int nr = nc - j0 < NR ? nc - j0 : NR;
+        __mmask16 m0 = column_mask(nr), m1 = column_mask(nr - 16), m2 = column_mask(nr - 32);
         for (int k = 0; k < kc; k++) {
-            memcpy(p + k * NR, b + (long)k * ldb + j0, sizeof(float) * nr);
-            if (nr < NR) memset(p + k * NR + nr, 0, sizeof(float) * (NR - nr));
+            const float *src = b + (long)k * ldb + j0;
+            float *dst = p + k * NR;
+            _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(m0, src));
+            _mm512_storeu_ps(dst + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+            _mm512_storeu_ps(dst + 32, _mm512_maskz_loadu_ps(m2, src + 32));
         }
     }
 }
