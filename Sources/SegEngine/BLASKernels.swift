@@ -91,7 +91,7 @@ public enum BLASKernels {
         if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil {
             // Where segtrain's own kernel runs the convolutions (Gemm.swift), OpenBLAS's family no
             // longer decides their speed: no advice to change it.
-            if Gemm.backend == .avx512 { return "\(core) (OPENBLAS_CORETYPE; only single-row products run on OpenBLAS here)" }
+            if Gemm.backend == .avx512 { return "\(core) (OPENBLAS_CORETYPE; unused: segtrain's AVX-512 kernel runs every product)" }
             guard let newer = newerFamily(than: core, flags: cpuFlags()) else { return "\(core) (OPENBLAS_CORETYPE)" }
             return "\(core) (OPENBLAS_CORETYPE; this CPU also runs OpenBLAS's newer \(newer) kernels: "
                 + "unset OPENBLAS_CORETYPE or set it to \(newer), often faster)"

@@ -1,7 +1,7 @@
 // The one single-precision GEMM every convolution calls. On a CPU with AVX-512 it is segtrain's own
-// kernel (CGemm, gemm.c); elsewhere, and for single-row products (m == 1, which OpenBLAS runs as a
-// matrix-vector product), OpenBLAS's cblas_sgemm. Which one runs depends on the CPU, the
-// environment and the shape alone, never on threads, so results stay thread-count independent.
+// kernel (CGemm, gemm.c), single-row products (m == 1: a 1-class head) included; elsewhere
+// OpenBLAS's cblas_sgemm. Which one runs depends on the CPU and the environment alone, never on
+// threads or shapes, so results stay thread-count independent.
 //
 // Why a kernel of our own: OpenBLAS picks its kernels from OPENBLAS_CORETYPE when that is set,
 // and an environment that names an AVX2 family (a Zen 5 machine's set Haswell) leaves AVX-512
@@ -18,7 +18,7 @@ import Glibc
 
 public enum Gemm {
     public enum Backend: String, Sendable {
-        /// segtrain's AVX-512 kernel (m >= 2) and OpenBLAS (m == 1).
+        /// segtrain's AVX-512 kernel (OpenBLAS only if its packing buffers cannot be allocated).
         case avx512
         /// OpenBLAS for every product.
         case openBLAS = "openblas"
@@ -62,7 +62,7 @@ public enum Gemm {
     /// One line for `segtrain info` and `segtrain bench`.
     public static var description: String {
         switch backend {
-        case .avx512: return "segtrain's AVX-512 kernel (OpenBLAS for single-row products; \(variable)=openblas for OpenBLAS only)"
+        case .avx512: return "segtrain's AVX-512 kernel (\(variable)=openblas for OpenBLAS)"
         case .openBLAS: return avx512Usable ? "OpenBLAS (\(variable)=openblas)" : "OpenBLAS (this CPU has no AVX-512)"
         }
     }
@@ -82,7 +82,7 @@ public enum Gemm {
                              a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                              beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         // The kernel returns -1 only when its packing buffers cannot be allocated: OpenBLAS then does it.
-        if backend == .avx512 && m >= 2
+        if backend == .avx512
             && segtrain_sgemm_avx512(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda),
                                      b, Int32(ldb), beta, c, Int32(ldc)) == 0 {
             return
