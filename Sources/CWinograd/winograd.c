@@ -378,6 +378,74 @@ void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, 
     }
 }
 
+__attribute__((target("avx512f")))
+void segtrain_winograd_weights_avx512(const float *weight, int cout, int cin, int row, int for_input_gradient,
+                                      int tile, float *u) {
+    const long columns = for_input_gradient ? cin : cout, stride = (long)cout * cin;
+    // Lane l of column block k is kernel (o, c) = (k + l, row) forward, (row, k + l) for the input
+    // gradient; its nine values are gathered from the weight (O, I, 3, 3).
+    const float *first = for_input_gradient ? weight + (long)row * cin * 9 : weight + (long)row * 9;
+    const int lane_stride = for_input_gradient ? 9 : cin * 9;
+    const __m512i lane = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(lane_stride));
+    const __m512 zero = _mm512_setzero_ps();
+    float *out = u + (long)row * columns;
+    for (long k = 0; k < columns; k += 16) {
+        const __mmask16 m = lanes(columns - k);
+        const float *base = first + k * lane_stride;
+        __m512 g[3][3];
+        for (int i = 0; i < 3; i++) {
+            for (int j = 0; j < 3; j++) {
+                const int index = for_input_gradient ? (2 - i) * 3 + (2 - j) : i * 3 + j;
+                g[i][j] = _mm512_mask_i32gather_ps(zero, m, _mm512_add_epi32(lane, _mm512_set1_epi32(index)), base, 4);
+            }
+        }
+        if (tile == 4) {
+            // weightTransform3: (g0/4, -(s + g1)/6, -(s - g1)/6, g0/24 + g1/12 + g2/6, g0/24 - g1/12 + g2/6, g2),
+            // s = g0 + g2, down each column j, then along each of the six rows.
+            const __m512 quarter = _mm512_set1_ps(0.25f), six = _mm512_set1_ps(6), twelve = _mm512_set1_ps(12);
+            const __m512 twentyfour = _mm512_set1_ps(24);
+#define WEIGHT_TRANSFORM3(g0, g1, g2, r) do {                                                          \
+                __m512 s_ = _mm512_add_ps(g0, g2);                                                    \
+                __m512 a_ = _mm512_div_ps(g0, twentyfour), b_ = _mm512_div_ps(g1, twelve);            \
+                __m512 c_ = _mm512_div_ps(g2, six);                                                   \
+                r[0] = _mm512_mul_ps(quarter, g0);                                                    \
+                r[1] = _mm512_div_ps(_mm512_sub_ps(zero, _mm512_add_ps(s_, g1)), six);                \
+                r[2] = _mm512_div_ps(_mm512_sub_ps(zero, _mm512_sub_ps(s_, g1)), six);                \
+                r[3] = _mm512_add_ps(_mm512_add_ps(a_, b_), c_);                                      \
+                r[4] = _mm512_add_ps(_mm512_sub_ps(a_, b_), c_);                                      \
+                r[5] = g2;                                                                            \
+            } while (0)
+            __m512 col[3][6];
+            for (int j = 0; j < 3; j++) WEIGHT_TRANSFORM3(g[0][j], g[1][j], g[2][j], col[j]);
+            for (int i = 0; i < 6; i++) {
+                __m512 r[6];
+                WEIGHT_TRANSFORM3(col[0][i], col[1][i], col[2][i], r);
+                for (int q = 0; q < 6; q++) _mm512_mask_storeu_ps(out + (6L * i + q) * stride + k, m, r[q]);
+            }
+#undef WEIGHT_TRANSFORM3
+        } else {
+            // G g: per column (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2), then the same along each row.
+            const __m512 half = _mm512_set1_ps(0.5f);
+            __m512 col[3][4];
+            for (int j = 0; j < 3; j++) {
+                col[j][0] = g[0][j];
+                col[j][1] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(g[0][j], g[1][j]), g[2][j]));
+                col[j][2] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(g[0][j], g[1][j]), g[2][j]));
+                col[j][3] = g[2][j];
+            }
+            for (int i = 0; i < 4; i++) {
+                __m512 a = col[0][i], b = col[1][i], c = col[2][i];
+                float *o = out + (4L * i) * stride + k;
+                _mm512_mask_storeu_ps(o, m, a);
+                _mm512_mask_storeu_ps(o + stride, m, _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(a, b), c)));
+                _mm512_mask_storeu_ps(o + 2 * stride, m, _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(a, b), c)));
+                _mm512_mask_storeu_ps(o + 3 * stride, m, c);
+            }
+        }
+    }
+}
+
 #else  // not x86_64: never called (Winograd.swift asks segtrain_gemm_avx512_usable first)
 
 void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height, int width, int tiles_wide,
@@ -415,6 +483,11 @@ void segtrain_winograd_output_gradient_f2_avx512(const float *dy, int channels, 
 void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
                                                  int row_start, int rows, float *dm, long tiles) {
     segtrain_winograd_output_gradient_f2_avx512(dy, channels, height, width, tiles_wide, row_start, rows, dm, tiles);
+}
+
+void segtrain_winograd_weights_avx512(const float *weight, int cout, int cin, int row, int for_input_gradient,
+                                      int tile, float *u) {
+    (void)weight; (void)cout; (void)cin; (void)row; (void)for_input_gradient; (void)tile; (void)u;
 }
 
 #endif

@@ -799,10 +799,27 @@ func transformOutputGradientF4Portable(_ dy: UnsafeMutablePointer<Float>, channe
 
 /// The transformed weights of a (Cout, Cin, 3, 3) kernel, stored transposed (the GEMMs multiply by
 /// U^T's transpose, so segtrain's GEMM reads its rows in place instead of packing U for every chunk),
-/// parallel over the rows, eight kernels at a time along a row:
+/// parallel over the rows (sixteen kernels at a time along a row in CWinograd's AVX-512 version where
+/// it runs, eight in transformAllWeightsPortable):
 /// forward         U^T[xi][c][o] = (G g[o][c] G^T)[xi]
 /// input gradient  U'^T[xi][o][c] = (G flip(g[o][c]) G^T)[xi]  (Cin and Cout swapped, kernel rotated)
-private func transformAllWeights(_ weight: Tensor, into u: UnsafeMutablePointer<Float>, forInputGradient: Bool,
+func transformAllWeights(_ weight: Tensor, into u: UnsafeMutablePointer<Float>, forInputGradient: Bool,
+                         tile: Int, pool: WorkerPool) {
+    guard winogradAVX512 else {
+        transformAllWeightsPortable(weight, into: u, forInputGradient: forInputGradient, tile: tile, pool: pool)
+        return
+    }
+    let rows = forInputGradient ? weight.n : weight.c
+    pool.parallelFor(rows) { range, _ in
+        for r in range {
+            segtrain_winograd_weights_avx512(weight.data, Int32(weight.n), Int32(weight.c), Int32(r),
+                                             forInputGradient ? 1 : 0, Int32(tile), u)
+        }
+    }
+}
+
+/// transformAllWeights in Swift, the reference of the AVX-512 version.
+func transformAllWeightsPortable(_ weight: Tensor, into u: UnsafeMutablePointer<Float>, forInputGradient: Bool,
                                  tile: Int, pool: WorkerPool) {
     let cout = weight.n, cin = weight.c
     // Row r, column k: kernel (o, c) = (k, r) forward, (r, k) for the input gradient.

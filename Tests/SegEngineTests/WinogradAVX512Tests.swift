@@ -153,4 +153,29 @@ final class WinogradAVX512Tests: XCTestCase {
         }
         XCTAssertGreaterThan(compared, 600)
     }
+
+    /// The weight transforms, both tiles, forward and flipped for the input gradient, channel counts
+    /// around one and two 16-kernel vectors.
+    func testWeightTransformsGiveThePortableBits() throws {
+        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        let pool = WorkerPool(threads: 2)
+        var compared = 0
+        for tile in [2, 4] {
+            for (cout, cin) in [(1, 1), (3, 5), (16, 16), (17, 15), (33, 2), (2, 40), (31, 47)] {
+                let weight = S.random(Shape(cout, cin, 3, 3), seed: UInt64(cout * 100 + cin))
+                let floats = (tile + 2) * (tile + 2) * cout * cin
+                for flip in [false, true] {
+                    let portable = S.random(.vector(floats), seed: 1), fast = OwnedTensor(.vector(floats))
+                    fast.tensor.copy(from: portable.tensor)
+                    transformAllWeightsPortable(weight.tensor, into: portable.tensor.data, forInputGradient: flip,
+                                                tile: tile, pool: pool)
+                    transformAllWeights(weight.tensor, into: fast.tensor.data, forInputGradient: flip, tile: tile,
+                                        pool: pool)
+                    S.assertBitwiseEqual(fast.tensor, portable.tensor, "F\(tile) \(cout) x \(cin) flip \(flip)")
+                    compared += 1
+                }
+            }
+        }
+        XCTAssertEqual(compared, 28)
+    }
 }
