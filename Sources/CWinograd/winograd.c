@@ -14,6 +14,32 @@ static inline __mmask16 lanes(long n) {
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
 }
 
+/// The even and odd floats of p[0 ..< 32] (zeros from p[valid] on: the rest is not read): e[t] =
+/// p[2t], o[t] = p[2t + 1] for sixteen t.
+__attribute__((target("avx512f"), always_inline))
+static inline void phases2(const float *p, long valid, __m512 *e, __m512 *o) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 lo = _mm512_maskz_loadu_ps(lanes(valid), p), hi = _mm512_maskz_loadu_ps(lanes(valid - 16), p + 16);
+    *e = _mm512_permutex2var_ps(lo, even, hi);
+    *o = _mm512_permutex2var_ps(lo, odd, hi);
+}
+
+/// The four column phases of p[0 ..< 64] (zeros from p[valid] on): a[q][t] = p[4t + q] for sixteen
+/// t, by two-source permutes (phases q and q + 1 of 32 floats in the low and high halves) and
+/// 128-bit lane shuffles.
+__attribute__((target("avx512f"), always_inline))
+static inline void phases4(const float *p, long valid, __m512 a[4]) {
+    const __m512i p01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    const __m512i p23 = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+    __m512 l0 = _mm512_maskz_loadu_ps(lanes(valid), p), l1 = _mm512_maskz_loadu_ps(lanes(valid - 16), p + 16);
+    __m512 l2 = _mm512_maskz_loadu_ps(lanes(valid - 32), p + 32), l3 = _mm512_maskz_loadu_ps(lanes(valid - 48), p + 48);
+    __m512 x01 = _mm512_permutex2var_ps(l0, p01, l1), y01 = _mm512_permutex2var_ps(l2, p01, l3);
+    __m512 x23 = _mm512_permutex2var_ps(l0, p23, l1), y23 = _mm512_permutex2var_ps(l2, p23, l3);
+    a[0] = _mm512_shuffle_f32x4(x01, y01, 0x44); a[1] = _mm512_shuffle_f32x4(x01, y01, 0xEE);
+    a[2] = _mm512_shuffle_f32x4(x23, y23, 0x44); a[3] = _mm512_shuffle_f32x4(x23, y23, 0xEE);
+}
+
 /// Prefetches rows [first, first + count) of an h x w plane (clipped to it): the rows a band's next tile row
 /// adds, or the next channel's first rows. The hardware prefetchers lose the stream at those jumps
 /// between bands and planes, and the transforms then wait on memory.
@@ -31,8 +57,6 @@ void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height,
     const long stride = (long)channels * tiles;
     float *p0 = buffer, *p1 = p0 + rs, *p2 = p1 + rs, *p3 = p2 + rs;
     const __m512 zero = _mm512_setzero_ps();
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     // Index p of a padded row is column p - 1: p = 0 and p > w stay zero.
     for (int r = 0; r < 4; r++) {
         float *p = buffer + r * rs;
@@ -66,12 +90,9 @@ void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height,
                 float *o0 = out + (4L * i) * stride, *o1 = o0 + stride, *o2 = o1 + stride, *o3 = o2 + stride;
                 for (long tx = 0; tx < tw; tx += 16) {
                     const long base = 2 * tx;
-                    __m512 lo = _mm512_maskz_loadu_ps(lanes(rs - base), p + base);
-                    __m512 hi = _mm512_maskz_loadu_ps(lanes(rs - base - 16), p + base + 16);
-                    __m512 lo2 = _mm512_maskz_loadu_ps(lanes(rs - base - 2), p + base + 2);
-                    __m512 hi2 = _mm512_maskz_loadu_ps(lanes(rs - base - 18), p + base + 18);
-                    __m512 a0 = _mm512_permutex2var_ps(lo, even, hi), a1 = _mm512_permutex2var_ps(lo, odd, hi);
-                    __m512 a2 = _mm512_permutex2var_ps(lo2, even, hi2), a3 = _mm512_permutex2var_ps(lo2, odd, hi2);
+                    __m512 a0, a1, a2, a3;
+                    phases2(p + base, rs - base, &a0, &a1);
+                    phases2(p + base + 2, rs - base - 2, &a2, &a3);
                     __mmask16 m = lanes(tw - tx);
                     _mm512_mask_storeu_ps(o0 + tx, m, _mm512_sub_ps(a0, a2));
                     _mm512_mask_storeu_ps(o1 + tx, m, _mm512_add_ps(a1, a2));
@@ -109,10 +130,6 @@ void segtrain_winograd_input_f4_avx512(const float *x, int channels, int height,
         for (long j = w + 1; j < rs; j++) t[r][j] = 0;
     }
     const __m512 zero = _mm512_setzero_ps();
-    // From 32 floats (lo, hi): phase q of the first 32 in the low 8 lanes and phase q + 1 in the
-    // high 8 (q = 0: p01, q = 2: p23), phase k being the floats at 4s + k.
-    const __m512i p01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
-    const __m512i p23 = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
     for (int c = 0; c < channels; c++) {
         const float *src = x + (long)c * h * w;
         for (int ty = row_start; ty < row_start + rows; ty++) {
@@ -136,15 +153,10 @@ void segtrain_winograd_input_f4_avx512(const float *x, int channels, int height,
                 float *o = out + (6L * i) * stride;
                 for (long tx = 0; tx < tw; tx += 16) {
                     const long base = 4 * tx;
-                    __m512 l0 = _mm512_maskz_loadu_ps(lanes(rs - base), p + base);
-                    __m512 l1 = _mm512_maskz_loadu_ps(lanes(rs - base - 16), p + base + 16);
-                    __m512 l2 = _mm512_maskz_loadu_ps(lanes(rs - base - 32), p + base + 32);
-                    __m512 l3 = _mm512_maskz_loadu_ps(lanes(rs - base - 48), p + base + 48);
+                    __m512 ph[4];
+                    phases4(p + base, rs - base, ph);
+                    __m512 a0 = ph[0], a1 = ph[1], a2 = ph[2], a3 = ph[3];
                     __m512 next = _mm512_maskz_loadu_ps(lanes(rs - base - 64) & 3, p + base + 64);
-                    __m512 x01 = _mm512_permutex2var_ps(l0, p01, l1), y01 = _mm512_permutex2var_ps(l2, p01, l3);
-                    __m512 x23 = _mm512_permutex2var_ps(l0, p23, l1), y23 = _mm512_permutex2var_ps(l2, p23, l3);
-                    __m512 a0 = _mm512_shuffle_f32x4(x01, y01, 0x44), a1 = _mm512_shuffle_f32x4(x01, y01, 0xEE);
-                    __m512 a2 = _mm512_shuffle_f32x4(x23, y23, 0x44), a3 = _mm512_shuffle_f32x4(x23, y23, 0xEE);
                     // Phases 0 and 1 one tile on: p[4(t + 1)] and p[4(t + 1) + 1].
                     __m512 n1 = _mm512_permutexvar_ps(_mm512_set1_epi32(1), next);
                     __m512 a4 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(a0), 1));
@@ -291,8 +303,6 @@ __attribute__((target("avx512f")))
 void segtrain_winograd_output_gradient_f2_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
                                                  int row_start, int rows, float *dm, long tiles) {
     const long h = height, w = width, tw = tiles_wide, stride = (long)channels * tiles;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const __m512 zero = _mm512_setzero_ps();
     for (int o = 0; o < channels; o++) {
         const float *src = dy + (long)o * h * w;
@@ -304,15 +314,9 @@ void segtrain_winograd_output_gradient_f2_avx512(const float *dy, int channels, 
             float *out = dm + (long)o * tiles + (long)(ty - row_start) * tw;
             for (long tx = 0; tx < tw; tx += 16) {
                 const long base = 2 * tx;
-                __m512 lo = _mm512_maskz_loadu_ps(lanes(w - base), row0 + base);
-                __m512 hi = _mm512_maskz_loadu_ps(lanes(w - base - 16), row0 + base + 16);
-                __m512 a00 = _mm512_permutex2var_ps(lo, even, hi), a01 = _mm512_permutex2var_ps(lo, odd, hi);
-                __m512 a10 = zero, a11 = zero;
-                if (row1) {
-                    lo = _mm512_maskz_loadu_ps(lanes(w - base), row1 + base);
-                    hi = _mm512_maskz_loadu_ps(lanes(w - base - 16), row1 + base + 16);
-                    a10 = _mm512_permutex2var_ps(lo, even, hi); a11 = _mm512_permutex2var_ps(lo, odd, hi);
-                }
+                __m512 a00, a01, a10 = zero, a11 = zero;
+                phases2(row0 + base, w - base, &a00, &a01);
+                if (row1) phases2(row1 + base, w - base, &a10, &a11);
                 __m512 r1a = _mm512_add_ps(a00, a10), r1b = _mm512_add_ps(a01, a11);
                 __m512 r2a = _mm512_sub_ps(a00, a10), r2b = _mm512_sub_ps(a01, a11);
                 __m512 v[16];
@@ -332,8 +336,6 @@ __attribute__((target("avx512f")))
 void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
                                                  int row_start, int rows, float *dm, long tiles) {
     const long h = height, w = width, tw = tiles_wide, stride = (long)channels * tiles;
-    const __m512i p01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
-    const __m512i p23 = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
     const __m512 zero = _mm512_setzero_ps();
     for (int o = 0; o < channels; o++) {
         const float *src = dy + (long)o * h * w;
@@ -348,15 +350,7 @@ void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, 
                 __m512 g[4][4];
                 for (int r = 0; r < 4; r++) {
                     if (oy + r >= h) { g[r][0] = g[r][1] = g[r][2] = g[r][3] = zero; continue; }
-                    const float *row = src + (oy + r) * w + base;
-                    __m512 l0 = _mm512_maskz_loadu_ps(lanes(w - base), row);
-                    __m512 l1 = _mm512_maskz_loadu_ps(lanes(w - base - 16), row + 16);
-                    __m512 l2 = _mm512_maskz_loadu_ps(lanes(w - base - 32), row + 32);
-                    __m512 l3 = _mm512_maskz_loadu_ps(lanes(w - base - 48), row + 48);
-                    __m512 x01 = _mm512_permutex2var_ps(l0, p01, l1), y01 = _mm512_permutex2var_ps(l2, p01, l3);
-                    __m512 x23 = _mm512_permutex2var_ps(l0, p23, l1), y23 = _mm512_permutex2var_ps(l2, p23, l3);
-                    g[r][0] = _mm512_shuffle_f32x4(x01, y01, 0x44); g[r][1] = _mm512_shuffle_f32x4(x01, y01, 0xEE);
-                    g[r][2] = _mm512_shuffle_f32x4(x23, y23, 0x44); g[r][3] = _mm512_shuffle_f32x4(x23, y23, 0xEE);
+                    phases4(src + (oy + r) * w + base, w - base, g[r]);
                 }
                 // A g down each column q: col[q][i].
                 __m512 col[4][6];
