@@ -40,14 +40,24 @@ static inline void phases4(const float *p, long valid, __m512 a[4]) {
     a[2] = _mm512_shuffle_f32x4(x23, y23, 0x44); a[3] = _mm512_shuffle_f32x4(x23, y23, 0xEE);
 }
 
-/// Prefetches rows [first, first + count) of an h x w plane (clipped to it): the rows a band's next tile row
-/// adds, or the next channel's first rows. The hardware prefetchers lose the stream at those jumps
-/// between bands and planes, and the transforms then wait on memory.
+/// Prefetches rows [first, first + count) of an h x w plane (clipped to it). The hardware
+/// prefetchers lose the stream at the jumps between bands and planes, and the transforms then
+/// wait on memory; prefetch_next asks for what comes after such a jump.
 __attribute__((always_inline))
 static inline void prefetch_rows(const float *plane, long h, long w, long first, long count) {
     long lo = first < 0 ? 0 : first, hi = first + count > h ? h : first + count;
     for (long r = lo; r < hi; r++)
         for (long j = 0; j < w; j += 16) _mm_prefetch((const char *)(plane + r * w + j), _MM_HINT_T0);
+}
+
+/// What the step after tile row ty of a band (tile rows [row_start, row_start + rows)) touches,
+/// when tile row t touches rows [m t + offset, m t + offset + span) of its plane: the next tile
+/// row's m new rows, or, at the band's end and if another plane follows, that plane's first rows.
+__attribute__((always_inline))
+static inline void prefetch_next(const float *plane, long h, long w, long m, long offset, long span, int ty,
+                                 int row_start, int rows, int more_planes) {
+    if (ty + 1 < row_start + rows) prefetch_rows(plane, h, w, m * ty + offset + span, m);
+    else if (more_planes) prefetch_rows(plane + h * w, h, w, m * row_start + offset, span);
 }
 
 __attribute__((target("avx512f")))
@@ -69,8 +79,7 @@ void segtrain_winograd_input_f2_avx512(const float *x, int channels, int height,
             const long y0 = 2L * ty - 1;
             const float *d[4];
             for (int i = 0; i < 4; i++) d[i] = (y0 + i >= 0 && y0 + i < h) ? src + (y0 + i) * w : 0;
-            if (ty + 1 < row_start + rows) prefetch_rows(src, h, w, y0 + 4, 2);
-            else if (c + 1 < channels) prefetch_rows(src + h * w, h, w, 2L * row_start - 1, 4);
+            prefetch_next(src, h, w, 2, -1, 4, ty, row_start, rows, c + 1 < channels);
             // B^T d down the columns (rows outside the image are zeros, as the Swift zero row).
             for (long j = 0; j < w; j += 16) {
                 __mmask16 m = lanes(w - j);
@@ -136,8 +145,7 @@ void segtrain_winograd_input_f4_avx512(const float *x, int channels, int height,
             const long y0 = 4L * ty - 1;
             const float *d[6];
             for (int i = 0; i < 6; i++) d[i] = (y0 + i >= 0 && y0 + i < h) ? src + (y0 + i) * w : 0;
-            if (ty + 1 < row_start + rows) prefetch_rows(src, h, w, y0 + 6, 4);
-            else if (c + 1 < channels) prefetch_rows(src + h * w, h, w, 4L * row_start - 1, 6);
+            prefetch_next(src, h, w, 4, -1, 6, ty, row_start, rows, c + 1 < channels);
             // B^T d down the columns, into the padded rows (index p = column + 1).
             for (long j = 0; j < w; j += 16) {
                 __mmask16 m = lanes(w - j);
@@ -210,8 +218,7 @@ void segtrain_winograd_output_f2_avx512(const float *mt, long tiles, float *y, i
         for (int ty = row_start; ty < row_start + rows; ty++) {
             const float *src = mt + (long)o * tiles + (long)(ty - row_start) * tw;
             const long oy = 2L * ty;
-            if (ty + 1 < row_start + rows) prefetch_rows(dst, h, w, oy + 2, 2);
-            else if (o + 1 < channels) prefetch_rows(dst + h * w, h, w, 2L * row_start, 2);
+            prefetch_next(dst, h, w, 2, 0, 2, ty, row_start, rows, o + 1 < channels);
             for (long tx = 0; tx < tw; tx += 16) {
                 __mmask16 m = lanes(tw - tx);
                 __m512 a[16];
@@ -251,8 +258,7 @@ void segtrain_winograd_output_f4_avx512(const float *mt, long tiles, float *y, i
         for (int ty = row_start; ty < row_start + rows; ty++) {
             const float *src = mt + (long)o * tiles + (long)(ty - row_start) * tw;
             const long oy = 4L * ty;
-            if (ty + 1 < row_start + rows) prefetch_rows(dst, h, w, oy + 4, 4);
-            else if (o + 1 < channels) prefetch_rows(dst + h * w, h, w, 4L * row_start, 4);
+            prefetch_next(dst, h, w, 4, 0, 4, ty, row_start, rows, o + 1 < channels);
             for (long tx = 0; tx < tw; tx += 16) {
                 __mmask16 m = lanes(tw - tx);
                 // A^T m down the columns: col[r][j] = row r of A^T m, column j.
@@ -308,8 +314,7 @@ void segtrain_winograd_output_gradient_f2_avx512(const float *dy, int channels, 
         const float *src = dy + (long)o * h * w;
         for (int ty = row_start; ty < row_start + rows; ty++) {
             const long oy = 2L * ty;
-            if (ty + 1 < row_start + rows) prefetch_rows(src, h, w, oy + 2, 2);
-            else if (o + 1 < channels) prefetch_rows(src + h * w, h, w, 2L * row_start, 2);
+            prefetch_next(src, h, w, 2, 0, 2, ty, row_start, rows, o + 1 < channels);
             const float *row0 = src + oy * w, *row1 = oy + 1 < h ? src + (oy + 1) * w : 0;
             float *out = dm + (long)o * tiles + (long)(ty - row_start) * tw;
             for (long tx = 0; tx < tw; tx += 16) {
@@ -341,8 +346,7 @@ void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, 
         const float *src = dy + (long)o * h * w;
         for (int ty = row_start; ty < row_start + rows; ty++) {
             const long oy = 4L * ty;
-            if (ty + 1 < row_start + rows) prefetch_rows(src, h, w, oy + 4, 4);
-            else if (o + 1 < channels) prefetch_rows(src + h * w, h, w, 4L * row_start, 4);
+            prefetch_next(src, h, w, 4, 0, 4, ty, row_start, rows, o + 1 < channels);
             float *out = dm + (long)o * tiles + (long)(ty - row_start) * tw;
             for (long tx = 0; tx < tw; tx += 16) {
                 const long base = 4 * tx;
