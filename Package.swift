@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Dependencies point one way (docs/ARCHITECTURE.md): segtrain (CLI) -> {SegTraining, SegServe, SegDistributed};
-// SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CGemm, CWinograd, CSupport}; SegServe -> SegInference;
+// SegTraining -> SegInference -> {SegData, SegModel} -> SegEngine -> {CBLAS, CGemm, CWinograd, CPlaneKernels, CSupport}; SegServe -> SegInference;
 // SegDistributed -> {CMPI, SegEngine}; SegExport (ONNX) -> {SegModel, SegEngine, SwiftProtobuf};
 // SegTraining -> SegTensorBoard -> SwiftProtobuf. SegEngine's `Collectives` protocol is where training and MPI meet:
 // SegDistributed's Communicator conforms to it, SegTraining sums through it. SegData -> {CPNG, CTurboJPEG}.
@@ -69,9 +69,11 @@ let package = Package(
         .target(name: "CGemm", cSettings: [.unsafeFlags(["-O2"])]),
         // AVX-512 versions of Winograd transforms (Winograd.swift keeps the portable reference).
         .target(name: "CWinograd", cSettings: [.unsafeFlags(["-O2", "-ffp-contract=off"])]),
+        // AVX-512 versions of per-plane ops without GEMM: depthwise 3x3 (Depthwise.swift keeps the reference).
+        .target(name: "CPlaneKernels", cSettings: [.unsafeFlags(["-O2", "-ffp-contract=off"])]),
         .target(
             name: "SegEngine",
-            dependencies: ["CBLAS", "CSupport", "CGemm", "CWinograd"],
+            dependencies: ["CBLAS", "CSupport", "CGemm", "CWinograd", "CPlaneKernels"],
             swiftSettings: [.unsafeFlags(numericFlags)]
         ),
         .target(

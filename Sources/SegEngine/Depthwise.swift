@@ -8,6 +8,15 @@
 // Bitwise the same for any thread count: forward and input gradient are split over the N*C planes
 // (each plane computed alone, taps in (a, b) order), the weight gradient over channels (each
 // channel's sums run over images, rows and columns in one fixed order).
+//
+// Where the CPU has AVX-512 and the stride is 1 or 2, each plane's loops run in CPlaneKernels'
+// depthwise.c instead: the same operations in the same order per value (so the same bits,
+// DepthwiseAVX512Tests), with sixteen outputs kept in registers across their nine taps.
+
+import CPlaneKernels
+
+/// Whether CPlaneKernels' AVX-512 depthwise loops run (for strides 1 and 2): wherever the CPU has AVX-512F.
+let depthwiseAVX512 = Gemm.avx512Usable
 
 private func checkDepthwise(_ y: Tensor, _ x: Tensor, _ weight: Tensor, stride: Int, padding: Int, dilation: Int,
                             _ who: StaticString) {
@@ -39,13 +48,26 @@ public func depthwise3x3ScratchFloats(width: Int, stride: Int, padding: Int = 1,
 /// y: (N, C, Ho, Wo), Ho = floor((H + 2p - 2d - 1)/s) + 1  x: (N, C, H, W)  weight: (C, 1, 3, 3)
 public func depthwise3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, stride: Int, padding: Int = 1,
                                 dilation: Int = 1, pool: WorkerPool) {
+    depthwise3x3Forward(y, x, weight: weight, stride: stride, padding: padding, dilation: dilation, pool: pool,
+                        avx512: depthwiseAVX512)
+}
+
+/// depthwise3x3Forward with the choice of loops: CPlaneKernels' (if `avx512` and stride 1 or 2) or Swift's.
+func depthwise3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, stride: Int, padding: Int, dilation: Int,
+                         pool: WorkerPool, avx512: Bool) {
     checkDepthwise(y, x, weight, stride: stride, padding: padding, dilation: dilation, "depthwise3x3Forward")
     let (channels, h, w, outH, outW) = (x.c, x.h, x.w, y.h, y.w)
     let (s, p, d) = (stride, padding, dilation)
+    let fast = avx512 && s <= 2
     pool.parallelFor(x.n * channels) { planes, _ in
         for q in planes {
             let src = x.data + q * x.shape.plane, dst = y.data + q * y.shape.plane
             let kernel = weight.data + (q % channels) * 9
+            if fast {
+                segtrain_depthwise3x3_forward_avx512(src, Int32(h), Int32(w), dst, Int32(outH), Int32(outW), kernel,
+                                                     Int32(s), Int32(p), Int32(d))
+                continue
+            }
             dst.update(repeating: 0, count: outH * outW)
             for oi in 0..<outH {
                 let out = dst + oi * outW
@@ -73,18 +95,31 @@ public func depthwise3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, stride
 /// scratch: depthwise3x3ScratchFloats per thread (for the weight gradient).
 public func depthwise3x3Backward(dx: Tensor?, dweight: Tensor?, dy: Tensor, x: Tensor, weight: Tensor, stride: Int,
                                  padding: Int = 1, dilation: Int = 1, pool: WorkerPool, scratch: Scratch) {
+    depthwise3x3Backward(dx: dx, dweight: dweight, dy: dy, x: x, weight: weight, stride: stride, padding: padding,
+                         dilation: dilation, pool: pool, scratch: scratch, avx512: depthwiseAVX512)
+}
+
+/// depthwise3x3Backward with the choice of loops: CPlaneKernels' (if `avx512` and stride 1 or 2) or Swift's.
+func depthwise3x3Backward(dx: Tensor?, dweight: Tensor?, dy: Tensor, x: Tensor, weight: Tensor, stride: Int,
+                          padding: Int, dilation: Int, pool: WorkerPool, scratch: Scratch, avx512: Bool) {
     let who: StaticString = "depthwise3x3Backward"
     checkDepthwise(dy, x, weight, stride: stride, padding: padding, dilation: dilation, who)
     if let dx { precondition(dx.shape == x.shape, "\(who): dx \(dx.shape) for x \(x.shape)") }
     if let dweight { precondition(dweight.shape == weight.shape, "\(who): dweight \(dweight.shape) for weight \(weight.shape)") }
     let (channels, batch, h, w, outH, outW) = (x.c, x.n, x.h, x.w, dy.h, dy.w)
     let (s, p, d) = (stride, padding, dilation)
+    let fast = avx512 && s <= 2
 
     if let dx {
         pool.parallelFor(batch * channels) { planes, _ in
             for q in planes {
                 let up = dy.data + q * dy.shape.plane, grad = dx.data + q * x.shape.plane
                 let kernel = weight.data + (q % channels) * 9
+                if fast {
+                    segtrain_depthwise3x3_input_gradient_avx512(grad, Int32(h), Int32(w), up, Int32(outH), Int32(outW),
+                                                                kernel, Int32(s), Int32(p), Int32(d))
+                    continue
+                }
                 for oi in 0..<outH {
                     let g = up + oi * outW
                     for a in 0..<3 {
@@ -116,6 +151,11 @@ public func depthwise3x3Backward(dx: Tensor?, dweight: Tensor?, dy: Tensor, x: T
             acc.update(repeating: 0, count: 9 * outW)
             for n in 0..<batch {
                 let up = dy.plane(n, c), src = x.plane(n, c)
+                if fast {
+                    segtrain_depthwise3x3_weight_gradient_avx512(src, Int32(h), Int32(w), up, Int32(outH), Int32(outW),
+                                                                 Int32(s), Int32(p), Int32(d), acc)
+                    continue
+                }
                 for oi in 0..<outH {
                     let g = up + oi * outW
                     for a in 0..<3 {

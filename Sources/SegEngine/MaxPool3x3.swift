@@ -12,6 +12,17 @@
 //
 // Work is split over the N*C planes; windows overlap, but each plane's gradient is added by one
 // thread in a fixed order, so the results are bitwise the same for any thread count.
+//
+// Where the CPU has AVX-512, the 3x3 stride-2 pool (padding 0 or 1) runs in CPlaneKernels'
+// maxpool.c: sixteen windows at a time, the same winners and values (MaxPoolAVX512 tests in
+// DepthwiseAVX512Tests.swift), the backward adds in the same order.
+
+import CPlaneKernels
+
+/// Whether CPlaneKernels' AVX-512 loops run for this pool: ResNet's 3x3, stride 2, on an AVX-512 CPU.
+private func maxPoolAVX512(kernel: Int, stride: Int, padding: Int, avx512: Bool) -> Bool {
+    avx512 && kernel == 3 && stride == 2 && padding <= 1
+}
 
 private func checkMaxPool(_ y: Tensor, _ x: Tensor, kernel: Int, stride: Int, padding: Int, _ who: StaticString) {
     precondition(kernel >= 1 && stride >= 1 && padding >= 0 && 2 * padding <= kernel,
@@ -41,11 +52,23 @@ private func windowWinner(_ plane: UnsafePointer<Float>, width: Int, _ i0: Int, 
 /// x: (N, C, H, W)  y: (N, C, Ho, Wo), Ho = floor((H + 2p - k)/s) + 1. Defaults: ResNet's stem pool.
 public func maxPoolForward(_ y: Tensor, _ x: Tensor, kernel: Int = 3, stride: Int = 2, padding: Int = 1,
                            pool: WorkerPool) {
+    maxPoolForward(y, x, kernel: kernel, stride: stride, padding: padding, pool: pool, avx512: Gemm.avx512Usable)
+}
+
+/// maxPoolForward with the choice of loops: CPlaneKernels' (if `avx512` and a 3x3 stride-2 pool) or Swift's.
+func maxPoolForward(_ y: Tensor, _ x: Tensor, kernel: Int, stride: Int, padding: Int, pool: WorkerPool,
+                    avx512: Bool) {
     checkMaxPool(y, x, kernel: kernel, stride: stride, padding: padding, "maxPoolForward")
     let (h, w, outH, outW) = (x.h, x.w, y.h, y.w)
+    let fast = maxPoolAVX512(kernel: kernel, stride: stride, padding: padding, avx512: avx512)
     pool.parallelFor(x.n * x.c) { planes, _ in
         for q in planes {
             let src = UnsafePointer(x.data + q * x.shape.plane), dst = y.data + q * y.shape.plane
+            if fast {
+                segtrain_max_pool3x3s2_avx512(src, Int32(h), Int32(w), Int32(padding), dst, nil, nil,
+                                              Int32(outH), Int32(outW))
+                continue
+            }
             for oi in 0..<outH {
                 let top = oi * stride - padding
                 let i0 = max(top, 0), i1 = min(top + kernel, h)
@@ -62,13 +85,26 @@ public func maxPoolForward(_ y: Tensor, _ x: Tensor, kernel: Int = 3, stride: In
 /// dx, x: (N, C, H, W)  dy: (N, C, Ho, Wo)
 public func maxPoolBackward(dx: Tensor, dy: Tensor, x: Tensor, kernel: Int = 3, stride: Int = 2, padding: Int = 1,
                             pool: WorkerPool) {
+    maxPoolBackward(dx: dx, dy: dy, x: x, kernel: kernel, stride: stride, padding: padding, pool: pool,
+                    avx512: Gemm.avx512Usable)
+}
+
+/// maxPoolBackward with the choice of loops: CPlaneKernels' (if `avx512` and a 3x3 stride-2 pool) or Swift's.
+func maxPoolBackward(dx: Tensor, dy: Tensor, x: Tensor, kernel: Int, stride: Int, padding: Int, pool: WorkerPool,
+                     avx512: Bool) {
     precondition(dx.shape == x.shape, "maxPoolBackward: dx \(dx.shape) differs from x \(x.shape)")
     checkMaxPool(dy, x, kernel: kernel, stride: stride, padding: padding, "maxPoolBackward")
     let (h, w, outH, outW) = (x.h, x.w, dy.h, dy.w)
+    let fast = maxPoolAVX512(kernel: kernel, stride: stride, padding: padding, avx512: avx512)
     pool.parallelFor(x.n * x.c) { planes, _ in
         for q in planes {
             let src = UnsafePointer(x.data + q * x.shape.plane), grad = dx.data + q * x.shape.plane
             let up = dy.data + q * dy.shape.plane
+            if fast {
+                segtrain_max_pool3x3s2_avx512(src, Int32(h), Int32(w), Int32(padding), nil, up, grad,
+                                              Int32(outH), Int32(outW))
+                continue
+            }
             for oi in 0..<outH {
                 let top = oi * stride - padding
                 let i0 = max(top, 0), i1 = min(top + kernel, h)
