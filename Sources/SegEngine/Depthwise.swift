@@ -11,7 +11,7 @@
 //
 // Where the CPU has AVX-512 and the stride is 1 or 2, each plane's loops run in CPlaneKernels'
 // depthwise.c instead: the same operations in the same order per value (so the same bits,
-// DepthwiseAVX512Tests), with sixteen outputs kept in registers across their nine taps.
+// PlaneKernelsAVX512Tests), with sixteen outputs kept in registers across their nine taps.
 
 import CPlaneKernels
 

@@ -14,8 +14,8 @@
 // thread in a fixed order, so the results are bitwise the same for any thread count.
 //
 // Where the CPU has AVX-512, the 3x3 stride-2 pool (padding 0 or 1) runs in CPlaneKernels'
-// maxpool.c: sixteen windows at a time, the same winners and values (MaxPoolAVX512 tests in
-// DepthwiseAVX512Tests.swift), the backward adds in the same order.
+// maxpool.c: sixteen windows at a time, the same winners and values
+// (PlaneKernelsAVX512Tests), the backward adds in the same order.
 
 import CPlaneKernels
 

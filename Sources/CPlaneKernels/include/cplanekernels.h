@@ -1,6 +1,6 @@
-// AVX-512 versions of SegEngine's per-plane ops that run without GEMM (depthwise.c). The Swift
+// AVX-512 versions of SegEngine's per-plane ops that run without GEMM (depthwise.c, maxpool.c). The Swift
 // versions in SegEngine stay the portable path and the reference: these compute the same float
-// operations in the same order, so their results are the same bits (DepthwiseAVX512Tests checks
+// operations in the same order, so their results are the same bits (PlaneKernelsAVX512Tests checks
 // it), and SegEngine calls them only where segtrain_gemm_avx512_usable() says yes.
 #pragma once
 
