@@ -320,11 +320,11 @@ public struct ConvPolicy: Sendable, Equatable {
     /// `auto`: a layer with fewer input or output channels than this takes im2col + GEMM (the first
     /// layer with 3 input channels, the head).
     public var winogradMinimumChannels: Int
-    /// `auto`: planes at least this high and wide take F(4x4) when Cin + Cout is at least
-    /// `winogradLargeTileMinimumChannels`; others F(2x2), whose tile count gives wider GEMMs and whose
-    /// transforms are cheaper per value (it wins on thin layers, whose GEMMs are short anyway).
+    /// `auto`: planes at least this high and wide take F(4x4), smaller ones F(2x2). F(4x4) writes
+    /// 2.25 transformed values per input value instead of 4 and needs 1.78x fewer GEMM flops; on
+    /// small planes its few tiles make short GEMMs, and its weight-sized buffers (36 values per
+    /// weight) outweigh them (docs/PERFORMANCE.md, "The F(4x4) rule").
     public var winogradLargeTileMinimumSide: Int
-    public var winogradLargeTileMinimumChannels: Int
     /// Floats of transformed tiles (V + M) one Winograd chunk aims at: about a core's L2 (1 MiB here),
     /// so the transforms and GEMMs of a chunk stay in cache; tuned with `segtrain bench` (docs/PERFORMANCE.md).
     public var winogradTargetChunkFloats: Int
@@ -341,7 +341,7 @@ public struct ConvPolicy: Sendable, Equatable {
     public var perImageWork: Bool
 
     public init(algorithm: ConvAlgorithm = .auto, perImageWork: Bool? = nil, winogradMinimumChannels: Int = 8,
-                winogradLargeTileMinimumSide: Int = 32, winogradLargeTileMinimumChannels: Int = 96,
+                winogradLargeTileMinimumSide: Int = 24,
                 winogradTargetChunkFloats: Int = 1 << 18, winogradMinimumTilesPerChunk: Int = 64) {
         precondition(winogradTargetChunkFloats >= 1 && winogradMinimumTilesPerChunk >= 1,
                      "ConvPolicy: Winograd chunk sizes must be positive")
@@ -349,7 +349,6 @@ public struct ConvPolicy: Sendable, Equatable {
         self.perImageWork = perImageWork ?? (algorithm == .gemm)
         self.winogradMinimumChannels = winogradMinimumChannels
         self.winogradLargeTileMinimumSide = winogradLargeTileMinimumSide
-        self.winogradLargeTileMinimumChannels = winogradLargeTileMinimumChannels
         self.winogradTargetChunkFloats = winogradTargetChunkFloats
         self.winogradMinimumTilesPerChunk = winogradMinimumTilesPerChunk
     }
@@ -369,9 +368,7 @@ public struct ConvPolicy: Sendable, Equatable {
             // From `segtrain bench --conv-layers` (docs/PERFORMANCE.md): the first layer (3 input
             // channels) and the head take GEMM.
             guard min(inChannels, outChannels) >= winogradMinimumChannels else { return 0 }
-            let large = min(height, width) >= winogradLargeTileMinimumSide
-                && inChannels + outChannels >= winogradLargeTileMinimumChannels
-            return large ? 4 : 2
+            return min(height, width) >= winogradLargeTileMinimumSide ? 4 : 2
         }
     }
 }

@@ -97,8 +97,8 @@ final class WinogradTests: XCTestCase {
     }
 
     /// conv2dForward / conv2dBackward in every mode, including auto's choices (GEMM for 3 input
-    /// channels, F(2x2) on small planes or thin layers, F(4x4) from 32 x 32 and 96 channels in and
-    /// out together), equal the naive kernels; bias added once.
+    /// channels, F(2x2) on planes under 24 x 24, F(4x4) from 24 x 24, thin layers too), equal the
+    /// naive kernels; bias added once.
     func testDispatchInEveryModeMatchesNaive() {
         let pool = WorkerPool(threads: 2)
         func chosenTile(_ policy: ConvPolicy, _ cin: Int, _ cout: Int, _ h: Int, _ w: Int) -> Int {
@@ -109,8 +109,9 @@ final class WinogradTests: XCTestCase {
         XCTAssertEqual(autoTile(160, 144, 9, 7), 2)
         XCTAssertEqual(autoTile(3, 16, 9, 7), 0)
         XCTAssertEqual(autoTile(48, 56, 33, 35), 4)
-        XCTAssertEqual(autoTile(48, 56, 31, 64), 2, "a side under 32")
-        XCTAssertEqual(autoTile(40, 40, 64, 64), 2, "thin: Cin + Cout < 96")
+        XCTAssertEqual(autoTile(48, 56, 23, 64), 2, "a side under 24")
+        XCTAssertEqual(autoTile(40, 40, 24, 24), 4, "thin layers too, from 24 x 24")
+        XCTAssertEqual(autoTile(8, 8, 64, 64), 4, "the thinnest Winograd layer")
         XCTAssertEqual(ConvPolicy.standard.winogradTile(kernel: 3, dilation: 2, inChannels: 16, outChannels: 16,
                                                         height: 64, width: 64), 0, "dilated: GEMM")
         for (cin, cout, h, width) in [(16, 16, 9, 7), (3, 16, 9, 7), (160, 144, 9, 7), (48, 56, 33, 35)] {
@@ -153,11 +154,11 @@ final class WinogradTests: XCTestCase {
     }
 
     /// The standard policy picks, for each 3x3 layer of the default UNet at 128 x 128, the algorithm
-    /// docs/PERFORMANCE.md's per-layer table marks in bold as what `auto` runs (GEMM under 8
-    /// channels, F(4x4) from 32 x 32 planes with Cin + Cout >= 96, F(2x2) otherwise).
+    /// docs/PERFORMANCE.md's per-layer table ("The F(4x4) rule") marks in bold as what `auto` runs
+    /// (GEMM under 8 channels, F(4x4) on planes from 24 x 24, F(2x2) on smaller ones).
     func testStandardPolicyPicksWhatThePerformanceTableShows() {
         let table: [(cin: Int, cout: Int, side: Int, tile: Int)] = [
-            (3, 32, 128, 0), (32, 32, 128, 2), (32, 64, 64, 4), (64, 64, 64, 4), (64, 128, 32, 4), (128, 128, 32, 4),
+            (3, 32, 128, 0), (32, 32, 128, 4), (32, 64, 64, 4), (64, 64, 64, 4), (64, 128, 32, 4), (128, 128, 32, 4),
             (128, 256, 16, 2), (256, 256, 16, 2), (512, 256, 16, 2), (384, 128, 32, 4), (192, 64, 64, 4), (96, 32, 128, 4),
         ]
         for row in table {
