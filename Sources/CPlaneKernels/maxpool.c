@@ -5,29 +5,21 @@
 // one in output order, as the Swift loop does (windows overlap, so the adds cannot be a scatter).
 
 #include "cplanekernels.h"
+#include "lanes.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-
-__attribute__((always_inline))
-static inline __mmask16 span(long lo, long hi) {
-    if (lo < 0) lo = 0;
-    if (hi > 16) hi = 16;
-    return hi <= lo ? (__mmask16)0 : (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
-}
 
 __attribute__((target("avx512f")))
 void segtrain_max_pool3x3s2_avx512(const float *x, int height, int width, int padding, float *y,
                                    const float *dy, float *dx, int out_height, int out_width) {
     const long h = height, w = width, p = padding, oh = out_height, ow = out_width;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     int winners[16];
     for (long oi = 0; oi < oh; oi++) {
         const long top = 2 * oi - p;
         const long i0 = top < 0 ? 0 : top, i1 = top + 3 > h ? h : top + 3;
         for (long oj0 = 0; oj0 < ow; oj0 += 16) {
-            const __mmask16 inside = span(0, ow - oj0);
+            const __mmask16 inside = span16(0, ow - oj0);
             // Lane t's window starts at column 2 (oj0 + t) - p; its first in-plane position is
             // (i0, max(that, 0)).
             const __m512i left = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(lane, lane),
@@ -41,9 +33,7 @@ void segtrain_max_pool3x3s2_avx512(const float *x, int height, int width, int pa
                 for (long b = 0; b < 3; b++) {
                     // Columns 2 (oj0 + t) - p + b, zero-filled outside the row and masked out below.
                     const long start = 2 * oj0 - p + b;
-                    const __m512 lo = _mm512_maskz_loadu_ps(span(-start, w - start), row + start);
-                    const __m512 hi = _mm512_maskz_loadu_ps(span(-start - 16, w - start - 16), row + start + 16);
-                    const __m512 v = _mm512_permutex2var_ps(lo, even, hi);
+                    const __m512 v = load_columns(row, w, start, 2);
                     // Lane t's column is start + 2t: in the row when -start <= 2t < w - start.
                     const __m512i column = _mm512_add_epi32(_mm512_add_epi32(lane, lane), _mm512_set1_epi32((int)start));
                     const __mmask16 valid = _mm512_cmpge_epi32_mask(column, _mm512_setzero_si512()) &

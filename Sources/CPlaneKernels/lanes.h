@@ -1,0 +1,25 @@
+// Helpers shared by depthwise.c and maxpool.c (not part of the module's interface).
+#pragma once
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/// Lanes k of sixteen with lo <= k < hi.
+__attribute__((always_inline))
+static inline __mmask16 span16(long lo, long hi) {
+    if (lo < 0) lo = 0;
+    if (hi > 16) hi = 16;
+    return hi <= lo ? (__mmask16)0 : (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+/// row[start + s*t] for sixteen t (stride s = 1 or 2), zero where the column is outside [0, width):
+/// one masked load, or for s = 2 two and a two-source permute of their even floats.
+__attribute__((target("avx512f"), always_inline))
+static inline __m512 load_columns(const float *row, long width, long start, long s) {
+    if (s == 1) return _mm512_maskz_loadu_ps(span16(-start, width - start), row + start);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    __m512 lo = _mm512_maskz_loadu_ps(span16(-start, width - start), row + start);
+    __m512 hi = _mm512_maskz_loadu_ps(span16(-start - 16, width - start - 16), row + start + 16);
+    return _mm512_permutex2var_ps(lo, even, hi);
+}
+#endif
