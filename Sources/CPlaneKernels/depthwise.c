@@ -20,13 +20,20 @@ static inline void tap_columns(long offset, long s, long width, long out_width, 
     *hi = end > first ? end : first;
 }
 
+/// The valid output columns of each tap column b (tap_columns) and the nine taps, broadcast.
+__attribute__((target("avx512f"), always_inline))
+static inline void prepare_taps(const float *k, long s, long p, long d, long width, long out_width, long lo[3],
+                                long hi[3], __m512 tap[9]) {
+    for (int b = 0; b < 3; b++) tap_columns(b * d - p, s, width, out_width, &lo[b], &hi[b]);
+    for (int t = 0; t < 9; t++) tap[t] = _mm512_set1_ps(k[t]);
+}
+
 __attribute__((target("avx512f"), always_inline))
 static inline void forward(const float *x, long h, long w, float *y, long oh, long ow, const float *k, long s,
                            long p, long d) {
     long lo[3], hi[3];
-    for (int b = 0; b < 3; b++) tap_columns(b * d - p, s, w, ow, &lo[b], &hi[b]);
     __m512 tap[9];
-    for (int t = 0; t < 9; t++) tap[t] = _mm512_set1_ps(k[t]);
+    prepare_taps(k, s, p, d, w, ow, lo, hi, tap);
     for (long oi = 0; oi < oh; oi++) {
         for (long j0 = 0; j0 < ow; j0 += 16) {
             __m512 acc = _mm512_setzero_ps();
@@ -72,9 +79,8 @@ __attribute__((target("avx512f")))
 static void input_gradient_stride1(float *dx, long h, long w, const float *dy, long oh, long ow, const float *k,
                                    long p, long d) {
     long lo[3], hi[3];
-    for (int b = 0; b < 3; b++) tap_columns(b * d - p, 1, w, ow, &lo[b], &hi[b]);
     __m512 tap[9];
-    for (int t = 0; t < 9; t++) tap[t] = _mm512_set1_ps(k[t]);
+    prepare_taps(k, 1, p, d, w, ow, lo, hi, tap);
     for (long i = 0; i < h; i++) {
         long rows[3];
         int taps[3];
@@ -109,9 +115,8 @@ static void input_gradient_stride2(float *dx, long h, long w, const float *dy, l
     const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     long lo[3], hi[3];
-    for (int b = 0; b < 3; b++) tap_columns(b * d - p, 2, w, ow, &lo[b], &hi[b]);
     __m512 tap[9];
-    for (int t = 0; t < 9; t++) tap[t] = _mm512_set1_ps(k[t]);
+    prepare_taps(k, 2, p, d, w, ow, lo, hi, tap);
     for (long i = 0; i < h; i++) {
         long rows[3];
         int taps[3];
