@@ -15,8 +15,9 @@
 
 import CPlaneKernels
 
-/// Whether CPlaneKernels' AVX-512 depthwise loops run (for strides 1 and 2): wherever the CPU has AVX-512F.
-let depthwiseAVX512 = Gemm.avx512Usable
+/// Whether CPlaneKernels' AVX-512 loops run (depthwise strides 1 and 2, max pooling 3x3/2): wherever
+/// the CPU has AVX-512F.
+let planeKernelsAVX512 = Gemm.avx512Usable
 
 private func checkDepthwise(_ y: Tensor, _ x: Tensor, _ weight: Tensor, stride: Int, padding: Int, dilation: Int,
                             _ who: StaticString) {
@@ -49,7 +50,7 @@ public func depthwise3x3ScratchFloats(width: Int, stride: Int, padding: Int = 1,
 public func depthwise3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, stride: Int, padding: Int = 1,
                                 dilation: Int = 1, pool: WorkerPool) {
     depthwise3x3Forward(y, x, weight: weight, stride: stride, padding: padding, dilation: dilation, pool: pool,
-                        avx512: depthwiseAVX512)
+                        avx512: planeKernelsAVX512)
 }
 
 /// depthwise3x3Forward with the choice of loops: CPlaneKernels' (if `avx512` and stride 1 or 2) or Swift's.
@@ -96,7 +97,7 @@ func depthwise3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, stride: Int, 
 public func depthwise3x3Backward(dx: Tensor?, dweight: Tensor?, dy: Tensor, x: Tensor, weight: Tensor, stride: Int,
                                  padding: Int = 1, dilation: Int = 1, pool: WorkerPool, scratch: Scratch) {
     depthwise3x3Backward(dx: dx, dweight: dweight, dy: dy, x: x, weight: weight, stride: stride, padding: padding,
-                         dilation: dilation, pool: pool, scratch: scratch, avx512: depthwiseAVX512)
+                         dilation: dilation, pool: pool, scratch: scratch, avx512: planeKernelsAVX512)
 }
 
 /// depthwise3x3Backward with the choice of loops: CPlaneKernels' (if `avx512` and stride 1 or 2) or Swift's.
