@@ -5,7 +5,7 @@
 // (a masked add), exactly as the Swift loops skip it, so the results are the same bits.
 
 #include "cplanekernels.h"
-#include "lanes.h"
+#include "avx512_lanes.h"
 
 #if defined(__x86_64__)
 

@@ -5,7 +5,7 @@
 // one in output order, as the Swift loop does (windows overlap, so the adds cannot be a scatter).
 
 #include "cplanekernels.h"
-#include "lanes.h"
+#include "avx512_lanes.h"
 
 #if defined(__x86_64__)
 

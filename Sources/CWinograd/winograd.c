@@ -4,15 +4,10 @@
 // additions and subtractions, in the same order, as the portable Swift version.
 
 #include "cwinograd.h"
+#include "../CPlaneKernels/avx512_lanes.h"  // lanes()
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-
-/// Mask of the first n (<= 16) lanes.
-__attribute__((target("avx512f"), always_inline))
-static inline __mmask16 lanes(long n) {
-    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
-}
 
 /// The even and odd floats of p[0 ..< 32] (zeros from p[valid] on: the rest is not read): e[t] =
 /// p[2t], o[t] = p[2t + 1] for sixteen t.

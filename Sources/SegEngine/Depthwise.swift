@@ -15,10 +15,6 @@
 
 import CPlaneKernels
 
-/// Whether CPlaneKernels' AVX-512 loops run (depthwise strides 1 and 2, max pooling 3x3/2): wherever
-/// the CPU has AVX-512F.
-let planeKernelsAVX512 = Gemm.avx512Usable
-
 private func checkDepthwise(_ y: Tensor, _ x: Tensor, _ weight: Tensor, stride: Int, padding: Int, dilation: Int,
                             _ who: StaticString) {
     precondition(stride >= 1 && padding >= 0 && dilation >= 1,
@@ -50,7 +46,7 @@ public func depthwise3x3ScratchFloats(width: Int, stride: Int, padding: Int = 1,
 public func depthwise3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, stride: Int, padding: Int = 1,
                                 dilation: Int = 1, pool: WorkerPool) {
     depthwise3x3Forward(y, x, weight: weight, stride: stride, padding: padding, dilation: dilation, pool: pool,
-                        avx512: planeKernelsAVX512)
+                        avx512: avx512Kernels)
 }
 
 /// depthwise3x3Forward with the choice of loops: CPlaneKernels' (if `avx512` and stride 1 or 2) or Swift's.
@@ -97,7 +93,7 @@ func depthwise3x3Forward(_ y: Tensor, _ x: Tensor, weight: Tensor, stride: Int, 
 public func depthwise3x3Backward(dx: Tensor?, dweight: Tensor?, dy: Tensor, x: Tensor, weight: Tensor, stride: Int,
                                  padding: Int = 1, dilation: Int = 1, pool: WorkerPool, scratch: Scratch) {
     depthwise3x3Backward(dx: dx, dweight: dweight, dy: dy, x: x, weight: weight, stride: stride, padding: padding,
-                         dilation: dilation, pool: pool, scratch: scratch, avx512: planeKernelsAVX512)
+                         dilation: dilation, pool: pool, scratch: scratch, avx512: avx512Kernels)
 }
 
 /// depthwise3x3Backward with the choice of loops: CPlaneKernels' (if `avx512` and stride 1 or 2) or Swift's.

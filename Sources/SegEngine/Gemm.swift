@@ -16,6 +16,12 @@ import CGemm
 import Glibc
 #endif
 
+/// Whether the C kernels written for AVX-512 beside the GEMM run: Winograd's transforms (CWinograd),
+/// the depthwise 3x3 and the 3x3/2 max pool (CPlaneKernels). They follow the CPU alone (not
+/// SEGTRAIN_GEMM): each gives the same bits as the portable Swift version it replaces
+/// (WinogradAVX512Tests, PlaneKernelsAVX512Tests), which runs where this is false.
+let avx512Kernels = Gemm.avx512Usable
+
 public enum Gemm {
     public enum Backend: String, Sendable {
         /// segtrain's AVX-512 kernel (OpenBLAS only if its packing buffers cannot be allocated).

@@ -52,7 +52,7 @@ private func windowWinner(_ plane: UnsafePointer<Float>, width: Int, _ i0: Int, 
 /// x: (N, C, H, W)  y: (N, C, Ho, Wo), Ho = floor((H + 2p - k)/s) + 1. Defaults: ResNet's stem pool.
 public func maxPoolForward(_ y: Tensor, _ x: Tensor, kernel: Int = 3, stride: Int = 2, padding: Int = 1,
                            pool: WorkerPool) {
-    maxPoolForward(y, x, kernel: kernel, stride: stride, padding: padding, pool: pool, avx512: planeKernelsAVX512)
+    maxPoolForward(y, x, kernel: kernel, stride: stride, padding: padding, pool: pool, avx512: avx512Kernels)
 }
 
 /// maxPoolForward with the choice of loops: CPlaneKernels' (if `avx512` and a 3x3 stride-2 pool) or Swift's.
@@ -86,7 +86,7 @@ func maxPoolForward(_ y: Tensor, _ x: Tensor, kernel: Int, stride: Int, padding:
 public func maxPoolBackward(dx: Tensor, dy: Tensor, x: Tensor, kernel: Int = 3, stride: Int = 2, padding: Int = 1,
                             pool: WorkerPool) {
     maxPoolBackward(dx: dx, dy: dy, x: x, kernel: kernel, stride: stride, padding: padding, pool: pool,
-                    avx512: planeKernelsAVX512)
+                    avx512: avx512Kernels)
 }
 
 /// maxPoolBackward with the choice of loops: CPlaneKernels' (if `avx512` and a 3x3 stride-2 pool) or Swift's.

@@ -390,9 +390,8 @@ func preparePaddedRows(_ rowBuffer: UnsafeMutablePointer<Float>, count: Int, row
 
 // MARK: - F(2x2) transforms
 
-/// Whether the AVX-512 versions of the transforms (CWinograd) run: wherever the CPU has AVX-512F.
-/// They give the same bits as the Swift versions below (WinogradAVX512Tests).
-let winogradAVX512 = Gemm.avx512Usable
+// The AVX-512 versions of the transforms (CWinograd) run where `avx512Kernels` (Gemm.swift) says so.
+// They give the same bits as the Swift versions below (WinogradAVX512Tests).
 
 /// F(2x2): V[xi][c][t] = (B^T d B)[xi] for the 4x4 input patch of each tile, zero outside the image,
 /// by CWinograd's AVX-512 version where it runs, else transformInputF2Portable.
@@ -400,7 +399,7 @@ let winogradAVX512 = Gemm.avx512Usable
 func transformInputF2(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
                       rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
                       rowBuffer: UnsafeMutablePointer<Float>) {
-    if winogradAVX512 {
+    if avx512Kernels {
         segtrain_winograd_input_f2_avx512(x, Int32(channels), Int32(plan.height), Int32(plan.width),
                                           Int32(plan.tilesWide), Int32(rowStart), Int32(rows), v, tiles, rowBuffer)
     } else {
@@ -461,7 +460,7 @@ func transformInputF2Portable(_ x: UnsafeMutablePointer<Float>, channels: Int, p
 func transformOutputF2(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
                        channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
                        bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
-    if winogradAVX512 {
+    if avx512Kernels {
         segtrain_winograd_output_f2_avx512(m, tiles, y, Int32(channels), Int32(plan.height), Int32(plan.width),
                                            Int32(plan.tilesWide), Int32(rowStart), Int32(rows), bias?.data,
                                            accumulate ? 1 : 0, relu ? 1 : 0)
@@ -511,7 +510,7 @@ func transformOutputF2Portable(_ m: UnsafeMutablePointer<Float>, tiles: Int, int
 func transformOutputGradientF2(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
                                rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
                                rowBuffer: UnsafeMutablePointer<Float>) {
-    if winogradAVX512 {
+    if avx512Kernels {
         segtrain_winograd_output_gradient_f2_avx512(dy, Int32(channels), Int32(plan.height), Int32(plan.width),
                                                     Int32(plan.tilesWide), Int32(rowStart), Int32(rows), dm, tiles)
     } else {
@@ -617,7 +616,7 @@ private func weightGradientTransform6(_ u0: Lanes, _ u1: Lanes, _ u2: Lanes, _ u
 func transformInputF4(_ x: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
                       rowStart: Int, rows: Int, into v: UnsafeMutablePointer<Float>, tiles: Int,
                       rowBuffer: UnsafeMutablePointer<Float>) {
-    if winogradAVX512 {
+    if avx512Kernels {
         segtrain_winograd_input_f4_avx512(x, Int32(channels), Int32(plan.height), Int32(plan.width),
                                           Int32(plan.tilesWide), Int32(rowStart), Int32(rows), v, tiles, rowBuffer)
     } else {
@@ -679,7 +678,7 @@ func transformInputF4Portable(_ x: UnsafeMutablePointer<Float>, channels: Int, p
 func transformOutputF4(_ m: UnsafeMutablePointer<Float>, tiles: Int, into y: UnsafeMutablePointer<Float>,
                        channels: Int, plan: WinogradPlan, rowStart: Int, rows: Int,
                        bias: Tensor?, accumulate: Bool, relu: Bool, rowBuffer: UnsafeMutablePointer<Float>) {
-    if winogradAVX512 {
+    if avx512Kernels {
         segtrain_winograd_output_f4_avx512(m, tiles, y, Int32(channels), Int32(plan.height), Int32(plan.width),
                                            Int32(plan.tilesWide), Int32(rowStart), Int32(rows), bias?.data,
                                            accumulate ? 1 : 0, relu ? 1 : 0)
@@ -738,7 +737,7 @@ func transformOutputF4Portable(_ m: UnsafeMutablePointer<Float>, tiles: Int, int
 func transformOutputGradientF4(_ dy: UnsafeMutablePointer<Float>, channels: Int, plan: WinogradPlan,
                                rowStart: Int, rows: Int, into dm: UnsafeMutablePointer<Float>, tiles: Int,
                                rowBuffer: UnsafeMutablePointer<Float>) {
-    if winogradAVX512 {
+    if avx512Kernels {
         segtrain_winograd_output_gradient_f4_avx512(dy, Int32(channels), Int32(plan.height), Int32(plan.width),
                                                     Int32(plan.tilesWide), Int32(rowStart), Int32(rows), dm, tiles)
     } else {
@@ -805,7 +804,7 @@ func transformOutputGradientF4Portable(_ dy: UnsafeMutablePointer<Float>, channe
 /// input gradient  U'^T[xi][o][c] = (G flip(g[o][c]) G^T)[xi]  (Cin and Cout swapped, kernel rotated)
 func transformAllWeights(_ weight: Tensor, into u: UnsafeMutablePointer<Float>, forInputGradient: Bool,
                          tile: Int, pool: WorkerPool) {
-    guard winogradAVX512 else {
+    guard avx512Kernels else {
         transformAllWeightsPortable(weight, into: u, forInputGradient: forInputGradient, tile: tile, pool: pool)
         return
     }

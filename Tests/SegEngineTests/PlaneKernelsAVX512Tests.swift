@@ -29,7 +29,7 @@ final class PlaneKernelsAVX512Tests: XCTestCase {
     }
 
     func testForwardGivesTheSwiftBits() throws {
-        try XCTSkipUnless(planeKernelsAVX512, "this CPU has no AVX-512: only the Swift loops run")
+        try XCTSkipUnless(avx512Kernels, "this CPU has no AVX-512: only the Swift loops run")
         let pool = WorkerPool(threads: 2)
         var compared = 0
         forEachCase { shape, s, p, d in
@@ -49,7 +49,7 @@ final class PlaneKernelsAVX512Tests: XCTestCase {
     }
 
     func testBackwardGivesTheSwiftBits() throws {
-        try XCTSkipUnless(planeKernelsAVX512, "this CPU has no AVX-512: only the Swift loops run")
+        try XCTSkipUnless(avx512Kernels, "this CPU has no AVX-512: only the Swift loops run")
         let pool = WorkerPool(threads: 2)
         var compared = 0
         forEachCase { shape, s, p, d in
@@ -78,7 +78,7 @@ final class PlaneKernelsAVX512Tests: XCTestCase {
     }
 
     func testMaxPoolGivesTheSwiftValuesAndWinners() throws {
-        try XCTSkipUnless(planeKernelsAVX512, "this CPU has no AVX-512: only the Swift loops run")
+        try XCTSkipUnless(avx512Kernels, "this CPU has no AVX-512: only the Swift loops run")
         let pool = WorkerPool(threads: 2)
         var compared = 0
         for width in Array(1...37) + [64, 65, 130] {

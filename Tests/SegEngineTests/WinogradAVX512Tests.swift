@@ -36,12 +36,12 @@ final class WinogradAVX512Tests: XCTestCase {
     }
 
     func testInputTransformF2GivesThePortableBits() throws {
-        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        try XCTSkipUnless(avx512Kernels, "this CPU has no AVX-512: only the portable transforms run")
         try compareInputTransforms(tile: 2)
     }
 
     func testInputTransformF4GivesThePortableBits() throws {
-        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        try XCTSkipUnless(avx512Kernels, "this CPU has no AVX-512: only the portable transforms run")
         try compareInputTransforms(tile: 4)
     }
 
@@ -76,7 +76,7 @@ final class WinogradAVX512Tests: XCTestCase {
     }
 
     func testOutputTransformsGiveThePortableBits() throws {
-        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        try XCTSkipUnless(avx512Kernels, "this CPU has no AVX-512: only the portable transforms run")
         var compared = 0
         for tile in [2, 4] {
             let points = (tile + 2) * (tile + 2)
@@ -121,7 +121,7 @@ final class WinogradAVX512Tests: XCTestCase {
     }
 
     func testOutputGradientTransformsGiveThePortableBits() throws {
-        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        try XCTSkipUnless(avx512Kernels, "this CPU has no AVX-512: only the portable transforms run")
         var compared = 0
         for tile in [2, 4] {
             let points = (tile + 2) * (tile + 2)
@@ -157,7 +157,7 @@ final class WinogradAVX512Tests: XCTestCase {
     /// The weight transforms, both tiles, forward and flipped for the input gradient, channel counts
     /// around one and two 16-kernel vectors.
     func testWeightTransformsGiveThePortableBits() throws {
-        try XCTSkipUnless(winogradAVX512, "this CPU has no AVX-512: only the portable transforms run")
+        try XCTSkipUnless(avx512Kernels, "this CPU has no AVX-512: only the portable transforms run")
         let pool = WorkerPool(threads: 2)
         var compared = 0
         for tile in [2, 4] {

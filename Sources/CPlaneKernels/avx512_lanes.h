@@ -1,16 +1,19 @@
-// Helpers shared by depthwise.c and maxpool.c (not part of the module's interface).
+// Lane masks and column loads for the AVX-512 kernels: included by CPlaneKernels' depthwise.c and
+// maxpool.c and, by relative path, by CWinograd's winograd.c. Not part of any module's interface.
 #pragma once
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+/// Mask of the first n lanes of sixteen (none for n <= 0, all for n >= 16).
+__attribute__((always_inline))
+static inline __mmask16 lanes(long n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
 /// Lanes k of sixteen with lo <= k < hi.
 __attribute__((always_inline))
-static inline __mmask16 span16(long lo, long hi) {
-    if (lo < 0) lo = 0;
-    if (hi > 16) hi = 16;
-    return hi <= lo ? (__mmask16)0 : (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
-}
+static inline __mmask16 span16(long lo, long hi) { return lanes(hi) & (__mmask16)~lanes(lo); }
 
 /// row[start + s*t] for sixteen t (stride s = 1 or 2), zero where the column is outside [0, width):
 /// one masked load, or for s = 2 two and a two-source permute of their even floats.
