@@ -87,12 +87,14 @@ final class PlaneKernelsAVX512Tests: XCTestCase {
                     let g = ConvGeometry(kernel: 3, stride: 2, padding: padding)
                     guard g.output(width) > 0, g.output(height) > 0 else { continue }
                     let shape = Shape(2, 2, height, width)
-                    // Five levels, so most windows hold ties; some -infinity runs and NaNs.
+                    // Five levels, so most windows hold ties; some -infinity runs and NaNs; the last
+                    // plane all -infinity, so every window's gradient goes to its first position.
                     let x = S.random(shape, seed: UInt64(width * 10 + height))
                     for k in 0..<x.tensor.count {
                         let v = x.tensor.data[k]
                         x.tensor.data[k] = k % 23 == 0 ? .nan : (k % 7 < 3 ? -.infinity : (v * 2).rounded())
                     }
+                    x.tensor.plane(1, 1).update(repeating: -.infinity, count: shape.plane)
                     let out = Shape(2, 2, g.output(height), g.output(width))
                     let dy = S.random(out, seed: 3), dxStart = S.random(shape, seed: 4)
                     var results: [(OwnedTensor, OwnedTensor)] = []
