@@ -346,9 +346,9 @@ echo 2.stub
 EOF
   chmod +x "$stubs/qstat" "$stubs/qsub"
   local args="--epochs 40 --image-size 64 --base-channels 8 --depth 3 --train-samples 256 --val-samples 8 --batch-size 8"
-  # Stop 5 s before the 10 s wall time: after ~5 s, mid-run. 40 epochs must take well over 5 s:
-  # about 20 s on the Zen 5 of 2026-12-07 (0.1 s an epoch of 64 samples once the Winograd transforms
-  # ran in C, when 64 samples made the whole run shorter than the timer).
+  # Stop 5 s before the 10 s wall time: after ~5 s, mid-run. 40 epochs must take well over 5 s: on
+  # the Zen 5 of 2026-12-07 the timer stopped the run in epoch 14-16 of 40 (two CI runs). With 64
+  # samples an epoch, once the Winograd transforms ran in C, all 40 epochs took about 5 s there.
   (cd "$pbs" && PATH=$stubs:$PATH PBS_O_WORKDIR=$pbs PBS_JOBID=1.stub PBS_JOBNAME=segtrain PBS_NODEFILE=$pbs/nodefile \
     NCPUS=2 OMP_NUM_THREADS=1 SEGTRAIN=$bin SEGTRAIN_ARGS="$args" SEGTRAIN_STOP_BEFORE=5 \
     SEGTRAIN_PBS_SCRIPT=$repo/cluster/pbs/train.pbs timeout 120 bash "$repo/cluster/pbs/train.pbs") >"$pbs/job1.log" 2>&1

@@ -322,8 +322,8 @@ public struct ConvPolicy: Sendable, Equatable {
     public var winogradMinimumChannels: Int
     /// `auto`: planes at least this high and wide take F(4x4), smaller ones F(2x2). F(4x4) writes
     /// 2.25 transformed values per input value instead of 4 and needs 1.78x fewer GEMM flops; on
-    /// small planes its few tiles make short GEMMs, and its weight-sized buffers (36 values per
-    /// weight) outweigh them (docs/PERFORMANCE.md, "The F(4x4) rule").
+    /// small planes its few tiles make short GEMMs, and its transformed weights and weight-gradient
+    /// partials (36 values per 3x3 kernel, F(2x2): 16) outweigh them (docs/PERFORMANCE.md, "The F(4x4) rule").
     public var winogradLargeTileMinimumSide: Int
     /// Floats of transformed tiles (V + M) one Winograd chunk aims at: about a core's L2 (1 MiB here),
     /// so the transforms and GEMMs of a chunk stay in cache; tuned with `segtrain bench` (docs/PERFORMANCE.md).
