@@ -71,10 +71,19 @@ private let stridedMaximumWeightGroups = 4
 /// Weights of at least this many floats (1 MiB) get their gradient by tiles of dweight instead of
 /// partials (four partials of the 3x3 512 -> 512 weight of a ResNet's last stage are 36 MiB).
 let stridedTiledWeightFloats = 1 << 18
-/// Output channels and (about) GEMM columns of one weight-gradient tile: wide enough that packing
-/// stays cheap beside the product, small enough that the deep layers split into a dozen tiles or more.
-private let stridedTileRows = 256
-private let stridedTileColumns = 256
+/// Most output channels and GEMM columns (input channels x taps) of one weight-gradient tile. Every
+/// item's dY rows are packed once per channel tile and its columns once per row tile, so the packing
+/// per product falls as 1 / rows + 1 / columns: 512 x 512 (a 1x1) or 512 x 576 (64 channels of a 3x3)
+/// pack about half as much as 256 x 256 did (docs/PERFORMANCE.md). The input channels of a tile are a
+/// multiple of 16 where they can be, so a 3x3's columns (144 per 16 channels) fill the GEMM's 48-wide
+/// panels.
+private let stridedTileRows = 512
+private let stridedTileColumns = 576
+/// ...but at least this many tiles, halving the longer side until there are, so that threads find
+/// work. A constant, not the thread count: the plan must not depend on the pool (on segtrain's GEMM
+/// the tile shape does not change a bit of the result either: each element's sum runs over the items
+/// in order, in the same blocks of k).
+private let stridedMinimumTiles = 4
 
 
 /// The work plan of the strided convolution. It depends on the shapes only (never on the thread
@@ -120,8 +129,14 @@ struct StridedConvPlan {
         }
         let taps = g.kernel * g.kernel
         tiledWeightGradient = outChannels * depth >= stridedTiledWeightFloats
-        tileRows = min(max(1, outChannels), stridedTileRows)
-        tileChannels = min(max(1, inChannels), (stridedTileColumns + taps - 1) / taps)
+        var rows = min(max(1, outChannels), stridedTileRows)
+        let fit = stridedTileColumns / taps
+        var channels = min(max(1, inChannels), max(1, fit >= 16 ? fit / 16 * 16 : fit))
+        func tiles(_ r: Int, _ c: Int) -> Int { ((outChannels + r - 1) / r) * ((inChannels + c - 1) / c) }
+        while tiles(rows, channels) < stridedMinimumTiles && max(rows, channels) > 1 {
+            if rows >= channels * taps && rows > 1 || channels == 1 { rows = (rows + 1) / 2 } else { channels = (channels + 1) / 2 }
+        }
+        tileRows = rows; tileChannels = channels
         weightGroups = tiledWeightGradient ? 0 : max(1, min(batch * outBands, stridedMaximumWeightGroups))
     }
 
