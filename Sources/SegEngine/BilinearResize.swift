@@ -9,9 +9,11 @@
 // then i0 = floor(src) (clamped to in - 1), i1 = min(i0 + 1, in - 1), lambda = src - i0. Rows and
 // columns are separable: y = (1 - ly) * ((1 - lx) x[i0][j0] + lx x[i0][j1])
 //                             + ly * ((1 - lx) x[i1][j0] + lx x[i1][j1]).
-// The fast kernels compute each output row's row pair and weight once and walk the row; the naive
-// kernels evaluate the formula per output pixel. Both use the same operations in the same order,
-// so their results are bitwise equal.
+// The fast forward blends each pair of input rows horizontally once (in blocks of 64 columns) for
+// all the output rows that read that pair, then blends vertically; the fast backward computes each
+// output row's row pair and weight once and walks the row; the naive kernels evaluate the formula
+// per output pixel. All of them use the same operations in the same order, so their results are
+// bitwise equal.
 
 @inline(__always) private func checkResizeShapes(_ out: Tensor, _ input: Tensor, _ who: StaticString) {
     precondition(out.n == input.n && out.c == input.c && input.h >= 1 && input.w >= 1 && out.h >= 1 && out.w >= 1,
@@ -53,21 +55,41 @@ public func resizeBilinearForward(_ y: Tensor, _ x: Tensor, alignCorners: Bool, 
     let rows = ResizeAxis(input: x.h, output: outH, alignCorners: alignCorners)
     let cols = ResizeAxis(input: inW, output: outW, alignCorners: alignCorners)
     pool.parallelFor(x.n * x.c) { planes, _ in
-        for q in planes {
-            let src = x.data + q * x.shape.plane, dst = y.data + q * y.shape.plane
-            for oy in 0..<outH {
-                let (r0, r1, ly) = rows.source(oy)
-                let top = src + r0 * inW, bottom = src + r1 * inW, out = dst + oy * outW
-                let wy = 1 - ly
-                for ox in 0..<outW {
-                    let (c0, c1, lx) = cols.source(ox)
-                    let wx = 1 - lx
-                    out[ox] = wy * (wx * top[c0] + lx * top[c1]) + ly * (wx * bottom[c0] + lx * bottom[c1])
+        // 2 x 64 floats on the stack: a block of the two input rows' horizontal blends.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * resizeBlock) { blend in
+            let upper = blend.baseAddress!, lower = upper + resizeBlock
+            for q in planes {
+                let src = x.data + q * x.shape.plane, dst = y.data + q * y.shape.plane
+                var oy = 0
+                while oy < outH {
+                    // Output rows [oy, end) read the same two input rows.
+                    let (r0, r1, _) = rows.source(oy)
+                    var end = oy + 1
+                    while end < outH, case let (a, b, _) = rows.source(end), a == r0 && b == r1 { end += 1 }
+                    let top = src + r0 * inW, bottom = src + r1 * inW
+                    for bx in stride(from: 0, to: outW, by: resizeBlock) {
+                        let count = min(resizeBlock, outW - bx)
+                        for j in 0..<count {
+                            let (c0, c1, lx) = cols.source(bx + j)
+                            let wx = 1 - lx
+                            upper[j] = wx * top[c0] + lx * top[c1]
+                            lower[j] = wx * bottom[c0] + lx * bottom[c1]
+                        }
+                        for r in oy..<end {
+                            let ly = rows.source(r).lambda, wy = 1 - ly
+                            let out = dst + r * outW + bx
+                            for j in 0..<count { out[j] = wy * upper[j] + ly * lower[j] }
+                        }
+                    }
+                    oy = end
                 }
             }
         }
     }
 }
+
+/// Output columns per block of the forward's horizontal blends (the block lives on the stack).
+private let resizeBlock = 64
 
 /// Adds the gradient of resizeBilinearForward into dx: each output's gradient is scattered to its
 /// four inputs with the forward's weights.  dx: (N, C, h, w)  dy: (N, C, H, W)

@@ -144,10 +144,12 @@ final class DeepLabOpsTests: XCTestCase {
         }
     }
 
-    /// (input, output height, output width): up, down, mixed, 1-pixel rows and columns, out == 1.
+    /// (input, output height, output width): up, down, mixed, 1-pixel rows and columns, out == 1, and
+    /// rows wider than the forward's 64-column blocks (x4 as DeepLabV3+, and 131 = 2 x 64 + 3).
     private let resizeCases: [(Shape, Int, Int)] = [
         (Shape(2, 3, 3, 5), 7, 4), (Shape(1, 2, 1, 1), 5, 7), (Shape(1, 1, 9, 7), 4, 3), (Shape(1, 2, 1, 4), 3, 1),
         (Shape(1, 1, 4, 1), 1, 6), (Shape(2, 2, 2, 2), 17, 13), (Shape(1, 3, 6, 6), 24, 24), (Shape(3, 1, 5, 4), 1, 1),
+        (Shape(2, 2, 16, 33), 64, 131), (Shape(1, 2, 20, 20), 80, 80),
     ]
 
     func testResizeFastEqualsNaiveBitwiseForAnyThreadCount() {
