@@ -136,9 +136,43 @@ static void pack_b_transposed(int kc, int nc, const float *b, long ldb, float *p
     }
 }
 
+// p[q*MR + i] = r[i][q] for q < kn: the eight rows of 16 values of k, transposed into kn panel rows of
+// 8 floats. Two rounds of in-lane shuffles gather each 128-bit lane's four k positions for rows 0-3
+// and rows 4-7, and one two-source permute a time joins the halves of two k positions (24 shuffles,
+// where a 16 x 16 transpose of the eight rows and eight zero rows took 64).
+__attribute__((target("avx512f"), always_inline))
+static inline void store_transposed8x16(const __m512 r[8], int kn, float *p) {
+    __m512 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // lane L: r0[4L] r1[4L] r0[4L+1] r1[4L+1]
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // lane L: r0[4L+2] r1[4L+2] r0[4L+3] r1[4L+3]
+    }
+    for (int h = 0; h < 2; h++) {  // u[4h + e], lane L: rows 4h..4h+3 at k = 4L + e
+        __m512d a = _mm512_castps_pd(t[4 * h]), b = _mm512_castps_pd(t[4 * h + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * h + 2]), d = _mm512_castps_pd(t[4 * h + 3]);
+        u[4 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * h + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * h + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    // Lanes 0 and 1 of both halves (k = e and 4 + e), then lanes 2 and 3 (k = 8 + e and 12 + e).
+    const __m512i low = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i high = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int e = 0; e < 4; e++) {
+        __m512 v[2] = {_mm512_permutex2var_ps(u[e], low, u[4 + e]), _mm512_permutex2var_ps(u[e], high, u[4 + e])};
+        for (int j = 0; j < 2; j++) {
+            int q = 8 * j + e;  // v[j] holds k = q (low 256 bits) and k = q + 4 (high 256 bits)
+            if (q < kn) _mm256_store_ps(p + q * MR, _mm512_castps512_ps256(v[j]));
+            if (q + 4 < kn)
+                _mm256_store_ps(p + (q + 4) * MR, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[j]), 1)));
+        }
+    }
+}
+
 // op(A)[i0.., 0..kc) as MR-row micro-panels: panel r holds p[r*MR*kc + k*MR + i] = alpha * A(i0+r*MR+i, k)
 // (zero rows pad the last panel). A row-major A is read 16 values of k at a time for its 8 rows and
-// transposed in registers; a transposed A is copied 8 floats (one row of the panel) at a time.
+// transposed in registers (store_transposed8x16); a transposed A is copied 8 floats (one row of the
+// panel) at a time.
 __attribute__((target("avx512f")))
 static void pack_a_vector(int mc, int kc, const float *a, long lda, int trans, float alpha, float *p) {
     __m512 scale = _mm512_set1_ps(alpha);
@@ -149,12 +183,11 @@ static void pack_a_vector(int mc, int kc, const float *a, long lda, int trans, f
             for (int k0 = 0; k0 < kc; k0 += 16) {
                 int kn = kc - k0 < 16 ? kc - k0 : 16;
                 __mmask16 mask = kn == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << kn) - 1);
-                __m512 r[16];
-                for (int i = 0; i < 16; i++)
+                __m512 r[MR];
+                for (int i = 0; i < MR; i++)
                     r[i] = i < mr ? _mm512_mul_ps(scale, _mm512_maskz_loadu_ps(mask, a + (long)(i0 + i) * lda + k0))
                                   : _mm512_setzero_ps();
-                transpose16(r);
-                for (int q = 0; q < kn; q++) _mm256_store_ps(p + (long)(k0 + q) * MR, _mm512_castps512_ps256(r[q]));
+                store_transposed8x16(r, kn, p + (long)k0 * MR);
             }
         } else {
             for (int k = 0; k < kc; k++) {
