@@ -32,17 +32,25 @@ public func residualAddForward(_ y: Tensor, _ a: Tensor, _ b: Tensor, relu: Bool
 }
 
 /// Backward of residualAddForward: g = dy (times (y > 0) with `relu`) is added into da and into db
-/// (each if given). dy, y (the forward output, read only with `relu`), da, db: (N, C, H, W).
-public func residualAddBackward(da: Tensor?, db: Tensor?, dy: Tensor, y: Tensor, relu: Bool, pool: WorkerPool) {
+/// (each if given), or written over it with `overwriteA` / `overwriteB` (a gradient nothing wrote yet:
+/// it need not be zeroed first). dy, y (the forward output, read only with `relu`), da, db: (N, C, H, W).
+public func residualAddBackward(da: Tensor?, db: Tensor?, dy: Tensor, y: Tensor, relu: Bool,
+                                overwriteA: Bool = false, overwriteB: Bool = false, pool: WorkerPool) {
     checkSame(dy, y, "residualAddBackward")
     if let da { checkSame(da, dy, "residualAddBackward") }
     if let db { checkSame(db, dy, "residualAddBackward") }
     let (up, out) = (dy.data, y.data)
+    @inline(__always) func g(_ i: Int) -> Float { relu && !(out[i] > 0) ? 0 : up[i] }
     pool.parallelFor(dy.count) { range, _ in
+        // ResNet's blocks write both gradients first: two plain stores per element, no read of them.
+        if let a = da?.data, let b = db?.data, overwriteA && overwriteB {
+            for i in range { let v = g(i); a[i] = v; b[i] = v }
+            return
+        }
         for i in range {
-            let g = relu && !(out[i] > 0) ? 0 : up[i]
-            if let da { da.data[i] += g }
-            if let db { db.data[i] += g }
+            let v = g(i)
+            if let da { if overwriteA { da.data[i] = v } else { da.data[i] += v } }
+            if let db { if overwriteB { db.data[i] = v } else { db.data[i] += v } }
         }
     }
 }

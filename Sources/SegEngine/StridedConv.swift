@@ -340,12 +340,14 @@ public func stridedConvForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: T
     }
 }
 
-/// Backward of stridedConvForward. Adds dL/dx into dx, dL/dweight into dweight, dL/dbias into dbias;
-/// a nil one is not computed. Bitwise the same for any thread count.
+/// Backward of stridedConvForward. Adds dL/dx into dx (writes it over dx with
+/// `overwriteInputGradient`: a dx nothing wrote yet, which need not be zeroed first), dL/dweight into
+/// dweight, dL/dbias into dbias; a nil one is not computed. Bitwise the same for any thread count.
 /// dx, x: (N, Cin, H, W)  dy: (N, Cout, Ho, Wo)  dweight, weight: (Cout, Cin, k, k)  dbias: (Cout, 1, 1, 1)
 /// scratch: stridedConvScratchFloats per thread and stridedConvSharedScratchFloats shared.
 public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, dy: Tensor, x: Tensor, weight: Tensor,
-                                geometry: ConvGeometry, perImageWork: Bool = false, pool: WorkerPool, scratch: Scratch) {
+                                geometry: ConvGeometry, perImageWork: Bool = false, overwriteInputGradient: Bool = false,
+                                pool: WorkerPool, scratch: Scratch) {
     let who: StaticString = "stridedConvBackward"
     checkStridedConv(dy, x, weight, dbias, geometry, who)
     if let dweight { precondition(dweight.shape == weight.shape, "\(who): dweight \(dweight.shape) for weight \(weight.shape)") }
@@ -424,7 +426,8 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
             for item in range {
                 let (n, r0, r1) = plan.forwardItem(item)
                 Gemm.sgemm(transA: true, transB: false, m: cin, n: (r1 - r0) * outW, k: cout, a: weight.data, lda: cin,
-                           b: dy.sample(n) + r0 * outW, ldb: outPlane, beta: 1, c: dx.sample(n) + r0 * x.w, ldc: x.shape.plane)
+                           b: dy.sample(n) + r0 * outW, ldb: outPlane, beta: overwriteInputGradient ? 0 : 1,
+                           c: dx.sample(n) + r0 * x.w, ldc: x.shape.plane)
             }
         }
         return
@@ -433,6 +436,9 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
         let dcol = scratch.buffer(t)
         for item in range {
             let (n, r0, r1, o0, o1) = plan.inputItem(item)
+            if overwriteInputGradient {  // the item's rows of dx belong to it alone
+                for c in 0..<cin { (dx.sample(n) + c * x.shape.plane + r0 * x.w).update(repeating: 0, count: (r1 - r0) * x.w) }
+            }
             if o1 <= o0 { continue }
             let pixels = (o1 - o0) * outW
             // dcol (Cin k k x P) = W^T * dY rows [o0, o1)

@@ -74,8 +74,8 @@ public final class GraphModel {
     private(set) var refillsOf: [Int: Int] = [:]
     /// Per op, the gradient slots it writes first: zeroed just before it runs.
     private var zeroFirst: [[Int]] = []
-    /// Per op: it writes its `overwritable` slot first, so it writes instead of adding.
-    private var overwritesFirst: [Bool] = []
+    /// Per op: which of its `overwritable` slots it writes first, so writes instead of adding into.
+    private var overwritesFirst: [FreshWrites] = []
     private var input: Tensor? = nil
     /// A plan for training lets values and gradients share memory by their lifetimes
     /// (`ActivationArena.allocateForTraining`) and recomputes cheap layers' outputs in backward
@@ -175,18 +175,14 @@ public final class GraphModel {
         refillsOf = [:]
         let (ops, layerOfOp) = buildBackwardTape()
         tape = ops
-        let firstWrites = tape.indices.map { op in
-            tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
-        }
-        overwritesFirst = tape.indices.map { op in tape[op].overwritable.map { firstWrites[op].contains($0) } ?? false }
-        zeroFirst = tape.indices.map { op in
-            firstWrites[op].filter { slot in !(overwritesFirst[op] && tape[op].overwritable == slot) }
-        }
+        (zeroFirst, overwritesFirst) = TapeOp.firstWrites(of: tape)
         // A BatchNorm that writes its input's gradient first writes it over its output's: nothing
         // reads the output's gradient after it (a plan for training that shares memory).
         var aliases: [Int: Int] = [:]
         if gradients && sharesTrainingMemory {
-            for (op, step) in tape.enumerated() where overwritesFirst[op] { aliases[step.overwritable!] = step.reads[0] }
+            for (op, step) in tape.enumerated() where overwritesFirst[op][0] {
+                if case .batchNorm = graph.layers[layerOfOp[op]].op { aliases[step.overwritable[0]] = step.reads[0] }
+            }
         }
         arena.allocate(forward: forwardAccesses(), tape: tape, logits: logitsSlot, gradients: gradients,
                        sharing: sharesTrainingMemory, gradientAliases: aliases)
@@ -375,20 +371,27 @@ public final class GraphModel {
                 })
                 layerOfOp.append(index)
                 if !writes.isEmpty {
-                    ops.append(TapeOp(reads: [out], writes: writes) { [unowned self] in
-                        layerBackward(index, dy: arena.gradient(out), part: .input, dx: dx)
+                    // The input gradient is written (not added) where this op writes it first.
+                    ops.append(TapeOp(reads: [out], writes: writes, overwritable: writes) { [unowned self] fresh in
+                        layerBackward(index, dy: arena.gradient(out), part: .input, dx: dx, fresh: fresh)
                     })
                     layerOfOp.append(index)
                 }
             } else {
-                // BatchNorm writes its input's gradient alone when nothing else reads the input.
-                var overwritable: Int? = nil
-                if case .batchNorm = layer.op, let x = inputSlots[0], graph.consumers(of: layer.inputs[0]) == 1 {
-                    overwritable = x
+                // BatchNorm writes its input's gradient alone when nothing else reads the input; a
+                // residual add writes (not adds) the gradients of both its inputs where it writes them
+                // first.
+                var overwritable: [Int] = []
+                switch layer.op {
+                case .batchNorm:
+                    if let x = inputSlots[0], graph.consumers(of: layer.inputs[0]) == 1 { overwritable = [x] }
+                case .add:
+                    if let a = inputSlots[0], let b = inputSlots[1], a != b { overwritable = [a, b] }
+                default: break
                 }
                 ops.append(TapeOp(reads: [out], writes: writes, values: backwardValueSlots(index),
                                   finalizes: finalizes, overwritable: overwritable) { [unowned self] fresh in
-                    layerBackward(index, dy: arena.gradient(out), dx: dx, overwrite: fresh)
+                    layerBackward(index, dy: arena.gradient(out), dx: dx, fresh: fresh)
                 })
                 layerOfOp.append(index)
             }
@@ -525,10 +528,11 @@ public final class GraphModel {
 
     /// Backward of layer `index`; `dx(k)`: the gradient of its input k, nil where none is wanted;
     /// `part`: a convolution's weight (and bias) gradient or its input gradient alone.
-    /// `overwrite`: BatchNorm writes its input's gradient instead of adding (the same bits; it may be
-    /// dy's memory).
+    /// `fresh`: which of the op's `overwritable` input gradients it writes instead of adding into (the
+    /// same bits): a convolution's input gradient, BatchNorm's (it may be dy's memory), a residual
+    /// add's two.
     private func layerBackward(_ index: Int, dy: Tensor, part: BackwardPart = .all, dx: (Int) -> Tensor?,
-                               overwrite: Bool = false) {
+                               fresh: FreshWrites = .none) {
         let layer = graph.layers[index]
         let x = backwardValue(layer.inputs[0]), y = backwardValue(layer.output)
         let dx0 = part == .weights ? nil : dx(0)
@@ -540,11 +544,11 @@ public final class GraphModel {
             profile.measure(part == .input ? .convInputGradient : .convWeightGradient) {
                 if convPolicy.runsWinograd(geometry, x, dy) {
                     conv2dBackward(dx: dx0, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),
-                                   policy: convPolicy, pool: pool, scratch: scratch)
+                                   overwriteInputGradient: fresh[0], policy: convPolicy, pool: pool, scratch: scratch)
                 } else {
                     stridedConvBackward(dx: dx0, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),
-                                        geometry: geometry, perImageWork: convPolicy.perImageWork, pool: pool,
-                                        scratch: scratch)
+                                        geometry: geometry, perImageWork: convPolicy.perImageWork,
+                                        overwriteInputGradient: fresh[0], pool: pool, scratch: scratch)
                 }
             }
         case .depthwise(let weight, let stride, let dilation):
@@ -577,12 +581,12 @@ public final class GraphModel {
                     batchNormBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                       dy: dy, x: x, gamma: store.value(bn.gamma), saveMean: arena.value(stats.mean),
                                       saveInvStd: arena.value(stats.invStd), synchronized: batchStatistics,
-                                      overwrite: overwrite, reluBeta: fusesReLU ? store.value(bn.beta) : nil, pool: pool)
+                                      overwrite: fresh[0], reluBeta: fusesReLU ? store.value(bn.beta) : nil, pool: pool)
                 } else {
                     batchNormEvalBackward(dx: dx0, dgamma: store.gradient(bn.gamma), dbeta: store.gradient(bn.beta),
                                           dy: dy, x: x, gamma: store.value(bn.gamma),
                                           runningMean: store.value(bn.runningMean),
-                                          runningVar: store.value(bn.runningVar), overwrite: overwrite, pool: pool)
+                                          runningVar: store.value(bn.runningVar), overwrite: fresh[0], pool: pool)
                 }
             }
         case .relu6:
@@ -590,7 +594,10 @@ public final class GraphModel {
         case .maxPool:
             if let dx0 { profile.measure(.pool) { maxPoolBackward(dx: dx0, dy: dy, x: x, pool: pool) } }
         case .add(let relu):
-            profile.measure(.elementwise) { residualAddBackward(da: dx0, db: dx(1), dy: dy, y: y, relu: relu, pool: pool) }
+            profile.measure(.elementwise) {
+                residualAddBackward(da: dx0, db: dx(1), dy: dy, y: y, relu: relu, overwriteA: fresh[0],
+                                    overwriteB: fresh[1], pool: pool)
+            }
         case .upsampleNearest:
             if let dx0 { profile.measure(.upsample) { upsampleNearest2xBackward(dx: dx0, dy: dy, pool: pool) } }
         case .concat:

@@ -97,8 +97,8 @@ public final class UNet {
     /// Per op, the gradient slots it writes first: zeroed just before it runs (unless the op
     /// overwrites them itself, `overwritesFirst`).
     private var zeroFirst: [[Int]] = []
-    /// Per op: its `overwritable` slot is written first by it, so it writes instead of adding.
-    private var overwritesFirst: [Bool] = []
+    /// Per op: which of its `overwritable` slots it writes first, so writes instead of adding into.
+    private var overwritesFirst: [FreshWrites] = []
     /// After backward op k, the parameter gradients at flat offsets >= gradientFrontiers[k] are
     /// final (no later op writes them): what may be summed over ranks while backward goes on.
     /// Ends at 0. The same on every rank (it depends on the model only).
@@ -297,13 +297,7 @@ public final class UNet {
         arena.allocate(forward: forwardAccesses(), tape: tape, logits: logitsSlot, gradients: gradients,
                        sharing: sharesTrainingMemory)
         gradientFrontiers = UNet.frontiers(of: tape.map(\.finalizes), store: store)
-        let firstWrites = tape.indices.map { op in
-            tape[op].writes.filter { slot in !tape[..<op].contains { $0.reads.contains(slot) || $0.writes.contains(slot) } }
-        }
-        overwritesFirst = tape.indices.map { op in tape[op].overwritable.map { firstWrites[op].contains($0) } ?? false }
-        zeroFirst = tape.indices.map { op in
-            firstWrites[op].filter { slot in !(overwritesFirst[op] && tape[op].overwritable == slot) }
-        }
+        (zeroFirst, overwritesFirst) = TapeOp.firstWrites(of: tape)
         scratch.reserve(floatsPerThread: scratchFloats)
         scratch.reserve(sharedFloats: sharedFloats)
         layers = rows
@@ -622,18 +616,26 @@ public final class UNet {
             }
         }]
         if let dx {
-            ops.append(TapeOp(reads: [dy], writes: [dx], overwritable: dx) { [unowned self] (fresh: Bool) in
+            ops.append(TapeOp(reads: [dy], writes: [dx], overwritable: [dx]) { [unowned self] fresh in
                 // The input's shape only: its memory may hold the input gradient by now.
                 let input = x.map { arena.value($0) } ?? self.input!
                 profile.measure(.convInputGradient) {
                     conv2dBackward(dx: arena.gradient(dx), dweight: nil, dbias: nil, dy: arena.gradient(dy), x: input,
-                                   weight: store.value(c.weight), overwriteInputGradient: fresh, policy: convPolicy,
+                                   weight: store.value(c.weight), overwriteInputGradient: fresh[0], policy: convPolicy,
                                    pool: pool, scratch: scratch)
                 }
             })
         }
         return ops
     }
+}
+
+/// Which of an op's `overwritable` slots it writes first (bit k for `overwritable[k]`): those it
+/// writes instead of adding into, and that are not zeroed before it runs.
+struct FreshWrites {
+    let bits: UInt8
+    static let none = FreshWrites(bits: 0)
+    subscript(_ k: Int) -> Bool { bits >> UInt8(k) & 1 == 1 }
 }
 
 /// One step of the backward tape.
@@ -645,12 +647,14 @@ struct TapeOp {
     let values: [Int]
     /// Parameter entries whose gradient this op writes, and no later op touches.
     let finalizes: [Int]
-    /// A slot of `writes` the op can overwrite instead of adding into; `run(true)` when this op
-    /// writes it first (it is then not zeroed beforehand).
-    let overwritable: Int?
-    let run: (_ overwrite: Bool) -> Void
-    init(reads: [Int], writes: [Int], values: [Int] = [], finalizes: [Int] = [], overwritable: Int? = nil,
-         run: @escaping (_ overwrite: Bool) -> Void) {
+    /// Slots of `writes` (distinct, at most 8) the op can overwrite instead of adding into; `run`
+    /// learns which of them it writes first (`FreshWrites`).
+    let overwritable: [Int]
+    let run: (_ fresh: FreshWrites) -> Void
+    init(reads: [Int], writes: [Int], values: [Int] = [], finalizes: [Int] = [], overwritable: [Int],
+         run: @escaping (_ fresh: FreshWrites) -> Void) {
+        precondition(overwritable.count <= 8 && Set(overwritable).count == overwritable.count,
+                     "TapeOp: overwritable slots \(overwritable)")
         self.reads = reads
         self.writes = writes
         self.values = values
@@ -660,7 +664,23 @@ struct TapeOp {
     }
 
     init(reads: [Int], writes: [Int], values: [Int] = [], finalizes: [Int] = [], run: @escaping () -> Void) {
-        self.init(reads: reads, writes: writes, values: values, finalizes: finalizes, overwritable: nil) { _ in run() }
+        self.init(reads: reads, writes: writes, values: values, finalizes: finalizes, overwritable: []) { _ in run() }
+    }
+
+    /// Per op of `tape`: the gradient slots it writes before any earlier op touches them, split into
+    /// those it overwrites itself (`fresh`) and those to zero just before it runs (`zero`).
+    static func firstWrites(of tape: [TapeOp]) -> (zero: [[Int]], fresh: [FreshWrites]) {
+        var touched = Set<Int>(), zero: [[Int]] = [], fresh: [FreshWrites] = []
+        for op in tape {
+            let first = op.writes.filter { !touched.contains($0) }
+            var bits: UInt8 = 0
+            for (k, slot) in op.overwritable.enumerated() where first.contains(slot) { bits |= 1 << UInt8(k) }
+            fresh.append(FreshWrites(bits: bits))
+            zero.append(first.filter { slot in !(op.overwritable.firstIndex(of: slot).map { bits >> UInt8($0) & 1 == 1 } ?? false) })
+            touched.formUnion(op.reads)
+            touched.formUnion(op.writes)
+        }
+        return (zero, fresh)
     }
 }
 

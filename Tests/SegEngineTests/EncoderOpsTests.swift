@@ -186,6 +186,19 @@ final class EncoderOpsTests: XCTestCase {
             S.assertBitwiseEqual(daF.tensor, daN.tensor, "da relu \(relu)")
             S.assertBitwiseEqual(dbF.tensor, dbN.tensor, "db relu \(relu)")
 
+            // Written over (a graph's first write; NaN before), alone or with the other added into:
+            // the same bits as added into zeros.
+            for (overA, overB) in [(true, true), (true, false), (false, true)] {
+                let wa = OwnedTensor(shape), wb = OwnedTensor(shape), za = OwnedTensor(shape), zb = OwnedTensor(shape)
+                if overA { wa.tensor.fill(.nan) }
+                if overB { wb.tensor.fill(.nan) }
+                residualAddBackward(da: wa.tensor, db: wb.tensor, dy: dy.tensor, y: yF.tensor, relu: relu,
+                                    overwriteA: overA, overwriteB: overB, pool: pool)
+                residualAddBackwardNaive(da: za.tensor, db: zb.tensor, dy: dy.tensor, y: yN.tensor, relu: relu)
+                S.assertBitwiseEqual(wa.tensor, za.tensor, "da written \(overA) \(overB) relu \(relu)")
+                S.assertBitwiseEqual(wb.tensor, zb.tensor, "db written \(overA) \(overB) relu \(relu)")
+            }
+
             let da = OwnedTensor(shape), db = OwnedTensor(shape), y = OwnedTensor(shape)
             S.checkGradients(inputs: [a.tensor, b.tensor], gradients: [da.tensor, db.tensor], output: y.tensor,
                              forward: { residualAddForward(y.tensor, a.tensor, b.tensor, relu: relu, pool: pool) },

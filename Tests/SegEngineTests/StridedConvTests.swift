@@ -423,6 +423,27 @@ final class StridedConvTests: XCTestCase {
         XCTAssertTrue(dx.tensor.toArray().allSatisfy { $0 == 3 } && dw.tensor.toArray().allSatisfy { $0 == 3 })
     }
 
+    /// `overwriteInputGradient` (a graph's first write of a gradient): dx written over whatever it held
+    /// (NaN here) is the same bits as dx added into zeros, for the in-place 1x1 GEMM, strided and
+    /// dilated taps, and a 1x1 stride 2 whose odd rows no tap reaches (they must become 0, not stay NaN).
+    func testOverwriteInputGradientEqualsAddingIntoZeros() {
+        let pool = WorkerPool(threads: 2)
+        for g in [ConvGeometry(kernel: 1), ConvGeometry(kernel: 3, stride: 2, padding: 1),
+                  ConvGeometry(kernel: 3, padding: 2, dilation: 2), ConvGeometry(kernel: 1, stride: 2)] {
+            let (n, cin, cout, h, w) = (3, 5, 4, 9, 8)
+            let s = scratch(threads: 2, batch: n, cin: cin, cout: cout, h: h, w: w, g)
+            let x = S.random(Shape(n, cin, h, w), seed: 81), weight = S.random(Shape(cout, cin, g.kernel, g.kernel), seed: 82)
+            let dy = S.random(Shape(n, cout, g.output(h), g.output(w)), seed: 83)
+            let added = OwnedTensor(x.shape), written = OwnedTensor(x.shape)
+            written.tensor.fill(.nan)
+            stridedConvBackward(dx: added.tensor, dweight: nil, dbias: nil, dy: dy.tensor, x: x.tensor, weight: weight.tensor,
+                                geometry: g, pool: pool, scratch: s)
+            stridedConvBackward(dx: written.tensor, dweight: nil, dbias: nil, dy: dy.tensor, x: x.tensor, weight: weight.tensor,
+                                geometry: g, overwriteInputGradient: true, pool: pool, scratch: s)
+            S.assertBitwiseEqual(written.tensor, added.tensor, "overwrite \(g)")
+        }
+    }
+
     /// `perImageWork` (`train --deterministic`, implied by `--conv gemm`): an image's output and input gradient
     /// are the same bits alone, in a batch of 3 and in a batch of 5 (a rank's share and the single
     /// process's batch), for 1 and 2 threads. Without it the plan spreads a small batch over more,
