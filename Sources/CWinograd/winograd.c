@@ -373,12 +373,14 @@ void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, 
 
 __attribute__((target("avx512f")))
 void segtrain_winograd_weights_avx512(const float *weight, int cout, int cin, int row, int for_input_gradient,
-                                      int tile, float *u) {
-    const long columns = for_input_gradient ? cin : cout, stride = (long)cout * cin;
-    // Lane l of column block k is kernel (o, c) = (k + l, row) forward, (row, k + l) for the input
-    // gradient; its nine values are gathered from the weight (O, I, 3, 3).
-    const float *first = for_input_gradient ? weight + (long)row * cin * 9 : weight + (long)row * 9;
+                                      int tile, int first_column, int count, float *u) {
+    const long columns = count, stride = (long)(for_input_gradient ? cout : cin) * count;
+    // Lane l of column block k is kernel (o, c) = (first_column + k + l, row) forward, (row,
+    // first_column + k + l) for the input gradient; its nine values are gathered from the weight
+    // (O, I, 3, 3).
     const int lane_stride = for_input_gradient ? 9 : cin * 9;
+    const float *first = (for_input_gradient ? weight + (long)row * cin * 9 : weight + (long)row * 9)
+                         + (long)first_column * lane_stride;
     const __m512i lane = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                             _mm512_set1_epi32(lane_stride));
     const __m512 zero = _mm512_setzero_ps();
@@ -479,8 +481,9 @@ void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, 
 }
 
 void segtrain_winograd_weights_avx512(const float *weight, int cout, int cin, int row, int for_input_gradient,
-                                      int tile, float *u) {
-    (void)weight; (void)cout; (void)cin; (void)row; (void)for_input_gradient; (void)tile; (void)u;
+                                      int tile, int first_column, int count, float *u) {
+    (void)weight; (void)cout; (void)cin; (void)row; (void)for_input_gradient; (void)tile; (void)first_column;
+    (void)count; (void)u;
 }
 
 #endif

@@ -802,34 +802,40 @@ func transformOutputGradientF4Portable(_ dy: UnsafeMutablePointer<Float>, channe
 /// it runs, eight in transformAllWeightsPortable):
 /// forward         U^T[xi][c][o] = (G g[o][c] G^T)[xi]
 /// input gradient  U'^T[xi][o][c] = (G flip(g[o][c]) G^T)[xi]  (Cin and Cout swapped, kernel rotated)
+/// `columns`: only these output channels (forward) or input channels (input gradient), stored as if
+/// the weight had no others (PhaseWinograd.swift transforms a block of them at a time).
 func transformAllWeights(_ weight: Tensor, into u: UnsafeMutablePointer<Float>, forInputGradient: Bool,
-                         tile: Int, pool: WorkerPool) {
+                         tile: Int, columns: Range<Int>? = nil, pool: WorkerPool) {
+    let window = columns ?? 0..<(forInputGradient ? weight.c : weight.n)
     guard avx512Kernels else {
-        transformAllWeightsPortable(weight, into: u, forInputGradient: forInputGradient, tile: tile, pool: pool)
+        transformAllWeightsPortable(weight, into: u, forInputGradient: forInputGradient, tile: tile, columns: window,
+                                    pool: pool)
         return
     }
     let rows = forInputGradient ? weight.n : weight.c
     pool.parallelFor(rows) { range, _ in
         for r in range {
             segtrain_winograd_weights_avx512(weight.data, Int32(weight.n), Int32(weight.c), Int32(r),
-                                             forInputGradient ? 1 : 0, Int32(tile), u)
+                                             forInputGradient ? 1 : 0, Int32(tile), Int32(window.lowerBound),
+                                             Int32(window.count), u)
         }
     }
 }
 
 /// transformAllWeights in Swift, the reference of the AVX-512 version.
 func transformAllWeightsPortable(_ weight: Tensor, into u: UnsafeMutablePointer<Float>, forInputGradient: Bool,
-                                 tile: Int, pool: WorkerPool) {
+                                 tile: Int, columns window: Range<Int>? = nil, pool: WorkerPool) {
     let cout = weight.n, cin = weight.c
-    // Row r, column k: kernel (o, c) = (k, r) forward, (r, k) for the input gradient.
-    let rows = forInputGradient ? cout : cin, columns = forInputGradient ? cin : cout
+    let window = window ?? 0..<(forInputGradient ? cin : cout)
+    // Row r, column k: kernel (o, c) = (first + k, r) forward, (r, first + k) for the input gradient.
+    let rows = forInputGradient ? cout : cin, columns = window.count, first = window.lowerBound
     pool.parallelFor(rows) { range, _ in
         for r in range {
             forEachLanes(columns) { k, n in
                 transformWeights({ l in
-                    let (o, c) = forInputGradient ? (r, k + l) : (k + l, r)
+                    let (o, c) = forInputGradient ? (r, first + k + l) : (first + k + l, r)
                     return UnsafePointer(weight.data + (o * cin + c) * 9)
-                }, count: n, into: u + (r * columns + k), stride: cout * cin, flip: forInputGradient, tile: tile)
+                }, count: n, into: u + (r * columns + k), stride: rows * columns, flip: forInputGradient, tile: tile)
             }
         }
     }

@@ -253,6 +253,10 @@ public final class GraphModel {
                 if convPolicy.runsWinograd(geometry, x, y) {
                     conv2dForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
                                   policy: convPolicy, pool: pool, scratch: scratch)
+                } else if case let tile = convPolicy.phaseWinogradTile(geometry, x, y), tile > 0 {
+                    phaseWinogradForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
+                                         dilation: geometry.dilation, tile: tile, policy: convPolicy, pool: pool,
+                                         scratch: scratch)
                 } else {
                     stridedConvForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
                                        geometry: geometry, perImageWork: convPolicy.perImageWork, pool: pool,
@@ -545,6 +549,18 @@ public final class GraphModel {
                 if convPolicy.runsWinograd(geometry, x, dy) {
                     conv2dBackward(dx: dx0, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),
                                    overwriteInputGradient: fresh[0], policy: convPolicy, pool: pool, scratch: scratch)
+                } else if case let tile = convPolicy.phaseWinogradTile(geometry, x, dy), tile > 0 {
+                    // Winograd on the phase planes for the input gradient, the strided kernel for the weights'.
+                    if dweight != nil || dbias != nil {
+                        stridedConvBackward(dx: nil, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),
+                                            geometry: geometry, perImageWork: convPolicy.perImageWork, pool: pool,
+                                            scratch: scratch)
+                    }
+                    if let dx0 {
+                        phaseWinogradInputGradient(dx: dx0, dy: dy, weight: store.value(weight), dilation: geometry.dilation,
+                                                   tile: tile, overwrite: fresh[0], policy: convPolicy, pool: pool,
+                                                   scratch: scratch)
+                    }
                 } else {
                     stridedConvBackward(dx: dx0, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),
                                         geometry: geometry, perImageWork: convPolicy.perImageWork,

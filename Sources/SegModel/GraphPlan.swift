@@ -30,6 +30,13 @@ struct GraphPlan {
                     shared = max(shared, conv2dPlannedSharedScratchFloats(inChannels: x.c, outChannels: y.c, height: x.h,
                                                                           width: x.w, kernel: 3, policy: policy))
                 } else {
+                    let phaseTile = policy.phaseWinogradTile(g, x, y)
+                    if phaseTile > 0 {
+                        let phase = phaseWinogradScratchFloats(inChannels: x.c, outChannels: y.c, height: x.h, width: x.w,
+                                                               dilation: g.dilation, tile: phaseTile, policy: policy)
+                        perThread = max(perThread, phase.perThread)
+                        shared = max(shared, phase.shared)
+                    }
                     perThread = max(perThread, stridedConvScratchFloats(batch: batch, inChannels: x.c, outChannels: y.c,
                                                                         height: x.h, width: x.w, geometry: g,
                                                                         perImageWork: policy.perImageWork))
@@ -83,4 +90,16 @@ extension ConvPolicy {
     }
 
     func runsWinograd(_ g: ConvGeometry, _ x: Tensor, _ y: Tensor) -> Bool { runsWinograd(g, x.shape, y.shape) }
+
+    /// The Winograd tile a dilated 3x3 convolution (stride 1, padding = dilation, sides multiples of
+    /// the dilation) takes on its phase planes for its forward and input gradient (PhaseWinograd.swift),
+    /// the one the policy gives a 3x3 on planes of that size; 0: the strided kernel runs it.
+    func phaseWinogradTile(_ g: ConvGeometry, _ x: Shape, _ y: Shape) -> Int {
+        guard g.kernel == 3 && g.stride == 1 && g.dilation >= 2 && g.padding == g.dilation,
+              x.h % g.dilation == 0 && x.w % g.dilation == 0 else { return 0 }
+        return winogradTile(kernel: 3, dilation: 1, inChannels: x.c, outChannels: y.c, height: x.h / g.dilation,
+                            width: x.w / g.dilation)
+    }
+
+    func phaseWinogradTile(_ g: ConvGeometry, _ x: Tensor, _ y: Tensor) -> Int { phaseWinogradTile(g, x.shape, y.shape) }
 }

@@ -173,9 +173,31 @@ final class WinogradAVX512Tests: XCTestCase {
                                         pool: pool)
                     S.assertBitwiseEqual(fast.tensor, portable.tensor, "F\(tile) \(cout) x \(cin) flip \(flip)")
                     compared += 1
+                    // A window of columns (PhaseWinograd's blocks): the full transform's columns
+                    // first ..< first + count, row by row, from both versions.
+                    let (rows, total) = flip ? (cout, cin) : (cin, cout)
+                    guard total > 2 else { continue }
+                    let window = 1..<(total - 1), points = (tile + 2) * (tile + 2)
+                    let slice = OwnedTensor(.vector(points * rows * window.count))
+                    for xi in 0..<points {
+                        for r in 0..<rows {
+                            for k in 0..<window.count {
+                                slice.tensor.data[(xi * rows + r) * window.count + k] =
+                                    portable.tensor.data[(xi * rows + r) * total + window.lowerBound + k]
+                            }
+                        }
+                    }
+                    let windowPortable = OwnedTensor(slice.shape), windowFast = OwnedTensor(slice.shape)
+                    transformAllWeightsPortable(weight.tensor, into: windowPortable.tensor.data, forInputGradient: flip,
+                                                tile: tile, columns: window, pool: pool)
+                    transformAllWeights(weight.tensor, into: windowFast.tensor.data, forInputGradient: flip, tile: tile,
+                                        columns: window, pool: pool)
+                    S.assertBitwiseEqual(windowPortable.tensor, slice.tensor, "portable window F\(tile) \(cout) x \(cin) flip \(flip)")
+                    S.assertBitwiseEqual(windowFast.tensor, slice.tensor, "window F\(tile) \(cout) x \(cin) flip \(flip)")
+                    compared += 1
                 }
             }
         }
-        XCTAssertEqual(compared, 28)
+        XCTAssertEqual(compared, 48)
     }
 }

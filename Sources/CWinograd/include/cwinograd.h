@@ -39,9 +39,11 @@ void segtrain_winograd_output_gradient_f2_avx512(const float *dy, int channels, 
 void segtrain_winograd_output_gradient_f4_avx512(const float *dy, int channels, int height, int width, int tiles_wide,
                                                  int row_start, int rows, float *dm, long tiles);
 
-/// Row `row` of the transformed weights, as transformAllWeights in Winograd.swift: forward, U^T[xi]
-/// holds (G g G^T)[xi] of kernel (o, c) at u[xi * cout * cin + c * cout + o] (row c); for the input
-/// gradient, of the kernel flipped 180 degrees at u[xi * cout * cin + o * cin + c] (row o). `tile`
-/// 2 or 4 (16 or 36 points xi); weight is (cout, cin, 3, 3).
+/// Row `row` of the transformed weights, as transformAllWeights in Winograd.swift, for the `count`
+/// columns from `first` (all of them: first 0, count cout forward, cin for the input gradient):
+/// forward, U^T[xi] holds (G g G^T)[xi] of kernel (o, c) at u[xi * cin * count + c * count + o - first]
+/// (row c); for the input gradient, of the kernel flipped 180 degrees at
+/// u[xi * cout * count + o * count + c - first] (row o). `tile` 2 or 4 (16 or 36 points xi); weight is
+/// (cout, cin, 3, 3).
 void segtrain_winograd_weights_avx512(const float *weight, int cout, int cin, int row, int for_input_gradient,
-                                      int tile, float *u);
+                                      int tile, int first, int count, float *u);
