@@ -134,42 +134,42 @@ private func phaseWinograd(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tenso
     }
 }
 
-/// phases[(a*d + b)][c][i][j] = x[c][d*i + a][d*j + b] for one image x (C, H, W).
-private func gatherPhases(_ x: UnsafeMutablePointer<Float>, channels: Int, height: Int, width: Int, dilation d: Int,
-                          into phases: UnsafeMutablePointer<Float>) {
+/// Calls body(row, phaseRow) for every row of every phase plane of one image (C, H, W) at `image`:
+/// row points at the image's row d*i + a from column b (the phase's values are row[d*j]), phaseRow
+/// at phases[(a*d + b)][c][i] (W/d values).
+@inline(__always)
+private func forEachPhaseRow(_ image: UnsafeMutablePointer<Float>, _ phases: UnsafeMutablePointer<Float>, channels: Int,
+                             height: Int, width: Int, dilation d: Int,
+                             _ body: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) -> Void) {
     let (ph, pw) = (height / d, width / d), phasePlane = ph * pw, plane = height * width
     for a in 0..<d {
         for b in 0..<d {
             let phase = phases + (a * d + b) * channels * phasePlane
             for c in 0..<channels {
-                let src = x + c * plane, dst = phase + c * phasePlane
-                for i in 0..<ph {
-                    let row = src + (d * i + a) * width + b, out = dst + i * pw
-                    for j in 0..<pw { out[j] = row[d * j] }
-                }
+                for i in 0..<ph { body(image + c * plane + (d * i + a) * width + b, phase + c * phasePlane + i * pw) }
             }
         }
+    }
+}
+
+/// phases[(a*d + b)][c][i][j] = x[c][d*i + a][d*j + b] for one image x (C, H, W).
+private func gatherPhases(_ x: UnsafeMutablePointer<Float>, channels: Int, height: Int, width: Int, dilation d: Int,
+                          into phases: UnsafeMutablePointer<Float>) {
+    let pw = width / d
+    forEachPhaseRow(x, phases, channels: channels, height: height, width: width, dilation: d) { row, out in
+        for j in 0..<pw { out[j] = row[d * j] }
     }
 }
 
 /// y[c][d*i + a][d*j + b] (+)= phases[(a*d + b)][c][i][j] for one image y (C, H, W).
 private func scatterPhases(_ phases: UnsafeMutablePointer<Float>, channels: Int, into y: UnsafeMutablePointer<Float>,
                            height: Int, width: Int, dilation d: Int, accumulate: Bool) {
-    let (ph, pw) = (height / d, width / d), phasePlane = ph * pw, plane = height * width
-    for a in 0..<d {
-        for b in 0..<d {
-            let phase = phases + (a * d + b) * channels * phasePlane
-            for c in 0..<channels {
-                let src = phase + c * phasePlane, dst = y + c * plane
-                for i in 0..<ph {
-                    let row = dst + (d * i + a) * width + b, values = src + i * pw
-                    if accumulate {
-                        for j in 0..<pw { row[d * j] += values[j] }
-                    } else {
-                        for j in 0..<pw { row[d * j] = values[j] }
-                    }
-                }
-            }
+    let pw = width / d
+    forEachPhaseRow(y, phases, channels: channels, height: height, width: width, dilation: d) { row, values in
+        if accumulate {
+            for j in 0..<pw { row[d * j] += values[j] }
+        } else {
+            for j in 0..<pw { row[d * j] = values[j] }
         }
     }
 }
