@@ -16,6 +16,12 @@
 /// Most floats of one block's transformed weights (8 MiB): half of layer4's 512 -> 512 under F(2x2).
 public let phaseWinogradSharedFloats = 1 << 21
 
+/// Most per-thread floats (16 MiB) a convolution may take this way: a chunk is a whole image, so its
+/// scratch grows with the image (DeepLabV3+(resnet50)'s layer4 at 256 x 256: 3.8 MiB; at 1024 x
+/// 1024, F(4x4) on 32 x 32 phase planes: 29 MiB). Larger ones stay on the strided kernel, whose
+/// bands keep its scratch small.
+public let phaseWinogradMaximumThreadFloats = 1 << 22
+
 /// Blocks and sizes of one phase-plane Winograd convolution (`inChannels` -> `outChannels` as this
 /// pass sees them: the input gradient's are the layer's swapped).
 public struct PhaseWinogradPlan {

@@ -93,12 +93,17 @@ extension ConvPolicy {
 
     /// The Winograd tile a dilated 3x3 convolution (stride 1, padding = dilation, sides multiples of
     /// the dilation) takes on its phase planes for its forward and input gradient (PhaseWinograd.swift),
-    /// the one the policy gives a 3x3 on planes of that size; 0: the strided kernel runs it.
+    /// the one the policy gives a 3x3 on planes of that size, while its per-thread scratch stays within
+    /// `phaseWinogradMaximumThreadFloats`; 0: the strided kernel runs it.
     func phaseWinogradTile(_ g: ConvGeometry, _ x: Shape, _ y: Shape) -> Int {
         guard g.kernel == 3 && g.stride == 1 && g.dilation >= 2 && g.padding == g.dilation,
               x.h % g.dilation == 0 && x.w % g.dilation == 0 else { return 0 }
-        return winogradTile(kernel: 3, dilation: 1, inChannels: x.c, outChannels: y.c, height: x.h / g.dilation,
-                            width: x.w / g.dilation)
+        let tile = winogradTile(kernel: 3, dilation: 1, inChannels: x.c, outChannels: y.c, height: x.h / g.dilation,
+                                width: x.w / g.dilation)
+        guard tile > 0 else { return 0 }
+        let needs = phaseWinogradScratchFloats(inChannels: x.c, outChannels: y.c, height: x.h, width: x.w,
+                                               dilation: g.dilation, tile: tile, policy: self)
+        return needs.perThread <= phaseWinogradMaximumThreadFloats ? tile : 0
     }
 
     func phaseWinogradTile(_ g: ConvGeometry, _ x: Tensor, _ y: Tensor) -> Int { phaseWinogradTile(g, x.shape, y.shape) }
