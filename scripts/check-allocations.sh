@@ -15,7 +15,9 @@ configs=("$unet --threads 1" "$unet --threads 2" "$unet --threads 2 --norm batch
          "$unet --threads 3 --loss bce+dice --optimizer sgd --nesterov"
          # The layer-graph models (encoder UNets, DeepLabV3+ with its dropout and resizes), Winograd and strided kernels.
          "--encoder resnet18 --image-size 64 --batch-size 2 --threads 1" "--encoder mobilenet_v2 --image-size 32 --batch-size 3 --threads 2"
-         "--arch deeplabv3plus --encoder mobilenet_v2 --image-size 64 --batch-size 2 --threads 1")
+         "--arch deeplabv3plus --encoder mobilenet_v2 --image-size 64 --batch-size 2 --threads 1"
+         # ResNet-50's dilated layer4: Winograd on phase planes (PhaseWinograd.swift).
+         "--arch deeplabv3plus --encoder resnet50 --image-size 64 --batch-size 2 --threads 1")
 for config in "${configs[@]}"; do
   line=$(LD_PRELOAD="$out/alloc_counter.so" "$bin" bench --steps 3 --warmup 1 $config "$@" --json)
   read -r count large < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d.get("heap_allocations_in_timed_steps", "missing"), d.get("large_heap_allocations_in_timed_steps", "missing"))' "$line")

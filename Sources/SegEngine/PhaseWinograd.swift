@@ -88,11 +88,13 @@ public func phaseWinogradInputGradient(dx: Tensor, dy: Tensor, weight: Tensor, d
 public func phaseWinogradScratchFloats(inChannels: Int, outChannels: Int, height: Int, width: Int, dilation: Int,
                                        tile: Int, policy: ConvPolicy, sharedLimit: Int = phaseWinogradSharedFloats)
     -> (perThread: Int, shared: Int) {
-    let plans = [(inChannels, outChannels), (outChannels, inChannels)].map { cin, cout in
+    func plan(_ cin: Int, _ cout: Int) -> PhaseWinogradPlan {
         PhaseWinogradPlan(inChannels: cin, outChannels: cout, height: height, width: width, dilation: dilation,
                           tile: tile, policy: policy, sharedLimit: sharedLimit)
     }
-    return (plans.map(\.scratchFloatsPerThread).max()!, plans.map(\.sharedFloats).max()!)
+    let forward = plan(inChannels, outChannels), inputGradient = plan(outChannels, inChannels)
+    return (max(forward.scratchFloatsPerThread, inputGradient.scratchFloatsPerThread),
+            max(forward.sharedFloats, inputGradient.sharedFloats))
 }
 
 /// y (+)= the same-padded 3x3 convolution of each phase plane of x: a block of output channels at a

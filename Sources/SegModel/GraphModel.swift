@@ -58,6 +58,8 @@ public final class GraphModel {
     // Planned for one batch shape.
     public private(set) var batchShape: Shape? = nil
     public private(set) var layers: [LayerInfo] = []
+    /// Per layer, the plan's phase-plane Winograd tile (GraphPlan.phaseTiles).
+    private var phaseTiles: [Int] = []
     public private(set) var gradientFrontiers: [Int] = []
     private var arena = ActivationArena()
     private var scratch: Scratch
@@ -193,6 +195,7 @@ public final class GraphModel {
         scratch.reserve(floatsPerThread: p.scratchFloatsPerThread)
         scratch.reserve(sharedFloats: p.sharedScratchFloats)
         layers = p.rows
+        phaseTiles = p.phaseTiles
         batchShape = shape
     }
 
@@ -253,7 +256,7 @@ public final class GraphModel {
                 if convPolicy.runsWinograd(geometry, x, y) {
                     conv2dForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
                                   policy: convPolicy, pool: pool, scratch: scratch)
-                } else if case let tile = convPolicy.phaseWinogradTile(geometry, x, y), tile > 0 {
+                } else if case let tile = phaseTiles[index], tile > 0 {
                     phaseWinogradForward(y, x, weight: store.value(weight), bias: bias.map { store.value($0) },
                                          dilation: geometry.dilation, tile: tile, policy: convPolicy, pool: pool,
                                          scratch: scratch)
@@ -549,7 +552,7 @@ public final class GraphModel {
                 if convPolicy.runsWinograd(geometry, x, dy) {
                     conv2dBackward(dx: dx0, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),
                                    overwriteInputGradient: fresh[0], policy: convPolicy, pool: pool, scratch: scratch)
-                } else if case let tile = convPolicy.phaseWinogradTile(geometry, x, dy), tile > 0 {
+                } else if case let tile = phaseTiles[index], tile > 0 {
                     // Winograd on the phase planes for the input gradient, the strided kernel for the weights'.
                     if dweight != nil || dbias != nil {
                         stridedConvBackward(dx: nil, dweight: dweight, dbias: dbias, dy: dy, x: x, weight: store.value(weight),

@@ -11,13 +11,18 @@ struct GraphPlan {
     /// Floats of all activations but the images (BatchNorm's saved statistics included).
     let activationFloats: Int
     let rows: [LayerInfo]
+    /// Per layer: the Winograd tile its forward and input gradient take on phase planes (a dilated
+    /// 3x3, `ConvPolicy.phaseWinogradTile`), 0 for every other layer. Decided here, once per plan,
+    /// not in every step.
+    let phaseTiles: [Int]
 
     /// `threads` and `policy`: what the model's convolutions run with (they size the Winograd scratch).
     init(_ graph: LayerGraph, batch: Int, height: Int, width: Int, threads: Int, policy: ConvPolicy = .standard) {
         let shapes = graph.shapes(batch: batch, height: height, width: width)
         var perThread = 0, shared = 0, activations = 0
         var rows: [LayerInfo] = []
-        for layer in graph.layers {
+        var phaseTiles = [Int](repeating: 0, count: graph.layers.count)
+        for (index, layer) in graph.layers.enumerated() {
             let x = shapes[layer.inputs[0]], y = shapes[layer.output]
             activations += y.count
             var kind: String, parameters = 0, flops = 0.0
@@ -32,6 +37,7 @@ struct GraphPlan {
                 } else {
                     let phaseTile = policy.phaseWinogradTile(g, x, y)
                     if phaseTile > 0 {
+                        phaseTiles[index] = phaseTile
                         let phase = phaseWinogradScratchFloats(inChannels: x.c, outChannels: y.c, height: x.h, width: x.w,
                                                                dilation: g.dilation, tile: phaseTile, policy: policy)
                         perThread = max(perThread, phase.perThread)
@@ -78,6 +84,7 @@ struct GraphPlan {
         sharedScratchFloats = shared
         activationFloats = activations
         self.rows = rows
+        self.phaseTiles = phaseTiles
     }
 }
 
@@ -105,6 +112,4 @@ extension ConvPolicy {
                                                dilation: g.dilation, tile: tile, policy: self)
         return needs.perThread <= phaseWinogradMaximumThreadFloats ? tile : 0
     }
-
-    func phaseWinogradTile(_ g: ConvGeometry, _ x: Tensor, _ y: Tensor) -> Int { phaseWinogradTile(g, x.shape, y.shape) }
 }
