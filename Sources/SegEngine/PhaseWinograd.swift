@@ -114,30 +114,28 @@ private func phaseWinograd(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: Tenso
         transformAllWeights(weight, into: u, forInputGradient: forInputGradient, tile: tile, columns: o0..<o0 + count,
                             pool: pool)
         let blockBias = bias.map { Tensor($0.data + o0, .vector(count)) }
-        pool.parallelFor(x.n) { images, thread in
+        pool.parallelForEachItem(x.n) { n, thread in
             let v = scratch.buffer(thread), m = v + points * cin * tiles
             let gathered = m + points * plan.block * tiles, results = gathered + cin * plane
             let rowBuffer = results + plan.block * plane
-            for n in images {
-                gatherPhases(x.sample(n), channels: cin, height: x.h, width: x.w, dilation: d, into: gathered)
-                for p in 0..<plan.phases {
-                    transformInput(gathered + p * cin * phasePlane, channels: cin, plan: plan.plane, rowStart: 0,
-                                   rows: plan.plane.tilesHigh, into: v + p * perPhase, tiles: tiles, rowBuffer: rowBuffer)
-                }
-                for xi in 0..<points {
-                    // M[xi] (block x T) = U[xi] (block x Cin) * V[xi] (Cin x T), U[xi] stored transposed
-                    Gemm.sgemm(transA: true, transB: false, m: count, n: tiles, k: cin, a: u + xi * count * cin,
-                               lda: count, b: v + xi * cin * tiles, ldb: tiles, beta: 0, c: m + xi * count * tiles,
-                               ldc: tiles)
-                }
-                for p in 0..<plan.phases {
-                    transformOutput(m + p * perPhase, tiles: tiles, into: results + p * count * phasePlane,
-                                    channels: count, plan: plan.plane, rowStart: 0, rows: plan.plane.tilesHigh,
-                                    bias: blockBias, accumulate: false, relu: false, rowBuffer: rowBuffer)
-                }
-                scatterPhases(results, channels: count, into: y.sample(n) + o0 * plane, height: x.h, width: x.w,
-                              dilation: d, accumulate: accumulate)
+            gatherPhases(x.sample(n), channels: cin, height: x.h, width: x.w, dilation: d, into: gathered)
+            for p in 0..<plan.phases {
+                transformInput(gathered + p * cin * phasePlane, channels: cin, plan: plan.plane, rowStart: 0,
+                               rows: plan.plane.tilesHigh, into: v + p * perPhase, tiles: tiles, rowBuffer: rowBuffer)
             }
+            for xi in 0..<points {
+                // M[xi] (block x T) = U[xi] (block x Cin) * V[xi] (Cin x T), U[xi] stored transposed
+                Gemm.sgemm(transA: true, transB: false, m: count, n: tiles, k: cin, a: u + xi * count * cin,
+                           lda: count, b: v + xi * cin * tiles, ldb: tiles, beta: 0, c: m + xi * count * tiles,
+                           ldc: tiles)
+            }
+            for p in 0..<plan.phases {
+                transformOutput(m + p * perPhase, tiles: tiles, into: results + p * count * phasePlane,
+                                channels: count, plan: plan.plane, rowStart: 0, rows: plan.plane.tilesHigh,
+                                bias: blockBias, accumulate: false, relu: false, rowBuffer: rowBuffer)
+            }
+            scatterPhases(results, channels: count, into: y.sample(n) + o0 * plane, height: x.h, width: x.w,
+                          dilation: d, accumulate: accumulate)
         }
     }
 }

@@ -136,8 +136,26 @@ struct StridedConvPlan {
         while tiles(rows, channels) < stridedMinimumTiles && max(rows, channels) > 1 {
             if rows >= channels * taps && rows > 1 || channels == 1 { rows = (rows + 1) / 2 } else { channels = (channels + 1) / 2 }
         }
-        tileRows = rows; tileChannels = channels
+        tileRows = StridedConvPlan.evenTile(outChannels, most: rows, granule: 8)
+        tileChannels = StridedConvPlan.evenTile(inChannels, most: channels, granule: fit >= 16 ? 16 : 1)
         weightGroups = tiledWeightGradient ? 0 : max(1, min(batch * outBands, stridedMaximumWeightGroups))
+    }
+
+    /// The side of equal tiles covering `total` in a power-of-two count of tiles, at most `most` long:
+    /// the threads then get equal shares of them (with 2048 channels in tiles of at most 576, four of
+    /// 512 instead of 576, 576, 576 and 320, which left one of two threads idle for a fifth of the
+    /// time; 1280 in at most 288: eight of 160, not five). Rounded up to a multiple of `granule`
+    /// (whole GEMM panels) where that keeps the count and the last tile at least half as long.
+    static func evenTile(_ total: Int, most: Int, granule: Int) -> Int {
+        guard total > most else { return max(1, total) }
+        var count = 1
+        while count * most < total { count *= 2 }
+        let side = (total + count - 1) / count
+        let rounded = (side + granule - 1) / granule * granule
+        if rounded <= most && (total + rounded - 1) / rounded == count && total - rounded * (count - 1) >= rounded / 2 {
+            return rounded
+        }
+        return side
     }
 
     /// Weight-gradient tiles along output channels and along input channels (tiled plans).
@@ -318,25 +336,23 @@ public func stridedConvForward(_ y: Tensor, _ x: Tensor, weight: Tensor, bias: T
     scratch.require(plan.scratchFloats, "stridedConv")
     let (cin, cout, k) = (x.c, y.c, geometry.kernel)
     let depth = cin * k * k, outPlane = y.shape.plane, outW = plan.outWidth
-    pool.parallelFor(plan.forwardItems) { range, t in
+    pool.parallelForEachItem(plan.forwardItems) { item, t in
         let col = scratch.buffer(t)
-        for item in range {
-            let (n, r0, r1) = plan.forwardItem(item)
-            let pixels = (r1 - r0) * outW
-            let band = y.sample(n) + r0 * outW
-            var b = UnsafePointer(x.sample(n) + r0 * x.w), ldb = x.shape.plane
-            if !geometry.isPointwise {
-                stridedIm2col(col, x.sample(n), channels: cin, plan: plan, r0: r0, r1: r1)
-                b = UnsafePointer(col); ldb = pixels
-            }
-            var beta: Float = 0
-            if let bias {
-                for c in 0..<cout { (band + c * outPlane).update(repeating: bias.data[c], count: pixels) }
-                beta = 1
-            }
-            Gemm.sgemm(transA: false, transB: false, m: cout, n: pixels, k: depth, a: weight.data, lda: depth,
-                       b: b, ldb: ldb, beta: beta, c: band, ldc: outPlane)
+        let (n, r0, r1) = plan.forwardItem(item)
+        let pixels = (r1 - r0) * outW
+        let band = y.sample(n) + r0 * outW
+        var b = UnsafePointer(x.sample(n) + r0 * x.w), ldb = x.shape.plane
+        if !geometry.isPointwise {
+            stridedIm2col(col, x.sample(n), channels: cin, plan: plan, r0: r0, r1: r1)
+            b = UnsafePointer(col); ldb = pixels
         }
+        var beta: Float = 0
+        if let bias {
+            for c in 0..<cout { (band + c * outPlane).update(repeating: bias.data[c], count: pixels) }
+            beta = 1
+        }
+        Gemm.sgemm(transA: false, transB: false, m: cout, n: pixels, k: depth, a: weight.data, lda: depth,
+                   b: b, ldb: ldb, beta: beta, c: band, ldc: outPlane)
     }
 }
 
@@ -364,48 +380,44 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
         // Tile (output channels [o0, o1), input channels [c0, c1)) += dY rows * col(channels)^T, every
         // item in order, straight into dweight.
         let taps = k * k, plane = x.shape.plane
-        pool.parallelFor(plan.rowTiles * plan.channelTiles) { range, t in
+        pool.parallelForEachItem(plan.rowTiles * plan.channelTiles) { tile, t in
             let col = scratch.buffer(t)
-            for tile in range {
-                let o0 = tile / plan.channelTiles * plan.tileRows, o1 = min(cout, o0 + plan.tileRows)
-                let c0 = tile % plan.channelTiles * plan.tileChannels, c1 = min(cin, c0 + plan.tileChannels)
-                for item in 0..<plan.forwardItems {
-                    let (n, r0, r1) = plan.forwardItem(item)
-                    let pixels = (r1 - r0) * outW
-                    var b = UnsafePointer(x.sample(n) + c0 * plane + r0 * x.w), ldb = plane
-                    if !geometry.isPointwise {
-                        stridedIm2col(col, x.sample(n) + c0 * plane, channels: c1 - c0, plan: plan, r0: r0, r1: r1)
-                        b = UnsafePointer(col); ldb = pixels
-                    }
-                    Gemm.sgemm(transA: false, transB: true, m: o1 - o0, n: (c1 - c0) * taps, k: pixels,
-                               a: dy.sample(n) + o0 * outPlane + r0 * outW, lda: outPlane, b: b, ldb: ldb,
-                               beta: 1, c: dweight.data + o0 * depth + c0 * taps, ldc: depth)
+            let o0 = tile / plan.channelTiles * plan.tileRows, o1 = min(cout, o0 + plan.tileRows)
+            let c0 = tile % plan.channelTiles * plan.tileChannels, c1 = min(cin, c0 + plan.tileChannels)
+            for item in 0..<plan.forwardItems {
+                let (n, r0, r1) = plan.forwardItem(item)
+                let pixels = (r1 - r0) * outW
+                var b = UnsafePointer(x.sample(n) + c0 * plane + r0 * x.w), ldb = plane
+                if !geometry.isPointwise {
+                    stridedIm2col(col, x.sample(n) + c0 * plane, channels: c1 - c0, plan: plan, r0: r0, r1: r1)
+                    b = UnsafePointer(col); ldb = pixels
                 }
+                Gemm.sgemm(transA: false, transB: true, m: o1 - o0, n: (c1 - c0) * taps, k: pixels,
+                           a: dy.sample(n) + o0 * outPlane + r0 * outW, lda: outPlane, b: b, ldb: ldb,
+                           beta: 1, c: dweight.data + o0 * depth + c0 * taps, ldc: depth)
             }
         }
     } else if let dweight, plan.forwardItems > 0 {
         scratch.requireShared(plan.sharedFloats, "stridedConv")
         let groups = plan.weightGroups
         let partials = scratch.shared
-        pool.parallelFor(groups) { groupRange, t in
+        pool.parallelForEachItem(groups) { group, t in
             let col = scratch.buffer(t)
-            for group in groupRange {
-                let partial = partials + group * weightFloats
-                var beta: Float = 0
-                for item in WorkerPool.split(plan.forwardItems, parts: groups, index: group) {
-                    let (n, r0, r1) = plan.forwardItem(item)
-                    let pixels = (r1 - r0) * outW
-                    var b = UnsafePointer(x.sample(n) + r0 * x.w), ldb = x.shape.plane
-                    if !geometry.isPointwise {
-                        stridedIm2col(col, x.sample(n), channels: cin, plan: plan, r0: r0, r1: r1)
-                        b = UnsafePointer(col); ldb = pixels
-                    }
-                    // partial (Cout x Cin k k) (+)= dY band (Cout x P) * col^T (P x Cin k k)
-                    Gemm.sgemm(transA: false, transB: true, m: cout, n: depth, k: pixels,
-                               a: dy.sample(n) + r0 * outW, lda: outPlane, b: b, ldb: ldb,
-                               beta: beta, c: partial, ldc: depth)
-                    beta = 1
+            let partial = partials + group * weightFloats
+            var beta: Float = 0
+            for item in WorkerPool.split(plan.forwardItems, parts: groups, index: group) {
+                let (n, r0, r1) = plan.forwardItem(item)
+                let pixels = (r1 - r0) * outW
+                var b = UnsafePointer(x.sample(n) + r0 * x.w), ldb = x.shape.plane
+                if !geometry.isPointwise {
+                    stridedIm2col(col, x.sample(n), channels: cin, plan: plan, r0: r0, r1: r1)
+                    b = UnsafePointer(col); ldb = pixels
                 }
+                // partial (Cout x Cin k k) (+)= dY band (Cout x P) * col^T (P x Cin k k)
+                Gemm.sgemm(transA: false, transB: true, m: cout, n: depth, k: pixels,
+                           a: dy.sample(n) + r0 * outW, lda: outPlane, b: b, ldb: ldb,
+                           beta: beta, c: partial, ldc: depth)
+                beta = 1
             }
         }
         pool.parallelFor(weightFloats) { range, _ in
@@ -422,30 +434,26 @@ public func stridedConvBackward(dx: Tensor?, dweight: Tensor?, dbias: Tensor?, d
     guard let dx else { return }
     if geometry.isPointwise {
         // dX band (Cin x P) += W^T (Cin x Cout) * dY band (Cout x P), in place.
-        pool.parallelFor(plan.forwardItems) { range, _ in
-            for item in range {
-                let (n, r0, r1) = plan.forwardItem(item)
-                Gemm.sgemm(transA: true, transB: false, m: cin, n: (r1 - r0) * outW, k: cout, a: weight.data, lda: cin,
-                           b: dy.sample(n) + r0 * outW, ldb: outPlane, beta: overwriteInputGradient ? 0 : 1,
-                           c: dx.sample(n) + r0 * x.w, ldc: x.shape.plane)
-            }
+        pool.parallelForEachItem(plan.forwardItems) { item, _ in
+            let (n, r0, r1) = plan.forwardItem(item)
+            Gemm.sgemm(transA: true, transB: false, m: cin, n: (r1 - r0) * outW, k: cout, a: weight.data, lda: cin,
+                       b: dy.sample(n) + r0 * outW, ldb: outPlane, beta: overwriteInputGradient ? 0 : 1,
+                       c: dx.sample(n) + r0 * x.w, ldc: x.shape.plane)
         }
         return
     }
-    pool.parallelFor(plan.inputItems) { range, t in
+    pool.parallelForEachItem(plan.inputItems) { item, t in
         let dcol = scratch.buffer(t)
-        for item in range {
-            let (n, r0, r1, o0, o1) = plan.inputItem(item)
-            if overwriteInputGradient {  // the item's rows of dx belong to it alone
-                for c in 0..<cin { (dx.sample(n) + c * x.shape.plane + r0 * x.w).update(repeating: 0, count: (r1 - r0) * x.w) }
-            }
-            if o1 <= o0 { continue }
-            let pixels = (o1 - o0) * outW
-            // dcol (Cin k k x P) = W^T * dY rows [o0, o1)
-            Gemm.sgemm(transA: true, transB: false, m: depth, n: pixels, k: cout, a: weight.data, lda: depth,
-                       b: dy.sample(n) + o0 * outW, ldb: outPlane, beta: 0, c: dcol, ldc: pixels)
-            stridedCol2imBand(dx.sample(n), dcol, channels: cin, plan: plan, r0: r0, r1: r1, o0: o0, o1: o1)
+        let (n, r0, r1, o0, o1) = plan.inputItem(item)
+        if overwriteInputGradient {  // the item's rows of dx belong to it alone
+            for c in 0..<cin { (dx.sample(n) + c * x.shape.plane + r0 * x.w).update(repeating: 0, count: (r1 - r0) * x.w) }
         }
+        if o1 <= o0 { return }
+        let pixels = (o1 - o0) * outW
+        // dcol (Cin k k x P) = W^T * dY rows [o0, o1)
+        Gemm.sgemm(transA: true, transB: false, m: depth, n: pixels, k: cout, a: weight.data, lda: depth,
+                   b: dy.sample(n) + o0 * outW, ldb: outPlane, beta: 0, c: dcol, ldc: pixels)
+        stridedCol2imBand(dx.sample(n), dcol, channels: cin, plan: plan, r0: r0, r1: r1, o0: o0, o1: o1)
     }
 }
 

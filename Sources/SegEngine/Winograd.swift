@@ -193,26 +193,24 @@ private func winogradTiles(_ y: Tensor, _ x: Tensor, transformedWeight u: Unsafe
     let cin = plan.inChannels, cout = plan.outChannels
     scratch.require(plan.scratchFloatsPerThread, "winograd tiles")
     let tilesPerChunk = plan.maxTilesPerChunk, points = plan.points
-    pool.parallelFor(plan.chunks) { range, thread in
+    pool.parallelForEachItem(plan.chunks) { item, thread in
         let v = scratch.buffer(thread), m = v + points * cin * tilesPerChunk
         let rowBuffer = v + plan.tileFloats + points * cin * cout
-        for item in range {
-            let (n0, n1, rowStart, rows) = plan.chunk(item)
-            let tiles = (n1 - n0) * rows * plan.tilesWide
-            for n in n0..<n1 {
-                transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
-                               into: v + (n - n0) * rows * plan.tilesWide, tiles: tiles, rowBuffer: rowBuffer)
-            }
-            for xi in 0..<points {
-                // M[xi] (Cout x T) = U[xi] (Cout x Cin) * V[xi] (Cin x T), U[xi] stored transposed
-                Gemm.sgemm(transA: true, transB: false, m: cout, n: tiles, k: cin, a: u + xi * cout * cin, lda: cout,
-                           b: v + xi * cin * tiles, ldb: tiles, beta: 0, c: m + xi * cout * tiles, ldc: tiles)
-            }
-            for n in n0..<n1 {
-                transformOutput(m + (n - n0) * rows * plan.tilesWide, tiles: tiles, into: y.sample(n), channels: cout,
-                                plan: plan, rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
-                                relu: relu, rowBuffer: rowBuffer)
-            }
+        let (n0, n1, rowStart, rows) = plan.chunk(item)
+        let tiles = (n1 - n0) * rows * plan.tilesWide
+        for n in n0..<n1 {
+            transformInput(x.sample(n), channels: cin, plan: plan, rowStart: rowStart, rows: rows,
+                           into: v + (n - n0) * rows * plan.tilesWide, tiles: tiles, rowBuffer: rowBuffer)
+        }
+        for xi in 0..<points {
+            // M[xi] (Cout x T) = U[xi] (Cout x Cin) * V[xi] (Cin x T), U[xi] stored transposed
+            Gemm.sgemm(transA: true, transB: false, m: cout, n: tiles, k: cin, a: u + xi * cout * cin, lda: cout,
+                       b: v + xi * cin * tiles, ldb: tiles, beta: 0, c: m + xi * cout * tiles, ldc: tiles)
+        }
+        for n in n0..<n1 {
+            transformOutput(m + (n - n0) * rows * plan.tilesWide, tiles: tiles, into: y.sample(n), channels: cout,
+                            plan: plan, rowStart: rowStart, rows: rows, bias: bias, accumulate: accumulate,
+                            relu: relu, rowBuffer: rowBuffer)
         }
     }
 }

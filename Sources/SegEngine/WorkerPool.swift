@@ -1,6 +1,9 @@
 // One persistent pool of worker threads per rank. The caller takes part as thread 0, so a pool
-// of T threads starts T - 1 helpers. Work is split statically (thread t always gets the same
-// part of the same job), which keeps results bitwise reproducible for a given thread count.
+// of T threads starts T - 1 helpers. `parallelFor` splits work statically (thread t always gets
+// the same part of the same job), which keeps results bitwise reproducible for a given thread
+// count where a thread's part feeds a per-thread partial. `parallelForEachItem` hands items out one
+// at a time, for work whose items do not depend on the thread that runs them (the convolutions'
+// image bands, tiles and chunks): no core waits at the end behind a longer share.
 // OpenBLAS is set to one thread: kernels call sgemm from inside the pool's threads, so BLAS and
 // the pool never compete for the cores.
 
@@ -94,6 +97,28 @@ public final class WorkerPool: @unchecked Sendable {
             if t < parts {
                 let range = WorkerPool.split(count, parts: parts, index: t)
                 body(range, t)
+            }
+        }
+    }
+
+    /// Runs `body(item, thread)` for every item in 0..<count, handing the items out one at a time,
+    /// in order, to whichever thread is free: a thread that finished early, or that the OS did not
+    /// preempt, takes more of them, so unequal items and a busy machine do not leave a core waiting
+    /// at the end as a static split does. Only for items whose results do not depend on the thread
+    /// that runs them (each writes its own output, or adds into memory no other item touches; per
+    /// thread scratch is fine): which thread takes an item changes from run to run.
+    public func parallelForEachItem(_ count: Int, _ body: (_ item: Int, _ thread: Int) -> Void) {
+        if count <= 0 { return }
+        if threadCount == 1 || count == 1 {
+            for item in 0..<count { body(item, 0) }
+            return
+        }
+        let next = Atomic<Int>(0)
+        run { t in
+            while true {
+                let item = next.add(1, ordering: .relaxed).oldValue
+                if item >= count { break }
+                body(item, t)
             }
         }
     }

@@ -299,11 +299,38 @@ final class StridedConvTests: XCTestCase {
         }
     }
 
+    /// The weight-gradient tiles of a layer are equal (to the rounding of whole GEMM panels) and come
+    /// in a power-of-two count, so two or four threads get equal shares: DeepLabV3+(resnet50)'s 1x1s
+    /// from 2048, 1280 and 1024 channels were cut 576, 576, 576, 320 / 288 x 4 + 128 / 288 x 3 + 160.
+    func testWeightGradientTilesAreEqualAndAPowerOfTwo() {
+        XCTAssertEqual(StridedConvPlan.evenTile(2048, most: 576, granule: 16), 512)
+        XCTAssertEqual(StridedConvPlan.evenTile(1280, most: 288, granule: 16), 160)
+        XCTAssertEqual(StridedConvPlan.evenTile(1024, most: 288, granule: 16), 256)
+        XCTAssertEqual(StridedConvPlan.evenTile(100, most: 32, granule: 16), 25, "32 would leave a last tile of 4")
+        XCTAssertEqual(StridedConvPlan.evenTile(300, most: 512, granule: 8), 300)
+        XCTAssertEqual(StridedConvPlan.evenTile(1000, most: 288, granule: 16), 256, "four of 256, 232 last")
+        let shapes: [(cin: Int, cout: Int, kernel: Int, side: Int)] = [
+            (2048, 512, 1, 16), (1024, 512, 1, 16), (1280, 256, 1, 16), (2048, 256, 1, 16), (1024, 256, 1, 16),
+            (1024, 2048, 1, 16), (512, 2048, 1, 16), (512, 512, 3, 16), (256, 256, 3, 32), (100, 300, 3, 5),
+        ]
+        for s in shapes {
+            let plan = StridedConvPlan(batch: 8, inChannels: s.cin, outChannels: s.cout, height: s.side, width: s.side,
+                                       geometry: ConvGeometry(kernel: s.kernel, padding: s.kernel / 2))
+            let what = "\(s.cin) -> \(s.cout) \(s.kernel)x\(s.kernel)"
+            XCTAssertTrue(plan.tiledWeightGradient, what)
+            for (total, side, count) in [(s.cout, plan.tileRows, plan.rowTiles), (s.cin, plan.tileChannels, plan.channelTiles)] {
+                XCTAssertEqual(count & (count - 1), 0, "\(what): \(count) tiles of \(side) for \(total)")
+                XCTAssertGreaterThanOrEqual(2 * (total - side * (count - 1)), side, "\(what): last tile of \(side) for \(total)")
+            }
+            XCTAssertGreaterThanOrEqual(plan.rowTiles * plan.channelTiles, 4, what)
+        }
+    }
+
     /// Weights of at least `stridedTiledWeightFloats` (the deep layers of ResNet-50 / DeepLabV3+) get
     /// their gradient by tiles of dweight, every item added in place, no shared partials: within the
     /// rounding bound (initial value + one chain over every pixel), bitwise the same for 1, 2 and 3
     /// threads, and with no shared scratch. 300 x 100 x 3 x 3 (270,000 floats) gives one row tile and
-    /// four channel tiles (32 x 3 + 4: 64 halved to reach four tiles); the 1x1 cases 512 x 512 give
+    /// four channel tiles of 25 (64 halved to reach four tiles, then evened out); the 1x1 cases 512 x 512 give
     /// two by two (512 x 512 halved twice).
     func testTiledWeightGradientWithinRoundingBoundAndThreadIndependent() {
         let cases: [(ConvGeometry, Int, Int)] = [

@@ -1,4 +1,5 @@
 import XCTest
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,6 +30,49 @@ final class WorkerPoolTests: XCTestCase {
             let expected = Float((1...50).reduce(0, +))
             XCTAssertTrue(out.tensor.toArray().allSatisfy { $0 == expected }, "threads \(threads)")
         }
+    }
+
+    /// Items handed out one at a time: each runs exactly once, on a thread index of the pool, for
+    /// counts below, at and above the thread count; a slow thread (one that sleeps in its first item)
+    /// leaves the rest to the others instead of its static share; nested inside a job it runs
+    /// inline with its own counter.
+    func testParallelForEachItemRunsEveryItemOnce() {
+        for threads in 1...4 {
+            let pool = WorkerPool(threads: threads)
+            for count in [0, 1, 2, 3, 5, 64, 1001] {
+                let runs = OwnedTensor(.vector(max(count, 1))), where_ = OwnedTensor(.vector(max(count, 1)))
+                pool.parallelForEachItem(count) { item, t in
+                    runs.tensor[item] += 1
+                    where_.tensor[item] = Float(t)
+                }
+                XCTAssertEqual(Array(runs.tensor.toArray().prefix(count)), [Float](repeating: 1, count: count),
+                               "threads \(threads) count \(count)")
+                XCTAssertTrue(where_.tensor.toArray().allSatisfy { $0 >= 0 && Int($0) < threads }, "threads \(threads)")
+            }
+        }
+        // 2 threads, 40 items: item 0 holds its thread until the other 39 are done (at most 5 s). Handed
+        // out one at a time, the other thread takes them all; a static split would leave 19 of them
+        // behind item 0 on the held thread, and the wait would time out.
+        let pool = WorkerPool(threads: 2)
+        let owner = OwnedTensor(.vector(40))
+        let done = Atomic<Int>(0)
+        pool.parallelForEachItem(40) { item, t in
+            owner.tensor[item] = Float(t)
+            if item == 0 {
+                let start = Date()
+                while done.load(ordering: .acquiring) < 39 && Date().timeIntervalSince(start) < 5 { usleep(1000) }
+            } else {
+                done.add(1, ordering: .releasing)
+            }
+        }
+        let held = owner.tensor[0]
+        XCTAssertEqual(owner.tensor.toArray().filter { $0 == held }.count, 1, "the held thread ran only item 0")
+        // Nested: each outer item runs an inner loop of its own.
+        let nested = OwnedTensor(.vector(12))
+        pool.parallelForEachItem(3) { outer, _ in
+            pool.parallelForEachItem(4) { inner, _ in nested.tensor[outer * 4 + inner] += Float(outer * 4 + inner + 1) }
+        }
+        XCTAssertEqual(nested.tensor.toArray(), (1...12).map(Float.init))
     }
 
     /// A nested run finishes (it runs inline); a deadlock fails after 30 s instead of hanging the suite.
