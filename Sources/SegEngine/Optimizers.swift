@@ -274,16 +274,25 @@ public final class Optimizer {
         let bias2Sqrt = Float((1 - pow(beta2, t)).squareRoot())
         let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2)
         let eps = config.epsilon
+        // Eight elements at a time, written on lanes: as a plain loop over four pointers LLVM left it
+        // scalar (one division and one square root per element: 2.7 % of DeepLabV3+(resnet50)'s step).
+        // Each lane does the float operations of the scalar expression in the same order (no fused
+        // multiply-add; vector square root and division round as the scalar ones), so the bits are those
+        // of the element-by-element loop.
         forEachInShard(pool) { range in
-            for i in range {
-                let param = p[i] * decay
-                let grad = g[i] + l2 * param
-                let mi = m[i] + oneMinusB1 * (grad - m[i])
-                let vi = v[i] * b2 + oneMinusB2 * grad * grad
-                m[i] = mi
-                v[i] = vi
+            var i = range.lowerBound
+            while i < range.upperBound {
+                let n = min(8, range.upperBound - i)
+                let param = loadLanes(p + i, n) * decay
+                let grad = loadLanes(g + i, n) + l2 * param
+                let mOld = loadLanes(m + i, n)
+                let mi = mOld + oneMinusB1 * (grad - mOld)
+                let vi = loadLanes(v + i, n) * b2 + oneMinusB2 * grad * grad
+                storeLanes(mi, m + i, n)
+                storeLanes(vi, v + i, n)
                 let denom = vi.squareRoot() / bias2Sqrt + eps
-                p[i] = param - stepSize * mi / denom
+                storeLanes(param - stepSize * mi / denom, p + i, n)
+                i += n
             }
         }
     }

@@ -276,6 +276,52 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// Adam and AdamW update eight elements at a time: the bits are those of the float expression
+    /// applied element by element (the loop as it was before it ran on lanes, written out here), in
+    /// the values and both moments, for lengths and thread ranges that end 1-7 elements past a
+    /// multiple of 8 and for a shard that starts off one.
+    func testAdamLanesGiveTheBitsOfTheElementwiseExpression() {
+        for kind in [OptimizerKind.adam, .adamw] {
+            for (count, shard) in [(1, nil), (7, nil), (9, nil), (1_003, nil), (1_003, 13..<1_000)] as [(Int, Range<Int>?)] {
+                let config = OptimizerConfig(kind: kind, beta1: 0.85, beta2: 0.995, epsilon: 1e-3, weightDecay: 0.05)
+                let start = randomValues(count, seed: 21)
+                let values = owned(start), gradients = OwnedTensor(.vector(count))
+                let optimizer = Optimizer(config, parameterCount: count)
+                optimizer.shard = shard
+                var p = start, m = [Float](repeating: 0, count: count), v = m
+                let (b1, b2, wd) = (decimalValue(config.beta1), decimalValue(config.beta2), decimalValue(config.weightDecay))
+                for step in 1...5 {
+                    let g = stepGradients(count, step: step)
+                    for i in 0..<count { gradients.tensor[i] = g[i] }
+                    let lr = 0.01 * Double(Float(step))
+                    optimizer.apply(values: values.tensor, gradients: gradients.tensor, learningRate: Float(lr),
+                                    pool: WorkerPool(threads: 3))
+                    let rate = Double(Float(lr)) * 1
+                    let t = Double(step)
+                    let decay = kind == .adamw ? Float(1 - rate * wd) : 1, l2 = kind == .adamw ? 0 : Float(wd)
+                    let stepSize = Float(rate / (1 - pow(b1, t))), bias2Sqrt = Float((1 - pow(b2, t)).squareRoot())
+                    let (beta2, oneMinusB1, oneMinusB2) = (Float(b2), Float(1 - b1), Float(1 - b2))
+                    for i in shard ?? 0..<count {
+                        let param = p[i] * decay
+                        let grad = g[i] + l2 * param
+                        let mi = m[i] + oneMinusB1 * (grad - m[i])
+                        let vi = v[i] * beta2 + oneMinusB2 * grad * grad
+                        m[i] = mi
+                        v[i] = vi
+                        let denom = vi.squareRoot() / bias2Sqrt + config.epsilon
+                        p[i] = param - stepSize * mi / denom
+                    }
+                }
+                let label = "\(kind) count \(count) shard \(String(describing: shard))"
+                XCTAssertEqual(values.tensor.toArray().map(\.bitPattern), p.map(\.bitPattern), label)
+                let moments = Dictionary(uniqueKeysWithValues: optimizer.stateBuffers.map { ($0.name, $0.buffer.tensor.toArray()) })
+                XCTAssertEqual(moments["exp_avg"]?.map(\.bitPattern), m.map(\.bitPattern), label)
+                XCTAssertEqual(moments["exp_avg_sq"]?.map(\.bitPattern), v.map(\.bitPattern), label)
+                XCTAssertNotEqual(p, start, label)
+            }
+        }
+    }
+
     /// Sharded updates (data-parallel ranks): optimizers that each update one shard (three uneven
     /// shards, one optimizer per shard, 7 clipped steps) together give bitwise the full update, in
     /// the values and in each shard's state; outside its shard an optimizer changes nothing.
