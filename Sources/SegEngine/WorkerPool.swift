@@ -106,7 +106,9 @@ public final class WorkerPool: @unchecked Sendable {
     /// preempt, takes more of them, so unequal items and a busy machine do not leave a core waiting
     /// at the end as a static split does. Only for items whose results do not depend on the thread
     /// that runs them (each writes its own output, or adds into memory no other item touches; per
-    /// thread scratch is fine): which thread takes an item changes from run to run.
+    /// thread scratch is fine): which thread takes an item changes from run to run. Each item costs
+    /// a move of the counter's cache line between cores, so items should be large (a GEMM's worth:
+    /// BatchNorm's channels of a 16 x 16 layer, 8 KiB each, ran slower this way; docs/PERFORMANCE.md).
     public func parallelForEachItem(_ count: Int, _ body: (_ item: Int, _ thread: Int) -> Void) {
         if count <= 0 { return }
         if threadCount == 1 || count == 1 {
