@@ -23,10 +23,12 @@ public let batchNormEpsilon: Float = 1e-5
 /// e.g. (C, 1, 1, 1).
 /// With `synchronized` (SyncBatchNorm, `--sync-bn`) a training forward's statistics are those of
 /// the batches of all ranks together (`synchronizedBatchNormForward`).
+/// `relu`: a ReLU follows, applied as each value is written (v > 0 ? v : 0, reluForward's
+/// expression, so the bits of the two passes), instead of a second pass over y.
 public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tensor, runningMean: Tensor,
                              runningVar: Tensor, saveMean: Tensor, saveInvStd: Tensor, training: Bool,
                              momentum: Float = 0.1, epsilon: Float = batchNormEpsilon, synchronized: BatchStatisticsSum? = nil,
-                             pool: WorkerPool) {
+                             relu: Bool = false, pool: WorkerPool) {
     let who: StaticString = "batchNormForward"
     precondition(y.shape == x.shape, "\(who): y \(y.shape) differs from x \(x.shape)")
     let channels = x.c, plane = x.shape.plane, batch = x.n
@@ -44,7 +46,14 @@ public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tens
                 let scale = gamma[c] / (runningVar[c] + epsilon).squareRoot()
                 let mean = runningMean[c], shift = beta[c]
                 let src = x.data + q * plane, dst = y.data + q * plane
-                for i in 0..<plane { dst[i] = (src[i] - mean) * scale + shift }
+                if relu {
+                    for i in 0..<plane {
+                        let v = (src[i] - mean) * scale + shift
+                        dst[i] = v > 0 ? v : 0
+                    }
+                } else {
+                    for i in 0..<plane { dst[i] = (src[i] - mean) * scale + shift }
+                }
             }
         }
         return
@@ -53,7 +62,7 @@ public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tens
     if let synchronized {
         synchronizedBatchNormForward(y, x, gamma: gamma, beta: beta, runningMean: runningMean, runningVar: runningVar,
                                      saveMean: saveMean, saveInvStd: saveInvStd, momentum: momentum, epsilon: epsilon,
-                                     sum: synchronized, pool: pool)
+                                     sum: synchronized, relu: relu, pool: pool)
         return
     }
     let m = batch * plane
@@ -64,7 +73,7 @@ public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tens
             let variance = BatchNormChannel.squaredDeviations(x, c, from: mean) / Double(m)
             BatchNormChannel.finish(y, x, c, mean: mean, variance: variance, count: Double(m), gamma: gamma, beta: beta,
                                     runningMean: runningMean, runningVar: runningVar, saveMean: saveMean,
-                                    saveInvStd: saveInvStd, momentum: momentum, epsilon: epsilon)
+                                    saveInvStd: saveInvStd, momentum: momentum, epsilon: epsilon, relu: relu)
         }
     }
 }
@@ -126,10 +135,11 @@ enum BatchNormChannel {
     }
 
     /// Saves the statistics, updates the running ones (the variance unbiased with `count` values)
-    /// and writes channel c of y.
+    /// and writes channel c of y (through a ReLU with `relu`).
     @inline(__always) static func finish(_ y: Tensor, _ x: Tensor, _ c: Int, mean: Double, variance: Double, count: Double,
                                          gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor,
-                                         saveMean: Tensor, saveInvStd: Tensor, momentum: Float, epsilon: Float) {
+                                         saveMean: Tensor, saveInvStd: Tensor, momentum: Float, epsilon: Float,
+                                         relu: Bool) {
         let invStd = 1 / (variance + Double(epsilon)).squareRoot()
         saveMean[c] = Float(mean)
         saveInvStd[c] = Float(invStd)
@@ -138,7 +148,14 @@ enum BatchNormChannel {
         let meanF = Float(mean), scale = gamma[c] * Float(invStd), shift = beta[c]
         for n in 0..<x.n {
             let src = x.plane(n, c), dst = y.plane(n, c)
-            for i in 0..<x.shape.plane { dst[i] = (src[i] - meanF) * scale + shift }
+            if relu {
+                for i in 0..<x.shape.plane {
+                    let v = (src[i] - meanF) * scale + shift
+                    dst[i] = v > 0 ? v : 0
+                }
+            } else {
+                for i in 0..<x.shape.plane { dst[i] = (src[i] - meanF) * scale + shift }
+            }
         }
     }
 

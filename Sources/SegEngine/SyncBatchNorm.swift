@@ -51,7 +51,7 @@ public final class BatchStatisticsSum {
 /// the same outputs; the running variance's unbiasing uses the global count.
 func synchronizedBatchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tensor, runningMean: Tensor,
                                   runningVar: Tensor, saveMean: Tensor, saveInvStd: Tensor, momentum: Float,
-                                  epsilon: Float, sum: BatchStatisticsSum, pool: WorkerPool) {
+                                  epsilon: Float, sum: BatchStatisticsSum, relu: Bool = false, pool: WorkerPool) {
     let channels = x.c, plane = x.shape.plane, batch = x.n
     // [0, C): sums, then means; C: the value count; [C + 1, 2C + 1): squared deviations.
     let first = sum.values(channels + 1)
@@ -74,7 +74,7 @@ func synchronizedBatchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta:
         for c in channelRange {
             BatchNormChannel.finish(y, x, c, mean: first[c], variance: second[c] / m, count: m, gamma: gamma, beta: beta,
                                     runningMean: runningMean, runningVar: runningVar, saveMean: saveMean,
-                                    saveInvStd: saveInvStd, momentum: momentum, epsilon: epsilon)
+                                    saveInvStd: saveInvStd, momentum: momentum, epsilon: epsilon, relu: relu)
         }
     }
 }

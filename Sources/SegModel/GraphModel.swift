@@ -278,10 +278,9 @@ public final class GraphModel {
                 batchNormForward(y, x, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
                                  runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
                                  saveMean: arena.value(stats.mean), saveInvStd: arena.value(stats.invStd),
-                                 training: trains, synchronized: batchStatistics, pool: pool)
+                                 training: trains, synchronized: batchStatistics, relu: relu, pool: pool)
             }
             if trains { store.value(counter)[0] += 1 }
-            if relu { profile.measure(.elementwise) { reluForward(y, y, pool: pool) } }
         case .relu6:
             profile.measure(.elementwise) { relu6Forward(y, x, pool: pool) }
         case .maxPool:

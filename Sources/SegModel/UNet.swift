@@ -470,14 +470,14 @@ public final class UNet {
                     batchNormForward(out, z, gamma: store.value(bn.gamma), beta: store.value(bn.beta),
                                      runningMean: store.value(bn.runningMean), runningVar: store.value(bn.runningVar),
                                      saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
-                                     training: training, synchronized: batchStatistics, pool: pool)
+                                     training: training, synchronized: batchStatistics, relu: true, pool: pool)
                 } else if let gn = unit.gn {
                     groupNormForward(out, z, groups: gn.groups, gamma: store.value(gn.gamma), beta: store.value(gn.beta),
                                      saveMean: arena.value(unit.saveMean), saveInvStd: arena.value(unit.saveInvStd),
                                      pool: pool)
                 }
             }
-            profile.measure(.elementwise) { reluForward(out, out, pool: pool) }
+            if unit.bn == nil { profile.measure(.elementwise) { reluForward(out, out, pool: pool) } }
         } else {
             // Bias and ReLU fused into the convolution's output pass.
             profile.measure(.convForward) {

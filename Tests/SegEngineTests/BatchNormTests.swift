@@ -193,6 +193,37 @@ final class BatchNormTests: XCTestCase {
         }
     }
 
+    /// `relu: true` writes v > 0 ? v : 0 (reluForward's expression) as it normalises: the bits of the forward followed
+    /// by reluForward, in training and evaluation, with pre-activations of exactly 0 (beta 0 and the
+    /// mean equal to some x) and a NaN among the inputs; the statistics are the same too.
+    func testForwardWithReluGivesTheBitsOfTheSeparatePass() {
+        let pool = WorkerPool(threads: 2)
+        for training in [true, false] {
+            for shape in [Shape(2, 3, 4, 5), Shape(3, 2, 1, 7)] {
+                let separate = Fixture(shape, seed: 90), fused = Fixture(shape, seed: 90)
+                for f in [separate, fused] {
+                    f.beta.tensor[1] = 0
+                    f.runningMean.tensor[1] = f.x.tensor.plane(0, 1)[2]
+                    f.x.tensor.plane(shape.n - 1, 0)[1] = .nan
+                }
+                separate.forward(training: training, pool: pool)
+                reluForward(separate.y.tensor, separate.y.tensor, pool: pool)
+                batchNormForward(fused.y.tensor, fused.x.tensor, gamma: fused.gamma.tensor, beta: fused.beta.tensor,
+                                 runningMean: fused.runningMean.tensor, runningVar: fused.runningVar.tensor,
+                                 saveMean: fused.saveMean.tensor, saveInvStd: fused.saveInvStd.tensor, training: training,
+                                 relu: true, pool: pool)
+                let label = "\(shape) training \(training)"
+                S.assertBitwiseEqual(fused.y.tensor, separate.y.tensor, label)
+                for (a, b) in [(fused.saveMean, separate.saveMean), (fused.saveInvStd, separate.saveInvStd),
+                               (fused.runningMean, separate.runningMean), (fused.runningVar, separate.runningVar)] {
+                    S.assertBitwiseEqual(a.tensor, b.tensor, label)
+                }
+                let values = fused.y.tensor.toArray()
+                XCTAssertTrue(values.contains(0) && values.contains { $0 > 0 } && !values.contains { $0 < 0 }, label)
+            }
+        }
+    }
+
     /// batchNormReluBackwardInPlace zeroes the gradient where reluBackwardInPlace does with the
     /// kept output, in both modes: a plan for training masks from the input instead of keeping the
     /// output. Some pre-activations are made exactly zero (x at the mean, beta 0), where a mask

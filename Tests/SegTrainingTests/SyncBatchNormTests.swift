@@ -93,6 +93,25 @@ final class SyncBatchNormTests: XCTestCase {
         return (0..<shares.count).map { box.results[$0]! }
     }
 
+    /// SyncBatchNorm's forward applies a following ReLU as it writes (`relu: true`), with the bits of
+    /// its forward followed by reluForward (one rank, so the exchange runs and returns its own sums).
+    func testSynchronizedForwardWithReluGivesTheBitsOfTheSeparatePass() {
+        let x = random(SyncBatchNormTests.shape, seed: 5, scale: 2, offset: 0.1)
+        let pool = WorkerPool(threads: 2), world = ThreadRanks(size: 1)
+        let separate = Layer(), fused = Layer()
+        let y = OwnedTensor(x.tensor.shape), yFused = OwnedTensor(x.tensor.shape)
+        let sum = BatchStatisticsSum(collectives: world.rank(0), channels: 3)
+        separate.forward(y.tensor, x.tensor, sum, pool)
+        reluForward(y.tensor, y.tensor, pool: pool)
+        batchNormForward(yFused.tensor, x.tensor, gamma: fused.gamma.tensor, beta: fused.beta.tensor,
+                         runningMean: fused.runningMean.tensor, runningVar: fused.runningVar.tensor,
+                         saveMean: fused.saveMean.tensor, saveInvStd: fused.saveInvStd.tensor, training: true,
+                         synchronized: sum, relu: true, pool: pool)
+        XCTAssertEqual(sum.sums, 4, "both forwards exchanged their two sums")
+        XCTAssertEqual(yFused.tensor.toArray().map(\.bitPattern), y.tensor.toArray().map(\.bitPattern))
+        XCTAssertTrue(y.tensor.toArray().contains(0) && y.tensor.toArray().contains { $0 > 0 })
+    }
+
     func testRanksTogetherEqualTheWholeBatch() {
         let x = random(SyncBatchNormTests.shape, seed: 1, scale: 2, offset: 0.7), dy = random(SyncBatchNormTests.shape, seed: 2)
         let pool = WorkerPool(threads: 1), layer = Layer()
