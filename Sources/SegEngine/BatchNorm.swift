@@ -45,15 +45,8 @@ public func batchNormForward(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Tens
                 let c = q % channels
                 let scale = gamma[c] / (runningVar[c] + epsilon).squareRoot()
                 let mean = runningMean[c], shift = beta[c]
-                let src = x.data + q * plane, dst = y.data + q * plane
-                if relu {
-                    for i in 0..<plane {
-                        let v = (src[i] - mean) * scale + shift
-                        dst[i] = v > 0 ? v : 0
-                    }
-                } else {
-                    for i in 0..<plane { dst[i] = (src[i] - mean) * scale + shift }
-                }
+                BatchNormChannel.normalize(y.data + q * plane, x.data + q * plane, count: plane, mean: mean,
+                                           scale: scale, shift: shift, relu: relu)
             }
         }
         return
@@ -147,15 +140,23 @@ enum BatchNormChannel {
         runningVar[c] = (1 - momentum) * runningVar[c] + momentum * Float(variance * count / (count - 1))
         let meanF = Float(mean), scale = gamma[c] * Float(invStd), shift = beta[c]
         for n in 0..<x.n {
-            let src = x.plane(n, c), dst = y.plane(n, c)
-            if relu {
-                for i in 0..<x.shape.plane {
-                    let v = (src[i] - meanF) * scale + shift
-                    dst[i] = v > 0 ? v : 0
-                }
-            } else {
-                for i in 0..<x.shape.plane { dst[i] = (src[i] - meanF) * scale + shift }
+            normalize(y.plane(n, c), x.plane(n, c), count: x.shape.plane, mean: meanF, scale: scale, shift: shift,
+                      relu: relu)
+        }
+    }
+
+    /// dst[i] = (src[i] - mean) * scale + shift, through a ReLU (v > 0 ? v : 0, reluForward's
+    /// expression) with `relu`: the one expression of the forwards and the recompute, so they agree
+    /// bit for bit.
+    @inline(__always) static func normalize(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int,
+                                            mean: Float, scale: Float, shift: Float, relu: Bool) {
+        if relu {
+            for i in 0..<count {
+                let v = (src[i] - mean) * scale + shift
+                dst[i] = v > 0 ? v : 0
             }
+        } else {
+            for i in 0..<count { dst[i] = (src[i] - mean) * scale + shift }
         }
     }
 
@@ -382,15 +383,8 @@ public func batchNormRecompute(_ y: Tensor, _ x: Tensor, gamma: Tensor, beta: Te
         for q in planes {
             let c = q % channels
             let mean = saveMean[c], scale = gamma[c] * saveInvStd[c], shift = beta[c]
-            let src = x.data + q * plane, dst = y.data + q * plane
-            if relu {
-                for i in 0..<plane {
-                    let v = (src[i] - mean) * scale + shift
-                    dst[i] = v > 0 ? v : 0
-                }
-            } else {
-                for i in 0..<plane { dst[i] = (src[i] - mean) * scale + shift }
-            }
+            BatchNormChannel.normalize(y.data + q * plane, x.data + q * plane, count: plane, mean: mean, scale: scale,
+                                       shift: shift, relu: relu)
         }
     }
 }
